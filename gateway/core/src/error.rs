@@ -1,0 +1,205 @@
+//! One error vocabulary for the whole gateway. Each error knows which side is at fault,
+//! whether retrying on another instance may help, and is mapped here, once, to the HTTP
+//! status, the stable JSON `code`, and the gRPC code used by the registration service.
+
+use crate::status::{self, code};
+
+/// Which side of the gateway caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something the gateway cannot accept.
+    Downstream,
+    /// The service, or the way to it, failed.
+    Upstream,
+    /// The gateway itself (or its bus) failed.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route for path {path:?}: requests go to /{{service}}/{{path}}")]
+    RouteNotFound { path: String },
+    #[error("service {service:?} is not registered")]
+    ServiceNotFound { service: String },
+    #[error("service {service:?} has no live instance")]
+    NoLiveInstance { service: String },
+    #[error("request body exceeds {limit_bytes} bytes")]
+    BodyTooLarge { limit_bytes: usize },
+    #[error("request headers exceed {limit_bytes} bytes")]
+    HeadersTooLarge { limit_bytes: usize },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("service {service:?} did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { service: String, timeout_ms: u64 },
+    #[error("could not reach an instance of {service:?}: {detail}")]
+    UpstreamConnect { service: String, detail: String },
+    #[error("service {service:?} failed the call with gRPC status {grpc_code}: {message}")]
+    UpstreamStatus {
+        service: String,
+        grpc_code: i32,
+        message: String,
+    },
+    #[error("service {service:?} sent an invalid response: {reason}")]
+    BadUpstreamResponse { service: String, reason: String },
+    #[error("the registry bus is unavailable: {detail}")]
+    BusUnavailable { detail: String },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl GatewayError {
+    /// The stable, documented machine-readable code (the JSON `code` field).
+    pub fn code(&self) -> String {
+        match self {
+            Self::UpstreamStatus { grpc_code, .. } => {
+                format!("upstream_{}", status::grpc_code_name(*grpc_code))
+            }
+            other => other.static_code().to_owned(),
+        }
+    }
+
+    fn static_code(&self) -> &'static str {
+        match self {
+            Self::RouteNotFound { .. } => "route_not_found",
+            Self::ServiceNotFound { .. } => "service_not_found",
+            Self::NoLiveInstance { .. } => "no_live_instance",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamConnect { .. } => "upstream_connect_failed",
+            Self::UpstreamStatus { .. } => "upstream_status",
+            Self::BadUpstreamResponse { .. } => "bad_upstream_response",
+            Self::BusUnavailable { .. } => "bus_unavailable",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal { .. } => "internal",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::RouteNotFound { .. } | Self::ServiceNotFound { .. } => 404,
+            Self::NoLiveInstance { .. } => 503,
+            Self::BodyTooLarge { .. } => 413,
+            Self::HeadersTooLarge { .. } => 431,
+            Self::InvalidArgument { .. } => 400,
+            Self::UpstreamTimeout { .. } => 504,
+            Self::UpstreamConnect { .. } => 503,
+            Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
+            Self::BadUpstreamResponse { .. } => 502,
+            Self::BusUnavailable { .. } | Self::ShuttingDown => 503,
+            Self::Internal { .. } => 500,
+        }
+    }
+
+    /// The gRPC code this error is answered with by the gateway's own gRPC services.
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Self::RouteNotFound { .. } | Self::ServiceNotFound { .. } => code::NOT_FOUND,
+            Self::InvalidArgument { .. } => code::INVALID_ARGUMENT,
+            Self::BodyTooLarge { .. } | Self::HeadersTooLarge { .. } => code::RESOURCE_EXHAUSTED,
+            Self::UpstreamTimeout { .. } => code::DEADLINE_EXCEEDED,
+            Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
+            Self::NoLiveInstance { .. }
+            | Self::UpstreamConnect { .. }
+            | Self::BusUnavailable { .. }
+            | Self::ShuttingDown => code::UNAVAILABLE,
+            Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::RouteNotFound { .. }
+            | Self::ServiceNotFound { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::InvalidArgument { .. } => Fault::Downstream,
+            Self::NoLiveInstance { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamConnect { .. }
+            | Self::UpstreamStatus { .. }
+            | Self::BadUpstreamResponse { .. } => Fault::Upstream,
+            Self::BusUnavailable { .. } | Self::ShuttingDown | Self::Internal { .. } => {
+                Fault::Internal
+            }
+        }
+    }
+
+    /// Whether sending the same request to another instance may succeed. Only failures where
+    /// the request never reached a service qualify, so retrying never runs a request twice.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::UpstreamConnect { .. })
+    }
+
+    /// The JSON error body: `{"error":{"code":..,"status":..,"message":..,"request_id":..}}`.
+    pub fn to_json(&self, request_id: Option<&str>) -> Vec<u8> {
+        let mut error = serde_json::json!({
+            "code": self.code(),
+            "status": self.http_status(),
+            "message": self.to_string(),
+        });
+        if let Some(id) = request_id {
+            error["request_id"] = serde_json::Value::from(id);
+        }
+        serde_json::to_vec(&serde_json::json!({ "error": error }))
+            .unwrap_or_else(|_| br#"{"error":{"code":"internal"}}"#.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_status_codes_name_the_grpc_code() {
+        let err = GatewayError::UpstreamStatus {
+            service: "s".into(),
+            grpc_code: code::UNAVAILABLE,
+            message: "down".into(),
+        };
+        assert_eq!(err.code(), "upstream_unavailable");
+        assert_eq!(err.http_status(), 503);
+        let err = GatewayError::UpstreamStatus {
+            service: "s".into(),
+            grpc_code: code::CANCELLED,
+            message: String::new(),
+        };
+        assert_eq!((err.code().as_str(), err.http_status()), ("upstream_cancelled", 499));
+    }
+
+    #[test]
+    fn json_body_carries_code_status_and_request_id() {
+        let err = GatewayError::ServiceNotFound {
+            service: "orders".into(),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&err.to_json(Some("r-1"))).unwrap();
+        assert_eq!(body["error"]["code"], "service_not_found");
+        assert_eq!(body["error"]["status"], 404);
+        assert_eq!(body["error"]["request_id"], "r-1");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("orders")
+        );
+    }
+
+    #[test]
+    fn only_connect_failures_are_retryable() {
+        let connect = GatewayError::UpstreamConnect {
+            service: "s".into(),
+            detail: "refused".into(),
+        };
+        let timeout = GatewayError::UpstreamTimeout {
+            service: "s".into(),
+            timeout_ms: 10,
+        };
+        assert!(connect.retryable());
+        assert!(!timeout.retryable());
+        assert_eq!(connect.fault(), Fault::Upstream);
+    }
+}

@@ -1,0 +1,28 @@
+//! The pure core of a Switchyard gateway. Nothing here performs I/O: every decision is a
+//! function of its inputs and of `now`, so production and the turmoil simulation run the same
+//! code.
+//!
+//! * [`hlc`]: hybrid logical clock stamps that order registry changes across gateways.
+//! * [`registry`]: the last-writer-wins map of service instances, its merge, digest and views.
+//! * [`event`]: registry events and their protobuf codec (what travels on the bus).
+//! * [`names`]: validation of service names, instance ids and instance addresses.
+//! * [`translate`]: HTTP request to `ForwardingReq`, `ForwardingResp` to HTTP response.
+//! * [`status`]: the gRPC-to-HTTP status table.
+//! * [`balance`]: load balancing, passive health (temporary ejection) and the retry policy.
+//! * [`error`]: the one error vocabulary, mapped once to HTTP status, JSON body and gRPC code.
+#![forbid(unsafe_code)]
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod balance;
+pub mod error;
+pub mod event;
+pub mod hlc;
+pub mod names;
+pub mod registry;
+pub mod status;
+pub mod translate;
+
+pub use error::{Fault, GatewayError};
+pub use event::{Event, EventKind};
+pub use hlc::{Hlc, Stamp};
+pub use registry::{InstanceKey, Registry};

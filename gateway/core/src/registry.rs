@@ -1,0 +1,291 @@
+//! The registry: a last-writer-wins map from `(service, instance_id)` to an entry that is
+//! either a live instance or a tombstone, each stamped by a hybrid logical clock.
+//!
+//! Entries are totally ordered (stamp first, then content, so even two entries with equal
+//! stamps compare), and applying an entry keeps the greater one. Merge is therefore
+//! commutative, associative and idempotent: gateways that have seen the same events hold the
+//! same registry, whatever the order, duplication or redelivery of those events.
+
+use std::collections::BTreeMap;
+
+use crate::Stamp;
+use crate::event::Event;
+
+#[cfg(test)]
+mod tests;
+
+/// Identifies one instance of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    pub service: String,
+    pub instance_id: String,
+}
+
+impl InstanceKey {
+    pub fn new(service: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            instance_id: instance_id.into(),
+        }
+    }
+
+    pub fn bus_key(&self) -> String {
+        format!("{}/{}", self.service, self.instance_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Removal {
+    Deregistered,
+    Evicted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryState {
+    Alive {
+        addr: String,
+        metadata: BTreeMap<String, String>,
+        lease_ms: u64,
+    },
+    Removed(Removal),
+}
+
+/// One registry entry. The derived order compares the stamp first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub stamp: Stamp,
+    pub state: EntryState,
+}
+
+impl Entry {
+    /// When the lease of a live entry runs out, in Unix milliseconds; `None` for tombstones.
+    pub fn expires_ms(&self) -> Option<u64> {
+        match &self.state {
+            EntryState::Alive { lease_ms, .. } => {
+                Some(self.stamp.physical_ms.saturating_add(*lease_ms))
+            }
+            EntryState::Removed(_) => None,
+        }
+    }
+
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_ms().is_some_and(|e| now_ms < e)
+    }
+}
+
+/// What applying an entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The key was new.
+    Inserted,
+    /// The entry replaced an older one.
+    Replaced,
+    /// The registry already held this entry or a greater one; nothing changed.
+    Unchanged,
+}
+
+/// A live instance, as routing sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveInstance<'a> {
+    pub key: &'a InstanceKey,
+    pub addr: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+    pub lease_ms: u64,
+    pub expires_ms: u64,
+    pub stamp: &'a Stamp,
+}
+
+/// The answer to "where can a request for this service go?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// No instance of the service was ever registered, or all were deregistered.
+    Unknown,
+    /// The service is known but none of its instances is live (leases ran out or evicted).
+    NoLive,
+    /// The live instances, in instance-id order.
+    Live(Vec<LiveInstance<'a>>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    entries: BTreeMap<InstanceKey, Entry>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the greater of the held entry and `entry`.
+    pub fn apply(&mut self, key: InstanceKey, entry: Entry) -> Applied {
+        match self.entries.get_mut(&key) {
+            None => {
+                self.entries.insert(key, entry);
+                Applied::Inserted
+            }
+            Some(held) if entry > *held => {
+                *held = entry;
+                Applied::Replaced
+            }
+            Some(_) => Applied::Unchanged,
+        }
+    }
+
+    pub fn apply_event(&mut self, event: &Event) -> Applied {
+        self.apply(event.key.clone(), event.entry())
+    }
+
+    /// Folds another registry into this one.
+    pub fn merge(&mut self, other: &Registry) {
+        for (key, entry) in &other.entries {
+            self.apply(key.clone(), entry.clone());
+        }
+    }
+
+    pub fn get(&self, key: &InstanceKey) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&InstanceKey, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// The entries of one service, tombstones included, in instance-id order.
+    pub fn service_entries<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> impl Iterator<Item = (&'a InstanceKey, &'a Entry)> + 'a {
+        self.entries
+            .range(InstanceKey::new(service, "")..)
+            .take_while(move |(k, _)| k.service == service)
+    }
+
+    /// The distinct service names that have at least one entry, in order.
+    pub fn services(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for key in self.entries.keys() {
+            if names.last() != Some(&key.service.as_str()) {
+                names.push(&key.service);
+            }
+        }
+        names
+    }
+
+    pub fn lookup<'a>(&'a self, service: &'a str, now_ms: u64) -> Lookup<'a> {
+        let mut known = false;
+        let mut live = Vec::new();
+        for (key, entry) in self.service_entries(service) {
+            match &entry.state {
+                EntryState::Removed(Removal::Deregistered) => {}
+                EntryState::Removed(Removal::Evicted) => known = true,
+                EntryState::Alive {
+                    addr,
+                    metadata,
+                    lease_ms,
+                } => {
+                    known = true;
+                    let expires_ms = entry.stamp.physical_ms.saturating_add(*lease_ms);
+                    if now_ms < expires_ms {
+                        live.push(LiveInstance {
+                            key,
+                            addr,
+                            metadata,
+                            lease_ms: *lease_ms,
+                            expires_ms,
+                            stamp: &entry.stamp,
+                        });
+                    }
+                }
+            }
+        }
+        match (known, live.is_empty()) {
+            (false, _) => Lookup::Unknown,
+            (true, true) => Lookup::NoLive,
+            (true, false) => Lookup::Live(live),
+        }
+    }
+
+    /// Drops tombstones, and live entries whose lease ran out, that are older than
+    /// `cutoff_ms`. Call it with a cutoff at least the bus's delete-marker retention in the
+    /// past, so that no event still on the bus can find its tombstone gone and resurrect an
+    /// instance. Returns how many entries were dropped.
+    pub fn prune(&mut self, cutoff_ms: u64) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, entry| match entry.expires_ms() {
+            None => entry.stamp.physical_ms >= cutoff_ms,
+            Some(expires_ms) => expires_ms >= cutoff_ms,
+        });
+        before - self.entries.len()
+    }
+
+    /// A 64-bit digest over every entry in key order. Two registries with the same entries
+    /// have the same digest; it is cheap enough to compute on every convergence check.
+    pub fn digest(&self) -> u64 {
+        let mut h = Fnv64::new();
+        for (key, entry) in &self.entries {
+            h.str(&key.service);
+            h.str(&key.instance_id);
+            h.u64(entry.stamp.physical_ms);
+            h.u64(u64::from(entry.stamp.logical));
+            h.str(&entry.stamp.node_id);
+            match &entry.state {
+                EntryState::Alive {
+                    addr,
+                    metadata,
+                    lease_ms,
+                } => {
+                    h.u64(0);
+                    h.str(addr);
+                    h.u64(*lease_ms);
+                    h.u64(metadata.len() as u64);
+                    for (k, v) in metadata {
+                        h.str(k);
+                        h.str(v);
+                    }
+                }
+                EntryState::Removed(Removal::Deregistered) => h.u64(1),
+                EntryState::Removed(Removal::Evicted) => h.u64(2),
+            }
+        }
+        h.finish()
+    }
+}
+
+/// FNV-1a, 64 bit: small, stable across platforms and releases, and enough to tell
+/// registries apart in convergence checks (it is not a defence against an adversary).
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    /// Length-prefixed, so that ("ab", "c") and ("a", "bc") hash differently.
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}

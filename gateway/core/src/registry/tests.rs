@@ -1,0 +1,191 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::{Event, EventKind};
+
+fn alive(ms: u64, node: &str, addr: &str) -> Entry {
+    Entry {
+        stamp: Stamp::new(ms, 0, node),
+        state: EntryState::Alive {
+            addr: addr.into(),
+            metadata: BTreeMap::new(),
+            lease_ms: 1_000,
+        },
+    }
+}
+
+fn removed(ms: u64, node: &str, why: Removal) -> Entry {
+    Entry {
+        stamp: Stamp::new(ms, 0, node),
+        state: EntryState::Removed(why),
+    }
+}
+
+#[test]
+fn re_registration_is_idempotent_and_a_second_instance_joins() {
+    let mut r = Registry::new();
+    let k1 = InstanceKey::new("orders", "i-1");
+    assert_eq!(r.apply(k1.clone(), alive(10, "a", "http://h:1")), Applied::Inserted);
+    assert_eq!(r.apply(k1.clone(), alive(10, "a", "http://h:1")), Applied::Unchanged);
+    let digest = r.digest();
+    r.apply(k1.clone(), alive(10, "a", "http://h:1"));
+    assert_eq!(r.digest(), digest);
+    r.apply(InstanceKey::new("orders", "i-2"), alive(11, "b", "http://h:2"));
+    match r.lookup("orders", 20) {
+        Lookup::Live(live) => {
+            let ids: Vec<_> = live.iter().map(|l| l.key.instance_id.as_str()).collect();
+            assert_eq!(ids, ["i-1", "i-2"]);
+        }
+        other => panic!("expected live instances, got {other:?}"),
+    }
+}
+
+#[test]
+fn newer_stamp_wins_whatever_the_order() {
+    let k = InstanceKey::new("s", "i");
+    let old = alive(10, "a", "http://h:1");
+    let new = removed(11, "b", Removal::Deregistered);
+    let mut forward = Registry::new();
+    forward.apply(k.clone(), old.clone());
+    forward.apply(k.clone(), new.clone());
+    let mut backward = Registry::new();
+    backward.apply(k.clone(), new);
+    assert_eq!(backward.apply(k.clone(), old), Applied::Unchanged);
+    assert_eq!(forward, backward);
+    assert_eq!(forward.lookup("s", 10), Lookup::Unknown);
+}
+
+#[test]
+fn leases_expire_and_evicted_services_stay_known() {
+    let mut r = Registry::new();
+    r.apply(InstanceKey::new("s", "i"), alive(100, "a", "http://h:1"));
+    assert!(matches!(r.lookup("s", 1_099), Lookup::Live(_)));
+    assert_eq!(r.lookup("s", 1_100), Lookup::NoLive);
+    r.apply(InstanceKey::new("s", "i"), removed(200, "a", Removal::Evicted));
+    assert_eq!(r.lookup("s", 150), Lookup::NoLive);
+    assert_eq!(r.lookup("other", 150), Lookup::Unknown);
+}
+
+#[test]
+fn service_entries_do_not_leak_into_neighbours() {
+    let mut r = Registry::new();
+    for (s, i) in [("a", "1"), ("ab", "1"), ("b", "0"), ("a", "2")] {
+        r.apply(InstanceKey::new(s, i), alive(1, "n", "http://h:1"));
+    }
+    let ids: Vec<_> = r.service_entries("a").map(|(k, _)| k.instance_id.clone()).collect();
+    assert_eq!(ids, ["1", "2"]);
+    assert_eq!(r.services(), ["a", "ab", "b"]);
+}
+
+#[test]
+fn prune_drops_only_old_tombstones_and_long_expired_leases() {
+    let mut r = Registry::new();
+    r.apply(InstanceKey::new("s", "old-tomb"), removed(10, "a", Removal::Deregistered));
+    r.apply(InstanceKey::new("s", "new-tomb"), removed(5_000, "a", Removal::Evicted));
+    r.apply(InstanceKey::new("s", "old-lease"), alive(10, "a", "http://h:1"));
+    r.apply(InstanceKey::new("s", "live"), alive(4_500, "a", "http://h:1"));
+    assert_eq!(r.prune(2_000), 2);
+    let left: Vec<_> = r.entries().map(|(k, _)| k.instance_id.as_str()).collect();
+    assert_eq!(left, ["live", "new-tomb"]);
+}
+
+#[test]
+fn digest_tells_registries_apart() {
+    let mut a = Registry::new();
+    let mut b = Registry::new();
+    assert_eq!(a.digest(), b.digest());
+    a.apply(InstanceKey::new("ab", "c"), alive(1, "n", "http://h:1"));
+    b.apply(InstanceKey::new("a", "bc"), alive(1, "n", "http://h:1"));
+    assert_ne!(a.digest(), b.digest());
+}
+
+fn arb_entry() -> impl Strategy<Value = (InstanceKey, Entry)> {
+    let key = (0..3usize, 0..3usize)
+        .prop_map(|(s, i)| InstanceKey::new(format!("svc{s}"), format!("i{i}")));
+    let state = prop_oneof![
+        (0..3u16, 1..3u64).prop_map(|(port, lease)| EntryState::Alive {
+            addr: format!("http://h:{}", port + 1),
+            metadata: BTreeMap::new(),
+            lease_ms: lease * 1_000,
+        }),
+        Just(EntryState::Removed(Removal::Deregistered)),
+        Just(EntryState::Removed(Removal::Evicted)),
+    ];
+    // Few distinct stamp values, so equal stamps with different content are exercised too.
+    let stamp = (0..4u64, 0..2u32, prop::sample::select(vec!["a", "b"]))
+        .prop_map(|(p, l, n)| Stamp::new(p, l, n));
+    (key, stamp, state).prop_map(|(k, stamp, state)| (k, Entry { stamp, state }))
+}
+
+fn arb_registry() -> impl Strategy<Value = Registry> {
+    prop::collection::vec(arb_entry(), 0..12).prop_map(|entries| {
+        let mut r = Registry::new();
+        for (k, e) in entries {
+            r.apply(k, e);
+        }
+        r
+    })
+}
+
+fn merged(a: &Registry, b: &Registry) -> Registry {
+    let mut out = a.clone();
+    out.merge(b);
+    out
+}
+
+proptest! {
+    #[test]
+    fn merge_is_commutative(a in arb_registry(), b in arb_registry()) {
+        prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+    }
+
+    #[test]
+    fn merge_is_associative(a in arb_registry(), b in arb_registry(), c in arb_registry()) {
+        prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+    }
+
+    #[test]
+    fn merge_is_idempotent(a in arb_registry(), b in arb_registry()) {
+        prop_assert_eq!(merged(&a, &a), a.clone());
+        let ab = merged(&a, &b);
+        prop_assert_eq!(merged(&ab, &b), ab);
+    }
+
+    /// Replicas that receive the same events in any order, with duplicates, end up equal.
+    #[test]
+    fn replicas_converge_under_reordering_and_duplication(
+        entries in prop::collection::vec(arb_entry(), 1..20),
+        order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+    ) {
+        let events: Vec<Event> = entries
+            .into_iter()
+            .map(|(key, entry)| {
+                let (kind, addr, lease_ms) = match &entry.state {
+                    EntryState::Alive { addr, lease_ms, .. } => (EventKind::Register, addr.clone(), *lease_ms),
+                    EntryState::Removed(Removal::Deregistered) => (EventKind::Deregister, String::new(), 0),
+                    EntryState::Removed(Removal::Evicted) => (EventKind::Evict, String::new(), 0),
+                };
+                Event { kind, key, addr, metadata: BTreeMap::new(), lease_ms, origin_node: entry.stamp.node_id.clone(), stamp: entry.stamp }
+            })
+            .collect();
+        let mut in_order = Registry::new();
+        for e in &events {
+            in_order.apply_event(e);
+        }
+        // A deterministic shuffle with duplicates, driven by the generated value.
+        let mut shuffled: Vec<&Event> = events.iter().chain(events.iter().step_by(2)).collect();
+        let mut state = order | 1;
+        for i in (1..shuffled.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let mut replica = Registry::new();
+        for e in shuffled {
+            replica.apply_event(e);
+        }
+        prop_assert_eq!(replica.digest(), in_order.digest());
+        prop_assert_eq!(replica, in_order);
+    }
+}

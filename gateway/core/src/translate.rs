@@ -1,0 +1,323 @@
+//! The translator between HTTP and the forwarding contract.
+//!
+//! Inbound: the first path segment names the service; the rest of the request becomes a
+//! `ForwardingReq` with the hop-by-hop headers removed and the forwarding headers added.
+//! Outbound: a `ForwardingResp` becomes an HTTP response if, and only if, its status and every
+//! header are valid HTTP; otherwise the caller answers 502. `docs/protocol.md` lists the rules.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri, Version};
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp, Header};
+
+use crate::{GatewayError, names};
+
+#[cfg(test)]
+mod tests;
+
+/// Bounds on what the gateway accepts from a client and from a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub body_bytes_max: usize,
+    pub header_bytes_max: usize,
+}
+
+/// Bounds on a service's response headers (the body is bounded by the gRPC message limit).
+pub const RESPONSE_HEADERS_MAX: usize = 256;
+pub const RESPONSE_HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Longest client-supplied request id the gateway keeps; a longer or odd one is replaced.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The parts of an HTTP request head the translator reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+}
+
+/// What the gateway knows about a request beyond its head and body.
+#[derive(Debug, Clone)]
+pub struct ForwardContext<'a> {
+    /// The scheme the client used to reach the gateway.
+    pub scheme: &'a str,
+    pub client_addr: Option<SocketAddr>,
+    pub gateway_node: &'a str,
+    /// The request id to use (see [`request_id`]).
+    pub request_id: &'a str,
+    pub deadline_unix_ms: u64,
+}
+
+/// Splits `/{service}/{rest}` into the service name and the path below it (which always
+/// starts with `/`). The service segment is taken as sent, without percent-decoding: a name
+/// that needs escaping cannot be a registered service.
+pub fn route(path: &str) -> Result<(&str, &str), GatewayError> {
+    let no_route = || GatewayError::RouteNotFound {
+        path: path.chars().take(256).collect(),
+    };
+    let rest = path.strip_prefix('/').ok_or_else(no_route)?;
+    let (service, below) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if service.is_empty() {
+        return Err(no_route());
+    }
+    if names::validate_service(service).is_err() {
+        return Err(GatewayError::ServiceNotFound {
+            service: service.chars().take(256).collect(),
+        });
+    }
+    Ok((service, below))
+}
+
+/// The size of a header block as the limit counts it: name, value and 4 bytes of framing
+/// (`: ` and CRLF) per field.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// Checks the request head against the limits before the body is read: a request whose
+/// headers are too large gets 431, and one that announces a too-large body gets 413 at once.
+pub fn check_head(head: &RequestHead<'_>, limits: &Limits) -> Result<(), GatewayError> {
+    if header_bytes(head.headers) > limits.header_bytes_max {
+        return Err(GatewayError::HeadersTooLarge {
+            limit_bytes: limits.header_bytes_max,
+        });
+    }
+    let announced = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.body_bytes_max as u64) {
+        return Err(GatewayError::BodyTooLarge {
+            limit_bytes: limits.body_bytes_max,
+        });
+    }
+    Ok(())
+}
+
+/// The client's `X-Request-Id` if it is a plausible id (1 to 128 visible ASCII characters),
+/// otherwise `None`, and the caller makes one.
+pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
+    let id = headers.get(X_REQUEST_ID)?.to_str().ok()?;
+    let plausible = !id.is_empty()
+        && id.len() <= REQUEST_ID_BYTES_MAX
+        && id.bytes().all(|b| b.is_ascii_graphic());
+    plausible.then_some(id)
+}
+
+/// Whether `name` is a hop-by-hop header, which a proxy must not forward.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+}
+
+/// The header names listed in `Connection`, which are hop-by-hop for this message.
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn version_str(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A W3C traceparent is `00-<32 hex>-<16 hex>-<2 hex>`; only a well-formed one is copied into
+/// the forwarding metadata (the header itself passes through untouched either way).
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
+/// Builds the `ForwardingReq` for a routed request. `body` must already be bounded by the
+/// caller (it is read from the network, which the core does not do).
+pub fn to_forwarding_req(
+    head: &RequestHead<'_>,
+    body: Bytes,
+    ctx: &ForwardContext<'_>,
+) -> Result<ForwardingReq, GatewayError> {
+    let (service, path) = route(head.uri.path())?;
+    let authority = head
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            head.headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+
+    let named = connection_tokens(head.headers);
+    let mut headers = Vec::with_capacity(head.headers.len() + 4);
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    let (mut has_proto, mut has_host) = (false, false);
+    let mut traceparent = String::new();
+    for (name, value) in head.headers {
+        let name = name.as_str();
+        if is_hop_by_hop(name) || named.iter().any(|t| t == name) {
+            continue;
+        }
+        match name {
+            // Combined into one field below, with the client address appended.
+            "x-forwarded-for" => {
+                forwarded_for.push(value.as_bytes());
+                continue;
+            }
+            // Replaced by the id this request is known by.
+            X_REQUEST_ID => continue,
+            "x-forwarded-proto" => has_proto = true,
+            "x-forwarded-host" => has_host = true,
+            TRACEPARENT if traceparent.is_empty() => {
+                if let Ok(v) = value.to_str()
+                    && valid_traceparent(v)
+                {
+                    traceparent = v.to_owned();
+                }
+            }
+            _ => {}
+        }
+        headers.push(Header {
+            name: name.to_owned(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        });
+    }
+
+    if let Some(client) = ctx.client_addr {
+        let mut value = forwarded_for.join(&b", "[..]);
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(client.ip().to_string().as_bytes());
+        headers.push(header_field("x-forwarded-for", value));
+    } else if !forwarded_for.is_empty() {
+        headers.push(header_field("x-forwarded-for", forwarded_for.join(&b", "[..])));
+    }
+    if !has_proto {
+        headers.push(header_field("x-forwarded-proto", ctx.scheme.as_bytes().to_vec()));
+    }
+    if !has_host && !authority.is_empty() {
+        headers.push(header_field("x-forwarded-host", authority.as_bytes().to_vec()));
+    }
+    headers.push(header_field(X_REQUEST_ID, ctx.request_id.as_bytes().to_vec()));
+
+    Ok(ForwardingReq {
+        method: head.method.as_str().to_owned(),
+        scheme: ctx.scheme.to_owned(),
+        authority,
+        path: path.to_owned(),
+        raw_query: head.uri.query().unwrap_or_default().to_owned(),
+        headers,
+        body,
+        http_version: version_str(head.version).to_owned(),
+        client_addr: ctx.client_addr.map(|a| a.to_string()).unwrap_or_default(),
+        request_id: ctx.request_id.to_owned(),
+        deadline_unix_ms: ctx.deadline_unix_ms,
+        service: service.to_owned(),
+        gateway_node: ctx.gateway_node.to_owned(),
+        traceparent,
+    })
+}
+
+fn header_field(name: &str, value: Vec<u8>) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: Bytes::from(value),
+    }
+}
+
+/// Turns a service's `ForwardingResp` into an HTTP response. `Err` carries the reason the
+/// response is not valid HTTP; the caller answers 502 with it.
+pub fn to_http_response(resp: ForwardingResp) -> Result<http::Response<Bytes>, String> {
+    let status = u16::try_from(resp.status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .and_then(|s| http::StatusCode::from_u16(s).ok())
+        .ok_or_else(|| format!("status {} is outside 200..=599", resp.status))?;
+    if resp.headers.len() > RESPONSE_HEADERS_MAX {
+        return Err(format!(
+            "{} headers; at most {RESPONSE_HEADERS_MAX}",
+            resp.headers.len()
+        ));
+    }
+    let total: usize = resp.headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
+    if total > RESPONSE_HEADER_BYTES_MAX {
+        return Err(format!(
+            "headers of {total} bytes; at most {RESPONSE_HEADER_BYTES_MAX}"
+        ));
+    }
+
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in &resp.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("header name {:?} is not a valid HTTP field name", h.name))?;
+        let value = HeaderValue::from_bytes(&h.value)
+            .map_err(|_| format!("header {name} has a value that is not a valid HTTP field value"))?;
+        headers.append(name, value);
+    }
+    let named = connection_tokens(&headers);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut last_name: Option<HeaderName> = None;
+    for (name, value) in headers {
+        // HeaderMap's owning iterator yields the name only on its first value.
+        let name = match name {
+            Some(n) => {
+                last_name = Some(n.clone());
+                n
+            }
+            None => match &last_name {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        let s = name.as_str();
+        // Content-Length is recomputed from the body; a service's own could be wrong.
+        if is_hop_by_hop(s) || named.iter().any(|t| t == s) || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out.append(name, value);
+    }
+
+    // These statuses have no body by definition; whatever the service sent is dropped.
+    let body = if status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED {
+        Bytes::new()
+    } else {
+        resp.body
+    };
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = out;
+    Ok(response)
+}

@@ -1,0 +1,251 @@
+use super::*;
+
+fn head_of(req: &http::Request<()>) -> RequestHead<'_> {
+    RequestHead {
+        method: req.method(),
+        uri: req.uri(),
+        version: req.version(),
+        headers: req.headers(),
+    }
+}
+
+fn ctx() -> ForwardContext<'static> {
+    ForwardContext {
+        scheme: "http",
+        client_addr: Some("10.1.2.3:5555".parse().unwrap()),
+        gateway_node: "gw-1",
+        request_id: "rid-1",
+        deadline_unix_ms: 99,
+    }
+}
+
+fn names_of(req: &ForwardingReq) -> Vec<&str> {
+    req.headers.iter().map(|h| h.name.as_str()).collect()
+}
+
+fn value_of<'a>(req: &'a ForwardingReq, name: &str) -> Vec<&'a [u8]> {
+    req.headers
+        .iter()
+        .filter(|h| h.name == name)
+        .map(|h| h.value.as_ref())
+        .collect()
+}
+
+#[test]
+fn routes() {
+    assert_eq!(route("/orders/v1/items").unwrap(), ("orders", "/v1/items"));
+    assert_eq!(route("/orders").unwrap(), ("orders", "/"));
+    assert_eq!(route("/orders/").unwrap(), ("orders", "/"));
+    assert_eq!(route("/orders//a/../b").unwrap(), ("orders", "//a/../b"));
+    assert_eq!(route("/").unwrap_err().code(), "route_not_found");
+    assert_eq!(route("//x").unwrap_err().code(), "route_not_found");
+    assert_eq!(route("/%6frders/x").unwrap_err().code(), "service_not_found");
+    assert_eq!(route("/../etc").unwrap_err().code(), "service_not_found");
+}
+
+#[test]
+fn request_fields_are_carried_and_headers_keep_order_and_duplicates() {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/orders/v1/items?a=1&b=%20")
+        .header("host", "api.example")
+        .header("accept", "text/plain")
+        .header("x-custom", "1")
+        .header("accept", "application/json")
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .body(())
+        .unwrap();
+    let out = to_forwarding_req(&head_of(&req), Bytes::from_static(b"{}"), &ctx()).unwrap();
+    assert_eq!(out.method, "POST");
+    assert_eq!(out.service, "orders");
+    assert_eq!(out.path, "/v1/items");
+    assert_eq!(out.raw_query, "a=1&b=%20");
+    assert_eq!(out.authority, "api.example");
+    assert_eq!(out.http_version, "HTTP/1.1");
+    assert_eq!(out.client_addr, "10.1.2.3:5555");
+    assert_eq!(out.request_id, "rid-1");
+    assert_eq!(out.deadline_unix_ms, 99);
+    assert_eq!(out.gateway_node, "gw-1");
+    assert_eq!(out.body.as_ref(), b"{}");
+    assert_eq!(
+        out.traceparent,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    // HeaderMap groups duplicates by name (its iteration order); both values survive.
+    assert_eq!(
+        value_of(&out, "accept"),
+        [&b"text/plain"[..], &b"application/json"[..]]
+    );
+    assert_eq!(value_of(&out, "x-forwarded-for"), [&b"10.1.2.3"[..]]);
+    assert_eq!(value_of(&out, "x-forwarded-proto"), [&b"http"[..]]);
+    assert_eq!(value_of(&out, "x-forwarded-host"), [&b"api.example"[..]]);
+    assert_eq!(value_of(&out, "x-request-id"), [&b"rid-1"[..]]);
+}
+
+#[test]
+fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+    let req = http::Request::builder()
+        .uri("/s/")
+        .header("connection", "keep-alive, X-Secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic x")
+        .header("proxy-connection", "close")
+        .header("te", "trailers")
+        .header("trailer", "x")
+        .header("transfer-encoding", "chunked")
+        .header("upgrade", "h2c")
+        .header("x-secret", "s")
+        .header("x-kept", "k")
+        .body(())
+        .unwrap();
+    let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx()).unwrap();
+    let names = names_of(&out);
+    for gone in [
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-secret",
+    ] {
+        assert!(!names.contains(&gone), "{gone} was forwarded: {names:?}");
+    }
+    assert!(names.contains(&"x-kept"));
+}
+
+#[test]
+fn forwarding_headers_append_and_keep_what_the_load_balancer_set() {
+    let req = http::Request::builder()
+        .uri("/s/x")
+        .header("x-forwarded-for", "1.1.1.1")
+        .header("x-forwarded-for", "2.2.2.2, 3.3.3.3")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "public.example")
+        .header("x-request-id", "client-id")
+        .body(())
+        .unwrap();
+    let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx()).unwrap();
+    assert_eq!(
+        value_of(&out, "x-forwarded-for"),
+        [&b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"[..]]
+    );
+    assert_eq!(value_of(&out, "x-forwarded-proto"), [&b"https"[..]]);
+    assert_eq!(value_of(&out, "x-forwarded-host"), [&b"public.example"[..]]);
+    // The context's id wins: the node decides which id a request is known by.
+    assert_eq!(value_of(&out, "x-request-id"), [&b"rid-1"[..]]);
+}
+
+#[test]
+fn client_request_ids_are_kept_only_when_plausible() {
+    let mut h = HeaderMap::new();
+    assert_eq!(client_request_id(&h), None);
+    h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+    assert_eq!(client_request_id(&h), Some("abc-123"));
+    h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+    assert_eq!(client_request_id(&h), None);
+    h.insert(X_REQUEST_ID, HeaderValue::from_str(&"x".repeat(129)).unwrap());
+    assert_eq!(client_request_id(&h), None);
+}
+
+#[test]
+fn malformed_traceparent_passes_through_but_is_not_copied() {
+    let req = http::Request::builder()
+        .uri("/s/x")
+        .header("traceparent", "not-a-trace")
+        .body(())
+        .unwrap();
+    let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx()).unwrap();
+    assert_eq!(out.traceparent, "");
+    assert_eq!(value_of(&out, "traceparent"), [&b"not-a-trace"[..]]);
+}
+
+#[test]
+fn head_limits() {
+    let limits = Limits {
+        body_bytes_max: 10,
+        header_bytes_max: 100,
+    };
+    let ok = http::Request::builder().uri("/s/").header("a", "b").body(()).unwrap();
+    assert!(check_head(&head_of(&ok), &limits).is_ok());
+    let big = http::Request::builder()
+        .uri("/s/")
+        .header("a", "b".repeat(100))
+        .body(())
+        .unwrap();
+    assert_eq!(check_head(&head_of(&big), &limits).unwrap_err().http_status(), 431);
+    let long = http::Request::builder()
+        .uri("/s/")
+        .header("content-length", "11")
+        .body(())
+        .unwrap();
+    assert_eq!(check_head(&head_of(&long), &limits).unwrap_err().http_status(), 413);
+}
+
+fn resp(status: u32, headers: &[(&str, &[u8])]) -> ForwardingResp {
+    ForwardingResp {
+        status,
+        headers: headers
+            .iter()
+            .map(|(n, v)| Header {
+                name: (*n).to_owned(),
+                value: Bytes::copy_from_slice(v),
+            })
+            .collect(),
+        body: Bytes::from_static(b"body"),
+    }
+}
+
+#[test]
+fn valid_responses_pass_with_duplicates_in_order() {
+    let r = to_http_response(resp(
+        201,
+        &[
+            ("set-cookie", b"a=1"),
+            ("x-thing", b"t"),
+            ("set-cookie", b"b=2"),
+            ("connection", b"close, x-private"),
+            ("x-private", b"p"),
+            ("content-length", b"999"),
+            ("transfer-encoding", b"chunked"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    for gone in ["connection", "x-private", "content-length", "transfer-encoding"] {
+        assert!(!r.headers().contains_key(gone), "{gone}");
+    }
+    assert_eq!(r.body().as_ref(), b"body");
+}
+
+#[test]
+fn invalid_responses_are_refused_with_a_reason() {
+    for status in [0, 99, 100, 101, 199, 600, 70_000] {
+        let err = to_http_response(resp(status, &[])).unwrap_err();
+        assert!(err.contains("status"), "{status}: {err}");
+    }
+    for (name, value) in [
+        ("bad name", &b"v"[..]),
+        ("", b"v"),
+        ("x-inject", b"a\r\nset-cookie: evil=1"),
+        ("x-nul", b"a\0b"),
+    ] {
+        let err = to_http_response(resp(200, &[(name, value)])).unwrap_err();
+        assert!(err.contains("header"), "{name:?}: {err}");
+    }
+    let many: Vec<(String, Vec<u8>)> = (0..=RESPONSE_HEADERS_MAX)
+        .map(|i| (format!("x-{i}"), b"v".to_vec()))
+        .collect();
+    let many: Vec<(&str, &[u8])> = many.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    assert!(to_http_response(resp(200, &many)).is_err());
+}
+
+#[test]
+fn bodiless_statuses_drop_the_body() {
+    assert!(to_http_response(resp(204, &[])).unwrap().body().is_empty());
+    assert!(to_http_response(resp(304, &[])).unwrap().body().is_empty());
+}
