@@ -149,9 +149,15 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         for _ in 0..100 {
             // With two healthy candidates both are compared, so the idle one always wins.
-            assert_eq!(pick(&[c(5, false, false), c(0, false, false)], &mut rng), Some(1));
             assert_eq!(
-                pick(&[c(0, true, false), c(9, false, false), c(0, false, true)], &mut rng),
+                pick(&[c(5, false, false), c(0, false, false)], &mut rng),
+                Some(1)
+            );
+            assert_eq!(
+                pick(
+                    &[c(0, true, false), c(9, false, false), c(0, false, true)],
+                    &mut rng
+                ),
                 Some(1)
             );
         }

@@ -168,7 +168,10 @@ mod tests {
             grpc_code: code::CANCELLED,
             message: String::new(),
         };
-        assert_eq!((err.code().as_str(), err.http_status()), ("upstream_cancelled", 499));
+        assert_eq!(
+            (err.code().as_str(), err.http_status()),
+            ("upstream_cancelled", 499)
+        );
     }
 
     #[test]

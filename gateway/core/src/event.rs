@@ -93,7 +93,8 @@ impl Event {
         if bytes.len() > EVENT_BYTES_MAX {
             return Err(EventError::TooLarge(bytes.len()));
         }
-        let raw = pb::RegistryEvent::decode(bytes).map_err(|e| EventError::Decode(e.to_string()))?;
+        let raw =
+            pb::RegistryEvent::decode(bytes).map_err(|e| EventError::Decode(e.to_string()))?;
         Self::try_from(raw)
     }
 }
@@ -125,11 +126,16 @@ impl TryFrom<pb::RegistryEvent> for Event {
         let addr = if alive {
             names::validate_metadata(&raw.metadata).map_err(invalid)?;
             if raw.lease_ms == 0 {
-                return Err(EventError::Invalid("live instance with a zero lease".into()));
+                return Err(EventError::Invalid(
+                    "live instance with a zero lease".into(),
+                ));
             }
             let addr = names::normalize_addr(&raw.addr).map_err(invalid)?;
             if addr != raw.addr {
-                return Err(EventError::Invalid(format!("addr {:?} is not normalised", raw.addr)));
+                return Err(EventError::Invalid(format!(
+                    "addr {:?} is not normalised",
+                    raw.addr
+                )));
             }
             addr
         } else {
@@ -180,7 +186,10 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_apply() {
-        assert!(matches!(Event::decode(&[0xff, 0xff]), Err(EventError::Decode(_))));
+        assert!(matches!(
+            Event::decode(&[0xff, 0xff]),
+            Err(EventError::Decode(_))
+        ));
         assert!(matches!(
             Event::decode(&vec![0; EVENT_BYTES_MAX + 1]),
             Err(EventError::TooLarge(_))

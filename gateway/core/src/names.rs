@@ -38,7 +38,9 @@ fn validate_name(field: &'static str, name: &str) -> Result<(), GatewayError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return Err(invalid("may hold only ASCII letters, digits, '-', '_' and '.'"));
+        return Err(invalid(
+            "may hold only ASCII letters, digits, '-', '_' and '.'",
+        ));
     }
     Ok(())
 }
@@ -65,7 +67,9 @@ pub fn normalize_addr(addr: &str) -> Result<String, GatewayError> {
         return Err(invalid("has no host"));
     }
     if authority.contains(['/', '?', '#', '@', ' ']) {
-        return Err(invalid("must be host:port with no path, query or user info"));
+        return Err(invalid(
+            "must be host:port with no path, query or user info",
+        ));
     }
     let uri: http::uri::Authority = authority
         .parse()
@@ -86,7 +90,10 @@ pub fn validate_metadata(
     if metadata.len() > METADATA_ENTRIES_MAX {
         return Err(GatewayError::InvalidArgument {
             field: "metadata",
-            reason: format!("has {} entries; at most {METADATA_ENTRIES_MAX}", metadata.len()),
+            reason: format!(
+                "has {} entries; at most {METADATA_ENTRIES_MAX}",
+                metadata.len()
+            ),
         });
     }
     if let Some((k, _)) = metadata
@@ -112,7 +119,16 @@ mod tests {
         for ok in ["orders", "a", "svc-1.v2_beta", "9lives"] {
             assert!(validate_service(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", "ü", "..", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "ü",
+            "..",
+            &"x".repeat(129),
+        ] {
             let err = validate_service(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_argument", "{bad}");
         }
@@ -120,8 +136,14 @@ mod tests {
 
     #[test]
     fn addresses_normalise_or_fail_clearly() {
-        assert_eq!(normalize_addr("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051");
-        assert_eq!(normalize_addr("http://localhost:1/").unwrap(), "http://localhost:1");
+        assert_eq!(
+            normalize_addr("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_addr("http://localhost:1/").unwrap(),
+            "http://localhost:1"
+        );
         assert_eq!(normalize_addr("[::1]:8080").unwrap(), "http://[::1]:8080");
         for bad in [
             "",
@@ -146,8 +168,9 @@ mod tests {
         assert!(validate_metadata(&m).is_ok());
         m.insert(String::new(), "x".to_owned());
         assert!(validate_metadata(&m).is_err());
-        let big: std::collections::BTreeMap<_, _> =
-            (0..=METADATA_ENTRIES_MAX).map(|i| (i.to_string(), String::new())).collect();
+        let big: std::collections::BTreeMap<_, _> = (0..=METADATA_ENTRIES_MAX)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
         assert!(validate_metadata(&big).is_err());
     }
 }

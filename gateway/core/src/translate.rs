@@ -223,15 +223,27 @@ pub fn to_forwarding_req(
         value.extend_from_slice(client.ip().to_string().as_bytes());
         headers.push(header_field("x-forwarded-for", value));
     } else if !forwarded_for.is_empty() {
-        headers.push(header_field("x-forwarded-for", forwarded_for.join(&b", "[..])));
+        headers.push(header_field(
+            "x-forwarded-for",
+            forwarded_for.join(&b", "[..]),
+        ));
     }
     if !has_proto {
-        headers.push(header_field("x-forwarded-proto", ctx.scheme.as_bytes().to_vec()));
+        headers.push(header_field(
+            "x-forwarded-proto",
+            ctx.scheme.as_bytes().to_vec(),
+        ));
     }
     if !has_host && !authority.is_empty() {
-        headers.push(header_field("x-forwarded-host", authority.as_bytes().to_vec()));
+        headers.push(header_field(
+            "x-forwarded-host",
+            authority.as_bytes().to_vec(),
+        ));
     }
-    headers.push(header_field(X_REQUEST_ID, ctx.request_id.as_bytes().to_vec()));
+    headers.push(header_field(
+        X_REQUEST_ID,
+        ctx.request_id.as_bytes().to_vec(),
+    ));
 
     Ok(ForwardingReq {
         method: head.method.as_str().to_owned(),
@@ -272,7 +284,11 @@ pub fn to_http_response(resp: ForwardingResp) -> Result<http::Response<Bytes>, S
             resp.headers.len()
         ));
     }
-    let total: usize = resp.headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
+    let total: usize = resp
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 4)
+        .sum();
     if total > RESPONSE_HEADER_BYTES_MAX {
         return Err(format!(
             "headers of {total} bytes; at most {RESPONSE_HEADER_BYTES_MAX}"
@@ -283,8 +299,9 @@ pub fn to_http_response(resp: ForwardingResp) -> Result<http::Response<Bytes>, S
     for h in &resp.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| format!("header name {:?} is not a valid HTTP field name", h.name))?;
-        let value = HeaderValue::from_bytes(&h.value)
-            .map_err(|_| format!("header {name} has a value that is not a valid HTTP field value"))?;
+        let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+            format!("header {name} has a value that is not a valid HTTP field value")
+        })?;
         headers.append(name, value);
     }
     let named = connection_tokens(&headers);
@@ -311,7 +328,8 @@ pub fn to_http_response(resp: ForwardingResp) -> Result<http::Response<Bytes>, S
     }
 
     // These statuses have no body by definition; whatever the service sent is dropped.
-    let body = if status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED {
+    let body = if status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED
+    {
         Bytes::new()
     } else {
         resp.body

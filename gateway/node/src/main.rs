@@ -1,1 +1,188 @@
-fn main() {}
+//! The `switchyard` binary: `serve` runs a gateway node, `demo` runs one with two sample
+//! instances, `check-config` validates a configuration and prints it in full.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use switchyard::bus::MemoryBus;
+use switchyard::config::{self, BusKind, Config, LogFormat, Override};
+use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An API gateway cluster for gRPC microservices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway node.
+    Serve(ConfigArgs),
+    /// Run a gateway with the in-memory bus and sample service instances, and print what to try.
+    Demo {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// How many sample instances to start.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+        instances: u16,
+    },
+    /// Validate the configuration and print it with every default filled in.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public listener address (REST forwarding, /healthz, /readyz).
+    #[arg(long)]
+    public_listen: Option<String>,
+    /// Control listener address (registration, registry views).
+    #[arg(long)]
+    control_listen: Option<String>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Any config key, e.g. --set upstream.timeout_ms=500 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = config::parse_set_flag)]
+    set: Vec<Override>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = config::env_overrides(std::env::vars());
+        let flags = [
+            ("public.listen", &self.public_listen, "flag --public-listen"),
+            (
+                "control.listen",
+                &self.control_listen,
+                "flag --control-listen",
+            ),
+            ("node_id", &self.node_id, "flag --node-id"),
+        ];
+        for (key, value, origin) in flags {
+            if let Some(value) = value {
+                overrides.push(Override {
+                    key: key.to_owned(),
+                    value: format!("{value:?}"),
+                    origin: origin.to_owned(),
+                });
+            }
+        }
+        overrides.extend(self.set.iter().cloned());
+        Ok(Config::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("SWITCHYARD_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(&config.log.level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::CheckConfig(args) => {
+            let config = args.load()?;
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let config = args.load()?;
+            init_logging(&config);
+            runtime.block_on(serve(config))
+        }
+        Command::Demo { config, instances } => {
+            let config = config.load()?;
+            init_logging(&config);
+            runtime.block_on(async {
+                let shutdown = on_signal();
+                switchyard::demo::run(config, usize::from(instances), shutdown)
+                    .await
+                    .context("demo failed")
+            })
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let bus = match config.bus.kind {
+        BusKind::Memory => Arc::new(MemoryBus::new()),
+    };
+    let seams = Seams {
+        connector: Arc::new(TokioConnector),
+        clock: Arc::new(SystemClock),
+        bus,
+        seed: config.seed.unwrap_or_else(os_seed),
+    };
+    let public = tokio::net::TcpListener::bind(config.public.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (public.listen)", config.public.listen))?;
+    let control = tokio::net::TcpListener::bind(config.control.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (control.listen)",
+                config.control.listen
+            )
+        })?;
+    // One line on stdout with the bound addresses, for scripts that start on port 0.
+    println!(
+        "switchyard listening: public={} control={}",
+        public.local_addr()?,
+        control.local_addr()?
+    );
+    let shutdown = on_signal();
+    switchyard::run(config, seams, public, control, shutdown)
+        .await
+        .context("gateway failed")
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        cancel.cancel();
+    });
+    token
+}

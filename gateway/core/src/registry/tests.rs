@@ -25,12 +25,21 @@ fn removed(ms: u64, node: &str, why: Removal) -> Entry {
 fn re_registration_is_idempotent_and_a_second_instance_joins() {
     let mut r = Registry::new();
     let k1 = InstanceKey::new("orders", "i-1");
-    assert_eq!(r.apply(k1.clone(), alive(10, "a", "http://h:1")), Applied::Inserted);
-    assert_eq!(r.apply(k1.clone(), alive(10, "a", "http://h:1")), Applied::Unchanged);
+    assert_eq!(
+        r.apply(k1.clone(), alive(10, "a", "http://h:1")),
+        Applied::Inserted
+    );
+    assert_eq!(
+        r.apply(k1.clone(), alive(10, "a", "http://h:1")),
+        Applied::Unchanged
+    );
     let digest = r.digest();
     r.apply(k1.clone(), alive(10, "a", "http://h:1"));
     assert_eq!(r.digest(), digest);
-    r.apply(InstanceKey::new("orders", "i-2"), alive(11, "b", "http://h:2"));
+    r.apply(
+        InstanceKey::new("orders", "i-2"),
+        alive(11, "b", "http://h:2"),
+    );
     match r.lookup("orders", 20) {
         Lookup::Live(live) => {
             let ids: Vec<_> = live.iter().map(|l| l.key.instance_id.as_str()).collect();
@@ -61,7 +70,10 @@ fn leases_expire_and_evicted_services_stay_known() {
     r.apply(InstanceKey::new("s", "i"), alive(100, "a", "http://h:1"));
     assert!(matches!(r.lookup("s", 1_099), Lookup::Live(_)));
     assert_eq!(r.lookup("s", 1_100), Lookup::NoLive);
-    r.apply(InstanceKey::new("s", "i"), removed(200, "a", Removal::Evicted));
+    r.apply(
+        InstanceKey::new("s", "i"),
+        removed(200, "a", Removal::Evicted),
+    );
     assert_eq!(r.lookup("s", 150), Lookup::NoLive);
     assert_eq!(r.lookup("other", 150), Lookup::Unknown);
 }
@@ -72,7 +84,10 @@ fn service_entries_do_not_leak_into_neighbours() {
     for (s, i) in [("a", "1"), ("ab", "1"), ("b", "0"), ("a", "2")] {
         r.apply(InstanceKey::new(s, i), alive(1, "n", "http://h:1"));
     }
-    let ids: Vec<_> = r.service_entries("a").map(|(k, _)| k.instance_id.clone()).collect();
+    let ids: Vec<_> = r
+        .service_entries("a")
+        .map(|(k, _)| k.instance_id.clone())
+        .collect();
     assert_eq!(ids, ["1", "2"]);
     assert_eq!(r.services(), ["a", "ab", "b"]);
 }
@@ -80,10 +95,22 @@ fn service_entries_do_not_leak_into_neighbours() {
 #[test]
 fn prune_drops_only_old_tombstones_and_long_expired_leases() {
     let mut r = Registry::new();
-    r.apply(InstanceKey::new("s", "old-tomb"), removed(10, "a", Removal::Deregistered));
-    r.apply(InstanceKey::new("s", "new-tomb"), removed(5_000, "a", Removal::Evicted));
-    r.apply(InstanceKey::new("s", "old-lease"), alive(10, "a", "http://h:1"));
-    r.apply(InstanceKey::new("s", "live"), alive(4_500, "a", "http://h:1"));
+    r.apply(
+        InstanceKey::new("s", "old-tomb"),
+        removed(10, "a", Removal::Deregistered),
+    );
+    r.apply(
+        InstanceKey::new("s", "new-tomb"),
+        removed(5_000, "a", Removal::Evicted),
+    );
+    r.apply(
+        InstanceKey::new("s", "old-lease"),
+        alive(10, "a", "http://h:1"),
+    );
+    r.apply(
+        InstanceKey::new("s", "live"),
+        alive(4_500, "a", "http://h:1"),
+    );
     assert_eq!(r.prune(2_000), 2);
     let left: Vec<_> = r.entries().map(|(k, _)| k.instance_id.as_str()).collect();
     assert_eq!(left, ["live", "new-tomb"]);

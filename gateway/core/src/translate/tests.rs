@@ -39,7 +39,10 @@ fn routes() {
     assert_eq!(route("/orders//a/../b").unwrap(), ("orders", "//a/../b"));
     assert_eq!(route("/").unwrap_err().code(), "route_not_found");
     assert_eq!(route("//x").unwrap_err().code(), "route_not_found");
-    assert_eq!(route("/%6frders/x").unwrap_err().code(), "service_not_found");
+    assert_eq!(
+        route("/%6frders/x").unwrap_err().code(),
+        "service_not_found"
+    );
     assert_eq!(route("/../etc").unwrap_err().code(), "service_not_found");
 }
 
@@ -52,7 +55,10 @@ fn request_fields_are_carried_and_headers_keep_order_and_duplicates() {
         .header("accept", "text/plain")
         .header("x-custom", "1")
         .header("accept", "application/json")
-        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
         .body(())
         .unwrap();
     let out = to_forwarding_req(&head_of(&req), Bytes::from_static(b"{}"), &ctx()).unwrap();
@@ -146,7 +152,10 @@ fn client_request_ids_are_kept_only_when_plausible() {
     assert_eq!(client_request_id(&h), Some("abc-123"));
     h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
     assert_eq!(client_request_id(&h), None);
-    h.insert(X_REQUEST_ID, HeaderValue::from_str(&"x".repeat(129)).unwrap());
+    h.insert(
+        X_REQUEST_ID,
+        HeaderValue::from_str(&"x".repeat(129)).unwrap(),
+    );
     assert_eq!(client_request_id(&h), None);
 }
 
@@ -168,20 +177,34 @@ fn head_limits() {
         body_bytes_max: 10,
         header_bytes_max: 100,
     };
-    let ok = http::Request::builder().uri("/s/").header("a", "b").body(()).unwrap();
+    let ok = http::Request::builder()
+        .uri("/s/")
+        .header("a", "b")
+        .body(())
+        .unwrap();
     assert!(check_head(&head_of(&ok), &limits).is_ok());
     let big = http::Request::builder()
         .uri("/s/")
         .header("a", "b".repeat(100))
         .body(())
         .unwrap();
-    assert_eq!(check_head(&head_of(&big), &limits).unwrap_err().http_status(), 431);
+    assert_eq!(
+        check_head(&head_of(&big), &limits)
+            .unwrap_err()
+            .http_status(),
+        431
+    );
     let long = http::Request::builder()
         .uri("/s/")
         .header("content-length", "11")
         .body(())
         .unwrap();
-    assert_eq!(check_head(&head_of(&long), &limits).unwrap_err().http_status(), 413);
+    assert_eq!(
+        check_head(&head_of(&long), &limits)
+            .unwrap_err()
+            .http_status(),
+        413
+    );
 }
 
 fn resp(status: u32, headers: &[(&str, &[u8])]) -> ForwardingResp {
@@ -216,7 +239,12 @@ fn valid_responses_pass_with_duplicates_in_order() {
     assert_eq!(r.status(), 201);
     let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
-    for gone in ["connection", "x-private", "content-length", "transfer-encoding"] {
+    for gone in [
+        "connection",
+        "x-private",
+        "content-length",
+        "transfer-encoding",
+    ] {
         assert!(!r.headers().contains_key(gone), "{gone}");
     }
     assert_eq!(r.body().as_ref(), b"body");
@@ -240,7 +268,10 @@ fn invalid_responses_are_refused_with_a_reason() {
     let many: Vec<(String, Vec<u8>)> = (0..=RESPONSE_HEADERS_MAX)
         .map(|i| (format!("x-{i}"), b"v".to_vec()))
         .collect();
-    let many: Vec<(&str, &[u8])> = many.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let many: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
     assert!(to_http_response(resp(200, &many)).is_err());
 }
 

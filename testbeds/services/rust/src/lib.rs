@@ -1,1 +1,218 @@
+//! A sample Switchyard service in Rust, meant to be copied.
+//!
+//! * [`Sample`] implements `ForwardingService.Send`, the one rpc a service needs.
+//! * [`keep_registered`] registers the instance through a gateway's gRPC `Registration`
+//!   service, renews its lease as the gateway advises, and deregisters on shutdown.
+//!
+//! Routes (the path below the service prefix, so `/sample/hello` through the gateway):
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `/hello` | a JSON greeting naming the instance |
+//! | `/echo` | the request as the service received it, as JSON |
+//! | `/test/status/{n}` | a response with status `n` (any number, for testing the gateway) |
+//! | `/test/grpc-error/{code}` | fails the rpc with gRPC status `code` |
+//! | `/test/sleep/{ms}` | answers after `ms` milliseconds (at most 60 s) |
+//! | `/test/bad-header` | a response header whose value holds CR LF |
+//! | anything else | 404 with a JSON error |
+#![forbid(unsafe_code)]
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchyard_proto::forwarding::forwarding_service_server::{
+    ForwardingService, ForwardingServiceServer,
+};
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp, Header};
+use switchyard_proto::registry::registration_client::RegistrationClient;
+use switchyard_proto::registry::{DeregisterRequest, RegisterRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// The sample service's `ForwardingService` implementation.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub service: String,
+    pub instance_id: String,
+}
+
+impl Sample {
+    pub fn new(service: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            instance_id: instance_id.into(),
+        }
+    }
+
+    /// The tonic service, ready for `Server::add_service` or `Routes::new`.
+    pub fn into_server(self) -> ForwardingServiceServer<Self> {
+        ForwardingServiceServer::new(self)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+
+    fn json(&self, status: u32, value: &serde_json::Value) -> ForwardingResp {
+        ForwardingResp {
+            status,
+            headers: vec![
+                header("content-type", "application/json"),
+                header("x-served-by", &self.instance_id),
+            ],
+            body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+        }
+    }
+
+    fn echo(&self, req: &ForwardingReq) -> serde_json::Value {
+        let headers: Vec<_> = req
+            .headers
+            .iter()
+            .map(|h| serde_json::json!([h.name, String::from_utf8_lossy(&h.value)]))
+            .collect();
+        serde_json::json!({
+            "instance": self.instance_id,
+            "method": req.method,
+            "scheme": req.scheme,
+            "authority": req.authority,
+            "path": req.path,
+            "query": req.raw_query,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&req.body),
+            "http_version": req.http_version,
+            "client_addr": req.client_addr,
+            "request_id": req.request_id,
+            "deadline_unix_ms": req.deadline_unix_ms,
+            "service": req.service,
+            "gateway_node": req.gateway_node,
+            "traceparent": req.traceparent,
+        })
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+#[tonic::async_trait]
+impl ForwardingService for Sample {
+    async fn send(
+        &self,
+        request: Request<ForwardingReq>,
+    ) -> Result<Response<ForwardingResp>, Status> {
+        let req = request.into_inner();
+        let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+        let resp = match segments.as_slice() {
+            ["hello"] => self.json(
+                200,
+                &serde_json::json!({
+                    "message": format!("hello from {}/{}", self.service, self.instance_id),
+                    "service": self.service,
+                    "instance": self.instance_id,
+                    "language": "rust",
+                }),
+            ),
+            ["echo"] => self.json(200, &self.echo(&req)),
+            ["test", "status", n] => {
+                let status = n
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("status must be a number"))?;
+                self.json(status, &serde_json::json!({ "status": status }))
+            }
+            ["test", "grpc-error", code] => {
+                let code: i32 = code
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("code must be a number"))?;
+                return Err(Status::new(
+                    tonic::Code::from_i32(code),
+                    "error requested by the caller",
+                ));
+            }
+            ["test", "sleep", ms] => {
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("ms must be a number"))?;
+                tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+                self.json(200, &serde_json::json!({ "slept_ms": ms.min(60_000) }))
+            }
+            ["test", "bad-header"] => ForwardingResp {
+                status: 200,
+                headers: vec![header("x-bad", "a\r\nset-cookie: injected=1")],
+                body: Bytes::new(),
+            },
+            _ => self.json(
+                404,
+                &serde_json::json!({ "error": "no such route", "path": req.path }),
+            ),
+        };
+        Ok(Response::new(resp))
+    }
+}
+
+/// How to register one instance.
+#[derive(Debug, Clone)]
+pub struct RegistrationSpec {
+    pub service: String,
+    pub instance_id: String,
+    /// The address gateways reach this instance at, `http://host:port`.
+    pub addr: String,
+    pub lease_ms: u64,
+}
+
+/// Registers the instance through `client`, renews its lease until `shutdown`, then
+/// deregisters. A failed registration or renewal is retried with a bounded backoff, so the
+/// instance comes back by itself after a gateway restart or an eviction.
+pub async fn keep_registered(
+    mut client: RegistrationClient<Channel>,
+    spec: RegistrationSpec,
+    shutdown: CancellationToken,
+) {
+    let request = RegisterRequest {
+        service: spec.service.clone(),
+        instance_id: spec.instance_id.clone(),
+        addr: spec.addr.clone(),
+        metadata: [("language".to_owned(), "rust".to_owned())].into(),
+        lease_ms: spec.lease_ms,
+    };
+    let mut registered = false;
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let call = if registered {
+            client.renew(request.clone()).await
+        } else {
+            client.register(request.clone()).await
+        };
+        let wait = match call {
+            Ok(resp) => {
+                if !registered {
+                    tracing::info!(service = %spec.service, instance = %spec.instance_id, addr = %spec.addr, "registered");
+                }
+                registered = true;
+                retry = Duration::from_millis(100);
+                Duration::from_millis(resp.into_inner().renew_after_ms.max(100))
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), retry_ms = retry.as_millis() as u64, "registration failed; retrying");
+                let wait = retry;
+                retry = (retry * 2).min(Duration::from_secs(5));
+                wait
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    let deregister = client.deregister(DeregisterRequest {
+        service: spec.service.clone(),
+        instance_id: spec.instance_id.clone(),
+    });
+    match tokio::time::timeout(Duration::from_secs(2), deregister).await {
+        Ok(Ok(_)) => tracing::info!(instance = %spec.instance_id, "deregistered"),
+        Ok(Err(status)) => tracing::warn!(message = status.message(), "deregistration failed"),
+        Err(_) => tracing::warn!("deregistration timed out"),
+    }
+}

@@ -1,1 +1,106 @@
-fn main() {}
+//! The sample service as a process: serves `ForwardingService` on a TCP port and keeps itself
+//! registered with a gateway until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use sample_service::{RegistrationSpec, Sample, keep_registered};
+use switchyard_proto::registry::registration_client::RegistrationClient;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(about = "A sample Switchyard service (Rust)")]
+struct Args {
+    /// The gateway's control address, where instances register.
+    #[arg(long, env = "GATEWAY_CONTROL", default_value = "http://127.0.0.1:8081")]
+    gateway: String,
+    /// Service name to register under.
+    #[arg(long, default_value = "sample")]
+    service: String,
+    /// Instance id; defaults to `rust-<port>`.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Where to serve ForwardingService; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The address gateways should use; defaults to the bound listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Lease requested from the gateway, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let instance_id = args
+        .instance_id
+        .unwrap_or_else(|| format!("rust-{}", local.port()));
+    let addr = args.advertise.unwrap_or_else(|| format!("http://{local}"));
+    // One line on stdout that scripts can wait for.
+    println!("listening on {local} as {}/{instance_id}", args.service);
+
+    let shutdown = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .add_service(Sample::new(&args.service, &instance_id).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let channel = tonic::transport::Endpoint::from_shared(args.gateway.clone())
+        .with_context(|| format!("invalid gateway address {:?}", args.gateway))?
+        .connect_lazy();
+    let registration = tokio::spawn(keep_registered(
+        RegistrationClient::new(channel),
+        RegistrationSpec {
+            service: args.service,
+            instance_id,
+            addr,
+            lease_ms: args.lease_ms,
+        },
+        shutdown.clone(),
+    ));
+    let signals = {
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            shutdown.cancel();
+        }
+    };
+    let (served, ()) = tokio::join!(server, signals);
+    served.context("server failed")?;
+    registration.await.context("registration task failed")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,416 @@
+//! Configuration: a TOML file, then environment variables, then command-line flags, each
+//! overriding the one before. Unknown keys are errors, every value is checked after parsing,
+//! and every error names the key and where its value came from.
+//!
+//! Environment: `SWITCHYARD_<KEY>` for a top-level key and `SWITCHYARD_<SECTION>__<KEY>` for a
+//! key in a section (`SWITCHYARD_UPSTREAM__TIMEOUT_MS=500`). `SWITCHYARD_CONFIG` names the file
+//! and `SWITCHYARD_LOG` the log filter; neither is a config key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[cfg(test)]
+mod tests;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This gateway's id in HLC stamps and bus events. Empty: a random id at each start.
+    pub node_id: String,
+    /// Seed for request ids and load balancing. Absent: from the operating system.
+    pub seed: Option<u64>,
+    pub public: PublicConfig,
+    pub control: ControlConfig,
+    pub upstream: UpstreamConfig,
+    pub registry: RegistryConfig,
+    pub bus: BusConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicConfig {
+    /// Where clients send REST requests (`/{service}/{path}`), `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    pub body_bytes_max: usize,
+    pub header_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Where instances register (REST `/v1/...` and the gRPC `Registration` service).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// How long the gateway waits for a service's answer, all attempts included.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Attempts per request, the first included; only connect failures are retried.
+    pub attempts_max: u32,
+    pub response_body_bytes_max: usize,
+    /// Consecutive connect failures that eject an instance from balancing for a while.
+    pub failures_to_eject: u32,
+    pub ejection_base_ms: u64,
+    pub ejection_max_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Lease given to an instance that asks for none.
+    pub lease_default_ms: u64,
+    pub lease_min_ms: u64,
+    pub lease_max_ms: u64,
+    /// How long tombstones and long-expired entries are kept. Keep it at least the bus's
+    /// delete-marker retention, so no old event can resurrect a removed instance.
+    pub tombstone_retention_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    pub kind: BusKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process: one gateway, or several nodes inside one process (tests, simulation).
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `switchyard=debug,info`. `SWITCHYARD_LOG` overrides.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            seed: None,
+            public: PublicConfig::default(),
+            control: ControlConfig::default(),
+            upstream: UpstreamConfig::default(),
+            registry: RegistryConfig::default(),
+            bus: BusConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for PublicConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_bytes_max: 1024 * 1024,
+            header_bytes_max: 64 * 1024,
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 15_000,
+            connect_timeout_ms: 1_000,
+            attempts_max: 3,
+            response_body_bytes_max: 8 * 1024 * 1024,
+            failures_to_eject: 1,
+            ejection_base_ms: 1_000,
+            ejection_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            lease_default_ms: 30_000,
+            lease_min_ms: 1_000,
+            lease_max_ms: 3_600_000,
+            tombstone_retention_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::Memory,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}` (from {origin}): {message}")]
+    Key {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+/// One override of a config key, with where it came from for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Dotted key, e.g. `upstream.timeout_ms`.
+    pub key: String,
+    pub value: String,
+    /// E.g. `env SWITCHYARD_NODE_ID` or `flag --set`.
+    pub origin: String,
+}
+
+/// The overrides found in the environment (see the module docs for the naming rule).
+pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
+    let mut out: Vec<Override> = vars
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix("SWITCHYARD_")?;
+            if rest == "CONFIG" || rest == "LOG" || rest.is_empty() {
+                return None;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            Some(Override {
+                key,
+                value,
+                origin: format!("env {name}"),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+/// Parses `key=value` as given to `--set`.
+pub fn parse_set_flag(arg: &str) -> Result<Override, String> {
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("--set {arg:?}: expected key=value"))?;
+    Ok(Override {
+        key: key.trim().to_owned(),
+        value: value.to_owned(),
+        origin: "flag --set".to_owned(),
+    })
+}
+
+impl Config {
+    /// Loads the file (if any), applies the overrides in order, and validates.
+    pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let (text, origin) = match file {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_owned()),
+        };
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: file.map(Path::to_owned).unwrap_or_default(),
+                    message: e.message().to_owned(),
+                })?;
+        let mut origins = BTreeMap::new();
+        for o in overrides {
+            set_dotted(&mut table, o)?;
+            origins.insert(o.key.clone(), o.origin.clone());
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let origin = origins.get(&key).cloned().unwrap_or_else(|| origin.clone());
+                ConfigError::Key {
+                    key,
+                    origin,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                origin: origins.get(key).cloned().unwrap_or_else(|| origin.clone()),
+                key: key.to_owned(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks relations between values that types cannot express. Returns the key at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("public.body_bytes_max", self.public.body_bytes_max as u64),
+            (
+                "public.header_bytes_max",
+                self.public.header_bytes_max as u64,
+            ),
+            ("upstream.timeout_ms", self.upstream.timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.attempts_max",
+                u64::from(self.upstream.attempts_max),
+            ),
+            (
+                "upstream.response_body_bytes_max",
+                self.upstream.response_body_bytes_max as u64,
+            ),
+            (
+                "upstream.failures_to_eject",
+                u64::from(self.upstream.failures_to_eject),
+            ),
+            ("upstream.ejection_base_ms", self.upstream.ejection_base_ms),
+            ("registry.lease_min_ms", self.registry.lease_min_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be greater than 0".to_owned()));
+            }
+        }
+        if self.upstream.attempts_max > 10 {
+            return Err(("upstream.attempts_max", "must be at most 10".to_owned()));
+        }
+        if self.upstream.ejection_max_ms < self.upstream.ejection_base_ms {
+            return Err((
+                "upstream.ejection_max_ms",
+                "must be at least upstream.ejection_base_ms".to_owned(),
+            ));
+        }
+        let r = &self.registry;
+        if r.lease_max_ms < r.lease_min_ms {
+            return Err((
+                "registry.lease_max_ms",
+                "must be at least registry.lease_min_ms".to_owned(),
+            ));
+        }
+        if !(r.lease_min_ms..=r.lease_max_ms).contains(&r.lease_default_ms) {
+            return Err((
+                "registry.lease_default_ms",
+                format!(
+                    "must lie between lease_min_ms ({}) and lease_max_ms ({})",
+                    r.lease_min_ms, r.lease_max_ms
+                ),
+            ));
+        }
+        if r.tombstone_retention_ms < r.lease_max_ms {
+            return Err((
+                "registry.tombstone_retention_ms",
+                "must be at least registry.lease_max_ms".to_owned(),
+            ));
+        }
+        if self.public.listen == self.control.listen && self.public.listen.port() != 0 {
+            return Err((
+                "control.listen",
+                "must differ from public.listen".to_owned(),
+            ));
+        }
+        if self.node_id.len() > 64
+            || self
+                .node_id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err((
+                "node_id",
+                "must be at most 64 characters, without spaces".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `key` (dotted) in the table. The value is read as a TOML value if it parses as one
+/// (numbers, booleans), otherwise as a string.
+fn set_dotted(table: &mut toml::Table, o: &Override) -> Result<(), ConfigError> {
+    let bad = |message: String| ConfigError::Key {
+        key: o.key.clone(),
+        origin: o.origin.clone(),
+        message,
+    };
+    let parts: Vec<&str> = o.key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("is not a valid key".to_owned()));
+    }
+    let value = format!("v = {}", o.value)
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(o.value.clone()));
+    let (last, sections) = parts
+        .split_last()
+        .ok_or_else(|| bad("is empty".to_owned()))?;
+    let mut cursor = table;
+    for section in sections {
+        cursor = cursor
+            .entry((*section).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("`{section}` is not a section")))?;
+    }
+    cursor.insert((*last).to_owned(), value);
+    Ok(())
+}

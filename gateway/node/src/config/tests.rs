@@ -1,0 +1,117 @@
+use super::*;
+
+fn write(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::new(text)
+}
+
+/// A file removed when dropped, without another dependency.
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn new(text: &str) -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "switchyard-config-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn defaults_are_valid() {
+    let c = Config::load(None, &[]).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.public.listen.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn file_then_env_then_flags() {
+    let f = write("node_id = \"from-file\"\n[upstream]\ntimeout_ms = 100\nattempts_max = 2\n");
+    let env = env_overrides([
+        (
+            "SWITCHYARD_UPSTREAM__TIMEOUT_MS".to_owned(),
+            "200".to_owned(),
+        ),
+        ("SWITCHYARD_CONFIG".to_owned(), "ignored".to_owned()),
+        ("OTHER".to_owned(), "x".to_owned()),
+    ]);
+    assert_eq!(env.len(), 1);
+    let mut overrides = env;
+    overrides.push(parse_set_flag("node_id=from-flag").unwrap());
+    let c = Config::load(Some(f.path()), &overrides).unwrap();
+    assert_eq!(c.node_id, "from-flag");
+    assert_eq!(c.upstream.timeout_ms, 200);
+    assert_eq!(c.upstream.attempts_max, 2);
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let f = write("[upstream]\ntimeout = 5\n");
+    let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("upstream.timeout") && err.contains("unknown field"),
+        "{err}"
+    );
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn type_errors_name_the_key_and_the_origin() {
+    let o = parse_set_flag("upstream.timeout_ms=soon").unwrap();
+    let err = Config::load(None, &[o]).unwrap_err().to_string();
+    assert!(
+        err.contains("`upstream.timeout_ms`") && err.contains("flag --set"),
+        "{err}"
+    );
+    let env = env_overrides([("SWITCHYARD_PUBLIC__LISTEN".to_owned(), "nowhere".to_owned())]);
+    let err = Config::load(None, &env).unwrap_err().to_string();
+    assert!(
+        err.contains("public.listen") && err.contains("SWITCHYARD_PUBLIC__LISTEN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validation_names_the_key() {
+    let cases = [
+        ("upstream.timeout_ms=0", "upstream.timeout_ms"),
+        ("registry.lease_default_ms=10", "registry.lease_default_ms"),
+        ("upstream.ejection_max_ms=1", "upstream.ejection_max_ms"),
+        ("control.listen=\"127.0.0.1:8080\"", "control.listen"),
+        ("node_id=\"a b\"", "node_id"),
+    ];
+    for (set, key) in cases {
+        let err = Config::load(None, &[parse_set_flag(set).unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}`")), "{set}: {err}");
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let f = write("node_id = \n");
+    let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+    assert!(err.contains("not valid TOML"), "{err}");
+    let missing = Config::load(Some(Path::new("/nonexistent/switchyard.toml")), &[]).unwrap_err();
+    assert!(missing.to_string().contains("/nonexistent/switchyard.toml"));
+    assert!(parse_set_flag("novalue").is_err());
+}

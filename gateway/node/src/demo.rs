@@ -1,0 +1,130 @@
+//! `switchyard demo`: one gateway with the in-memory bus and two instances of the Rust sample
+//! service, registered through the gateway's control listener exactly as a real service
+//! registers. It prints what to try, and stops everything on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sample_service::{RegistrationSpec, Sample, keep_registered};
+use switchyard_core::registry::Lookup;
+use switchyard_proto::registry::registration_client::RegistrationClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::MemoryBus;
+use crate::config::Config;
+use crate::node::Node;
+use crate::seams::{Seams, SystemClock, TokioConnector, os_seed};
+use crate::serve::serve;
+use crate::upstream::lazy_channel;
+
+/// The service name the demo registers.
+pub const DEMO_SERVICE: &str = "sample";
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} for the {what} listener: {e} (choose another address with {flag})"),
+        )
+    })
+}
+
+/// Runs the demo until `shutdown`.
+pub async fn run(config: Config, instances: usize, shutdown: CancellationToken) -> io::Result<()> {
+    let public = bind(config.public.listen, "public", "--public-listen").await?;
+    let control = bind(config.control.listen, "control", "--control-listen").await?;
+    let (public_addr, control_addr) = (public.local_addr()?, control.local_addr()?);
+    let seams = Seams {
+        connector: Arc::new(TokioConnector),
+        clock: Arc::new(SystemClock),
+        bus: Arc::new(MemoryBus::new()),
+        seed: config.seed.unwrap_or_else(os_seed),
+    };
+    let drain = Duration::from_millis(config.shutdown.drain_timeout_ms);
+    let node = Node::new(config, seams);
+    let gateway = tokio::spawn(node.clone().serve(public, control, shutdown.clone()));
+
+    let registration = lazy_channel(
+        Arc::new(TokioConnector),
+        &format!("http://{control_addr}"),
+        Duration::from_secs(1),
+    )
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut services = Vec::new();
+    for i in 1..=instances {
+        let listener = bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            "sample service",
+            "--instances",
+        )
+        .await?;
+        let addr = listener.local_addr()?;
+        let instance_id = format!("demo-{i}");
+        let routes =
+            tonic::service::Routes::new(Sample::new(DEMO_SERVICE, &instance_id).into_server())
+                .into_axum_router();
+        services.push(tokio::spawn(serve(
+            listener,
+            routes,
+            shutdown.clone(),
+            drain,
+        )));
+        tokio::spawn(keep_registered(
+            RegistrationClient::new(registration.clone()),
+            RegistrationSpec {
+                service: DEMO_SERVICE.to_owned(),
+                instance_id,
+                addr: format!("http://{addr}"),
+                lease_ms: 10_000,
+            },
+            shutdown.clone(),
+        ));
+    }
+
+    if wait_for_instances(&node, instances, &shutdown).await {
+        print_banner(&node, public_addr, control_addr, instances);
+    }
+    let served = gateway.await.map_err(io::Error::other)?;
+    for service in services {
+        let _ = service.await;
+    }
+    served
+}
+
+/// Waits until the registry lists `n` live demo instances (bounded: 10 s).
+async fn wait_for_instances(node: &Node, n: usize, shutdown: &CancellationToken) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = match node.registry().lookup(DEMO_SERVICE, node.now_ms()) {
+            Lookup::Live(live) => live.len(),
+            _ => 0,
+        };
+        if live >= n {
+            return true;
+        }
+        if shutdown.is_cancelled() || tokio::time::Instant::now() >= deadline {
+            tracing::warn!(live, expected = n, "demo instances did not all register");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn print_banner(node: &Node, public: SocketAddr, control: SocketAddr, instances: usize) {
+    println!(
+        "\nSwitchyard demo: gateway {id} with the in-memory bus and {instances} instances of the Rust sample service \"{DEMO_SERVICE}\".\n\
+         \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, /healthz, /readyz\
+         \n  control  http://{control}    registration: /v1/services (REST) and gRPC switchyard.registry.v1.Registration\n\
+         \nTry:\
+         \n  curl -s http://{public}/{DEMO_SERVICE}/hello\
+         \n  curl -s -X POST http://{public}/{DEMO_SERVICE}/echo -H 'content-type: application/json' -d '{{\"hello\":\"world\"}}'\
+         \n  curl -s http://{public}/nosuch/thing\
+         \n  curl -s http://{control}/v1/services\
+         \n  curl -s -X PUT http://{control}/v1/services/my-service/instances/i-1 -d '{{\"addr\":\"127.0.0.1:50051\"}}'\n\
+         \nCtrl-C stops the gateway and the sample instances (they deregister first).\n",
+        id = node.id(),
+    );
+}

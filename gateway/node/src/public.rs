@@ -1,0 +1,145 @@
+//! The public listener: REST forwarding at `/{service}/{path}`, `/healthz` and `/readyz`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use switchyard_core::GatewayError;
+use switchyard_core::translate::{self, ForwardContext, RequestHead, X_REQUEST_ID};
+
+use crate::node::Node;
+use crate::seams::ClientAddr;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(forward)
+        .with_state(node)
+}
+
+/// Liveness: the process serves HTTP.
+pub async fn healthz() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+/// Readiness: caught up with the bus and not shutting down. Load balancers send traffic only
+/// to ready gateways.
+pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let status = node.status();
+    let code = if status.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": status.ready,
+        "shutting_down": status.shutting_down,
+        "node_id": status.node_id,
+        "bus_position": status.bus_position,
+        "catch_up_target": status.catch_up_target,
+    });
+    json_response(code, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The JSON error response for `error`; every gateway error leaves through here.
+pub fn error_response(error: &GatewayError, request_id: Option<&str>) -> Response {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, error.to_json(request_id))
+}
+
+async fn forward(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    request: Request,
+) -> Response {
+    let request_id = translate::client_request_id(request.headers())
+        .map(str::to_owned)
+        .unwrap_or_else(|| node.new_request_id());
+    let method = request.method().clone();
+    let path: String = request.uri().path().chars().take(256).collect();
+    let started = tokio::time::Instant::now();
+    let mut response = match handle(&node, client, &request_id, request).await {
+        Ok(response) => response.map(Body::from),
+        Err(error) => {
+            let level_warn = error.http_status() >= 500;
+            if level_warn {
+                tracing::warn!(%request_id, %method, %path, code = %error.code(), %error, "request failed");
+            } else {
+                tracing::info!(%request_id, %method, %path, code = %error.code(), %error, "request refused");
+            }
+            error_response(&error, Some(&request_id))
+        }
+    };
+    tracing::debug!(%request_id, %method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request done");
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    response
+}
+
+async fn handle(
+    node: &Node,
+    client: std::net::SocketAddr,
+    request_id: &str,
+    request: Request,
+) -> Result<http::Response<Bytes>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let head = RequestHead {
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+    };
+    let limits = node.limits();
+    translate::check_head(&head, &limits)?;
+    // Refuse a bad route before reading a body that would be thrown away.
+    let (service, _) = translate::route(parts.uri.path())?;
+    let service = service.to_owned();
+    let body = read_body(body, limits.body_bytes_max).await?;
+    let deadline_unix_ms = node.now_ms() + node.config().upstream.timeout_ms;
+    let ctx = ForwardContext {
+        scheme: "http",
+        client_addr: Some(client),
+        gateway_node: node.id(),
+        request_id,
+        deadline_unix_ms,
+    };
+    let forwarding_req = translate::to_forwarding_req(&head, body, &ctx)?;
+    let forwarding_resp = node.forward(forwarding_req).await?;
+    translate::to_http_response(forwarding_resp)
+        .map_err(|reason| GatewayError::BadUpstreamResponse { service, reason })
+}
+
+/// Reads the whole body, refusing it with 413 once it passes the limit.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(GatewayError::BodyTooLarge { limit_bytes: limit })
+        }
+        Err(error) => Err(GatewayError::InvalidArgument {
+            field: "body",
+            reason: format!("could not be read: {error}"),
+        }),
+    }
+}

@@ -1,0 +1,242 @@
+//! Calling a service: pick a live instance, call `ForwardingService.Send` on its pooled
+//! channel within the deadline, record the outcome for passive health, and retry on another
+//! instance only when the request never reached a service.
+
+use std::collections::BTreeSet;
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use switchyard_core::balance::{self, Candidate, InstanceHealth};
+use switchyard_core::registry::Lookup;
+use switchyard_core::{GatewayError, InstanceKey};
+use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceClient;
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::node::{Node, lock};
+use crate::seams::Connector;
+
+/// The balancer's record of one instance.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Slot {
+    pub health: InstanceHealth,
+    pub in_flight: u32,
+}
+
+/// Marks a failure to open a connection, so it can be told apart from an rpc that failed
+/// after the request was sent (which is never retried).
+#[derive(Debug, thiserror::Error)]
+#[error("connect to {authority} failed: {source}")]
+pub struct ConnectFailed {
+    authority: String,
+    source: std::io::Error,
+}
+
+/// A channel to `addr` that connects on first use and reconnects after failures, through
+/// `connector`. One per instance address, reused by every request.
+pub fn lazy_channel(
+    connector: Arc<dyn Connector>,
+    addr: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, GatewayError> {
+    let endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|e| GatewayError::Internal {
+        detail: format!("instance address {addr:?}: {e}"),
+    })?;
+    let connect = tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let attempt = tokio::time::timeout(connect_timeout, connector.connect(&authority));
+            let result = match attempt.await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {} ms", connect_timeout.as_millis()),
+                )),
+            };
+            result
+                .map(TokioIo::new)
+                .map_err(|source| ConnectFailed { authority, source })
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+fn is_connect_failure(status: &tonic::Status) -> bool {
+    let mut cause = status.source();
+    while let Some(err) = cause {
+        if err.downcast_ref::<ConnectFailed>().is_some() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// Decrements an instance's in-flight count when the attempt ends, however it ends.
+struct InFlight<'a> {
+    node: &'a Node,
+    key: InstanceKey,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = lock(&self.node.balancer).get_mut(&self.key) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl Node {
+    /// Sends `req` to an instance of `req.service` and returns its answer.
+    pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
+        let timeout_ms = self.config.upstream.timeout_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut tried = BTreeSet::new();
+        let mut last_error = None;
+        for attempt in 1.. {
+            let Some((key, addr)) = self.choose(&req.service, &tried)? else {
+                break;
+            };
+            let result = self.attempt(&key, &addr, req.clone(), deadline).await;
+            self.record(&key, &result);
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(error) if self.retry_policy.should_retry(&error, attempt) => {
+                    tracing::debug!(service = %req.service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
+                    tried.insert(key);
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| GatewayError::NoLiveInstance {
+            service: req.service.clone(),
+        }))
+    }
+
+    /// Picks an instance not yet tried, or `None` when all were tried. Routing reads the
+    /// registry at this moment, so an instance removed from it gets no new request from the
+    /// moment the removal is applied.
+    fn choose(
+        &self,
+        service: &str,
+        tried: &BTreeSet<InstanceKey>,
+    ) -> Result<Option<(InstanceKey, String)>, GatewayError> {
+        let now = self.now_ms();
+        let registry = self.registry();
+        let live = match registry.lookup(service, now) {
+            Lookup::Unknown => {
+                return Err(GatewayError::ServiceNotFound {
+                    service: service.to_owned(),
+                });
+            }
+            Lookup::NoLive => {
+                return Err(GatewayError::NoLiveInstance {
+                    service: service.to_owned(),
+                });
+            }
+            Lookup::Live(live) => live,
+        };
+        let mut balancer = lock(&self.balancer);
+        let candidates: Vec<Candidate> = live
+            .iter()
+            .map(|inst| {
+                let slot = balancer.get(inst.key).copied().unwrap_or_default();
+                Candidate {
+                    in_flight: slot.in_flight,
+                    ejected: slot.health.is_ejected(now),
+                    tried: tried.contains(inst.key),
+                }
+            })
+            .collect();
+        let Some(i) = self.with_rng(|rng| balance::pick(&candidates, rng)) else {
+            return Ok(None);
+        };
+        let chosen = live[i];
+        balancer.entry(chosen.key.clone()).or_default().in_flight += 1;
+        Ok(Some((chosen.key.clone(), chosen.addr.to_owned())))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, GatewayError> {
+        let mut pool = lock(&self.pool);
+        if let Some(channel) = pool.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = lazy_channel(
+            self.seams.connector.clone(),
+            addr,
+            Duration::from_millis(self.config.upstream.connect_timeout_ms),
+        )?;
+        pool.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    async fn attempt(
+        &self,
+        key: &InstanceKey,
+        addr: &str,
+        req: ForwardingReq,
+        deadline: tokio::time::Instant,
+    ) -> Result<ForwardingResp, GatewayError> {
+        let _in_flight = InFlight {
+            node: self,
+            key: key.clone(),
+        };
+        let service = &key.service;
+        let timeout_ms = self.config.upstream.timeout_ms;
+        let mut client = ForwardingServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(self.config.upstream.response_body_bytes_max + 64 * 1024)
+            .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout_at(deadline, client.send(request)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                service: service.clone(),
+                timeout_ms,
+            }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) if is_connect_failure(&status) => Err(GatewayError::UpstreamConnect {
+                service: service.clone(),
+                detail: format!(
+                    "instance {} at {addr}: {}",
+                    key.instance_id,
+                    status.message()
+                ),
+            }),
+            Ok(Err(status))
+                if status.code() == tonic::Code::DeadlineExceeded
+                    && tokio::time::Instant::now() >= deadline =>
+            {
+                Err(GatewayError::UpstreamTimeout {
+                    service: service.clone(),
+                    timeout_ms,
+                })
+            }
+            Ok(Err(status)) => Err(GatewayError::UpstreamStatus {
+                service: service.clone(),
+                grpc_code: status.code() as i32,
+                message: status.message().to_owned(),
+            }),
+        }
+    }
+
+    /// Passive health: connect failures count towards ejection; any answer from the service
+    /// (even an error status) proves it reachable.
+    fn record(&self, key: &InstanceKey, result: &Result<ForwardingResp, GatewayError>) {
+        let now = self.now_ms();
+        let mut balancer = lock(&self.balancer);
+        let slot = balancer.entry(key.clone()).or_default();
+        match result {
+            Err(GatewayError::UpstreamConnect { .. }) => {
+                if slot.health.on_failure(now, &self.health_policy) {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms = slot.health.ejected_until_ms, "instance ejected after connect failures");
+                }
+            }
+            Err(GatewayError::UpstreamTimeout { .. }) => {}
+            Ok(_) | Err(_) => slot.health.on_success(),
+        }
+    }
+}
