@@ -15,7 +15,7 @@ use serde::Deserialize;
 #[cfg(test)]
 mod tests;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// This gateway's id in HLC stamps and bus events. Empty: a random id at each start.
@@ -107,22 +107,6 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node_id: String::new(),
-            seed: None,
-            public: PublicConfig::default(),
-            control: ControlConfig::default(),
-            upstream: UpstreamConfig::default(),
-            registry: RegistryConfig::default(),
-            bus: BusConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for PublicConfig {

@@ -64,10 +64,13 @@ pub fn lazy_channel(
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
-fn is_connect_failure(status: &tonic::Status) -> bool {
+/// Whether an error of type `E` is among the causes of `status`: tells a status made on this
+/// side (a failed connect, tonic's own enforcement of the grpc-timeout) from one a service
+/// sent.
+fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     let mut cause = status.source();
     while let Some(err) = cause {
-        if err.downcast_ref::<ConnectFailed>().is_some() {
+        if err.is::<E>() {
             return true;
         }
         cause = err.source();
@@ -198,18 +201,17 @@ impl Node {
                 timeout_ms,
             }),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) if is_connect_failure(&status) => Err(GatewayError::UpstreamConnect {
-                service: service.clone(),
-                detail: format!(
-                    "instance {} at {addr}: {}",
-                    key.instance_id,
-                    status.message()
-                ),
-            }),
-            Ok(Err(status))
-                if status.code() == tonic::Code::DeadlineExceeded
-                    && tokio::time::Instant::now() >= deadline =>
-            {
+            Ok(Err(status)) if caused_by::<ConnectFailed>(&status) => {
+                Err(GatewayError::UpstreamConnect {
+                    service: service.clone(),
+                    detail: format!(
+                        "instance {} at {addr}: {}",
+                        key.instance_id,
+                        status.message()
+                    ),
+                })
+            }
+            Ok(Err(status)) if caused_by::<tonic::TimeoutExpired>(&status) => {
                 Err(GatewayError::UpstreamTimeout {
                     service: service.clone(),
                     timeout_ms,

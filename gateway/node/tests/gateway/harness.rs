@@ -1,0 +1,253 @@
+//! Starting gateways and sample instances on loopback, and a small HTTP client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sample_service::Sample;
+use serde_json::Value;
+use switchyard::bus::MemoryBus;
+use switchyard::config::Config;
+use switchyard::seams::{Seams, SystemClock, TokioConnector};
+use switchyard_proto::forwarding::forwarding_service_server::{
+    ForwardingService, ForwardingServiceServer,
+};
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `check` every 10 ms until it holds; fails the test after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub struct Gateway {
+    public: SocketAddr,
+    control: SocketAddr,
+    pub node_id: String,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Gateway {
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(MemoryBus::new(), configure).await
+    }
+
+    pub async fn start_on(bus: MemoryBus, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.shutdown.drain_timeout_ms = 5_000;
+        configure(&mut config);
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (public_addr, control_addr) =
+            (public.local_addr().unwrap(), control.local_addr().unwrap());
+        let seams = Seams {
+            connector: Arc::new(TokioConnector),
+            clock: Arc::new(SystemClock),
+            bus: Arc::new(bus),
+            seed: 7,
+        };
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(switchyard::run(
+            config,
+            seams,
+            public,
+            control,
+            shutdown.clone(),
+        ));
+        let mut gw = Self {
+            public: public_addr,
+            control: control_addr,
+            node_id: String::new(),
+            shutdown,
+            handle: Some(handle),
+        };
+        let status = gw.wait_ready().await;
+        gw.node_id = status["node_id"].as_str().unwrap().to_owned();
+        gw
+    }
+
+    pub fn public_url(&self) -> String {
+        format!("http://{}", self.public)
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control)
+    }
+
+    pub async fn status(&self) -> Value {
+        let (_, _, body) = http("GET", &format!("{}/v1/cluster", self.control_url())).await;
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Waits for `/readyz` to answer 200, then returns the node's status.
+    pub async fn wait_ready(&self) -> Value {
+        let url = format!("{}/readyz", self.public_url());
+        eventually(Duration::from_secs(10), || async {
+            matches!(try_http("GET", &url).await, Ok((StatusCode::OK, _, _)))
+        })
+        .await;
+        self.status().await
+    }
+
+    pub async fn register(&self, service: &str, id: &str, addr: &str, lease_ms: u64) {
+        let url = format!(
+            "{}/v1/services/{service}/instances/{id}",
+            self.control_url()
+        );
+        let body = serde_json::json!({ "addr": addr, "lease_ms": lease_ms });
+        let (status, _, body) =
+            http_with("PUT", &url, &[], serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "registration failed: {body:?}");
+    }
+
+    /// Starts a graceful shutdown now; the returned future resolves once the node stopped.
+    pub fn stop(mut self) -> impl std::future::Future<Output = ()> {
+        self.shutdown.cancel();
+        let handle = self.handle.take();
+        async move {
+            if let Some(handle) = handle {
+                handle.await.unwrap().unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The sample service, counting requests in flight.
+#[derive(Clone)]
+struct Counting {
+    inner: Sample,
+    in_flight: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl ForwardingService for Counting {
+    async fn send(
+        &self,
+        request: tonic::Request<ForwardingReq>,
+    ) -> Result<tonic::Response<ForwardingResp>, tonic::Status> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let result = self.inner.send(request).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+pub struct Instance {
+    pub addr: String,
+    in_flight: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Instance {
+    pub async fn start(service: &str, id: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let svc = ForwardingServiceServer::new(Counting {
+            inner: Sample::new(service, id),
+            in_flight: in_flight.clone(),
+        });
+        let routes = tonic::service::Routes::new(svc).into_axum_router();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(switchyard::serve::serve(
+            listener,
+            routes,
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        Self {
+            addr,
+            in_flight,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving and closes the port, so new connections are refused.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub type HttpResult = (StatusCode, HeaderMap, Bytes);
+
+pub async fn try_http_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResult, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let call = client.request(request);
+    let response = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .map_err(|_| format!("{method} {url}: no answer in 20 s"))?
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.status, parts.headers, body))
+}
+
+pub async fn try_http(method: &str, url: &str) -> Result<HttpResult, String> {
+    try_http_with(method, url, &[], Vec::new()).await
+}
+
+pub async fn http_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> HttpResult {
+    try_http_with(method, url, headers, body).await.unwrap()
+}
+
+pub async fn http(method: &str, url: &str) -> HttpResult {
+    http_with(method, url, &[], Vec::new()).await
+}

@@ -1,0 +1,480 @@
+//! End-to-end tests of one or more gateway nodes with real gRPC services on loopback.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Gateway, Instance, http, http_with};
+use http::StatusCode;
+use serde_json::Value;
+use switchyard::bus::MemoryBus;
+use switchyard_proto::registry::registration_client::RegistrationClient;
+use switchyard_proto::registry::{DeregisterRequest, ListRequest, RegisterRequest};
+
+#[tokio::test]
+async fn forwards_a_request_and_its_answer_unchanged() {
+    let gw = Gateway::start(|_| {}).await;
+    let inst = Instance::start("orders", "o-1").await;
+    gw.register("orders", "o-1", &inst.addr, 10_000).await;
+
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (status, headers, body) = http_with(
+        "POST",
+        &format!("{}/orders/echo?x=1&y=%20", gw.public_url()),
+        &[
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+            ("traceparent", traceparent),
+            ("x-request-id", "req-42"),
+            ("connection", "x-hop"),
+            ("x-hop", "drop me"),
+        ],
+        b"payload".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(headers["x-served-by"], "o-1");
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/echo");
+    assert_eq!(echo["query"], "x=1&y=%20");
+    assert_eq!(echo["body"], "payload");
+    assert_eq!(echo["service"], "orders");
+    assert_eq!(echo["request_id"], "req-42");
+    assert_eq!(echo["traceparent"], traceparent);
+    assert_eq!(echo["gateway_node"], gw.node_id);
+    assert!(echo["deadline_unix_ms"].as_u64().unwrap() > 0);
+    let header_values = |name: &str| -> Vec<String> {
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(header_values("x-custom"), ["a", "b"]);
+    assert_eq!(header_values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header_values("x-forwarded-proto"), ["http"]);
+    assert!(header_values("x-hop").is_empty());
+    assert!(header_values("connection").is_empty());
+
+    // Statuses chosen by the service pass through as they are, errors included.
+    let (status, _, _) = http(
+        "GET",
+        &format!("{}/orders/test/status/418", gw.public_url()),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 418);
+    let (status, _, _) = http("GET", &format!("{}/orders/missing", gw.public_url())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn expect_error(url: &str, status: u16, code: &str) -> Value {
+    expect_error_with("GET", url, &[], Vec::new(), status, code).await
+}
+
+async fn expect_error_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    status: u16,
+    code: &str,
+) -> Value {
+    let (got, headers, body) = http_with(method, url, headers, body).await;
+    let json: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{url}: body is not JSON ({e}): {body:?}"));
+    assert_eq!(got.as_u16(), status, "{url}: {json}");
+    assert_eq!(json["error"]["code"], code, "{url}: {json}");
+    assert_eq!(json["error"]["status"], status);
+    assert_eq!(headers["content-type"], "application/json");
+    if let Some(id) = headers.get("x-request-id") {
+        assert_eq!(json["error"]["request_id"], id.to_str().unwrap());
+    }
+    json
+}
+
+#[tokio::test]
+async fn every_gateway_error_has_its_status_and_code() {
+    let gw = Gateway::start(|c| {
+        c.public.body_bytes_max = 16;
+        c.public.header_bytes_max = 512;
+        c.upstream.timeout_ms = 300;
+    })
+    .await;
+    let inst = Instance::start("svc", "s-1").await;
+    gw.register("svc", "s-1", &inst.addr, 10_000).await;
+    let base = gw.public_url();
+
+    expect_error(&format!("{base}/"), 404, "route_not_found").await;
+    expect_error(&format!("{base}/nosuch/x"), 404, "service_not_found").await;
+    expect_error(&format!("{base}/%2e%2e/x"), 404, "service_not_found").await;
+    expect_error(
+        &format!("{base}/svc/test/sleep/5000"),
+        504,
+        "upstream_timeout",
+    )
+    .await;
+    expect_error(
+        &format!("{base}/svc/test/status/99"),
+        502,
+        "bad_upstream_response",
+    )
+    .await;
+    expect_error(
+        &format!("{base}/svc/test/status/600"),
+        502,
+        "bad_upstream_response",
+    )
+    .await;
+    expect_error(
+        &format!("{base}/svc/test/bad-header"),
+        502,
+        "bad_upstream_response",
+    )
+    .await;
+    let big = "x".repeat(600);
+    expect_error_with(
+        "GET",
+        &format!("{base}/svc/hello"),
+        &[("x-big", &big)],
+        Vec::new(),
+        431,
+        "headers_too_large",
+    )
+    .await;
+    // Announced too large: refused before the body is read. Exactly at the limit: accepted.
+    expect_error_with(
+        "POST",
+        &format!("{base}/svc/echo"),
+        &[],
+        vec![b'a'; 17],
+        413,
+        "body_too_large",
+    )
+    .await;
+    let (status, _, _) = http_with("POST", &format!("{base}/svc/echo"), &[], vec![b'a'; 16]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Failed rpcs map like Envoy and grpc-gateway.
+    for (grpc, http_status, code) in [
+        (1, 499, "upstream_cancelled"),
+        (3, 400, "upstream_invalid_argument"),
+        (4, 504, "upstream_deadline_exceeded"),
+        (5, 404, "upstream_not_found"),
+        (7, 403, "upstream_permission_denied"),
+        (8, 429, "upstream_resource_exhausted"),
+        (12, 501, "upstream_unimplemented"),
+        (13, 500, "upstream_internal"),
+        (14, 503, "upstream_unavailable"),
+        (16, 401, "upstream_unauthenticated"),
+    ] {
+        expect_error(
+            &format!("{base}/svc/test/grpc-error/{grpc}"),
+            http_status,
+            code,
+        )
+        .await;
+    }
+
+    // A service whose every instance is gone: 503, and the request was tried, not dropped.
+    let dead = Instance::start("gone", "g-1").await;
+    gw.register("gone", "g-1", &dead.addr, 10_000).await;
+    dead.stop().await;
+    expect_error(
+        &format!("{base}/gone/hello"),
+        503,
+        "upstream_connect_failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_means_no_live_instance() {
+    let gw = Gateway::start(|c| c.registry.lease_min_ms = 100).await;
+    let inst = Instance::start("brief", "b-1").await;
+    gw.register("brief", "b-1", &inst.addr, 300).await;
+    let url = format!("{}/brief/hello", gw.public_url());
+    let (status, _, _) = http("GET", &url).await;
+    assert_eq!(status, StatusCode::OK);
+    harness::eventually(Duration::from_secs(5), || async {
+        http("GET", &url).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    expect_error(&url, 503, "no_live_instance").await;
+    // A renewal brings it back.
+    gw.register("brief", "b-1", &inst.addr, 60_000).await;
+    assert_eq!(http("GET", &url).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn killing_one_instance_leaves_the_other_serving() {
+    let gw = Gateway::start(|_| {}).await;
+    let a = Instance::start("pair", "a").await;
+    let b = Instance::start("pair", "b").await;
+    gw.register("pair", "a", &a.addr, 10_000).await;
+    gw.register("pair", "b", &b.addr, 10_000).await;
+    let url = format!("{}/pair/hello", gw.public_url());
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let (status, headers, _) = http("GET", &url).await;
+        assert_eq!(status, StatusCode::OK);
+        served.insert(headers["x-served-by"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(served.len(), 2, "both instances take traffic: {served:?}");
+
+    a.stop().await;
+    for i in 0..50 {
+        let (status, headers, body) = http("GET", &url).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {i} after the kill: {body:?}"
+        );
+        assert_eq!(headers["x-served-by"], "b");
+    }
+    // The dead instance is ejected for a while, and the control view says so.
+    let (_, _, body) = http("GET", &format!("{}/v1/services/pair", gw.control_url())).await;
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    let a_view = view["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance_id"] == "a")
+        .unwrap();
+    assert!(a_view.get("ejected_until_unix_ms").is_some(), "{view}");
+}
+
+#[tokio::test]
+async fn registration_by_rest_is_idempotent_and_validated() {
+    let gw = Gateway::start(|_| {}).await;
+    let control = gw.control_url();
+    let put = |id: &str, body: &str| {
+        let url = format!("{control}/v1/services/cart/instances/{id}");
+        let body = body.as_bytes().to_vec();
+        async move { http_with("PUT", &url, &[("content-type", "application/json")], body).await }
+    };
+    let (status, _, body) = put(
+        "c-1",
+        r#"{"addr":"127.0.0.1:7001","metadata":{"zone":"a"},"lease_ms":5000}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let reg: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(reg["addr"], "http://127.0.0.1:7001");
+    assert_eq!(reg["renew_after_ms"], 1666);
+    assert_eq!(reg["state"], "live");
+    put(
+        "c-1",
+        r#"{"addr":"127.0.0.1:7001","metadata":{"zone":"a"},"lease_ms":5000}"#,
+    )
+    .await;
+    put("c-2", r#"{"addr":"127.0.0.1:7002"}"#).await;
+    let (_, _, body) = http("GET", &format!("{control}/v1/services/cart")).await;
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<_> = view["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["c-1", "c-2"],
+        "re-registering kept one entry; a second id joined"
+    );
+    assert_eq!(view["instances"][1]["lease_ms"], 30_000, "default lease");
+
+    for (body, field) in [
+        (r#"{"addr":"nope"}"#, "addr"),
+        (r#"{"addr":"127.0.0.1:1","lease_ms":1}"#, "lease_ms"),
+        (r#"{"addr":"127.0.0.1:1","color":"red"}"#, "body"),
+        (r#"not json"#, "body"),
+        (r#"{"addr":"127.0.0.1:1","kind":"evict"}"#, "kind"),
+    ] {
+        let json = expect_error_with(
+            "PUT",
+            &format!("{control}/v1/services/cart/instances/c-3"),
+            &[],
+            body.as_bytes().to_vec(),
+            400,
+            "invalid_argument",
+        )
+        .await;
+        assert!(
+            json["error"]["message"].as_str().unwrap().contains(field),
+            "{body}: {json}"
+        );
+    }
+    expect_error_with(
+        "PUT",
+        &format!("{control}/v1/services/bad%20name/instances/x"),
+        &[],
+        br#"{"addr":"127.0.0.1:1"}"#.to_vec(),
+        400,
+        "invalid_argument",
+    )
+    .await;
+
+    let delete = |id: &str| {
+        let url = format!("{control}/v1/services/cart/instances/{id}");
+        async move { http("DELETE", &url).await }
+    };
+    let (_, _, body) = delete("c-1").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["existed"],
+        true
+    );
+    let (_, _, body) = delete("c-1").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["existed"],
+        false
+    );
+    delete("c-2").await;
+    expect_error(
+        &format!("{control}/v1/services/cart"),
+        404,
+        "service_not_found",
+    )
+    .await;
+    expect_error(
+        &format!("{}/cart/x", gw.public_url()),
+        404,
+        "service_not_found",
+    )
+    .await;
+    expect_error(&format!("{control}/v2/nothing"), 404, "route_not_found").await;
+}
+
+#[tokio::test]
+async fn registration_by_grpc() {
+    let gw = Gateway::start(|_| {}).await;
+    let inst = Instance::start("grpc-svc", "g-1").await;
+    let channel = tonic::transport::Endpoint::from_shared(gw.control_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = RegistrationClient::new(channel);
+    let request = RegisterRequest {
+        service: "grpc-svc".into(),
+        instance_id: "g-1".into(),
+        addr: inst.addr.clone(),
+        metadata: Default::default(),
+        lease_ms: 9_000,
+    };
+    let resp = client.register(request.clone()).await.unwrap().into_inner();
+    assert_eq!(resp.renew_after_ms, 3_000);
+    client.renew(request.clone()).await.unwrap();
+    let listed = client
+        .list(ListRequest {
+            service: "grpc-svc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.instances.len(), 1);
+    assert_eq!(
+        http("GET", &format!("{}/grpc-svc/hello", gw.public_url()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let bad = client
+        .register(RegisterRequest {
+            addr: "ftp://x:1".into(),
+            ..request.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("addr"), "{}", bad.message());
+
+    let gone = client
+        .deregister(DeregisterRequest {
+            service: "grpc-svc".into(),
+            instance_id: "g-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.existed);
+    let listed = client
+        .list(ListRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.instances.is_empty());
+}
+
+#[tokio::test]
+async fn gateways_sharing_a_bus_share_the_registry_and_a_new_one_catches_up() {
+    let bus = MemoryBus::new();
+    let a = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-a".into()).await;
+    let c = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-c".into()).await;
+    let inst = Instance::start("shared", "s-1").await;
+    a.register("shared", "s-1", &inst.addr, 10_000).await;
+    for i in 0..20 {
+        a.register("filler", &format!("f-{i}"), "127.0.0.1:9", 10_000)
+            .await;
+    }
+    // Registered through A, called through C.
+    let url = format!("{}/shared/hello", c.public_url());
+    harness::eventually(Duration::from_secs(5), || async {
+        http("GET", &url).await.0 == StatusCode::OK
+    })
+    .await;
+
+    // A gateway that joins late reads the bus from the beginning and is ready only after.
+    let late = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-late".into()).await;
+    let status = late.wait_ready().await;
+    assert_eq!(status["catch_up_target"], 21);
+    assert!(status["bus_position"].as_u64().unwrap() >= 21);
+    let digests = [a.status().await, c.status().await, late.status().await]
+        .map(|s| s["registry_digest"].as_str().unwrap().to_owned());
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    assert_eq!(
+        http("GET", &format!("{}/shared/hello", late.public_url()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // A deregistration through C removes the instance at A.
+    http(
+        "DELETE",
+        &format!("{}/v1/services/shared/instances/s-1", c.control_url()),
+    )
+    .await;
+    let url = format!("{}/shared/hello", a.public_url());
+    harness::eventually(Duration::from_secs(5), || async {
+        http("GET", &url).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let gw = Gateway::start(|_| {}).await;
+    let inst = Instance::start("slow", "s-1").await;
+    gw.register("slow", "s-1", &inst.addr, 10_000).await;
+    let url = format!("{}/slow/test/sleep/400", gw.public_url());
+    let in_flight = tokio::spawn(async move { http("GET", &url).await });
+    // Wait until the request is inside the service, then shut the gateway down.
+    harness::eventually(Duration::from_secs(5), || async {
+        inst.requests_in_flight() > 0
+    })
+    .await;
+    let ready_url = format!("{}/readyz", gw.public_url());
+    let stopped = gw.stop();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    stopped.await;
+    // Once stopped, the gateway accepts nothing.
+    assert!(harness::try_http("GET", &ready_url).await.is_err());
+}
