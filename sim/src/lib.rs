@@ -1,1 +1,174 @@
+//! The turmoil harness: the seams of a Switchyard node implemented over turmoil's simulated
+//! network and clock, so that the unchanged node code runs inside a deterministic simulation.
+//!
+//! * [`SimListener`] and [`SimConnector`]: the network seam over turmoil TCP.
+//! * [`SimClock`]: wall time from the simulation's logical clock.
+//! * [`gateway_host`], [`service_host`]: host bodies that run a gateway node or a sample
+//!   instance.
+//! * [`http_get`]: a minimal HTTP/1.1 client for simulated clients.
+#![forbid(unsafe_code)]
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use sample_service::{RegistrationSpec, Sample, keep_registered};
+use switchyard::Config;
+use switchyard::bus::MemoryBus;
+use switchyard::seams::{BoxFuture, Clock, Connector, Io, Seams};
+use switchyard_proto::registry::registration_client::RegistrationClient;
+use tokio_util::sync::CancellationToken;
+
+/// Ports every simulated gateway listens on.
+pub const PUBLIC_PORT: u16 = 8080;
+pub const CONTROL_PORT: u16 = 8081;
+/// Port every simulated service instance listens on.
+pub const SERVICE_PORT: u16 = 7000;
+
+/// A turmoil TCP listener as the node's listener seam.
+pub struct SimListener(turmoil::net::TcpListener);
+
+impl std::fmt::Debug for SimListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SimListener")
+            .field(&self.0.local_addr().ok())
+            .finish()
+    }
+}
+
+impl SimListener {
+    pub async fn bind(port: u16) -> io::Result<Self> {
+        turmoil::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+            .await
+            .map(Self)
+    }
+}
+
+impl axum::serve::Listener for SimListener {
+    type Io = turmoil::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(accepted) => return accepted,
+                // The simulated network reports no transient accept errors worth more than a
+                // retry on the next tick.
+                Err(error) => {
+                    tracing::debug!(%error, "simulated accept failed");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// The connector seam over turmoil TCP; host names resolve through turmoil's DNS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimConnector;
+
+impl Connector for SimConnector {
+    fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
+        let authority = authority.to_owned();
+        Box::pin(async move {
+            let stream = turmoil::net::TcpStream::connect(authority.as_str()).await?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+}
+
+/// Wall time in the simulation: the configured epoch plus simulated elapsed time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimClock;
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        turmoil::since_epoch()
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// The body of a gateway host: the production node, unchanged, over the simulated seams.
+pub async fn gateway_host(
+    node_id: &str,
+    bus: MemoryBus,
+    seed: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    config.node_id = node_id.to_owned();
+    let seams = Seams {
+        connector: Arc::new(SimConnector),
+        clock: Arc::new(SimClock),
+        bus: Arc::new(bus),
+        seed,
+    };
+    let public = SimListener::bind(PUBLIC_PORT).await?;
+    let control = SimListener::bind(CONTROL_PORT).await?;
+    switchyard::run(config, seams, public, control, CancellationToken::new()).await?;
+    Ok(())
+}
+
+/// The body of a service host: the sample service, registered through `gateway`.
+pub async fn service_host(
+    service: &str,
+    instance_id: &str,
+    host_name: &str,
+    gateway: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = SimListener::bind(SERVICE_PORT).await?;
+    let routes = tonic::service::Routes::new(Sample::new(service, instance_id).into_server())
+        .into_axum_router();
+    let shutdown = CancellationToken::new();
+    let registration = switchyard::upstream::lazy_channel(
+        Arc::new(SimConnector),
+        &format!("http://{gateway}:{CONTROL_PORT}"),
+        Duration::from_secs(1),
+    )?;
+    tokio::spawn(keep_registered(
+        RegistrationClient::new(registration),
+        RegistrationSpec {
+            service: service.to_owned(),
+            instance_id: instance_id.to_owned(),
+            addr: format!("http://{host_name}:{SERVICE_PORT}"),
+            lease_ms: 10_000,
+        },
+        shutdown.clone(),
+    ));
+    switchyard::serve::serve(listener, routes, shutdown, Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+/// `GET http://{host}:{port}{path}` over the simulated network: the status and the body.
+pub async fn http_get(host: &str, port: u16, path: &str) -> io::Result<(u16, Bytes)> {
+    let stream = turmoil::net::TcpStream::connect((host, port)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(io::Error::other)?
+        .to_bytes();
+    Ok((status, body))
+}
