@@ -104,8 +104,10 @@ pub async fn gateway_host(
     bus: MemoryBus,
     seed: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = Config::default();
-    config.node_id = node_id.to_owned();
+    let config = Config {
+        node_id: node_id.to_owned(),
+        ..Config::default()
+    };
     let seams = Seams {
         connector: Arc::new(SimConnector),
         clock: Arc::new(SimClock),
