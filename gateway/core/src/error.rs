@@ -43,8 +43,6 @@ pub enum GatewayError {
     BadUpstreamResponse { service: String, reason: String },
     #[error("the registry bus is unavailable: {detail}")]
     BusUnavailable { detail: String },
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
     #[error("internal error: {detail}")]
     Internal { detail: String },
 }
@@ -73,7 +71,6 @@ impl GatewayError {
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
             Self::BusUnavailable { .. } => "bus_unavailable",
-            Self::ShuttingDown => "shutting_down",
             Self::Internal { .. } => "internal",
         }
     }
@@ -90,7 +87,7 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => 503,
             Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
             Self::BadUpstreamResponse { .. } => 502,
-            Self::BusUnavailable { .. } | Self::ShuttingDown => 503,
+            Self::BusUnavailable { .. } => 503,
             Self::Internal { .. } => 500,
         }
     }
@@ -105,8 +102,7 @@ impl GatewayError {
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
             | Self::UpstreamConnect { .. }
-            | Self::BusUnavailable { .. }
-            | Self::ShuttingDown => code::UNAVAILABLE,
+            | Self::BusUnavailable { .. } => code::UNAVAILABLE,
             Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
         }
     }
@@ -123,9 +119,7 @@ impl GatewayError {
             | Self::UpstreamConnect { .. }
             | Self::UpstreamStatus { .. }
             | Self::BadUpstreamResponse { .. } => Fault::Upstream,
-            Self::BusUnavailable { .. } | Self::ShuttingDown | Self::Internal { .. } => {
-                Fault::Internal
-            }
+            Self::BusUnavailable { .. } | Self::Internal { .. } => Fault::Internal,
         }
     }
 

@@ -49,7 +49,7 @@ pub struct ForwardContext<'a> {
     pub scheme: &'a str,
     pub client_addr: Option<SocketAddr>,
     pub gateway_node: &'a str,
-    /// The request id to use (see [`request_id`]).
+    /// The request id to use: the client's (see [`client_request_id`]) or a fresh one.
     pub request_id: &'a str,
     pub deadline_unix_ms: u64,
 }
