@@ -6,6 +6,7 @@
 //! for a single gateway and for tests.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,6 +152,63 @@ impl Bus for MemoryBus {
                 }
             }
         })
+    }
+}
+
+/// A bus that can be switched off: while closed, every call fails as an unreachable broker
+/// would. For tests and fault drills; it forwards to `inner` otherwise.
+#[derive(Debug, Clone)]
+pub struct GatedBus<B> {
+    inner: B,
+    closed: Arc<AtomicBool>,
+}
+
+impl<B: Bus> GatedBus<B> {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn set_closed(&self, closed: bool) {
+        self.closed.store(closed, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), BusError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(BusError::Unavailable("the bus is switched off".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<B: Bus> Bus for GatedBus<B> {
+    fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        match self.check() {
+            Ok(()) => self.inner.publish(key, payload),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>> {
+        match self.check() {
+            Ok(()) => self.inner.high_water_mark(),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn fetch(
+        &self,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
+        match self.check() {
+            Ok(()) => self.inner.fetch(from, max, wait),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 }
 

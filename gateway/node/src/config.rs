@@ -78,6 +78,12 @@ pub struct RegistryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     pub kind: BusKind,
+    /// Instances whose latest change may wait for the bus at once; past that, changes are
+    /// refused with `bus_unavailable`.
+    pub outbox_events_max: usize,
+    /// How long a registration waits for the bus to acknowledge its event before it is
+    /// answered as accepted but not yet published (HTTP 202, `published: false`).
+    pub publish_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -156,6 +162,8 @@ impl Default for BusConfig {
     fn default() -> Self {
         Self {
             kind: BusKind::Memory,
+            outbox_events_max: 10_000,
+            publish_wait_ms: 2_000,
         }
     }
 }
@@ -308,6 +316,7 @@ impl Config {
             ),
             ("upstream.ejection_base_ms", self.upstream.ejection_base_ms),
             ("registry.lease_min_ms", self.registry.lease_min_ms),
+            ("bus.outbox_events_max", self.bus.outbox_events_max as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -19,6 +19,7 @@ use switchyard_proto::registry as pb;
 use switchyard_proto::registry::registration_server::{Registration, RegistrationServer};
 
 use crate::node::{self, Node};
+use crate::outbox::Delivery;
 use crate::public::{self, error_response, json_response};
 
 /// Largest registration body accepted.
@@ -58,6 +59,15 @@ fn ok_json(value: &serde_json::Value) -> Response {
         StatusCode::OK,
         serde_json::to_vec(value).unwrap_or_default(),
     )
+}
+
+/// 200 once the change is on the bus; 202 while the gateway still holds it for the bus.
+fn accepted_json(delivery: Delivery, value: &serde_json::Value) -> Response {
+    let status = match delivery {
+        Delivery::Published => StatusCode::OK,
+        Delivery::Queued => StatusCode::ACCEPTED,
+    };
+    json_response(status, serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// The JSON view of one registry entry.
@@ -180,7 +190,7 @@ async fn register_rest(
         metadata: put.metadata,
         lease_ms: put.lease_ms,
     };
-    let (key, entry) = node.register(registration, kind).await?;
+    let (key, entry, delivery) = node.register(registration, kind).await?;
     let now = node.now_ms();
     let lease_ms = match &entry.state {
         EntryState::Alive { lease_ms, .. } => *lease_ms,
@@ -188,7 +198,8 @@ async fn register_rest(
     };
     let mut body = instance_json(node, &key, &entry, now);
     body["renew_after_ms"] = (lease_ms / 3).into();
-    Ok(ok_json(&body))
+    body["published"] = (delivery == Delivery::Published).into();
+    Ok(accepted_json(delivery, &body))
 }
 
 async fn delete_instance(
@@ -196,11 +207,15 @@ async fn delete_instance(
     Path((service, instance_id)): Path<(String, String)>,
 ) -> Response {
     match node.deregister(&service, &instance_id).await {
-        Ok(existed) => ok_json(&serde_json::json!({
-            "service": service,
-            "instance_id": instance_id,
-            "existed": existed,
-        })),
+        Ok((existed, delivery)) => accepted_json(
+            delivery,
+            &serde_json::json!({
+                "service": service,
+                "instance_id": instance_id,
+                "existed": existed,
+                "published": delivery == Delivery::Published,
+            }),
+        ),
         Err(error) => error_response(&error, None),
     }
 }
@@ -249,7 +264,7 @@ impl RegistrationApi {
             metadata: r.metadata,
             lease_ms: r.lease_ms,
         };
-        let (key, entry) = self
+        let (key, entry, delivery) = self
             .node
             .register(registration, kind)
             .await
@@ -259,6 +274,7 @@ impl RegistrationApi {
         Ok(tonic::Response::new(pb::RegisterResponse {
             instance: Some(instance),
             renew_after_ms,
+            published: delivery == Delivery::Published,
         }))
     }
 }
@@ -284,12 +300,15 @@ impl Registration for RegistrationApi {
         request: tonic::Request<pb::DeregisterRequest>,
     ) -> Result<tonic::Response<pb::DeregisterResponse>, tonic::Status> {
         let r = request.into_inner();
-        let existed = self
+        let (existed, delivery) = self
             .node
             .deregister(&r.service, &r.instance_id)
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(tonic::Response::new(pb::DeregisterResponse { existed }))
+        Ok(tonic::Response::new(pb::DeregisterResponse {
+            existed,
+            published: delivery == Delivery::Published,
+        }))
     }
 
     async fn list(

@@ -6,6 +6,7 @@
 //! * [`bus`]: the bus trait and the in-memory bus.
 //! * [`node`]: one gateway's state (registry, clock, balancer, upstream pool) and
 //!   [`node::run`], which serves it on two listeners until shutdown.
+//! * [`outbox`]: registry changes waiting for the bus, published in order with retries.
 //! * [`replicate`]: reading the bus from the beginning, catch-up and readiness.
 //! * [`upstream`]: choosing an instance and calling `ForwardingService.Send` on it.
 //! * [`public`]: the public listener: REST forwarding, `/healthz`, `/readyz`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod node;
+pub mod outbox;
 pub mod public;
 pub mod replicate;
 pub mod seams;

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Duration;
 
 use axum::serve::Listener;
-use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchyard_core::balance::{HealthPolicy, InstanceHealth, RetryPolicy};
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Record};
 use crate::config::Config;
+use crate::outbox::{Delivery, Outbox};
 use crate::seams::Seams;
 use crate::{control, public, replicate, serve, upstream};
 
@@ -49,6 +49,8 @@ pub struct NodeStatus {
     pub registry_digest: String,
     pub events_applied: u64,
     pub events_rejected: u64,
+    /// Registry changes accepted here that the bus has not acknowledged yet.
+    pub outbox_pending: usize,
 }
 
 pub struct Node {
@@ -62,6 +64,7 @@ pub struct Node {
     pub(crate) pool: Mutex<BTreeMap<String, tonic::transport::Channel>>,
     pub(crate) health_policy: HealthPolicy,
     pub(crate) retry_policy: RetryPolicy,
+    outbox: Outbox,
     ready: AtomicBool,
     shutting_down: AtomicBool,
     bus_position: AtomicU64,
@@ -102,6 +105,7 @@ impl Node {
             attempts_max: u.attempts_max,
         };
         Arc::new(Self {
+            outbox: Outbox::new(config.bus.outbox_events_max),
             hlc: Mutex::new(Hlc::new(id.clone())),
             id,
             config,
@@ -178,6 +182,7 @@ impl Node {
             registry_digest: format!("{:016x}", registry.digest()),
             events_applied: self.events_applied.load(Ordering::Relaxed),
             events_rejected: self.events_rejected.load(Ordering::Relaxed),
+            outbox_pending: self.outbox.len(),
         }
     }
 
@@ -223,13 +228,13 @@ impl Node {
         Some(applied)
     }
 
-    /// Registers (or renews) an instance: validates, applies locally at once, publishes, and
-    /// answers once the bus has acknowledged the event.
+    /// Registers (or renews) an instance: validates, applies locally at once, and queues the
+    /// event for the bus; answers once the bus acknowledged it or `bus.publish_wait_ms` passed.
     pub async fn register(
         &self,
         reg: Registration,
         kind: EventKind,
-    ) -> Result<(InstanceKey, Entry), GatewayError> {
+    ) -> Result<(InstanceKey, Entry, Delivery), GatewayError> {
         names::validate_service(&reg.service)?;
         names::validate_instance_id(&reg.instance_id)?;
         names::validate_metadata(&reg.metadata)?;
@@ -258,13 +263,17 @@ impl Node {
             stamp: lock(&self.hlc).tick(self.now_ms()),
             origin_node: self.id.clone(),
         };
-        self.commit(&event).await?;
-        Ok((event.key.clone(), event.entry()))
+        let delivery = self.commit(&event).await?;
+        Ok((event.key.clone(), event.entry(), delivery))
     }
 
     /// Deregisters an instance. Succeeds for unknown instances too (the tombstone still
     /// guards against a late registration event); reports whether the instance was live.
-    pub async fn deregister(&self, service: &str, instance_id: &str) -> Result<bool, GatewayError> {
+    pub async fn deregister(
+        &self,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<(bool, Delivery), GatewayError> {
         self.remove(service, instance_id, EventKind::Deregister)
             .await
     }
@@ -274,7 +283,7 @@ impl Node {
         service: &str,
         instance_id: &str,
         kind: EventKind,
-    ) -> Result<bool, GatewayError> {
+    ) -> Result<(bool, Delivery), GatewayError> {
         names::validate_service(service)?;
         names::validate_instance_id(instance_id)?;
         let key = InstanceKey::new(service, instance_id);
@@ -289,21 +298,20 @@ impl Node {
             stamp: lock(&self.hlc).tick(now),
             origin_node: self.id.clone(),
         };
-        self.commit(&event).await?;
-        Ok(existed)
+        let delivery = self.commit(&event).await?;
+        Ok((existed, delivery))
     }
 
-    async fn commit(&self, event: &Event) -> Result<(), GatewayError> {
+    /// Applies a local change at once and hands it to the outbox, which publishes it.
+    async fn commit(&self, event: &Event) -> Result<Delivery, GatewayError> {
+        let wait = Duration::from_millis(self.config.bus.publish_wait_ms);
+        let queued = self.outbox.submit(event.clone(), wait);
         self.registry_mut().apply_event(event);
-        let payload = Bytes::from(event.encode());
-        self.bus()
-            .publish(event.bus_key(), payload)
-            .await
-            .map_err(|e| GatewayError::BusUnavailable {
-                detail: e.to_string(),
-            })?;
-        tracing::info!(key = %event.bus_key(), kind = ?event.kind, addr = %event.addr, "registry change published");
-        Ok(())
+        let delivery = queued.await.inspect_err(|error| {
+            tracing::warn!(key = %event.bus_key(), %error, "registry change refused");
+        })?;
+        tracing::info!(key = %event.bus_key(), kind = ?event.kind, addr = %event.addr, ?delivery, "registry change accepted");
+        Ok(delivery)
     }
 
     /// Periodic upkeep: drop long-dead registry entries, and the upstream channels and
@@ -394,6 +402,10 @@ impl Node {
         let tasks = CancellationToken::new();
         let replication = tokio::spawn(replicate::run(node.clone(), tasks.clone()));
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        let publisher = {
+            let (node, stop) = (node.clone(), tasks.clone());
+            tokio::spawn(async move { node.outbox.run(node.bus(), stop).await })
+        };
         let watcher = {
             let (node, shutdown) = (node.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -418,7 +430,7 @@ impl Node {
         );
         tasks.cancel();
         shutdown.cancel();
-        let _ = tokio::join!(replication, upkeep, watcher);
+        let _ = tokio::join!(replication, upkeep, publisher, watcher);
         tracing::info!(node_id = %node.id(), "gateway node stopped");
         result.map(|_| ())
     }

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sample_service::Sample;
 use serde_json::Value;
-use switchyard::bus::MemoryBus;
+use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::Config;
 use switchyard::seams::{Seams, SystemClock, TokioConnector};
 use switchyard_proto::forwarding::forwarding_service_server::{
@@ -52,7 +52,7 @@ impl Gateway {
         Self::start_on(MemoryBus::new(), configure).await
     }
 
-    pub async fn start_on(bus: MemoryBus, configure: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_on(bus: impl Bus, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
         config.shutdown.drain_timeout_ms = 5_000;
         configure(&mut config);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use harness::{Gateway, Instance, http, http_with};
 use http::StatusCode;
 use serde_json::Value;
-use switchyard::bus::MemoryBus;
+use switchyard::bus::{GatedBus, MemoryBus};
 use switchyard_proto::registry::registration_client::RegistrationClient;
 use switchyard_proto::registry::{DeregisterRequest, ListRequest, RegisterRequest};
 
@@ -477,4 +477,49 @@ async fn shutdown_drains_in_flight_requests() {
     stopped.await;
     // Once stopped, the gateway accepts nothing.
     assert!(harness::try_http("GET", &ready_url).await.is_err());
+}
+
+#[tokio::test]
+async fn a_registration_made_while_the_bus_is_down_is_held_and_delivered() {
+    let bus = MemoryBus::new();
+    let gated = GatedBus::new(bus.clone());
+    let a = Gateway::start_on(gated.clone(), |c| {
+        c.node_id = "gw-a".into();
+        c.bus.publish_wait_ms = 100;
+    })
+    .await;
+    let b = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-b".into()).await;
+    let inst = Instance::start("held", "h-1").await;
+
+    gated.set_closed(true);
+    let url = format!("{}/v1/services/held/instances/h-1", a.control_url());
+    let body = serde_json::json!({ "addr": inst.addr, "lease_ms": 30_000 });
+    let (status, _, reply) = http_with("PUT", &url, &[], serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply).unwrap()["published"],
+        false
+    );
+    assert_eq!(a.status().await["outbox_pending"], 1);
+    // Applied at A at once; not on the bus, so B does not know it yet.
+    assert_eq!(
+        http("GET", &format!("{}/held/hello", a.public_url()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http("GET", &format!("{}/held/hello", b.public_url()))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    gated.set_closed(false);
+    let b_url = format!("{}/held/hello", b.public_url());
+    harness::eventually(Duration::from_secs(10), || async {
+        http("GET", &b_url).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(a.status().await["outbox_pending"], 0);
 }
