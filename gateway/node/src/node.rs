@@ -302,14 +302,16 @@ impl Node {
         Ok((existed, delivery))
     }
 
-    /// Applies a local change at once and hands it to the outbox, which publishes it.
+    /// Queues a change for the bus and applies it here at once. A change the full queue
+    /// refuses is not applied either, so this node never holds what the bus will not get.
     async fn commit(&self, event: &Event) -> Result<Delivery, GatewayError> {
-        let wait = Duration::from_millis(self.config.bus.publish_wait_ms);
-        let queued = self.outbox.submit(event.clone(), wait);
-        self.registry_mut().apply_event(event);
-        let delivery = queued.await.inspect_err(|error| {
+        let ticket = self.outbox.enqueue(event.clone()).inspect_err(|error| {
             tracing::warn!(key = %event.bus_key(), %error, "registry change refused");
         })?;
+        self.registry_mut().apply_event(event);
+        let delivery = ticket
+            .wait(Duration::from_millis(self.config.bus.publish_wait_ms))
+            .await;
         tracing::info!(key = %event.bus_key(), kind = ?event.kind, addr = %event.addr, ?delivery, "registry change accepted");
         Ok(delivery)
     }

@@ -32,6 +32,20 @@ pub enum Delivery {
     Queued,
 }
 
+/// A queued change; [`Ticket::wait`] tells whether the bus took it in time.
+#[derive(Debug)]
+pub struct Ticket(oneshot::Receiver<()>);
+
+impl Ticket {
+    pub async fn wait(self, wait: Duration) -> Delivery {
+        match tokio::time::timeout(wait, self.0).await {
+            Ok(Ok(())) => Delivery::Published,
+            // The publisher stopped (shutdown) or the wait ran out: the change stays queued.
+            Ok(Err(_)) | Err(_) => Delivery::Queued,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     event: Event,
@@ -71,6 +85,12 @@ impl Outbox {
 
     /// Queues `event` and waits up to `wait` for the bus to acknowledge it.
     pub async fn submit(&self, event: Event, wait: Duration) -> Result<Delivery, GatewayError> {
+        Ok(self.enqueue(event)?.wait(wait).await)
+    }
+
+    /// Queues `event` now, or refuses it when the queue is full. Synchronous, so a caller can
+    /// apply the change only once it is known to be queued.
+    pub fn enqueue(&self, event: Event) -> Result<Ticket, GatewayError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut q = lock(&self.queue);
@@ -99,13 +119,8 @@ impl Outbox {
             }
         }
         self.queued.notify_one();
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(())) => Ok(Delivery::Published),
-            // The publisher stopped (shutdown) or the wait ran out: the change stays queued.
-            Ok(Err(_)) | Err(_) => Ok(Delivery::Queued),
-        }
+        Ok(Ticket(rx))
     }
-
     /// The oldest queued event, without removing it.
     fn front(&self) -> Option<Event> {
         let q = lock(&self.queue);

@@ -486,6 +486,7 @@ async fn a_registration_made_while_the_bus_is_down_is_held_and_delivered() {
     let a = Gateway::start_on(gated.clone(), |c| {
         c.node_id = "gw-a".into();
         c.bus.publish_wait_ms = 100;
+        c.bus.outbox_events_max = 1;
     })
     .await;
     let b = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-b".into()).await;
