@@ -4,7 +4,9 @@
 //!
 //! Environment: `SWITCHYARD_<KEY>` for a top-level key and `SWITCHYARD_<SECTION>__<KEY>` for a
 //! key in a section (`SWITCHYARD_UPSTREAM__TIMEOUT_MS=500`). `SWITCHYARD_CONFIG` names the file
-//! and `SWITCHYARD_LOG` the log filter; neither is a config key.
+//! and `SWITCHYARD_LOG` the log filter. A variable whose first part names no top-level key or
+//! section (`SWITCHYARD_BIN`, say, set for some other tool) is not for the gateway and is left
+//! alone; one that names a section but a wrong key (`SWITCHYARD_UPSTREAM__TIMOUT_MS`) is an error.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -212,6 +214,12 @@ pub struct Override {
     pub origin: String,
 }
 
+/// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
+/// from other tools' that share the prefix.
+const TOP_LEVEL_KEYS: [&str; 9] = [
+    "node_id", "seed", "public", "control", "upstream", "registry", "bus", "shutdown", "log",
+];
+
 /// The overrides found in the environment (see the module docs for the naming rule).
 pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
     let mut out: Vec<Override> = vars
@@ -222,6 +230,10 @@ pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Ov
                 return None;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
+            let top = key.split('.').next().unwrap_or_default();
+            if !TOP_LEVEL_KEYS.contains(&top) {
+                return None;
+            }
             Some(Override {
                 key,
                 value,

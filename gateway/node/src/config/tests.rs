@@ -52,6 +52,7 @@ fn file_then_env_then_flags() {
         ),
         ("SWITCHYARD_CONFIG".to_owned(), "ignored".to_owned()),
         ("OTHER".to_owned(), "x".to_owned()),
+        ("SWITCHYARD_BIN".to_owned(), "/usr/bin/x".to_owned()),
     ]);
     assert_eq!(env.len(), 1);
     let mut overrides = env;
@@ -85,6 +86,12 @@ fn type_errors_name_the_key_and_the_origin() {
     let err = Config::load(None, &env).unwrap_err().to_string();
     assert!(
         err.contains("public.listen") && err.contains("SWITCHYARD_PUBLIC__LISTEN"),
+        "{err}"
+    );
+    let typo = env_overrides([("SWITCHYARD_UPSTREAM__TIMOUT_MS".to_owned(), "5".to_owned())]);
+    let err = Config::load(None, &typo).unwrap_err().to_string();
+    assert!(
+        err.contains("upstream.timout_ms") && err.contains("unknown field"),
         "{err}"
     );
 }

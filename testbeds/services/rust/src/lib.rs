@@ -126,6 +126,9 @@ impl ForwardingService for Sample {
                 let code: i32 = code
                     .parse()
                     .map_err(|_| Status::invalid_argument("code must be a number"))?;
+                if code == 0 {
+                    return Err(Status::invalid_argument("code 0 is OK, not an error"));
+                }
                 return Err(Status::new(
                     tonic::Code::from_i32(code),
                     "error requested by the caller",
@@ -195,6 +198,8 @@ pub async fn keep_registered(
                 Duration::from_millis(resp.into_inner().renew_after_ms.max(100))
             }
             Err(status) => {
+                // Register again from scratch: the gateway may have restarted or evicted us.
+                registered = false;
                 tracing::warn!(code = ?status.code(), message = status.message(), retry_ms = retry.as_millis() as u64, "registration failed; retrying");
                 let wait = retry;
                 retry = (retry * 2).min(Duration::from_secs(5));
