@@ -3,7 +3,7 @@
 //! The trait is what the node needs of Kafka and nothing more: publish a keyed record, read
 //! records from an offset, and know the high-water mark. Catch-up, readiness, retries and
 //! merge live in [`crate::replicate`], above the trait. [`MemoryBus`] is the embedded default
-//! for a single gateway and for tests.
+//! for a single gateway and for tests; [`kafka::KafkaBus`] is the production bus.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::seams::BoxFuture;
+
+pub mod kafka;
 
 /// One record read from the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]

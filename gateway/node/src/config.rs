@@ -86,6 +86,50 @@ pub struct BusConfig {
     /// How long a registration waits for the bus to acknowledge its event before it is
     /// answered as accepted but not yet published (HTTP 202, `published: false`).
     pub publish_wait_ms: u64,
+    /// Used when `kind = "kafka"`.
+    pub kafka: KafkaConfig,
+}
+
+/// The Kafka bus: one single-partition compacted topic. The client settings favour latency:
+/// the registry's volume is small, and a registration should reach every gateway quickly.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    pub brokers: String,
+    pub topic: String,
+    /// Create the topic (compacted, one partition) if it does not exist.
+    pub create_topic: bool,
+    /// Replication factor for a topic this gateway creates; use 3 on a real cluster.
+    pub replication_factor: i32,
+    /// `delete.retention.ms` for a topic this gateway creates: how long the broker keeps
+    /// records it compacted away from a reader that is behind.
+    pub delete_retention_ms: u64,
+    /// Producer `linger.ms`: how long a send waits to batch with others.
+    pub linger_ms: u64,
+    /// Consumer `fetch.wait.max.ms`: how long the broker holds a fetch that found nothing.
+    pub fetch_wait_max_ms: u64,
+    /// Producer `message.timeout.ms`: how long a send may take, retries included; after that
+    /// the outbox retries it.
+    pub message_timeout_ms: u64,
+    /// Metadata and watermark requests, topic creation.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "switchyard.registry".to_owned(),
+            create_topic: true,
+            replication_factor: 1,
+            delete_retention_ms: 24 * 3_600_000,
+            linger_ms: 1,
+            fetch_wait_max_ms: 10,
+            message_timeout_ms: 5_000,
+            request_timeout_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -93,6 +137,8 @@ pub struct BusConfig {
 pub enum BusKind {
     /// In-process: one gateway, or several nodes inside one process (tests, simulation).
     Memory,
+    /// Apache Kafka: a cluster of gateway processes (see `[bus.kafka]`).
+    Kafka,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -166,6 +212,7 @@ impl Default for BusConfig {
             kind: BusKind::Memory,
             outbox_events_max: 10_000,
             publish_wait_ms: 2_000,
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -366,6 +413,9 @@ impl Config {
                 "must be at least registry.lease_max_ms".to_owned(),
             ));
         }
+        if self.bus.kind == BusKind::Kafka {
+            self.bus.kafka.validate(r.tombstone_retention_ms)?;
+        }
         if self.public.listen == self.control.listen && self.public.listen.port() != 0 {
             return Err((
                 "control.listen",
@@ -381,6 +431,48 @@ impl Config {
             return Err((
                 "node_id",
                 "must be at most 64 characters, without spaces".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self, tombstone_retention_ms: u64) -> Result<(), (&'static str, String)> {
+        if self.brokers.trim().is_empty() {
+            return Err((
+                "bus.kafka.brokers",
+                "is required when bus.kind is \"kafka\" (e.g. \"127.0.0.1:9092\")".to_owned(),
+            ));
+        }
+        let topic_ok = !self.topic.is_empty()
+            && self.topic.len() <= 249
+            && self
+                .topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !topic_ok {
+            return Err((
+                "bus.kafka.topic",
+                "must be 1 to 249 ASCII letters, digits, '.', '_' or '-'".to_owned(),
+            ));
+        }
+        if self.replication_factor < 1 {
+            return Err((
+                "bus.kafka.replication_factor",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.message_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return Err((
+                "bus.kafka.message_timeout_ms",
+                "timeouts must be greater than 0".to_owned(),
+            ));
+        }
+        if tombstone_retention_ms < self.delete_retention_ms {
+            return Err((
+                "registry.tombstone_retention_ms",
+                "must be at least bus.kafka.delete_retention_ms, or an old record could resurrect a removed instance".to_owned(),
             ));
         }
         Ok(())

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use switchyard::bus::MemoryBus;
+use switchyard::bus::kafka::KafkaBus;
+use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
 use tokio_util::sync::CancellationToken;
@@ -130,8 +131,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let bus = match config.bus.kind {
+    let bus: Arc<dyn Bus> = match config.bus.kind {
         BusKind::Memory => Arc::new(MemoryBus::new()),
+        BusKind::Kafka => {
+            let client_id = match config.node_id.as_str() {
+                "" => "switchyard".to_owned(),
+                id => format!("switchyard-{id}"),
+            };
+            let kafka = KafkaBus::new(&config.bus.kafka, &client_id)
+                .context("cannot set up the Kafka clients (bus.kafka)")?;
+            tracing::info!(brokers = %config.bus.kafka.brokers, topic = %config.bus.kafka.topic, "registry bus: Kafka");
+            Arc::new(kafka)
+        }
     };
     let seams = Seams {
         connector: Arc::new(TokioConnector),

@@ -114,6 +114,24 @@ fn validation_names_the_key() {
 }
 
 #[test]
+fn kafka_needs_brokers_and_a_valid_topic() {
+    let kafka = parse_set_flag("bus.kind=kafka").unwrap();
+    let err = Config::load(None, std::slice::from_ref(&kafka))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`bus.kafka.brokers`"), "{err}");
+    let brokers = parse_set_flag("bus.kafka.brokers=127.0.0.1:9092").unwrap();
+    let c = Config::load(None, &[kafka.clone(), brokers.clone()]).unwrap();
+    assert_eq!(c.bus.kind, BusKind::Kafka);
+    assert_eq!(c.bus.kafka.topic, "switchyard.registry");
+    let topic = parse_set_flag("bus.kafka.topic=bad/topic").unwrap();
+    let err = Config::load(None, &[kafka, brokers, topic])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`bus.kafka.topic`"), "{err}");
+}
+
+#[test]
 fn syntax_errors_name_the_file() {
     let f = write("node_id = \n");
     let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();

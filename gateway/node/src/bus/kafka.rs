@@ -1,0 +1,226 @@
+//! The Kafka adapter of the bus seam, over librdkafka (rdkafka). Thin by design: it maps
+//! publish, high-water mark and fetch-from-offset onto one single-partition, compacted topic.
+//! Catch-up, readiness, retries and merge stay above the `Bus` trait, where the simulation
+//! exercises them.
+//!
+//! * One partition: the registry needs one total order of records per key, and its volume
+//!   (registrations and renewals) is far below what one partition carries.
+//! * The producer is idempotent with `acks=all`: a retried send is written once.
+//! * The consumer is assigned the partition directly (no group, no committed offsets): every
+//!   gateway reads the whole log from the offset it asks for.
+//! * The topic is created on first use if missing, with `cleanup.policy=compact`, so a broker
+//!   that is down when the gateway starts only delays readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Bus, BusError, Record};
+use crate::config::KafkaConfig;
+use crate::seams::BoxFuture;
+
+const PARTITION: i32 = 0;
+
+pub struct KafkaBus {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer>,
+    admin: AdminClient<DefaultClientContext>,
+    topic_ready: AtomicBool,
+    /// The offset the consumer is positioned at, so consecutive fetches do not seek.
+    position: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.config.brokers)
+            .field("topic", &self.config.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: KafkaError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl KafkaBus {
+    /// Creates the clients. No connection is made yet: librdkafka connects on first use and
+    /// reconnects by itself.
+    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, BusError> {
+        let mut common = ClientConfig::new();
+        common
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", client_id)
+            .set("socket.keepalive.enable", "true")
+            .set("reconnect.backoff.max.ms", "1000");
+        let producer: FutureProducer = common
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .create()
+            .map_err(unavailable)?;
+        let consumer: StreamConsumer = common
+            .clone()
+            // Required by librdkafka for a consumer; nothing is ever committed under it.
+            .set("group.id", format!("{client_id}-reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+            .set("fetch.min.bytes", "1")
+            .create()
+            .map_err(unavailable)?;
+        let admin = common.create().map_err(unavailable)?;
+        Ok(Self {
+            config: config.clone(),
+            producer,
+            consumer: Arc::new(consumer),
+            admin,
+            topic_ready: AtomicBool::new(!config.create_topic),
+            position: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Creates the topic if it does not exist (once per process).
+    async fn ensure_topic(&self) -> Result<(), BusError> {
+        if self.topic_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let retention = self.config.delete_retention_ms.to_string();
+        let topic = NewTopic::new(
+            &self.config.topic,
+            1,
+            TopicReplication::Fixed(self.config.replication_factor),
+        )
+        .set("cleanup.policy", "compact")
+        .set("delete.retention.ms", &retention);
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout()));
+        let results = self
+            .admin
+            .create_topics([&topic], &options)
+            .await
+            .map_err(unavailable)?;
+        for result in results {
+            match result {
+                Ok(_) => {
+                    tracing::info!(topic = %self.config.topic, "created the registry topic (compacted)")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::Unavailable(format!(
+                        "cannot create topic {topic}: {code}"
+                    )));
+                }
+            }
+        }
+        self.topic_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Bus for KafkaBus {
+    fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(async move {
+            self.ensure_topic().await?;
+            let record = FutureRecord::to(&self.config.topic)
+                .partition(PARTITION)
+                .key(key.as_bytes())
+                .payload(payload.as_ref());
+            match self.producer.send(record, self.timeout()).await {
+                Ok(delivery) => Ok(u64::try_from(delivery.offset).unwrap_or(0)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    Err(BusError::Rejected(
+                        "record larger than the topic accepts".into(),
+                    ))
+                }
+                Err((error, _)) => Err(unavailable(error)),
+            }
+        })
+    }
+
+    fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(async move {
+            self.ensure_topic().await?;
+            let consumer = self.consumer.clone();
+            let topic = self.config.topic.clone();
+            let timeout = self.timeout();
+            // fetch_watermarks blocks on a broker round trip.
+            let (_, high) = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, PARTITION, timeout)
+            })
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?
+            .map_err(unavailable)?;
+            Ok(u64::try_from(high).unwrap_or(0))
+        })
+    }
+
+    fn fetch(
+        &self,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
+        Box::pin(async move {
+            self.ensure_topic().await?;
+            let mut position = self.position.lock().await;
+            if *position != Some(from) {
+                let mut assignment = TopicPartitionList::new();
+                let offset =
+                    i64::try_from(from).map_err(|_| BusError::Rejected("offset".into()))?;
+                assignment
+                    .add_partition_offset(&self.config.topic, PARTITION, Offset::Offset(offset))
+                    .map_err(unavailable)?;
+                self.consumer.assign(&assignment).map_err(unavailable)?;
+                *position = Some(from);
+            }
+            let mut records = Vec::new();
+            let deadline = tokio::time::Instant::now() + wait;
+            while records.len() < max {
+                // The first record may take the whole wait; after it, take only what is
+                // already fetched, so a busy log returns batches without added latency.
+                let until = if records.is_empty() {
+                    deadline
+                } else {
+                    tokio::time::Instant::now() + Duration::from_millis(1)
+                };
+                let message = match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                    Err(_) => break,
+                    Ok(Ok(message)) => message,
+                    Ok(Err(error)) if records.is_empty() => return Err(unavailable(error)),
+                    Ok(Err(_)) => break,
+                };
+                let Ok(offset) = u64::try_from(message.offset()) else {
+                    continue;
+                };
+                records.push(Record {
+                    offset,
+                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                    payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                });
+            }
+            if let Some(last) = records.last() {
+                *position = Some(last.offset + 1);
+            }
+            Ok(records)
+        })
+    }
+}

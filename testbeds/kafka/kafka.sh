@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker (KRaft: broker and controller in one process) on loopback,
+# for tests and local clusters. The jars come from Maven Central through pom.xml beside this
+# script; Java 17 or newer runs them.
+#
+#   testbeds/kafka/kafka.sh start     fetch the jars if needed, format storage once, start,
+#                                     wait until the broker accepts connections; prints the
+#                                     bootstrap address
+#   testbeds/kafka/kafka.sh stop      stop it cleanly (SIGTERM, then SIGKILL after 30 s)
+#   testbeds/kafka/kafka.sh restart   stop, then start on the same storage and port
+#   testbeds/kafka/kafka.sh status    exit 0 if it runs
+#   testbeds/kafka/kafka.sh wipe      stop and delete its storage
+#
+# Environment: KAFKA_PORT (default 19092), KAFKA_CONTROLLER_PORT (default 19093),
+# KAFKA_DIR (state: jars, storage, log, pid; default testbeds/.run/kafka).
+set -euo pipefail
+
+here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd -- "$here/../.." && pwd)"
+dir="${KAFKA_DIR:-$root/testbeds/.run/kafka}"
+port="${KAFKA_PORT:-19092}"
+controller_port="${KAFKA_CONTROLLER_PORT:-19093}"
+lib="$dir/lib"
+data="$dir/data"
+pidfile="$dir/broker.pid"
+logfile="$dir/broker.log"
+props="$dir/server.properties"
+
+log() { printf 'kafka: %s\n' "$*" >&2; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing $2 with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+  command -v "$1" >/dev/null 2>&1 || { log "$1 is needed: install $2"; exit 1; }
+}
+
+fetch() {
+  local stamp="$lib/.pom.sha256" want
+  want="$(sha256sum "$here/pom.xml" | cut -d' ' -f1)"
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return 0
+  need java default-jre-headless
+  need mvn maven
+  log "fetching the Kafka jars from Maven Central into $lib"
+  rm -rf "$lib" && mkdir -p "$lib"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies -DoutputDirectory="$lib" >&2
+  printf '%s\n' "$want" >"$stamp"
+}
+
+running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+write_config() {
+  mkdir -p "$dir"
+  cat >"$props" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# Flushing is left to the OS, as in production; acks=all with one replica means "written".
+PROPS
+  cat >"$dir/log4j2.properties" <<'LOG'
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = out
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.server.name = org.apache.kafka.server
+logger.server.level = INFO
+LOG
+}
+
+java_run() {
+  java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$lib/*" "$@"
+}
+
+format() {
+  [[ -f "$data/meta.properties" ]] && return 0
+  log "formatting storage in $data"
+  mkdir -p "$data"
+  local cluster_id
+  cluster_id="$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+  java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$props" >&2
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+start() {
+  if running; then
+    log "already running (pid $(cat "$pidfile"))"
+    echo "127.0.0.1:$port"
+    return 0
+  fi
+  fetch
+  write_config
+  format
+  log "starting the broker on 127.0.0.1:$port (log: $logfile)"
+  nohup java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$lib/*" \
+    kafka.Kafka "$props" >>"$logfile" 2>&1 &
+  echo $! >"$pidfile"
+  local deadline=$((SECONDS + 90))
+  until port_open && grep -q "Kafka Server started\|KafkaRaftServer.*started\|started (kafka.server" "$logfile"; do
+    if ! running; then
+      log "the broker exited; the end of its log:"
+      tail -n 30 "$logfile" >&2
+      exit 1
+    fi
+    if ((SECONDS > deadline)); then
+      log "the broker did not start within 90 s; the end of its log:"
+      tail -n 30 "$logfile" >&2
+      stop
+      exit 1
+    fi
+    sleep 0.2
+  done
+  log "ready"
+  echo "127.0.0.1:$port"
+}
+
+stop() {
+  running || { rm -f "$pidfile"; return 0; }
+  local pid
+  pid="$(cat "$pidfile")"
+  log "stopping the broker (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS > deadline)); then
+      log "not stopped after 30 s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) running ;;
+  wipe) stop; rm -rf "$data" "$logfile" ;;
+  *) echo "usage: $0 start|stop|restart|status|wipe" >&2; exit 2 ;;
+esac
