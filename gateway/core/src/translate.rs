@@ -94,17 +94,26 @@ pub fn check_head(head: &RequestHead<'_>, limits: &Limits) -> Result<(), Gateway
             limit_bytes: limits.header_bytes_max,
         });
     }
-    let announced = head
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limits.body_bytes_max as u64) {
+    let announced = head.headers.get(header::CONTENT_LENGTH);
+    if announced.is_some_and(|v| announces_more_than(v, limits.body_bytes_max)) {
         return Err(GatewayError::BodyTooLarge {
             limit_bytes: limits.body_bytes_max,
         });
     }
     Ok(())
+}
+
+/// Whether a `Content-Length` value announces more than `limit` bytes. A run of digits too
+/// long for a u64 announces more than any limit; a value that is not a number announces
+/// nothing here, and the HTTP server refuses it.
+fn announces_more_than(value: &HeaderValue, limit: usize) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    match text.parse::<u64>() {
+        Ok(n) => n > limit as u64,
+        Err(e) => *e.kind() == std::num::IntErrorKind::PosOverflow,
+    }
 }
 
 /// The client's `X-Request-Id` if it is a plausible id (1 to 128 visible ASCII characters),
@@ -125,15 +134,18 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     ) || name.starts_with("proxy-")
 }
 
-/// The header names listed in `Connection`, which are hop-by-hop for this message.
+/// The header names listed in `Connection`, which are hop-by-hop for this message. The value
+/// is split as bytes: a token that is not ASCII names no field, but it must not hide the
+/// other tokens of the same value (a whole-value `to_str` would).
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+        .filter_map(|t| std::str::from_utf8(t).ok())
+        .map(str::to_ascii_lowercase)
         .collect()
 }
 
@@ -147,16 +159,22 @@ fn version_str(version: Version) -> &'static str {
     }
 }
 
-/// A W3C traceparent is `00-<32 hex>-<16 hex>-<2 hex>`; only a well-formed one is copied into
-/// the forwarding metadata (the header itself passes through untouched either way).
+/// A W3C traceparent is `00-<32 hex>-<16 hex>-<2 hex>` in lower-case hex, and a trace id or
+/// parent id of all zeros is invalid (Trace Context §3.2); only a well-formed one is copied
+/// into the forwarding metadata (the header itself passes through untouched either way).
 fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
         && hex(parts[1], 32)
+        && !zero(parts[1])
         && hex(parts[2], 16)
+        && !zero(parts[2])
         && hex(parts[3], 2)
 }
 

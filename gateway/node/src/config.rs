@@ -62,6 +62,12 @@ pub struct UpstreamConfig {
     pub failures_to_eject: u32,
     pub ejection_base_ms: u64,
     pub ejection_max_ms: u64,
+    /// When every live instance of a service has failed to connect, with no success, for this
+    /// long, this gateway evicts them all cluster-wide. Each further eviction of an instance
+    /// without a success between doubles the wait, up to `evict_after_max_ms`. 0 turns
+    /// eviction off (leases still expire).
+    pub evict_after_ms: u64,
+    pub evict_after_max_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,6 +197,8 @@ impl Default for UpstreamConfig {
             failures_to_eject: 1,
             ejection_base_ms: 1_000,
             ejection_max_ms: 30_000,
+            evict_after_ms: 5_000,
+            evict_after_max_ms: 300_000,
         }
     }
 }
@@ -384,6 +392,12 @@ impl Config {
         }
         if self.upstream.attempts_max > 10 {
             return Err(("upstream.attempts_max", "must be at most 10".to_owned()));
+        }
+        if self.upstream.evict_after_max_ms < self.upstream.evict_after_ms {
+            return Err((
+                "upstream.evict_after_max_ms",
+                "must be at least upstream.evict_after_ms".to_owned(),
+            ));
         }
         if self.upstream.ejection_max_ms < self.upstream.ejection_base_ms {
             return Err((

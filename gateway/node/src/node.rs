@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Record};
 use crate::config::Config;
-use crate::outbox::{Delivery, Outbox};
+use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::seams::Seams;
 use crate::{control, public, replicate, serve, upstream};
 
@@ -274,41 +274,50 @@ impl Node {
         service: &str,
         instance_id: &str,
     ) -> Result<(bool, Delivery), GatewayError> {
-        self.remove(service, instance_id, EventKind::Deregister)
-            .await
-    }
-
-    pub(crate) async fn remove(
-        &self,
-        service: &str,
-        instance_id: &str,
-        kind: EventKind,
-    ) -> Result<(bool, Delivery), GatewayError> {
         names::validate_service(service)?;
         names::validate_instance_id(instance_id)?;
         let key = InstanceKey::new(service, instance_id);
-        let now = self.now_ms();
-        let existed = self.registry().get(&key).is_some_and(|e| e.is_live(now));
-        let event = Event {
+        let existed = self
+            .registry()
+            .get(&key)
+            .is_some_and(|e| e.is_live(self.now_ms()));
+        let delivery = self
+            .commit(&self.tombstone(key, EventKind::Deregister))
+            .await?;
+        Ok((existed, delivery))
+    }
+
+    /// Publishes an eviction without waiting for the bus (the caller is a request in flight).
+    pub(crate) fn evict(&self, key: &InstanceKey) -> Result<(), GatewayError> {
+        self.enqueue_and_apply(&self.tombstone(key.clone(), EventKind::Evict))
+            .map(drop)
+    }
+
+    fn tombstone(&self, key: InstanceKey, kind: EventKind) -> Event {
+        Event {
             kind,
             key,
             addr: String::new(),
             metadata: BTreeMap::new(),
             lease_ms: 0,
-            stamp: lock(&self.hlc).tick(now),
+            stamp: lock(&self.hlc).tick(self.now_ms()),
             origin_node: self.id.clone(),
-        };
-        let delivery = self.commit(&event).await?;
-        Ok((existed, delivery))
+        }
     }
 
-    /// Queues a change for the bus and applies it here at once. A change the full queue
-    /// refuses is not applied either, so this node never holds what the bus will not get.
-    async fn commit(&self, event: &Event) -> Result<Delivery, GatewayError> {
+    /// Queues a change for the bus, then applies it here. A change the full queue refuses is
+    /// not applied either, so this node never holds what the bus will not get.
+    fn enqueue_and_apply(&self, event: &Event) -> Result<Ticket, GatewayError> {
         let ticket = self.outbox.enqueue(event.clone()).inspect_err(|error| {
             tracing::warn!(key = %event.bus_key(), %error, "registry change refused");
         })?;
         self.registry_mut().apply_event(event);
+        Ok(ticket)
+    }
+
+    /// Applies a change at once and waits up to `bus.publish_wait_ms` for the bus to take it.
+    async fn commit(&self, event: &Event) -> Result<Delivery, GatewayError> {
+        let ticket = self.enqueue_and_apply(event)?;
         let delivery = ticket
             .wait(Duration::from_millis(self.config.bus.publish_wait_ms))
             .await;

@@ -23,6 +23,21 @@ use crate::seams::Connector;
 pub struct Slot {
     pub health: InstanceHealth,
     pub in_flight: u32,
+    /// Since when every attempt to connect has failed; `None` after any answer.
+    pub failing_since_ms: Option<u64>,
+    /// Evictions by this gateway without an answer between them; each doubles the wait.
+    pub evictions: u32,
+}
+
+impl Slot {
+    /// Whether this instance has been unreachable long enough to evict, given the policy.
+    fn evictable(&self, now_ms: u64, after_ms: u64, after_max_ms: u64) -> bool {
+        let wait = after_ms
+            .saturating_mul(1 << self.evictions.min(16))
+            .min(after_max_ms);
+        self.failing_since_ms
+            .is_some_and(|since| now_ms.saturating_sub(since) >= wait)
+    }
 }
 
 /// Marks a failure to open a connection, so it can be told apart from an rpc that failed
@@ -105,6 +120,9 @@ impl Node {
             };
             let result = self.attempt(&key, &addr, req.clone(), deadline).await;
             self.record(&key, &result);
+            if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
+                self.evict_if_all_unreachable(&req.service);
+            }
             match result {
                 Ok(resp) => return Ok(resp),
                 Err(error) if self.retry_policy.should_retry(&error, attempt) => {
@@ -233,12 +251,62 @@ impl Node {
         let slot = balancer.entry(key.clone()).or_default();
         match result {
             Err(GatewayError::UpstreamConnect { .. }) => {
+                slot.failing_since_ms.get_or_insert(now);
                 if slot.health.on_failure(now, &self.health_policy) {
                     tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms = slot.health.ejected_until_ms, "instance ejected after connect failures");
                 }
             }
             Err(GatewayError::UpstreamTimeout { .. }) => {}
-            Ok(_) | Err(_) => slot.health.on_success(),
+            Ok(_) | Err(_) => {
+                slot.health.on_success();
+                slot.failing_since_ms = None;
+                slot.evictions = 0;
+            }
+        }
+    }
+
+    /// Evicts every live instance of `service`, cluster-wide, once all of them have been
+    /// unreachable from here for the eviction wait. One reachable instance is enough to evict
+    /// none: a single dead instance is only ejected locally and left to its lease, so a
+    /// gateway that is cut off from part of the network cannot empty the registry for all.
+    fn evict_if_all_unreachable(&self, service: &str) {
+        let u = &self.config.upstream;
+        if u.evict_after_ms == 0 {
+            return;
+        }
+        let now = self.now_ms();
+        let keys: Vec<InstanceKey> = {
+            let registry = self.registry();
+            let Lookup::Live(live) = registry.lookup(service, now) else {
+                return;
+            };
+            let mut balancer = lock(&self.balancer);
+            let all = live.iter().all(|inst| {
+                balancer
+                    .get(inst.key)
+                    .is_some_and(|s| s.evictable(now, u.evict_after_ms, u.evict_after_max_ms))
+            });
+            if !all {
+                return;
+            }
+            live.iter()
+                .map(|inst| {
+                    let slot = balancer.entry(inst.key.clone()).or_default();
+                    slot.evictions = slot.evictions.saturating_add(1);
+                    slot.failing_since_ms = Some(now);
+                    inst.key.clone()
+                })
+                .collect()
+        };
+        for key in keys {
+            match self.evict(&key) {
+                Ok(()) => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, "every instance unreachable: evicted cluster-wide")
+                }
+                Err(error) => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, %error, "eviction not published")
+                }
+            }
         }
     }
 }

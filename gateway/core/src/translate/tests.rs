@@ -122,6 +122,41 @@ fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
     assert!(names.contains(&"x-kept"));
 }
 
+/// Found by the `request` fuzz target: one non-ASCII token in a Connection value made the
+/// whole value unreadable as text, so the fields it named were forwarded.
+#[test]
+fn a_non_ascii_connection_token_does_not_hide_the_others() {
+    let req = http::Request::builder()
+        .uri("/s/")
+        .header(
+            "connection",
+            HeaderValue::from_bytes(b"X-Secret, caf\xc3\xa9,\xff").unwrap(),
+        )
+        .header("x-secret", "s")
+        .header("x-kept", "k")
+        .body(())
+        .unwrap();
+    let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx()).unwrap();
+    let names = names_of(&out);
+    assert!(
+        !names.contains(&"x-secret"),
+        "x-secret was forwarded: {names:?}"
+    );
+    assert!(names.contains(&"x-kept"));
+
+    let r = to_http_response(resp(
+        200,
+        &[
+            ("connection", b"x-private,\xff"),
+            ("x-private", b"p"),
+            ("x-thing", b"t"),
+        ],
+    ))
+    .unwrap();
+    assert!(!r.headers().contains_key("x-private"));
+    assert!(r.headers().contains_key("x-thing"));
+}
+
 #[test]
 fn forwarding_headers_append_and_keep_what_the_load_balancer_set() {
     let req = http::Request::builder()
@@ -171,6 +206,26 @@ fn malformed_traceparent_passes_through_but_is_not_copied() {
     assert_eq!(value_of(&out, "traceparent"), [&b"not-a-trace"[..]]);
 }
 
+/// Found by the `request` fuzz target: a traceparent with an all-zero trace id (which Trace
+/// Context calls invalid) was copied into the forwarding metadata; upper-case hex was too.
+#[test]
+fn traceparent_with_zero_ids_or_upper_case_hex_is_not_copied() {
+    for bad in [
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+    ] {
+        let req = http::Request::builder()
+            .uri("/s/x")
+            .header("traceparent", bad)
+            .body(())
+            .unwrap();
+        let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx()).unwrap();
+        assert_eq!(out.traceparent, "", "{bad} was copied");
+        assert_eq!(value_of(&out, "traceparent"), [bad.as_bytes()]);
+    }
+}
+
 #[test]
 fn head_limits() {
     let limits = Limits {
@@ -205,6 +260,44 @@ fn head_limits() {
             .http_status(),
         413
     );
+}
+
+/// Found by the `request` fuzz target: a Content-Length too long for a u64 failed to parse
+/// and was treated as no length at all, so the request passed the head check.
+#[test]
+fn content_length_beyond_u64_is_too_large() {
+    let limits = Limits {
+        body_bytes_max: 10,
+        header_bytes_max: 1000,
+    };
+    for announced in ["18446744073709551616", "99999999999999999999999999"] {
+        let req = http::Request::builder()
+            .uri("/s/")
+            .header("content-length", announced)
+            .body(())
+            .unwrap();
+        let err = check_head(&head_of(&req), &limits).unwrap_err();
+        assert_eq!(err.http_status(), 413, "{announced}");
+    }
+    // u64::MAX itself parses, and is over the limit as before.
+    let req = http::Request::builder()
+        .uri("/s/")
+        .header("content-length", u64::MAX.to_string())
+        .body(())
+        .unwrap();
+    assert_eq!(
+        check_head(&head_of(&req), &limits)
+            .unwrap_err()
+            .http_status(),
+        413
+    );
+    // A value that is not a number is the HTTP server's to refuse, not a 413.
+    let req = http::Request::builder()
+        .uri("/s/")
+        .header("content-length", "ten")
+        .body(())
+        .unwrap();
+    assert!(check_head(&head_of(&req), &limits).is_ok());
 }
 
 fn resp(status: u32, headers: &[(&str, &[u8])]) -> ForwardingResp {

@@ -524,3 +524,89 @@ async fn a_registration_made_while_the_bus_is_down_is_held_and_delivered() {
     .await;
     assert_eq!(a.status().await["outbox_pending"], 0);
 }
+
+#[tokio::test]
+async fn a_service_unreachable_everywhere_is_evicted_cluster_wide_and_renewal_brings_it_back() {
+    let bus = MemoryBus::new();
+    let a = Gateway::start_on(bus.clone(), |c| {
+        c.node_id = "gw-a".into();
+        c.upstream.evict_after_ms = 200;
+    })
+    .await;
+    let b = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-b".into()).await;
+    let inst = Instance::start("fragile", "f-1").await;
+    let addr = inst.addr.clone();
+    a.register("fragile", "f-1", &addr, 30_000).await;
+    inst.stop().await;
+
+    // Requests through A fail to connect; once the instance has been unreachable for the
+    // eviction wait, A evicts it, and B learns it from the bus.
+    let state_at_b = || async {
+        let (_, _, body) = http("GET", &format!("{}/v1/services/fragile", b.control_url())).await;
+        serde_json::from_slice::<Value>(&body).unwrap()["instances"][0]["state"].clone()
+    };
+    let url = format!("{}/fragile/hello", a.public_url());
+    harness::eventually(Duration::from_secs(10), || async {
+        let (status, _, _) = http("GET", &url).await;
+        assert!(matches!(status.as_u16(), 503), "{status}");
+        state_at_b().await == "evicted"
+    })
+    .await;
+    expect_error(
+        &format!("{}/fragile/hello", b.public_url()),
+        503,
+        "no_live_instance",
+    )
+    .await;
+
+    // The instance comes back and renews: live again everywhere.
+    let back = Instance::start("fragile", "f-1").await;
+    a.register("fragile", "f-1", &back.addr, 30_000).await;
+    harness::eventually(Duration::from_secs(5), || async {
+        state_at_b().await == "live"
+    })
+    .await;
+    assert_eq!(
+        http("GET", &format!("{}/fragile/hello", b.public_url()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn one_reachable_instance_prevents_eviction() {
+    // Ejections end at once, so the dead instance keeps being tried (and failing) well past
+    // the eviction wait.
+    let gw = Gateway::start(|c| {
+        c.upstream.evict_after_ms = 50;
+        c.upstream.ejection_base_ms = 1;
+        c.upstream.ejection_max_ms = 1;
+    })
+    .await;
+    let alive = Instance::start("half", "alive").await;
+    let dead = Instance::start("half", "dead").await;
+    gw.register("half", "alive", &alive.addr, 30_000).await;
+    gw.register("half", "dead", &dead.addr, 30_000).await;
+    dead.stop().await;
+    let url = format!("{}/half/hello", gw.public_url());
+    let started = tokio::time::Instant::now();
+    let mut requests = 0;
+    while started.elapsed() < Duration::from_millis(300) && requests < 5_000 {
+        assert_eq!(http("GET", &url).await.0, StatusCode::OK);
+        requests += 1;
+    }
+    let (_, _, body) = http("GET", &format!("{}/v1/services/half", gw.control_url())).await;
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    let states: Vec<_> = view["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        ["live", "live"],
+        "a dead instance beside a live one is ejected, not evicted: {view}"
+    );
+}
