@@ -95,3 +95,17 @@ def pyonly(gateway: Gateway, session_launcher: Launcher) -> Proc:
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator["Broker"]:
+    """A Kafka broker for the whole session (see kafka_broker.py); stopped at the end if this
+    session started it."""
+    from kafka_broker import Broker, session_broker  # noqa: F401 (Broker: the fixture's type)
+
+    broker = session_broker(REPO_ROOT / "testbeds" / ".run" / "kafka-e2e")
+    try:
+        yield broker
+    finally:
+        if broker.restartable:
+            broker.stop()

@@ -232,7 +232,11 @@ class Gateway:
 
 
 def start_gateway(
-    launcher: Launcher, name: str, node_id: str, control_listen: str = "127.0.0.1:0"
+    launcher: Launcher,
+    name: str,
+    node_id: str,
+    control_listen: str = "127.0.0.1:0",
+    extra: tuple[str, ...] = (),
 ) -> Gateway:
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
@@ -251,6 +255,7 @@ def start_gateway(
         # Teardown should not wait out the default 10 s drain.
         "--set",
         "shutdown.drain_timeout_ms=1000",
+        *extra,
     ]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
     match = proc.wait_ready()

@@ -205,8 +205,14 @@ impl Bus for KafkaBus {
                 let message = match tokio::time::timeout_at(until, self.consumer.recv()).await {
                     Err(_) => break,
                     Ok(Ok(message)) => message,
-                    Ok(Err(error)) if records.is_empty() => return Err(unavailable(error)),
-                    Ok(Err(_)) => break,
+                    // Transport errors are reports, not failures of this fetch: librdkafka
+                    // reconnects by itself, and it queues one report per failed attempt while
+                    // the broker is down. Returning on each would leave a backlog of stale
+                    // reports to drain, one per fetch, after the broker is back.
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "Kafka consumer report");
+                        continue;
+                    }
                 };
                 let Ok(offset) = u64::try_from(message.offset()) else {
                     continue;
