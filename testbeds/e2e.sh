@@ -12,7 +12,8 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3), SWITCHYARD_BIN,
 # SAMPLE_SERVICE_BIN, E2E_TIMEOUT_S, E2E_LOG_DIR (process logs, default
-# testbeds/.run/e2e-logs). Exits non-zero if any step or any test fails.
+# testbeds/.run/e2e-logs), KAFKA_BOOTSTRAP (use that broker instead of starting one),
+# E2E_PREPARE_ONLY (set up the venv and binaries, run nothing). Exits non-zero if any step or any test fails.
 set -euo pipefail
 
 testbeds="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
@@ -81,6 +82,11 @@ install_requirements
 if [[ -z "${SWITCHYARD_BIN:-}" ]]; then
   log "building the gateway and the Rust sample service"
   (cd "$root" && cargo build --quiet -p switchyard -p sample-service)
+fi
+
+# For other scripts that only need the venv and the binaries (the benchmarks).
+if [[ -n "${E2E_PREPARE_ONLY:-}" ]]; then
+  exit 0
 fi
 
 # pytest runs in the background under `timeout`, which puts it, and the gateway and services

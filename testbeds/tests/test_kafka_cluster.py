@@ -155,3 +155,17 @@ def test_a_deregistered_instance_stays_gone_after_everything_restarts(launcher: 
         assert set(gw.instances("billing")) == {"keep"}, gw.instances("billing")
     resp = requests.get(f"{fresh[0].public}/billing/x", timeout=HTTP_TIMEOUT_S)
     assert resp.status_code == 503  # "keep" is registered at 127.0.0.1:9, where nothing listens
+
+
+def test_convergence_benchmark_smoke(launcher: Launcher, kafka) -> None:
+    """The benchmark (testbeds/bench/convergence.sh) runs end to end; times are reported,
+    not asserted."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from convergence import measure
+
+    report = measure(launcher, kafka, registrations=10)
+    assert report["registrations"] == 10
+    assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
