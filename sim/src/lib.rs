@@ -2,10 +2,14 @@
 //! network and clock, so that the unchanged node code runs inside a deterministic simulation.
 //!
 //! * [`SimListener`] and [`SimConnector`]: the network seam over turmoil TCP.
-//! * [`SimClock`]: wall time from the simulation's logical clock.
+//! * [`SimClock`]: wall time from the simulation's logical clock, with a per-node skew.
+//! * [`broker`]: the simulated Kafka broker host and the gateways' adapter for it.
+//! * [`faults`]: fault kinds (swarm-chosen per seed) and the schedule drawn from a seed.
+//! * [`scenario`]: one run: cluster, workload, faults, invariant checkers, trace hash.
+//! * [`explore`]: many seeds, the summary, and the replay command for failures.
 //! * [`gateway_host`], [`service_host`]: host bodies that run a gateway node or a sample
 //!   instance.
-//! * [`http_get`]: a minimal HTTP/1.1 client for simulated clients.
+//! * [`http_get`], [`http_send`]: a minimal HTTP/1.1 client for simulated clients.
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -15,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use sample_service::{RegistrationSpec, Sample, keep_registered};
 use switchyard::Config;
@@ -29,6 +33,11 @@ pub const PUBLIC_PORT: u16 = 8080;
 pub const CONTROL_PORT: u16 = 8081;
 /// Port every simulated service instance listens on.
 pub const SERVICE_PORT: u16 = 7000;
+
+pub mod broker;
+pub mod explore;
+pub mod faults;
+pub mod scenario;
 
 /// A turmoil TCP listener as the node's listener seam.
 pub struct SimListener(turmoil::net::TcpListener);
@@ -86,15 +95,19 @@ impl Connector for SimConnector {
     }
 }
 
-/// Wall time in the simulation: the configured epoch plus simulated elapsed time.
+/// Wall time in the simulation: the configured epoch plus simulated elapsed time, shifted by
+/// this node's skew (gateways' wall clocks disagree in production too).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SimClock;
+pub struct SimClock {
+    pub skew_ms: i64,
+}
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        turmoil::since_epoch()
+        let ms = turmoil::since_epoch()
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        ms.saturating_add_signed(self.skew_ms)
     }
 }
 
@@ -110,7 +123,7 @@ pub async fn gateway_host(
     };
     let seams = Seams {
         connector: Arc::new(SimConnector),
-        clock: Arc::new(SimClock),
+        clock: Arc::new(SimClock::default()),
         bus: Arc::new(bus),
         seed,
     };
@@ -152,14 +165,43 @@ pub async fn service_host(
 
 /// `GET http://{host}:{port}{path}` over the simulated network: the status and the body.
 pub async fn http_get(host: &str, port: u16, path: &str) -> io::Result<(u16, Bytes)> {
+    http_send(host, port, "GET", path, Vec::new()).await
+}
+
+/// One HTTP/1.1 request over the simulated network, bounded by 5 s of simulated time.
+pub async fn http_send(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> io::Result<(u16, Bytes)> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        send_once(host, port, method, path, body),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 5 s"))?
+}
+
+async fn send_once(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> io::Result<(u16, Bytes)> {
     let stream = turmoil::net::TcpStream::connect((host, port)).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(connection);
-    let request = http::Request::get(path)
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, host)
-        .body(Empty::<Bytes>::new())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
         .map_err(io::Error::other)?;
     let response = sender
         .send_request(request)

@@ -10,6 +10,7 @@
 //! * [`status`]: the gRPC-to-HTTP status table.
 //! * [`balance`]: load balancing, passive health (temporary ejection) and the retry policy.
 //! * [`error`]: the one error vocabulary, mapped once to HTTP status, JSON body and gRPC code.
+//! * [`planted`]: known bugs behind a test-only switch, for proving the simulation's checkers.
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod event;
 pub mod hlc;
 pub mod names;
+pub mod planted;
 pub mod registry;
 pub mod status;
 pub mod translate;

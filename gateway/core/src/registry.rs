@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::Stamp;
 use crate::event::Event;
+use crate::planted::{self, Bug};
 
 #[cfg(test)]
 mod tests;
@@ -123,7 +124,7 @@ impl Registry {
                 self.entries.insert(key, entry);
                 Applied::Inserted
             }
-            Some(held) if entry > *held => {
+            Some(held) if entry > *held || planted::active(Bug::IncomingWins) => {
                 *held = entry;
                 Applied::Replaced
             }

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::seams::BoxFuture;
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 /// One record read from the bus.
@@ -86,6 +87,11 @@ impl MemoryBus {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every record the log holds now, in offset order (for checkers and tests).
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.inner.lock().records.clone()
     }
 }
 

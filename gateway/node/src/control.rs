@@ -207,13 +207,18 @@ async fn delete_instance(
     Path((service, instance_id)): Path<(String, String)>,
 ) -> Response {
     match node.deregister(&service, &instance_id).await {
-        Ok((existed, delivery)) => accepted_json(
-            delivery,
+        Ok(gone) => accepted_json(
+            gone.delivery,
             &serde_json::json!({
                 "service": service,
                 "instance_id": instance_id,
-                "existed": existed,
-                "published": delivery == Delivery::Published,
+                "existed": gone.existed,
+                "published": gone.delivery == Delivery::Published,
+                "stamp": {
+                    "physical_ms": gone.stamp.physical_ms,
+                    "logical": gone.stamp.logical,
+                    "node_id": gone.stamp.node_id,
+                },
             }),
         ),
         Err(error) => error_response(&error, None),
@@ -300,14 +305,14 @@ impl Registration for RegistrationApi {
         request: tonic::Request<pb::DeregisterRequest>,
     ) -> Result<tonic::Response<pb::DeregisterResponse>, tonic::Status> {
         let r = request.into_inner();
-        let (existed, delivery) = self
+        let gone = self
             .node
             .deregister(&r.service, &r.instance_id)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(tonic::Response::new(pb::DeregisterResponse {
-            existed,
-            published: delivery == Delivery::Published,
+            existed: gone.existed,
+            published: gone.delivery == Delivery::Published,
         }))
     }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use switchyard::bus::kafka::KafkaBus;
 use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
@@ -133,7 +132,13 @@ fn main() -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = match config.bus.kind {
         BusKind::Memory => Arc::new(MemoryBus::new()),
+        #[cfg(not(feature = "kafka"))]
+        BusKind::Kafka => anyhow::bail!(
+            "bus.kind is \"kafka\" but this binary was built without the kafka feature"
+        ),
+        #[cfg(feature = "kafka")]
         BusKind::Kafka => {
+            use switchyard::bus::kafka::KafkaBus;
             let client_id = match config.node_id.as_str() {
                 "" => "switchyard".to_owned(),
                 id => format!("switchyard-{id}"),

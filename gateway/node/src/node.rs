@@ -12,6 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchyard_core::balance::{HealthPolicy, InstanceHealth, RetryPolicy};
 use switchyard_core::event::{Event, EventKind};
+use switchyard_core::planted::{self, Bug};
 use switchyard_core::registry::{Applied, Entry, EntryState, Removal};
 use switchyard_core::translate::Limits;
 use switchyard_core::{GatewayError, Hlc, InstanceKey, Registry, names};
@@ -32,6 +33,16 @@ pub struct Registration {
     pub metadata: BTreeMap<String, String>,
     /// 0: the configured default.
     pub lease_ms: u64,
+}
+
+/// The outcome of a deregistration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deregistered {
+    /// Whether the instance was live here before.
+    pub existed: bool,
+    pub delivery: Delivery,
+    /// The tombstone's stamp.
+    pub stamp: switchyard_core::Stamp,
 }
 
 /// What this node reports about itself (`GET /v1/cluster`).
@@ -219,6 +230,9 @@ impl Node {
                 return None;
             }
         };
+        if planted::active(Bug::SkipOwnEvents) && event.origin_node == self.id {
+            return None;
+        }
         lock(&self.hlc).observe(&event.stamp, self.now_ms());
         let applied = self.registry_mut().apply_event(&event);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
@@ -273,7 +287,7 @@ impl Node {
         &self,
         service: &str,
         instance_id: &str,
-    ) -> Result<(bool, Delivery), GatewayError> {
+    ) -> Result<Deregistered, GatewayError> {
         names::validate_service(service)?;
         names::validate_instance_id(instance_id)?;
         let key = InstanceKey::new(service, instance_id);
@@ -281,10 +295,13 @@ impl Node {
             .registry()
             .get(&key)
             .is_some_and(|e| e.is_live(self.now_ms()));
-        let delivery = self
-            .commit(&self.tombstone(key, EventKind::Deregister))
-            .await?;
-        Ok((existed, delivery))
+        let tombstone = self.tombstone(key, EventKind::Deregister);
+        let delivery = self.commit(&tombstone).await?;
+        Ok(Deregistered {
+            existed,
+            delivery,
+            stamp: tombstone.stamp,
+        })
     }
 
     /// Publishes an eviction without waiting for the bus (the caller is a request in flight).

@@ -1,0 +1,63 @@
+//! Known bugs, planted on purpose behind a test-only switch, so that the simulation can show
+//! that its checkers catch them. A checker that never fails proves nothing.
+//!
+//! Without the `planted-bugs` feature, [`active`] is a constant `false` and the optimiser
+//! removes every planted branch. With it, a bug is active only on the thread that planted it
+//! (turmoil runs a whole simulation on one thread), so simulations on other threads are clean.
+
+/// The bugs that can be planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// Registry merge keeps the incoming entry instead of the greater one.
+    IncomingWins,
+    /// A gateway skips its own events when it reads the bus (so after a restart it forgets
+    /// the changes it accepted before).
+    SkipOwnEvents,
+    /// A gateway reports ready before it has caught up with the bus.
+    ReadyBeforeCatchUp,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [
+        Bug::IncomingWins,
+        Bug::SkipOwnEvents,
+        Bug::ReadyBeforeCatchUp,
+    ];
+}
+
+#[cfg(feature = "planted-bugs")]
+mod switch {
+    use std::cell::Cell;
+
+    use super::Bug;
+
+    thread_local! {
+        static ACTIVE: Cell<Option<Bug>> = const { Cell::new(None) };
+    }
+
+    pub fn plant(bug: Option<Bug>) {
+        ACTIVE.with(|a| a.set(bug));
+    }
+
+    pub fn active(bug: Bug) -> bool {
+        ACTIVE.with(|a| a.get() == Some(bug))
+    }
+}
+
+/// Plants `bug` on this thread (`None` removes it).
+#[cfg(feature = "planted-bugs")]
+pub use switch::plant;
+
+/// Whether `bug` is planted on this thread.
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        switch::active(bug)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}

@@ -1,0 +1,283 @@
+//! The simulated Kafka: a broker host that serves a compacting log over the simulated network,
+//! and [`SimBus`], the gateways' bus adapter that talks to it.
+//!
+//! The model keeps what the gateways rely on and nothing more: one ordered, keyed, compacting
+//! log with offsets and a high-water mark; a write is acknowledged once it is in the log, and
+//! acknowledged writes survive a broker crash (the log lives outside the host, like a disk). A
+//! write the broker received but did not acknowledge before a crash may or may not be in the
+//! log, which the client cannot tell from a lost one: it retries, and the registry's merge
+//! absorbs the duplicate. Faults the broker injects on its own, per seed: response delays and
+//! the redelivery of already-read records.
+//!
+//! Not modelled: partitions of the topic (Switchyard uses one), replication between brokers,
+//! Kafka's null-value delete markers (Switchyard's tombstones are ordinary records, never
+//! removed by compaction), transactions.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use switchyard::bus::{Bus, BusError, MemoryBus, Record};
+use switchyard::seams::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::SimListener;
+
+pub const BROKER_HOST: &str = "kafka";
+pub const BROKER_PORT: u16 = 9092;
+
+/// Faults the broker injects by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BrokerFaults {
+    /// Each response waits a random time up to this long.
+    pub delay_ms_max: u64,
+    /// Probability that a fetch starts up to 5 records before the offset asked for.
+    pub redeliver_probability: f64,
+}
+
+#[derive(Clone)]
+struct BrokerState {
+    log: MemoryBus,
+    faults: BrokerFaults,
+    rng: Arc<Mutex<SmallRng>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRecord {
+    offset: u64,
+    key: String,
+    payload_hex: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PublishBody {
+    key: String,
+    payload_hex: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FetchQuery {
+    from: u64,
+    max: usize,
+    wait_ms: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl BrokerState {
+    fn roll<T>(&self, f: impl FnOnce(&mut SmallRng) -> T) -> T {
+        f(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn delay(&self) {
+        if self.faults.delay_ms_max > 0 {
+            let ms = self.roll(|r| r.random_range(0..=self.faults.delay_ms_max));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+/// The body of the broker host. `log` is created once per simulation and outlives crashes.
+pub async fn broker_host(
+    log: MemoryBus,
+    faults: BrokerFaults,
+    seed: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let state = BrokerState {
+        log,
+        faults,
+        rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+    };
+    let app = Router::new()
+        .route("/publish", post(publish))
+        .route("/hwm", get(hwm))
+        .route("/fetch", get(fetch))
+        .with_state(state);
+    let listener = SimListener::bind(BROKER_PORT).await?;
+    switchyard::serve::serve(listener, app, CancellationToken::new(), Duration::ZERO).await?;
+    Ok(())
+}
+
+type Reply = Result<axum::Json<serde_json::Value>, (http::StatusCode, String)>;
+
+fn bad(e: impl std::fmt::Display) -> (http::StatusCode, String) {
+    (http::StatusCode::BAD_REQUEST, e.to_string())
+}
+
+async fn publish(State(state): State<BrokerState>, body: Bytes) -> Reply {
+    state.delay().await;
+    let body: PublishBody = serde_json::from_slice(&body).map_err(bad)?;
+    let payload = unhex(&body.payload_hex).ok_or_else(|| bad("payload_hex"))?;
+    let offset = state
+        .log
+        .publish(body.key, Bytes::from(payload))
+        .await
+        .map_err(bad)?;
+    Ok(axum::Json(serde_json::json!({ "offset": offset })))
+}
+
+async fn hwm(State(state): State<BrokerState>) -> Reply {
+    state.delay().await;
+    let hwm = state.log.high_water_mark().await.map_err(bad)?;
+    Ok(axum::Json(serde_json::json!({ "hwm": hwm })))
+}
+
+async fn fetch(State(state): State<BrokerState>, Query(q): Query<FetchQuery>) -> Reply {
+    state.delay().await;
+    let redeliver = state.faults.redeliver_probability > 0.0
+        && state.roll(|r| r.random_bool(state.faults.redeliver_probability.min(1.0)));
+    let from = if redeliver {
+        q.from.saturating_sub(state.roll(|r| r.random_range(1..=5)))
+    } else {
+        q.from
+    };
+    let wait = Duration::from_millis(q.wait_ms.min(1_000));
+    let records = state
+        .log
+        .fetch(from, q.max.min(1_024), wait)
+        .await
+        .map_err(bad)?;
+    let records: Vec<WireRecord> = records
+        .into_iter()
+        .map(|r| WireRecord {
+            offset: r.offset,
+            key: r.key,
+            payload_hex: hex(&r.payload),
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "records": records })))
+}
+
+/// The gateways' bus adapter for the simulated broker: one HTTP/1.1 request per call over
+/// the simulated network, each bounded by a timeout so a partition looks like an outage.
+#[derive(Debug, Clone, Copy)]
+pub struct SimBus {
+    pub timeout: Duration,
+}
+
+impl Default for SimBus {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl SimBus {
+    async fn call(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<serde_json::Value, BusError> {
+        let down = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
+        let attempt = async {
+            let stream = turmoil::net::TcpStream::connect((BROKER_HOST, BROKER_PORT))
+                .await
+                .map_err(|e| down(&e))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| down(&e))?;
+            tokio::spawn(connection);
+            let response = sender.send_request(request).await.map_err(|e| down(&e))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| down(&e))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(BusError::Rejected(
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+            }
+            serde_json::from_slice(&body).map_err(|e| down(&e))
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| BusError::Unavailable("the broker did not answer in time".into()))?
+    }
+
+    fn get(path: &str) -> http::Request<Full<Bytes>> {
+        http::Request::get(path)
+            .header(http::header::HOST, BROKER_HOST)
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default()
+    }
+}
+
+impl Bus for SimBus {
+    fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&PublishBody {
+                key,
+                payload_hex: hex(&payload),
+            })
+            .map_err(|e| BusError::Rejected(e.to_string()))?;
+            let request = http::Request::post("/publish")
+                .header(http::header::HOST, BROKER_HOST)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| BusError::Rejected(e.to_string()))?;
+            let reply = self.call(request).await?;
+            reply["offset"]
+                .as_u64()
+                .ok_or_else(|| BusError::Unavailable("no offset in the reply".into()))
+        })
+    }
+
+    fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(async move {
+            let reply = self.call(Self::get("/hwm")).await?;
+            reply["hwm"]
+                .as_u64()
+                .ok_or_else(|| BusError::Unavailable("no hwm in the reply".into()))
+        })
+    }
+
+    fn fetch(
+        &self,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
+        Box::pin(async move {
+            let path = format!("/fetch?from={from}&max={max}&wait_ms={}", wait.as_millis());
+            let reply = self.call(Self::get(&path)).await?;
+            let records: Vec<WireRecord> = serde_json::from_value(reply["records"].clone())
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            records
+                .into_iter()
+                .map(|r| {
+                    let payload = unhex(&r.payload_hex)
+                        .ok_or_else(|| BusError::Unavailable("bad payload".into()))?;
+                    Ok(Record {
+                        offset: r.offset,
+                        key: r.key,
+                        payload: Bytes::from(payload),
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! The faults a run may inject, and the schedule drawn from the seed.
+//!
+//! Swarm testing: each run switches a random subset of fault kinds on, so that some runs
+//! stress one mechanism hard and others combine several; a failure is easier to read when
+//! only a few kinds were on.
+
+use std::fmt;
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use crate::broker::BROKER_HOST;
+
+/// Which kinds of fault a run injects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Partitions and held messages between any two hosts.
+    pub partitions: bool,
+    pub gateway_crashes: bool,
+    pub service_crashes: bool,
+    /// The broker crashes and restarts; acknowledged writes survive.
+    pub broker_crashes: bool,
+    /// The broker delays each answer by up to 50 ms.
+    pub broker_delays: bool,
+    /// The broker sometimes redelivers records already read.
+    pub redelivery: bool,
+    /// Gateways' wall clocks differ by up to ±800 ms.
+    pub clock_skew: bool,
+    /// The last gateway joins halfway through the fault window.
+    pub late_join: bool,
+}
+
+impl Faults {
+    pub const KINDS: [&'static str; 8] = [
+        "partitions",
+        "gateway_crashes",
+        "service_crashes",
+        "broker_crashes",
+        "broker_delays",
+        "redelivery",
+        "clock_skew",
+        "late_join",
+    ];
+
+    fn flags(&self) -> [bool; 8] {
+        [
+            self.partitions,
+            self.gateway_crashes,
+            self.service_crashes,
+            self.broker_crashes,
+            self.broker_delays,
+            self.redelivery,
+            self.clock_skew,
+            self.late_join,
+        ]
+    }
+
+    pub fn all() -> Self {
+        Self::from_flags([true; 8])
+    }
+
+    fn from_flags(f: [bool; 8]) -> Self {
+        Self {
+            partitions: f[0],
+            gateway_crashes: f[1],
+            service_crashes: f[2],
+            broker_crashes: f[3],
+            broker_delays: f[4],
+            redelivery: f[5],
+            clock_skew: f[6],
+            late_join: f[7],
+        }
+    }
+
+    /// Each kind on with probability one half.
+    pub fn swarm(rng: &mut SmallRng) -> Self {
+        Self::from_flags(std::array::from_fn(|_| rng.random_bool(0.5)))
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        Self::KINDS
+            .into_iter()
+            .zip(self.flags())
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
+    }
+
+    /// Parses a comma-separated list of kinds, `all` or `none`.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        match list {
+            "all" => return Ok(Self::all()),
+            "none" | "" => return Ok(Self::default()),
+            _ => {}
+        }
+        let mut flags = [false; 8];
+        for name in list.split(',') {
+            let i = Self::KINDS
+                .iter()
+                .position(|k| *k == name.trim())
+                .ok_or_else(|| {
+                    format!("unknown fault {name:?}; known: {}", Self::KINDS.join(", "))
+                })?;
+            flags[i] = true;
+        }
+        Ok(Self::from_flags(flags))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Partition(String, String),
+    Repair(String, String),
+    Hold(String, String),
+    Release(String, String),
+    Crash(String),
+    Restart(String),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Partition(a, b) => write!(f, "partition {a} | {b}"),
+            Self::Repair(a, b) => write!(f, "repair {a} | {b}"),
+            Self::Hold(a, b) => write!(f, "hold {a} | {b}"),
+            Self::Release(a, b) => write!(f, "release {a} | {b}"),
+            Self::Crash(h) => write!(f, "crash {h}"),
+            Self::Restart(h) => write!(f, "restart {h}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub at_ms: u64,
+    pub action: Action,
+}
+
+/// One fault episode as data: it starts at `at_ms`, lasts `len_ms`, and targets hosts by
+/// index (taken modulo the number of candidates). Proptest generates these directly, so that a
+/// failing schedule shrinks episode by episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Episode {
+    pub at_ms: u64,
+    pub len_ms: u64,
+    pub kind: EpisodeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpisodeKind {
+    /// A gateway cut off from the broker.
+    GatewayBroker {
+        gateway: usize,
+    },
+    /// Any two hosts cut off from each other.
+    Partition {
+        a: usize,
+        b: usize,
+    },
+    /// Messages between two hosts held, then released.
+    Hold {
+        a: usize,
+        b: usize,
+    },
+    CrashGateway {
+        gateway: usize,
+    },
+    CrashService {
+        service: usize,
+    },
+    CrashBroker,
+}
+
+/// The steps of `episodes`, sorted by time, clipped to `[0, fault_ms)`.
+pub fn steps(
+    episodes: &[Episode],
+    gateways: &[String],
+    services: &[String],
+    fault_ms: u64,
+) -> Vec<Step> {
+    let mut hosts: Vec<String> = vec![BROKER_HOST.to_owned(), "client".to_owned()];
+    hosts.extend(gateways.iter().cloned());
+    hosts.extend(services.iter().cloned());
+    let at = |list: &[String], i: usize| list.get(i % list.len().max(1)).cloned();
+    let mut out = Vec::new();
+    for e in episodes {
+        let start_ms = e.at_ms.min(fault_ms.saturating_sub(1));
+        let end_ms = (e.at_ms + e.len_ms).min(fault_ms.saturating_sub(1));
+        let pair = |a: usize, b: usize| {
+            let a = at(&hosts, a)?;
+            let b = at(&hosts, b)?;
+            (a != b).then_some((a, b))
+        };
+        let (start, end) = match e.kind {
+            EpisodeKind::GatewayBroker { gateway } => {
+                let Some(g) = at(gateways, gateway) else {
+                    continue;
+                };
+                (
+                    Action::Partition(g.clone(), BROKER_HOST.to_owned()),
+                    Action::Repair(g, BROKER_HOST.to_owned()),
+                )
+            }
+            EpisodeKind::Partition { a, b } => {
+                let Some((a, b)) = pair(a, b) else { continue };
+                (
+                    Action::Partition(a.clone(), b.clone()),
+                    Action::Repair(a, b),
+                )
+            }
+            EpisodeKind::Hold { a, b } => {
+                let Some((a, b)) = pair(a, b) else { continue };
+                (Action::Hold(a.clone(), b.clone()), Action::Release(a, b))
+            }
+            EpisodeKind::CrashGateway { gateway } => {
+                let Some(g) = at(gateways, gateway) else {
+                    continue;
+                };
+                (Action::Crash(g.clone()), Action::Restart(g))
+            }
+            EpisodeKind::CrashService { service } => {
+                let Some(s) = at(services, service) else {
+                    continue;
+                };
+                (Action::Crash(s.clone()), Action::Restart(s))
+            }
+            EpisodeKind::CrashBroker => (
+                Action::Crash(BROKER_HOST.to_owned()),
+                Action::Restart(BROKER_HOST.to_owned()),
+            ),
+        };
+        out.push(Step {
+            at_ms: start_ms,
+            action: start,
+        });
+        out.push(Step {
+            at_ms: end_ms,
+            action: end,
+        });
+    }
+    out.sort_by_key(|s| s.at_ms);
+    out
+}
+
+/// Draws 2 to 8 episodes of the enabled kinds within `[1000, fault_ms)`. Hosts that join late
+/// are never targets (they do not exist yet when most faults happen); `gateways` holds only
+/// those present from the start. Half the partitions cut a gateway off the broker: the
+/// partition the registry's replication has to survive most often in production.
+pub fn schedule(
+    rng: &mut SmallRng,
+    faults: &Faults,
+    gateways: &[String],
+    services: &[String],
+    fault_ms: u64,
+) -> Vec<Step> {
+    let mut kinds: Vec<u8> = Vec::new();
+    if faults.partitions {
+        kinds.push(0);
+    }
+    if faults.gateway_crashes {
+        kinds.push(1);
+    }
+    if faults.service_crashes && !services.is_empty() {
+        kinds.push(2);
+    }
+    if faults.broker_crashes {
+        kinds.push(3);
+    }
+    if kinds.is_empty() || fault_ms <= 1_500 {
+        return Vec::new();
+    }
+    let hosts = 2 + gateways.len() + services.len();
+    let episodes: Vec<Episode> = (0..rng.random_range(2..=8))
+        .map(|_| {
+            let at_ms = rng.random_range(1_000..fault_ms - 500);
+            let len_ms = rng.random_range(200..4_000);
+            let kind = match kinds[rng.random_range(0..kinds.len())] {
+                0 if rng.random_bool(0.5) => EpisodeKind::GatewayBroker {
+                    gateway: rng.random_range(0..gateways.len()),
+                },
+                0 => {
+                    let (a, b) = (rng.random_range(0..hosts), rng.random_range(0..hosts));
+                    if rng.random_bool(0.3) {
+                        EpisodeKind::Hold { a, b }
+                    } else {
+                        EpisodeKind::Partition { a, b }
+                    }
+                }
+                1 => EpisodeKind::CrashGateway {
+                    gateway: rng.random_range(0..gateways.len()),
+                },
+                2 => EpisodeKind::CrashService {
+                    service: rng.random_range(0..services.len()),
+                },
+                _ => EpisodeKind::CrashBroker,
+            };
+            Episode {
+                at_ms,
+                len_ms,
+                kind,
+            }
+        })
+        .collect();
+    steps(&episodes, gateways, services, fault_ms)
+}

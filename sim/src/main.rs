@@ -1,0 +1,154 @@
+//! `switchyard-sim`: run one seed, or explore many.
+//!
+//! ```text
+//! cargo run -p switchyard-sim --release -- run --seed 7 --trace
+//! cargo run -p switchyard-sim --release -- explore --seeds 0..500 --jobs 2
+//! cargo run -p switchyard-sim --release -- explore --seeds 0..50 --plant SkipOwnEvents
+//! ```
+//! For bit-for-bit determinism build with `RUSTFLAGS="--cfg tokio_unstable"` (turmoil then
+//! seeds tokio's own randomness from the seed); `sim/run.sh` does.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard_core::planted::Bug;
+use switchyard_sim::explore::{explore, replay_command, summary};
+use switchyard_sim::faults::Faults;
+use switchyard_sim::scenario::{Options, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard-sim",
+    about = "Deterministic simulation of a Switchyard cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Fault kinds to inject (comma-separated, `all` or `none`); default: drawn per seed.
+    #[arg(long, value_parser = Faults::parse)]
+    faults: Option<Faults>,
+    /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp).
+    #[arg(long, value_parser = parse_bug)]
+    plant: Option<Bug>,
+    /// Simulated milliseconds of faults before the heal.
+    #[arg(long, default_value_t = 15_000)]
+    fault_ms: u64,
+    /// Simulated milliseconds allowed for convergence after the heal.
+    #[arg(long, default_value_t = 30_000)]
+    settle_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one seed and report its outcome.
+    Run {
+        #[arg(long)]
+        seed: u64,
+        /// Print the trace (faults, client operations, convergence).
+        #[arg(long)]
+        trace: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a range of seeds, e.g. --seeds 0..500, and print a summary.
+    Explore {
+        #[arg(long, value_parser = parse_range)]
+        seeds: std::ops::Range<u64>,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn parse_bug(s: &str) -> Result<Bug, String> {
+    Bug::ALL
+        .into_iter()
+        .find(|b| format!("{b:?}").eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("unknown bug {s:?}; known: {:?}", Bug::ALL))
+}
+
+fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
+    let (a, b) = s.split_once("..").ok_or("expected A..B")?;
+    let (a, b) = (
+        a.parse::<u64>().map_err(|e| e.to_string())?,
+        b.parse::<u64>().map_err(|e| e.to_string())?,
+    );
+    if a >= b {
+        return Err("the range is empty".into());
+    }
+    Ok(a..b)
+}
+
+fn options(seed: u64, common: &Common) -> Options {
+    Options {
+        faults: common.faults,
+        fault_ms: common.fault_ms,
+        settle_ms: common.settle_ms,
+        bug: common.plant,
+        ..Options::new(seed)
+    }
+}
+
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // Wall time of the harness itself.
+fn wall_clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run {
+            seed,
+            trace,
+            common,
+        } => {
+            let opts = options(seed, &common);
+            let outcome = run(&opts);
+            if trace {
+                for line in &outcome.trace {
+                    println!("{line}");
+                }
+            }
+            println!(
+                "seed {} faults [{}] acknowledged {} convergence {} trace {:016x}",
+                outcome.seed,
+                outcome.faults.names().join(","),
+                outcome.acknowledged,
+                outcome
+                    .convergence_ms
+                    .map_or("none".into(), |ms| format!("{ms} ms")),
+                outcome.trace_hash
+            );
+            if outcome.violations.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            for v in &outcome.violations {
+                println!("VIOLATION {v}");
+            }
+            println!("replay: {}", replay_command(&outcome, &opts));
+            ExitCode::FAILURE
+        }
+        Command::Explore {
+            seeds,
+            jobs,
+            common,
+        } => {
+            let template = options(0, &common);
+            let started = wall_clock();
+            let outcomes = explore(seeds, &template, jobs);
+            print!(
+                "{}",
+                summary(&outcomes, &template, started.elapsed().as_secs_f64())
+            );
+            if outcomes.iter().all(|o| o.violations.is_empty()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

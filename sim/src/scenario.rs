@@ -1,0 +1,494 @@
+//! One simulated run: a cluster, a workload, a fault schedule drawn from the seed, and the
+//! invariant checkers. [`run`] is deterministic: the same [`Options`] give the same
+//! [`Outcome`], trace hash included.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use switchyard::bus::MemoryBus;
+use switchyard::{Config, Node, Seams};
+use switchyard_core::event::Event;
+use switchyard_core::planted::{self, Bug};
+use switchyard_core::{InstanceKey, Registry, Stamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BROKER_HOST, BrokerFaults, SimBus, broker_host};
+use crate::faults::{Action, Episode, Faults, schedule, steps};
+use crate::{
+    CONTROL_PORT, PUBLIC_PORT, SimClock, SimConnector, SimListener, http_get, http_send,
+    service_host,
+};
+
+/// Simulated epoch: fixed, so wall-clock stamps are the same in every run of a seed.
+const EPOCH_S: u64 = 1_800_000_000;
+/// The service whose instances are real sample-service hosts.
+pub const SAMPLE: &str = "sample";
+/// The service the client registers and deregisters (addresses where nothing listens; the
+/// client never sends requests to it).
+pub const GHOST: &str = "ghost";
+const GHOST_IDS: usize = 6;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub seed: u64,
+    pub gateways: usize,
+    pub services: usize,
+    /// Which faults this run may inject; `None`: drawn from the seed (swarm testing).
+    pub faults: Option<Faults>,
+    /// Faults happen in [1 s, fault_ms); then everything heals.
+    pub fault_ms: u64,
+    /// How long after the heal the cluster has to converge.
+    pub settle_ms: u64,
+    pub bug: Option<Bug>,
+    /// An explicit fault schedule (proptest); `None`: drawn from the seed.
+    pub episodes: Option<Vec<Episode>>,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            gateways: 3,
+            services: 2,
+            faults: None,
+            fault_ms: 15_000,
+            settle_ms: 30_000,
+            bug: None,
+            episodes: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub seed: u64,
+    pub faults: Faults,
+    pub violations: Vec<String>,
+    /// Simulated time from the last heal until every gateway matched the reference.
+    pub convergence_ms: Option<u64>,
+    pub simulated_ms: u64,
+    pub acknowledged: usize,
+    pub trace_hash: u64,
+    pub trace: Vec<String>,
+}
+
+/// What the client saw of one registry operation.
+#[derive(Debug, Clone)]
+struct Ack {
+    key: InstanceKey,
+    status: u16,
+    stamp: Option<Stamp>,
+}
+
+type Shared<T> = Rc<RefCell<T>>;
+
+fn gateway_names(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("gw-{i}")).collect()
+}
+
+fn stamp_of(json: &serde_json::Value) -> Option<Stamp> {
+    let s = &json["stamp"];
+    Some(Stamp::new(
+        s["physical_ms"].as_u64()?,
+        u32::try_from(s["logical"].as_u64()?).ok()?,
+        s["node_id"].as_str()?,
+    ))
+}
+
+/// The registry folded from everything on the log, with the correct merge (a planted bug is
+/// lifted while the reference is computed).
+fn reference(log: &MemoryBus) -> Registry {
+    let planted_bug = Bug::ALL.into_iter().find(|b| planted::active(*b));
+    planted::plant(None);
+    let mut registry = Registry::new();
+    for record in log.snapshot() {
+        if let Ok(event) = Event::decode(&record.payload) {
+            registry.apply_event(&event);
+        }
+    }
+    planted::plant(planted_bug);
+    registry
+}
+
+pub fn run(options: &Options) -> Outcome {
+    planted::plant(options.bug);
+    let outcome = simulate(options);
+    planted::plant(None);
+    outcome
+}
+
+fn simulate(options: &Options) -> Outcome {
+    let mut rng = SmallRng::seed_from_u64(options.seed);
+    let faults = options.faults.unwrap_or_else(|| Faults::swarm(&mut rng));
+    let gateways = gateway_names(options.gateways);
+    let services: Vec<String> = (1..=options.services).map(|i| format!("svc-{i}")).collect();
+    let late = faults.late_join.then(|| gateways.last().cloned()).flatten();
+    // Gateways present from the start; a late joiner is never a fault target.
+    let present: Vec<String> = gateways
+        .iter()
+        .filter(|g| Some(*g) != late.as_ref())
+        .cloned()
+        .collect();
+    let plan = match &options.episodes {
+        Some(episodes) => steps(episodes, &present, &services, options.fault_ms),
+        None => schedule(&mut rng, &faults, &present, &services, options.fault_ms),
+    };
+    let trace: Shared<Vec<String>> = Rc::default();
+    trace.borrow_mut().push(format!(
+        "seed {} faults {}",
+        options.seed,
+        faults.names().join(",")
+    ));
+
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_millis(
+            options.fault_ms + options.settle_ms + 5_000,
+        ))
+        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_S))
+        .rng_seed(options.seed)
+        .build();
+
+    let log = MemoryBus::new();
+    let broker_faults = BrokerFaults {
+        delay_ms_max: if faults.broker_delays { 50 } else { 0 },
+        redeliver_probability: if faults.redelivery { 0.2 } else { 0.0 },
+    };
+    {
+        let (log, seed) = (log.clone(), options.seed);
+        sim.host(BROKER_HOST, move || {
+            broker_host(log.clone(), broker_faults, seed)
+        });
+    }
+
+    let nodes: Shared<BTreeMap<String, Arc<Node>>> = Rc::default();
+    let mut add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str, index: usize| {
+        let skew_ms = if faults.clock_skew {
+            rng.random_range(-800..=800)
+        } else {
+            0
+        };
+        let (nodes, name_owned, seed) = (nodes.clone(), name.to_owned(), options.seed);
+        sim.host(name, move || {
+            let (nodes, name) = (nodes.clone(), name_owned.clone());
+            async move {
+                let config = Config {
+                    node_id: name.clone(),
+                    ..Config::default()
+                };
+                let mut config = config;
+                config.bus.publish_wait_ms = 500;
+                config.upstream.timeout_ms = 2_000;
+                let seams = Seams {
+                    connector: Arc::new(SimConnector),
+                    clock: Arc::new(SimClock { skew_ms }),
+                    bus: Arc::new(SimBus::default()),
+                    seed: seed.wrapping_add(index as u64),
+                };
+                let node = Node::new(config, seams);
+                nodes.borrow_mut().insert(name, node.clone());
+                let public = SimListener::bind(PUBLIC_PORT).await?;
+                let control = SimListener::bind(CONTROL_PORT).await?;
+                node.serve(public, control, CancellationToken::new())
+                    .await?;
+                Ok(())
+            }
+        });
+    };
+    for (i, name) in gateways.iter().enumerate() {
+        if Some(name) != late.as_ref() {
+            add_gateway(&mut sim, name, i);
+        }
+    }
+    for (i, svc) in services.iter().enumerate() {
+        let gw = present[i % present.len()].clone();
+        let svc = svc.clone();
+        sim.host(svc.clone(), move || {
+            let (svc, gw) = (svc.clone(), gw.clone());
+            async move { service_host(SAMPLE, &svc, &svc, &gw).await }
+        });
+    }
+
+    let acks: Shared<Vec<Ack>> = Rc::default();
+    let stop = Rc::new(std::cell::Cell::new(false));
+    {
+        let (acks, trace, stop) = (acks.clone(), trace.clone(), stop.clone());
+        let gateways = gateways.clone();
+        let late = late.clone();
+        let mut crng = SmallRng::seed_from_u64(options.seed ^ 0x5eed);
+        let fault_ms = options.fault_ms;
+        sim.client("client", async move {
+            let started = tokio::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(fault_ms) {
+                tokio::time::sleep(Duration::from_millis(crng.random_range(50..250))).await;
+                let candidates: Vec<&String> = gateways
+                    .iter()
+                    .filter(|g| {
+                        Some(*g) != late.as_ref()
+                            || started.elapsed() > Duration::from_millis(fault_ms / 2)
+                    })
+                    .collect();
+                let gw = candidates[crng.random_range(0..candidates.len())].clone();
+                let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
+                let roll = crng.random_range(0..100);
+                let line = if roll < 40 {
+                    let body = r#"{"addr":"nowhere:1","lease_ms":600000}"#.to_owned();
+                    let path = format!("/v1/services/{GHOST}/instances/{id}");
+                    let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
+                    record_ack(&acks, GHOST, &id, reply)
+                } else if roll < 60 {
+                    let path = format!("/v1/services/{GHOST}/instances/{id}");
+                    let reply = http_send(&gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await;
+                    record_ack(&acks, GHOST, &id, reply)
+                } else {
+                    match http_get(&gw, PUBLIC_PORT, &format!("/{SAMPLE}/hello")).await {
+                        Ok((status, _)) => format!("GET {SAMPLE} via {gw}: {status}"),
+                        Err(e) => format!("GET {SAMPLE} via {gw}: {}", e.kind()),
+                    }
+                };
+                trace
+                    .borrow_mut()
+                    .push(format!("{:>6} ms {line}", started.elapsed().as_millis()));
+            }
+            while !stop.get() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(())
+        });
+    }
+
+    let mut violations = Vec::new();
+    let mut next = 0;
+    let mut down: BTreeSet<String> = BTreeSet::new();
+    let heal_ms = options.fault_ms;
+    let deadline_ms = options.fault_ms + options.settle_ms;
+    let mut healed = false;
+    let mut convergence_ms = None;
+    let mut last_check = 0u64;
+    loop {
+        let now_ms = sim.elapsed().as_millis() as u64;
+        while next < plan.len() && plan[next].at_ms <= now_ms {
+            let step = &plan[next];
+            trace
+                .borrow_mut()
+                .push(format!("{:>6} ms fault {}", step.at_ms, step.action));
+            apply(&mut sim, &step.action, &mut down);
+            next += 1;
+        }
+        if let Some(name) = &late
+            && !nodes.borrow().contains_key(name)
+            && now_ms >= options.fault_ms / 2
+        {
+            trace
+                .borrow_mut()
+                .push(format!("{now_ms:>6} ms late join {name}"));
+            add_gateway(&mut sim, name, gateways.len() - 1);
+        }
+        if !healed && now_ms >= heal_ms {
+            healed = true;
+            trace.borrow_mut().push(format!("{now_ms:>6} ms heal"));
+            heal(&mut sim, &gateways, &services, &mut down);
+        }
+        if now_ms >= last_check + 10 {
+            last_check = now_ms;
+            check_ready_implies_caught_up(&nodes.borrow(), &down, now_ms, &mut violations);
+            if healed && convergence_ms.is_none() && converged(&nodes.borrow(), &log, &gateways) {
+                convergence_ms = Some(now_ms - heal_ms);
+                trace.borrow_mut().push(format!("{now_ms:>6} ms converged"));
+            }
+        }
+        if convergence_ms.is_some() || now_ms >= deadline_ms || violations.len() > 20 {
+            break;
+        }
+        if let Err(error) = sim.step() {
+            violations.push(format!("simulation error at {now_ms} ms: {error}"));
+            break;
+        }
+    }
+    stop.set(true);
+    let simulated_ms = sim.elapsed().as_millis() as u64;
+    if convergence_ms.is_none() && violations.is_empty() {
+        violations.push(format!(
+            "no convergence within {} ms after the heal: {}",
+            options.settle_ms,
+            digests(&nodes.borrow(), &log)
+        ));
+    }
+    let reference = reference(&log);
+    let acks = acks.borrow();
+    check_acknowledged(&reference, &acks, &mut violations);
+    check_no_phantoms(&reference, &services, &mut violations);
+
+    let mut trace = trace.take();
+    trace.push(format!("final {}", digests(&nodes.borrow(), &log)));
+    for v in &violations {
+        trace.push(format!("violation {v}"));
+    }
+    let trace_hash = trace_hash(&trace);
+    Outcome {
+        seed: options.seed,
+        faults,
+        violations,
+        convergence_ms,
+        simulated_ms,
+        acknowledged: acks.iter().filter(|a| a.status == 200).count(),
+        trace_hash,
+        trace,
+    }
+}
+
+fn record_ack(
+    acks: &Shared<Vec<Ack>>,
+    service: &str,
+    id: &str,
+    reply: std::io::Result<(u16, bytes::Bytes)>,
+) -> String {
+    match reply {
+        Ok((status, body)) => {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let stamp = stamp_of(&json);
+            acks.borrow_mut().push(Ack {
+                key: InstanceKey::new(service, id),
+                status,
+                stamp: stamp.clone(),
+            });
+            format!("{service}/{id}: {status} {stamp:?}")
+        }
+        Err(e) => format!("{service}/{id}: {}", e.kind()),
+    }
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String>) {
+    match action {
+        Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
+        Action::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
+        Action::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
+        Action::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+        Action::Crash(h) => {
+            if down.insert(h.clone()) {
+                sim.crash(h.as_str());
+            }
+        }
+        Action::Restart(h) => {
+            if down.remove(h) {
+                sim.bounce(h.as_str());
+            }
+        }
+    }
+}
+
+/// Ends every fault: repairs every link and restarts every crashed host.
+fn heal(
+    sim: &mut turmoil::Sim<'_>,
+    gateways: &[String],
+    services: &[String],
+    down: &mut BTreeSet<String>,
+) {
+    let mut hosts: Vec<&str> = vec![BROKER_HOST, "client"];
+    hosts.extend(gateways.iter().map(String::as_str));
+    hosts.extend(services.iter().map(String::as_str));
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            sim.repair(*a, *b);
+            sim.release(*a, *b);
+        }
+    }
+    for h in std::mem::take(down) {
+        sim.bounce(h.as_str());
+    }
+}
+
+/// A gateway that reports ready must have read the bus up to the target it saw at start.
+fn check_ready_implies_caught_up(
+    nodes: &BTreeMap<String, Arc<Node>>,
+    down: &BTreeSet<String>,
+    now_ms: u64,
+    violations: &mut Vec<String>,
+) {
+    for (name, node) in nodes {
+        if down.contains(name) {
+            continue;
+        }
+        let s = node.status();
+        if s.ready && s.bus_position < s.catch_up_target {
+            violations.push(format!(
+                "{name} reported ready at {now_ms} ms at bus position {} before its catch-up target {}",
+                s.bus_position, s.catch_up_target
+            ));
+        }
+    }
+}
+
+fn converged(nodes: &BTreeMap<String, Arc<Node>>, log: &MemoryBus, gateways: &[String]) -> bool {
+    let want = reference(log).digest();
+    gateways.iter().all(|g| {
+        nodes.get(g).is_some_and(|n| {
+            let s = n.status();
+            s.ready && s.outbox_pending == 0 && n.registry().digest() == want
+        })
+    })
+}
+
+fn digests(nodes: &BTreeMap<String, Arc<Node>>, log: &MemoryBus) -> String {
+    let mut out = format!("reference={:016x}", reference(log).digest());
+    for (name, node) in nodes {
+        out.push_str(&format!(" {name}={:016x}", node.registry().digest()));
+    }
+    out
+}
+
+/// No acknowledged change is lost: for every change answered 200 (on the bus), the
+/// reference holds an entry for that instance at least as new. A registration can be covered
+/// only by a later change, and a deregistration cannot be undone by an older registration.
+fn check_acknowledged(reference: &Registry, acks: &[Ack], violations: &mut Vec<String>) {
+    for ack in acks.iter().filter(|a| a.status == 200) {
+        let Some(stamp) = &ack.stamp else {
+            violations.push(format!(
+                "acknowledged change of {:?} carried no stamp",
+                ack.key
+            ));
+            continue;
+        };
+        match reference.get(&ack.key) {
+            Some(entry) if entry.stamp >= *stamp => {}
+            Some(entry) => violations.push(format!(
+                "acknowledged change of {}/{} at {stamp:?} lost: the log ends at {:?}",
+                ack.key.service, ack.key.instance_id, entry.stamp
+            )),
+            None => violations.push(format!(
+                "acknowledged change of {}/{} at {stamp:?} is not on the log",
+                ack.key.service, ack.key.instance_id
+            )),
+        }
+    }
+}
+
+/// Nothing appears that no one registered.
+fn check_no_phantoms(reference: &Registry, services: &[String], violations: &mut Vec<String>) {
+    let ghosts: BTreeSet<String> = (0..GHOST_IDS).map(|i| format!("g-{i}")).collect();
+    for (key, _) in reference.entries() {
+        let known = (key.service == GHOST && ghosts.contains(&key.instance_id))
+            || (key.service == SAMPLE && services.contains(&key.instance_id));
+        if !known {
+            violations.push(format!(
+                "{}/{} was never registered",
+                key.service, key.instance_id
+            ));
+        }
+    }
+}
+
+fn trace_hash(trace: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in trace {
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
