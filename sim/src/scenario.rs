@@ -12,26 +12,27 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchyard::bus::MemoryBus;
 use switchyard::{Config, Node, Seams};
-use switchyard_core::event::Event;
 use switchyard_core::planted::{self, Bug};
-use switchyard_core::{InstanceKey, Registry, Stamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BROKER_HOST, BrokerFaults, SimBus, broker_host};
 use crate::faults::{Action, Episode, Faults, schedule, steps};
-use crate::{
-    CONTROL_PORT, PUBLIC_PORT, SimClock, SimConnector, SimListener, http_get, http_send,
-    service_host,
-};
+use crate::{CONTROL_PORT, PUBLIC_PORT, SimClock, SimConnector, SimListener, service_host};
 
 /// Simulated epoch: fixed, so wall-clock stamps are the same in every run of a seed.
 const EPOCH_S: u64 = 1_800_000_000;
 /// The service whose instances are real sample-service hosts.
 pub const SAMPLE: &str = "sample";
-/// The service the client registers and deregisters (addresses where nothing listens; the
-/// client never sends requests to it).
-pub const GHOST: &str = "ghost";
-const GHOST_IDS: usize = 6;
+
+mod checks;
+mod workload;
+
+use checks::{
+    check_acknowledged, check_no_phantoms, check_ready_implies_caught_up, converged, digests,
+    reference, trace_hash,
+};
+use workload::Ack;
+pub use workload::GHOST;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -77,42 +78,10 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-/// What the client saw of one registry operation.
-#[derive(Debug, Clone)]
-struct Ack {
-    key: InstanceKey,
-    status: u16,
-    stamp: Option<Stamp>,
-}
-
 type Shared<T> = Rc<RefCell<T>>;
 
 fn gateway_names(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("gw-{i}")).collect()
-}
-
-fn stamp_of(json: &serde_json::Value) -> Option<Stamp> {
-    let s = &json["stamp"];
-    Some(Stamp::new(
-        s["physical_ms"].as_u64()?,
-        u32::try_from(s["logical"].as_u64()?).ok()?,
-        s["node_id"].as_str()?,
-    ))
-}
-
-/// The registry folded from everything on the log, with the correct merge (a planted bug is
-/// lifted while the reference is computed).
-fn reference(log: &MemoryBus) -> Registry {
-    let planted_bug = Bug::ALL.into_iter().find(|b| planted::active(*b));
-    planted::plant(None);
-    let mut registry = Registry::new();
-    for record in log.snapshot() {
-        if let Ok(event) = Event::decode(&record.payload) {
-            registry.apply_event(&event);
-        }
-    }
-    planted::plant(planted_bug);
-    registry
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -215,51 +184,18 @@ fn simulate(options: &Options) -> Outcome {
 
     let acks: Shared<Vec<Ack>> = Rc::default();
     let stop = Rc::new(std::cell::Cell::new(false));
-    {
-        let (acks, trace, stop) = (acks.clone(), trace.clone(), stop.clone());
-        let gateways = gateways.clone();
-        let late = late.clone();
-        let mut crng = SmallRng::seed_from_u64(options.seed ^ 0x5eed);
-        let fault_ms = options.fault_ms;
-        sim.client("client", async move {
-            let started = tokio::time::Instant::now();
-            while started.elapsed() < Duration::from_millis(fault_ms) {
-                tokio::time::sleep(Duration::from_millis(crng.random_range(50..250))).await;
-                let candidates: Vec<&String> = gateways
-                    .iter()
-                    .filter(|g| {
-                        Some(*g) != late.as_ref()
-                            || started.elapsed() > Duration::from_millis(fault_ms / 2)
-                    })
-                    .collect();
-                let gw = candidates[crng.random_range(0..candidates.len())].clone();
-                let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
-                let roll = crng.random_range(0..100);
-                let line = if roll < 40 {
-                    let body = r#"{"addr":"nowhere:1","lease_ms":600000}"#.to_owned();
-                    let path = format!("/v1/services/{GHOST}/instances/{id}");
-                    let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
-                    record_ack(&acks, GHOST, &id, reply)
-                } else if roll < 60 {
-                    let path = format!("/v1/services/{GHOST}/instances/{id}");
-                    let reply = http_send(&gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await;
-                    record_ack(&acks, GHOST, &id, reply)
-                } else {
-                    match http_get(&gw, PUBLIC_PORT, &format!("/{SAMPLE}/hello")).await {
-                        Ok((status, _)) => format!("GET {SAMPLE} via {gw}: {status}"),
-                        Err(e) => format!("GET {SAMPLE} via {gw}: {}", e.kind()),
-                    }
-                };
-                trace
-                    .borrow_mut()
-                    .push(format!("{:>6} ms {line}", started.elapsed().as_millis()));
-            }
-            while !stop.get() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(())
-        });
-    }
+    sim.client(
+        "client",
+        workload::client(workload::Client {
+            acks: acks.clone(),
+            trace: trace.clone(),
+            stop: stop.clone(),
+            gateways: gateways.clone(),
+            late: late.clone(),
+            seed: options.seed,
+            fault_ms: options.fault_ms,
+        }),
+    );
 
     let mut violations = Vec::new();
     let mut next = 0;
@@ -341,27 +277,6 @@ fn simulate(options: &Options) -> Outcome {
     }
 }
 
-fn record_ack(
-    acks: &Shared<Vec<Ack>>,
-    service: &str,
-    id: &str,
-    reply: std::io::Result<(u16, bytes::Bytes)>,
-) -> String {
-    match reply {
-        Ok((status, body)) => {
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let stamp = stamp_of(&json);
-            acks.borrow_mut().push(Ack {
-                key: InstanceKey::new(service, id),
-                status,
-                stamp: stamp.clone(),
-            });
-            format!("{service}/{id}: {status} {stamp:?}")
-        }
-        Err(e) => format!("{service}/{id}: {}", e.kind()),
-    }
-}
-
 fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String>) {
     match action {
         Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
@@ -400,95 +315,4 @@ fn heal(
     for h in std::mem::take(down) {
         sim.bounce(h.as_str());
     }
-}
-
-/// A gateway that reports ready must have read the bus up to the target it saw at start.
-fn check_ready_implies_caught_up(
-    nodes: &BTreeMap<String, Arc<Node>>,
-    down: &BTreeSet<String>,
-    now_ms: u64,
-    violations: &mut Vec<String>,
-) {
-    for (name, node) in nodes {
-        if down.contains(name) {
-            continue;
-        }
-        let s = node.status();
-        if s.ready && s.bus_position < s.catch_up_target {
-            violations.push(format!(
-                "{name} reported ready at {now_ms} ms at bus position {} before its catch-up target {}",
-                s.bus_position, s.catch_up_target
-            ));
-        }
-    }
-}
-
-fn converged(nodes: &BTreeMap<String, Arc<Node>>, log: &MemoryBus, gateways: &[String]) -> bool {
-    let want = reference(log).digest();
-    gateways.iter().all(|g| {
-        nodes.get(g).is_some_and(|n| {
-            let s = n.status();
-            s.ready && s.outbox_pending == 0 && n.registry().digest() == want
-        })
-    })
-}
-
-fn digests(nodes: &BTreeMap<String, Arc<Node>>, log: &MemoryBus) -> String {
-    let mut out = format!("reference={:016x}", reference(log).digest());
-    for (name, node) in nodes {
-        out.push_str(&format!(" {name}={:016x}", node.registry().digest()));
-    }
-    out
-}
-
-/// No acknowledged change is lost: for every change answered 200 (on the bus), the
-/// reference holds an entry for that instance at least as new. A registration can be covered
-/// only by a later change, and a deregistration cannot be undone by an older registration.
-fn check_acknowledged(reference: &Registry, acks: &[Ack], violations: &mut Vec<String>) {
-    for ack in acks.iter().filter(|a| a.status == 200) {
-        let Some(stamp) = &ack.stamp else {
-            violations.push(format!(
-                "acknowledged change of {:?} carried no stamp",
-                ack.key
-            ));
-            continue;
-        };
-        match reference.get(&ack.key) {
-            Some(entry) if entry.stamp >= *stamp => {}
-            Some(entry) => violations.push(format!(
-                "acknowledged change of {}/{} at {stamp:?} lost: the log ends at {:?}",
-                ack.key.service, ack.key.instance_id, entry.stamp
-            )),
-            None => violations.push(format!(
-                "acknowledged change of {}/{} at {stamp:?} is not on the log",
-                ack.key.service, ack.key.instance_id
-            )),
-        }
-    }
-}
-
-/// Nothing appears that no one registered.
-fn check_no_phantoms(reference: &Registry, services: &[String], violations: &mut Vec<String>) {
-    let ghosts: BTreeSet<String> = (0..GHOST_IDS).map(|i| format!("g-{i}")).collect();
-    for (key, _) in reference.entries() {
-        let known = (key.service == GHOST && ghosts.contains(&key.instance_id))
-            || (key.service == SAMPLE && services.contains(&key.instance_id));
-        if !known {
-            violations.push(format!(
-                "{}/{} was never registered",
-                key.service, key.instance_id
-            ));
-        }
-    }
-}
-
-fn trace_hash(trace: &[String]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for line in trace {
-        for b in line.bytes().chain(std::iter::once(b'\n')) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }

@@ -1,0 +1,118 @@
+//! The client's workload: registry changes and calls through random gateways, every answer
+//! recorded with its stamp.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use switchyard_core::{InstanceKey, Stamp};
+
+use super::SAMPLE;
+use crate::{CONTROL_PORT, PUBLIC_PORT, http_get, http_send};
+
+/// The service the client registers and deregisters (addresses where nothing listens; the
+/// client never sends requests to it).
+pub const GHOST: &str = "ghost";
+pub const GHOST_IDS: usize = 6;
+
+/// What the client saw of one registry change.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub key: InstanceKey,
+    pub status: u16,
+    pub stamp: Option<Stamp>,
+}
+
+pub struct Client {
+    pub acks: Rc<RefCell<Vec<Ack>>>,
+    pub trace: Rc<RefCell<Vec<String>>>,
+    pub stop: Rc<Cell<bool>>,
+    pub gateways: Vec<String>,
+    /// A gateway that joins halfway through, and takes requests only from then on.
+    pub late: Option<String>,
+    pub seed: u64,
+    pub fault_ms: u64,
+}
+
+/// Every 50-250 ms during the fault window: register (40 %) or deregister (20 %) a ghost
+/// instance, or call the sample service (40 %), through a random gateway. Then idles until
+/// the run stops it.
+pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
+    let Client {
+        acks,
+        trace,
+        stop,
+        gateways,
+        late,
+        seed,
+        fault_ms,
+    } = c;
+    let mut crng = SmallRng::seed_from_u64(seed ^ 0x5eed);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(fault_ms) {
+        tokio::time::sleep(Duration::from_millis(crng.random_range(50..250))).await;
+        let candidates: Vec<&String> = gateways
+            .iter()
+            .filter(|g| {
+                Some(*g) != late.as_ref() || started.elapsed() > Duration::from_millis(fault_ms / 2)
+            })
+            .collect();
+        let gw = candidates[crng.random_range(0..candidates.len())].clone();
+        let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
+        let roll = crng.random_range(0..100);
+        let line = if roll < 40 {
+            let body = r#"{"addr":"nowhere:1","lease_ms":600000}"#.to_owned();
+            let path = format!("/v1/services/{GHOST}/instances/{id}");
+            let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
+            record_ack(&acks, GHOST, &id, reply)
+        } else if roll < 60 {
+            let path = format!("/v1/services/{GHOST}/instances/{id}");
+            let reply = http_send(&gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await;
+            record_ack(&acks, GHOST, &id, reply)
+        } else {
+            match http_get(&gw, PUBLIC_PORT, &format!("/{SAMPLE}/hello")).await {
+                Ok((status, _)) => format!("GET {SAMPLE} via {gw}: {status}"),
+                Err(e) => format!("GET {SAMPLE} via {gw}: {}", e.kind()),
+            }
+        };
+        trace
+            .borrow_mut()
+            .push(format!("{:>6} ms {line}", started.elapsed().as_millis()));
+    }
+    while !stop.get() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn stamp_of(json: &serde_json::Value) -> Option<Stamp> {
+    let s = &json["stamp"];
+    Some(Stamp::new(
+        s["physical_ms"].as_u64()?,
+        u32::try_from(s["logical"].as_u64()?).ok()?,
+        s["node_id"].as_str()?,
+    ))
+}
+
+fn record_ack(
+    acks: &RefCell<Vec<Ack>>,
+    service: &str,
+    id: &str,
+    reply: std::io::Result<(u16, bytes::Bytes)>,
+) -> String {
+    match reply {
+        Ok((status, body)) => {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let stamp = stamp_of(&json);
+            acks.borrow_mut().push(Ack {
+                key: InstanceKey::new(service, id),
+                status,
+                stamp: stamp.clone(),
+            });
+            format!("{service}/{id}: {status} {stamp:?}")
+        }
+        Err(e) => format!("{service}/{id}: {}", e.kind()),
+    }
+}
