@@ -20,8 +20,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -188,34 +187,17 @@ impl SimBus {
         &self,
         request: http::Request<Full<Bytes>>,
     ) -> Result<serde_json::Value, BusError> {
-        let down = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
-        let attempt = async {
-            let stream = turmoil::net::TcpStream::connect((BROKER_HOST, BROKER_PORT))
-                .await
-                .map_err(|e| down(&e))?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| down(&e))?;
-            tokio::spawn(connection);
-            let response = sender.send_request(request).await.map_err(|e| down(&e))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| down(&e))?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(BusError::Rejected(
-                    String::from_utf8_lossy(&body).into_owned(),
-                ));
-            }
-            serde_json::from_slice(&body).map_err(|e| down(&e))
-        };
-        tokio::time::timeout(self.timeout, attempt)
+        let exchange = crate::exchange(BROKER_HOST, BROKER_PORT, request);
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| BusError::Unavailable("the broker did not answer in time".into()))?
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            return Err(BusError::Rejected(
+                String::from_utf8_lossy(&body).into_owned(),
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| BusError::Unavailable(e.to_string()))
     }
 
     fn get(path: &str) -> http::Request<Full<Bytes>> {

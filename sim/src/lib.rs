@@ -191,11 +191,6 @@ async fn send_once(
     path: &str,
     body: Vec<u8>,
 ) -> io::Result<(u16, Bytes)> {
-    let stream = turmoil::net::TcpStream::connect((host, port)).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(connection);
     let request = http::Request::builder()
         .method(method)
         .uri(path)
@@ -203,6 +198,21 @@ async fn send_once(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(io::Error::other)?;
+    exchange(host, port, request).await
+}
+
+/// Sends one request on a new connection to `host:port` over the simulated network and reads
+/// the whole answer: its status and body.
+pub async fn exchange(
+    host: &str,
+    port: u16,
+    request: http::Request<Full<Bytes>>,
+) -> io::Result<(u16, Bytes)> {
+    let stream = turmoil::net::TcpStream::connect((host, port)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(connection);
     let response = sender
         .send_request(request)
         .await
