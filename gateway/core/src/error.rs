@@ -41,6 +41,12 @@ pub enum GatewayError {
     },
     #[error("service {service:?} sent an invalid response: {reason}")]
     BadUpstreamResponse { service: String, reason: String },
+    #[error("not allowed: {what}")]
+    NotAllowed { what: String },
+    #[error(
+        "the registry change feed fell {missed} changes behind this subscriber; subscribe again and re-read the registry"
+    )]
+    SubscriptionLagged { missed: u64 },
     #[error("the registry bus is unavailable: {detail}")]
     BusUnavailable { detail: String },
     #[error("internal error: {detail}")]
@@ -70,6 +76,8 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
+            Self::NotAllowed { .. } => "not_allowed",
+            Self::SubscriptionLagged { .. } => "subscription_lagged",
             Self::BusUnavailable { .. } => "bus_unavailable",
             Self::Internal { .. } => "internal",
         }
@@ -87,6 +95,8 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => 503,
             Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
             Self::BadUpstreamResponse { .. } => 502,
+            Self::NotAllowed { .. } => 403,
+            Self::SubscriptionLagged { .. } => 429,
             Self::BusUnavailable { .. } => 503,
             Self::Internal { .. } => 500,
         }
@@ -97,7 +107,10 @@ impl GatewayError {
         match self {
             Self::RouteNotFound { .. } | Self::ServiceNotFound { .. } => code::NOT_FOUND,
             Self::InvalidArgument { .. } => code::INVALID_ARGUMENT,
-            Self::BodyTooLarge { .. } | Self::HeadersTooLarge { .. } => code::RESOURCE_EXHAUSTED,
+            Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::SubscriptionLagged { .. } => code::RESOURCE_EXHAUSTED,
+            Self::NotAllowed { .. } => code::PERMISSION_DENIED,
             Self::UpstreamTimeout { .. } => code::DEADLINE_EXCEEDED,
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
@@ -113,7 +126,9 @@ impl GatewayError {
             | Self::ServiceNotFound { .. }
             | Self::BodyTooLarge { .. }
             | Self::HeadersTooLarge { .. }
-            | Self::InvalidArgument { .. } => Fault::Downstream,
+            | Self::InvalidArgument { .. }
+            | Self::NotAllowed { .. }
+            | Self::SubscriptionLagged { .. } => Fault::Downstream,
             Self::NoLiveInstance { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamConnect { .. }
@@ -198,5 +213,25 @@ mod tests {
         assert!(connect.retryable());
         assert!(!timeout.retryable());
         assert_eq!(connect.fault(), Fault::Upstream);
+    }
+
+    #[test]
+    fn refusals_of_the_graphql_front_are_downstream_faults() {
+        let not_allowed = GatewayError::NotAllowed {
+            what: "mutations".into(),
+        };
+        let lagged = GatewayError::SubscriptionLagged { missed: 3 };
+        assert_eq!(
+            (not_allowed.code().as_str(), not_allowed.http_status()),
+            ("not_allowed", 403)
+        );
+        assert_eq!(not_allowed.grpc_code(), code::PERMISSION_DENIED);
+        assert_eq!(
+            (lagged.code().as_str(), lagged.http_status()),
+            ("subscription_lagged", 429)
+        );
+        assert!(lagged.to_string().contains("3 changes"));
+        assert_eq!(lagged.fault(), Fault::Downstream);
+        assert!(!not_allowed.retryable());
     }
 }
