@@ -47,6 +47,8 @@ pub enum GatewayError {
         "the registry change feed fell {missed} changes behind this subscriber; subscribe again and re-read the registry"
     )]
     SubscriptionLagged { missed: u64 },
+    #[error("the gateway is at its bound of {what}; try again later")]
+    Overloaded { what: String },
     #[error("the registry bus is unavailable: {detail}")]
     BusUnavailable { detail: String },
     #[error("internal error: {detail}")]
@@ -78,6 +80,7 @@ impl GatewayError {
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
             Self::NotAllowed { .. } => "not_allowed",
             Self::SubscriptionLagged { .. } => "subscription_lagged",
+            Self::Overloaded { .. } => "overloaded",
             Self::BusUnavailable { .. } => "bus_unavailable",
             Self::Internal { .. } => "internal",
         }
@@ -97,6 +100,7 @@ impl GatewayError {
             Self::BadUpstreamResponse { .. } => 502,
             Self::NotAllowed { .. } => 403,
             Self::SubscriptionLagged { .. } => 429,
+            Self::Overloaded { .. } => 503,
             Self::BusUnavailable { .. } => 503,
             Self::Internal { .. } => 500,
         }
@@ -115,6 +119,7 @@ impl GatewayError {
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
             | Self::UpstreamConnect { .. }
+            | Self::Overloaded { .. }
             | Self::BusUnavailable { .. } => code::UNAVAILABLE,
             Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
         }
@@ -134,7 +139,9 @@ impl GatewayError {
             | Self::UpstreamConnect { .. }
             | Self::UpstreamStatus { .. }
             | Self::BadUpstreamResponse { .. } => Fault::Upstream,
-            Self::BusUnavailable { .. } | Self::Internal { .. } => Fault::Internal,
+            Self::Overloaded { .. } | Self::BusUnavailable { .. } | Self::Internal { .. } => {
+                Fault::Internal
+            }
         }
     }
 
@@ -216,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn refusals_of_the_graphql_front_are_downstream_faults() {
+    fn refusals_of_the_graphql_front_have_codes() {
         let not_allowed = GatewayError::NotAllowed {
             what: "mutations".into(),
         };
@@ -233,5 +240,13 @@ mod tests {
         assert!(lagged.to_string().contains("3 changes"));
         assert_eq!(lagged.fault(), Fault::Downstream);
         assert!(!not_allowed.retryable());
+        let full = GatewayError::Overloaded {
+            what: "1 WebSocket".into(),
+        };
+        assert_eq!(
+            (full.code().as_str(), full.http_status()),
+            ("overloaded", 503)
+        );
+        assert_eq!(full.fault(), Fault::Internal);
     }
 }
