@@ -232,8 +232,13 @@ class Gateway:
 
 
 def start_gateway(
-    launcher: Launcher, name: str, node_id: str, control_listen: str = "127.0.0.1:0"
+    launcher: Launcher,
+    name: str,
+    node_id: str,
+    control_listen: str = "127.0.0.1:0",
+    settings: dict[str, str] | None = None,
 ) -> Gateway:
+    """Starts a gateway; `settings` are config keys set with `--set key=value`."""
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
         raise AssertionError(
@@ -252,6 +257,8 @@ def start_gateway(
         "--set",
         "shutdown.drain_timeout_ms=1000",
     ]
+    for key, value in (settings or {}).items():
+        argv += ["--set", f"{key}={value}"]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
     match = proc.wait_ready()
     return Gateway(
