@@ -27,6 +27,9 @@ use switchyard_core::GatewayError;
 
 use super::server_error;
 
+#[cfg(test)]
+mod tests;
+
 /// The root field that forwards a request.
 pub const CALL_FIELD: &str = "call";
 /// Selections the gate visits in one operation, fragments expanded. Fragments that spread
