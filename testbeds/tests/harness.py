@@ -237,7 +237,10 @@ def start_gateway(
     node_id: str,
     control_listen: str = "127.0.0.1:0",
     extra: tuple[str, ...] = (),
+    settings: dict[str, str] | None = None,
 ) -> Gateway:
+    """Starts a gateway; `settings` are config keys set with `--set key=value`, `extra` more
+    command-line arguments."""
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
         raise AssertionError(
@@ -257,6 +260,8 @@ def start_gateway(
         "shutdown.drain_timeout_ms=1000",
         *extra,
     ]
+    for key, value in (settings or {}).items():
+        argv += ["--set", f"{key}={value}"]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
     match = proc.wait_ready()
     return Gateway(

@@ -41,6 +41,14 @@ pub enum GatewayError {
     },
     #[error("service {service:?} sent an invalid response: {reason}")]
     BadUpstreamResponse { service: String, reason: String },
+    #[error("not allowed: {what}")]
+    NotAllowed { what: String },
+    #[error(
+        "the registry change feed fell {missed} changes behind this subscriber; subscribe again and re-read the registry"
+    )]
+    SubscriptionLagged { missed: u64 },
+    #[error("the gateway is at its bound of {what}; try again later")]
+    Overloaded { what: String },
     #[error("the registry bus is unavailable: {detail}")]
     BusUnavailable { detail: String },
     #[error("internal error: {detail}")]
@@ -70,6 +78,9 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
+            Self::NotAllowed { .. } => "not_allowed",
+            Self::SubscriptionLagged { .. } => "subscription_lagged",
+            Self::Overloaded { .. } => "overloaded",
             Self::BusUnavailable { .. } => "bus_unavailable",
             Self::Internal { .. } => "internal",
         }
@@ -87,6 +98,9 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => 503,
             Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
             Self::BadUpstreamResponse { .. } => 502,
+            Self::NotAllowed { .. } => 403,
+            Self::SubscriptionLagged { .. } => 429,
+            Self::Overloaded { .. } => 503,
             Self::BusUnavailable { .. } => 503,
             Self::Internal { .. } => 500,
         }
@@ -97,11 +111,15 @@ impl GatewayError {
         match self {
             Self::RouteNotFound { .. } | Self::ServiceNotFound { .. } => code::NOT_FOUND,
             Self::InvalidArgument { .. } => code::INVALID_ARGUMENT,
-            Self::BodyTooLarge { .. } | Self::HeadersTooLarge { .. } => code::RESOURCE_EXHAUSTED,
+            Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::SubscriptionLagged { .. } => code::RESOURCE_EXHAUSTED,
+            Self::NotAllowed { .. } => code::PERMISSION_DENIED,
             Self::UpstreamTimeout { .. } => code::DEADLINE_EXCEEDED,
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
             | Self::UpstreamConnect { .. }
+            | Self::Overloaded { .. }
             | Self::BusUnavailable { .. } => code::UNAVAILABLE,
             Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
         }
@@ -113,13 +131,17 @@ impl GatewayError {
             | Self::ServiceNotFound { .. }
             | Self::BodyTooLarge { .. }
             | Self::HeadersTooLarge { .. }
-            | Self::InvalidArgument { .. } => Fault::Downstream,
+            | Self::InvalidArgument { .. }
+            | Self::NotAllowed { .. }
+            | Self::SubscriptionLagged { .. } => Fault::Downstream,
             Self::NoLiveInstance { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamStatus { .. }
             | Self::BadUpstreamResponse { .. } => Fault::Upstream,
-            Self::BusUnavailable { .. } | Self::Internal { .. } => Fault::Internal,
+            Self::Overloaded { .. } | Self::BusUnavailable { .. } | Self::Internal { .. } => {
+                Fault::Internal
+            }
         }
     }
 
@@ -198,5 +220,33 @@ mod tests {
         assert!(connect.retryable());
         assert!(!timeout.retryable());
         assert_eq!(connect.fault(), Fault::Upstream);
+    }
+
+    #[test]
+    fn refusals_of_the_graphql_front_have_codes() {
+        let not_allowed = GatewayError::NotAllowed {
+            what: "mutations".into(),
+        };
+        let lagged = GatewayError::SubscriptionLagged { missed: 3 };
+        assert_eq!(
+            (not_allowed.code().as_str(), not_allowed.http_status()),
+            ("not_allowed", 403)
+        );
+        assert_eq!(not_allowed.grpc_code(), code::PERMISSION_DENIED);
+        assert_eq!(
+            (lagged.code().as_str(), lagged.http_status()),
+            ("subscription_lagged", 429)
+        );
+        assert!(lagged.to_string().contains("3 changes"));
+        assert_eq!(lagged.fault(), Fault::Downstream);
+        assert!(!not_allowed.retryable());
+        let full = GatewayError::Overloaded {
+            what: "1 WebSocket".into(),
+        };
+        assert_eq!(
+            (full.code().as_str(), full.http_status()),
+            ("overloaded", 503)
+        );
+        assert_eq!(full.fault(), Fault::Internal);
     }
 }

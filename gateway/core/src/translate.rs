@@ -4,6 +4,9 @@
 //! `ForwardingReq` with the hop-by-hop headers removed and the forwarding headers added.
 //! Outbound: a `ForwardingResp` becomes an HTTP response if, and only if, its status and every
 //! header are valid HTTP; otherwise the caller answers 502. `docs/protocol.md` lists the rules.
+//!
+//! [`call`] states a request as data (a GraphQL `call` field) and turns it into the HTTP head a
+//! REST client would have sent, so both fronts go through [`to_forwarding_req`] alike.
 
 use std::net::SocketAddr;
 
@@ -14,8 +17,11 @@ use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp, Header};
 
 use crate::{GatewayError, names};
 
+pub mod call;
 #[cfg(test)]
 mod tests;
+
+pub use call::{Call, body_json, call_request_id, call_to_forwarding_req};
 
 /// Bounds on what the gateway accepts from a client and from a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,10 +126,12 @@ fn announces_more_than(value: &HeaderValue, limit: usize) -> bool {
 /// otherwise `None`, and the caller makes one.
 pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
     let id = headers.get(X_REQUEST_ID)?.to_str().ok()?;
-    let plausible = !id.is_empty()
-        && id.len() <= REQUEST_ID_BYTES_MAX
-        && id.bytes().all(|b| b.is_ascii_graphic());
-    plausible.then_some(id)
+    plausible_request_id(id).then_some(id)
+}
+
+/// Whether a client-supplied request id is kept: 1 to 128 visible ASCII characters.
+pub fn plausible_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= REQUEST_ID_BYTES_MAX && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Whether `name` is a hop-by-hop header, which a proxy must not forward.

@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod graphql;
 #[cfg(test)]
 mod tests;
+
+pub use graphql::{CALLS_MAX_LIMIT, GraphqlConfig};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +29,7 @@ pub struct Config {
     pub seed: Option<u64>,
     pub public: PublicConfig,
     pub control: ControlConfig,
+    pub graphql: GraphqlConfig,
     pub upstream: UpstreamConfig,
     pub registry: RegistryConfig,
     pub bus: BusConfig,
@@ -36,10 +40,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublicConfig {
-    /// Where clients send REST requests (`/{service}/{path}`), `/healthz` and `/readyz`.
+    /// Where clients send REST requests (`/{service}/{path}`), GraphQL operations
+    /// (`/graphql`), `/healthz` and `/readyz`.
     pub listen: SocketAddr,
     pub body_bytes_max: usize,
     pub header_bytes_max: usize,
+    /// Whether REST forwarding (`/{service}/{path}`) is served.
+    pub rest: bool,
+    /// Whether the GraphQL front (`/graphql`) is served; see `[graphql]`.
+    pub graphql: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -175,6 +184,8 @@ impl Default for PublicConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_bytes_max: 1024 * 1024,
             header_bytes_max: 64 * 1024,
+            rest: true,
+            graphql: true,
         }
     }
 }
@@ -271,8 +282,9 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 9] = [
-    "node_id", "seed", "public", "control", "upstream", "registry", "bus", "shutdown", "log",
+const TOP_LEVEL_KEYS: [&str; 10] = [
+    "node_id", "seed", "public", "control", "graphql", "upstream", "registry", "bus", "shutdown",
+    "log",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -436,6 +448,7 @@ impl Config {
                 "must differ from public.listen".to_owned(),
             ));
         }
+        self.graphql.validate()?;
         if self.node_id.len() > 64
             || self
                 .node_id

@@ -1,6 +1,6 @@
-//! The control listener: instances register, renew and deregister here (REST under `/v1` and
-//! the gRPC `Registration` service on the same port), and operators read the registry and the
-//! node's state.
+//! The control listener: instances register, renew and deregister here (REST under `/v1`, the
+//! gRPC `Registration` service and GraphQL mutations at `/graphql`, all on the same port), and
+//! operators read the registry and the node's state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use switchyard_core::{GatewayError, InstanceKey};
 use switchyard_proto::registry as pb;
 use switchyard_proto::registry::registration_server::{Registration, RegistrationServer};
 
+use crate::graphql::{self, Front};
 use crate::node::{self, Node};
 use crate::outbox::Delivery;
 use crate::public::{self, error_response, json_response};
@@ -40,18 +41,10 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/services/{service}/instances/{instance_id}",
             axum::routing::put(put_instance).delete(delete_instance),
         )
-        .with_state(node)
+        .with_state(node.clone())
         .merge(grpc)
-        .fallback(not_found)
-}
-
-async fn not_found(uri: http::Uri) -> Response {
-    error_response(
-        &GatewayError::RouteNotFound {
-            path: uri.path().chars().take(256).collect(),
-        },
-        None,
-    )
+        .merge(graphql::router(node, Front::Control))
+        .fallback(public::route_not_found)
 }
 
 fn ok_json(value: &serde_json::Value) -> Response {

@@ -32,8 +32,15 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> io::Result<TcpListene
     })
 }
 
-/// Runs the demo until `shutdown`.
-pub async fn run(config: Config, instances: usize, shutdown: CancellationToken) -> io::Result<()> {
+/// Runs the demo until `shutdown`. The demo turns GraphQL introspection and the GraphiQL
+/// page on, which production configuration leaves off.
+pub async fn run(
+    mut config: Config,
+    instances: usize,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    config.graphql.introspection = true;
+    config.graphql.graphiql = true;
     let public = bind(config.public.listen, "public", "--public-listen").await?;
     let control = bind(config.control.listen, "control", "--control-listen").await?;
     let (public_addr, control_addr) = (public.local_addr()?, control.local_addr()?);
@@ -116,10 +123,11 @@ async fn wait_for_instances(node: &Node, n: usize, shutdown: &CancellationToken)
 fn print_banner(node: &Node, public: SocketAddr, control: SocketAddr, instances: usize) {
     println!(
         "\nSwitchyard demo: gateway {id} with the in-memory bus and {instances} instances of the Rust sample service \"{DEMO_SERVICE}\".\n\
-         \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, /healthz, /readyz\
-         \n  control  http://{control}    registration: /v1/services (REST) and gRPC switchyard.registry.v1.Registration\n\
+         \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, GraphQL: /graphql (GraphiQL in a browser), /healthz, /readyz\
+         \n  control  http://{control}    registration: /v1/services (REST), gRPC switchyard.registry.v1.Registration, GraphQL /graphql\n\
          \nTry:\
          \n  curl -s http://{public}/{DEMO_SERVICE}/hello\
+         \n  curl -s http://{public}/graphql -H 'content-type: application/json' -d '{{\"query\":\"{{ a: call(service: \\\"{DEMO_SERVICE}\\\", path: \\\"/hello\\\") {{ status json }} services {{ name instances {{ instanceId state }} }} }}\"}}'\
          \n  curl -s -X POST http://{public}/{DEMO_SERVICE}/echo -H 'content-type: application/json' -d '{{\"hello\":\"world\"}}'\
          \n  curl -s http://{public}/nosuch/thing\
          \n  curl -s http://{control}/v1/services\

@@ -9,8 +9,10 @@
 //! * [`outbox`]: registry changes waiting for the bus, published in order with retries.
 //! * [`replicate`]: reading the bus from the beginning, catch-up and readiness.
 //! * [`upstream`]: choosing an instance and calling `ForwardingService.Send` on it.
-//! * [`public`]: the public listener: REST forwarding, `/healthz`, `/readyz`.
-//! * [`control`]: the control listener: registration by REST and gRPC, registry views.
+//! * [`public`]: the public listener: REST forwarding, `/graphql`, `/healthz`, `/readyz`.
+//! * [`control`]: the control listener: registration by REST, gRPC and GraphQL, registry
+//!   views.
+//! * [`graphql`]: the GraphQL front: calls, registry queries, mutations and subscriptions.
 //! * [`serve`]: serving an axum router on any listener with graceful shutdown.
 //! * [`demo`]: a gateway with two sample-service instances, for a newcomer's first minute.
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod graphql;
 pub mod node;
 pub mod outbox;
 pub mod public;

@@ -1,5 +1,6 @@
 //! The `switchyard` binary: `serve` runs a gateway node, `demo` runs one with two sample
-//! instances, `check-config` validates a configuration and prints it in full.
+//! instances, `check-config` validates a configuration and prints it in full, and
+//! `graphql-schema` prints the GraphQL schema (`docs/schema.graphql`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Validate the configuration and print it with every default filled in.
     CheckConfig(ConfigArgs),
+    /// Print the GraphQL schema in SDL (docs/schema.graphql is this output).
+    GraphqlSchema,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +104,10 @@ fn init_logging(config: &Config) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::GraphqlSchema = cli.command {
+        print!("{}", switchyard::graphql::sdl());
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,6 +133,7 @@ fn main() -> anyhow::Result<()> {
                     .context("demo failed")
             })
         }
+        Command::GraphqlSchema => Ok(()),
     }
 }
 

@@ -16,6 +16,7 @@ use switchyard_core::planted::{self, Bug};
 use switchyard_core::registry::{Applied, Entry, EntryState, Removal};
 use switchyard_core::translate::Limits;
 use switchyard_core::{GatewayError, Hlc, InstanceKey, Registry, names};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Record};
@@ -64,6 +65,9 @@ pub struct NodeStatus {
     pub outbox_pending: usize,
 }
 
+/// Registry changes held for each [`Node::watch`] subscriber before it lags behind.
+pub const CHANGES_BUFFERED_MAX: usize = 1024;
+
 pub struct Node {
     pub(crate) config: Config,
     id: String,
@@ -82,6 +86,7 @@ pub struct Node {
     catch_up_target: AtomicU64,
     events_applied: AtomicU64,
     events_rejected: AtomicU64,
+    changes: broadcast::Sender<Event>,
 }
 
 impl std::fmt::Debug for Node {
@@ -133,6 +138,7 @@ impl Node {
             catch_up_target: AtomicU64::new(0),
             events_applied: AtomicU64::new(0),
             events_rejected: AtomicU64::new(0),
+            changes: broadcast::channel(CHANGES_BUFFERED_MAX).0,
         })
     }
 
@@ -158,6 +164,25 @@ impl Node {
 
     fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
         self.registry.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every registry change this node applies from now on, local or from the bus, in the
+    /// order applied. A subscriber that falls [`CHANGES_BUFFERED_MAX`] changes behind gets
+    /// `Lagged` and must re-read the registry.
+    pub fn watch(&self) -> broadcast::Receiver<Event> {
+        self.changes.subscribe()
+    }
+
+    /// Applies an event and announces it to watchers if it changed the registry. The
+    /// announcement is made under the write lock, so watchers see changes in applied order.
+    fn apply(&self, event: &Event) -> Applied {
+        let mut registry = self.registry_mut();
+        let applied = registry.apply_event(event);
+        if applied != Applied::Unchanged {
+            // No watcher is not an error.
+            let _ = self.changes.send(event.clone());
+        }
+        applied
     }
 
     pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut SmallRng) -> T) -> T {
@@ -234,7 +259,7 @@ impl Node {
             return None;
         }
         lock(&self.hlc).observe(&event.stamp, self.now_ms());
-        let applied = self.registry_mut().apply_event(&event);
+        let applied = self.apply(&event);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
         if applied != Applied::Unchanged {
             tracing::debug!(offset = record.offset, key = %record.key, kind = ?event.kind, origin = %event.origin_node, "applied registry event");
@@ -328,7 +353,7 @@ impl Node {
         let ticket = self.outbox.enqueue(event.clone()).inspect_err(|error| {
             tracing::warn!(key = %event.bus_key(), %error, "registry change refused");
         })?;
-        self.registry_mut().apply_event(event);
+        self.apply(event);
         Ok(ticket)
     }
 

@@ -1,4 +1,6 @@
-//! The public listener: REST forwarding at `/{service}/{path}`, `/healthz` and `/readyz`.
+//! The public listener: REST forwarding at `/{service}/{path}`, the GraphQL front at
+//! `/graphql`, `/healthz` and `/readyz`. `public.rest` and `public.graphql` turn each front
+//! on or off; with the GraphQL front on, `/graphql` is its path, not a service's.
 
 use std::sync::Arc;
 
@@ -13,15 +15,37 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use switchyard_core::GatewayError;
 use switchyard_core::translate::{self, ForwardContext, RequestHead, X_REQUEST_ID};
 
+use crate::graphql::{self, Front};
 use crate::node::Node;
 use crate::seams::ClientAddr;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let fronts = &node.config().public;
+    let (rest, graphql) = (fronts.rest, fronts.graphql);
+    let base = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(forward)
-        .with_state(node)
+        .route("/readyz", get(readyz));
+    let base = if rest {
+        base.fallback(forward)
+    } else {
+        base.fallback(route_not_found)
+    };
+    let router = base.with_state(node.clone());
+    if graphql {
+        router.merge(graphql::router(node, Front::Public))
+    } else {
+        router
+    }
+}
+
+/// The answer to every path when REST forwarding is off.
+pub(crate) async fn route_not_found(uri: http::Uri) -> Response {
+    error_response(
+        &GatewayError::RouteNotFound {
+            path: uri.path().chars().take(256).collect(),
+        },
+        None,
+    )
 }
 
 /// Liveness: the process serves HTTP.

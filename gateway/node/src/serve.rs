@@ -11,6 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::seams::{ClientAddr, WithClientAddr};
 
+/// The shutdown signal, in every request's extensions. Draining waits for requests, not for
+/// connections a handler has taken over (WebSockets), so such a handler ends its connection
+/// when this is cancelled.
+#[derive(Debug, Clone)]
+pub struct Shutdown(pub CancellationToken);
+
 /// Serves `router` on `listener`. On `shutdown` it stops accepting, lets open requests finish
 /// for up to `drain`, then returns.
 pub async fn serve<L>(
@@ -24,7 +30,9 @@ where
 {
     let server = axum::serve(
         WithClientAddr(listener),
-        router.into_make_service_with_connect_info::<ClientAddr>(),
+        router
+            .layer(axum::Extension(Shutdown(shutdown.clone())))
+            .into_make_service_with_connect_info::<ClientAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drain_expired = async {

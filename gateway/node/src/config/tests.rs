@@ -104,6 +104,10 @@ fn validation_names_the_key() {
         ("upstream.ejection_max_ms=1", "upstream.ejection_max_ms"),
         ("control.listen=\"127.0.0.1:8080\"", "control.listen"),
         ("node_id=\"a b\"", "node_id"),
+        ("graphql.calls_max=0", "graphql.calls_max"),
+        ("graphql.calls_max=257", "graphql.calls_max"),
+        ("graphql.depth_max=0", "graphql.depth_max"),
+        ("graphql.websockets_max=0", "graphql.websockets_max"),
     ];
     for (set, key) in cases {
         let err = Config::load(None, &[parse_set_flag(set).unwrap()])
@@ -139,4 +143,27 @@ fn syntax_errors_name_the_file() {
     let missing = Config::load(Some(Path::new("/nonexistent/switchyard.toml")), &[]).unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/switchyard.toml"));
     assert!(parse_set_flag("novalue").is_err());
+}
+
+#[test]
+fn the_graphql_front_is_on_and_closed_down_by_default() {
+    let c = Config::default();
+    assert!(c.public.rest && c.public.graphql);
+    let g = &c.graphql;
+    assert!(!g.introspection && !g.graphiql && !g.mutations_on_public);
+    let f = write("[public]\ngraphql = false\n[graphql]\nintrospection = true\ncalls_max = 4\n");
+    let env = env_overrides([(
+        "SWITCHYARD_GRAPHQL__MUTATIONS_ON_PUBLIC".to_owned(),
+        "true".to_owned(),
+    )]);
+    let c = Config::load(Some(f.path()), &env).unwrap();
+    assert!(!c.public.graphql && c.public.rest);
+    assert!(c.graphql.introspection && c.graphql.mutations_on_public);
+    assert_eq!(c.graphql.calls_max, 4);
+    let f = write("[graphql]\ngraphiq = true\n");
+    let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("graphql.graphiq") && err.contains("unknown field"),
+        "{err}"
+    );
 }

@@ -94,6 +94,21 @@ impl Gateway {
         format!("http://{}", self.control)
     }
 
+    /// The GraphQL endpoint on the public listener.
+    pub fn graphql_url(&self) -> String {
+        format!("http://{}/graphql", self.public)
+    }
+
+    /// The GraphQL endpoint on the control listener.
+    pub fn control_graphql_url(&self) -> String {
+        format!("http://{}/graphql", self.control)
+    }
+
+    /// The GraphQL-over-WebSocket endpoint on the public listener.
+    pub fn graphql_ws_url(&self) -> String {
+        format!("ws://{}/graphql", self.public)
+    }
+
     pub async fn status(&self) -> Value {
         let (_, _, body) = http("GET", &format!("{}/v1/cluster", self.control_url())).await;
         serde_json::from_slice(&body).unwrap()
@@ -138,11 +153,12 @@ impl Drop for Gateway {
     }
 }
 
-/// The sample service, counting requests in flight.
+/// The sample service, counting requests in flight and requests received.
 #[derive(Clone)]
 struct Counting {
     inner: Sample,
     in_flight: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -151,6 +167,7 @@ impl ForwardingService for Counting {
         &self,
         request: tonic::Request<ForwardingReq>,
     ) -> Result<tonic::Response<ForwardingResp>, tonic::Status> {
+        self.received.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = self.inner.send(request).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -161,6 +178,7 @@ impl ForwardingService for Counting {
 pub struct Instance {
     pub addr: String,
     in_flight: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -170,9 +188,11 @@ impl Instance {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
         let svc = ForwardingServiceServer::new(Counting {
             inner: Sample::new(service, id),
             in_flight: in_flight.clone(),
+            received: received.clone(),
         });
         let routes = tonic::service::Routes::new(svc).into_axum_router();
         let shutdown = CancellationToken::new();
@@ -185,6 +205,7 @@ impl Instance {
         Self {
             addr,
             in_flight,
+            received,
             shutdown,
             handle: Some(handle),
         }
@@ -192,6 +213,10 @@ impl Instance {
 
     pub fn requests_in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn requests_received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
     }
 
     /// Stops serving and closes the port, so new connections are refused.

@@ -1,0 +1,72 @@
+//! The `[graphql]` section: what the GraphQL front allows and the bounds it enforces.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphqlConfig {
+    /// Whether `__schema` and `__type` are answered. Off in production by default: the schema
+    /// is published in `docs/schema.graphql`, and introspection helps probing more than use.
+    pub introspection: bool,
+    /// Whether `GET /graphql` serves the GraphiQL page (it loads scripts from a CDN).
+    pub graphiql: bool,
+    /// Deepest selection nesting an operation may have.
+    pub depth_max: usize,
+    /// Largest complexity (one per selected field) an operation may have.
+    pub complexity_max: usize,
+    /// Most `call` fields one operation may hold, aliases and fragments counted; an operation
+    /// with more is refused before any runs, so one request fans out to a bounded number of
+    /// services.
+    pub calls_max: usize,
+    /// Whether `register` and `deregister` are served on the public listener too. Off: they are
+    /// served on the control listener only, like the REST registration.
+    pub mutations_on_public: bool,
+    /// Largest GraphQL request body (and WebSocket message).
+    pub body_bytes_max: usize,
+    /// Most WebSocket connections open at once per listener; more are refused with 503.
+    pub websockets_max: usize,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        Self {
+            introspection: false,
+            graphiql: false,
+            depth_max: 16,
+            complexity_max: 1_000,
+            calls_max: 16,
+            mutations_on_public: false,
+            body_bytes_max: 1024 * 1024,
+            websockets_max: 1_024,
+        }
+    }
+}
+
+/// Upper bound on `graphql.calls_max`: beyond it one request could pin too many upstream
+/// connections at once.
+pub const CALLS_MAX_LIMIT: usize = 256;
+
+impl GraphqlConfig {
+    /// Checks the section's values. Returns the key at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("graphql.depth_max", self.depth_max),
+            ("graphql.complexity_max", self.complexity_max),
+            ("graphql.calls_max", self.calls_max),
+            ("graphql.body_bytes_max", self.body_bytes_max),
+            ("graphql.websockets_max", self.websockets_max),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be greater than 0".to_owned()));
+            }
+        }
+        if self.calls_max > CALLS_MAX_LIMIT {
+            return Err((
+                "graphql.calls_max",
+                format!("must be at most {CALLS_MAX_LIMIT}"),
+            ));
+        }
+        Ok(())
+    }
+}

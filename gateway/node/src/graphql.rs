@@ -1,0 +1,161 @@
+//! The GraphQL front: the services and the registry, queried as a graph, at `/graphql`.
+//!
+//! It is served on the public listener when `public.graphql` is on, and on the control
+//! listener always (as REST registration is). The two differ only in whether mutations run:
+//! on the control listener always, on the public one only with `graphql.mutations_on_public`.
+//!
+//! * [`query`]: `call` (one request forwarded through the same translator, routing, balancing
+//!   and retries as REST) and the registry and node views.
+//! * [`mutation`]: `register` and `deregister`, and the `registryChanges` subscription.
+//! * [`types`]: the object types, built from the core's types.
+//! * [`gate`]: the checks made on each operation before any field runs (`calls_max`,
+//!   mutations, introspection), and the error codes on every answer.
+//! * [`endpoint`]: the axum handlers: `POST /graphql`, the GraphiQL page, and GraphQL over
+//!   WebSocket (`graphql-transport-ws`, and the older `graphql-ws`) on `GET /graphql`.
+//!
+//! Every error a client sees carries `extensions.code`, the same stable code REST puts in its
+//! JSON errors ([`GatewayError::code`]), and `extensions.status`, the HTTP status REST would
+//! have answered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_graphql::{ErrorExtensionValues, Pos, Schema, ServerError};
+use http::{HeaderMap, Method, Uri, Version};
+use switchyard_core::GatewayError;
+use switchyard_core::translate::RequestHead;
+
+use crate::node::Node;
+
+pub mod endpoint;
+pub mod gate;
+pub mod mutation;
+pub mod query;
+pub mod types;
+
+pub use endpoint::router;
+
+/// The schema both listeners serve.
+pub type SwitchyardSchema = Schema<query::Query, mutation::Mutation, mutation::Subscription>;
+
+/// Which listener a schema serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    Public,
+    Control,
+}
+
+/// The schema for one listener, with the node and the configured limits.
+pub fn schema(node: Arc<Node>, front: Front) -> SwitchyardSchema {
+    let g = &node.config().graphql;
+    let rules = gate::Rules {
+        calls_max: g.calls_max,
+        mutations: front == Front::Control || g.mutations_on_public,
+        introspection: g.introspection,
+    };
+    let mut builder = Schema::build(query::Query, mutation::Mutation, mutation::Subscription)
+        .limit_depth(g.depth_max)
+        .limit_complexity(g.complexity_max)
+        .extension(gate::Gate(rules));
+    if !g.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.data(node).finish()
+}
+
+/// The schema in SDL, as committed in `docs/schema.graphql` (`switchyard graphql-schema`).
+pub fn sdl() -> String {
+    Schema::build(query::Query, mutation::Mutation, mutation::Subscription)
+        .finish()
+        .sdl()
+}
+
+/// The HTTP request that carried an operation (for WebSockets, the upgrade request). Calls
+/// inherit from it what a REST request would have contributed itself.
+#[derive(Debug, Clone)]
+pub struct Carrier {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub client: SocketAddr,
+}
+
+impl Carrier {
+    pub fn head(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            uri: &self.uri,
+            version: self.version,
+            headers: &self.headers,
+        }
+    }
+}
+
+/// The extensions every gateway error carries: `code`, `status` and, when the error belongs
+/// to one forwarded request, `requestId`.
+fn extensions(error: &GatewayError, request_id: Option<&str>) -> ErrorExtensionValues {
+    let mut ext = ErrorExtensionValues::default();
+    ext.set("code", error.code());
+    ext.set("status", i32::from(error.http_status()));
+    if let Some(id) = request_id {
+        ext.set("requestId", id);
+    }
+    ext
+}
+
+/// A gateway error as a resolver returns it.
+pub fn field_error(error: &GatewayError, request_id: Option<&str>) -> async_graphql::Error {
+    let mut e = async_graphql::Error::new(error.to_string());
+    e.extensions = Some(extensions(error, request_id));
+    e
+}
+
+/// Fails a nullable field the way the GraphQL spec asks: the field is null and the error,
+/// with the field's path, is in `errors`. (Returning the error instead would make the library
+/// leave the field out of `data`.)
+pub fn null_with_error<T>(
+    ctx: &async_graphql::Context<'_>,
+    error: &GatewayError,
+    request_id: Option<&str>,
+) -> async_graphql::Result<Option<T>> {
+    let error = field_error(error, request_id).into_server_error(ctx.item.pos);
+    ctx.add_error(ctx.set_error_path(error));
+    Ok(None)
+}
+
+/// A gateway error as a whole response's error (before any field ran).
+pub fn server_error(error: &GatewayError, pos: Option<Pos>) -> ServerError {
+    let mut e = ServerError::new(error.to_string(), pos);
+    e.extensions = Some(extensions(error, None));
+    e
+}
+
+/// The GraphQL JSON body for an error that refused a request before it was parsed.
+pub fn refusal_body(error: &GatewayError, request_id: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "errors": [{
+            "message": error.to_string(),
+            "extensions": {
+                "code": error.code(),
+                "status": error.http_status(),
+                "requestId": request_id,
+            },
+        }],
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The node from the schema's data; the schemas built by [`schema`] always hold it.
+pub(crate) fn node<'a>(
+    ctx: &async_graphql::Context<'a>,
+) -> Result<&'a Arc<Node>, async_graphql::Error> {
+    ctx.data::<Arc<Node>>().map_err(|_| {
+        field_error(
+            &GatewayError::Internal {
+                detail: "the GraphQL schema was built without its node".to_owned(),
+            },
+            None,
+        )
+    })
+}

@@ -1,0 +1,240 @@
+//! The HTTP side of the GraphQL front, at `/graphql`:
+//!
+//! * `POST` with a JSON body `{"query", "operationName", "variables"}` runs one operation and
+//!   answers 200 with `{"data", "errors"}`, whatever the fields' fates (each failure is in
+//!   `errors` with its code and status). A request refused before it is parsed (a body too
+//!   large, not JSON, a batch) answers with the status REST would give and the same shape.
+//! * `GET` with a WebSocket upgrade speaks `graphql-transport-ws` (and the older
+//!   `graphql-ws`): subscriptions, and queries and mutations under the same rules as `POST`.
+//! * `GET` without an upgrade serves the GraphiQL page when `graphql.graphiql` is on.
+
+use std::sync::Arc;
+
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use switchyard_core::GatewayError;
+use switchyard_core::translate::{self, Limits, X_REQUEST_ID};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{Carrier, Front, SwitchyardSchema, refusal_body, schema};
+use crate::node::Node;
+use crate::public::read_body;
+use crate::seams::ClientAddr;
+use crate::serve::Shutdown;
+
+/// Where the front is served, on whichever listener.
+pub const GRAPHQL_PATH: &str = "/graphql";
+
+struct Endpoint {
+    node: Arc<Node>,
+    schema: SwitchyardSchema,
+    /// One permit per open WebSocket (`graphql.websockets_max`).
+    websockets: Arc<Semaphore>,
+}
+
+/// The `/graphql` routes for one listener.
+pub fn router(node: Arc<Node>, front: Front) -> Router {
+    let endpoint = Endpoint {
+        schema: schema(node.clone(), front),
+        websockets: Arc::new(Semaphore::new(node.config().graphql.websockets_max)),
+        node,
+    };
+    Router::new()
+        .route(GRAPHQL_PATH, get(get_graphql).post(post_graphql))
+        .with_state(Arc::new(endpoint))
+}
+
+/// The request id this request goes by: the client's if plausible, else a fresh one.
+fn request_id(node: &Node, headers: &HeaderMap) -> String {
+    translate::client_request_id(headers)
+        .map(str::to_owned)
+        .unwrap_or_else(|| node.new_request_id())
+}
+
+fn json(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    response
+}
+
+fn refuse(error: &GatewayError, request_id: &str) -> Response {
+    tracing::info!(%request_id, code = %error.code(), %error, "graphql request refused");
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, refusal_body(error, request_id), request_id)
+}
+
+/// Whether the body is declared JSON. Requiring it keeps a browser from sending an operation
+/// across sites without a CORS preflight (a form can post only other types).
+fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn post_graphql(
+    State(endpoint): State<Arc<Endpoint>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    request: Request,
+) -> Response {
+    let node = &endpoint.node;
+    let request_id = request_id(node, request.headers());
+    let (parts, body) = request.into_parts();
+    let carrier = Carrier {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        client,
+    };
+    let limits = Limits {
+        body_bytes_max: node.config().graphql.body_bytes_max,
+        header_bytes_max: node.config().public.header_bytes_max,
+    };
+    if let Err(error) = translate::check_head(&carrier.head(), &limits) {
+        return refuse(&error, &request_id);
+    }
+    if !declares_json(&carrier.headers) {
+        let error = GatewayError::InvalidArgument {
+            field: "content-type",
+            reason: "a GraphQL request is application/json".to_owned(),
+        };
+        return refuse(&error, &request_id);
+    }
+    let bytes = match read_body(body, limits.body_bytes_max).await {
+        Ok(bytes) => bytes,
+        Err(error) => return refuse(&error, &request_id),
+    };
+    // One operation per request, so `graphql.calls_max` bounds what one request fans out to.
+    // (Checked before parsing: serde would also read a JSON array as the request's fields.)
+    let parsed = if bytes.trim_ascii_start().starts_with(b"[") {
+        Err("batches are not accepted: send one operation per request".to_owned())
+    } else {
+        serde_json::from_slice::<async_graphql::Request>(&bytes)
+            .map_err(|e| format!("expected {{\"query\": \"...\", \"variables\": {{...}}}}: {e}"))
+    };
+    let operation = match parsed {
+        Ok(operation) => operation,
+        Err(reason) => {
+            let error = GatewayError::InvalidArgument {
+                field: "body",
+                reason,
+            };
+            return refuse(&error, &request_id);
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let response = endpoint.schema.execute(operation.data(carrier)).await;
+    tracing::debug!(%request_id, errors = response.errors.len(), elapsed_us = started.elapsed().as_micros() as u64, "graphql request done");
+    let body = serde_json::to_vec(&response).unwrap_or_else(|e| {
+        let error = GatewayError::Internal {
+            detail: format!("cannot serialise the response: {e}"),
+        };
+        refusal_body(&error, &request_id)
+    });
+    json(StatusCode::OK, body, &request_id)
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn get_graphql(
+    State(endpoint): State<Arc<Endpoint>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    request: Request,
+) -> Response {
+    let node = &endpoint.node;
+    let request_id = request_id(node, request.headers());
+    let (mut parts, _) = request.into_parts();
+    if !is_websocket(&parts.headers) {
+        if node.config().graphql.graphiql {
+            return Html(
+                GraphiQLSource::build()
+                    .endpoint(GRAPHQL_PATH)
+                    .subscription_endpoint(GRAPHQL_PATH)
+                    .title("Switchyard GraphQL")
+                    .finish(),
+            )
+            .into_response();
+        }
+        let error = GatewayError::NotAllowed {
+            what: "GET /graphql serves the GraphiQL page only when graphql.graphiql is on; \
+                   send operations with POST, or subscribe over a WebSocket"
+                .to_owned(),
+        };
+        return refuse(&error, &request_id);
+    }
+    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &()).await else {
+        let error = GatewayError::InvalidArgument {
+            field: "sec-websocket-protocol",
+            reason: format!("expected one of {ALL_WEBSOCKET_PROTOCOLS:?}"),
+        };
+        return refuse(&error, &request_id);
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Ok(permit) = endpoint.websockets.clone().try_acquire_owned() else {
+        let error = GatewayError::Overloaded {
+            what: format!(
+                "{} open WebSockets (graphql.websockets_max)",
+                node.config().graphql.websockets_max
+            ),
+        };
+        return refuse(&error, &request_id);
+    };
+    // Draining waits for requests, not for upgraded connections: end this one on shutdown.
+    let shutdown = parts
+        .extensions
+        .get::<Shutdown>()
+        .map(|s| s.0.clone())
+        .unwrap_or_else(CancellationToken::new);
+    let mut data = Data::default();
+    data.insert(Carrier {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        client,
+    });
+    let schema = endpoint.schema.clone();
+    let message_bytes_max = node.config().graphql.body_bytes_max;
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(message_bytes_max)
+        .max_frame_size(message_bytes_max)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            let serve = GraphQLWebSocket::new(socket, schema, protocol)
+                .with_data(data)
+                .serve();
+            tokio::select! {
+                () = serve => {}
+                () = shutdown.cancelled() => {}
+            }
+        })
+}

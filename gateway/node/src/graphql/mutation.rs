@@ -1,0 +1,205 @@
+//! The mutation root (registration, as `PUT` and `DELETE /v1/services/...` do it) and the
+//! subscription root (the registry's changes as this node applies them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use futures_util::stream::{self, Stream, StreamExt};
+use switchyard_core::GatewayError;
+use switchyard_core::event::{Event, EventKind};
+use switchyard_core::registry::{EntryState, Removal};
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::types::{Instance, MetadataEntry, RegistryChange};
+use super::{field_error, node, null_with_error};
+use crate::node::{self as node_mod, Node};
+use crate::outbox::Delivery;
+
+/// The mutation root. Served on the control listener; on the public one only with
+/// `graphql.mutations_on_public`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mutation;
+
+/// An instance to register, as the REST body of `PUT /v1/services/{service}/instances/{id}`.
+#[derive(Debug, Clone, InputObject)]
+pub struct RegisterInput {
+    pub service: String,
+    pub instance_id: String,
+    /// `host:port` or `http://host:port`.
+    pub addr: String,
+    #[graphql(default)]
+    pub metadata: Vec<MetadataEntry>,
+    /// 0: the configured default (`registry.lease_default_ms`).
+    #[graphql(default)]
+    pub lease_ms: u64,
+    /// Record the change as a renewal rather than a registration.
+    #[graphql(default)]
+    pub renew: bool,
+}
+
+/// The answer to `register`.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Registered {
+    pub instance: Instance,
+    /// When to renew: a third of the lease.
+    pub renew_after_ms: u64,
+    /// False while the change waits for the bus (REST answers 202 then): in force on this
+    /// gateway, on the others once the bus takes it.
+    pub published: bool,
+}
+
+/// The answer to `deregister`.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Deregistered {
+    pub service: String,
+    pub instance_id: String,
+    /// Whether the instance was live.
+    pub existed: bool,
+    pub published: bool,
+}
+
+fn metadata_map(list: Vec<MetadataEntry>) -> Result<BTreeMap<String, String>, GatewayError> {
+    let mut map = BTreeMap::new();
+    for MetadataEntry { key, value } in list {
+        if map.contains_key(&key) {
+            return Err(GatewayError::InvalidArgument {
+                field: "metadata",
+                reason: format!("key {key:?} is given twice"),
+            });
+        }
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// Registration, as REST and gRPC do it. Served on the control listener; on the public one
+/// only with `graphql.mutations_on_public`.
+#[Object]
+impl Mutation {
+    /// Registers (or renews) an instance through this gateway: applied here at once and
+    /// published to the bus, exactly as REST and gRPC registration.
+    async fn register(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterInput,
+    ) -> async_graphql::Result<Option<Registered>> {
+        let node = node(ctx)?;
+        let kind = if input.renew {
+            EventKind::Renew
+        } else {
+            EventKind::Register
+        };
+        let metadata = match metadata_map(input.metadata) {
+            Ok(metadata) => metadata,
+            Err(error) => return null_with_error(ctx, &error, None),
+        };
+        let registration = node_mod::Registration {
+            metadata,
+            service: input.service,
+            instance_id: input.instance_id,
+            addr: input.addr,
+            lease_ms: input.lease_ms,
+        };
+        let (key, entry, delivery) = match node.register(registration, kind).await {
+            Ok(registered) => registered,
+            Err(error) => return null_with_error(ctx, &error, None),
+        };
+        let instance = Instance::new(node, &key, &entry, node.now_ms());
+        Ok(Some(Registered {
+            renew_after_ms: instance.lease_ms.unwrap_or_default() / 3,
+            instance,
+            published: delivery == Delivery::Published,
+        }))
+    }
+
+    /// Deregisters an instance; succeeds for unknown instances too.
+    async fn deregister(
+        &self,
+        ctx: &Context<'_>,
+        service: String,
+        instance_id: String,
+    ) -> async_graphql::Result<Option<Deregistered>> {
+        let gone = match node(ctx)?.deregister(&service, &instance_id).await {
+            Ok(gone) => gone,
+            Err(error) => return null_with_error(ctx, &error, None),
+        };
+        Ok(Some(Deregistered {
+            service,
+            instance_id,
+            existed: gone.existed,
+            published: gone.delivery == Delivery::Published,
+        }))
+    }
+}
+
+/// The subscription root.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Subscription;
+
+/// The registry, watched.
+#[async_graphql::Subscription]
+impl Subscription {
+    /// The registry's changes as this node applies them, its own and those read from the bus
+    /// (so registrations made through other gateways too), in the order applied; `service`
+    /// narrows them to one service. With `snapshot: true` the current entries (deregistered
+    /// ones left out) come first, marked `snapshot`, then the changes; an entry changed while
+    /// the snapshot is taken may appear twice, and the stamps tell which is newer. A subscriber
+    /// that falls too far behind gets one `subscription_lagged` error and the stream ends:
+    /// subscribe again and re-read the registry.
+    async fn registry_changes(
+        &self,
+        ctx: &Context<'_>,
+        service: Option<String>,
+        #[graphql(default)] snapshot: bool,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<RegistryChange>> + use<>>
+    {
+        let node = node(ctx)?.clone();
+        // Subscribe before the snapshot is read, so no change falls between the two.
+        let changes = node.watch();
+        let first = if snapshot {
+            snapshot_of(&node, service.as_deref())
+        } else {
+            Vec::new()
+        };
+        let feed = stream::unfold(Some((changes, node, service)), next_change);
+        Ok(stream::iter(first.into_iter().map(Ok)).chain(feed))
+    }
+}
+
+type FeedState = Option<(Receiver<Event>, Arc<Node>, Option<String>)>;
+
+/// The next change for the subscriber, or its lag error, after which the feed ends.
+async fn next_change(
+    state: FeedState,
+) -> Option<(async_graphql::Result<RegistryChange>, FeedState)> {
+    let (mut changes, node, service) = state?;
+    loop {
+        match changes.recv().await {
+            Ok(event) if service.as_ref().is_some_and(|s| *s != event.key.service) => continue,
+            Ok(event) => {
+                let change = RegistryChange::from_event(&node, &event, node.now_ms());
+                return Some((Ok(change), Some((changes, node, service))));
+            }
+            Err(RecvError::Lagged(missed)) => {
+                let error = GatewayError::SubscriptionLagged { missed };
+                return Some((Err(field_error(&error, None)), None));
+            }
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
+fn snapshot_of(node: &Node, service: Option<&str>) -> Vec<RegistryChange> {
+    let now = node.now_ms();
+    let registry = node.registry();
+    let entries: Box<dyn Iterator<Item = _>> = match service {
+        Some(service) => Box::new(registry.service_entries(service)),
+        None => Box::new(registry.entries()),
+    };
+    entries
+        .filter(|(_, e)| e.state != EntryState::Removed(Removal::Deregistered))
+        .map(|(key, entry)| RegistryChange::from_entry(node, key, entry, now))
+        .collect()
+}

@@ -1,0 +1,246 @@
+//! The GraphQL object types: views of the registry, of the node and of a call's answer, built
+//! from the core's types. They hold plain data, so resolving them cannot fail.
+
+use std::collections::BTreeMap;
+
+use async_graphql::{Enum, InputObject, Json, SimpleObject};
+use switchyard_core::event::{Event, EventKind};
+use switchyard_core::registry::{Entry, EntryState, Removal};
+use switchyard_core::{InstanceKey, Stamp};
+
+use crate::node::{Node, NodeStatus};
+
+/// One HTTP header field. Header lists keep their order and duplicates.
+#[derive(Debug, Clone, SimpleObject, InputObject)]
+#[graphql(input_name = "HeaderInput")]
+pub struct Header {
+    /// Lower-case in answers; any case in calls.
+    pub name: String,
+    pub value: String,
+}
+
+/// A service's answer to a `call`. A status the service chose (a 404 or a 500 of its own
+/// included) is an answer, not an error.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CallResult {
+    /// The HTTP status the service answered, 200..=599.
+    pub status: u16,
+    /// The response headers as REST would send them (hop-by-hop and `content-length` dropped).
+    pub headers: Vec<Header>,
+    /// The body as UTF-8 text; bytes that are not UTF-8 become U+FFFD (use REST for binary).
+    pub body: String,
+    /// The body parsed as JSON when the content type says JSON or the body is a JSON object
+    /// or array; null otherwise.
+    pub json: Option<Json<serde_json::Value>>,
+    /// The request id the service saw (`x-request-id`).
+    pub request_id: String,
+}
+
+/// A metadata key and value of an instance.
+#[derive(Debug, Clone, SimpleObject, InputObject)]
+#[graphql(input_name = "MetadataInput")]
+pub struct MetadataEntry {
+    pub key: String,
+    pub value: String,
+}
+
+pub fn metadata_list(metadata: &BTreeMap<String, String>) -> Vec<MetadataEntry> {
+    metadata
+        .iter()
+        .map(|(key, value)| MetadataEntry {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// A hybrid-logical-clock stamp: registry entries with greater stamps win.
+#[derive(Debug, Clone, SimpleObject)]
+#[graphql(name = "Stamp")]
+pub struct StampView {
+    pub physical_ms: u64,
+    pub logical: u32,
+    pub node_id: String,
+}
+
+impl From<&Stamp> for StampView {
+    fn from(s: &Stamp) -> Self {
+        Self {
+            physical_ms: s.physical_ms,
+            logical: s.logical,
+            node_id: s.node_id.clone(),
+        }
+    }
+}
+
+/// The state of a registry entry as this node sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum InstanceState {
+    /// Registered and within its lease: it receives requests.
+    Live,
+    /// Registered, but the lease ran out without a renewal.
+    Expired,
+    /// Removed by the gateway (unreachable); its next renewal brings it back.
+    Evicted,
+    /// Removed by the instance itself.
+    Deregistered,
+}
+
+impl InstanceState {
+    pub fn of(entry: &Entry, now_ms: u64) -> Self {
+        match &entry.state {
+            EntryState::Alive { .. } if entry.is_live(now_ms) => Self::Live,
+            EntryState::Alive { .. } => Self::Expired,
+            EntryState::Removed(Removal::Evicted) => Self::Evicted,
+            EntryState::Removed(Removal::Deregistered) => Self::Deregistered,
+        }
+    }
+}
+
+/// One instance of a service, as this node's registry holds it.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Instance {
+    pub service: String,
+    pub instance_id: String,
+    pub state: InstanceState,
+    /// `http://host:port`; null once removed.
+    pub addr: Option<String>,
+    pub metadata: Vec<MetadataEntry>,
+    /// Null once removed.
+    pub lease_ms: Option<u64>,
+    /// When the lease runs out, Unix ms; null once removed.
+    pub expires_unix_ms: Option<u64>,
+    pub stamp: StampView,
+    /// Set while passive health keeps the instance out of balancing, Unix ms.
+    pub ejected_until_unix_ms: Option<u64>,
+}
+
+impl Instance {
+    pub fn new(node: &Node, key: &InstanceKey, entry: &Entry, now_ms: u64) -> Self {
+        let (addr, metadata, lease_ms) = match &entry.state {
+            EntryState::Alive {
+                addr,
+                metadata,
+                lease_ms,
+            } => (Some(addr.clone()), metadata_list(metadata), Some(*lease_ms)),
+            EntryState::Removed(_) => (None, Vec::new(), None),
+        };
+        let health = node.health_of(key);
+        Self {
+            service: key.service.clone(),
+            instance_id: key.instance_id.clone(),
+            state: InstanceState::of(entry, now_ms),
+            addr,
+            metadata,
+            lease_ms,
+            expires_unix_ms: entry.expires_ms(),
+            stamp: (&entry.stamp).into(),
+            ejected_until_unix_ms: (lease_ms.is_some() && health.is_ejected(now_ms))
+                .then_some(health.ejected_until_ms),
+        }
+    }
+}
+
+/// A service and its instances (deregistered ones left out).
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Service {
+    pub name: String,
+    pub instances: Vec<Instance>,
+}
+
+/// This gateway node as it sees itself.
+#[derive(Debug, Clone, SimpleObject)]
+#[graphql(name = "Node")]
+pub struct NodeView {
+    pub node_id: String,
+    /// Caught up with the bus and not shutting down: load balancers may send traffic.
+    pub ready: bool,
+    pub shutting_down: bool,
+    /// The next bus offset this node will read.
+    pub bus_position: u64,
+    /// The high-water mark seen at start, which readiness waits for.
+    pub catch_up_target: u64,
+    pub registry_entries: usize,
+    /// The registry digest in hex: equal on every node that holds the same registry.
+    pub registry_digest: String,
+    pub events_applied: u64,
+    pub events_rejected: u64,
+    /// Registry changes accepted here that the bus has not acknowledged yet.
+    pub outbox_pending: usize,
+}
+
+impl From<NodeStatus> for NodeView {
+    fn from(s: NodeStatus) -> Self {
+        Self {
+            node_id: s.node_id,
+            ready: s.ready,
+            shutting_down: s.shutting_down,
+            bus_position: s.bus_position,
+            catch_up_target: s.catch_up_target,
+            registry_entries: s.registry_entries,
+            registry_digest: s.registry_digest,
+            events_applied: s.events_applied,
+            events_rejected: s.events_rejected,
+            outbox_pending: s.outbox_pending,
+        }
+    }
+}
+
+/// What a registry change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum ChangeKind {
+    Register,
+    Renew,
+    Deregister,
+    Evict,
+}
+
+impl From<EventKind> for ChangeKind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Register => Self::Register,
+            EventKind::Renew => Self::Renew,
+            EventKind::Deregister => Self::Deregister,
+            EventKind::Evict => Self::Evict,
+        }
+    }
+}
+
+/// One change to the registry, as applied by this node.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct RegistryChange {
+    pub kind: ChangeKind,
+    /// The entry the change produced.
+    pub instance: Instance,
+    /// The gateway that accepted the change.
+    pub origin_node: String,
+    /// True for the entries sent first when the subscription asked for a snapshot; false for
+    /// changes applied after the subscription started.
+    pub snapshot: bool,
+}
+
+impl RegistryChange {
+    pub fn from_event(node: &Node, event: &Event, now_ms: u64) -> Self {
+        Self {
+            kind: event.kind.into(),
+            instance: Instance::new(node, &event.key, &event.entry(), now_ms),
+            origin_node: event.origin_node.clone(),
+            snapshot: false,
+        }
+    }
+
+    /// A snapshot entry: the kind is the one that produced the entry's state.
+    pub fn from_entry(node: &Node, key: &InstanceKey, entry: &Entry, now_ms: u64) -> Self {
+        let kind = match &entry.state {
+            EntryState::Alive { .. } => ChangeKind::Register,
+            EntryState::Removed(Removal::Deregistered) => ChangeKind::Deregister,
+            EntryState::Removed(Removal::Evicted) => ChangeKind::Evict,
+        };
+        Self {
+            kind,
+            instance: Instance::new(node, key, entry, now_ms),
+            origin_node: entry.stamp.node_id.clone(),
+            snapshot: true,
+        }
+    }
+}
