@@ -1,9 +1,8 @@
 """The GraphQL front of real gateway processes, driven by the `gql` client (aiohttp over HTTP,
 websockets over WebSocket with the graphql-transport-ws protocol).
 
-Gateway processes cannot share a registry bus yet (the in-memory bus lives in one process), so
-the subscription here watches registrations made through the same gateway; the subscription
-across gateways sharing a bus is tested in Rust (gateway/node/tests/gateway/graphql).
+Subscriptions are watched on the gateway that took the registration and, with two gateway
+processes on a real Kafka broker, on another gateway than the one that took it.
 """
 
 from __future__ import annotations
@@ -317,3 +316,44 @@ def test_a_subscriber_sees_a_service_register_and_deregister(
     assert registered["originNode"] == "gw-1"
     assert registered["instance"]["state"] == "LIVE"
     assert deregistered["instance"] == {"instanceId": instance_id, "state": "DEREGISTERED"}
+
+
+def test_a_subscriber_on_one_gateway_sees_a_registration_made_through_another(
+    launcher: Launcher, kafka
+) -> None:
+    """Two gateway processes share the registry through Kafka: the watch on gateway B
+    receives the registration that gateway A accepted, stamped by A."""
+    from test_kafka_cluster import fresh_topic, wait_ready
+
+    topic = fresh_topic()
+    a = start_gateway(launcher, "gql-a", node_id="gql-a", extra=kafka.gateway_args(topic))
+    b = start_gateway(launcher, "gql-b", node_id="gql-b", extra=kafka.gateway_args(topic))
+    for gw in (a, b):
+        wait_ready(gw)
+    service = "gql-cross"
+    marker = requests.put(
+        f"{b.control}/v1/services/{service}/instances/marker",
+        json={"addr": "127.0.0.1:9", "lease_ms": 60_000},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert marker.status_code == 200, marker.text
+
+    async def scenario() -> dict[str, Any]:
+        changes = watch(b, service)
+        # The snapshot holds the marker, so once it arrives the subscription is live.
+        await next_matching(changes, lambda c: c["instance"]["instanceId"] == "marker")
+        resp = await asyncio.to_thread(
+            requests.put,
+            f"{a.control}/v1/services/{service}/instances/through-a",
+            json={"addr": "127.0.0.1:9", "lease_ms": 60_000},
+            timeout=HTTP_TIMEOUT_S,
+        )
+        assert resp.status_code == 200, resp.text
+        seen = await next_matching(changes, lambda c: c["instance"]["instanceId"] == "through-a")
+        await changes.aclose()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen["kind"] == "REGISTER" and seen["snapshot"] is False
+    assert seen["originNode"] == "gql-a"
+    assert seen["instance"]["state"] == "LIVE"
