@@ -25,6 +25,12 @@ pub struct GraphqlConfig {
     pub body_bytes_max: usize,
     /// Most WebSocket connections open at once per listener; more are refused with 503.
     pub websockets_max: usize,
+    /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket besides the
+    /// gateway's own. A browser always sends `Origin`; an upgrade from any other origin is
+    /// refused, so a page elsewhere cannot ride a user's network access to the control port
+    /// (cross-site WebSocket hijacking). Clients that send no `Origin` are not browsers and
+    /// are not affected.
+    pub websocket_origins: Vec<String>,
 }
 
 impl Default for GraphqlConfig {
@@ -38,6 +44,7 @@ impl Default for GraphqlConfig {
             mutations_on_public: false,
             body_bytes_max: 1024 * 1024,
             websockets_max: 1_024,
+            websocket_origins: Vec::new(),
         }
     }
 }
@@ -60,6 +67,16 @@ impl GraphqlConfig {
             if value == 0 {
                 return Err((key, "must be greater than 0".to_owned()));
             }
+        }
+        if let Some(bad) = self
+            .websocket_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+        {
+            return Err((
+                "graphql.websocket_origins",
+                format!("{bad:?} is not an origin like \"https://console.example.com\""),
+            ));
         }
         if self.calls_max > CALLS_MAX_LIMIT {
             return Err((

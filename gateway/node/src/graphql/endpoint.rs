@@ -154,6 +154,26 @@ async fn post_graphql(
     json(StatusCode::OK, body, &request_id)
 }
 
+/// Whether a WebSocket upgrade may proceed given its `Origin`: none (not a browser), the
+/// gateway's own (the origin's authority equals the `Host` the browser addressed), or one
+/// listed in `graphql.websocket_origins`.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 fn is_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
@@ -169,6 +189,15 @@ async fn get_graphql(
     let node = &endpoint.node;
     let request_id = request_id(node, request.headers());
     let (mut parts, _) = request.into_parts();
+    if is_websocket(&parts.headers)
+        && !origin_allowed(&parts.headers, &node.config().graphql.websocket_origins)
+    {
+        let error = GatewayError::NotAllowed {
+            what: "a WebSocket from another origin; allow it in graphql.websocket_origins"
+                .to_owned(),
+        };
+        return refuse(&error, &request_id);
+    }
     if !is_websocket(&parts.headers) {
         if node.config().graphql.graphiql {
             return Html(

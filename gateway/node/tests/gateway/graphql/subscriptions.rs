@@ -225,3 +225,49 @@ async fn a_subscriber_that_falls_behind_is_told_and_the_stream_ends() {
 fn async_graphql_value(s: &str) -> async_graphql::Value {
     async_graphql::Value::String(s.to_owned())
 }
+
+/// Cross-site WebSocket hijacking: a browser page from another origin must not open a socket
+/// to the control listener (where mutations run); the gateway's own origin and configured
+/// origins may, and clients that send no Origin are not browsers.
+#[tokio::test]
+async fn websocket_upgrades_from_foreign_origins_are_refused() {
+    let gw = Gateway::start(|c| {
+        c.graphql.websocket_origins = vec!["https://console.example.com".into()];
+    })
+    .await;
+    let url = format!("{}/graphql", gw.control_url());
+    let host = gw.control_url().trim_start_matches("http://").to_owned();
+    let own_origin = format!("http://{host}");
+    let upgrade = |origin: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut headers = vec![
+                ("connection", "upgrade".to_owned()),
+                ("upgrade", "websocket".to_owned()),
+                ("sec-websocket-version", "13".to_owned()),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".to_owned()),
+                ("sec-websocket-protocol", "graphql-transport-ws".to_owned()),
+            ];
+            if let Some(origin) = origin {
+                headers.push(("origin", origin));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            crate::harness::try_http_with("GET", &url, &headers, Vec::new())
+                .await
+                .map(|(status, _, body)| (status.as_u16(), body))
+        }
+    };
+    let (status, body) = upgrade(Some("http://evil.example".into())).await.unwrap();
+    assert_eq!(status, 403, "{body:?}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errors"][0]["extensions"]["code"], "not_allowed", "{json}");
+    for allowed in [
+        None,
+        Some(own_origin),
+        Some("https://console.example.com".to_owned()),
+    ] {
+        let (status, body) = upgrade(allowed.clone()).await.unwrap();
+        assert_eq!(status, 101, "{allowed:?}: {body:?}");
+    }
+}
