@@ -261,7 +261,10 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
     let (status, body) = upgrade(Some("http://evil.example".into())).await.unwrap();
     assert_eq!(status, 403, "{body:?}");
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(json["errors"][0]["extensions"]["code"], "not_allowed", "{json}");
+    assert_eq!(
+        json["errors"][0]["extensions"]["code"], "not_allowed",
+        "{json}"
+    );
     for allowed in [
         None,
         Some(own_origin),
