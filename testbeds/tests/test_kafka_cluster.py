@@ -143,6 +143,9 @@ def test_a_deregistered_instance_stays_gone_after_everything_restarts(launcher: 
     gw1, gw2, gw3 = start_cluster(launcher, kafka, topic)
     assert put(gw1, "billing", "keep").status_code == 200
     assert put(gw1, "billing", "gone").status_code == 200
+    # Deregister through another gateway once the registration has reached it, so that
+    # `existed` is about the instance and not about replication latency.
+    gw2.wait_live("billing", "gone", timeout_s=30)
     resp = requests.delete(f"{gw2.control}/v1/services/billing/instances/gone", timeout=HTTP_TIMEOUT_S)
     assert resp.status_code == 200 and resp.json()["existed"] is True, resp.text
     wait_converged([gw1, gw2, gw3])
