@@ -46,10 +46,14 @@ pub struct Deregistered {
     pub stamp: switchyard_core::Stamp,
 }
 
-/// What this node reports about itself (`GET /v1/cluster`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+// Served as JSON at `GET /v1/cluster` and as the GraphQL `Node` object; the doc comments
+// below are the schema's descriptions.
+/// This gateway node as it sees itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, async_graphql::SimpleObject)]
+#[graphql(name = "Node")]
 pub struct NodeStatus {
     pub node_id: String,
+    /// Caught up with the bus and not shutting down: load balancers may send traffic.
     pub ready: bool,
     pub shutting_down: bool,
     /// The next bus offset this node will read.
@@ -57,7 +61,7 @@ pub struct NodeStatus {
     /// The high-water mark seen at start, which readiness waits for.
     pub catch_up_target: u64,
     pub registry_entries: usize,
-    /// The registry digest, in hex, for convergence checks across nodes.
+    /// The registry digest in hex: equal on every node that holds the same registry.
     pub registry_digest: String,
     pub events_applied: u64,
     pub events_rejected: u64,

@@ -9,9 +9,9 @@ use switchyard_core::GatewayError;
 use switchyard_core::registry::{EntryState, Removal};
 use switchyard_core::translate::{self, Call, ForwardContext};
 
-use super::types::{CallResult, Header, Instance, NodeView, Service};
+use super::types::{CallResult, Header, Instance, Service};
 use super::{Carrier, field_error, node, null_with_error};
-use crate::node::Node;
+use crate::node::{Node, NodeStatus};
 
 /// The query root.
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,8 +92,8 @@ impl Query {
     }
 
     /// This gateway node as it sees itself.
-    async fn node(&self, ctx: &Context<'_>) -> async_graphql::Result<NodeView> {
-        Ok(node(ctx)?.status().into())
+    async fn node(&self, ctx: &Context<'_>) -> async_graphql::Result<NodeStatus> {
+        Ok(node(ctx)?.status())
     }
 }
 

@@ -8,7 +8,7 @@ use switchyard_core::event::{Event, EventKind};
 use switchyard_core::registry::{Entry, EntryState, Removal};
 use switchyard_core::{InstanceKey, Stamp};
 
-use crate::node::{Node, NodeStatus};
+use crate::node::Node;
 
 /// One HTTP header field. Header lists keep their order and duplicates.
 #[derive(Debug, Clone, SimpleObject, InputObject)]
@@ -146,44 +146,6 @@ impl Instance {
 pub struct Service {
     pub name: String,
     pub instances: Vec<Instance>,
-}
-
-/// This gateway node as it sees itself.
-#[derive(Debug, Clone, SimpleObject)]
-#[graphql(name = "Node")]
-pub struct NodeView {
-    pub node_id: String,
-    /// Caught up with the bus and not shutting down: load balancers may send traffic.
-    pub ready: bool,
-    pub shutting_down: bool,
-    /// The next bus offset this node will read.
-    pub bus_position: u64,
-    /// The high-water mark seen at start, which readiness waits for.
-    pub catch_up_target: u64,
-    pub registry_entries: usize,
-    /// The registry digest in hex: equal on every node that holds the same registry.
-    pub registry_digest: String,
-    pub events_applied: u64,
-    pub events_rejected: u64,
-    /// Registry changes accepted here that the bus has not acknowledged yet.
-    pub outbox_pending: usize,
-}
-
-impl From<NodeStatus> for NodeView {
-    fn from(s: NodeStatus) -> Self {
-        Self {
-            node_id: s.node_id,
-            ready: s.ready,
-            shutting_down: s.shutting_down,
-            bus_position: s.bus_position,
-            catch_up_target: s.catch_up_target,
-            registry_entries: s.registry_entries,
-            registry_digest: s.registry_digest,
-            events_applied: s.events_applied,
-            events_rejected: s.events_rejected,
-            outbox_pending: s.outbox_pending,
-        }
-    }
 }
 
 /// What a registry change did.

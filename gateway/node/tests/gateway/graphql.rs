@@ -147,15 +147,7 @@ async fn a_call_is_translated_by_the_rest_rules() {
         echo["traceparent"], traceparent,
         "inherited from the carrier"
     );
-    let values = |name: &str| -> Vec<String> {
-        echo["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h[0] == name)
-            .map(|h| h[1].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let values = |name: &str| crate::harness::echoed_header(echo, name);
     assert_eq!(values("x-custom"), ["a", "b"]);
     assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(values("x-forwarded-proto"), ["http"]);

@@ -276,3 +276,14 @@ pub async fn http_with(
 pub async fn http(method: &str, url: &str) -> HttpResult {
     http_with(method, url, &[], Vec::new()).await
 }
+
+/// The values of header `name` in an `/echo` answer of the sample service, in order.
+pub fn echoed_header(echo: &Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap().to_owned())
+        .collect()
+}

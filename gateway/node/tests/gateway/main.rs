@@ -46,15 +46,7 @@ async fn forwards_a_request_and_its_answer_unchanged() {
     assert_eq!(echo["traceparent"], traceparent);
     assert_eq!(echo["gateway_node"], gw.node_id);
     assert!(echo["deadline_unix_ms"].as_u64().unwrap() > 0);
-    let header_values = |name: &str| -> Vec<String> {
-        echo["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h[0] == name)
-            .map(|h| h[1].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let header_values = |name: &str| harness::echoed_header(&echo, name);
     assert_eq!(header_values("x-custom"), ["a", "b"]);
     assert_eq!(header_values("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(header_values("x-forwarded-proto"), ["http"]);
