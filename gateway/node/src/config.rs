@@ -35,7 +35,19 @@ pub struct Config {
     pub bus: BusConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
 }
+
+/// The async runtime the `switchyard` binary runs on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per core the process may run on.
+    pub worker_threads: usize,
+}
+
+/// The most worker threads `runtime.worker_threads` may ask for.
+pub const WORKER_THREADS_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -282,9 +294,9 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "node_id", "seed", "public", "control", "graphql", "upstream", "registry", "bus", "shutdown",
-    "log",
+    "log", "runtime",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -401,6 +413,12 @@ impl Config {
             if value == 0 {
                 return Err((key, "must be greater than 0".to_owned()));
             }
+        }
+        if self.runtime.worker_threads > WORKER_THREADS_MAX {
+            return Err((
+                "runtime.worker_threads",
+                format!("must be at most {WORKER_THREADS_MAX}"),
+            ));
         }
         if self.upstream.attempts_max > 10 {
             return Err(("upstream.attempts_max", "must be at most 10".to_owned()));

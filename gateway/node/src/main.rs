@@ -104,15 +104,11 @@ fn init_logging(config: &Config) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::GraphqlSchema = cli.command {
-        print!("{}", switchyard::graphql::sdl());
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     match cli.command {
+        Command::GraphqlSchema => {
+            print!("{}", switchyard::graphql::sdl());
+            Ok(())
+        }
         Command::CheckConfig(args) => {
             let config = args.load()?;
             println!("{config:#?}");
@@ -121,20 +117,32 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.load()?;
             init_logging(&config);
-            runtime.block_on(serve(config))
+            runtime(&config)?.block_on(serve(config))
         }
         Command::Demo { config, instances } => {
             let config = config.load()?;
             init_logging(&config);
-            runtime.block_on(async {
+            runtime(&config)?.block_on(async {
                 let shutdown = on_signal();
                 switchyard::demo::run(config, usize::from(instances), shutdown)
                     .await
                     .context("demo failed")
             })
         }
-        Command::GraphqlSchema => Ok(()),
     }
+}
+
+/// The multi-threaded runtime, with `runtime.worker_threads` workers (0: tokio's default, one
+/// per core the process may run on).
+fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

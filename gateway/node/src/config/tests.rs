@@ -108,6 +108,8 @@ fn validation_names_the_key() {
         ("graphql.calls_max=257", "graphql.calls_max"),
         ("graphql.depth_max=0", "graphql.depth_max"),
         ("graphql.websockets_max=0", "graphql.websockets_max"),
+        ("runtime.worker_threads=1025", "runtime.worker_threads"),
+        ("runtime.worker_threads=-1", "runtime.worker_threads"),
     ];
     for (set, key) in cases {
         let err = Config::load(None, &[parse_set_flag(set).unwrap()])
@@ -115,6 +117,18 @@ fn validation_names_the_key() {
             .to_string();
         assert!(err.contains(&format!("`{key}`")), "{set}: {err}");
     }
+}
+
+#[test]
+fn runtime_worker_threads_default_to_one_per_core_and_can_be_set() {
+    assert_eq!(Config::default().runtime.worker_threads, 0);
+    let one = Config::load(None, &[parse_set_flag("runtime.worker_threads=1").unwrap()]).unwrap();
+    assert_eq!(one.runtime.worker_threads, 1);
+    let env = env_overrides([(
+        "SWITCHYARD_RUNTIME__WORKER_THREADS".to_owned(),
+        "2".to_owned(),
+    )]);
+    assert_eq!(Config::load(None, &env).unwrap().runtime.worker_threads, 2);
 }
 
 #[test]
