@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | `/hello` | a JSON greeting naming the instance |
 //! | `/echo` | the request as the service received it, as JSON |
+//! | `/test/echo-body` | the request body as it came, with its content type (for benchmarks) |
 //! | `/test/status/{n}` | a response with status `n` (any number, for testing the gateway) |
 //! | `/test/grpc-error/{code}` | fails the rpc with gRPC status `code` |
 //! | `/test/sleep/{ms}` | answers after `ms` milliseconds (at most 60 s) |
@@ -90,6 +91,25 @@ impl Sample {
     }
 }
 
+/// The request body back, under the request's content type: the cheapest answer a service
+/// can give, so a benchmark measures the hop and not the service.
+fn echo_body(req: ForwardingReq) -> ForwardingResp {
+    let content_type = req
+        .headers
+        .into_iter()
+        .find(|h| h.name == "content-type")
+        .map(|h| h.value)
+        .unwrap_or_else(|| Bytes::from_static(b"application/octet-stream"));
+    ForwardingResp {
+        status: 200,
+        headers: vec![Header {
+            name: "content-type".to_owned(),
+            value: content_type,
+        }],
+        body: req.body,
+    }
+}
+
 fn header(name: &str, value: &str) -> Header {
     Header {
         name: name.to_owned(),
@@ -116,6 +136,7 @@ impl ForwardingService for Sample {
                 }),
             ),
             ["echo"] => self.json(200, &self.echo(&req)),
+            ["test", "echo-body"] => echo_body(req),
             ["test", "status", n] => {
                 let status = n
                     .parse()

@@ -56,7 +56,9 @@ async fn main() -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(Sample::new(&args.service, &instance_id).into_server())
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Without TCP_NODELAY, the tail of a large response can wait for the peer's
+            // delayed ACK (tens of milliseconds).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     let channel = tonic::transport::Endpoint::from_shared(args.gateway.clone())
