@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Instructions per request of one or more gateway builds under callgrind (see profile.py).
+#
+#   testbeds/bench/profile.sh [--requests N] [GATEWAY_BIN...]   default: target/release/switchyard
+#
+# Compare two builds in one run: copy the older binary aside (cp target/release/switchyard
+# /tmp/switchyard-before), rebuild, then pass both. Installs valgrind (apt-get) when missing;
+# needs oha, which proxies.sh installs. Builds the release gateway and sample service.
+set -euo pipefail
+root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+OHA_VERSION=1.16.0
+if ! command -v valgrind >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+fi
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+oha_bin="$(command -v oha || echo "$cargo_bin/oha")"
+if [[ ! -x "$oha_bin" ]]; then
+  echo "profile: oha is missing; testbeds/bench/proxies.sh installs it (oha $OHA_VERSION)" >&2
+  exit 1
+fi
+cargo build --quiet --locked --release -p switchyard -p sample-service
+exec python3 testbeds/bench/profile.py --sample "$root/target/release/sample-service" --oha "$oha_bin" "$@"

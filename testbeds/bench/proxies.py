@@ -1,0 +1,732 @@
+"""The gateway hop measured against Envoy, nginx and the direct call, back to back, in one run.
+
+    testbeds/bench/proxies.sh [--smoke] [--sat-s 20] [--rate-s 20] [--rate 2000] ...
+
+Targets (each answers `POST` with the JSON body it was sent):
+
+  direct            ForwardingService.Send on the Rust sample service, by bench-grpc-load
+  switchyard        HTTP/1.1 JSON -> Switchyard -> ForwardingService.Send -> sample service
+  switchyard-dflt   the same with Switchyard's default worker count, not pinned
+  envoy-transcoder  HTTP/1.1 JSON -> Envoy gRPC-JSON transcoder -> typed gRPC Echo service
+  envoy             HTTP/1.1 -> Envoy as a plain reverse proxy -> HTTP echo server
+  nginx             HTTP/1.1 -> nginx as a plain reverse proxy -> HTTP echo server
+
+For each body size, each target gets a warm-up, a fixed-rate run (latency) and a saturating
+closed-loop run (throughput, CPU per request from /proc/<pid>/stat, peak RSS from VmHWM of the
+proxy's processes). With two or more cores, the proxy (or, for `direct`, the service) is pinned
+to the first core with one worker; the load generator and the backend share the second core.
+
+Writes results.json and results.md to testbeds/.run/bench/<time>/ and prints the tables.
+Exits non-zero if a target fails to start, answers wrongly, or (with --smoke) serves no request
+or any error. Every process it starts is killed on exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ["direct", "switchyard", "switchyard-dflt", "envoy-transcoder", "envoy", "nginx"]
+STARTUP_TIMEOUT_S = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+
+@dataclass
+class Procs:
+    """Every process the benchmark started, each in a session of its own, so that stopping it
+    stops its children too (nginx's worker, say)."""
+
+    log_dir: Path
+    running: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], cpu: str | None, env: dict | None = None) -> Proc:
+        if cpu is not None:
+            argv = ["taskset", "-c", cpu, *argv]
+        log_path = self.log_dir / f"{name}.log"
+        out = open(log_path, "wb")
+        popen = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        out.close()
+        proc = Proc(name, popen, log_path)
+        self.running.append(proc)
+        return proc
+
+    def first_line(self, proc: Proc, prefix: str) -> str:
+        """The first stdout line starting with `prefix` (bounded by STARTUP_TIMEOUT_S)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        assert proc.popen.stdout is not None
+        os.set_blocking(proc.popen.stdout.fileno(), False)
+        buf = b""
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise Failed(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log_path}")
+            chunk = proc.popen.stdout.read()
+            if chunk:
+                buf += chunk
+                for line in buf.decode(errors="replace").splitlines():
+                    if line.startswith(prefix):
+                        return line
+            time.sleep(0.02)
+        raise Failed(f"{proc.name} printed no {prefix!r} line within {STARTUP_TIMEOUT_S} s")
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.running):
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        for proc in reversed(self.running):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.popen.wait(timeout=5)
+        self.running.clear()
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def status_kib(pids: list[int], key: str) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def reset_peak_rss(pids: list[int]) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+).
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def wait_port_answers(url: str, body: bytes, expect: bytes) -> None:
+    """Posts `body` until the answer is 200 with `expect` (bounded)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                got = resp.read()
+                if resp.status == 200 and json.loads(got) == json.loads(expect):
+                    return
+                last = f"{resp.status} {got[:200]!r}"
+        except urllib.error.HTTPError as e:
+            last = f"{e.code} {e.read()[:200]!r}"
+        except (OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise Failed(f"{url} did not echo the body within {STARTUP_TIMEOUT_S} s: {last}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration files
+
+
+def nginx_conf(run_dir: Path, port: int, upstream: str) -> Path:
+    d = run_dir / "nginx"
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_body_buffer_size 64k;
+    client_max_body_size 1m;
+    keepalive_requests 1000000;
+    upstream echo {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffers 8 32k;
+        }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def envoy_conf(run_dir: Path, name: str, port: int, upstream_port: int, descriptor: Path | None) -> Path:
+    """Envoy's bootstrap as JSON (a YAML subset). `descriptor` set: the gRPC-JSON transcoder in
+    front of an HTTP/2 upstream; unset: a plain HTTP/1.1 reverse proxy."""
+    filters = []
+    cluster: dict = {
+        "name": "echo",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "echo",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": upstream_port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if descriptor is not None:
+        filters.append(
+            {
+                "name": "envoy.filters.http.grpc_json_transcoder",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                    "proto_descriptor": str(descriptor),
+                    "services": ["switchyard.bench.v1.Echo"],
+                    "convert_grpc_status": True,
+                },
+            }
+        )
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }
+    )
+    config = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "public",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "bench",
+                                        "codec_type": "HTTP1",
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": "all",
+                                                    "domains": ["*"],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "route": {"cluster": "echo", "timeout": "15s"},
+                                                        }
+                                                    ],
+                                                }
+                                            ]
+                                        },
+                                        "http_filters": filters,
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [cluster],
+        }
+    }
+    path = run_dir / f"{name}.json"
+    path.write_text(json.dumps(config, indent=1))
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+@dataclass
+class Tools:
+    bin_dir: Path
+    oha: str
+    envoy: str
+    nginx: str
+
+
+def json_body(size: int) -> bytes:
+    if size < 14:
+        raise Failed(f"body size {size} is below the minimum of 14 bytes")
+    return b'{"message":"' + b"x" * (size - 14) + b'"}'
+
+
+def run_oha(tools: Tools, url: str, body_file: Path, conns: int, seconds: float, rate: float | None, cpu: str | None) -> dict:
+    argv = [
+        tools.oha, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-w", "-c", str(conns),
+        "-m", "POST", "-T", "application/json", "-D", str(body_file),
+    ]
+    if rate is not None:
+        argv += ["-q", str(rate)]
+    argv.append(url)
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu, *argv]
+    out = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    if out.returncode != 0:
+        raise Failed(f"oha failed ({out.returncode}): {out.stderr.decode(errors='replace')[-800:]}")
+    report = json.loads(out.stdout)
+    summary = report["summary"]
+    codes = {str(k): int(v) for k, v in report.get("statusCodeDistribution", {}).items()}
+    ok = codes.get("200", 0)
+    errors = sum(v for k, v in codes.items() if k != "200") + sum(
+        int(v) for v in report.get("errorDistribution", {}).values()
+    )
+    pct = report.get("latencyPercentiles", {})
+
+    def ms(key: str) -> float | None:
+        v = pct.get(key)
+        return None if v is None else float(v) * 1000
+
+    elapsed = float(summary.get("total") or seconds)
+    return {
+        "requests": ok,
+        "errors": errors,
+        "first_error": next(iter(report.get("errorDistribution", {})), None),
+        "elapsed_s": elapsed,
+        "rps": ok / elapsed if elapsed > 0 else 0.0,
+        "latency_ms": {
+            "p50": ms("p50"),
+            "p99": ms("p99"),
+            "p99_9": ms("p99.9"),
+            "max": None if summary.get("slowest") is None else float(summary["slowest"]) * 1000,
+        },
+    }
+
+
+def run_grpc_load(tools: Tools, target: str, size: int, conns: int, seconds: float, rate: float | None, cpu: str | None) -> dict:
+    argv = [
+        str(tools.bin_dir / "bench-grpc-load"), "--target", target, "--concurrency", str(conns),
+        "--duration-s", str(seconds), "--body-bytes", str(size),
+    ]
+    if rate is not None:
+        argv += ["--rate", str(rate)]
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu, *argv]
+    out = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    if out.returncode != 0:
+        raise Failed(f"bench-grpc-load failed ({out.returncode}): {out.stderr.decode(errors='replace')[-800:]}")
+    return json.loads(out.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass
+class Layout:
+    proxy_cpu: str | None
+    load_cpu: str | None
+
+    def describe(self) -> str:
+        if self.proxy_cpu is None:
+            return "not pinned (fewer than 2 cores available)"
+        return (
+            f"proxy (or, for direct, the service) on CPU {self.proxy_cpu} with one worker; load "
+            f"generator and backend on CPU {self.load_cpu}; switchyard-dflt not pinned, default workers"
+        )
+
+
+@dataclass
+class Started:
+    url: str  # HTTP URL to load, or the gRPC target for direct
+    measured: Proc  # the process whose CPU and memory are reported
+
+
+def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir: Path, probe: bytes) -> Started:
+    b = tools.bin_dir
+    p_cpu, l_cpu = layout.proxy_cpu, layout.load_cpu
+    if name == "direct":
+        svc = procs.start(
+            "direct-sample",
+            [str(b / "sample-service"), "--gateway", "http://127.0.0.1:9", "--lease-ms", "60000"],
+            p_cpu,
+            env={"RUST_LOG": "error"},
+        )
+        line = procs.first_line(svc, "listening on ")
+        addr = line.split()[2]
+        return Started(f"http://{addr}", svc)
+    if name in ("switchyard", "switchyard-dflt"):
+        pinned = name == "switchyard"
+        argv = [
+            str(b / "switchyard"), "serve", "--public-listen", "127.0.0.1:0",
+            "--control-listen", "127.0.0.1:0", "--node-id", "gw-bench",
+            "--set", "log.level=\"warn\"",
+        ]
+        if pinned:
+            argv += ["--set", "runtime.worker_threads=1"]
+        gw = procs.start(name, argv, p_cpu if pinned else None, env={"SWITCHYARD_LOG": "warn"})
+        line = procs.first_line(gw, "switchyard listening:")
+        fields = dict(part.split("=", 1) for part in line.split()[2:])
+        public, control = fields["public"], fields["control"]
+        procs.start(
+            f"{name}-sample",
+            [str(b / "sample-service"), "--gateway", f"http://{control}", "--instance-id", "bench-1", "--lease-ms", "60000"],
+            l_cpu,
+            env={"RUST_LOG": "warn"},
+        )
+        url = f"http://{public}/sample/test/echo-body"
+        wait_port_answers(url, probe, probe)
+        return Started(url, gw)
+    backends = procs.start(f"{name}-backends", [str(b / "bench-backends"), "--threads", "1"], l_cpu)
+    line = procs.first_line(backends, "backends ")
+    addrs = dict(part.split("=", 1) for part in line.split()[1:])
+    grpc_port = int(addrs["grpc"].rsplit(":", 1)[1])
+    http_port = int(addrs["http"].rsplit(":", 1)[1])
+    port = free_port()
+    if name == "nginx":
+        conf = nginx_conf(run_dir, port, f"127.0.0.1:{http_port}")
+        proxy = procs.start("nginx", [tools.nginx, "-e", "stderr", "-c", str(conf)], p_cpu)
+    else:
+        descriptor = None
+        upstream = http_port
+        if name == "envoy-transcoder":
+            descriptor = run_dir / "echo_descriptor.pb"
+            subprocess.run([str(b / "bench-backends"), "descriptor", str(descriptor)], check=True, timeout=30)
+            upstream = grpc_port
+        conf = envoy_conf(run_dir, name, port, upstream, descriptor)
+        proxy = procs.start(
+            name,
+            [tools.envoy, "-c", str(conf), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
+            p_cpu,
+        )
+    url = f"http://127.0.0.1:{port}/echo"
+    wait_port_answers(url, probe, probe)
+    return Started(url, proxy)
+
+
+def measure_target(name: str, args, procs: Procs, tools: Tools, layout: Layout, run_dir: Path) -> dict:
+    started = start_target(name, procs, tools, layout, run_dir, json_body(100))
+    pids = descendants(started.measured.popen.pid)
+    # taskset execs the program, so the pid is the program's own.
+    out = {}
+    for size in args.sizes:
+        body_file = run_dir / f"body-{size}.json"
+        body_file.write_bytes(json_body(size))
+        if name != "direct":
+            wait_port_answers(started.url, json_body(size), json_body(size))
+
+        def load(seconds: float, rate: float | None) -> dict:
+            if name == "direct":
+                return run_grpc_load(tools, started.url, size, args.connections, seconds, rate, layout.load_cpu)
+            return run_oha(tools, started.url, body_file, args.connections, seconds, rate, layout.load_cpu)
+
+        log(f"{name} {size} B: warm-up {args.warmup_s} s")
+        load(args.warmup_s, None)
+        log(f"{name} {size} B: fixed {args.rate:g} req/s for {args.rate_s} s")
+        fixed = load(args.rate_s, args.rate)
+        pids = descendants(started.measured.popen.pid)
+        reset_peak_rss(pids)
+        cpu_before = cpu_seconds(pids)
+        log(f"{name} {size} B: saturating, {args.connections} connections, {args.sat_s} s")
+        sat = load(args.sat_s, None)
+        cpu_used = cpu_seconds(pids) - cpu_before
+        sat["cpu_s"] = cpu_used
+        sat["cpu_us_per_req"] = cpu_used * 1e6 / sat["requests"] if sat["requests"] else None
+        sat["cpu_cores"] = cpu_used / sat["elapsed_s"] if sat["elapsed_s"] else None
+        sat["peak_rss_mib"] = status_kib(pids, "VmHWM") / 1024
+        sat["rss_mib"] = status_kib(pids, "VmRSS") / 1024
+        out[str(size)] = {"fixed": fixed, "saturating": sat}
+        if started.measured.popen.poll() is not None:
+            raise Failed(f"{name} exited during the run; see {started.measured.log_path}")
+    procs.stop_all()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, digits=2) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def ratio(a, b) -> str:
+    if a is None or b in (None, 0):
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def tables(results: dict, args) -> str:
+    lines = []
+    for size in args.sizes:
+        s = str(size)
+        lines.append(f"\n### {size} B bodies\n")
+        lines.append(
+            f"| target | req/s ({args.connections} conns) | CPU µs/req | CPU cores | peak RSS MiB | "
+            f"p50 ms @{args.rate:g}/s | p99 ms | p99.9 ms | p99 added over direct ms | errors |"
+        )
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        direct_p99 = results.get("direct", {}).get(s, {}).get("fixed", {}).get("latency_ms", {}).get("p99")
+        for t in args.targets:
+            r = results.get(t, {}).get(s)
+            if r is None:
+                continue
+            sat, fixed = r["saturating"], r["fixed"]
+            lat = fixed.get("latency_ms") or {}
+            added = None if direct_p99 is None or lat.get("p99") is None else lat["p99"] - direct_p99
+            errs = sat.get("errors", 0) + fixed.get("errors", 0)
+            lines.append(
+                f"| {t} | {fmt(sat['rps'], 0)} | {fmt(sat.get('cpu_us_per_req'), 1)} | {fmt(sat.get('cpu_cores'))} | "
+                f"{fmt(sat.get('peak_rss_mib'), 1)} | {fmt(lat.get('p50'), 3)} | {fmt(lat.get('p99'), 3)} | "
+                f"{fmt(lat.get('p99_9'), 3)} | {fmt(added, 3)} | {errs} |"
+            )
+        sy = results.get("switchyard", {}).get(s)
+        if sy is None:
+            continue
+        lines.append(f"\nSwitchyard (one worker, pinned) / peer, {size} B:\n")
+        lines.append("| ratio | throughput | CPU per request | p99 @ fixed rate | peak RSS |")
+        lines.append("| --- | ---: | ---: | ---: | ---: |")
+        for peer, label in (
+            ("envoy-transcoder", "Switchyard / Envoy transcoder"),
+            ("direct", "Switchyard / direct"),
+            ("nginx", "Switchyard / nginx"),
+            ("envoy", "Switchyard / Envoy plain"),
+            ("switchyard-dflt", "Switchyard / Switchyard default workers"),
+        ):
+            p = results.get(peer, {}).get(s)
+            if p is None:
+                continue
+            a, b = sy["saturating"], p["saturating"]
+            la, lb = sy["fixed"].get("latency_ms") or {}, p["fixed"].get("latency_ms") or {}
+            lines.append(
+                f"| {label} | {ratio(a['rps'], b['rps'])} | {ratio(a.get('cpu_us_per_req'), b.get('cpu_us_per_req'))} | "
+                f"{ratio(la.get('p99'), lb.get('p99'))} | {ratio(a.get('peak_rss_mib'), b.get('peak_rss_mib'))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def versions(tools: Tools) -> dict:
+    def first(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+            text = (out.stdout + out.stderr).decode(errors="replace").strip().splitlines()
+            return next((l.strip() for l in text if l.strip()), "?")
+        except OSError as e:
+            return f"unavailable: {e}"
+
+    return {
+        "oha": first([tools.oha, "--version"]),
+        "envoy": first([tools.envoy, "--version"]),
+        "nginx": first([tools.nginx, "-v"]),
+        "switchyard": first([str(tools.bin_dir / "switchyard"), "--version"]),
+        "rustc": first(["rustc", "--version"]),
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="every target briefly; fails on any error")
+    ap.add_argument("--bin-dir", type=Path, required=True, help="where switchyard, sample-service and the bench tools are")
+    ap.add_argument("--oha", default="oha")
+    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--sizes", default="100,16384", help="body sizes in bytes")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rate", type=float, default=2000.0, help="fixed rate, requests per second")
+    ap.add_argument("--rate-s", type=float, default=20.0, help="seconds of the fixed-rate run")
+    ap.add_argument("--sat-s", type=float, default=20.0, help="seconds of the saturating run")
+    ap.add_argument("--warmup-s", type=float, default=3.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "testbeds/.run/bench")
+    args = ap.parse_args()
+    args.targets = [t for t in args.targets.split(",") if t]
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        ap.error(f"unknown targets {unknown}; choose from {TARGETS}")
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    if args.smoke:
+        args.rate, args.rate_s, args.sat_s, args.warmup_s = 200.0, 1.5, 1.5, 0.5
+    for name, v, lo, hi in (
+        ("--connections", args.connections, 1, 1024),
+        ("--rate", args.rate, 1, 1_000_000),
+        ("--rate-s", args.rate_s, 0.5, 3600),
+        ("--sat-s", args.sat_s, 0.5, 3600),
+        ("--warmup-s", args.warmup_s, 0.1, 600),
+    ):
+        if not lo <= v <= hi:
+            ap.error(f"{name} must lie in [{lo}, {hi}]")
+    for s in args.sizes:
+        if not 14 <= s <= 1024 * 1024 - 1024:
+            ap.error("--sizes must lie between 14 bytes and 1 MiB less 1 KiB (the gateway's body limit)")
+
+    cpus = sorted(os.sched_getaffinity(0))
+    layout = Layout(str(cpus[0]), str(cpus[1])) if len(cpus) >= 2 else Layout(None, None)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.out / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tools = Tools(args.bin_dir, args.oha, args.envoy, args.nginx)
+    procs = Procs(run_dir)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    results: dict = {}
+    started = time.monotonic()
+    try:
+        for t in args.targets:
+            log(f"target {t}")
+            results[t] = measure_target(t, args, procs, tools, layout, run_dir)
+    except Failed as e:
+        log(f"FAILED: {e}")
+        return 1
+    finally:
+        procs.stop_all()
+    elapsed = time.monotonic() - started
+
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "smoke": args.smoke,
+        "pinning": layout.describe(),
+        "connections": args.connections,
+        "rate": args.rate,
+        "rate_s": args.rate_s,
+        "sat_s": args.sat_s,
+        "warmup_s": args.warmup_s,
+        "sizes": args.sizes,
+        "bin_dir": str(args.bin_dir),
+        "versions": versions(tools),
+        "elapsed_s": elapsed,
+    }
+    table = tables(results, args)
+    (run_dir / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    md = [
+        "# Proxy benchmark",
+        "",
+        f"{meta['date']}; pinning: {meta['pinning']}.",
+        f"Saturating: {args.connections} connections, closed loop, {args.sat_s} s. "
+        f"Fixed rate: {args.rate:g} req/s over {args.connections} connections, {args.rate_s} s. Warm-up {args.warmup_s} s.",
+        "",
+        "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        table,
+    ]
+    (run_dir / "results.md").write_text("\n".join(md))
+    print("\n".join(md))
+    log(f"results in {run_dir} ({elapsed:.0f} s)")
+    if args.smoke:
+        bad = [
+            f"{t} {s} B {kind}"
+            for t, by_size in results.items()
+            for s, runs in by_size.items()
+            for kind, r in runs.items()
+            if r["requests"] == 0 or r["errors"] != 0
+        ]
+        if bad:
+            log(f"FAILED: no request served, or errors, in: {', '.join(bad)}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
