@@ -40,6 +40,14 @@ impl Slot {
     }
 }
 
+/// The instance [`Node::choose`] picked.
+struct Choice {
+    key: InstanceKey,
+    addr: String,
+    /// Whether another instance not yet tried remains, so that a retry could follow.
+    others_untried: bool,
+}
+
 /// Marks a failure to open a connection, so it can be told apart from an rpc that failed
 /// after the request was sent (which is never retried).
 #[derive(Debug, thiserror::Error)]
@@ -112,30 +120,39 @@ impl Node {
     pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
         let timeout_ms = self.config.upstream.timeout_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let service = req.service.clone();
+        let mut req = Some(req);
         let mut tried = BTreeSet::new();
         let mut last_error = None;
         for attempt in 1.. {
-            let Some((key, addr)) = self.choose(&req.service, &tried)? else {
+            let Some(choice) = self.choose(&service, &tried)? else {
                 break;
             };
-            let result = self.attempt(&key, &addr, req.clone(), deadline).await;
+            // A retry needs the request again. When no retry can follow this attempt (the
+            // last allowed, or no other instance left), send the request itself: a copy
+            // costs an allocation per string and header.
+            let last = attempt >= self.retry_policy.attempts_max || !choice.others_untried;
+            let to_send = if last { req.take() } else { req.clone() };
+            let Some(to_send) = to_send else {
+                break;
+            };
+            let Choice { key, addr, .. } = choice;
+            let result = self.attempt(&key, &addr, to_send, deadline).await;
             self.record(&key, &result);
             if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
-                self.evict_if_all_unreachable(&req.service);
+                self.evict_if_all_unreachable(&service);
             }
             match result {
                 Ok(resp) => return Ok(resp),
-                Err(error) if self.retry_policy.should_retry(&error, attempt) => {
-                    tracing::debug!(service = %req.service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
+                Err(error) if !last && self.retry_policy.should_retry(&error, attempt) => {
+                    tracing::debug!(service = %service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
                     tried.insert(key);
                     last_error = Some(error);
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| GatewayError::NoLiveInstance {
-            service: req.service.clone(),
-        }))
+        Err(last_error.unwrap_or(GatewayError::NoLiveInstance { service }))
     }
 
     /// Picks an instance not yet tried, or `None` when all were tried. Routing reads the
@@ -145,7 +162,7 @@ impl Node {
         &self,
         service: &str,
         tried: &BTreeSet<InstanceKey>,
-    ) -> Result<Option<(InstanceKey, String)>, GatewayError> {
+    ) -> Result<Option<Choice>, GatewayError> {
         let now = self.now_ms();
         let registry = self.registry();
         let live = match registry.lookup(service, now) {
@@ -177,8 +194,15 @@ impl Node {
             return Ok(None);
         };
         let chosen = live[i];
-        balancer.entry(chosen.key.clone()).or_default().in_flight += 1;
-        Ok(Some((chosen.key.clone(), chosen.addr.to_owned())))
+        match balancer.get_mut(chosen.key) {
+            Some(slot) => slot.in_flight += 1,
+            None => balancer.entry(chosen.key.clone()).or_default().in_flight += 1,
+        }
+        Ok(Some(Choice {
+            key: chosen.key.clone(),
+            addr: chosen.addr.to_owned(),
+            others_untried: candidates.iter().filter(|c| !c.tried).count() > 1,
+        }))
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, GatewayError> {
@@ -248,7 +272,13 @@ impl Node {
     fn record(&self, key: &InstanceKey, result: &Result<ForwardingResp, GatewayError>) {
         let now = self.now_ms();
         let mut balancer = lock(&self.balancer);
-        let slot = balancer.entry(key.clone()).or_default();
+        // Look up before inserting: `entry` would copy the key on every request.
+        if !balancer.contains_key(key) {
+            balancer.insert(key.clone(), Slot::default());
+        }
+        let Some(slot) = balancer.get_mut(key) else {
+            return;
+        };
         match result {
             Err(GatewayError::UpstreamConnect { .. }) => {
                 slot.failing_since_ms.get_or_insert(now);
