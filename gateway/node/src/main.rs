@@ -12,6 +12,12 @@ use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: a request allocates about a hundred small blocks
+/// (hyper, h2, tonic, the translation), and glibc's malloc and free took more than a quarter
+/// of the instructions per request (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
