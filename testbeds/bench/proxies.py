@@ -37,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ["direct", "switchyard", "switchyard-dflt", "envoy-transcoder", "envoy", "nginx"]
+# Added when --switchyard-baseline names an older build: pinned and loaded like `switchyard`.
+BASELINE = "switchyard-base"
 STARTUP_TIMEOUT_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -348,6 +350,7 @@ class Tools:
     oha: str
     envoy: str
     nginx: str
+    baseline: Path | None = None
 
 
 def json_body(size: int) -> bytes:
@@ -450,10 +453,11 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         line = procs.first_line(svc, "listening on ")
         addr = line.split()[2]
         return Started(f"http://{addr}", svc)
-    if name in ("switchyard", "switchyard-dflt"):
-        pinned = name == "switchyard"
+    if name in ("switchyard", "switchyard-dflt", BASELINE):
+        pinned = name != "switchyard-dflt"
+        gateway = tools.baseline if name == BASELINE else b / "switchyard"
         argv = [
-            str(b / "switchyard"), "serve", "--public-listen", "127.0.0.1:0",
+            str(gateway), "serve", "--public-listen", "127.0.0.1:0",
             "--control-listen", "127.0.0.1:0", "--node-id", "gw-bench",
             "--set", "log.level=\"warn\"",
         ]
@@ -591,6 +595,7 @@ def tables(results: dict, args) -> str:
             ("nginx", "Switchyard / nginx"),
             ("envoy", "Switchyard / Envoy plain"),
             ("switchyard-dflt", "Switchyard / Switchyard default workers"),
+            (BASELINE, "Switchyard / the baseline build"),
         ):
             p = results.get(peer, {}).get(s)
             if p is None:
@@ -632,6 +637,9 @@ def main() -> int:
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument(
+        "--switchyard-baseline", type=Path, help="an older switchyard binary, measured as the target switchyard-base"
+    )
     ap.add_argument("--sizes", default="100,16384", help="body sizes in bytes")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rate", type=float, default=2000.0, help="fixed rate, requests per second")
@@ -641,7 +649,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "testbeds/.run/bench")
     args = ap.parse_args()
     args.targets = [t for t in args.targets.split(",") if t]
-    unknown = [t for t in args.targets if t not in TARGETS]
+    if args.switchyard_baseline is not None and BASELINE not in args.targets:
+        args.targets.append(BASELINE)
+    unknown = [t for t in args.targets if t not in TARGETS and not (t == BASELINE and args.switchyard_baseline)]
     if unknown:
         ap.error(f"unknown targets {unknown}; choose from {TARGETS}")
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -665,7 +675,7 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.out / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
-    tools = Tools(args.bin_dir, args.oha, args.envoy, args.nginx)
+    tools = Tools(args.bin_dir, args.oha, args.envoy, args.nginx, args.switchyard_baseline)
     procs = Procs(run_dir)
 
     def on_signal(signum, _frame):
