@@ -80,6 +80,9 @@ pub fn lazy_channel(
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
+/// How tonic's own refusal of an oversized message begins.
+const TONIC_DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
+
 /// Whether an error of type `E` is among the causes of `status`: tells a status made on this
 /// side (a failed connect, tonic's own enforcement of the grpc-timeout) from one a service
 /// sent.
@@ -254,6 +257,21 @@ impl Node {
                 Err(GatewayError::UpstreamTimeout {
                     service: service.clone(),
                     timeout_ms,
+                })
+            }
+            // tonic refuses a response past the decoding limit with a status of its own
+            // making; that is the service answering too much, not the service failing the
+            // call with OUT_OF_RANGE. A test pins tonic's wording.
+            Ok(Err(status))
+                if status.code() == tonic::Code::OutOfRange
+                    && status.message().starts_with(TONIC_DECODE_LIMIT_MESSAGE) =>
+            {
+                Err(GatewayError::BadUpstreamResponse {
+                    service: service.clone(),
+                    reason: format!(
+                        "the response is larger than upstream.response_body_bytes_max ({} bytes)",
+                        self.config.upstream.response_body_bytes_max
+                    ),
                 })
             }
             Ok(Err(status)) => Err(GatewayError::UpstreamStatus {

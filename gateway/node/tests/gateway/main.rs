@@ -612,3 +612,39 @@ async fn one_reachable_instance_prevents_eviction() {
         "a dead instance beside a live one is ejected, not evicted: {view}"
     );
 }
+
+#[tokio::test]
+async fn a_response_past_the_limit_is_a_bad_upstream_response() {
+    let gw = Gateway::start(|c| c.upstream.response_body_bytes_max = 64 * 1024).await;
+    let inst = Instance::start("orders", "o-1").await;
+    gw.register("orders", "o-1", &inst.addr, 10_000).await;
+    // The echo carries the body back, so the response is past the limit and its slack.
+    let (status, _, body) = http_with(
+        "POST",
+        &format!("{}/orders/echo", gw.public_url()),
+        &[],
+        vec![b'x'; 200 * 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "bad_upstream_response");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_body_bytes_max"),
+        "{error}"
+    );
+    // A small one still passes.
+    let (status, _, _) = http_with(
+        "POST",
+        &format!("{}/orders/echo", gw.public_url()),
+        &[],
+        vec![b'x'; 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    gw.stop().await;
+    inst.stop().await;
+}
