@@ -15,6 +15,7 @@ use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceCl
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::UpstreamErrorKind;
 use crate::node::{Node, lock};
 use crate::seams::Connector;
 
@@ -110,6 +111,20 @@ impl Drop for InFlight<'_> {
 impl Node {
     /// Sends `req` to an instance of `req.service` and returns its answer.
     pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
+        let result = self.forward_with_retries(&req).await;
+        if let Err(error @ GatewayError::NoLiveInstance { .. }) = &result {
+            self.metrics.upstream_error(
+                &req.service,
+                UpstreamErrorKind::of(error).unwrap_or(UpstreamErrorKind::Unavailable),
+            );
+        }
+        result
+    }
+
+    async fn forward_with_retries(
+        &self,
+        req: &ForwardingReq,
+    ) -> Result<ForwardingResp, GatewayError> {
         let timeout_ms = self.config.upstream.timeout_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let mut tried = BTreeSet::new();
@@ -120,6 +135,11 @@ impl Node {
             };
             let result = self.attempt(&key, &addr, req.clone(), deadline).await;
             self.record(&key, &result);
+            if let Err(error) = &result
+                && let Some(kind) = UpstreamErrorKind::of(error)
+            {
+                self.metrics.upstream_error(&req.service, kind);
+            }
             if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
                 self.evict_if_all_unreachable(&req.service);
             }
@@ -128,6 +148,7 @@ impl Node {
                 Err(error) if self.retry_policy.should_retry(&error, attempt) => {
                     tracing::debug!(service = %req.service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
                     tried.insert(key);
+                    self.metrics.retry(&req.service);
                     last_error = Some(error);
                 }
                 Err(error) => return Err(error),
@@ -298,6 +319,7 @@ impl Node {
                 })
                 .collect()
         };
+        self.metrics.eviction();
         for key in keys {
             match self.evict(&key) {
                 Ok(()) => {

@@ -2,6 +2,7 @@
 
 mod graphql;
 mod harness;
+mod telemetry;
 
 use std::time::Duration;
 
@@ -43,7 +44,15 @@ async fn forwards_a_request_and_its_answer_unchanged() {
     assert_eq!(echo["body"], "payload");
     assert_eq!(echo["service"], "orders");
     assert_eq!(echo["request_id"], "req-42");
-    assert_eq!(echo["traceparent"], traceparent);
+    // The gateway takes part in the trace: same trace id, its own span as the service's parent.
+    let sent = echo["traceparent"].as_str().unwrap();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"), "{sent}");
+    assert_ne!(sent, traceparent);
+    assert_eq!(harness::echoed_header(&echo, "traceparent"), [sent]);
     assert_eq!(echo["gateway_node"], gw.node_id);
     assert!(echo["deadline_unix_ms"].as_u64().unwrap() > 0);
     let header_values = |name: &str| harness::echoed_header(&echo, name);
