@@ -55,6 +55,16 @@ fn hex_field(s: &str, len: usize) -> Option<u128> {
     u128::from_str_radix(s, 16).ok()
 }
 
+/// A trace id that displays as 32 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(pub u128);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// The gateway's span of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -96,6 +106,12 @@ impl Span {
 
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
+    }
+
+    /// The trace id, formatted as hex only when displayed (a log line that is filtered out
+    /// costs no formatting).
+    pub fn trace_id(&self) -> TraceId {
+        TraceId(self.trace_id)
     }
 
     pub fn span_id_hex(&self) -> String {
@@ -180,6 +196,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         let span = Span::start(Some(VALID), &mut rng);
         assert_eq!(span.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.trace_id().to_string(), span.trace_id_hex());
         assert_eq!(span.parent_id, Some(0x00f067aa0ba902b7));
         assert_ne!(span.span_id, 0x00f067aa0ba902b7);
         let sent = parse(&span.traceparent()).expect("the gateway sends a valid traceparent");

@@ -110,7 +110,7 @@ async fn forward(
         .get(translate::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
     let span = node.with_rng(|rng| Span::start(incoming, rng));
-    let trace_id = span.trace_id_hex();
+    let trace_id = span.trace_id();
     let started = tokio::time::Instant::now();
     let start_unix_ms = node.now_ms();
     let mut response = match handle(&node, client, &request_id, &span, request).await {

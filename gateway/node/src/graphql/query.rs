@@ -123,7 +123,7 @@ async fn forward_call(
     let elapsed = started.elapsed();
     let path: String = args.path.chars().take(256).collect();
     let (service, method) = (&args.service, &args.method);
-    let trace_id = span.map(|s| s.trace_id_hex()).unwrap_or_default();
+    let trace_id = span.map(|s| s.trace_id()).unwrap_or(trace::TraceId(0));
     let status = match &result {
         Ok(answer) => {
             tracing::debug!(%request_id, %trace_id, %service, %method, %path, status = answer.status, elapsed_us = elapsed.as_micros() as u64, "graphql call done");
