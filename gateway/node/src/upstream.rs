@@ -15,6 +15,7 @@ use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceCl
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::UpstreamErrorKind;
 use crate::node::{Node, lock};
 use crate::seams::Connector;
 
@@ -79,6 +80,9 @@ pub fn lazy_channel(
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
+/// How tonic's own refusal of an oversized message begins.
+const TONIC_DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
+
 /// Whether an error of type `E` is among the causes of `status`: tells a status made on this
 /// side (a failed connect, tonic's own enforcement of the grpc-timeout) from one a service
 /// sent.
@@ -110,6 +114,20 @@ impl Drop for InFlight<'_> {
 impl Node {
     /// Sends `req` to an instance of `req.service` and returns its answer.
     pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
+        let result = self.forward_with_retries(&req).await;
+        if let Err(error @ GatewayError::NoLiveInstance { .. }) = &result {
+            self.metrics.upstream_error(
+                &req.service,
+                UpstreamErrorKind::of(error).unwrap_or(UpstreamErrorKind::Unavailable),
+            );
+        }
+        result
+    }
+
+    async fn forward_with_retries(
+        &self,
+        req: &ForwardingReq,
+    ) -> Result<ForwardingResp, GatewayError> {
         let timeout_ms = self.config.upstream.timeout_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let mut tried = BTreeSet::new();
@@ -120,6 +138,11 @@ impl Node {
             };
             let result = self.attempt(&key, &addr, req.clone(), deadline).await;
             self.record(&key, &result);
+            if let Err(error) = &result
+                && let Some(kind) = UpstreamErrorKind::of(error)
+            {
+                self.metrics.upstream_error(&req.service, kind);
+            }
             if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
                 self.evict_if_all_unreachable(&req.service);
             }
@@ -128,6 +151,7 @@ impl Node {
                 Err(error) if self.retry_policy.should_retry(&error, attempt) => {
                     tracing::debug!(service = %req.service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
                     tried.insert(key);
+                    self.metrics.retry(&req.service);
                     last_error = Some(error);
                 }
                 Err(error) => return Err(error),
@@ -235,6 +259,21 @@ impl Node {
                     timeout_ms,
                 })
             }
+            // tonic refuses a response past the decoding limit with a status of its own
+            // making; that is the service answering too much, not the service failing the
+            // call with OUT_OF_RANGE. A test pins tonic's wording.
+            Ok(Err(status))
+                if status.code() == tonic::Code::OutOfRange
+                    && status.message().starts_with(TONIC_DECODE_LIMIT_MESSAGE) =>
+            {
+                Err(GatewayError::BadUpstreamResponse {
+                    service: service.clone(),
+                    reason: format!(
+                        "the response is larger than upstream.response_body_bytes_max ({} bytes)",
+                        self.config.upstream.response_body_bytes_max
+                    ),
+                })
+            }
             Ok(Err(status)) => Err(GatewayError::UpstreamStatus {
                 service: service.clone(),
                 grpc_code: status.code() as i32,
@@ -298,6 +337,7 @@ impl Node {
                 })
                 .collect()
         };
+        self.metrics.eviction();
         for key in keys {
             match self.evict(&key) {
                 Ok(()) => {

@@ -2,6 +2,7 @@
 
 mod graphql;
 mod harness;
+mod telemetry;
 
 use std::time::Duration;
 
@@ -43,7 +44,15 @@ async fn forwards_a_request_and_its_answer_unchanged() {
     assert_eq!(echo["body"], "payload");
     assert_eq!(echo["service"], "orders");
     assert_eq!(echo["request_id"], "req-42");
-    assert_eq!(echo["traceparent"], traceparent);
+    // The gateway takes part in the trace: same trace id, its own span as the service's parent.
+    let sent = echo["traceparent"].as_str().unwrap();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"), "{sent}");
+    assert_ne!(sent, traceparent);
+    assert_eq!(harness::echoed_header(&echo, "traceparent"), [sent]);
     assert_eq!(echo["gateway_node"], gw.node_id);
     assert!(echo["deadline_unix_ms"].as_u64().unwrap() > 0);
     let header_values = |name: &str| harness::echoed_header(&echo, name);
@@ -602,4 +611,40 @@ async fn one_reachable_instance_prevents_eviction() {
         ["live", "live"],
         "a dead instance beside a live one is ejected, not evicted: {view}"
     );
+}
+
+#[tokio::test]
+async fn a_response_past_the_limit_is_a_bad_upstream_response() {
+    let gw = Gateway::start(|c| c.upstream.response_body_bytes_max = 64 * 1024).await;
+    let inst = Instance::start("orders", "o-1").await;
+    gw.register("orders", "o-1", &inst.addr, 10_000).await;
+    // The echo carries the body back, so the response is past the limit and its slack.
+    let (status, _, body) = http_with(
+        "POST",
+        &format!("{}/orders/echo", gw.public_url()),
+        &[],
+        vec![b'x'; 200 * 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "bad_upstream_response");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_body_bytes_max"),
+        "{error}"
+    );
+    // A small one still passes.
+    let (status, _, _) = http_with(
+        "POST",
+        &format!("{}/orders/echo", gw.public_url()),
+        &[],
+        vec![b'x'; 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    gw.stop().await;
+    inst.stop().await;
 }
