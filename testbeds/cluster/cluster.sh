@@ -31,7 +31,7 @@
 # CLUSTER_STATS_PORT (18082), CLUSTER_PROMETHEUS_PORT (18090), CLUSTER_GW_PUBLIC_BASE (18180:
 # gw-i gets base+i), CLUSTER_GW_CONTROL_BASE (18190), CLUSTER_KAFKA_PORT (19292),
 # CLUSTER_KAFKA_CONTROLLER_PORT (19293), CLUSTER_EVICT_AFTER_MS (2000), CLUSTER_LEASE_MS
-# (30000), CLUSTER_RUN_DIR (testbeds/.run/cluster), PYTHON (for the virtualenv).
+# (60000), CLUSTER_RUN_DIR (testbeds/.run/cluster), PYTHON (for the virtualenv).
 set -euo pipefail
 
 here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
@@ -75,7 +75,7 @@ settings() {
   kafka_port="${CLUSTER_KAFKA_PORT:-19292}"
   kafka_controller_port="${CLUSTER_KAFKA_CONTROLLER_PORT:-19293}"
   evict_after_ms="${CLUSTER_EVICT_AFTER_MS:-2000}"
-  lease_ms="${CLUSTER_LEASE_MS:-30000}"
+  lease_ms="${CLUSTER_LEASE_MS:-60000}"
   gateway_bin="${SWITCHYARD_BIN:-target/release/switchyard}"
   sample_bin="${SAMPLE_SERVICE_BIN:-target/release/sample-service}"
   [[ "$gateway_bin" == /* ]] || gateway_bin="$root/$gateway_bin"
@@ -303,13 +303,14 @@ start_gateway() {
   # evict_after_ms: short, so that the eviction scenario is quick. publish_wait_ms and
   # message_timeout_ms: a registration while Kafka is down is answered 202 after 500 ms and
   # retried every 2 s. drain_timeout_ms: `down` need not wait out the default 10 s.
+  # log.access: one line per request with its trace id, for an operator following a trace.
   launch "$name" "$gateway_bin" serve --node-id "$name" \
     --public-listen "$public" --control-listen "$control" \
     --set bus.kind=kafka --set "bus.kafka.brokers=127.0.0.1:$kafka_port" \
     --set "bus.kafka.topic=$topic" \
     --set "upstream.evict_after_ms=$evict_after_ms" \
     --set bus.publish_wait_ms=500 --set bus.kafka.message_timeout_ms=2000 \
-    --set shutdown.drain_timeout_ms=2000
+    --set shutdown.drain_timeout_ms=2000 --set log.access=true
   await "$name" "answer on /healthz" "$START_WAIT_S" http_ok "http://$control/healthz"
 }
 

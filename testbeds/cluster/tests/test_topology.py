@@ -1,10 +1,12 @@
 """The testbed as `up` leaves it: one public and one control endpoint in front of three
 gateways, services in two languages that registered through HAProxy, GraphQL stickiness by
-cookie (HTTP and WebSocket), and `up` again on a running cluster changing nothing."""
+cookie (HTTP and WebSocket), a client's trace carried through HAProxy and the gateway to the
+service and into the gateway's log, and `up` again on a running cluster changing nothing."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from collections import Counter
 
@@ -69,7 +71,7 @@ def test_graphql_is_sticky_by_cookie_and_rest_is_not(healthy: Cluster) -> None:
         assert first.status_code == 200, first.text
         pinned = first.headers["x-switchyard-gateway"]
         # HAProxy inserted its cookie naming that gateway; the session sends it back.
-        assert http.cookies.get("SWYGW") == pinned, first.headers
+        assert http.cookies.get("SWITCHYARD_GW") == pinned, first.headers
         node_ids = set()
         for _ in range(12):
             resp = http.post(f"{healthy.public}/graphql", json=query, timeout=TIMEOUT)
@@ -82,7 +84,7 @@ def test_graphql_is_sticky_by_cookie_and_rest_is_not(healthy: Cluster) -> None:
         rest = Counter()
         for _ in range(9):
             resp = http.get(f"{healthy.public}/rust-sample/hello", timeout=TIMEOUT)
-            assert "SWYGW" not in resp.headers.get("set-cookie", "")
+            assert "SWITCHYARD_GW" not in resp.headers.get("set-cookie", "")
             rest[resp.headers["x-switchyard-gateway"]] += 1
         assert len(rest) == 3, rest
 
@@ -94,7 +96,7 @@ def test_a_graphql_websocket_stays_on_its_cookie_gateway(healthy: Cluster) -> No
     with connect(
         url,
         subprotocols=["graphql-transport-ws"],
-        additional_headers={"Cookie": "SWYGW=gw3"},
+        additional_headers={"Cookie": "SWITCHYARD_GW=gw3"},
         open_timeout=10,
     ) as ws:
         assert ws.response.headers["x-switchyard-gateway"] == "gw3"
@@ -121,6 +123,35 @@ def test_a_graphql_websocket_stays_on_its_cookie_gateway(healthy: Cluster) -> No
             requests.delete(
                 f"{healthy.control}/v1/services/ws-probe/instances/probe-1", timeout=TIMEOUT
             )
+
+
+def test_a_clients_trace_reaches_the_service_and_the_gateway_log(healthy: Cluster) -> None:
+    trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    resp = requests.get(
+        f"{healthy.public}/rust-sample/echo",
+        headers={"traceparent": f"00-{trace_id}-{client_span}-01"},
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code == 200, resp.text
+    server = resp.headers["x-switchyard-gateway"]
+    node = "gw-" + server.removeprefix("gw")
+    echoed = resp.json()
+    assert echoed["gateway_node"] == node, echoed
+    # The service's parent is the gateway's span, in the client's trace.
+    version, echoed_trace, parent, flags = echoed["traceparent"].split("-")
+    assert (version, echoed_trace, flags) == ("00", trace_id, "01"), echoed["traceparent"]
+    assert parent != client_span
+    # The gateway that served it logged the request with the trace id (log.access is on in
+    # the testbed); the other two never saw it.
+    logs = {gw.name: RUN_DIR / "logs" / f"{gw.name}.log" for gw in healthy.gateways}
+    wait_until(
+        lambda: f"trace_id={trace_id}" in logs[node].read_text(errors="replace"),
+        f"trace id {trace_id} in {logs[node]}",
+        10,
+    )
+    for name, path in logs.items():
+        if name != node:
+            assert trace_id not in path.read_text(errors="replace"), name
 
 
 def test_up_on_a_running_cluster_changes_nothing(healthy: Cluster) -> None:
