@@ -291,8 +291,12 @@ kafka_sh() {
 
 # --- components ----------------------------------------------------------------------------
 
+# kafka.sh runs in a session of its own, like every other component, so that the broker it
+# leaves running does not get the signals meant for whoever asked for the start (a test run
+# ended by `timeout` signals its whole process group).
 start_kafka() {
-  kafka_sh start >/dev/null
+  KAFKA_DIR="$run/kafka" KAFKA_PORT="$kafka_port" KAFKA_CONTROLLER_PORT="$kafka_controller_port" \
+    setsid "$testbeds/kafka/kafka.sh" start >/dev/null </dev/null
 }
 
 start_gateway() {
@@ -446,10 +450,11 @@ cmd_up() {
   settings
   install_missing
   build
-  # A fresh cluster each time: new pids, logs and Prometheus data, a wiped Kafka log (the jars
-  # fetched into $run/kafka/lib stay).
+  # A fresh cluster each time: new pids, logs (the last run's are kept in logs.previous) and
+  # Prometheus data, a wiped Kafka log (the jars fetched into $run/kafka/lib stay).
   kafka_sh wipe >/dev/null 2>&1 || true
-  rm -rf "$pids" "$logs" "$run/prometheus-data" "$run/results.json" "$run/haproxy.sock"
+  rm -rf "$pids" "$run/logs.previous" "$run/prometheus-data" "$run/results.json" "$run/haproxy.sock"
+  if [[ -d "$logs" ]]; then mv "$logs" "$run/logs.previous"; fi
   mkdir -p "$pids" "$logs"
   save_settings
   write_cluster_json

@@ -24,13 +24,29 @@ RESULTS = RUN_DIR / "results.json"
 HEAL_TIMEOUT_S = 60.0
 
 
+COMPONENTS = ["kafka", "gw-1", "gw-2", "gw-3", "haproxy", "rust-sample-1", "rust-sample-2",
+              "python-sample-1", "python-sample-2", "prometheus"]
+
+
 def whole(cluster: Cluster) -> None:
-    """Waits until every component runs, every gateway is ready, every HAProxy server is UP
-    and every service instance is live on every gateway."""
+    """Makes the cluster whole: starts any component that is not running (a scenario that
+    failed half-way may have left one down), then waits until every gateway is ready, every
+    HAProxy server is UP and every service instance is live on every gateway."""
+    for component in COMPONENTS:
+        if cluster.pid(component) is None:
+            print(f"\n(starting {component}, which is not running)")
+            cluster.command("start", component)
     cluster.wait_ready(HEAL_TIMEOUT_S)
     cluster.wait_haproxy_up(HEAL_TIMEOUT_S)
     for service, ids in cluster.services.items():
         cluster.wait_live(service, ids, HEAL_TIMEOUT_S)
+
+
+def ensure_running(cluster: Cluster, *components: str) -> None:
+    """For a scenario's `finally`: starts again what it stopped, if it is not running."""
+    for component in components:
+        if cluster.pid(component) is None:
+            cluster.command("start", component)
 
 
 def record_results(scenario: str, figures: dict) -> None:

@@ -9,6 +9,7 @@ import time
 from support import (
     Cluster,
     answered,
+    ensure_running,
     failures,
     record_results,
     scrape,
@@ -88,6 +89,7 @@ def test_kill_one_gateway_under_load(healthy: Cluster, load_factory) -> None:
         assert forwarded >= 20, f"{VICTIM} counted {forwarded} forwarded requests since its restart"
     finally:
         report = load.stop()
+        ensure_running(cluster, VICTIM)
 
     during = window(report, killed_at, detected_at + 1.0)
     whole_run = window(report, 0, float("inf"))

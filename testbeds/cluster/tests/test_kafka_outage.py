@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import requests
-from support import Cluster, answered, failures, record_results, wait_until, window
+from support import Cluster, answered, ensure_running, failures, record_results, wait_until, window
 
 RATE = 100.0
 PATHS = ["/rust-sample/hello", "/python-sample/hello"]
@@ -32,12 +32,10 @@ def test_stop_and_restart_kafka_under_load(healthy: Cluster, load_factory) -> No
     cluster = healthy
     load = load_factory("kafka-outage", PATHS, RATE, 120)
     statuses: dict[str, int] = {}
-    kafka_up = True
     try:
         wait_until(lambda: load.count("status:200") >= 50, "answers through HAProxy", 15)
         stop_began_at = time.time()
         cluster.command("stop", "kafka")
-        kafka_up = False
         stopped_at = time.time()
         for instance in IDS:
             resp = put(cluster, instance)
@@ -53,7 +51,6 @@ def test_stop_and_restart_kafka_under_load(healthy: Cluster, load_factory) -> No
         outbox_during = {gw.name: (gw.cluster() or {}).get("outbox_pending") for gw in cluster.gateways}
         start_began_at = time.time()
         cluster.command("start", "kafka")
-        kafka_up = True
         kafka_back_at = time.time()
 
         def everywhere() -> bool:
@@ -62,18 +59,21 @@ def test_stop_and_restart_kafka_under_load(healthy: Cluster, load_factory) -> No
                 for gw in cluster.gateways
             )
 
-        wait_until(everywhere, f"{IDS} live on every gateway", CONVERGE_MAX_S)
-        visible_at = time.time()
-        wait_until(
-            lambda: len({(gw.cluster() or {}).get("registry_digest") for gw in cluster.gateways}) == 1
-            and all((gw.cluster() or {}).get("outbox_pending") == 0 for gw in cluster.gateways),
-            "one registry digest and empty outboxes on every gateway",
-            CONVERGE_MAX_S,
-        )
-        converged_at = time.time()
+        try:
+            wait_until(everywhere, f"{IDS} live on every gateway", CONVERGE_MAX_S)
+            visible_at = time.time()
+            wait_until(
+                lambda: len({(gw.cluster() or {}).get("registry_digest") for gw in cluster.gateways}) == 1
+                and all((gw.cluster() or {}).get("outbox_pending") == 0 for gw in cluster.gateways),
+                "one registry digest and empty outboxes on every gateway",
+                CONVERGE_MAX_S,
+            )
+            converged_at = time.time()
+        except AssertionError as err:
+            seen = {gw.name: (gw.states(SERVICE), gw.cluster()) for gw in cluster.gateways}
+            raise AssertionError(f"{err}; each gateway's view: {seen}") from None
     finally:
-        if not kafka_up:
-            cluster.command("start", "kafka")
+        ensure_running(cluster, "kafka")
         report = load.stop()
         for instance in IDS:
             requests.delete(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from support import Cluster, answered, failures, record_results, wait_until, window
+from support import Cluster, answered, ensure_running, failures, record_results, wait_until, window
 
 RATE = 100.0
 VICTIM = "python-sample"
@@ -78,6 +78,7 @@ def test_kill_every_instance_of_a_service(healthy: Cluster, load_factory) -> Non
         answering_at = time.time()
     finally:
         report = load.stop()
+        ensure_running(cluster, *ids)
 
     bystander = window(report, 0, float("inf"), path=PATHS[1])
     victim_all = window(report, kill_began_at, answering_at, path=PATHS[0])
