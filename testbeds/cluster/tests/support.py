@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -177,6 +176,3 @@ def metric_sum(samples, name: str, **labels: str) -> float:
         if n == name and all(l.get(k) == v for k, v in labels.items())
     )
 
-
-def now() -> float:
-    return time.time()
