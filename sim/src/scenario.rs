@@ -127,7 +127,8 @@ const TASK_LISTS: u64 = 4;
 /// sees the same ids modulo [`TASK_LISTS`] wherever the counter stood, as long as no other
 /// thread of the process spawns tasks while it runs (parallel runs interleave their ids:
 /// `explore` therefore runs each seed in its own process). At most `TASK_LISTS` throwaway
-/// tasks; if the id cannot be read, nothing is aligned.
+/// tasks; if the id cannot be read, nothing is aligned. `sim/tests/in_process.rs` fails if
+/// a tokio release changes how tasks are listed.
 fn align_task_ids() {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
