@@ -72,14 +72,17 @@ pub enum UpstreamErrorKind {
     BadResponse = 3,
     /// The instance answered a gRPC error status.
     Status = 4,
+    /// The connection broke during the call.
+    Reset = 5,
 }
 
-const UPSTREAM_KINDS: [&str; 5] = [
+const UPSTREAM_KINDS: [&str; 6] = [
     "connect_failed",
     "timeout",
     "unavailable",
     "bad_response",
     "status",
+    "reset",
 ];
 
 impl UpstreamErrorKind {
@@ -91,6 +94,7 @@ impl UpstreamErrorKind {
             GatewayError::NoLiveInstance { .. } => Some(Self::Unavailable),
             GatewayError::BadUpstreamResponse { .. } => Some(Self::BadResponse),
             GatewayError::UpstreamStatus { .. } => Some(Self::Status),
+            GatewayError::UpstreamReset { .. } => Some(Self::Reset),
             _ => None,
         }
     }
@@ -122,7 +126,7 @@ struct ServiceSeries {
     /// (front, method index, status) → count. A mutex held for one map update.
     requests: Mutex<BTreeMap<(Front, u8, u16), u64>>,
     latency: [Histogram; 2],
-    upstream_errors: [AtomicU64; 5],
+    upstream_errors: [AtomicU64; UPSTREAM_KINDS.len()],
     retries: AtomicU64,
 }
 

@@ -274,6 +274,20 @@ impl Node {
                     ),
                 })
             }
+            // A status the transport made because the connection broke (the instance died,
+            // or reset the connection) is not the service's answer.
+            Ok(Err(status))
+                if caused_by::<hyper::Error>(&status) || caused_by::<std::io::Error>(&status) =>
+            {
+                Err(GatewayError::UpstreamReset {
+                    service: service.clone(),
+                    detail: format!(
+                        "instance {} at {addr}: {}",
+                        key.instance_id,
+                        status.message()
+                    ),
+                })
+            }
             Ok(Err(status)) => Err(GatewayError::UpstreamStatus {
                 service: service.clone(),
                 grpc_code: status.code() as i32,
@@ -282,8 +296,10 @@ impl Node {
         }
     }
 
-    /// Passive health: connect failures count towards ejection; any answer from the service
-    /// (even an error status) proves it reachable.
+    /// Passive health: connect failures and broken connections count towards ejection; any
+    /// answer from the service (even an error status) proves it reachable. Only connect
+    /// failures count towards eviction: a broken connection is followed by a reconnect, which
+    /// tells whether the instance is gone.
     fn record(&self, key: &InstanceKey, result: &Result<ForwardingResp, GatewayError>) {
         let now = self.now_ms();
         let mut balancer = lock(&self.balancer);
@@ -293,6 +309,11 @@ impl Node {
                 slot.failing_since_ms.get_or_insert(now);
                 if slot.health.on_failure(now, &self.health_policy) {
                     tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms = slot.health.ejected_until_ms, "instance ejected after connect failures");
+                }
+            }
+            Err(GatewayError::UpstreamReset { .. }) => {
+                if slot.health.on_failure(now, &self.health_policy) {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms = slot.health.ejected_until_ms, "instance ejected after its connection broke");
                 }
             }
             Err(GatewayError::UpstreamTimeout { .. }) => {}

@@ -21,7 +21,7 @@ CODES_503 = {"upstream_connect_failed", "no_live_instance"}
 # tried again after 1 s, then 2 s: about 3 s in practice.
 EVICT_MAX_S = 10.0
 # What a request caught by the kill itself may get (see the test).
-AT_KILL = {500: "upstream_unknown", 499: "upstream_cancelled"}
+AT_KILL = {502: "upstream_reset"}
 AT_KILL_STATUSES = {f"status:{s}" for s in AT_KILL}
 BACK_MAX_S = 20.0
 
@@ -83,10 +83,9 @@ def test_kill_every_instance_of_a_service(healthy: Cluster, load_factory) -> Non
     bystander = window(report, 0, float("inf"), path=PATHS[1])
     victim_all = window(report, kill_began_at, answering_at, path=PATHS[0])
     # A request in flight to an instance when it is killed, or sent on the gateway's HTTP/2
-    # connection to it before the gateway sees the connection die, fails as a transport error,
-    # which the gateway answers today as if the service had failed the call: 500
-    # upstream_unknown (gRPC UNKNOWN "transport error") or 499 upstream_cancelled. At most one
-    # per gateway and killed instance, right at the kill; reported, and bounded here.
+    # connection to it before the gateway sees the connection die, breaks with the connection:
+    # 502 upstream_reset, not retried (the service may have run it). At most one per gateway
+    # and killed instance, right at the kill; reported, and bounded here.
     at_kill = [
         e for e in report["error_sample"]
         if e["path"] == PATHS[0] and e.get("status") != 503
@@ -110,7 +109,7 @@ def test_kill_every_instance_of_a_service(healthy: Cluster, load_factory) -> Non
     record_results("service_eviction", figures)
 
     # While the service was gone, its callers got 503 (apart from the requests the kill
-    # itself caught): not a 502 or a timeout, and no transport error from HAProxy.
+    # itself caught, 502 upstream_reset): no timeout, and no transport error from HAProxy.
     failed = {k for k in victim_all if k.startswith(("status:", "error:")) and k != "status:200"}
     assert "status:503" in failed and failed <= {"status:503"} | AT_KILL_STATUSES, victim_all
     assert codes - set(AT_KILL.values()) <= CODES_503 and "no_live_instance" in codes, codes

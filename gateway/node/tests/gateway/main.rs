@@ -648,3 +648,56 @@ async fn a_response_past_the_limit_is_a_bad_upstream_response() {
     gw.stop().await;
     inst.stop().await;
 }
+
+/// A "service" that accepts a connection, reads the start of the call, and drops the
+/// connection: an instance dying with the request on it.
+async fn dying_instance() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            // The preface, SETTINGS, then the call's HEADERS and DATA: over 100 bytes.
+            let mut read = 0;
+            while read < 100 {
+                match tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => read += n,
+                    _ => break,
+                }
+            }
+            drop(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_connection_broken_during_the_call_is_502_upstream_reset_and_not_retried() {
+    let gw = Gateway::start(|_| {}).await;
+    let (addr, dying) = dying_instance().await;
+    gw.register("orders", "dies", &addr, 10_000).await;
+    let (status, _, body) = http_with(
+        "POST",
+        &format!("{}/orders/charge", gw.public_url()),
+        &[],
+        b"once".to_vec(),
+    )
+    .await;
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{error}");
+    assert_eq!(error["error"]["code"], "upstream_reset", "{error}");
+    let (_, _, metrics) = http("GET", &format!("{}/metrics", gw.control_url())).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.contains("switchyard_upstream_errors_total{service=\"orders\",kind=\"reset\"} 1\n"),
+        "{metrics}"
+    );
+    // Not retried: one attempt, so no retry was counted.
+    assert!(
+        !metrics.contains("switchyard_upstream_retries_total{service=\"orders\"}"),
+        "{metrics}"
+    );
+    dying.abort();
+    gw.stop().await;
+}
