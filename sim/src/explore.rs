@@ -1,12 +1,171 @@
 //! Many seeds: run them (in parallel where it helps), summarise, and name the command that
 //! replays each failure.
+//!
+//! Each seed runs in a fresh process of the `switchyard-sim` binary (`run --seed N --json`),
+//! never beside or after another seed in the same process: tokio numbers tasks from one
+//! process-wide counter, and the order in which a crashed host's tasks are dropped follows
+//! those numbers (see docs/simulation.md, "Determinism"). A fresh process starts the counter
+//! at the same value every time, so every result `explore` reports is exactly what
+//! `run --seed N` replays.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::scenario::{Options, Outcome, run};
+use crate::scenario::{Options, Outcome};
 
-/// Runs `seeds` with `template`'s settings (its `seed` is replaced), on `jobs` threads.
-pub fn explore(seeds: std::ops::Range<u64>, template: &Options, jobs: usize) -> Vec<Outcome> {
+/// The start of the machine-readable result line of `switchyard-sim run --json`; the rest of
+/// the line is the [`Outcome`] as JSON (without the trace).
+pub const RESULT_PREFIX: &str = "outcome-json ";
+
+/// How long one child process may run before it is killed and its seed reported as failed.
+/// A seed takes well under a second of wall time in release; the simulation bounds itself in
+/// simulated time, so this only catches a wedged process.
+const CHILD_WALL_MAX: Duration = Duration::from_secs(600);
+
+/// The `switchyard-sim` arguments that replay `options`, starting with `run`.
+pub fn run_args(options: &Options) -> Result<Vec<String>, String> {
+    let defaults = Options::new(options.seed);
+    if options.episodes.is_some() {
+        return Err("an explicit fault schedule cannot be given on the command line".into());
+    }
+    if (options.gateways, options.services) != (defaults.gateways, defaults.services) {
+        return Err(format!(
+            "the command line runs {} gateways and {} services",
+            defaults.gateways, defaults.services
+        ));
+    }
+    let mut args = vec![
+        "run".to_owned(),
+        "--seed".to_owned(),
+        options.seed.to_string(),
+    ];
+    if let Some(faults) = options.faults {
+        let names = faults.names();
+        args.push("--faults".into());
+        args.push(if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(",")
+        });
+    }
+    for (flag, value, default) in [
+        ("--fault-ms", options.fault_ms, defaults.fault_ms),
+        ("--settle-ms", options.settle_ms, defaults.settle_ms),
+        ("--lease-ms", options.lease_ms, defaults.lease_ms),
+    ] {
+        if value != default {
+            args.push(flag.into());
+            args.push(value.to_string());
+        }
+    }
+    if let Some(bug) = options.bug {
+        args.push("--plant".into());
+        args.push(format!("{bug:?}"));
+    }
+    Ok(args)
+}
+
+/// An outcome that records why a seed produced no result.
+fn failed(seed: u64, why: String) -> Outcome {
+    Outcome {
+        seed,
+        violations: vec![why],
+        ..Outcome::default()
+    }
+}
+
+/// Runs one seed in a fresh process of `exe` (the `switchyard-sim` binary) and reads its
+/// result line. A process that fails to start, dies or prints no result is reported as a
+/// violation of that seed.
+pub fn run_in_child(exe: &Path, options: &Options) -> Outcome {
+    let seed = options.seed;
+    let args = match run_args(options) {
+        Ok(args) => args,
+        Err(why) => return failed(seed, why),
+    };
+    let mut child = match Command::new(exe)
+        .args(&args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return failed(seed, format!("cannot start {}: {e}", exe.display())),
+    };
+    // The result is one short line (the trace is not asked for), far below a pipe's buffer,
+    // so waiting before reading cannot deadlock.
+    let started = wall_clock();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < CHILD_WALL_MAX => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return failed(
+                    seed,
+                    format!("seed {seed} still running after {CHILD_WALL_MAX:?}: killed"),
+                );
+            }
+            Err(e) => return failed(seed, format!("waiting for seed {seed}: {e}")),
+        }
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let result = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(RESULT_PREFIX))
+        .map(serde_json::from_str::<Outcome>);
+    match result {
+        Some(Ok(outcome)) if outcome.seed == seed => outcome,
+        Some(Ok(outcome)) => failed(
+            seed,
+            format!("asked for seed {seed}, the child ran seed {}", outcome.seed),
+        ),
+        Some(Err(e)) => failed(seed, format!("seed {seed}: unreadable result line: {e}")),
+        None => {
+            let tail: String = stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" | ");
+            failed(
+                seed,
+                format!("seed {seed}: the child process ended ({status}) without a result: {tail}"),
+            )
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // Wall time of the harness itself.
+fn wall_clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// Runs `seeds` with `template`'s settings (its `seed` is replaced), each in a fresh process
+/// of `exe`, at most `jobs` at a time.
+pub fn explore(
+    seeds: std::ops::Range<u64>,
+    template: &Options,
+    jobs: usize,
+    exe: &Path,
+) -> Vec<Outcome> {
     let seeds: Vec<u64> = seeds.collect();
     let jobs = jobs.clamp(1, 64).min(seeds.len().max(1));
     let chunks: Vec<Vec<u64>> = (0..jobs)
@@ -20,10 +179,13 @@ pub fn explore(seeds: std::ops::Range<u64>, template: &Options, jobs: usize) -> 
                     chunk
                         .into_iter()
                         .map(|seed| {
-                            run(&Options {
-                                seed,
-                                ..template.clone()
-                            })
+                            run_in_child(
+                                exe,
+                                &Options {
+                                    seed,
+                                    ..template.clone()
+                                },
+                            )
                         })
                         .collect::<Vec<_>>()
                 })
@@ -40,14 +202,20 @@ pub fn explore(seeds: std::ops::Range<u64>, template: &Options, jobs: usize) -> 
 
 /// The command that replays one seed.
 pub fn replay_command(outcome: &Outcome, template: &Options) -> String {
-    let mut cmd = format!(
-        "cargo run -p switchyard-sim --release -- run --seed {}",
-        outcome.seed
-    );
-    if let Some(bug) = template.bug {
-        let _ = write!(cmd, " --plant {bug:?}");
+    let options = Options {
+        seed: outcome.seed,
+        ..template.clone()
+    };
+    match run_args(&options) {
+        Ok(args) => format!(
+            "cargo run -p switchyard-sim --release -- {}",
+            args.join(" ")
+        ),
+        Err(why) => format!(
+            "seed {} (not replayable from the command line: {why})",
+            outcome.seed
+        ),
     }
-    cmd
 }
 
 /// Quantile `q` (0..=1) of sorted values, nearest rank.
@@ -86,6 +254,14 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
             .count();
         let _ = writeln!(out, "  fault {kind:<16} in {n} seeds");
     }
+    let routing = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
+    let _ = writeln!(
+        out,
+        "routing checker      {} requests checked, {} not judged, {} violations",
+        routing(|o| o.routing.checked),
+        routing(|o| o.routing.unjudged),
+        routing(|o| o.routing.violations)
+    );
     let q = |p| quantile(&conv, p).map_or("-".to_owned(), |v| format!("{v} ms"));
     let _ = writeln!(
         out,

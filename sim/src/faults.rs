@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use crate::broker::BROKER_HOST;
 
 /// Which kinds of fault a run injects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Faults {
     /// Partitions and held messages between any two hosts.
     pub partitions: bool,

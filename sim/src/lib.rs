@@ -7,8 +7,9 @@
 //! * [`faults`]: fault kinds (swarm-chosen per seed) and the schedule drawn from a seed.
 //! * [`scenario`]: one run: cluster, workload, faults, invariant checkers, trace hash.
 //! * [`explore`]: many seeds, the summary, and the replay command for failures.
-//! * [`gateway_host`], [`service_host`]: host bodies that run a gateway node or a sample
-//!   instance.
+//! * [`witness`]: a sample instance that records which gateway sent it each request.
+//! * [`gateway_host`], [`service_host`], [`witnessed_service_host`]: host bodies that run a
+//!   gateway node or a sample instance.
 //! * [`http_get`], [`http_send`]: a minimal HTTP/1.1 client for simulated clients.
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -38,6 +39,7 @@ pub mod broker;
 pub mod explore;
 pub mod faults;
 pub mod scenario;
+pub mod witness;
 
 /// A turmoil TCP listener as the node's listener seam.
 pub struct SimListener(turmoil::net::TcpListener);
@@ -133,16 +135,46 @@ pub async fn gateway_host(
     Ok(())
 }
 
-/// The body of a service host: the sample service, registered through `gateway`.
+/// The body of a service host: the sample service, registered through `gateway` with a 10 s
+/// lease.
 pub async fn service_host(
     service: &str,
     instance_id: &str,
     host_name: &str,
     gateway: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let sample = Sample::new(service, instance_id);
+    let routes = tonic::service::Routes::new(sample.into_server()).into_axum_router();
+    serve_instance(routes, service, instance_id, host_name, gateway, 10_000).await
+}
+
+/// The body of a witnessed service host: the sample service, recording every request it
+/// receives in `log`, registered through `gateway` with a lease of `lease_ms`.
+pub async fn witnessed_service_host(
+    service: &str,
+    instance_id: &str,
+    host_name: &str,
+    gateway: &str,
+    lease_ms: u64,
+    log: witness::ServedLog,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let witness = witness::Witness {
+        inner: Sample::new(service, instance_id),
+        log,
+    };
+    let routes = tonic::service::Routes::new(witness.into_server()).into_axum_router();
+    serve_instance(routes, service, instance_id, host_name, gateway, lease_ms).await
+}
+
+async fn serve_instance(
+    routes: axum::Router,
+    service: &str,
+    instance_id: &str,
+    host_name: &str,
+    gateway: &str,
+    lease_ms: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listener = SimListener::bind(SERVICE_PORT).await?;
-    let routes = tonic::service::Routes::new(Sample::new(service, instance_id).into_server())
-        .into_axum_router();
     let shutdown = CancellationToken::new();
     let registration = switchyard::upstream::lazy_channel(
         Arc::new(SimConnector),
@@ -155,7 +187,7 @@ pub async fn service_host(
             service: service.to_owned(),
             instance_id: instance_id.to_owned(),
             addr: format!("http://{host_name}:{SERVICE_PORT}"),
-            lease_ms: 10_000,
+            lease_ms,
         },
         shutdown.clone(),
     ));

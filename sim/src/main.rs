@@ -6,13 +6,15 @@
 //! cargo run -p switchyard-sim --release -- explore --seeds 0..50 --plant SkipOwnEvents
 //! ```
 //! For bit-for-bit determinism build with `RUSTFLAGS="--cfg tokio_unstable"` (turmoil then
-//! seeds tokio's own randomness from the seed); `sim/run.sh` does.
+//! seeds tokio's own randomness from the seed), as testbeds/test-all does. `explore` runs
+//! each seed in a fresh process of this program (`run --seed N --json`), so that every result
+//! it reports replays exactly with `run --seed N`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard_core::planted::Bug;
-use switchyard_sim::explore::{explore, replay_command, summary};
+use switchyard_sim::explore::{RESULT_PREFIX, explore, replay_command, summary};
 use switchyard_sim::faults::Faults;
 use switchyard_sim::scenario::{Options, run};
 
@@ -31,7 +33,7 @@ struct Common {
     /// Fault kinds to inject (comma-separated, `all` or `none`); default: drawn per seed.
     #[arg(long, value_parser = Faults::parse)]
     faults: Option<Faults>,
-    /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp).
+    /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp, RouteExpired).
     #[arg(long, value_parser = parse_bug)]
     plant: Option<Bug>,
     /// Simulated milliseconds of faults before the heal.
@@ -40,6 +42,9 @@ struct Common {
     /// Simulated milliseconds allowed for convergence after the heal.
     #[arg(long, default_value_t = 30_000)]
     settle_ms: u64,
+    /// The lease the sample instances register with, in milliseconds (at least 1000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    lease_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +56,10 @@ enum Command {
         /// Print the trace (faults, client operations, convergence).
         #[arg(long)]
         trace: bool,
+        /// Also print the outcome as one machine-readable line (`outcome-json {...}`), as
+        /// `explore` reads it from the process it runs each seed in.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -90,6 +99,7 @@ fn options(seed: u64, common: &Common) -> Options {
         fault_ms: common.fault_ms,
         settle_ms: common.settle_ms,
         bug: common.plant,
+        lease_ms: common.lease_ms,
         ..Options::new(seed)
     }
 }
@@ -104,6 +114,7 @@ fn main() -> ExitCode {
         Command::Run {
             seed,
             trace,
+            json,
             common,
         } => {
             let opts = options(seed, &common);
@@ -123,6 +134,19 @@ fn main() -> ExitCode {
                     .map_or("none".into(), |ms| format!("{ms} ms")),
                 outcome.trace_hash
             );
+            println!(
+                "routing checker: {} requests checked, {} not judged, {} violations",
+                outcome.routing.checked, outcome.routing.unjudged, outcome.routing.violations
+            );
+            if json {
+                match serde_json::to_string(&outcome) {
+                    Ok(line) => println!("{RESULT_PREFIX}{line}"),
+                    Err(e) => {
+                        eprintln!("cannot encode the outcome: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             if outcome.violations.is_empty() {
                 return ExitCode::SUCCESS;
             }
@@ -139,7 +163,14 @@ fn main() -> ExitCode {
         } => {
             let template = options(0, &common);
             let started = wall_clock();
-            let outcomes = explore(seeds, &template, jobs);
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("cannot find this program to run each seed in: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let outcomes = explore(seeds, &template, jobs, &exe);
             print!(
                 "{}",
                 summary(&outcomes, &template, started.elapsed().as_secs_f64())

@@ -17,15 +17,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BROKER_HOST, BrokerFaults, SimBus, broker_host};
 use crate::faults::{Action, Episode, Faults, schedule, steps};
-use crate::{CONTROL_PORT, PUBLIC_PORT, SimClock, SimConnector, SimListener, service_host};
+use crate::witness::ServedLog;
+use crate::{
+    CONTROL_PORT, PUBLIC_PORT, SimClock, SimConnector, SimListener, witnessed_service_host,
+};
 
 /// Simulated epoch: fixed, so wall-clock stamps are the same in every run of a seed.
 const EPOCH_S: u64 = 1_800_000_000;
 /// The service whose instances are real sample-service hosts.
 pub const SAMPLE: &str = "sample";
+/// Every gateway's `upstream.timeout_ms`; the routing checker's tolerance derives from it.
+const UPSTREAM_TIMEOUT_MS: u64 = 2_000;
+/// The most violations the routing checker describes in one run (it counts them all).
+const ROUTING_VIOLATIONS_SHOWN: usize = 5;
 
 mod checks;
+mod routing;
 mod workload;
+
+pub use routing::RoutingCounts;
 
 use checks::{
     check_acknowledged, check_no_phantoms, check_ready_implies_caught_up, converged, digests,
@@ -48,6 +58,8 @@ pub struct Options {
     pub bug: Option<Bug>,
     /// An explicit fault schedule (proptest); `None`: drawn from the seed.
     pub episodes: Option<Vec<Episode>>,
+    /// The lease the sample instances register with (they renew every third of it).
+    pub lease_ms: u64,
 }
 
 impl Options {
@@ -61,11 +73,14 @@ impl Options {
             settle_ms: 30_000,
             bug: None,
             episodes: None,
+            lease_ms: 10_000,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What one run found. Serialised (without the trace) as the result line of
+/// `switchyard-sim run --json`, which `explore` reads from its child processes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub seed: u64,
     pub faults: Faults,
@@ -74,7 +89,10 @@ pub struct Outcome {
     pub convergence_ms: Option<u64>,
     pub simulated_ms: u64,
     pub acknowledged: usize,
+    /// What the routing checker judged.
+    pub routing: RoutingCounts,
     pub trace_hash: u64,
+    #[serde(skip)]
     pub trace: Vec<String>,
 }
 
@@ -85,10 +103,44 @@ fn gateway_names(n: usize) -> Vec<String> {
 }
 
 pub fn run(options: &Options) -> Outcome {
+    align_task_ids();
     planted::plant(options.bug);
     let outcome = simulate(options);
     planted::plant(None);
     outcome
+}
+
+/// How many lists a current-thread tokio runtime keeps its tasks in (tokio 1.x: four times
+/// the worker count, rounded up to a power of two; one worker here). A task goes to list
+/// `id % TASK_LISTS`.
+const TASK_LISTS: u64 = 4;
+
+/// Moves tokio's process-wide task-id counter so that the next task spawned gets an id
+/// divisible by [`TASK_LISTS`].
+///
+/// Why: tokio numbers tasks from one process-wide counter, and when a runtime is dropped (a
+/// turmoil host crashing) it drops its tasks list by list, so in an order that depends on
+/// each task's id modulo [`TASK_LISTS`]. Dropping the tasks closes their sockets, and the
+/// order of those closes decides the timing of requests the crash cuts. A second run of a
+/// seed in the same process starts the counter elsewhere; unaligned, its crashes can drop
+/// tasks in another order and its trace can differ by a few milliseconds. Aligned, a run
+/// sees the same ids modulo [`TASK_LISTS`] wherever the counter stood, as long as no other
+/// thread of the process spawns tasks while it runs (parallel runs interleave their ids:
+/// `explore` therefore runs each seed in its own process). At most `TASK_LISTS` throwaway
+/// tasks; if the id cannot be read, nothing is aligned. `sim/tests/in_process.rs` fails if
+/// a tokio release changes how tasks are listed.
+fn align_task_ids() {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    for _ in 0..TASK_LISTS {
+        let handle = runtime.spawn(async {});
+        let id: Option<u64> = handle.id().to_string().parse().ok();
+        let _ = runtime.block_on(handle);
+        if id.is_none_or(|id| id % TASK_LISTS == TASK_LISTS - 1) {
+            return;
+        }
+    }
 }
 
 fn simulate(options: &Options) -> Outcome {
@@ -135,15 +187,18 @@ fn simulate(options: &Options) -> Outcome {
     }
 
     let nodes: Shared<BTreeMap<String, Arc<Node>>> = Rc::default();
+    // Gateway incarnations started during the last step, with their change feeds.
+    let started: Shared<Vec<Incarnation>> = Rc::default();
     let mut add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str, index: usize| {
         let skew_ms = if faults.clock_skew {
             rng.random_range(-800..=800)
         } else {
             0
         };
-        let (nodes, name_owned, seed) = (nodes.clone(), name.to_owned(), options.seed);
+        let (nodes, started) = (nodes.clone(), started.clone());
+        let (name_owned, seed) = (name.to_owned(), options.seed);
         sim.host(name, move || {
-            let (nodes, name) = (nodes.clone(), name_owned.clone());
+            let (nodes, started, name) = (nodes.clone(), started.clone(), name_owned.clone());
             async move {
                 let config = Config {
                     node_id: name.clone(),
@@ -151,7 +206,7 @@ fn simulate(options: &Options) -> Outcome {
                 };
                 let mut config = config;
                 config.bus.publish_wait_ms = 500;
-                config.upstream.timeout_ms = 2_000;
+                config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
                 let seams = Seams {
                     connector: Arc::new(SimConnector),
                     clock: Arc::new(SimClock { skew_ms }),
@@ -159,6 +214,13 @@ fn simulate(options: &Options) -> Outcome {
                     seed: seed.wrapping_add(index as u64),
                 };
                 let node = Node::new(config, seams);
+                // Subscribed before the node applies anything.
+                started.borrow_mut().push(Incarnation {
+                    name: name.clone(),
+                    skew_ms,
+                    feed: node.watch(),
+                    node: node.clone(),
+                });
                 nodes.borrow_mut().insert(name, node.clone());
                 let public = SimListener::bind(PUBLIC_PORT).await?;
                 let control = SimListener::bind(CONTROL_PORT).await?;
@@ -173,14 +235,16 @@ fn simulate(options: &Options) -> Outcome {
             add_gateway(&mut sim, name, i);
         }
     }
+    let served = ServedLog::default();
     for (i, svc) in services.iter().enumerate() {
         let gw = present[i % present.len()].clone();
-        let svc = svc.clone();
+        let (svc, served, lease_ms) = (svc.clone(), served.clone(), options.lease_ms);
         sim.host(svc.clone(), move || {
-            let (svc, gw) = (svc.clone(), gw.clone());
-            async move { service_host(SAMPLE, &svc, &svc, &gw).await }
+            let (svc, gw, served) = (svc.clone(), gw.clone(), served.clone());
+            async move { witnessed_service_host(SAMPLE, &svc, &svc, &gw, lease_ms, served).await }
         });
     }
+    let mut routing = routing::Routing::new(EPOCH_S * 1_000, UPSTREAM_TIMEOUT_MS);
 
     let acks: Shared<Vec<Ack>> = Rc::default();
     let stop = Rc::new(std::cell::Cell::new(false));
@@ -213,6 +277,9 @@ fn simulate(options: &Options) -> Outcome {
                 .borrow_mut()
                 .push(format!("{:>6} ms fault {}", step.at_ms, step.action));
             apply(&mut sim, &step.action, &mut down);
+            if let Action::Crash(host) = &step.action {
+                routing.crashed(host, now_ms);
+            }
             next += 1;
         }
         if let Some(name) = &late
@@ -244,6 +311,11 @@ fn simulate(options: &Options) -> Outcome {
             violations.push(format!("simulation error at {now_ms} ms: {error}"));
             break;
         }
+        let stepped_ms = sim.elapsed().as_millis() as u64;
+        for inc in started.borrow_mut().drain(..) {
+            routing.started(&inc.name, inc.skew_ms, inc.node, inc.feed, now_ms);
+        }
+        routing.drain(now_ms, stepped_ms);
     }
     stop.set(true);
     let simulated_ms = sim.elapsed().as_millis() as u64;
@@ -258,9 +330,21 @@ fn simulate(options: &Options) -> Outcome {
     let acks = acks.borrow();
     check_acknowledged(&reference, &acks, &mut violations);
     check_no_phantoms(&reference, &services, &mut violations);
+    routing.finish(simulated_ms);
+    let (served, unkept) = served.take();
+    let routing = routing.check(&served, ROUTING_VIOLATIONS_SHOWN, &mut violations);
+    if unkept > 0 {
+        violations.push(format!(
+            "{unkept} served requests were not kept for the routing checker"
+        ));
+    }
 
     let mut trace = trace.take();
     trace.push(format!("final {}", digests(&nodes.borrow(), &log)));
+    trace.push(format!(
+        "routing: {} requests checked, {} not judged, {} violations",
+        routing.checked, routing.unjudged, routing.violations
+    ));
     for v in &violations {
         trace.push(format!("violation {v}"));
     }
@@ -272,9 +356,18 @@ fn simulate(options: &Options) -> Outcome {
         convergence_ms,
         simulated_ms,
         acknowledged: acks.iter().filter(|a| a.status == 200).count(),
+        routing,
         trace_hash,
         trace,
     }
+}
+
+/// A gateway node as it starts, subscribed to its registry changes.
+struct Incarnation {
+    name: String,
+    skew_ms: i64,
+    node: Arc<Node>,
+    feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String>) {

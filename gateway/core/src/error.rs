@@ -33,6 +33,10 @@ pub enum GatewayError {
     UpstreamTimeout { service: String, timeout_ms: u64 },
     #[error("could not reach an instance of {service:?}: {detail}")]
     UpstreamConnect { service: String, detail: String },
+    /// The connection to the instance broke while the call was on it (the instance died or
+    /// reset it). The service may have run the request, so it is not retried.
+    #[error("the connection to an instance of {service:?} broke during the call: {detail}")]
+    UpstreamReset { service: String, detail: String },
     #[error("service {service:?} failed the call with gRPC status {grpc_code}: {message}")]
     UpstreamStatus {
         service: String,
@@ -76,6 +80,7 @@ impl GatewayError {
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
+            Self::UpstreamReset { .. } => "upstream_reset",
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
             Self::NotAllowed { .. } => "not_allowed",
@@ -97,7 +102,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => 504,
             Self::UpstreamConnect { .. } => 503,
             Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
-            Self::BadUpstreamResponse { .. } => 502,
+            Self::BadUpstreamResponse { .. } | Self::UpstreamReset { .. } => 502,
             Self::NotAllowed { .. } => 403,
             Self::SubscriptionLagged { .. } => 429,
             Self::Overloaded { .. } => 503,
@@ -119,6 +124,7 @@ impl GatewayError {
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
             | Self::UpstreamConnect { .. }
+            | Self::UpstreamReset { .. }
             | Self::Overloaded { .. }
             | Self::BusUnavailable { .. } => code::UNAVAILABLE,
             Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
@@ -137,6 +143,7 @@ impl GatewayError {
             Self::NoLiveInstance { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamConnect { .. }
+            | Self::UpstreamReset { .. }
             | Self::UpstreamStatus { .. }
             | Self::BadUpstreamResponse { .. } => Fault::Upstream,
             Self::Overloaded { .. } | Self::BusUnavailable { .. } | Self::Internal { .. } => {
@@ -217,9 +224,19 @@ mod tests {
             service: "s".into(),
             timeout_ms: 10,
         };
+        let reset = GatewayError::UpstreamReset {
+            service: "s".into(),
+            detail: "connection reset".into(),
+        };
         assert!(connect.retryable());
         assert!(!timeout.retryable());
+        assert!(!reset.retryable(), "the service may have run it");
         assert_eq!(connect.fault(), Fault::Upstream);
+        assert_eq!(
+            (reset.code().as_str(), reset.http_status()),
+            ("upstream_reset", 502)
+        );
+        assert_eq!(reset.fault(), Fault::Upstream);
     }
 
     #[test]

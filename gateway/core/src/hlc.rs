@@ -63,6 +63,13 @@ impl Hlc {
         &self.node_id
     }
 
+    /// How far this clock runs ahead of the wall clock, in ms: 0 unless it followed a remote
+    /// stamp from a node whose clock is ahead. Leases are measured from stamps, so a clock far
+    /// ahead makes every lease it stamps last longer by as much.
+    pub fn ahead_of_ms(&self, wall_ms: u64) -> u64 {
+        self.physical_ms.saturating_sub(wall_ms)
+    }
+
     /// A new stamp for a local change, given the wall clock.
     pub fn tick(&mut self, wall_ms: u64) -> Stamp {
         if wall_ms > self.physical_ms {
@@ -120,6 +127,16 @@ mod tests {
         let s3 = hlc.tick(400);
         assert!(s1 < s2 && s2 < s3);
         assert_eq!(s3.physical_ms, 1000);
+    }
+
+    #[test]
+    fn following_a_stamp_from_the_future_puts_the_clock_ahead_of_the_wall() {
+        let mut hlc = Hlc::new("a");
+        hlc.tick(1000);
+        assert_eq!(hlc.ahead_of_ms(1000), 0);
+        hlc.observe(&Stamp::new(61_000, 0, "b"), 1000);
+        assert_eq!(hlc.ahead_of_ms(1000), 60_000);
+        assert_eq!(hlc.ahead_of_ms(70_000), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! * [`names`]: validation of service names, instance ids and instance addresses.
 //! * [`translate`]: HTTP request to `ForwardingReq`, `ForwardingResp` to HTTP response.
 //! * [`status`]: the gRPC-to-HTTP status table.
+//! * [`trace`]: W3C Trace Context: the client's `traceparent` and the gateway's span.
 //! * [`balance`]: load balancing, passive health (temporary ejection) and the retry policy.
 //! * [`error`]: the one error vocabulary, mapped once to HTTP status, JSON body and gRPC code.
 //! * [`planted`]: known bugs behind a test-only switch, for proving the simulation's checkers.
@@ -22,6 +23,7 @@ pub mod names;
 pub mod planted;
 pub mod registry;
 pub mod status;
+pub mod trace;
 pub mod translate;
 
 pub use error::{Fault, GatewayError};

@@ -15,13 +15,16 @@ pub enum Bug {
     SkipOwnEvents,
     /// A gateway reports ready before it has caught up with the bus.
     ReadyBeforeCatchUp,
+    /// Routing ignores lease expiry: an instance whose lease ran out is still chosen.
+    RouteExpired,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 4] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
+        Bug::RouteExpired,
     ];
 }
 

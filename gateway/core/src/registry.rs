@@ -194,7 +194,7 @@ impl Registry {
                 } => {
                     known = true;
                     let expires_ms = entry.stamp.physical_ms.saturating_add(*lease_ms);
-                    if now_ms < expires_ms {
+                    if now_ms < expires_ms || planted::active(Bug::RouteExpired) {
                         live.push(LiveInstance {
                             key,
                             addr,

@@ -167,23 +167,10 @@ fn version_str(version: Version) -> &'static str {
     }
 }
 
-/// A W3C traceparent is `00-<32 hex>-<16 hex>-<2 hex>` in lower-case hex, and a trace id or
-/// parent id of all zeros is invalid (Trace Context §3.2); only a well-formed one is copied
-/// into the forwarding metadata (the header itself passes through untouched either way).
+/// Only a well-formed W3C traceparent ([`crate::trace::parse`]) is copied into the forwarding
+/// metadata (the header itself passes through untouched either way).
 fn valid_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && !zero(parts[1])
-        && hex(parts[2], 16)
-        && !zero(parts[2])
-        && hex(parts[3], 2)
+    crate::trace::parse(v).is_some()
 }
 
 /// Builds the `ForwardingReq` for a routed request. `body` must already be bounded by the

@@ -35,6 +35,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub runtime: RuntimeConfig,
 }
 
@@ -181,6 +182,67 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `switchyard=debug,info`. `SWITCHYARD_LOG` overrides.
     pub level: String,
+    /// One `info` line per request (method, path, status, time, request id, trace id). Off by
+    /// default: errors are logged either way, and at high rates the lines cost more than the
+    /// metrics that count the same requests.
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where to send request spans over OTLP/HTTP with JSON encoding, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Empty: no export.
+    pub otlp_traces_url: String,
+    /// The `service.name` resource attribute of exported spans.
+    pub service_name: String,
+    /// Spans waiting for export; past it new spans are dropped and counted.
+    pub spans_queued_max: usize,
+    /// How long a batch may fill before it is sent.
+    pub export_interval_ms: u64,
+    /// Bound on one export request.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_traces_url: String::new(),
+            service_name: "switchyard".to_owned(),
+            spans_queued_max: 4096,
+            export_interval_ms: 1_000,
+            export_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("telemetry.spans_queued_max", self.spans_queued_max as u64),
+            ("telemetry.export_interval_ms", self.export_interval_ms),
+            ("telemetry.export_timeout_ms", self.export_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err((key, "must be greater than 0".to_owned()));
+            }
+        }
+        if self.otlp_traces_url.is_empty() {
+            return Ok(());
+        }
+        match self.otlp_traces_url.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Ok(()),
+            Ok(uri) if uri.scheme_str() == Some("https") => Err((
+                "telemetry.otlp_traces_url",
+                "https is not supported: send to a collector on the same host or network over http"
+                    .to_owned(),
+            )),
+            _ => Err((
+                "telemetry.otlp_traces_url",
+                format!("{:?} is not an http:// URL", self.otlp_traces_url),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -261,6 +323,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_owned(),
+            access: false,
         }
     }
 }
@@ -294,9 +357,19 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 11] = [
-    "node_id", "seed", "public", "control", "graphql", "upstream", "registry", "bus", "shutdown",
-    "log", "runtime",
+const TOP_LEVEL_KEYS: [&str; 12] = [
+    "node_id",
+    "seed",
+    "public",
+    "control",
+    "graphql",
+    "upstream",
+    "registry",
+    "bus",
+    "shutdown",
+    "log",
+    "telemetry",
+    "runtime",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -467,6 +540,7 @@ impl Config {
             ));
         }
         self.graphql.validate()?;
+        self.telemetry.validate()?;
         if self.node_id.len() > 64
             || self
                 .node_id

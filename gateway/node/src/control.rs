@@ -34,6 +34,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{service}", get(get_service))
@@ -45,6 +46,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(grpc)
         .merge(graphql::router(node, Front::Control))
         .fallback(public::route_not_found)
+}
+
+/// Prometheus text exposition of the node's metrics.
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let body = node.render_metrics().await;
+    Response::builder()
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(Body::from(body))
+        .unwrap_or_default()
 }
 
 fn ok_json(value: &serde_json::Value) -> Response {

@@ -6,6 +6,8 @@
 //! * [`bus`]: the bus trait and the in-memory bus.
 //! * [`node`]: one gateway's state (registry, clock, balancer, upstream pool) and
 //!   [`node::run`], which serves it on two listeners until shutdown.
+//! * [`metrics`]: Prometheus counters, histograms and gauges, served at `/metrics`.
+//! * [`otlp`]: the optional export of request spans over OTLP/HTTP.
 //! * [`outbox`]: registry changes waiting for the bus, published in order with retries.
 //! * [`replicate`]: reading the bus from the beginning, catch-up and readiness.
 //! * [`upstream`]: choosing an instance and calling `ForwardingService.Send` on it.
@@ -23,7 +25,9 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod graphql;
+pub mod metrics;
 pub mod node;
+pub mod otlp;
 pub mod outbox;
 pub mod public;
 pub mod replicate;

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Record};
 use crate::config::Config;
+use crate::metrics::{ChangeOp, Metrics};
+use crate::otlp::Exporter;
 use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::seams::Seams;
 use crate::{control, public, replicate, serve, upstream};
@@ -91,6 +93,11 @@ pub struct Node {
     events_applied: AtomicU64,
     events_rejected: AtomicU64,
     changes: broadcast::Sender<Event>,
+    pub(crate) metrics: Metrics,
+    /// The latest bus high-water mark this node has read, for the lag gauge.
+    high_water: AtomicU64,
+    /// Where finished request spans go, when an OTLP endpoint is configured.
+    pub(crate) exporter: Option<Exporter>,
 }
 
 impl std::fmt::Debug for Node {
@@ -124,6 +131,7 @@ impl Node {
         let retry_policy = RetryPolicy {
             attempts_max: u.attempts_max,
         };
+        let exporter = Exporter::new(&config.telemetry, &id);
         Arc::new(Self {
             outbox: Outbox::new(config.bus.outbox_events_max),
             hlc: Mutex::new(Hlc::new(id.clone())),
@@ -143,6 +151,9 @@ impl Node {
             events_applied: AtomicU64::new(0),
             events_rejected: AtomicU64::new(0),
             changes: broadcast::channel(CHANGES_BUFFERED_MAX).0,
+            metrics: Metrics::default(),
+            high_water: AtomicU64::new(0),
+            exporter,
         })
     }
 
@@ -187,6 +198,109 @@ impl Node {
             let _ = self.changes.send(event.clone());
         }
         applied
+    }
+
+    /// The node's counters and histograms.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Everything `/metrics` serves: the counters and histograms, then gauges read now. The
+    /// bus high-water mark is asked for with a bound; if the bus does not answer in time, the
+    /// last one read stands.
+    pub async fn render_metrics(&self) -> String {
+        let hwm = tokio::time::timeout(METRICS_BUS_WAIT, self.bus().high_water_mark()).await;
+        if let Ok(Ok(hwm)) = hwm {
+            self.high_water.fetch_max(hwm, Ordering::Relaxed);
+        }
+        let now = self.now_ms();
+        let (services, instances, entries) = {
+            let registry = self.registry();
+            let mut services = 0usize;
+            let mut last_live_service: Option<&str> = None;
+            let mut instances = 0usize;
+            for (key, entry) in registry.entries() {
+                if entry.is_live(now) {
+                    instances += 1;
+                    if last_live_service != Some(key.service.as_str()) {
+                        services += 1;
+                        last_live_service = Some(&key.service);
+                    }
+                }
+            }
+            (services, instances, registry.len())
+        };
+        let position = self.bus_position.load(Ordering::Acquire);
+        let high_water = self.high_water.load(Ordering::Relaxed).max(position);
+        let mut out = String::with_capacity(4096);
+        self.metrics.encode(&mut out);
+        use crate::metrics::gauge;
+        gauge(
+            &mut out,
+            "switchyard_registry_services",
+            "Services with at least one live instance.",
+            services,
+        );
+        gauge(
+            &mut out,
+            "switchyard_registry_instances",
+            "Live instances.",
+            instances,
+        );
+        gauge(
+            &mut out,
+            "switchyard_registry_entries",
+            "Registry entries, tombstones and expired leases included.",
+            entries,
+        );
+        gauge(
+            &mut out,
+            "switchyard_bus_position",
+            "The next bus offset this node will read.",
+            position,
+        );
+        gauge(
+            &mut out,
+            "switchyard_bus_high_water",
+            "The latest bus high-water mark this node has read.",
+            high_water,
+        );
+        gauge(
+            &mut out,
+            "switchyard_bus_lag_events",
+            "Bus records written but not yet applied here.",
+            high_water - position,
+        );
+        gauge(
+            &mut out,
+            "switchyard_caught_up",
+            "1 once the node has read the bus up to the mark it saw at start.",
+            u8::from(self.ready.load(Ordering::Acquire)),
+        );
+        gauge(
+            &mut out,
+            "switchyard_ready",
+            "1 while /readyz answers 200.",
+            u8::from(self.is_ready()),
+        );
+        gauge(
+            &mut out,
+            "switchyard_outbox_events",
+            "Registry changes accepted here that the bus has not acknowledged yet.",
+            self.outbox.len(),
+        );
+        if let Some(exporter) = &self.exporter {
+            exporter.encode_metrics(&mut out);
+        }
+        if let Some(rss) = crate::metrics::resident_memory_bytes() {
+            gauge(
+                &mut out,
+                "process_resident_memory_bytes",
+                "Resident memory of the gateway process.",
+                rss,
+            );
+        }
+        out
     }
 
     pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut SmallRng) -> T) -> T {
@@ -265,6 +379,7 @@ impl Node {
         lock(&self.hlc).observe(&event.stamp, self.now_ms());
         let applied = self.apply(&event);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.event_applied(event.origin_node == self.id);
         if applied != Applied::Unchanged {
             tracing::debug!(offset = record.offset, key = %record.key, kind = ?event.kind, origin = %event.origin_node, "applied registry event");
         }
@@ -307,6 +422,7 @@ impl Node {
             origin_node: self.id.clone(),
         };
         let delivery = self.commit(&event).await?;
+        self.metrics.change(ChangeOp::Register);
         Ok((event.key.clone(), event.entry(), delivery))
     }
 
@@ -326,6 +442,7 @@ impl Node {
             .is_some_and(|e| e.is_live(self.now_ms()));
         let tombstone = self.tombstone(key, EventKind::Deregister);
         let delivery = self.commit(&tombstone).await?;
+        self.metrics.change(ChangeOp::Deregister);
         Ok(Deregistered {
             existed,
             delivery,
@@ -335,8 +452,9 @@ impl Node {
 
     /// Publishes an eviction without waiting for the bus (the caller is a request in flight).
     pub(crate) fn evict(&self, key: &InstanceKey) -> Result<(), GatewayError> {
-        self.enqueue_and_apply(&self.tombstone(key.clone(), EventKind::Evict))
-            .map(drop)
+        self.enqueue_and_apply(&self.tombstone(key.clone(), EventKind::Evict))?;
+        self.metrics.change(ChangeOp::Evict);
+        Ok(())
     }
 
     fn tombstone(&self, key: InstanceKey, kind: EventKind) -> Event {
@@ -414,6 +532,9 @@ impl Node {
     }
 }
 
+/// How long a scrape waits for the bus's high-water mark.
+const METRICS_BUS_WAIT: Duration = Duration::from_secs(1);
+
 /// How often [`Node::housekeeping`] runs.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -463,6 +584,14 @@ impl Node {
             let (node, stop) = (node.clone(), tasks.clone());
             tokio::spawn(async move { node.outbox.run(node.bus(), stop).await })
         };
+        let exporter = {
+            let (node, stop) = (node.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(exporter) = &node.exporter {
+                    exporter.run(stop).await;
+                }
+            })
+        };
         let watcher = {
             let (node, shutdown) = (node.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -487,7 +616,7 @@ impl Node {
         );
         tasks.cancel();
         shutdown.cancel();
-        let _ = tokio::join!(replication, upkeep, publisher, watcher);
+        let _ = tokio::join!(replication, upkeep, publisher, watcher, exporter);
         tracing::info!(node_id = %node.id(), "gateway node stopped");
         result.map(|_| ())
     }

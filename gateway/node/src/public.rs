@@ -13,10 +13,13 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use switchyard_core::GatewayError;
+use switchyard_core::trace::{self, Span};
 use switchyard_core::translate::{self, ForwardContext, RequestHead, X_REQUEST_ID};
 
 use crate::graphql::{self, Front};
+use crate::metrics::{self, UpstreamErrorKind};
 use crate::node::Node;
+use crate::otlp::SpanRecord;
 use crate::seams::ClientAddr;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -96,35 +99,79 @@ async fn forward(
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request,
 ) -> Response {
+    let _in_flight = node.metrics().in_flight(metrics::Front::Rest);
     let request_id = translate::client_request_id(request.headers())
         .map(str::to_owned)
         .unwrap_or_else(|| node.new_request_id());
     let method = request.method().clone();
     let path: String = request.uri().path().chars().take(256).collect();
+    let incoming = request
+        .headers()
+        .get(translate::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    let span = node.with_rng(|rng| Span::start(incoming, rng));
+    let trace_id = span.trace_id();
     let started = tokio::time::Instant::now();
-    let mut response = match handle(&node, client, &request_id, request).await {
+    let start_unix_ms = node.now_ms();
+    let mut response = match handle(&node, client, &request_id, &span, request).await {
         Ok(response) => response.map(Body::from),
         Err(error) => {
             let level_warn = error.http_status() >= 500;
             if level_warn {
-                tracing::warn!(%request_id, %method, %path, code = %error.code(), %error, "request failed");
+                tracing::warn!(%request_id, %trace_id, %method, %path, code = %error.code(), %error, "request failed");
             } else {
-                tracing::info!(%request_id, %method, %path, code = %error.code(), %error, "request refused");
+                tracing::info!(%request_id, %trace_id, %method, %path, code = %error.code(), %error, "request refused");
             }
             error_response(&error, Some(&request_id))
         }
     };
-    tracing::debug!(%request_id, %method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request done");
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let service = known_service(&node, &path);
+    node.metrics()
+        .request(metrics::Front::Rest, service, &method, status, elapsed);
+    let elapsed_us = elapsed.as_micros() as u64;
+    if node.config().log.access {
+        tracing::info!(%request_id, %trace_id, %method, %path, status, elapsed_us, "request done");
+    } else {
+        tracing::debug!(%request_id, %trace_id, %method, %path, status, elapsed_us, "request done");
+    }
+    if let Some(exporter) = &node.exporter
+        && span.sampled()
+    {
+        let start_unix_ns = start_unix_ms.saturating_mul(1_000_000);
+        exporter.record(SpanRecord {
+            span,
+            name: format!("{method} /{service}"),
+            start_unix_ns,
+            end_unix_ns: start_unix_ns.saturating_add(elapsed.as_nanos() as u64),
+            method: method.to_string(),
+            path: path.clone(),
+            service: service.to_owned(),
+            status,
+            request_id: request_id.clone(),
+        });
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }
     response
 }
 
+/// The service a path routes to if the registry knows it, else `""`: the label under which a
+/// request is counted, bounded by the registry so that random paths cannot grow the metrics.
+fn known_service<'p>(node: &Node, path: &'p str) -> &'p str {
+    match translate::route(path) {
+        Ok((service, _)) if node.registry().service_entries(service).next().is_some() => service,
+        _ => "",
+    }
+}
+
 async fn handle(
     node: &Node,
     client: std::net::SocketAddr,
     request_id: &str,
+    span: &Span,
     request: Request,
 ) -> Result<http::Response<Bytes>, GatewayError> {
     let (parts, body) = request.into_parts();
@@ -148,10 +195,14 @@ async fn handle(
         request_id,
         deadline_unix_ms,
     };
-    let forwarding_req = translate::to_forwarding_req(&head, body, &ctx)?;
+    let mut forwarding_req = translate::to_forwarding_req(&head, body, &ctx)?;
+    trace::set_parent(&mut forwarding_req, span);
     let forwarding_resp = node.forward(forwarding_req).await?;
-    translate::to_http_response(forwarding_resp)
-        .map_err(|reason| GatewayError::BadUpstreamResponse { service, reason })
+    translate::to_http_response(forwarding_resp).map_err(|reason| {
+        node.metrics()
+            .upstream_error(&service, UpstreamErrorKind::BadResponse);
+        GatewayError::BadUpstreamResponse { service, reason }
+    })
 }
 
 /// Reads the whole body, refusing it with 413 once it passes the limit.

@@ -15,6 +15,7 @@ use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceCl
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::UpstreamErrorKind;
 use crate::node::{Node, lock};
 use crate::seams::Connector;
 
@@ -87,6 +88,9 @@ pub fn lazy_channel(
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
+/// How tonic's own refusal of an oversized message begins.
+const TONIC_DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
+
 /// Whether an error of type `E` is among the causes of `status`: tells a status made on this
 /// side (a failed connect, tonic's own enforcement of the grpc-timeout) from one a service
 /// sent.
@@ -118,14 +122,29 @@ impl Drop for InFlight<'_> {
 impl Node {
     /// Sends `req` to an instance of `req.service` and returns its answer.
     pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
+        let service = req.service.clone();
+        let result = self.forward_with_retries(req, &service).await;
+        if let Err(error @ GatewayError::NoLiveInstance { .. }) = &result {
+            self.metrics.upstream_error(
+                &service,
+                UpstreamErrorKind::of(error).unwrap_or(UpstreamErrorKind::Unavailable),
+            );
+        }
+        result
+    }
+
+    async fn forward_with_retries(
+        &self,
+        req: ForwardingReq,
+        service: &str,
+    ) -> Result<ForwardingResp, GatewayError> {
         let timeout_ms = self.config.upstream.timeout_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-        let service = req.service.clone();
         let mut req = Some(req);
         let mut tried = BTreeSet::new();
         let mut last_error = None;
         for attempt in 1.. {
-            let Some(choice) = self.choose(&service, &tried)? else {
+            let Some(choice) = self.choose(service, &tried)? else {
                 break;
             };
             // A retry needs the request again. When no retry can follow this attempt (the
@@ -139,20 +158,28 @@ impl Node {
             let Choice { key, addr, .. } = choice;
             let result = self.attempt(&key, &addr, to_send, deadline).await;
             self.record(&key, &result);
+            if let Err(error) = &result
+                && let Some(kind) = UpstreamErrorKind::of(error)
+            {
+                self.metrics.upstream_error(service, kind);
+            }
             if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
-                self.evict_if_all_unreachable(&service);
+                self.evict_if_all_unreachable(service);
             }
             match result {
                 Ok(resp) => return Ok(resp),
                 Err(error) if !last && self.retry_policy.should_retry(&error, attempt) => {
                     tracing::debug!(service = %service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
                     tried.insert(key);
+                    self.metrics.retry(service);
                     last_error = Some(error);
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or(GatewayError::NoLiveInstance { service }))
+        Err(last_error.unwrap_or_else(|| GatewayError::NoLiveInstance {
+            service: service.to_owned(),
+        }))
     }
 
     /// Picks an instance not yet tried, or `None` when all were tried. Routing reads the
@@ -259,6 +286,35 @@ impl Node {
                     timeout_ms,
                 })
             }
+            // tonic refuses a response past the decoding limit with a status of its own
+            // making; that is the service answering too much, not the service failing the
+            // call with OUT_OF_RANGE. A test pins tonic's wording.
+            Ok(Err(status))
+                if status.code() == tonic::Code::OutOfRange
+                    && status.message().starts_with(TONIC_DECODE_LIMIT_MESSAGE) =>
+            {
+                Err(GatewayError::BadUpstreamResponse {
+                    service: service.clone(),
+                    reason: format!(
+                        "the response is larger than upstream.response_body_bytes_max ({} bytes)",
+                        self.config.upstream.response_body_bytes_max
+                    ),
+                })
+            }
+            // A status the transport made because the connection broke (the instance died,
+            // or reset the connection) is not the service's answer.
+            Ok(Err(status))
+                if caused_by::<hyper::Error>(&status) || caused_by::<std::io::Error>(&status) =>
+            {
+                Err(GatewayError::UpstreamReset {
+                    service: service.clone(),
+                    detail: format!(
+                        "instance {} at {addr}: {}",
+                        key.instance_id,
+                        status.message()
+                    ),
+                })
+            }
             Ok(Err(status)) => Err(GatewayError::UpstreamStatus {
                 service: service.clone(),
                 grpc_code: status.code() as i32,
@@ -267,8 +323,10 @@ impl Node {
         }
     }
 
-    /// Passive health: connect failures count towards ejection; any answer from the service
-    /// (even an error status) proves it reachable.
+    /// Passive health: connect failures and broken connections count towards ejection; any
+    /// answer from the service (even an error status) proves it reachable. Only connect
+    /// failures count towards eviction: a broken connection is followed by a reconnect, which
+    /// tells whether the instance is gone.
     fn record(&self, key: &InstanceKey, result: &Result<ForwardingResp, GatewayError>) {
         let now = self.now_ms();
         let mut balancer = lock(&self.balancer);
@@ -284,6 +342,11 @@ impl Node {
                 slot.failing_since_ms.get_or_insert(now);
                 if slot.health.on_failure(now, &self.health_policy) {
                     tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms = slot.health.ejected_until_ms, "instance ejected after connect failures");
+                }
+            }
+            Err(GatewayError::UpstreamReset { .. }) => {
+                if slot.health.on_failure(now, &self.health_policy) {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms = slot.health.ejected_until_ms, "instance ejected after its connection broke");
                 }
             }
             Err(GatewayError::UpstreamTimeout { .. }) => {}
@@ -328,6 +391,7 @@ impl Node {
                 })
                 .collect()
         };
+        self.metrics.eviction();
         for key in keys {
             match self.evict(&key) {
                 Ok(()) => {

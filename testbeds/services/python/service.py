@@ -237,6 +237,14 @@ class Sample:
     async def Send(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Handles one HTTP request (named as the rpc is, so grpc finds it). Bad input fails
         only this rpc, never the server."""
+        log.debug(
+            "request %s %s id=%s traceparent=%s gateway=%s",
+            request.method[:16],
+            request.path[:256],
+            request.request_id,
+            request.traceparent,
+            request.gateway_node,
+        )
         try:
             return await self.handle(request)
         except RpcFailure as failure:

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Carrier, Front, SwitchyardSchema, refusal_body, schema};
+use crate::metrics;
 use crate::node::Node;
 use crate::public::read_body;
 use crate::seams::ClientAddr;
@@ -46,9 +47,32 @@ pub fn router(node: Arc<Node>, front: Front) -> Router {
         websockets: Arc::new(Semaphore::new(node.config().graphql.websockets_max)),
         node,
     };
+    let counted = endpoint.node.clone();
     Router::new()
         .route(GRAPHQL_PATH, get(get_graphql).post(post_graphql))
         .with_state(Arc::new(endpoint))
+        .layer(axum::middleware::from_fn_with_state(counted, count))
+}
+
+/// Counts each HTTP request to `/graphql` (a WebSocket once, when it is upgraded) under
+/// `front="graphql"`. The calls inside a query are counted by the upstream path, per service.
+async fn count(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _in_flight = node.metrics().in_flight(metrics::Front::Graphql);
+    let method = request.method().clone();
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    node.metrics().request(
+        metrics::Front::Graphql,
+        "",
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// The request id this request goes by: the client's if plausible, else a fresh one.

@@ -7,11 +7,13 @@ use async_graphql::{Context, Json, Object};
 use bytes::Bytes;
 use switchyard_core::GatewayError;
 use switchyard_core::registry::{EntryState, Removal};
+use switchyard_core::trace::{self, Span};
 use switchyard_core::translate::{self, Call, ForwardContext};
 
 use super::types::{CallResult, Header, Instance, Service};
 use super::{Carrier, field_error, node, null_with_error};
 use crate::node::{Node, NodeStatus};
+use crate::otlp::SpanRecord;
 
 /// The query root.
 #[derive(Debug, Default, Clone, Copy)]
@@ -115,19 +117,42 @@ async fn forward_call(
         .map(str::to_owned)
         .unwrap_or_else(|| node.new_request_id());
     let started = tokio::time::Instant::now();
-    let result = send(node, carrier, call, &request_id).await;
+    let start_unix_ms = node.now_ms();
+    let mut span = None;
+    let result = send(node, carrier, call, &request_id, &mut span).await;
+    let elapsed = started.elapsed();
     let path: String = args.path.chars().take(256).collect();
     let (service, method) = (&args.service, &args.method);
-    match &result {
+    let trace_id = span.map(|s| s.trace_id()).unwrap_or(trace::TraceId(0));
+    let status = match &result {
         Ok(answer) => {
-            tracing::debug!(%request_id, %service, %method, %path, status = answer.status, elapsed_us = started.elapsed().as_micros() as u64, "graphql call done");
+            tracing::debug!(%request_id, %trace_id, %service, %method, %path, status = answer.status, elapsed_us = elapsed.as_micros() as u64, "graphql call done");
+            answer.status
         }
         Err(error) if error.http_status() >= 500 => {
-            tracing::warn!(%request_id, %service, %method, %path, code = %error.code(), %error, "graphql call failed");
+            tracing::warn!(%request_id, %trace_id, %service, %method, %path, code = %error.code(), %error, "graphql call failed");
+            error.http_status()
         }
         Err(error) => {
-            tracing::info!(%request_id, %service, %method, %path, code = %error.code(), %error, "graphql call refused");
+            tracing::info!(%request_id, %trace_id, %service, %method, %path, code = %error.code(), %error, "graphql call refused");
+            error.http_status()
         }
+    };
+    if let (Some(exporter), Some(span)) = (&node.exporter, span)
+        && span.sampled()
+    {
+        let start_unix_ns = start_unix_ms.saturating_mul(1_000_000);
+        exporter.record(SpanRecord {
+            span,
+            name: format!("{method} /{service}"),
+            start_unix_ns,
+            end_unix_ns: start_unix_ns.saturating_add(elapsed.as_nanos() as u64),
+            method: method.clone(),
+            path,
+            service: service.clone(),
+            status,
+            request_id: request_id.clone(),
+        });
     }
     (request_id, result)
 }
@@ -137,6 +162,7 @@ async fn send(
     carrier: &Carrier,
     call: Call<'_>,
     request_id: &str,
+    span: &mut Option<Span>,
 ) -> Result<CallResult, GatewayError> {
     let service = call.service.to_owned();
     let ctx = ForwardContext {
@@ -146,7 +172,13 @@ async fn send(
         request_id,
         deadline_unix_ms: node.now_ms() + node.config().upstream.timeout_ms,
     };
-    let req = translate::call_to_forwarding_req(call, &carrier.head(), &node.limits(), &ctx)?;
+    let mut req = translate::call_to_forwarding_req(call, &carrier.head(), &node.limits(), &ctx)?;
+    // The translator kept the caller's traceparent only if it is valid; the call's span is its
+    // child, or the root of a new trace.
+    let incoming = Some(req.traceparent.as_str()).filter(|t| !t.is_empty());
+    let call_span = node.with_rng(|rng| Span::start(incoming, rng));
+    trace::set_parent(&mut req, &call_span);
+    *span = Some(call_span);
     let resp = node.forward(req).await?;
     let response = translate::to_http_response(resp)
         .map_err(|reason| GatewayError::BadUpstreamResponse { service, reason })?;

@@ -2,6 +2,7 @@
 
 mod graphql;
 mod harness;
+mod telemetry;
 
 use std::time::Duration;
 
@@ -43,7 +44,15 @@ async fn forwards_a_request_and_its_answer_unchanged() {
     assert_eq!(echo["body"], "payload");
     assert_eq!(echo["service"], "orders");
     assert_eq!(echo["request_id"], "req-42");
-    assert_eq!(echo["traceparent"], traceparent);
+    // The gateway takes part in the trace: same trace id, its own span as the service's parent.
+    let sent = echo["traceparent"].as_str().unwrap();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"), "{sent}");
+    assert_ne!(sent, traceparent);
+    assert_eq!(harness::echoed_header(&echo, "traceparent"), [sent]);
     assert_eq!(echo["gateway_node"], gw.node_id);
     assert!(echo["deadline_unix_ms"].as_u64().unwrap() > 0);
     let header_values = |name: &str| harness::echoed_header(&echo, name);
@@ -602,4 +611,93 @@ async fn one_reachable_instance_prevents_eviction() {
         ["live", "live"],
         "a dead instance beside a live one is ejected, not evicted: {view}"
     );
+}
+
+#[tokio::test]
+async fn a_response_past_the_limit_is_a_bad_upstream_response() {
+    let gw = Gateway::start(|c| c.upstream.response_body_bytes_max = 64 * 1024).await;
+    let inst = Instance::start("orders", "o-1").await;
+    gw.register("orders", "o-1", &inst.addr, 10_000).await;
+    // The echo carries the body back, so the response is past the limit and its slack.
+    let (status, _, body) = http_with(
+        "POST",
+        &format!("{}/orders/echo", gw.public_url()),
+        &[],
+        vec![b'x'; 200 * 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "bad_upstream_response");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_body_bytes_max"),
+        "{error}"
+    );
+    // A small one still passes.
+    let (status, _, _) = http_with(
+        "POST",
+        &format!("{}/orders/echo", gw.public_url()),
+        &[],
+        vec![b'x'; 1024],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    gw.stop().await;
+    inst.stop().await;
+}
+
+/// A "service" that accepts a connection, reads the start of the call, and drops the
+/// connection: an instance dying with the request on it.
+async fn dying_instance() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            // The preface, SETTINGS, then the call's HEADERS and DATA: over 100 bytes.
+            let mut read = 0;
+            while read < 100 {
+                match tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => read += n,
+                    _ => break,
+                }
+            }
+            drop(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_connection_broken_during_the_call_is_502_upstream_reset_and_not_retried() {
+    let gw = Gateway::start(|_| {}).await;
+    let (addr, dying) = dying_instance().await;
+    gw.register("orders", "dies", &addr, 10_000).await;
+    let (status, _, body) = http_with(
+        "POST",
+        &format!("{}/orders/charge", gw.public_url()),
+        &[],
+        b"once".to_vec(),
+    )
+    .await;
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{error}");
+    assert_eq!(error["error"]["code"], "upstream_reset", "{error}");
+    let (_, _, metrics) = http("GET", &format!("{}/metrics", gw.control_url())).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.contains("switchyard_upstream_errors_total{service=\"orders\",kind=\"reset\"} 1\n"),
+        "{metrics}"
+    );
+    // Not retried: one attempt, so no retry was counted.
+    assert!(
+        !metrics.contains("switchyard_upstream_retries_total{service=\"orders\"}"),
+        "{metrics}"
+    );
+    dying.abort();
+    gw.stop().await;
 }

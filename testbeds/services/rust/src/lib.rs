@@ -124,6 +124,7 @@ impl ForwardingService for Sample {
         request: Request<ForwardingReq>,
     ) -> Result<Response<ForwardingResp>, Status> {
         let req = request.into_inner();
+        tracing::debug!(request_id = %req.request_id, traceparent = %req.traceparent, gateway = %req.gateway_node, method = %req.method, path = %req.path.chars().take(256).collect::<String>(), "request");
         let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
         let resp = match segments.as_slice() {
             ["hello"] => self.json(

@@ -1,0 +1,93 @@
+//! The service instance as witness: a `ForwardingService` that serves like the sample service
+//! and records, for every request it receives, which gateway sent it and when. The routing
+//! checker (`scenario::routing`) compares these records with what each gateway's registry
+//! listed.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use switchyard_proto::forwarding::forwarding_service_server::{
+    ForwardingService, ForwardingServiceServer,
+};
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+use tonic::{Request, Response, Status};
+
+/// The most requests one log keeps; later ones are counted but not kept. The client sends at
+/// most one request every 50 ms, so a run stays far below it.
+pub const SERVED_MAX: usize = 100_000;
+
+/// One request as the instance that served it saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The instance that received the request.
+    pub instance_id: String,
+    /// `ForwardingReq.gateway_node`: the gateway that forwarded it.
+    pub gateway_node: String,
+    /// `ForwardingReq.deadline_unix_ms`: the forwarding gateway's wall clock when it began
+    /// forwarding, plus its upstream timeout.
+    pub deadline_unix_ms: u64,
+    /// Simulated milliseconds since the start of the run when the request arrived.
+    pub received_ms: u64,
+}
+
+/// The requests every witnessed instance received, shared by all of them (an instance that
+/// crashes keeps its records: the log lives outside the host).
+#[derive(Debug, Clone, Default)]
+pub struct ServedLog {
+    inner: Arc<Mutex<ServedInner>>,
+}
+
+#[derive(Debug, Default)]
+struct ServedInner {
+    served: Vec<Served>,
+    dropped: usize,
+}
+
+impl ServedLog {
+    fn push(&self, served: Served) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.served.len() < SERVED_MAX {
+            inner.served.push(served);
+        } else {
+            inner.dropped += 1;
+        }
+    }
+
+    /// The records kept, in arrival order, and how many were not kept.
+    pub fn take(&self) -> (Vec<Served>, usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (std::mem::take(&mut inner.served), inner.dropped)
+    }
+}
+
+/// Serves as `inner` does, after recording each request in `log`.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    pub inner: sample_service::Sample,
+    pub log: ServedLog,
+}
+
+impl Witness {
+    /// The tonic service, with the sample service's message limits.
+    pub fn into_server(self) -> ForwardingServiceServer<Self> {
+        ForwardingServiceServer::new(self)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+}
+
+#[tonic::async_trait]
+impl ForwardingService for Witness {
+    async fn send(
+        &self,
+        request: Request<ForwardingReq>,
+    ) -> Result<Response<ForwardingResp>, Status> {
+        let req = request.get_ref();
+        self.log.push(Served {
+            instance_id: self.inner.instance_id.clone(),
+            gateway_node: req.gateway_node.clone(),
+            deadline_unix_ms: req.deadline_unix_ms,
+            received_ms: turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64),
+        });
+        self.inner.send(request).await
+    }
+}

@@ -1,0 +1,552 @@
+"""Checks of the deployment files in testbeds/deploy (docs/deploy.md), as far as this machine
+allows: no Docker engine and no Kubernetes cluster run here.
+
+* The Dockerfile, compose.yaml and the Kubernetes manifests are parsed by the parsers their
+  tools use (BuildKit, compose-go, the Kubernetes API types), through testbeds/deploy/validate,
+  and each check is shown to fail on a misspelt key.
+* The gateway configuration of compose.yaml and of the Kubernetes ConfigMap and Deployment is
+  given, as is, to the real `switchyard` binary: `check-config` must accept it, and `serve`
+  with it (listeners moved to loopback, the bus pointed at the test broker) must become ready.
+* Every metric the Grafana dashboard queries is exported by that gateway's /metrics.
+* haproxy.cfg passes `haproxy -c`, and a copy that only swaps the addresses for loopback ones
+  routes REST, gRPC registration and GraphQL (with its stickiness cookie) to three real
+  gateways on the test broker. prometheus.yml passes `promtool check config`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from harness import (
+    GATEWAY_READY,
+    HTTP_TIMEOUT_S,
+    REPO_ROOT,
+    SERVICE_READY,
+    Launcher,
+    binary,
+    child_env,
+    wait_until,
+)
+
+DEPLOY = REPO_ROOT / "testbeds" / "deploy"
+K8S_FILES = sorted((DEPLOY / "k8s").glob("*.yaml"))
+GO_BUILD_TIMEOUT_S = 900
+TOOL_TIMEOUT_S = 60
+# The pod name a Deployment's pod would have; the manifests set the node id from it.
+POD_NAME = "switchyard-gateway-7d9f8c6b5-x2x7q"
+METRIC_NAME = re.compile(r"\b((?:switchyard|process)_[a-z0-9_]+)\b")
+
+
+def run(argv: list[str], timeout_s: float = TOOL_TIMEOUT_S, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, **kw)
+
+
+def gateway_exe() -> Path:
+    exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
+    assert exe.is_file(), f"no gateway binary at {exe}: run `cargo build -p switchyard`"
+    return exe
+
+
+def apt_install(command: str, package: str) -> str:
+    """The path of `command`, installing the Debian package that has it if it is missing."""
+    path = shutil.which(command)
+    if path:
+        return path
+    assert shutil.which("apt-get") and os.geteuid() == 0, (
+        f"{command} is missing and cannot be installed here (needs root and apt-get): "
+        f"install the Debian package {package}"
+    )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], 600, env=env)
+    result = run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], 900, env=env)
+    assert result.returncode == 0, f"apt-get install {package} failed:\n{result.stderr}"
+    path = shutil.which(command)
+    assert path, f"{package} installed no {command}"
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The validator (Go): BuildKit's Dockerfile parser, compose-go, the Kubernetes API types
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def validator() -> Path:
+    go = shutil.which("go")
+    assert go, "the Go toolchain is needed to build testbeds/deploy/validate"
+    out = REPO_ROOT / "testbeds" / ".run" / "deploy-validate"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run(
+        [go, "build", "-mod=readonly", "-o", str(out), "."],
+        GO_BUILD_TIMEOUT_S,
+        cwd=DEPLOY / "validate",
+    )
+    assert result.returncode == 0, f"go build of the validator failed:\n{result.stderr}"
+    return out
+
+
+def validate(validator: Path, *args: str) -> subprocess.CompletedProcess:
+    return run([str(validator), *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def compose(validator: Path) -> dict:
+    """compose.yaml as Docker Compose resolves it (merge keys applied, paths absolute)."""
+    result = validate(validator, "compose", DEPLOY / "compose.yaml")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_dockerfile_parses_with_buildkit_and_builds_three_images(validator: Path) -> None:
+    result = validate(validator, "dockerfile", DEPLOY / "Dockerfile")
+    assert result.returncode == 0, result.stderr
+    stages = result.stdout.split()
+    assert stages == ["build", "sample-python", "sample-rust", "gateway"], stages
+    text = (DEPLOY / "Dockerfile").read_text()
+    # The runtime stages run as a numeric non-root user (so runAsNonRoot can verify it) and
+    # take only the binary from the build stage.
+    for stage in re.split(r"^FROM ", text, flags=re.M)[2:]:
+        assert re.search(r"^USER 10001:10001$", stage, re.M), stage.splitlines()[0]
+    assert "COPY --from=build /out/switchyard /usr/local/bin/switchyard" in text
+    # What the build stage copies from the context exists and is let through the ignore file.
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    sources = re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M)
+    assert sources, "no COPY found"
+    for source in (s for line in sources for s in line.split()):
+        assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
+        assert any(source == a or source.startswith(a + "/") for a in allowed), (
+            f"COPY {source}: excluded by Dockerfile.dockerignore"
+        )
+    # Every workspace member must be in the build context for cargo to load the workspace.
+    members = tomllib.loads((REPO_ROOT / "Cargo.toml").read_text())["workspace"]["members"]
+    for member in members:
+        assert any(member == s or member.startswith(s + "/") for line in sources for s in line.split()), (
+            f"workspace member {member} is not copied into the build stage"
+        )
+
+
+def test_the_validator_fails_on_misspelt_files(validator: Path, tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text((DEPLOY / "Dockerfile").read_text().replace("\nCOPY --from", "\nCOPPY --from"))
+    assert validate(validator, "dockerfile", dockerfile).returncode == 1
+    manifest = tmp_path / "gateway.yaml"
+    manifest.write_text((DEPLOY / "k8s" / "20-gateway.yaml").read_text().replace("readinessProbe:", "readynessProbe:"))
+    result = validate(validator, "k8s", manifest)
+    assert result.returncode == 1 and "readynessProbe" in result.stderr, result.stderr
+    shutil.copytree(DEPLOY, tmp_path / "deploy", ignore=shutil.ignore_patterns("validate"))
+    compose_file = tmp_path / "deploy" / "compose.yaml"
+    compose_file.write_text(compose_file.read_text().replace("stop_grace_period:", "stop_grace_periods:"))
+    result = validate(validator, "compose", compose_file)
+    assert result.returncode == 1 and "stop_grace_periods" in result.stderr, result.stderr
+
+
+def test_kubernetes_manifests_decode_strictly(validator: Path) -> None:
+    result = validate(validator, "k8s", *K8S_FILES)
+    assert result.returncode == 0, result.stderr
+    objects = {tuple(line.split("\t")[1:]) for line in result.stdout.splitlines()}
+    assert objects == {
+        ("Namespace", "switchyard"),
+        ("ConfigMap", "switchyard-gateway"),
+        ("Deployment", "switchyard-gateway"),
+        ("Service", "switchyard-public"),
+        ("Service", "switchyard-control"),
+        ("PodDisruptionBudget", "switchyard-gateway"),
+        ("Deployment", "sample-rust"),
+        ("Deployment", "sample-python"),
+    }, objects
+
+
+# ---------------------------------------------------------------------------------------------
+# The Kubernetes manifests, read here with PyYAML
+# ---------------------------------------------------------------------------------------------
+
+
+def k8s_objects() -> dict[tuple[str, str], dict]:
+    objects = {}
+    for path in K8S_FILES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+def k8s_gateway() -> tuple[dict, dict, str]:
+    """The gateway Deployment, its container, and the TOML of its ConfigMap."""
+    objects = k8s_objects()
+    deployment = objects[("Deployment", "switchyard-gateway")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    toml_text = objects[("ConfigMap", "switchyard-gateway")]["data"]["gateway.toml"]
+    return deployment, container, toml_text
+
+
+def test_kubernetes_gateway_drains_within_its_grace_period_and_probes_the_right_ports() -> None:
+    deployment, container, toml_text = k8s_gateway()
+    config = tomllib.loads(toml_text)
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 3
+    assert pod["enableServiceLinks"] is False
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", command
+    pre_stop_s = float(command[1])
+    drain_s = config["shutdown"]["drain_timeout_ms"] / 1000
+    assert pre_stop_s + drain_s + 5 <= pod["terminationGracePeriodSeconds"], (
+        f"preStop {pre_stop_s} s + drain {drain_s} s + 5 s margin exceed "
+        f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']}"
+    )
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["public"] == int(config["public"]["listen"].rsplit(":", 1)[1])
+    assert ports["control"] == int(config["control"]["listen"].rsplit(":", 1)[1])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "public"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "public"}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == ports["control"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SWITCHYARD_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    pdb = k8s_objects()[("PodDisruptionBudget", "switchyard-gateway")]
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_kubernetes_samples_register_through_the_control_service() -> None:
+    objects = k8s_objects()
+    control = objects[("Service", "switchyard-control")]
+    (port,) = control["spec"]["ports"]
+    want = f"http://{control['metadata']['name']}.{control['metadata']['namespace']}.svc.cluster.local:{port['port']}"
+    for name in ("sample-rust", "sample-python"):
+        deployment = objects[("Deployment", name)]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert args[args.index("--gateway") + 1] == want, args
+        assert args[args.index("--instance-id") + 1] == "$(POD_NAME)", args
+        assert deployment["spec"]["replicas"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The real gateway with the configuration of compose.yaml and of the Kubernetes manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def fresh_topic() -> str:
+    return f"switchyard-deploy-{uuid.uuid4().hex[:12]}"
+
+
+def loopback_on_broker(kafka, topic: str) -> list[str]:
+    """Flags that move a gateway's listeners to loopback and its bus to the test broker; flags
+    win over the file and the environment, so every other setting stays as deployed."""
+    return [
+        "--public-listen", "127.0.0.1:0",
+        "--control-listen", "127.0.0.1:0",
+        "--set", f"bus.kafka.brokers={kafka.bootstrap}",
+        "--set", f"bus.kafka.topic={topic}",
+        "--set", "bus.kafka.replication_factor=1",
+    ]
+
+
+def start_deployed_gateway(launcher: Launcher, name: str, argv: list[str], env: dict[str, str]) -> tuple[str, str]:
+    """Starts the gateway, waits for its ready line and for /readyz 200; returns (public,
+    control) base URLs."""
+    proc = launcher.start(name, argv, GATEWAY_READY, {**child_env(), **env})
+    match = proc.wait_ready()
+    public, control = f"http://{match['public']}", f"http://{match['control']}"
+    wait_until(
+        lambda: requests.get(f"{public}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200,
+        f"{name} to answer /readyz 200",
+        30,
+    )
+    return public, control
+
+
+def gateway_service_env(compose: dict, service: str) -> tuple[list[str], dict[str, str]]:
+    spec = compose["services"][service]
+    env = {k: v for k, v in spec["environment"].items() if v is not None}
+    return spec["command"], env
+
+
+def test_compose_wires_kafka_gateways_haproxy_samples_and_monitoring(compose: dict) -> None:
+    services = compose["services"]
+    assert set(services) == {
+        "kafka", "gateway-1", "gateway-2", "gateway-3", "haproxy",
+        "sample-rust-1", "sample-rust-2", "sample-python-1", "sample-python-2",
+        "prometheus", "grafana",
+    }
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["haproxy"]["image"].startswith("haproxy:")
+    node_ids = set()
+    for i in (1, 2, 3):
+        gw = services[f"gateway-{i}"]
+        command, env = gateway_service_env(compose, f"gateway-{i}")
+        node_ids.add(env["SWITCHYARD_NODE_ID"])
+        assert env["SWITCHYARD_BUS__KAFKA__BROKERS"] == "kafka:9092"
+        assert gw["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert "/readyz" in " ".join(gw["healthcheck"]["test"])
+        grace = re.fullmatch(r"([0-9]+)s", gw["stop_grace_period"])
+        assert grace, gw["stop_grace_period"]
+        drain_s = int(env["SWITCHYARD_SHUTDOWN__DRAIN_TIMEOUT_MS"]) / 1000
+        assert int(grace[1]) > drain_s, (gw["stop_grace_period"], drain_s)
+    assert len(node_ids) == 3
+    for name in ("sample-rust-1", "sample-rust-2", "sample-python-1", "sample-python-2"):
+        command = services[name]["command"]
+        assert command[command.index("--gateway") + 1] == "http://haproxy:8081", command
+        advertise = command[command.index("--advertise") + 1]
+        assert advertise == f"http://{name}:50051", command
+    # Files mounted into containers exist.
+    for name in ("haproxy", "prometheus", "grafana"):
+        for volume in services[name].get("volumes", []):
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), volume["source"]
+
+
+def test_gateway_starts_with_the_compose_environment(compose: dict, launcher: Launcher, kafka, tmp_path: Path) -> None:
+    exe = gateway_exe()
+    command, env = gateway_service_env(compose, "gateway-1")
+    assert command == ["serve"], command
+    checked = run([str(exe), "check-config"], env={**child_env(), **env})
+    assert checked.returncode == 0, checked.stderr
+    assert 'node_id: "gw-1"' in checked.stdout and "kind: Kafka" in checked.stdout, checked.stdout
+    _, control = start_deployed_gateway(
+        launcher, "compose-gateway-1", [str(exe), *command, *loopback_on_broker(kafka, fresh_topic())], env
+    )
+    cluster = requests.get(f"{control}/v1/cluster", timeout=HTTP_TIMEOUT_S).json()
+    assert cluster["node_id"] == "gw-1", cluster
+
+
+def test_gateway_starts_with_the_kubernetes_configmap_and_env(launcher: Launcher, kafka, tmp_path: Path) -> None:
+    exe = gateway_exe()
+    _, container, toml_text = k8s_gateway()
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(toml_text)
+    (mount,) = container["volumeMounts"]
+    args = [a.replace(f"{mount['mountPath']}/gateway.toml", str(config_file)) for a in container["args"]]
+    assert str(config_file) in args, args
+    env = {"SWITCHYARD_NODE_ID": POD_NAME}  # what the downward API gives
+    assert [e["name"] for e in container["env"]] == list(env)
+    checked = run([str(exe), "check-config", *args[1:]], env={**child_env(), **env})
+    assert checked.returncode == 0, checked.stderr
+    assert f'node_id: "{POD_NAME}"' in checked.stdout, checked.stdout
+    _, control = start_deployed_gateway(
+        launcher, "k8s-gateway", [str(exe), *args, *loopback_on_broker(kafka, fresh_topic())], env
+    )
+    cluster = requests.get(f"{control}/v1/cluster", timeout=HTTP_TIMEOUT_S).json()
+    assert cluster["node_id"] == POD_NAME, cluster
+
+
+def test_gateway_refuses_a_misspelt_deployed_key(tmp_path: Path) -> None:
+    """The acceptance above means something: the same binary refuses a wrong key."""
+    _, _, toml_text = k8s_gateway()
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(toml_text.replace("drain_timeout_ms", "drain_timeout_msec"))
+    checked = run([str(gateway_exe()), "check-config", "--config", str(config_file)], env=child_env())
+    assert checked.returncode != 0 and "drain_timeout_msec" in checked.stderr, checked.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Grafana and Prometheus
+# ---------------------------------------------------------------------------------------------
+
+
+def exported_metrics(control: str) -> dict[str, str]:
+    """Metric family name -> type, from a gateway's /metrics."""
+    resp = requests.get(f"{control}/metrics", timeout=HTTP_TIMEOUT_S)
+    assert resp.status_code == 200, resp.text
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", resp.text, re.M))
+
+
+def dashboard_exprs(dashboard: dict) -> list[str]:
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs.append(target["expr"])
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            exprs.append(var["query"]["query"])
+    return exprs
+
+
+def test_dashboard_uses_only_metrics_the_gateway_exports(launcher: Launcher) -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "switchyard.json").read_text())
+    assert dashboard["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"]), "panel ids repeat"
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+    exprs = dashboard_exprs(dashboard)
+    exe = gateway_exe()
+    proc = launcher.start(
+        "metrics-gateway",
+        [str(exe), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"],
+        GATEWAY_READY,
+        child_env(),
+    )
+    match = proc.wait_ready()
+    exported = exported_metrics(f"http://{match['control']}")
+    histograms = {name for name, kind in exported.items() if kind == "histogram"}
+    used = set()
+    for expr in exprs:
+        for name in METRIC_NAME.findall(expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            family = base if base in histograms else name
+            assert family in exported, f"the dashboard queries {name}, which /metrics does not export"
+            if name.endswith("_bucket"):
+                assert base in histograms, f"{name}: {base} is not a histogram"
+            used.add(family)
+    # What the dashboard must show, by the metric that carries it.
+    for family in (
+        "switchyard_http_requests_total", "switchyard_http_request_duration_seconds",
+        "switchyard_http_requests_in_flight", "switchyard_upstream_errors_total",
+        "switchyard_registry_instances", "switchyard_bus_lag_events", "switchyard_caught_up",
+        "switchyard_ready", "switchyard_bus_events_applied_total", "switchyard_evictions_total",
+        "switchyard_outbox_events", "process_resident_memory_bytes",
+    ):
+        assert family in used, f"no panel shows {family}"
+
+
+def test_prometheus_config_passes_promtool_and_scrapes_each_gateway(compose: dict) -> None:
+    promtool = apt_install("promtool", "prometheus")
+    result = run([promtool, "check", "config", str(DEPLOY / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "switchyard"]
+    assert job["metrics_path"] == "/metrics"
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    want = set()
+    for i in (1, 2, 3):
+        _, env = gateway_service_env(compose, f"gateway-{i}")
+        want.add(f"gateway-{i}:{env['SWITCHYARD_CONTROL__LISTEN'].rsplit(':', 1)[1]}")
+    assert targets == want, targets
+
+
+# ---------------------------------------------------------------------------------------------
+# HAProxy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_haproxy_cfg_passes_haproxy_check() -> None:
+    haproxy = apt_install("haproxy", "haproxy")
+    result = run([haproxy, "-c", "-f", str(DEPLOY / "haproxy.cfg")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The only warnings allowed: the gateways' Docker names do not resolve on this machine.
+    for line in (result.stdout + result.stderr).splitlines():
+        if "[WARNING]" in line:
+            assert re.search(r"could not resolve address 'gateway-[123]'", line), line
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now; HAProxy cannot report a port it picked itself, so the
+    caller retries if one was taken in between."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def loopback_haproxy_cfg(gateways: list[tuple[str, str]], binds: list[int]) -> str:
+    """haproxy.cfg with only the addresses changed: gateway-N's ports become the loopback
+    gateways', the binds move to loopback ports, the Docker resolver to a dead address."""
+    text = (DEPLOY / "haproxy.cfg").read_text()
+    for i, (public, control) in enumerate(gateways, start=1):
+        text = text.replace(f"gateway-{i}:8080", public.removeprefix("http://"))
+        text = text.replace(f"gateway-{i}:8081", control.removeprefix("http://"))
+    for port, bind in zip(binds, (":8080", ":8081", ":8404"), strict=True):
+        text, n = re.subn(rf"^(\s*)bind {bind}$", rf"\1bind 127.0.0.1:{port}", text, flags=re.M)
+        assert n == 1, bind
+    text, n = re.subn(r"^(\s*)nameserver dns \S+$", r"\1nameserver dns 127.0.0.1:9", text, flags=re.M)
+    assert n == 1
+    assert "gateway-" not in text
+    return text
+
+
+def test_haproxy_cfg_routes_rest_grpc_and_graphql_to_real_gateways(launcher: Launcher, kafka, tmp_path: Path) -> None:
+    haproxy = apt_install("haproxy", "haproxy")
+    exe = gateway_exe()
+    topic = fresh_topic()
+    gateways = []
+    for i in (1, 2, 3):
+        argv = [str(exe), "serve", "--node-id", f"gw-{i}", "--set", "bus.kind=kafka",
+                *loopback_on_broker(kafka, topic), "--set", "shutdown.drain_timeout_ms=1000"]
+        gateways.append(start_deployed_gateway(launcher, f"hp-gw-{i}", argv, {}))
+    for attempt in range(3):
+        public_port, control_port, stats_port = free_ports(3)
+        cfg = tmp_path / f"haproxy-{attempt}.cfg"
+        cfg.write_text(loopback_haproxy_cfg(gateways, [public_port, control_port, stats_port]))
+        assert run([haproxy, "-c", "-f", str(cfg)]).returncode == 0
+        proc = launcher.start(f"haproxy-{attempt}", [haproxy, "-db", "-f", str(cfg)], re.compile(r"$^"), child_env())
+        public, control = f"http://127.0.0.1:{public_port}", f"http://127.0.0.1:{control_port}"
+
+        def up() -> bool | None:
+            if not proc.running():
+                return True  # exited: a bind failed; try other ports
+            try:
+                return requests.get(f"{public}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200 or None
+            except requests.ConnectionError:
+                return None
+
+        wait_until(up, "HAProxy's public frontend to answer /readyz 200", 20)
+        if proc.running():
+            break
+    else:
+        raise AssertionError(f"HAProxy did not start in 3 tries\n{proc.log_tail()}")
+    # REST registration over HTTP/1.1 through the control frontend (HTTP/2 to the gateway).
+    resp = requests.put(f"{control}/v1/services/rest-svc/instances/r-1", json={"addr": "127.0.0.1:9"}, timeout=HTTP_TIMEOUT_S)
+    assert resp.status_code == 200, resp.text
+    # gRPC registration (h2c) through the control frontend, by the Rust sample.
+    sample = binary("SAMPLE_SERVICE_BIN", "target/debug/sample-service")
+    service = launcher.start(
+        "hp-sample",
+        [str(sample), "--gateway", control, "--service", "sample", "--instance-id", "rust-1", "--listen", "127.0.0.1:0"],
+        SERVICE_READY,
+        child_env(),
+    )
+    service.wait_ready()
+    # Visible on every gateway (through Kafka), and reached through the public frontend
+    # whichever gateway HAProxy picks.
+    for _, gw_control in gateways:
+        wait_until(
+            lambda c=gw_control: requests.get(f"{c}/v1/services/sample", timeout=HTTP_TIMEOUT_S).status_code == 200,
+            f"sample registered on {gw_control}",
+            30,
+        )
+    for _ in range(6):
+        resp = requests.get(f"{public}/sample/hello", timeout=HTTP_TIMEOUT_S)
+        assert resp.status_code == 200 and resp.json()["instance"] == "rust-1", resp.text
+    # GraphQL goes to the sticky backend: the first answer sets the cookie, and a request that
+    # carries it stays on that gateway.
+    with requests.Session() as session:
+        query = {"query": "{ node { nodeId } }"}
+        first = session.post(f"{public}/graphql", json=query, timeout=HTTP_TIMEOUT_S)
+        assert first.status_code == 200, first.text
+        cookie = session.cookies.get("SWITCHYARD_GW")
+        assert cookie in {"gw1", "gw2", "gw3"}, first.headers
+        for _ in range(4):
+            again = session.post(f"{public}/graphql", json=query, timeout=HTTP_TIMEOUT_S)
+            assert again.json()["data"]["node"]["nodeId"] == f"gw-{cookie[-1]}", again.text
+    # HAProxy's own metrics on the stats frontend.
+    stats = requests.get(f"http://127.0.0.1:{stats_port}/metrics", timeout=HTTP_TIMEOUT_S)
+    assert stats.status_code == 200 and "haproxy_backend_active_servers" in stats.text
