@@ -41,6 +41,44 @@ pub struct SpanRecord {
     pub request_id: String,
 }
 
+/// What the gateway knows of a request when it finishes, for its span.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub span: switchyard_core::trace::Span,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub service: &'a str,
+    pub status: u16,
+    pub request_id: &'a str,
+    /// Wall-clock start, in ms since the Unix epoch.
+    pub start_unix_ms: u64,
+    pub elapsed: Duration,
+}
+
+/// Queues the span of a finished request on `exporter`, if there is one and the trace is
+/// sampled.
+pub fn export(exporter: Option<&Exporter>, finished: Finished<'_>) {
+    let Some(exporter) = exporter else {
+        return;
+    };
+    if !finished.span.sampled() {
+        return;
+    }
+    let start_unix_ns = finished.start_unix_ms.saturating_mul(1_000_000);
+    let elapsed_ns = u64::try_from(finished.elapsed.as_nanos()).unwrap_or(u64::MAX);
+    exporter.record(SpanRecord {
+        span: finished.span,
+        name: format!("{} /{}", finished.method, finished.service),
+        start_unix_ns,
+        end_unix_ns: start_unix_ns.saturating_add(elapsed_ns),
+        method: finished.method.to_owned(),
+        path: finished.path.to_owned(),
+        service: finished.service.to_owned(),
+        status: finished.status,
+        request_id: finished.request_id.to_owned(),
+    });
+}
+
 /// The queue of spans and the task that sends them.
 #[derive(Debug)]
 pub struct Exporter {

@@ -19,7 +19,7 @@ use switchyard_core::translate::{self, ForwardContext, RequestHead, X_REQUEST_ID
 use crate::graphql::{self, Front};
 use crate::metrics::{self, UpstreamErrorKind};
 use crate::node::Node;
-use crate::otlp::SpanRecord;
+use crate::otlp;
 use crate::seams::ClientAddr;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -136,22 +136,19 @@ async fn forward(
     } else {
         tracing::debug!(%request_id, %trace_id, %method, %path, status, elapsed_us, "request done");
     }
-    if let Some(exporter) = &node.exporter
-        && span.sampled()
-    {
-        let start_unix_ns = start_unix_ms.saturating_mul(1_000_000);
-        exporter.record(SpanRecord {
+    otlp::export(
+        node.exporter.as_ref(),
+        otlp::Finished {
             span,
-            name: format!("{method} /{service}"),
-            start_unix_ns,
-            end_unix_ns: start_unix_ns.saturating_add(elapsed.as_nanos() as u64),
-            method: method.to_string(),
-            path: path.clone(),
-            service: service.to_owned(),
+            method: method.as_str(),
+            path: &path,
+            service,
             status,
-            request_id: request_id.clone(),
-        });
-    }
+            request_id: &request_id,
+            start_unix_ms,
+            elapsed,
+        },
+    );
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }

@@ -13,7 +13,7 @@ use switchyard_core::translate::{self, Call, ForwardContext};
 use super::types::{CallResult, Header, Instance, Service};
 use super::{Carrier, field_error, node, null_with_error};
 use crate::node::{Node, NodeStatus};
-use crate::otlp::SpanRecord;
+use crate::otlp;
 
 /// The query root.
 #[derive(Debug, Default, Clone, Copy)]
@@ -138,21 +138,20 @@ async fn forward_call(
             error.http_status()
         }
     };
-    if let (Some(exporter), Some(span)) = (&node.exporter, span)
-        && span.sampled()
-    {
-        let start_unix_ns = start_unix_ms.saturating_mul(1_000_000);
-        exporter.record(SpanRecord {
-            span,
-            name: format!("{method} /{service}"),
-            start_unix_ns,
-            end_unix_ns: start_unix_ns.saturating_add(elapsed.as_nanos() as u64),
-            method: method.clone(),
-            path,
-            service: service.clone(),
-            status,
-            request_id: request_id.clone(),
-        });
+    if let Some(span) = span {
+        otlp::export(
+            node.exporter.as_ref(),
+            otlp::Finished {
+                span,
+                method,
+                path: &path,
+                service,
+                status,
+                request_id: &request_id,
+                start_unix_ms,
+                elapsed,
+            },
+        );
     }
     (request_id, result)
 }
