@@ -124,11 +124,9 @@ impl Node {
     pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
         let service = req.service.clone();
         let result = self.forward_with_retries(req, &service).await;
-        if let Err(error @ GatewayError::NoLiveInstance { .. }) = &result {
-            self.metrics.upstream_error(
-                &service,
-                UpstreamErrorKind::of(error).unwrap_or(UpstreamErrorKind::Unavailable),
-            );
+        if let Err(GatewayError::NoLiveInstance { .. }) = &result {
+            self.metrics
+                .upstream_error(&service, UpstreamErrorKind::Unavailable);
         }
         result
     }
