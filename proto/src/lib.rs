@@ -5,16 +5,21 @@
 //! * [`registry`]: the registry events replicated over the bus and the `Registration` service
 //!   through which instances register, renew and deregister.
 //!
+//! By default the modules hold only the prost message types. The `grpc` feature adds the
+//! tonic clients and servers (`forwarding_service_client`, `forwarding_service_server`,
+//! `registration_client`, `registration_server`) to the same modules; it is what brings in
+//! tonic and its transport, so the pure core leaves it off.
+//!
 //! `docs/protocol.md` describes the contract for implementers in other languages.
 
 /// `switchyard.forwarding.v1`: the forwarding contract.
 pub mod forwarding {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
-    tonic::include_proto!("switchyard.forwarding.v1");
+    include!(concat!(env!("OUT_DIR"), "/switchyard.forwarding.v1.rs"));
 }
 
 /// `switchyard.registry.v1`: registry events and the registration service.
 pub mod registry {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
-    tonic::include_proto!("switchyard.registry.v1");
+    include!(concat!(env!("OUT_DIR"), "/switchyard.registry.v1.rs"));
 }
