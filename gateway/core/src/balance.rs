@@ -9,6 +9,11 @@
 //!   must never turn into "unhealthy forever").
 //! * Retries: only failures where the request never reached a service are retried, on an
 //!   instance not yet tried, up to a bound.
+//! * Eviction: when every live instance of a service has been unreachable from this gateway
+//!   for the eviction wait, the gateway evicts them cluster-wide. The wait doubles with each
+//!   eviction in a row, up to a bound, so an instance that keeps coming back and failing is
+//!   not evicted over and over at the base rate. [`Slot`] keeps, per instance, everything
+//!   these decisions read.
 
 use rand::Rng;
 
@@ -129,6 +134,109 @@ impl RetryPolicy {
     }
 }
 
+/// When this gateway evicts instances that it cannot reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvictionPolicy {
+    /// How long every connect must have failed before the first eviction; 0: never evict.
+    pub after_ms: u64,
+    /// The longest wait, however many evictions came before.
+    pub after_max_ms: u64,
+}
+
+impl EvictionPolicy {
+    /// Whether this gateway evicts at all.
+    pub fn enabled(&self) -> bool {
+        self.after_ms != 0
+    }
+
+    /// The wait before the next eviction after `evictions` evictions in a row: `after_ms`
+    /// doubled per eviction (the shift capped at 16), at most `after_max_ms`.
+    pub fn wait_ms(&self, evictions: u32) -> u64 {
+        self.after_ms
+            .saturating_mul(1 << evictions.min(16))
+            .min(self.after_max_ms)
+    }
+}
+
+/// How one attempt on an instance ended, as passive health counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The service answered, even with an error status: it is reachable.
+    Answered,
+    /// No connection could be opened: the request never reached the service.
+    ConnectFailed,
+    /// The connection broke during the call.
+    Reset,
+    /// The deadline passed; says nothing about the instance's health.
+    TimedOut,
+}
+
+impl AttemptOutcome {
+    /// The outcome of an attempt that ended in `result`. Any error that is not about reaching
+    /// the instance (a status the service sent, an invalid response) means it answered.
+    pub fn of(result: Result<(), &GatewayError>) -> Self {
+        match result {
+            Err(GatewayError::UpstreamConnect { .. }) => Self::ConnectFailed,
+            Err(GatewayError::UpstreamReset { .. }) => Self::Reset,
+            Err(GatewayError::UpstreamTimeout { .. }) => Self::TimedOut,
+            Ok(()) | Err(_) => Self::Answered,
+        }
+    }
+}
+
+/// The balancer's record of one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub health: InstanceHealth,
+    /// Requests sent to the instance and not yet ended.
+    pub in_flight: u32,
+    /// Since when every attempt to connect has failed; `None` after any answer.
+    pub failing_since_ms: Option<u64>,
+    /// Evictions by this gateway without an answer between them; each doubles the wait.
+    pub evictions: u32,
+}
+
+impl Slot {
+    /// Records an attempt's outcome; returns `true` if it ejected the instance.
+    ///
+    /// Connect failures and broken connections count towards ejection; any answer from the
+    /// service (even an error status) proves it reachable and clears the record. Only connect
+    /// failures count towards eviction: a broken connection is followed by a reconnect, which
+    /// tells whether the instance is gone. A timeout changes nothing.
+    pub fn record(&mut self, outcome: AttemptOutcome, now_ms: u64, policy: &HealthPolicy) -> bool {
+        match outcome {
+            AttemptOutcome::ConnectFailed => {
+                self.failing_since_ms.get_or_insert(now_ms);
+                self.health.on_failure(now_ms, policy)
+            }
+            AttemptOutcome::Reset => self.health.on_failure(now_ms, policy),
+            AttemptOutcome::TimedOut => false,
+            AttemptOutcome::Answered => {
+                self.health.on_success();
+                self.failing_since_ms = None;
+                self.evictions = 0;
+                false
+            }
+        }
+    }
+
+    /// Whether this instance has been unreachable long enough to evict under `policy`: every
+    /// connect has failed for at least [`EvictionPolicy::wait_ms`]. Never when eviction is
+    /// off.
+    pub fn evictable(&self, now_ms: u64, policy: &EvictionPolicy) -> bool {
+        policy.enabled()
+            && self
+                .failing_since_ms
+                .is_some_and(|since| now_ms.saturating_sub(since) >= policy.wait_ms(self.evictions))
+    }
+
+    /// Notes an eviction by this gateway: the next one waits twice as long, counted from now.
+    pub fn on_evicted(&mut self, now_ms: u64) {
+        self.evictions = self.evictions.saturating_add(1);
+        self.failing_since_ms = Some(now_ms);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -222,5 +330,197 @@ mod tests {
             message: String::new(),
         };
         assert!(!p.should_retry(&status, 1));
+    }
+
+    fn upstream(kind: &str) -> GatewayError {
+        let service = "s".to_owned();
+        match kind {
+            "connect" => GatewayError::UpstreamConnect {
+                service,
+                detail: "refused".into(),
+            },
+            "reset" => GatewayError::UpstreamReset {
+                service,
+                detail: "reset".into(),
+            },
+            "timeout" => GatewayError::UpstreamTimeout {
+                service,
+                timeout_ms: 10,
+            },
+            "status" => GatewayError::UpstreamStatus {
+                service,
+                grpc_code: 14,
+                message: String::new(),
+            },
+            _ => GatewayError::BadUpstreamResponse {
+                service,
+                reason: "garbled".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn outcomes_of_results() {
+        assert_eq!(AttemptOutcome::of(Ok(())), AttemptOutcome::Answered);
+        assert_eq!(
+            AttemptOutcome::of(Err(&upstream("connect"))),
+            AttemptOutcome::ConnectFailed
+        );
+        assert_eq!(
+            AttemptOutcome::of(Err(&upstream("reset"))),
+            AttemptOutcome::Reset
+        );
+        assert_eq!(
+            AttemptOutcome::of(Err(&upstream("timeout"))),
+            AttemptOutcome::TimedOut
+        );
+        // A status the service sent, or a response it garbled, proves it reachable.
+        assert_eq!(
+            AttemptOutcome::of(Err(&upstream("status"))),
+            AttemptOutcome::Answered
+        );
+        assert_eq!(
+            AttemptOutcome::of(Err(&upstream("bad"))),
+            AttemptOutcome::Answered
+        );
+    }
+
+    #[test]
+    fn connect_failures_start_the_eviction_clock_and_an_answer_clears_it() {
+        let policy = HealthPolicy::default();
+        let mut slot = Slot::default();
+        assert!(slot.record(AttemptOutcome::ConnectFailed, 100, &policy));
+        assert_eq!(slot.failing_since_ms, Some(100));
+        assert!(slot.health.is_ejected(100));
+        // A later failure keeps the first moment of failing.
+        assert!(!slot.record(AttemptOutcome::ConnectFailed, 200, &policy));
+        assert_eq!(slot.failing_since_ms, Some(100));
+        slot.on_evicted(300);
+        assert_eq!((slot.evictions, slot.failing_since_ms), (1, Some(300)));
+        let before = slot;
+        assert!(!slot.record(AttemptOutcome::TimedOut, 400, &policy));
+        assert_eq!(slot, before, "a timeout changes nothing");
+        slot.in_flight = 2;
+        assert!(!slot.record(AttemptOutcome::Answered, 500, &policy));
+        assert_eq!(
+            slot,
+            Slot {
+                in_flight: 2,
+                ..Slot::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_broken_connection_ejects_but_does_not_start_the_eviction_clock() {
+        let policy = HealthPolicy::default();
+        let mut slot = Slot::default();
+        assert!(slot.record(AttemptOutcome::Reset, 100, &policy));
+        assert!(slot.health.is_ejected(100));
+        assert_eq!(slot.failing_since_ms, None);
+    }
+
+    #[test]
+    fn the_eviction_wait_doubles_is_capped_and_can_be_off() {
+        let policy = EvictionPolicy {
+            after_ms: 1_000,
+            after_max_ms: 5_000,
+        };
+        assert!(policy.enabled());
+        let waits: Vec<u64> = (0..5).map(|n| policy.wait_ms(n)).collect();
+        assert_eq!(waits, [1_000, 2_000, 4_000, 5_000, 5_000]);
+        let uncapped = EvictionPolicy {
+            after_ms: 1,
+            after_max_ms: u64::MAX,
+        };
+        assert_eq!(uncapped.wait_ms(16), 1 << 16);
+        assert_eq!(uncapped.wait_ms(u32::MAX), 1 << 16, "the shift is capped");
+
+        let mut slot = Slot {
+            failing_since_ms: Some(10_000),
+            evictions: 1,
+            ..Slot::default()
+        };
+        assert!(!slot.evictable(11_999, &policy));
+        assert!(slot.evictable(12_000, &policy));
+        assert!(
+            !Slot::default().evictable(u64::MAX, &policy),
+            "never failed"
+        );
+        let off = EvictionPolicy {
+            after_ms: 0,
+            after_max_ms: 5_000,
+        };
+        assert!(!off.enabled());
+        assert!(!slot.evictable(u64::MAX, &off));
+        slot.on_evicted(20_000);
+        assert!(!slot.evictable(23_999, &policy) && slot.evictable(24_000, &policy));
+    }
+
+    /// `Node::record` as it read before the record moved here, kept as the reference the
+    /// move is checked against.
+    fn record_as_the_node_did(
+        slot: &mut Slot,
+        result: &Result<(), GatewayError>,
+        now: u64,
+        policy: &HealthPolicy,
+    ) -> bool {
+        match result {
+            Err(GatewayError::UpstreamConnect { .. }) => {
+                slot.failing_since_ms.get_or_insert(now);
+                slot.health.on_failure(now, policy)
+            }
+            Err(GatewayError::UpstreamReset { .. }) => slot.health.on_failure(now, policy),
+            Err(GatewayError::UpstreamTimeout { .. }) => false,
+            Ok(_) | Err(_) => {
+                slot.health.on_success();
+                slot.failing_since_ms = None;
+                slot.evictions = 0;
+                false
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn record_matches_the_node_it_came_from(
+            steps in proptest::collection::vec((0usize..5, 0u64..5_000, proptest::bool::ANY), 0..40),
+            failures_to_eject in 0u32..4,
+        ) {
+            let policy = HealthPolicy {
+                failures_to_eject,
+                ejection_base_ms: 100,
+                ejection_max_ms: 1_000,
+            };
+            let kinds = ["connect", "reset", "timeout", "status", "ok"];
+            let (mut slot, mut reference) = (Slot::default(), Slot::default());
+            let mut now = 0u64;
+            for (kind, advance_ms, evict) in steps {
+                now += advance_ms;
+                let result = if kinds[kind] == "ok" { Ok(()) } else { Err(upstream(kinds[kind])) };
+                let ejected = slot.record(AttemptOutcome::of(result.as_ref().map(|_| ())), now, &policy);
+                let expected = record_as_the_node_did(&mut reference, &result, now, &policy);
+                proptest::prop_assert_eq!(ejected, expected);
+                if evict {
+                    slot.on_evicted(now);
+                    reference.evictions = reference.evictions.saturating_add(1);
+                    reference.failing_since_ms = Some(now);
+                }
+                proptest::prop_assert_eq!(slot, reference);
+            }
+        }
+
+        #[test]
+        fn the_eviction_wait_never_shrinks_and_stays_bounded(
+            after_ms in 0u64..1_000_000,
+            after_max_ms in 0u64..100_000_000,
+            evictions in 0u32..64,
+        ) {
+            let policy = EvictionPolicy { after_ms, after_max_ms };
+            let wait = policy.wait_ms(evictions);
+            proptest::prop_assert!(wait <= after_max_ms);
+            proptest::prop_assert!(wait <= policy.wait_ms(evictions + 1));
+            proptest::prop_assert!(wait >= after_ms.min(after_max_ms));
+        }
     }
 }

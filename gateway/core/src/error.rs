@@ -47,6 +47,18 @@ pub enum GatewayError {
     BadUpstreamResponse { service: String, reason: String },
     #[error("not allowed: {what}")]
     NotAllowed { what: String },
+    /// The request carries no credentials, or credentials that could not be verified.
+    /// `challenge` is the `WWW-Authenticate` value that tells the client how to authenticate,
+    /// such as `Bearer realm="switchyard"`.
+    #[error("authentication required: {reason}")]
+    Unauthenticated { reason: String, challenge: String },
+    /// The client is authenticated but may not make this request.
+    #[error("forbidden: {reason}")]
+    Forbidden { reason: String },
+    /// The client sent more requests than its rate allows; it may try again after
+    /// `retry_after_s` seconds.
+    #[error("rate limit exceeded; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error(
         "the registry change feed fell {missed} changes behind this subscriber; subscribe again and re-read the registry"
     )]
@@ -84,6 +96,9 @@ impl GatewayError {
             Self::UpstreamStatus { .. } => "upstream_status",
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
             Self::NotAllowed { .. } => "not_allowed",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Forbidden { .. } => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
             Self::SubscriptionLagged { .. } => "subscription_lagged",
             Self::Overloaded { .. } => "overloaded",
             Self::BusUnavailable { .. } => "bus_unavailable",
@@ -103,7 +118,9 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => 503,
             Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
             Self::BadUpstreamResponse { .. } | Self::UpstreamReset { .. } => 502,
-            Self::NotAllowed { .. } => 403,
+            Self::NotAllowed { .. } | Self::Forbidden { .. } => 403,
+            Self::Unauthenticated { .. } => 401,
+            Self::RateLimited { .. } => 429,
             Self::SubscriptionLagged { .. } => 429,
             Self::Overloaded { .. } => 503,
             Self::BusUnavailable { .. } => 503,
@@ -118,8 +135,10 @@ impl GatewayError {
             Self::InvalidArgument { .. } => code::INVALID_ARGUMENT,
             Self::BodyTooLarge { .. }
             | Self::HeadersTooLarge { .. }
-            | Self::SubscriptionLagged { .. } => code::RESOURCE_EXHAUSTED,
-            Self::NotAllowed { .. } => code::PERMISSION_DENIED,
+            | Self::SubscriptionLagged { .. }
+            | Self::RateLimited { .. } => code::RESOURCE_EXHAUSTED,
+            Self::NotAllowed { .. } | Self::Forbidden { .. } => code::PERMISSION_DENIED,
+            Self::Unauthenticated { .. } => code::UNAUTHENTICATED,
             Self::UpstreamTimeout { .. } => code::DEADLINE_EXCEEDED,
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
@@ -139,6 +158,9 @@ impl GatewayError {
             | Self::HeadersTooLarge { .. }
             | Self::InvalidArgument { .. }
             | Self::NotAllowed { .. }
+            | Self::Unauthenticated { .. }
+            | Self::Forbidden { .. }
+            | Self::RateLimited { .. }
             | Self::SubscriptionLagged { .. } => Fault::Downstream,
             Self::NoLiveInstance { .. }
             | Self::UpstreamTimeout { .. }
@@ -156,6 +178,21 @@ impl GatewayError {
     /// the request never reached a service qualify, so retrying never runs a request twice.
     pub fn retryable(&self) -> bool {
         matches!(self, Self::UpstreamConnect { .. })
+    }
+
+    /// Headers the HTTP answer to this error must carry, as lower-case names and values:
+    /// the `WWW-Authenticate` challenge of a 401 and the `Retry-After` of a 429 from the rate
+    /// limiter. Every HTTP front adds these, so clients see the same answer from each.
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Unauthenticated { challenge, .. } => {
+                vec![("www-authenticate", challenge.clone())]
+            }
+            Self::RateLimited { retry_after_s } => {
+                vec![("retry-after", retry_after_s.to_string())]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The JSON error body: `{"error":{"code":..,"status":..,"message":..,"request_id":..}}`.
@@ -265,5 +302,76 @@ mod tests {
             ("overloaded", 503)
         );
         assert_eq!(full.fault(), Fault::Internal);
+    }
+
+    #[test]
+    fn request_policy_refusals_map_to_every_front() {
+        let unauthenticated = GatewayError::Unauthenticated {
+            reason: "no bearer token".into(),
+            challenge: r#"Bearer realm="switchyard""#.into(),
+        };
+        let forbidden = GatewayError::Forbidden {
+            reason: "token may not call orders".into(),
+        };
+        let limited = GatewayError::RateLimited { retry_after_s: 7 };
+        let table = [
+            (
+                &unauthenticated,
+                "unauthenticated",
+                401,
+                code::UNAUTHENTICATED,
+            ),
+            (&forbidden, "forbidden", 403, code::PERMISSION_DENIED),
+            (&limited, "rate_limited", 429, code::RESOURCE_EXHAUSTED),
+        ];
+        for (err, name, http, grpc) in table {
+            assert_eq!(err.code(), name);
+            assert_eq!(err.http_status(), http, "{name}");
+            assert_eq!(err.grpc_code(), grpc, "{name}");
+            assert_eq!(err.fault(), Fault::Downstream, "{name}");
+            assert!(!err.retryable(), "{name}");
+            // The gRPC code and the HTTP status agree, as the status table maps them.
+            assert_eq!(
+                status::http_status_for_grpc(err.grpc_code()),
+                http,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            unauthenticated.to_string(),
+            "authentication required: no bearer token"
+        );
+        assert!(limited.to_string().contains("7 s"));
+        let body: serde_json::Value = serde_json::from_slice(&limited.to_json(None)).unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert_eq!(body["error"]["status"], 429);
+    }
+
+    #[test]
+    fn only_challenges_and_rate_limits_add_headers() {
+        let unauthenticated = GatewayError::Unauthenticated {
+            reason: "expired".into(),
+            challenge: r#"Bearer realm="switchyard""#.into(),
+        };
+        assert_eq!(
+            unauthenticated.response_headers(),
+            [(
+                "www-authenticate",
+                r#"Bearer realm="switchyard""#.to_owned()
+            )]
+        );
+        assert_eq!(
+            GatewayError::RateLimited { retry_after_s: 30 }.response_headers(),
+            [("retry-after", "30".to_owned())]
+        );
+        for other in [
+            GatewayError::Forbidden {
+                reason: "no".into(),
+            },
+            GatewayError::SubscriptionLagged { missed: 1 },
+            GatewayError::Overloaded { what: "x".into() },
+        ] {
+            assert!(other.response_headers().is_empty(), "{other:?}");
+        }
     }
 }

@@ -6,10 +6,13 @@
 //! * [`registry`]: the last-writer-wins map of service instances, its merge, digest and views.
 //! * [`event`]: registry events and their protobuf codec (what travels on the bus).
 //! * [`names`]: validation of service names, instance ids and instance addresses.
+//! * [`registration`]: a registration as a front receives it, its validation and its lease.
+//! * [`view`]: one instance as every front shows it, and the state names they share.
 //! * [`translate`]: HTTP request to `ForwardingReq`, `ForwardingResp` to HTTP response.
 //! * [`status`]: the gRPC-to-HTTP status table.
 //! * [`trace`]: W3C Trace Context: the client's `traceparent` and the gateway's span.
-//! * [`balance`]: load balancing, passive health (temporary ejection) and the retry policy.
+//! * [`balance`]: load balancing, passive health (temporary ejection), the retry policy and
+//!   eviction of unreachable instances, with the balancer's per-instance record.
 //! * [`error`]: the one error vocabulary, mapped once to HTTP status, JSON body and gRPC code.
 //! * [`planted`]: known bugs behind a test-only switch, for proving the simulation's checkers.
 #![forbid(unsafe_code)]
@@ -21,12 +24,16 @@ pub mod event;
 pub mod hlc;
 pub mod names;
 pub mod planted;
+pub mod registration;
 pub mod registry;
 pub mod status;
 pub mod trace;
 pub mod translate;
+pub mod view;
 
 pub use error::{Fault, GatewayError};
 pub use event::{Event, EventKind};
 pub use hlc::{Hlc, Stamp};
+pub use registration::{LeaseBounds, Registration, ValidRegistration};
 pub use registry::{InstanceKey, Registry};
+pub use view::{InstanceState, InstanceView};
