@@ -12,8 +12,10 @@
 //! Check with `cargo test -p switchyard --test gateway architecture` (add
 //! `--no-default-features` to skip building librdkafka); `-- --nocapture` prints the graph.
 //!
-//! What this does not see: `super::` paths (inside `src/X/` they stay within X), a `use crate
-//! as alias` followed by `alias::Y`, and glob re-exports in `lib.rs`. None occur in the crate.
+//! Deliberately not followed: `super::` paths, which inside `src/X/` or an inline `mod tests`
+//! never leave X (only a `super::` at the top level of `src/X.rs` would reach the crate root,
+//! and no module writes one); `use crate as alias` then `alias::Y`; glob re-exports in
+//! `lib.rs`. The crate uses neither of the last two.
 
 mod graph;
 mod source;
