@@ -176,7 +176,7 @@ async fn serve_instance(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let listener = SimListener::bind(SERVICE_PORT).await?;
     let shutdown = CancellationToken::new();
-    let registration = switchyard::upstream::lazy_channel(
+    let registration = switchyard::forwarding::lazy_channel(
         Arc::new(SimConnector),
         &format!("http://{gateway}:{CONTROL_PORT}"),
         Duration::from_secs(1),

@@ -2,6 +2,7 @@
 //! function of its inputs and of `now`, so production and the turmoil simulation run the same
 //! code.
 //!
+//! * [`identity`]: who a request or a registry change comes from, once established.
 //! * [`hlc`]: hybrid logical clock stamps that order registry changes across gateways.
 //! * [`registry`]: the last-writer-wins map of service instances, its merge, digest and views.
 //! * [`event`]: registry events and their protobuf codec (what travels on the bus).
@@ -22,6 +23,7 @@ pub mod balance;
 pub mod error;
 pub mod event;
 pub mod hlc;
+pub mod identity;
 pub mod names;
 pub mod planted;
 pub mod registration;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::seams::BoxFuture;
+use crate::sync::BoxFuture;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

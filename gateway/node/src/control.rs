@@ -7,33 +7,44 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use axum::routing::get;
 use http::StatusCode;
 use serde::Deserialize;
 use switchyard_core::event::EventKind;
-use switchyard_core::registry::{Entry, EntryState};
-use switchyard_core::{GatewayError, InstanceKey};
+use switchyard_core::registration::Registration;
+use switchyard_core::view::InstanceView;
+use switchyard_core::{GatewayError, Stamp};
 use switchyard_proto::registry as pb;
-use switchyard_proto::registry::registration_server::{Registration, RegistrationServer};
+use switchyard_proto::registry::registration_server::{
+    Registration as RegistrationService, RegistrationServer,
+};
 
-use crate::graphql::{self, Front};
-use crate::node::{self, Node};
 use crate::outbox::Delivery;
-use crate::public::{self, error_response, json_response};
+use crate::registrar::{Caller, Registrar, Via};
+use crate::respond::{error_response, json_response, read_body};
+use crate::seams::ClientAddr;
+use crate::status::Status;
 
 /// Largest registration body accepted.
 const REGISTRATION_BODY_BYTES_MAX: usize = 64 * 1024;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// What the control handlers need.
+#[derive(Debug)]
+pub struct Control {
+    pub registrar: Arc<Registrar>,
+    pub status: Arc<Status>,
+}
+
+/// Registration (REST and gRPC), registry views and `/metrics`. The composition root mounts
+/// it beside the probes and the GraphQL front.
+pub fn router(control: Arc<Control>) -> Router {
     let grpc = tonic::service::Routes::new(RegistrationServer::new(RegistrationApi {
-        node: node.clone(),
+        control: control.clone(),
     }))
     .into_axum_router();
     Router::new()
-        .route("/healthz", get(public::healthz))
-        .route("/readyz", get(public::readyz))
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
         .route("/v1/services", get(list_services))
@@ -42,15 +53,13 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/services/{service}/instances/{instance_id}",
             axum::routing::put(put_instance).delete(delete_instance),
         )
-        .with_state(node.clone())
+        .with_state(control)
         .merge(grpc)
-        .merge(graphql::router(node, Front::Control))
-        .fallback(public::route_not_found)
 }
 
 /// Prometheus text exposition of the node's metrics.
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let body = node.render_metrics().await;
+async fn metrics(State(control): State<Arc<Control>>) -> Response {
+    let body = control.status.render_metrics().await;
     Response::builder()
         .header(
             http::header::CONTENT_TYPE,
@@ -76,63 +85,55 @@ fn accepted_json(delivery: Delivery, value: &serde_json::Value) -> Response {
     json_response(status, serde_json::to_vec(value).unwrap_or_default())
 }
 
-/// The JSON view of one registry entry.
-fn instance_json(node: &Node, key: &InstanceKey, entry: &Entry, now_ms: u64) -> serde_json::Value {
+fn stamp_json(stamp: &Stamp) -> serde_json::Value {
+    serde_json::json!({
+        "physical_ms": stamp.physical_ms,
+        "logical": stamp.logical,
+        "node_id": stamp.node_id,
+    })
+}
+
+/// An instance view as JSON.
+fn instance_json(view: &InstanceView) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "service": key.service,
-        "instance_id": key.instance_id,
-        "state": Node::entry_state(entry, now_ms),
-        "stamp": {
-            "physical_ms": entry.stamp.physical_ms,
-            "logical": entry.stamp.logical,
-            "node_id": entry.stamp.node_id,
-        },
+        "service": view.service,
+        "instance_id": view.instance_id,
+        "state": view.state.as_str(),
+        "stamp": stamp_json(&view.stamp),
     });
-    if let EntryState::Alive {
-        addr,
-        metadata,
-        lease_ms,
-    } = &entry.state
-    {
+    if let Some(addr) = &view.addr {
         v["addr"] = addr.as_str().into();
-        v["metadata"] = serde_json::to_value(metadata).unwrap_or_default();
-        v["lease_ms"] = (*lease_ms).into();
-        v["expires_unix_ms"] = entry.expires_ms().unwrap_or_default().into();
-        let health = node.health_of(key);
-        if health.is_ejected(now_ms) {
-            v["ejected_until_unix_ms"] = health.ejected_until_ms.into();
+        v["metadata"] = serde_json::to_value(&view.metadata).unwrap_or_default();
+        v["lease_ms"] = view.lease_ms.unwrap_or_default().into();
+        v["expires_unix_ms"] = view.expires_unix_ms.unwrap_or_default().into();
+        if let Some(until) = view.ejected_until_unix_ms {
+            v["ejected_until_unix_ms"] = until.into();
         }
     }
     v
 }
 
 /// Every service and its instances, deregistered ones left out.
-async fn list_services(State(node): State<Arc<Node>>) -> Response {
-    let now = node.now_ms();
-    let registry = node.registry();
-    let mut services: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
-    for (key, entry) in registry.entries() {
-        if Node::entry_state(entry, now) != "deregistered" {
-            services
-                .entry(&key.service)
-                .or_default()
-                .push(instance_json(&node, key, entry, now));
-        }
-    }
-    let services: Vec<_> = services
+async fn list_services(State(control): State<Arc<Control>>) -> Response {
+    let services: Vec<_> = control
+        .status
+        .services(None)
         .into_iter()
-        .map(|(name, instances)| serde_json::json!({ "service": name, "instances": instances }))
+        .map(|(name, instances)| {
+            let instances: Vec<_> = instances.iter().map(instance_json).collect();
+            serde_json::json!({ "service": name, "instances": instances })
+        })
         .collect();
     ok_json(&serde_json::json!({ "services": services }))
 }
 
-async fn get_service(State(node): State<Arc<Node>>, Path(service): Path<String>) -> Response {
-    let now = node.now_ms();
-    let registry = node.registry();
-    let instances: Vec<_> = registry
-        .service_entries(&service)
-        .filter(|(_, e)| Node::entry_state(e, now) != "deregistered")
-        .map(|(k, e)| instance_json(&node, k, e, now))
+async fn get_service(State(control): State<Arc<Control>>, Path(service): Path<String>) -> Response {
+    let instances: Vec<_> = control
+        .status
+        .services(Some(&service))
+        .into_values()
+        .flatten()
+        .map(|view| instance_json(&view))
         .collect();
     if instances.is_empty() {
         return error_response(&GatewayError::ServiceNotFound { service }, None);
@@ -140,8 +141,8 @@ async fn get_service(State(node): State<Arc<Node>>, Path(service): Path<String>)
     ok_json(&serde_json::json!({ "service": service, "instances": instances }))
 }
 
-async fn cluster(State(node): State<Arc<Node>>) -> Response {
-    ok_json(&serde_json::to_value(node.status()).unwrap_or_default())
+async fn cluster(State(control): State<Arc<Control>>) -> Response {
+    ok_json(&serde_json::to_value(control.status.node()).unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,23 +159,26 @@ struct PutInstance {
 }
 
 async fn put_instance(
-    State(node): State<Arc<Node>>,
+    State(control): State<Arc<Control>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     Path((service, instance_id)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    match register_rest(&node, service, instance_id, body).await {
+    let caller = Caller::anonymous(Via::Rest, Some(client));
+    match register_rest(&control, &caller, service, instance_id, body).await {
         Ok(response) => response,
         Err(error) => error_response(&error, None),
     }
 }
 
 async fn register_rest(
-    node: &Node,
+    control: &Control,
+    caller: &Caller,
     service: String,
     instance_id: String,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let bytes = public::read_body(body, REGISTRATION_BODY_BYTES_MAX).await?;
+    let bytes = read_body(body, REGISTRATION_BODY_BYTES_MAX).await?;
     let put: PutInstance = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidArgument {
         field: "body",
         reason: format!("expected JSON {{\"addr\": \"host:port\", \"metadata\": {{..}}, \"lease_ms\": n}}: {e}"),
@@ -189,30 +193,37 @@ async fn register_rest(
             });
         }
     };
-    let registration = node::Registration {
+    let registration = Registration {
         service,
         instance_id,
         addr: put.addr,
         metadata: put.metadata,
         lease_ms: put.lease_ms,
     };
-    let (key, entry, delivery) = node.register(registration, kind).await?;
-    let now = node.now_ms();
-    let lease_ms = match &entry.state {
-        EntryState::Alive { lease_ms, .. } => *lease_ms,
-        EntryState::Removed(_) => 0,
-    };
-    let mut body = instance_json(node, &key, &entry, now);
-    body["renew_after_ms"] = (lease_ms / 3).into();
-    body["published"] = (delivery == Delivery::Published).into();
-    Ok(accepted_json(delivery, &body))
+    let registered = control
+        .registrar
+        .register(caller, registration, kind)
+        .await?;
+    let view = control
+        .status
+        .view(&registered.key, &registered.entry, control.status.now_ms());
+    let mut body = instance_json(&view);
+    body["renew_after_ms"] = registered.renew_after_ms.into();
+    body["published"] = (registered.delivery == Delivery::Published).into();
+    Ok(accepted_json(registered.delivery, &body))
 }
 
 async fn delete_instance(
-    State(node): State<Arc<Node>>,
+    State(control): State<Arc<Control>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     Path((service, instance_id)): Path<(String, String)>,
 ) -> Response {
-    match node.deregister(&service, &instance_id).await {
+    let caller = Caller::anonymous(Via::Rest, Some(client));
+    match control
+        .registrar
+        .deregister(&caller, &service, &instance_id)
+        .await
+    {
         Ok(gone) => accepted_json(
             gone.delivery,
             &serde_json::json!({
@@ -220,11 +231,7 @@ async fn delete_instance(
                 "instance_id": instance_id,
                 "existed": gone.existed,
                 "published": gone.delivery == Delivery::Published,
-                "stamp": {
-                    "physical_ms": gone.stamp.physical_ms,
-                    "logical": gone.stamp.logical,
-                    "node_id": gone.stamp.node_id,
-                },
+                "stamp": stamp_json(&gone.stamp),
             }),
         ),
         Err(error) => error_response(&error, None),
@@ -234,31 +241,33 @@ async fn delete_instance(
 /// The gRPC registration service.
 #[derive(Debug, Clone)]
 pub struct RegistrationApi {
-    node: Arc<Node>,
+    control: Arc<Control>,
 }
 
 fn to_status(error: &GatewayError) -> tonic::Status {
     tonic::Status::new(tonic::Code::from_i32(error.grpc_code()), error.to_string())
 }
 
-fn instance_pb(key: &InstanceKey, entry: &Entry) -> pb::Instance {
-    let (addr, metadata, lease_ms) = match &entry.state {
-        EntryState::Alive {
-            addr,
-            metadata,
-            lease_ms,
-        } => (addr.clone(), metadata.clone(), *lease_ms),
-        EntryState::Removed(_) => Default::default(),
-    };
+/// An instance view as protobuf.
+fn instance_pb(view: InstanceView) -> pb::Instance {
     pb::Instance {
-        service: key.service.clone(),
-        instance_id: key.instance_id.clone(),
-        addr,
-        metadata,
-        lease_ms,
-        expires_unix_ms: entry.expires_ms().unwrap_or_default(),
-        stamp: Some((&entry.stamp).into()),
+        service: view.service,
+        instance_id: view.instance_id,
+        addr: view.addr.unwrap_or_default(),
+        metadata: view.metadata,
+        lease_ms: view.lease_ms.unwrap_or_default(),
+        expires_unix_ms: view.expires_unix_ms.unwrap_or_default(),
+        stamp: Some((&view.stamp).into()),
     }
+}
+
+/// The caller of a gRPC request: the connection's peer, as the HTTP server recorded it.
+fn grpc_caller<T>(request: &tonic::Request<T>) -> Caller {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|ConnectInfo(ClientAddr(addr))| *addr);
+    Caller::anonymous(Via::Grpc, client)
 }
 
 impl RegistrationApi {
@@ -267,31 +276,33 @@ impl RegistrationApi {
         request: tonic::Request<pb::RegisterRequest>,
         kind: EventKind,
     ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
+        let caller = grpc_caller(&request);
         let r = request.into_inner();
-        let registration = node::Registration {
+        let registration = Registration {
             service: r.service,
             instance_id: r.instance_id,
             addr: r.addr,
             metadata: r.metadata,
             lease_ms: r.lease_ms,
         };
-        let (key, entry, delivery) = self
-            .node
-            .register(registration, kind)
+        let registered = self
+            .control
+            .registrar
+            .register(&caller, registration, kind)
             .await
             .map_err(|e| to_status(&e))?;
-        let instance = instance_pb(&key, &entry);
-        let renew_after_ms = instance.lease_ms / 3;
+        let status = &self.control.status;
+        let view = status.view(&registered.key, &registered.entry, status.now_ms());
         Ok(tonic::Response::new(pb::RegisterResponse {
-            instance: Some(instance),
-            renew_after_ms,
-            published: delivery == Delivery::Published,
+            instance: Some(instance_pb(view)),
+            renew_after_ms: registered.renew_after_ms,
+            published: registered.delivery == Delivery::Published,
         }))
     }
 }
 
 #[tonic::async_trait]
-impl Registration for RegistrationApi {
+impl RegistrationService for RegistrationApi {
     async fn register(
         &self,
         request: tonic::Request<pb::RegisterRequest>,
@@ -310,10 +321,12 @@ impl Registration for RegistrationApi {
         &self,
         request: tonic::Request<pb::DeregisterRequest>,
     ) -> Result<tonic::Response<pb::DeregisterResponse>, tonic::Status> {
+        let caller = grpc_caller(&request);
         let r = request.into_inner();
         let gone = self
-            .node
-            .deregister(&r.service, &r.instance_id)
+            .control
+            .registrar
+            .deregister(&caller, &r.service, &r.instance_id)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(tonic::Response::new(pb::DeregisterResponse {
@@ -327,12 +340,13 @@ impl Registration for RegistrationApi {
         request: tonic::Request<pb::ListRequest>,
     ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
         let service = request.into_inner().service;
-        let now = self.node.now_ms();
-        let registry = self.node.registry();
-        let instances = registry
-            .entries()
-            .filter(|(k, e)| (service.is_empty() || k.service == service) && e.is_live(now))
-            .map(|(k, e)| instance_pb(k, e))
+        let only = Some(service.as_str()).filter(|s| !s.is_empty());
+        let instances = self
+            .control
+            .status
+            .live(only)
+            .into_iter()
+            .map(instance_pb)
             .collect();
         Ok(tonic::Response::new(pb::ListResponse { instances }))
     }

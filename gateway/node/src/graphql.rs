@@ -23,9 +23,14 @@ use std::sync::Arc;
 use async_graphql::{ErrorExtensionValues, Pos, Schema, ServerError};
 use http::{HeaderMap, Method, Uri, Version};
 use switchyard_core::GatewayError;
-use switchyard_core::translate::RequestHead;
+use switchyard_core::translate::{Limits, RequestHead};
 
-use crate::node::Node;
+use crate::config::GraphqlConfig;
+use crate::pipeline::Pipeline;
+use crate::registrar::Registrar;
+use crate::status::Status;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 pub mod endpoint;
 pub mod gate;
@@ -45,9 +50,23 @@ pub enum Front {
     Control,
 }
 
-/// The schema for one listener, with the node and the configured limits.
-pub fn schema(node: Arc<Node>, front: Front) -> SwitchyardSchema {
-    let g = &node.config().graphql;
+/// What the GraphQL front works with: the request pipeline for calls, the registrar for
+/// mutations, the store's change feed for subscriptions, and the status for views.
+#[derive(Debug)]
+pub struct Backend {
+    pub pipeline: Arc<Pipeline>,
+    pub registrar: Arc<Registrar>,
+    pub status: Arc<Status>,
+    pub store: Arc<Store>,
+    pub telemetry: Arc<Telemetry>,
+    pub config: GraphqlConfig,
+    /// The limits a call is held to: REST's (`public.body_bytes_max`, `header_bytes_max`).
+    pub call_limits: Limits,
+}
+
+/// The schema for one listener, with the backend and the configured limits.
+pub fn schema(backend: Arc<Backend>, front: Front) -> SwitchyardSchema {
+    let g = &backend.config;
     let rules = gate::Rules {
         calls_max: g.calls_max,
         mutations: front == Front::Control || g.mutations_on_public,
@@ -60,7 +79,7 @@ pub fn schema(node: Arc<Node>, front: Front) -> SwitchyardSchema {
     if !g.introspection {
         builder = builder.disable_introspection();
     }
-    builder.data(node).finish()
+    builder.data(backend).finish()
 }
 
 /// The schema in SDL, as committed in `docs/schema.graphql` (`switchyard graphql-schema`).
@@ -101,7 +120,29 @@ fn extensions(error: &GatewayError, request_id: Option<&str>) -> ErrorExtensionV
     if let Some(id) = request_id {
         ext.set("requestId", id);
     }
+    // The headers REST would send with this error (`WWW-Authenticate`, `Retry-After`), as
+    // camel-cased extensions: `wwwAuthenticate`, `retryAfter`.
+    for (name, value) in error.response_headers() {
+        ext.set(camel_case(name), value);
+    }
     ext
+}
+
+/// `www-authenticate` → `wwwAuthenticate`.
+fn camel_case(header: &str) -> String {
+    let mut out = String::with_capacity(header.len());
+    let mut upper = false;
+    for c in header.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A gateway error as a resolver returns it.
@@ -146,14 +187,14 @@ pub fn refusal_body(error: &GatewayError, request_id: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// The node from the schema's data; the schemas built by [`schema`] always hold it.
-pub(crate) fn node<'a>(
+/// The backend from the schema's data; the schemas built by [`schema`] always hold it.
+pub(crate) fn backend<'a>(
     ctx: &async_graphql::Context<'a>,
-) -> Result<&'a Arc<Node>, async_graphql::Error> {
-    ctx.data::<Arc<Node>>().map_err(|_| {
+) -> Result<&'a Arc<Backend>, async_graphql::Error> {
+    ctx.data::<Arc<Backend>>().map_err(|_| {
         field_error(
             &GatewayError::Internal {
-                detail: "the GraphQL schema was built without its node".to_owned(),
+                detail: "the GraphQL schema was built without its backend".to_owned(),
             },
             None,
         )

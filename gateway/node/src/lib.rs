@@ -1,39 +1,47 @@
 //! The Switchyard gateway node: the I/O around the pure core in `switchyard-core`.
 //!
-//! * [`config`]: the TOML file, environment and flag layers, validated.
-//! * [`seams`]: what differs between production and simulation (connector, clock, bus, seed)
-//!   and nothing else.
-//! * [`bus`]: the bus trait and the in-memory bus.
-//! * [`node`]: one gateway's state (registry, clock, balancer, upstream pool) and
-//!   [`node::run`], which serves it on two listeners until shutdown.
-//! * [`metrics`]: Prometheus counters, histograms and gauges, served at `/metrics`.
-//! * [`otlp`]: the optional export of request spans over OTLP/HTTP.
-//! * [`outbox`]: registry changes waiting for the bus, published in order with retries.
-//! * [`replicate`]: reading the bus from the beginning, catch-up and readiness.
-//! * [`upstream`]: choosing an instance and calling `ForwardingService.Send` on it.
-//! * [`public`]: the public listener: REST forwarding, `/graphql`, `/healthz`, `/readyz`.
-//! * [`control`]: the control listener: registration by REST, gRPC and GraphQL, registry
-//!   views.
-//! * [`graphql`]: the GraphQL front: calls, registry queries, mutations and subscriptions.
-//! * [`serve`]: serving an axum router on any listener with graceful shutdown.
-//! * [`demo`]: a gateway with two sample-service instances, for a newcomer's first minute.
+//! Dependencies point one way, from the top of this list down (a test keeps it so:
+//! `cargo test -p switchyard --test gateway architecture`):
+//!
+//! * [`node`]: the composition root. Builds the owners below from the config and the seams,
+//!   spawns their tasks, serves the two listeners and drains. Nothing imports it.
+//! * Fronts: [`public`] (REST forwarding), [`graphql`] (calls, registry queries, mutations,
+//!   subscriptions), [`control`] (registration by REST and gRPC, registry views, `/metrics`),
+//!   [`probes`] (`/healthz`, `/readyz`).
+//! * [`pipeline`]: the one path of every forwarded request, REST or GraphQL `call`: request
+//!   context, policies, forwarding, and the observers around it. [`status`]: what the node
+//!   reports about itself. [`respond`]: HTTP answers shared by the fronts.
+//! * Owners: [`forwarding`] (balancer, channel pool, attempts, retries, eviction trigger),
+//!   [`registrar`] (register, renew, deregister, evict, and registration policies),
+//!   [`replication`] (bus reader, position, readiness).
+//! * [`store`] (registry, clock, change feed), [`outbox`] (changes waiting for the bus),
+//!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
+//!   listener with graceful shutdown).
+//! * [`seams`]: what differs between production and simulation (connector, clock, bus,
+//!   seed). [`bus`]: the bus trait, the in-memory bus, and Kafka. [`config`]: the TOML file,
+//!   environment and flag layers, validated. [`sync`]: locking and the seeded generator.
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod bus;
 pub mod config;
 pub mod control;
-pub mod demo;
+pub mod forwarding;
 pub mod graphql;
-pub mod metrics;
 pub mod node;
-pub mod otlp;
 pub mod outbox;
+pub mod pipeline;
+pub mod probes;
 pub mod public;
-pub mod replicate;
+pub mod registrar;
+pub mod replication;
+pub mod respond;
 pub mod seams;
 pub mod serve;
-pub mod upstream;
+pub mod status;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
 
 pub use config::Config;
 pub use node::{Node, run};

@@ -17,8 +17,8 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
-use crate::node::lock;
 use crate::seams::Backoff;
+use crate::sync::lock;
 
 #[cfg(test)]
 mod tests;

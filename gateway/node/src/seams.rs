@@ -10,10 +10,8 @@
 //!
 //! Everything that decides something sits above these traits.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::bus::Bus;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::sync::BoxFuture;
 
 /// A byte stream to an upstream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

@@ -27,7 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Bus, BusError, Record};
 use crate::config::KafkaConfig;
-use crate::seams::BoxFuture;
+use crate::sync::BoxFuture;
 
 const PARTITION: i32 = 0;
 

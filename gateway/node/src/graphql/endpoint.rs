@@ -23,31 +23,30 @@ use switchyard_core::translate::{self, Limits, X_REQUEST_ID};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{Carrier, Front, SwitchyardSchema, refusal_body, schema};
-use crate::metrics;
-use crate::node::Node;
-use crate::public::read_body;
+use super::{Backend, Carrier, Front, SwitchyardSchema, refusal_body, schema};
+use crate::respond::{add_error_headers, read_body};
 use crate::seams::ClientAddr;
 use crate::serve::Shutdown;
+use crate::telemetry::Front as MetricsFront;
 
 /// Where the front is served, on whichever listener.
 pub const GRAPHQL_PATH: &str = "/graphql";
 
 struct Endpoint {
-    node: Arc<Node>,
+    backend: Arc<Backend>,
     schema: SwitchyardSchema,
     /// One permit per open WebSocket (`graphql.websockets_max`).
     websockets: Arc<Semaphore>,
 }
 
 /// The `/graphql` routes for one listener.
-pub fn router(node: Arc<Node>, front: Front) -> Router {
+pub fn router(backend: Arc<Backend>, front: Front) -> Router {
     let endpoint = Endpoint {
-        schema: schema(node.clone(), front),
-        websockets: Arc::new(Semaphore::new(node.config().graphql.websockets_max)),
-        node,
+        schema: schema(backend.clone(), front),
+        websockets: Arc::new(Semaphore::new(backend.config.websockets_max)),
+        backend,
     };
-    let counted = endpoint.node.clone();
+    let counted = endpoint.backend.clone();
     Router::new()
         .route(GRAPHQL_PATH, get(get_graphql).post(post_graphql))
         .with_state(Arc::new(endpoint))
@@ -57,16 +56,17 @@ pub fn router(node: Arc<Node>, front: Front) -> Router {
 /// Counts each HTTP request to `/graphql` (a WebSocket once, when it is upgraded) under
 /// `front="graphql"`. The calls inside a query are counted by the upstream path, per service.
 async fn count(
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    axum::extract::State(backend): axum::extract::State<Arc<Backend>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let _in_flight = node.metrics().in_flight(metrics::Front::Graphql);
+    let metrics = backend.telemetry.metrics();
+    let _in_flight = metrics.in_flight(MetricsFront::Graphql);
     let method = request.method().clone();
     let started = tokio::time::Instant::now();
     let response = next.run(request).await;
-    node.metrics().request(
-        metrics::Front::Graphql,
+    metrics.request(
+        MetricsFront::Graphql,
         "",
         &method,
         response.status().as_u16(),
@@ -76,10 +76,10 @@ async fn count(
 }
 
 /// The request id this request goes by: the client's if plausible, else a fresh one.
-fn request_id(node: &Node, headers: &HeaderMap) -> String {
+fn request_id(backend: &Backend, headers: &HeaderMap) -> String {
     translate::client_request_id(headers)
         .map(str::to_owned)
-        .unwrap_or_else(|| node.new_request_id())
+        .unwrap_or_else(|| backend.pipeline.new_request_id())
 }
 
 fn json(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
@@ -102,7 +102,9 @@ fn refuse(error: &GatewayError, request_id: &str) -> Response {
     tracing::info!(%request_id, code = %error.code(), %error, "graphql request refused");
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, refusal_body(error, request_id), request_id)
+    let mut response = json(status, refusal_body(error, request_id), request_id);
+    add_error_headers(response.headers_mut(), error);
+    response
 }
 
 /// Whether the body is declared JSON. Requiring it keeps a browser from sending an operation
@@ -120,8 +122,8 @@ async fn post_graphql(
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request,
 ) -> Response {
-    let node = &endpoint.node;
-    let request_id = request_id(node, request.headers());
+    let backend = &endpoint.backend;
+    let request_id = request_id(backend, request.headers());
     let (parts, body) = request.into_parts();
     let carrier = Carrier {
         method: parts.method,
@@ -131,8 +133,8 @@ async fn post_graphql(
         client,
     };
     let limits = Limits {
-        body_bytes_max: node.config().graphql.body_bytes_max,
-        header_bytes_max: node.config().public.header_bytes_max,
+        body_bytes_max: backend.config.body_bytes_max,
+        header_bytes_max: backend.call_limits.header_bytes_max,
     };
     if let Err(error) = translate::check_head(&carrier.head(), &limits) {
         return refuse(&error, &request_id);
@@ -210,11 +212,11 @@ async fn get_graphql(
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request,
 ) -> Response {
-    let node = &endpoint.node;
-    let request_id = request_id(node, request.headers());
+    let backend = &endpoint.backend;
+    let request_id = request_id(backend, request.headers());
     let (mut parts, _) = request.into_parts();
     if is_websocket(&parts.headers)
-        && !origin_allowed(&parts.headers, &node.config().graphql.websocket_origins)
+        && !origin_allowed(&parts.headers, &backend.config.websocket_origins)
     {
         let error = GatewayError::NotAllowed {
             what: "a WebSocket from another origin; allow it in graphql.websocket_origins"
@@ -223,7 +225,7 @@ async fn get_graphql(
         return refuse(&error, &request_id);
     }
     if !is_websocket(&parts.headers) {
-        if node.config().graphql.graphiql {
+        if backend.config.graphiql {
             return Html(
                 GraphiQLSource::build()
                     .endpoint(GRAPHQL_PATH)
@@ -255,7 +257,7 @@ async fn get_graphql(
         let error = GatewayError::Overloaded {
             what: format!(
                 "{} open WebSockets (graphql.websockets_max)",
-                node.config().graphql.websockets_max
+                backend.config.websockets_max
             ),
         };
         return refuse(&error, &request_id);
@@ -275,7 +277,7 @@ async fn get_graphql(
         client,
     });
     let schema = endpoint.schema.clone();
-    let message_bytes_max = node.config().graphql.body_bytes_max;
+    let message_bytes_max = backend.config.body_bytes_max;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(message_bytes_max)

@@ -225,7 +225,7 @@ impl Extension for GateExtension {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        *crate::node::lock(&self.operation_name) = request.operation_name.clone();
+        *crate::sync::lock(&self.operation_name) = request.operation_name.clone();
         next.run(ctx, request).await
     }
 
@@ -237,7 +237,7 @@ impl Extension for GateExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
-        let name = crate::node::lock(&self.operation_name).clone();
+        let name = crate::sync::lock(&self.operation_name).clone();
         if let Some(op) = selected(&doc, name.as_deref()) {
             self.rules.check(&doc, op)?;
         }

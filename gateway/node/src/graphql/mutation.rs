@@ -12,10 +12,12 @@ use switchyard_core::registry::{EntryState, Removal};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
+use switchyard_core::registration::Registration;
+
 use super::types::{Instance, MetadataEntry, RegistryChange};
-use super::{field_error, node, null_with_error};
-use crate::node::{self as node_mod, Node};
+use super::{Backend, Carrier, backend, field_error, null_with_error};
 use crate::outbox::Delivery;
+use crate::registrar::{Caller, Via};
 
 /// The mutation root. Served on the control listener; on the public one only with
 /// `graphql.mutations_on_public`.
@@ -85,7 +87,7 @@ impl Mutation {
         ctx: &Context<'_>,
         input: RegisterInput,
     ) -> async_graphql::Result<Option<Registered>> {
-        let node = node(ctx)?;
+        let backend = backend(ctx)?;
         let kind = if input.renew {
             EventKind::Renew
         } else {
@@ -95,22 +97,27 @@ impl Mutation {
             Ok(metadata) => metadata,
             Err(error) => return null_with_error(ctx, &error, None),
         };
-        let registration = node_mod::Registration {
+        let registration = Registration {
             metadata,
             service: input.service,
             instance_id: input.instance_id,
             addr: input.addr,
             lease_ms: input.lease_ms,
         };
-        let (key, entry, delivery) = match node.register(registration, kind).await {
+        let registered = match backend
+            .registrar
+            .register(&caller(ctx), registration, kind)
+            .await
+        {
             Ok(registered) => registered,
             Err(error) => return null_with_error(ctx, &error, None),
         };
-        let instance = Instance::new(node, &key, &entry, node.now_ms());
+        let status = &backend.status;
+        let view = status.view(&registered.key, &registered.entry, status.now_ms());
         Ok(Some(Registered {
-            renew_after_ms: instance.lease_ms.unwrap_or_default() / 3,
-            instance,
-            published: delivery == Delivery::Published,
+            renew_after_ms: registered.renew_after_ms,
+            instance: Instance::from(view),
+            published: registered.delivery == Delivery::Published,
         }))
     }
 
@@ -121,7 +128,11 @@ impl Mutation {
         service: String,
         instance_id: String,
     ) -> async_graphql::Result<Option<Deregistered>> {
-        let gone = match node(ctx)?.deregister(&service, &instance_id).await {
+        let gone = match backend(ctx)?
+            .registrar
+            .deregister(&caller(ctx), &service, &instance_id)
+            .await
+        {
             Ok(gone) => gone,
             Err(error) => return null_with_error(ctx, &error, None),
         };
@@ -155,32 +166,33 @@ impl Subscription {
         #[graphql(default)] snapshot: bool,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<RegistryChange>> + use<>>
     {
-        let node = node(ctx)?.clone();
+        let backend = backend(ctx)?.clone();
         // Subscribe before the snapshot is read, so no change falls between the two.
-        let changes = node.watch();
+        let changes = backend.store.watch();
         let first = if snapshot {
-            snapshot_of(&node, service.as_deref())
+            snapshot_of(&backend, service.as_deref())
         } else {
             Vec::new()
         };
-        let feed = stream::unfold(Some((changes, node, service)), next_change);
+        let feed = stream::unfold(Some((changes, backend, service)), next_change);
         Ok(stream::iter(first.into_iter().map(Ok)).chain(feed))
     }
 }
 
-type FeedState = Option<(Receiver<Event>, Arc<Node>, Option<String>)>;
+type FeedState = Option<(Receiver<Event>, Arc<Backend>, Option<String>)>;
 
 /// The next change for the subscriber, or its lag error, after which the feed ends.
 async fn next_change(
     state: FeedState,
 ) -> Option<(async_graphql::Result<RegistryChange>, FeedState)> {
-    let (mut changes, node, service) = state?;
+    let (mut changes, backend, service) = state?;
     loop {
         match changes.recv().await {
             Ok(event) if service.as_ref().is_some_and(|s| *s != event.key.service) => continue,
             Ok(event) => {
-                let change = RegistryChange::from_event(&node, &event, node.now_ms());
-                return Some((Ok(change), Some((changes, node, service))));
+                let status = &backend.status;
+                let change = RegistryChange::from_event(status, &event, status.now_ms());
+                return Some((Ok(change), Some((changes, backend, service))));
             }
             Err(RecvError::Lagged(missed)) => {
                 let error = GatewayError::SubscriptionLagged { missed };
@@ -191,15 +203,22 @@ async fn next_change(
     }
 }
 
-fn snapshot_of(node: &Node, service: Option<&str>) -> Vec<RegistryChange> {
-    let now = node.now_ms();
-    let registry = node.registry();
+fn snapshot_of(backend: &Backend, service: Option<&str>) -> Vec<RegistryChange> {
+    let status = &backend.status;
+    let now = status.now_ms();
+    let registry = backend.store.registry();
     let entries: Box<dyn Iterator<Item = _>> = match service {
         Some(service) => Box::new(registry.service_entries(service)),
         None => Box::new(registry.entries()),
     };
     entries
         .filter(|(_, e)| e.state != EntryState::Removed(Removal::Deregistered))
-        .map(|(key, entry)| RegistryChange::from_entry(node, key, entry, now))
+        .map(|(key, entry)| RegistryChange::from_entry(status, key, entry, now))
         .collect()
+}
+
+/// The caller of a mutation: the client of the HTTP request (or WebSocket) that carried it.
+fn caller(ctx: &Context<'_>) -> Caller {
+    let client = ctx.data::<Carrier>().ok().map(|carrier| carrier.client);
+    Caller::anonymous(Via::Graphql, client)
 }

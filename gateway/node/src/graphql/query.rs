@@ -1,19 +1,18 @@
 //! The query root: calling services, and reading the registry and the node.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_graphql::{Context, Json, Object};
 use bytes::Bytes;
+use http::Method;
 use switchyard_core::GatewayError;
-use switchyard_core::registry::{EntryState, Removal};
-use switchyard_core::trace::{self, Span};
-use switchyard_core::translate::{self, Call, ForwardContext};
+use switchyard_core::translate::{self, Call};
 
-use super::types::{CallResult, Header, Instance, Service};
-use super::{Carrier, field_error, node, null_with_error};
-use crate::node::{Node, NodeStatus};
-use crate::otlp;
+use super::types::{CallResult, Header, Service};
+use super::{Backend, Carrier, backend, field_error, null_with_error};
+use crate::pipeline::{Parent, RequestContext, Start};
+use crate::status::NodeStatus;
+use crate::telemetry::Front;
 
 /// The query root.
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,7 +49,7 @@ impl Query {
         #[graphql(default)] headers: Vec<Header>,
         #[graphql(default)] body: String,
     ) -> async_graphql::Result<Option<CallResult>> {
-        let node = node(ctx)?;
+        let backend = backend(ctx)?;
         let carrier = ctx.data::<Carrier>().map_err(|_| {
             field_error(
                 &GatewayError::Internal {
@@ -67,7 +66,7 @@ impl Query {
             headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
             body,
         };
-        match forward_call(node, carrier, args).await {
+        match forward_call(backend, carrier, args).await {
             (_, Ok(answer)) => Ok(Some(answer)),
             (request_id, Err(error)) => null_with_error(ctx, &error, Some(&request_id)),
         }
@@ -80,7 +79,7 @@ impl Query {
         ctx: &Context<'_>,
         name: Option<String>,
     ) -> async_graphql::Result<Vec<Service>> {
-        Ok(services(node(ctx)?, name.as_deref()))
+        Ok(services(backend(ctx)?, name.as_deref()))
     }
 
     /// One service, or null when this node lists no instance of it (never registered, or
@@ -90,18 +89,19 @@ impl Query {
         ctx: &Context<'_>,
         name: String,
     ) -> async_graphql::Result<Option<Service>> {
-        Ok(services(node(ctx)?, Some(&name)).into_iter().next())
+        Ok(services(backend(ctx)?, Some(&name)).into_iter().next())
     }
 
     /// This gateway node as it sees itself.
     async fn node(&self, ctx: &Context<'_>) -> async_graphql::Result<NodeStatus> {
-        Ok(node(ctx)?.status())
+        Ok(backend(ctx)?.status.node())
     }
 }
 
-/// Forwards one call; returns the request id it went by, whatever the outcome.
+/// Forwards one call through the request pipeline; returns the request id it went by,
+/// whatever the outcome.
 async fn forward_call(
-    node: &Arc<Node>,
+    backend: &Arc<Backend>,
     carrier: &Carrier,
     args: CallArgs,
 ) -> (String, Result<CallResult, GatewayError>) {
@@ -113,74 +113,41 @@ async fn forward_call(
         headers: &args.headers,
         body: Bytes::from(args.body.into_bytes()),
     };
-    let request_id = translate::call_request_id(&call)
-        .map(str::to_owned)
-        .unwrap_or_else(|| node.new_request_id());
-    let started = tokio::time::Instant::now();
-    let start_unix_ms = node.now_ms();
-    let mut span = None;
-    let result = send(node, carrier, call, &request_id, &mut span).await;
-    let elapsed = started.elapsed();
-    let path: String = args.path.chars().take(256).collect();
-    let (service, method) = (&args.service, &args.method);
-    let trace_id = span.map(|s| s.trace_id()).unwrap_or(trace::TraceId(0));
-    let status = match &result {
-        Ok(answer) => {
-            tracing::debug!(%request_id, %trace_id, %service, %method, %path, status = answer.status, elapsed_us = elapsed.as_micros() as u64, "graphql call done");
-            answer.status
-        }
-        Err(error) if error.http_status() >= 500 => {
-            tracing::warn!(%request_id, %trace_id, %service, %method, %path, code = %error.code(), %error, "graphql call failed");
-            error.http_status()
-        }
-        Err(error) => {
-            tracing::info!(%request_id, %trace_id, %service, %method, %path, code = %error.code(), %error, "graphql call refused");
-            error.http_status()
-        }
-    };
-    if let Some(span) = span {
-        otlp::export(
-            node.exporter.as_ref(),
-            otlp::Finished {
-                span,
-                method,
-                path: &path,
-                service,
-                status,
-                request_id: &request_id,
-                start_unix_ms,
-                elapsed,
-            },
-        );
-    }
+    let pipeline = &backend.pipeline;
+    // A method that does not parse is refused by the translator; until then it is counted
+    // and logged as `OTHER`.
+    let method = Method::from_bytes(args.method.as_bytes())
+        .or_else(|_| Method::from_bytes(b"OTHER"))
+        .unwrap_or_default();
+    let mut exchange = pipeline.begin(Start {
+        front: Front::GraphqlCall,
+        client_addr: carrier.client,
+        request_id: translate::call_request_id(&call),
+        parent: Parent::Translated,
+        method: &method,
+        path: &args.path,
+        service: Some(&args.service),
+    });
+    let result = send(backend, carrier, call, &mut exchange.ctx).await;
+    let request_id = exchange.ctx.request_id.clone();
+    pipeline.finish(exchange, result.as_ref().map(|answer| answer.status));
     (request_id, result)
 }
 
 async fn send(
-    node: &Node,
+    backend: &Backend,
     carrier: &Carrier,
     call: Call<'_>,
-    request_id: &str,
-    span: &mut Option<Span>,
+    ctx: &mut RequestContext,
 ) -> Result<CallResult, GatewayError> {
-    let service = call.service.to_owned();
-    let ctx = ForwardContext {
-        scheme: "http",
-        client_addr: Some(carrier.client),
-        gateway_node: node.id(),
-        request_id,
-        deadline_unix_ms: node.now_ms() + node.config().upstream.timeout_ms,
-    };
-    let mut req = translate::call_to_forwarding_req(call, &carrier.head(), &node.limits(), &ctx)?;
-    // The translator kept the caller's traceparent only if it is valid; the call's span is its
-    // child, or the root of a new trace.
-    let incoming = Some(req.traceparent.as_str()).filter(|t| !t.is_empty());
-    let call_span = node.with_rng(|rng| Span::start(incoming, rng));
-    trace::set_parent(&mut req, &call_span);
-    *span = Some(call_span);
-    let resp = node.forward(req).await?;
-    let response = translate::to_http_response(resp)
-        .map_err(|reason| GatewayError::BadUpstreamResponse { service, reason })?;
+    let pipeline = &backend.pipeline;
+    let req = translate::call_to_forwarding_req(
+        call,
+        &carrier.head(),
+        &backend.call_limits,
+        &pipeline.forward_context(ctx),
+    )?;
+    let response = pipeline.forward(ctx, req).await?;
     let (parts, body) = response.into_parts();
     let headers = parts
         .headers
@@ -195,33 +162,20 @@ async fn send(
         headers,
         json: translate::body_json(&parts.headers, &body).map(Json),
         body: String::from_utf8_lossy(&body).into_owned(),
-        request_id: request_id.to_owned(),
+        request_id: ctx.request_id.clone(),
     })
 }
 
 /// The registry's services as views, deregistered instances and services left without any
 /// instance left out; only `only` if given.
-pub fn services(node: &Node, only: Option<&str>) -> Vec<Service> {
-    let now = node.now_ms();
-    let registry = node.registry();
-    let mut by_name: BTreeMap<&str, Vec<Instance>> = BTreeMap::new();
-    let entries: Box<dyn Iterator<Item = _>> = match only {
-        Some(service) => Box::new(registry.service_entries(service)),
-        None => Box::new(registry.entries()),
-    };
-    for (key, entry) in entries {
-        if entry.state != EntryState::Removed(Removal::Deregistered) {
-            by_name
-                .entry(&key.service)
-                .or_default()
-                .push(Instance::new(node, key, entry, now));
-        }
-    }
-    by_name
+pub fn services(backend: &Backend, only: Option<&str>) -> Vec<Service> {
+    backend
+        .status
+        .services(only)
         .into_iter()
         .map(|(name, instances)| Service {
-            name: name.to_owned(),
-            instances,
+            name,
+            instances: instances.into_iter().map(Into::into).collect(),
         })
         .collect()
 }

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use async_graphql::{Enum, InputObject, Json, SimpleObject};
 use switchyard_core::event::{Event, EventKind};
 use switchyard_core::registry::{Entry, EntryState, Removal};
+use switchyard_core::view::{self, InstanceView};
 use switchyard_core::{InstanceKey, Stamp};
 
-use crate::node::Node;
+use crate::status::Status;
 
 /// One HTTP header field. Header lists keep their order and duplicates.
 #[derive(Debug, Clone, SimpleObject, InputObject)]
@@ -86,13 +87,13 @@ pub enum InstanceState {
     Deregistered,
 }
 
-impl InstanceState {
-    pub fn of(entry: &Entry, now_ms: u64) -> Self {
-        match &entry.state {
-            EntryState::Alive { .. } if entry.is_live(now_ms) => Self::Live,
-            EntryState::Alive { .. } => Self::Expired,
-            EntryState::Removed(Removal::Evicted) => Self::Evicted,
-            EntryState::Removed(Removal::Deregistered) => Self::Deregistered,
+impl From<view::InstanceState> for InstanceState {
+    fn from(state: view::InstanceState) -> Self {
+        match state {
+            view::InstanceState::Live => Self::Live,
+            view::InstanceState::Expired => Self::Expired,
+            view::InstanceState::Evicted => Self::Evicted,
+            view::InstanceState::Deregistered => Self::Deregistered,
         }
     }
 }
@@ -115,28 +116,18 @@ pub struct Instance {
     pub ejected_until_unix_ms: Option<u64>,
 }
 
-impl Instance {
-    pub fn new(node: &Node, key: &InstanceKey, entry: &Entry, now_ms: u64) -> Self {
-        let (addr, metadata, lease_ms) = match &entry.state {
-            EntryState::Alive {
-                addr,
-                metadata,
-                lease_ms,
-            } => (Some(addr.clone()), metadata_list(metadata), Some(*lease_ms)),
-            EntryState::Removed(_) => (None, Vec::new(), None),
-        };
-        let health = node.health_of(key);
+impl From<InstanceView> for Instance {
+    fn from(view: InstanceView) -> Self {
         Self {
-            service: key.service.clone(),
-            instance_id: key.instance_id.clone(),
-            state: InstanceState::of(entry, now_ms),
-            addr,
-            metadata,
-            lease_ms,
-            expires_unix_ms: entry.expires_ms(),
-            stamp: (&entry.stamp).into(),
-            ejected_until_unix_ms: (lease_ms.is_some() && health.is_ejected(now_ms))
-                .then_some(health.ejected_until_ms),
+            service: view.service,
+            instance_id: view.instance_id,
+            state: view.state.into(),
+            addr: view.addr,
+            metadata: metadata_list(&view.metadata),
+            lease_ms: view.lease_ms,
+            expires_unix_ms: view.expires_unix_ms,
+            stamp: (&view.stamp).into(),
+            ejected_until_unix_ms: view.ejected_until_unix_ms,
         }
     }
 }
@@ -182,17 +173,17 @@ pub struct RegistryChange {
 }
 
 impl RegistryChange {
-    pub fn from_event(node: &Node, event: &Event, now_ms: u64) -> Self {
+    pub fn from_event(status: &Status, event: &Event, now_ms: u64) -> Self {
         Self {
             kind: event.kind.into(),
-            instance: Instance::new(node, &event.key, &event.entry(), now_ms),
+            instance: status.view(&event.key, &event.entry(), now_ms).into(),
             origin_node: event.origin_node.clone(),
             snapshot: false,
         }
     }
 
     /// A snapshot entry: the kind is the one that produced the entry's state.
-    pub fn from_entry(node: &Node, key: &InstanceKey, entry: &Entry, now_ms: u64) -> Self {
+    pub fn from_entry(status: &Status, key: &InstanceKey, entry: &Entry, now_ms: u64) -> Self {
         let kind = match &entry.state {
             EntryState::Alive { .. } => ChangeKind::Register,
             EntryState::Removed(Removal::Deregistered) => ChangeKind::Deregister,
@@ -200,7 +191,7 @@ impl RegistryChange {
         };
         Self {
             kind,
-            instance: Instance::new(node, key, entry, now_ms),
+            instance: status.view(key, entry, now_ms).into(),
             origin_node: entry.stamp.node_id.clone(),
             snapshot: true,
         }

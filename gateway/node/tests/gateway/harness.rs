@@ -14,6 +14,7 @@ use sample_service::Sample;
 use serde_json::Value;
 use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::Config;
+use switchyard::node::{Builder, Node};
 use switchyard::seams::{Seams, SystemClock, TokioConnector};
 use switchyard_proto::forwarding::forwarding_service_server::{
     ForwardingService, ForwardingServiceServer,
@@ -53,6 +54,15 @@ impl Gateway {
     }
 
     pub async fn start_on(bus: impl Bus, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_built(bus, configure, |builder| builder).await
+    }
+
+    /// A gateway whose node is built with `build` (request or registration policies added).
+    pub async fn start_built(
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Self {
         let mut config = Config::default();
         config.shutdown.drain_timeout_ms = 5_000;
         configure(&mut config);
@@ -67,13 +77,8 @@ impl Gateway {
             seed: 7,
         };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(switchyard::run(
-            config,
-            seams,
-            public,
-            control,
-            shutdown.clone(),
-        ));
+        let node = build(Node::builder(config, seams)).build();
+        let handle = tokio::spawn(node.serve(public, control, shutdown.clone()));
         let mut gw = Self {
             public: public_addr,
             control: control_addr,

@@ -3,6 +3,7 @@
 mod architecture;
 mod graphql;
 mod harness;
+mod policy;
 mod telemetry;
 
 use std::time::Duration;

@@ -12,9 +12,11 @@ use serde_json::{Value, json};
 use switchyard::bus::MemoryBus;
 use switchyard::config::Config;
 use switchyard::graphql::{self, Front};
-use switchyard::node::{Node, Registration};
+use switchyard::node::Node;
+use switchyard::registrar::{Caller, Via};
 use switchyard::seams::{Seams, SystemClock, TokioConnector};
 use switchyard_core::event::EventKind;
+use switchyard_core::registration::Registration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -189,11 +191,11 @@ async fn a_subscriber_that_falls_behind_is_told_and_the_stream_ends() {
         seed: 1,
     };
     let node = Node::new(config, seams);
-    let schema = graphql::schema(node.clone(), Front::Control);
+    let schema = graphql::schema(node.graphql_backend(), Front::Control);
     let mut stream = schema.execute_stream("subscription { registryChanges { kind } }");
     // The first poll runs the resolver, which subscribes; nothing has changed yet.
     assert!(stream.next().now_or_never().is_none());
-    let changes = switchyard::node::CHANGES_BUFFERED_MAX + 10;
+    let changes = switchyard::store::CHANGES_BUFFERED_MAX + 10;
     for i in 0..changes {
         let registration = Registration {
             service: "flood".into(),
@@ -201,7 +203,12 @@ async fn a_subscriber_that_falls_behind_is_told_and_the_stream_ends() {
             addr: "127.0.0.1:9".into(),
             ..Registration::default()
         };
-        node.register(registration, EventKind::Register)
+        node.registrar()
+            .register(
+                &Caller::anonymous(Via::Graphql, None),
+                registration,
+                EventKind::Register,
+            )
             .await
             .unwrap();
     }

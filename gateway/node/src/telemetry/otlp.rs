@@ -20,9 +20,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::header as metric_header;
 use crate::config::TelemetryConfig;
-use crate::metrics::header as metric_header;
-use crate::node::lock;
+use crate::sync::lock;
 
 /// Spans sent in one request at most.
 pub const BATCH_SPANS_MAX: usize = 512;

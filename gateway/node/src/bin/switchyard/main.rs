@@ -12,6 +12,9 @@ use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "demo")]
+mod demo;
+
 /// mimalloc instead of the system allocator: a request allocates about a hundred small blocks
 /// (hyper, h2, tonic, the translation), and glibc's malloc and free took more than a quarter
 /// of the instructions per request (docs/benchmarks.md).
@@ -34,6 +37,7 @@ enum Command {
     /// Run a gateway node.
     Serve(ConfigArgs),
     /// Run a gateway with the in-memory bus and sample service instances, and print what to try.
+    #[cfg(feature = "demo")]
     Demo {
         #[command(flatten)]
         config: ConfigArgs,
@@ -125,12 +129,13 @@ fn main() -> anyhow::Result<()> {
             init_logging(&config);
             runtime(&config)?.block_on(serve(config))
         }
+        #[cfg(feature = "demo")]
         Command::Demo { config, instances } => {
             let config = config.load()?;
             init_logging(&config);
             runtime(&config)?.block_on(async {
                 let shutdown = on_signal();
-                switchyard::demo::run(config, usize::from(instances), shutdown)
+                demo::run(config, usize::from(instances), shutdown)
                     .await
                     .context("demo failed")
             })

@@ -13,12 +13,12 @@ use switchyard_proto::registry::registration_client::RegistrationClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::MemoryBus;
-use crate::config::Config;
-use crate::node::Node;
-use crate::seams::{Seams, SystemClock, TokioConnector, os_seed};
-use crate::serve::serve;
-use crate::upstream::lazy_channel;
+use switchyard::bus::MemoryBus;
+use switchyard::config::Config;
+use switchyard::forwarding::lazy_channel;
+use switchyard::node::Node;
+use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
+use switchyard::serve::serve;
 
 /// The service name the demo registers.
 pub const DEMO_SERVICE: &str = "sample";

@@ -17,22 +17,27 @@ use std::time::Duration;
 use http::Method;
 use switchyard_core::GatewayError;
 
-use crate::node::lock;
+use crate::sync::lock;
 
 /// Which front a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Front {
+    /// A REST request, forwarded to one service.
     Rest = 0,
+    /// An HTTP request to `/graphql` (a WebSocket once, when upgraded).
     Graphql = 1,
+    /// One `call` field of a GraphQL operation, forwarded to one service.
+    GraphqlCall = 2,
 }
 
 impl Front {
-    const ALL: [Front; 2] = [Front::Rest, Front::Graphql];
+    const ALL: [Front; 3] = [Front::Rest, Front::Graphql, Front::GraphqlCall];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Front::Rest => "rest",
             Front::Graphql => "graphql",
+            Front::GraphqlCall => "graphql_call",
         }
     }
 }
@@ -125,7 +130,7 @@ impl Histogram {
 struct ServiceSeries {
     /// (front, method index, status) → count. A mutex held for one map update.
     requests: Mutex<BTreeMap<(Front, u8, u16), u64>>,
-    latency: [Histogram; 2],
+    latency: [Histogram; Front::ALL.len()],
     upstream_errors: [AtomicU64; UPSTREAM_KINDS.len()],
     retries: AtomicU64,
 }
@@ -134,7 +139,7 @@ struct ServiceSeries {
 #[derive(Debug, Default)]
 pub struct Metrics {
     services: RwLock<BTreeMap<String, Arc<ServiceSeries>>>,
-    in_flight: [AtomicI64; 2],
+    in_flight: [AtomicI64; Front::ALL.len()],
     /// Events applied from the bus: [this node's own, other nodes'].
     events_applied: [AtomicU64; 2],
     /// Changes made through this node: [register, deregister, evict].

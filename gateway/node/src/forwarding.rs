@@ -1,0 +1,370 @@
+//! Forwarding: pick a live instance, call `ForwardingService.Send` on its pooled channel
+//! within the deadline, record the outcome for passive health, retry on another instance
+//! only when the request never reached a service, and evict a service cluster-wide once every
+//! instance of it has been unreachable for long enough.
+//!
+//! * [`channel`]: the lazy channel per instance address, and how a failed call is classified.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard_core::balance::{
+    self, AttemptOutcome, Candidate, EvictionPolicy, HealthPolicy, InstanceHealth, RetryPolicy,
+    Slot,
+};
+use switchyard_core::registry::{EntryState, Lookup};
+use switchyard_core::{GatewayError, InstanceKey};
+use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceClient;
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+use tonic::transport::Channel;
+
+use crate::config::UpstreamConfig;
+use crate::registrar::Registrar;
+use crate::seams::Connector;
+use crate::store::Store;
+use crate::sync::{SharedRng, lock};
+use crate::telemetry::{Telemetry, UpstreamErrorKind};
+
+pub mod channel;
+
+pub use channel::lazy_channel;
+
+/// The instance [`Forwarder::choose`] picked.
+struct Choice {
+    key: InstanceKey,
+    addr: String,
+    /// Whether another instance not yet tried remains, so that a retry could follow.
+    others_untried: bool,
+}
+
+/// The balancer, the channel pool and the attempts.
+pub struct Forwarder {
+    store: Arc<Store>,
+    registrar: Arc<Registrar>,
+    telemetry: Arc<Telemetry>,
+    rng: Arc<SharedRng>,
+    connector: Arc<dyn Connector>,
+    config: UpstreamConfig,
+    health_policy: HealthPolicy,
+    retry_policy: RetryPolicy,
+    eviction_policy: EvictionPolicy,
+    balancer: Mutex<BTreeMap<InstanceKey, Slot>>,
+    pool: Mutex<BTreeMap<String, Channel>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("retry_policy", &self.retry_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decrements an instance's in-flight count when the attempt ends, however it ends.
+struct InFlight<'a> {
+    forwarder: &'a Forwarder,
+    key: InstanceKey,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = lock(&self.forwarder.balancer).get_mut(&self.key) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl Forwarder {
+    pub fn new(
+        config: &UpstreamConfig,
+        store: Arc<Store>,
+        registrar: Arc<Registrar>,
+        telemetry: Arc<Telemetry>,
+        rng: Arc<SharedRng>,
+        connector: Arc<dyn Connector>,
+    ) -> Self {
+        Self {
+            store,
+            registrar,
+            telemetry,
+            rng,
+            connector,
+            health_policy: HealthPolicy {
+                failures_to_eject: config.failures_to_eject,
+                ejection_base_ms: config.ejection_base_ms,
+                ejection_max_ms: config.ejection_max_ms,
+            },
+            retry_policy: RetryPolicy {
+                attempts_max: config.attempts_max,
+            },
+            eviction_policy: EvictionPolicy {
+                after_ms: config.evict_after_ms,
+                after_max_ms: config.evict_after_max_ms,
+            },
+            config: config.clone(),
+            balancer: Mutex::new(BTreeMap::new()),
+            pool: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// How long all attempts of one request may take together.
+    pub fn timeout_ms(&self) -> u64 {
+        self.config.timeout_ms
+    }
+
+    /// The passive-health record of an instance.
+    pub fn health_of(&self, key: &InstanceKey) -> InstanceHealth {
+        lock(&self.balancer)
+            .get(key)
+            .map(|s| s.health)
+            .unwrap_or_default()
+    }
+
+    /// Sends `req` to an instance of `req.service` and returns its answer.
+    pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
+        let service = req.service.clone();
+        let result = self.forward_with_retries(req, &service).await;
+        if let Err(GatewayError::NoLiveInstance { .. }) = &result {
+            self.telemetry
+                .metrics()
+                .upstream_error(&service, UpstreamErrorKind::Unavailable);
+        }
+        result
+    }
+
+    async fn forward_with_retries(
+        &self,
+        req: ForwardingReq,
+        service: &str,
+    ) -> Result<ForwardingResp, GatewayError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        let mut req = Some(req);
+        let mut tried = BTreeSet::new();
+        let mut last_error = None;
+        for attempt in 1.. {
+            let Some(choice) = self.choose(service, &tried)? else {
+                break;
+            };
+            // A retry needs the request again. When no retry can follow this attempt (the
+            // last allowed, or no other instance left), send the request itself: a copy
+            // costs an allocation per string and header.
+            let last = attempt >= self.retry_policy.attempts_max || !choice.others_untried;
+            let to_send = if last { req.take() } else { req.clone() };
+            let Some(to_send) = to_send else {
+                break;
+            };
+            let Choice { key, addr, .. } = choice;
+            let result = self.attempt(&key, &addr, to_send, deadline).await;
+            self.record(&key, &result);
+            if let Err(error) = &result
+                && let Some(kind) = UpstreamErrorKind::of(error)
+            {
+                self.telemetry.metrics().upstream_error(service, kind);
+            }
+            if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
+                self.evict_if_all_unreachable(service);
+            }
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(error) if !last && self.retry_policy.should_retry(&error, attempt) => {
+                    tracing::debug!(service = %service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
+                    tried.insert(key);
+                    self.telemetry.metrics().retry(service);
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| GatewayError::NoLiveInstance {
+            service: service.to_owned(),
+        }))
+    }
+
+    /// Picks an instance not yet tried, or `None` when all were tried. Routing reads the
+    /// registry at this moment, so an instance removed from it gets no new request from the
+    /// moment the removal is applied.
+    fn choose(
+        &self,
+        service: &str,
+        tried: &BTreeSet<InstanceKey>,
+    ) -> Result<Option<Choice>, GatewayError> {
+        let now = self.store.now_ms();
+        let registry = self.store.registry();
+        let live = match registry.lookup(service, now) {
+            Lookup::Unknown => {
+                return Err(GatewayError::ServiceNotFound {
+                    service: service.to_owned(),
+                });
+            }
+            Lookup::NoLive => {
+                return Err(GatewayError::NoLiveInstance {
+                    service: service.to_owned(),
+                });
+            }
+            Lookup::Live(live) => live,
+        };
+        let mut balancer = lock(&self.balancer);
+        let candidates: Vec<Candidate> = live
+            .iter()
+            .map(|inst| {
+                let slot = balancer.get(inst.key).copied().unwrap_or_default();
+                Candidate {
+                    in_flight: slot.in_flight,
+                    ejected: slot.health.is_ejected(now),
+                    tried: tried.contains(inst.key),
+                }
+            })
+            .collect();
+        let Some(i) = self.rng.with(|rng| balance::pick(&candidates, rng)) else {
+            return Ok(None);
+        };
+        let chosen = live[i];
+        match balancer.get_mut(chosen.key) {
+            Some(slot) => slot.in_flight += 1,
+            None => balancer.entry(chosen.key.clone()).or_default().in_flight += 1,
+        }
+        Ok(Some(Choice {
+            key: chosen.key.clone(),
+            addr: chosen.addr.to_owned(),
+            others_untried: candidates.iter().filter(|c| !c.tried).count() > 1,
+        }))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, GatewayError> {
+        let mut pool = lock(&self.pool);
+        if let Some(channel) = pool.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = lazy_channel(
+            self.connector.clone(),
+            addr,
+            Duration::from_millis(self.config.connect_timeout_ms),
+        )?;
+        pool.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    async fn attempt(
+        &self,
+        key: &InstanceKey,
+        addr: &str,
+        req: ForwardingReq,
+        deadline: tokio::time::Instant,
+    ) -> Result<ForwardingResp, GatewayError> {
+        let _in_flight = InFlight {
+            forwarder: self,
+            key: key.clone(),
+        };
+        let limits = channel::AttemptLimits {
+            timeout_ms: self.config.timeout_ms,
+            response_body_bytes_max: self.config.response_body_bytes_max,
+        };
+        let mut client = ForwardingServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(limits.response_body_bytes_max + 64 * 1024)
+            .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout_at(deadline, client.send(request)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                service: key.service.clone(),
+                timeout_ms: limits.timeout_ms,
+            }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(channel::classify(&status, key, addr, limits)),
+        }
+    }
+
+    /// Passive health (the rules are the core's: [`Slot::record`]).
+    fn record(&self, key: &InstanceKey, result: &Result<ForwardingResp, GatewayError>) {
+        let now = self.store.now_ms();
+        let outcome = AttemptOutcome::of(result.as_ref().map(|_| ()));
+        let mut balancer = lock(&self.balancer);
+        // Look up before inserting: `entry` would copy the key on every request.
+        if !balancer.contains_key(key) {
+            balancer.insert(key.clone(), Slot::default());
+        }
+        let Some(slot) = balancer.get_mut(key) else {
+            return;
+        };
+        if slot.record(outcome, now, &self.health_policy) {
+            let until_ms = slot.health.ejected_until_ms;
+            match outcome {
+                AttemptOutcome::Reset => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after its connection broke")
+                }
+                _ => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after connect failures")
+                }
+            }
+        }
+    }
+
+    /// Evicts every live instance of `service`, cluster-wide, once all of them have been
+    /// unreachable from here for the eviction wait. One reachable instance is enough to evict
+    /// none: a single dead instance is only ejected locally and left to its lease, so a
+    /// gateway that is cut off from part of the network cannot empty the registry for all.
+    fn evict_if_all_unreachable(&self, service: &str) {
+        let policy = &self.eviction_policy;
+        if !policy.enabled() {
+            return;
+        }
+        let now = self.store.now_ms();
+        let keys: Vec<InstanceKey> = {
+            let registry = self.store.registry();
+            let Lookup::Live(live) = registry.lookup(service, now) else {
+                return;
+            };
+            let mut balancer = lock(&self.balancer);
+            let all = live.iter().all(|inst| {
+                balancer
+                    .get(inst.key)
+                    .is_some_and(|s| s.evictable(now, policy))
+            });
+            if !all {
+                return;
+            }
+            live.iter()
+                .map(|inst| {
+                    balancer
+                        .entry(inst.key.clone())
+                        .or_default()
+                        .on_evicted(now);
+                    inst.key.clone()
+                })
+                .collect()
+        };
+        self.telemetry.metrics().eviction();
+        for key in keys {
+            match self.registrar.evict(&key) {
+                Ok(()) => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, "every instance unreachable: evicted cluster-wide")
+                }
+                Err(error) => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, %error, "eviction not published")
+                }
+            }
+        }
+    }
+
+    /// Drops the channels and balancer slots of instances the registry no longer lists as
+    /// live (a slot with a request in flight stays until the request ends).
+    pub fn housekeeping(&self) {
+        let now = self.store.now_ms();
+        let (live_addrs, keys): (BTreeSet<String>, BTreeSet<InstanceKey>) = {
+            let registry = self.store.registry();
+            registry
+                .entries()
+                .filter_map(|(k, e)| match &e.state {
+                    EntryState::Alive { addr, .. } if e.is_live(now) => {
+                        Some((addr.clone(), k.clone()))
+                    }
+                    _ => None,
+                })
+                .unzip()
+        };
+        lock(&self.pool).retain(|addr, _| live_addrs.contains(addr));
+        lock(&self.balancer).retain(|k, slot| keys.contains(k) || slot.in_flight > 0);
+    }
+}

@@ -1,0 +1,271 @@
+//! The request pipeline: the one path of every forwarded request, a REST request or a GraphQL
+//! `call` alike.
+//!
+//! ```text
+//! front ──begin──► RequestContext (request id, span, client, in-flight)
+//!       ──translate (the front's own)──► ForwardingReq
+//!       ──forward──► policies in order ──► Forwarder (choose, call, retry)
+//!       ──finish──► Telemetry (access log, metrics, span export)
+//! ```
+//!
+//! A front calls [`Pipeline::begin`] first, so a request refused at any later step — by the
+//! translator, by a policy, by the service — is logged, counted and traced the same way; then
+//! [`Pipeline::forward`] with the translated request; then [`Pipeline::finish`] with the
+//! outcome. The fronts add no routing, balancing, retry or policy of their own.
+//!
+//! * [`policy`]: the [`Policy`] trait, a check that may refuse a request.
+//! * [`policies`]: the built-in policies, in order (none yet).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use rand::Rng;
+use switchyard_core::GatewayError;
+use switchyard_core::identity::Identity;
+use switchyard_core::trace::{self, Span};
+use switchyard_core::translate::{self, ForwardContext};
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+
+use crate::forwarding::Forwarder;
+use crate::store::Store;
+use crate::sync::SharedRng;
+use crate::telemetry::metrics::InFlightGuard;
+use crate::telemetry::{Finished, Front, Telemetry, UpstreamErrorKind};
+
+pub mod policies;
+pub mod policy;
+
+pub use policy::Policy;
+
+/// Characters of a request path kept for logs, spans and the context.
+pub const PATH_CHARS_MAX: usize = 256;
+
+/// Where the gateway's span of a request takes its parent from.
+#[derive(Debug, Clone, Copy)]
+pub enum Parent<'a> {
+    /// The client's `traceparent` header, read before translation (REST).
+    Header(Option<&'a str>),
+    /// The translated request's `traceparent` (a GraphQL call, whose translation decides
+    /// which of the call's and the carrier's headers it inherits). No span exists until the
+    /// call is translated.
+    Translated,
+}
+
+/// What a front knows of a request when it begins.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    pub front: Front,
+    pub client_addr: SocketAddr,
+    /// The client's own request id, if it sent a plausible one.
+    pub request_id: Option<&'a str>,
+    pub parent: Parent<'a>,
+    pub method: &'a Method,
+    /// The path (for a GraphQL call, the call's path).
+    pub path: &'a str,
+    /// The service the request names, when the front knows it before translation.
+    pub service: Option<&'a str>,
+}
+
+/// Everything the gateway knows of one request while it is handled. Policies read it and may
+/// fill in the identity.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub front: Front,
+    pub request_id: String,
+    /// The gateway's span of this request, the service's parent.
+    pub span: Option<Span>,
+    pub client_addr: SocketAddr,
+    /// The deadline the service is told, Unix ms; set when the request is translated.
+    pub deadline_unix_ms: u64,
+    /// Who sent the request, once an authentication policy has established it.
+    pub identity: Option<Identity>,
+    pub method: Method,
+    /// At most [`PATH_CHARS_MAX`] characters.
+    pub path: String,
+    /// The service named by a GraphQL call (REST requests name it in the path).
+    pub service: Option<String>,
+    started: tokio::time::Instant,
+    start_unix_ms: u64,
+}
+
+impl RequestContext {
+    /// The service the request names: a GraphQL call's, or the first segment of a REST path.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service.as_deref().or_else(|| {
+            translate::route(&self.path)
+                .ok()
+                .map(|(service, _)| service)
+        })
+    }
+}
+
+/// A request being handled: its context, and its place in the in-flight gauge until it is
+/// finished.
+#[derive(Debug)]
+pub struct Exchange<'p> {
+    pub ctx: RequestContext,
+    _in_flight: InFlightGuard<'p>,
+}
+
+/// Begins, polices, forwards and finishes requests.
+pub struct Pipeline {
+    store: Arc<Store>,
+    forwarder: Arc<Forwarder>,
+    telemetry: Arc<Telemetry>,
+    rng: Arc<SharedRng>,
+    policies: Vec<Arc<dyn Policy>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.policies.iter().map(|p| p.name()).collect();
+        f.debug_struct("Pipeline")
+            .field("policies", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<Store>,
+        forwarder: Arc<Forwarder>,
+        telemetry: Arc<Telemetry>,
+        rng: Arc<SharedRng>,
+        policies: Vec<Arc<dyn Policy>>,
+    ) -> Self {
+        Self {
+            store,
+            forwarder,
+            telemetry,
+            rng,
+            policies,
+        }
+    }
+
+    /// A fresh request id: 32 hex digits from the node's seeded generator.
+    pub fn new_request_id(&self) -> String {
+        let n: u128 = self.rng.with(|r| r.random());
+        format!("{n:032x}")
+    }
+
+    /// Begins a request: its id (the client's, if plausible), its span (unless it waits for
+    /// translation), its start time and its place in the in-flight gauge.
+    pub fn begin(&self, start: Start<'_>) -> Exchange<'_> {
+        let in_flight = self.telemetry.metrics().in_flight(start.front);
+        let request_id = match start.request_id {
+            Some(id) => id.to_owned(),
+            None => self.new_request_id(),
+        };
+        let span = match start.parent {
+            Parent::Header(incoming) => Some(self.rng.with(|rng| Span::start(incoming, rng))),
+            Parent::Translated => None,
+        };
+        let ctx = RequestContext {
+            front: start.front,
+            request_id,
+            span,
+            client_addr: start.client_addr,
+            deadline_unix_ms: 0,
+            identity: None,
+            method: start.method.clone(),
+            path: start.path.chars().take(PATH_CHARS_MAX).collect(),
+            service: start.service.map(str::to_owned),
+            started: tokio::time::Instant::now(),
+            start_unix_ms: self.store.now_ms(),
+        };
+        Exchange {
+            ctx,
+            _in_flight: in_flight,
+        }
+    }
+
+    /// What the translator needs of the context; sets the deadline the service is told.
+    pub fn forward_context<'a>(&'a self, ctx: &'a mut RequestContext) -> ForwardContext<'a> {
+        ctx.deadline_unix_ms = self.store.now_ms() + self.forwarder.timeout_ms();
+        ForwardContext {
+            scheme: "http",
+            client_addr: Some(ctx.client_addr),
+            gateway_node: self.store.node_id(),
+            request_id: &ctx.request_id,
+            deadline_unix_ms: ctx.deadline_unix_ms,
+        }
+    }
+
+    /// Runs the policies in order, forwards the request with the gateway's span as the
+    /// service's parent, and turns the service's answer into an HTTP response. The first
+    /// refusal is the answer.
+    pub async fn forward(
+        &self,
+        ctx: &mut RequestContext,
+        req: ForwardingReq,
+    ) -> Result<http::Response<Bytes>, GatewayError> {
+        let resp = self.call(ctx, req).await?;
+        translate::to_http_response(resp).map_err(|reason| {
+            let service = ctx.service_name().unwrap_or_default().to_owned();
+            self.telemetry
+                .metrics()
+                .upstream_error(&service, UpstreamErrorKind::BadResponse);
+            GatewayError::BadUpstreamResponse { service, reason }
+        })
+    }
+
+    async fn call(
+        &self,
+        ctx: &mut RequestContext,
+        mut req: ForwardingReq,
+    ) -> Result<ForwardingResp, GatewayError> {
+        let span = match ctx.span {
+            Some(span) => span,
+            None => {
+                // The translator kept the caller's traceparent only if it is valid; the span
+                // is its child, or the root of a new trace.
+                let incoming = Some(req.traceparent.as_str()).filter(|t| !t.is_empty());
+                let span = self.rng.with(|rng| Span::start(incoming, rng));
+                ctx.span = Some(span);
+                span
+            }
+        };
+        for policy in &self.policies {
+            if let Err(error) = policy.check(ctx, &mut req).await {
+                tracing::debug!(request_id = %ctx.request_id, policy = policy.name(), code = %error.code(), "policy refused the request");
+                return Err(error);
+            }
+        }
+        trace::set_parent(&mut req, &span);
+        self.forwarder.forward(req).await
+    }
+
+    /// Finishes a request with its answer's status, or the gateway's error: the one place
+    /// where requests are logged, counted and their spans exported.
+    pub fn finish(&self, exchange: Exchange<'_>, outcome: Result<u16, &GatewayError>) {
+        let ctx = &exchange.ctx;
+        let (status, error) = match outcome {
+            Ok(status) => (status, None),
+            Err(error) => (error.http_status(), Some(error)),
+        };
+        let service = ctx.service_name();
+        self.telemetry.request_finished(&Finished {
+            front: ctx.front,
+            request_id: &ctx.request_id,
+            span: ctx.span.as_ref(),
+            method: &ctx.method,
+            path: &ctx.path,
+            service: self.known_service(service),
+            status,
+            error,
+            start_unix_ms: ctx.start_unix_ms,
+            elapsed: ctx.started.elapsed(),
+        });
+    }
+
+    /// The service if the registry knows it, else `""`: the label under which a request is
+    /// counted, bounded by the registry so that random paths cannot grow the metrics.
+    fn known_service<'s>(&self, service: Option<&'s str>) -> &'s str {
+        match service {
+            Some(s) if self.store.registry().service_entries(s).next().is_some() => s,
+            _ => "",
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The registrar: the one path by which the registry changes here, whichever front asked
+//! (REST, gRPC or GraphQL on the control listener, or the gateway itself evicting an
+//! unreachable service). A change is validated by the core's rules, checked by the
+//! registration policies against the caller, applied at once, and queued for the bus.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::event::{Event, EventKind};
+use switchyard_core::identity::Identity;
+use switchyard_core::registration::{LeaseBounds, Registration, ValidRegistration};
+use switchyard_core::registry::Entry;
+use switchyard_core::{GatewayError, InstanceKey, Stamp, names};
+
+use crate::config::Config;
+use crate::outbox::{Delivery, Outbox, Ticket};
+use crate::store::Store;
+use crate::telemetry::{ChangeOp, Telemetry};
+
+/// Which front a registry change came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Rest,
+    Grpc,
+    Graphql,
+    /// The gateway itself (an eviction).
+    Gateway,
+}
+
+/// Who asks for a registry change.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub via: Via,
+    /// The peer address of the connection, when the front knows it.
+    pub client_addr: Option<SocketAddr>,
+    /// The authenticated identity, once a policy has established one. Empty today.
+    pub identity: Option<Identity>,
+}
+
+impl Caller {
+    /// A caller on `via` from `client_addr`, not (yet) authenticated.
+    pub fn anonymous(via: Via, client_addr: Option<SocketAddr>) -> Self {
+        Self {
+            via,
+            client_addr,
+            identity: None,
+        }
+    }
+}
+
+/// A change a caller asks for, as the registration policies see it.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// A registration or renewal that passed the core's checks.
+    Register {
+        registration: &'a ValidRegistration,
+        kind: EventKind,
+    },
+    Deregister {
+        key: &'a InstanceKey,
+    },
+}
+
+/// A check on every registry change a caller asks for, before it is applied. Policies run in
+/// order; the first refusal is the answer.
+pub trait RegistrationPolicy: Send + Sync + 'static {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    fn check(&self, caller: &Caller, change: &Change<'_>) -> Result<(), GatewayError>;
+}
+
+impl std::fmt::Debug for dyn RegistrationPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The answer to a registration or renewal.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub key: InstanceKey,
+    pub entry: Entry,
+    pub delivery: Delivery,
+    /// When the instance should renew.
+    pub renew_after_ms: u64,
+}
+
+/// The answer to a deregistration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deregistered {
+    /// Whether the instance was live here before.
+    pub existed: bool,
+    pub delivery: Delivery,
+    /// The tombstone's stamp.
+    pub stamp: Stamp,
+}
+
+/// Registers, renews, deregisters and evicts.
+pub struct Registrar {
+    store: Arc<Store>,
+    outbox: Arc<Outbox>,
+    telemetry: Arc<Telemetry>,
+    lease: LeaseBounds,
+    publish_wait: Duration,
+    policies: Vec<Arc<dyn RegistrationPolicy>>,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.policies.iter().map(|p| p.name()).collect();
+        f.debug_struct("Registrar")
+            .field("lease", &self.lease)
+            .field("policies", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registrar {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        outbox: Arc<Outbox>,
+        telemetry: Arc<Telemetry>,
+        policies: Vec<Arc<dyn RegistrationPolicy>>,
+    ) -> Self {
+        let r = &config.registry;
+        Self {
+            store,
+            outbox,
+            telemetry,
+            lease: LeaseBounds {
+                default_ms: r.lease_default_ms,
+                min_ms: r.lease_min_ms,
+                max_ms: r.lease_max_ms,
+            },
+            publish_wait: Duration::from_millis(config.bus.publish_wait_ms),
+            policies,
+        }
+    }
+
+    /// Registry changes accepted here that the bus has not acknowledged yet.
+    pub fn pending(&self) -> usize {
+        self.outbox.len()
+    }
+
+    fn check(&self, caller: &Caller, change: &Change<'_>) -> Result<(), GatewayError> {
+        for policy in &self.policies {
+            policy.check(caller, change).inspect_err(|error| {
+                tracing::info!(policy = policy.name(), via = ?caller.via, client = ?caller.client_addr, code = %error.code(), %error, "registry change refused");
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Registers (or renews) an instance: validates, applies locally at once, and queues the
+    /// event for the bus; answers once the bus acknowledged it or `bus.publish_wait_ms` passed.
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        registration: Registration,
+        kind: EventKind,
+    ) -> Result<Registered, GatewayError> {
+        let valid = registration.validate(&self.lease)?;
+        self.check(
+            caller,
+            &Change::Register {
+                registration: &valid,
+                kind,
+            },
+        )?;
+        let ValidRegistration {
+            key,
+            addr,
+            metadata,
+            lease_ms,
+        } = valid;
+        let event = Event {
+            kind,
+            key,
+            addr,
+            metadata,
+            lease_ms,
+            stamp: self.store.tick(),
+            origin_node: self.store.node_id().to_owned(),
+        };
+        let delivery = self.commit(&event).await?;
+        self.telemetry.metrics().change(ChangeOp::Register);
+        Ok(Registered {
+            entry: event.entry(),
+            key: event.key,
+            delivery,
+            renew_after_ms: switchyard_core::registration::renew_after_ms(lease_ms),
+        })
+    }
+
+    /// Deregisters an instance. Succeeds for unknown instances too (the tombstone still
+    /// guards against a late registration event); reports whether the instance was live.
+    pub async fn deregister(
+        &self,
+        caller: &Caller,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<Deregistered, GatewayError> {
+        names::validate_service(service)?;
+        names::validate_instance_id(instance_id)?;
+        let key = InstanceKey::new(service, instance_id);
+        self.check(caller, &Change::Deregister { key: &key })?;
+        let now = self.store.now_ms();
+        let existed = self
+            .store
+            .registry()
+            .get(&key)
+            .is_some_and(|e| e.is_live(now));
+        let tombstone = self.tombstone(key, EventKind::Deregister);
+        let delivery = self.commit(&tombstone).await?;
+        self.telemetry.metrics().change(ChangeOp::Deregister);
+        Ok(Deregistered {
+            existed,
+            delivery,
+            stamp: tombstone.stamp,
+        })
+    }
+
+    /// Publishes an eviction without waiting for the bus (the caller is a request in flight).
+    /// Evictions are the gateway's own decision, so no registration policy applies.
+    pub fn evict(&self, key: &InstanceKey) -> Result<(), GatewayError> {
+        self.enqueue_and_apply(&self.tombstone(key.clone(), EventKind::Evict))?;
+        self.telemetry.metrics().change(ChangeOp::Evict);
+        Ok(())
+    }
+
+    fn tombstone(&self, key: InstanceKey, kind: EventKind) -> Event {
+        Event {
+            kind,
+            key,
+            addr: String::new(),
+            metadata: Default::default(),
+            lease_ms: 0,
+            stamp: self.store.tick(),
+            origin_node: self.store.node_id().to_owned(),
+        }
+    }
+
+    /// Queues a change for the bus, then applies it here. A change the full queue refuses is
+    /// not applied either, so this node never holds what the bus will not get.
+    fn enqueue_and_apply(&self, event: &Event) -> Result<Ticket, GatewayError> {
+        let ticket = self.outbox.enqueue(event.clone()).inspect_err(|error| {
+            tracing::warn!(key = %event.bus_key(), %error, "registry change refused");
+        })?;
+        self.store.apply(event);
+        Ok(ticket)
+    }
+
+    /// Applies a change at once and waits up to `bus.publish_wait_ms` for the bus to take it.
+    async fn commit(&self, event: &Event) -> Result<Delivery, GatewayError> {
+        let ticket = self.enqueue_and_apply(event)?;
+        let delivery = ticket.wait(self.publish_wait).await;
+        tracing::info!(key = %event.bus_key(), kind = ?event.kind, addr = %event.addr, ?delivery, "registry change accepted");
+        Ok(delivery)
+    }
+}

@@ -1,0 +1,94 @@
+//! The registry store: this node's registry, its hybrid logical clock, and the feed of the
+//! changes applied to it. Every change, local or read from the bus, goes through
+//! [`Store::apply`], which announces it to watchers under the write lock, so watchers see the
+//! changes in the order they were applied.
+
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use switchyard_core::event::Event;
+use switchyard_core::registry::Applied;
+use switchyard_core::{Hlc, Registry, Stamp};
+use tokio::sync::broadcast;
+
+use crate::seams::Clock;
+use crate::sync::{lock, read, write};
+
+/// Registry changes held for each [`Store::watch`] subscriber before it lags behind.
+pub const CHANGES_BUFFERED_MAX: usize = 1024;
+
+/// One node's registry, clock and change feed.
+pub struct Store {
+    node_id: String,
+    clock: Arc<dyn Clock>,
+    registry: RwLock<Registry>,
+    hlc: Mutex<Hlc>,
+    changes: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub fn new(node_id: String, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            hlc: Mutex::new(Hlc::new(node_id.clone())),
+            node_id,
+            clock,
+            registry: RwLock::new(Registry::new()),
+            changes: broadcast::channel(CHANGES_BUFFERED_MAX).0,
+        }
+    }
+
+    /// The id of the node this store belongs to: the origin of its own events.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Wall time, Unix ms, from the clock seam.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The registry, for reading. Hold the guard briefly: changes wait for it.
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        read(&self.registry)
+    }
+
+    /// Every registry change this node applies from now on, local or from the bus, in the
+    /// order applied. A subscriber that falls [`CHANGES_BUFFERED_MAX`] changes behind gets
+    /// `Lagged` and must re-read the registry.
+    pub fn watch(&self) -> broadcast::Receiver<Event> {
+        self.changes.subscribe()
+    }
+
+    /// Applies an event and announces it to watchers if it changed the registry.
+    pub fn apply(&self, event: &Event) -> Applied {
+        let mut registry = write(&self.registry);
+        let applied = registry.apply_event(event);
+        if applied != Applied::Unchanged {
+            // No watcher is not an error.
+            let _ = self.changes.send(event.clone());
+        }
+        applied
+    }
+
+    /// A new stamp for a change made here, greater than every stamp seen.
+    pub fn tick(&self) -> Stamp {
+        lock(&self.hlc).tick(self.now_ms())
+    }
+
+    /// Moves the clock past a stamp read from the bus.
+    pub fn observe(&self, stamp: &Stamp) {
+        lock(&self.hlc).observe(stamp, self.now_ms());
+    }
+
+    /// Drops entries removed or expired before `cutoff_ms`; returns how many.
+    pub fn prune(&self, cutoff_ms: u64) -> usize {
+        write(&self.registry).prune(cutoff_ms)
+    }
+}
