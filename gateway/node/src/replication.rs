@@ -217,3 +217,6 @@ async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
         () = tokio::time::sleep(delay) => true,
     }
 }
+
+#[cfg(test)]
+mod tests;
