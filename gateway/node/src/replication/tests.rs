@@ -60,5 +60,9 @@ async fn a_bus_whose_reads_fail_does_not_hold_shutdown() {
     let asked = tokio::time::Instant::now();
     stop.cancel();
     task.await.unwrap();
-    assert_eq!(asked.elapsed(), Duration::ZERO, "the stop waited out a retry pause");
+    assert_eq!(
+        asked.elapsed(),
+        Duration::ZERO,
+        "the stop waited out a retry pause"
+    );
 }
