@@ -4,6 +4,7 @@
 //! from reaching the service.
 
 mod refuse_header;
+mod refuse_service;
 
 use std::sync::Arc;
 
@@ -13,7 +14,12 @@ use switchyard::bus::MemoryBus;
 
 use crate::graphql::post;
 use crate::harness::{Gateway, Instance, http, http_with};
+use crate::telemetry::{sample, scrape};
 use refuse_header::{HEADER, RefuseHeader};
+use refuse_service::{LOCKED, RefuseService};
+use switchyard::registrar::Via;
+use switchyard_proto::registry::RegisterRequest;
+use switchyard_proto::registry::registration_client::RegistrationClient;
 
 async fn gateway_with_policy() -> (Gateway, Instance) {
     let gw = Gateway::start_built(
@@ -29,12 +35,7 @@ async fn gateway_with_policy() -> (Gateway, Instance) {
 
 /// The value of the sample whose line starts with `series`, or 0.
 async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let (_, _, body) = http("GET", &format!("{}/metrics", gw.control_url())).await;
-    String::from_utf8(body.to_vec())
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    sample(&scrape(gw).await, series).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -153,4 +154,80 @@ async fn without_the_policy_the_header_is_just_a_header() {
     let (status, _, _) = http_with("GET", &url, &[(HEADER, "forbidden")], Vec::new()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(inst.requests_received(), 1);
+}
+
+/// One registration path with one policy slot: REST, gRPC and GraphQL registrations all meet
+/// the registration policy, with the caller's front and peer address, and are refused alike.
+#[tokio::test]
+async fn a_registration_policy_sees_every_front_and_refuses_alike() {
+    let policy = Arc::new(RefuseService::default());
+    let gw = Gateway::start_built(
+        MemoryBus::new(),
+        |_| {},
+        |node| node.registration_policy(policy.clone()),
+    )
+    .await;
+    let locked = format!("{LOCKED}orders");
+
+    let url = format!("{}/v1/services/{locked}/instances/i-1", gw.control_url());
+    let body = br#"{"addr": "127.0.0.1:9"}"#.to_vec();
+    let (status, _, answer) = http_with("PUT", &url, &[], body).await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert_eq!(answer["error"]["code"], "forbidden");
+    let (status, _, _) = http("DELETE", &url).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let channel = tonic::transport::Endpoint::from_shared(gw.control_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = RegistrationClient::new(channel);
+    let refused = client
+        .register(RegisterRequest {
+            service: locked.clone(),
+            instance_id: "i-2".into(),
+            addr: "127.0.0.1:9".into(),
+            ..RegisterRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    let mutation = r#"mutation($s: String!) {
+        register(input: {service: $s, instanceId: "i-3", addr: "127.0.0.1:9"}) { published }
+    }"#;
+    let (_, answer) = post(&gw.control_graphql_url(), mutation, json!({ "s": locked })).await;
+    assert_eq!(answer["data"]["register"], Value::Null, "{answer}");
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "forbidden",
+        "{answer}"
+    );
+
+    // An unlocked service passes the same slot.
+    gw.register("open", "i-1", "127.0.0.1:9", 30_000).await;
+
+    let (_, _, body) = http("GET", &format!("{}/v1/services", gw.control_url())).await;
+    let listing: Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = listing["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["open"], "nothing refused was applied: {listing}");
+
+    let seen = policy.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (Via::Rest, true),
+            (Via::Rest, true),
+            (Via::Grpc, true),
+            (Via::Graphql, true),
+            (Via::Rest, true),
+        ],
+        "every front reaches the slot, with the caller's peer address"
+    );
 }

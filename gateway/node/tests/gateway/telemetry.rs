@@ -13,14 +13,14 @@ use tokio::net::TcpListener;
 use crate::harness::{Gateway, Instance, eventually, http, http_with};
 
 /// The value of the sample whose line starts with `series` (name and labels, exactly).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(series)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
 }
 
-async fn scrape(gw: &Gateway) -> String {
+pub(crate) async fn scrape(gw: &Gateway) -> String {
     let (status, headers, body) = http("GET", &format!("{}/metrics", gw.control_url())).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
