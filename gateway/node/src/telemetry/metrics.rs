@@ -1,26 +1,41 @@
 //! Prometheus metrics, served as text at `GET /metrics` on the control listener.
 //!
-//! Counters and histograms are atomics, found per service through a map that is written only
-//! when a service is first seen, so the request path takes a read lock and no allocation.
-//! Gauges (registry size, bus position and lag, readiness, outbox, memory) are read from the
-//! node when scraped. Output is sorted, so two scrapes of the same state are byte-equal.
+//! Counters, histograms and the in-flight gauges are `prometheus-client` metrics in one
+//! registry, written by the crate's Prometheus text (0.0.4) encoder. The crate keeps a family's
+//! series in a hash map and leaves out a family that has no series yet, so [`Metrics::encode`]
+//! sorts each family's series by their labels and writes the `# HELP` and `# TYPE` lines of an
+//! empty family itself: families come in a fixed order, every family is announced from the
+//! start (the Grafana dashboard's test looks for each), and two scrapes of the same state are
+//! byte-equal. Gauges (registry size, bus position and lag, readiness, outbox, memory) are read
+//! from the node when scraped and written after these with [`gauge`].
+//!
+//! A service name is interned once as an `Arc<str>`, so counting a request in a series that
+//! exists takes read locks and reference counts, and no allocation. The in-flight gauges are
+//! held directly and are lock-free.
 //!
 //! Label cardinality is bounded: `service` is a service the registry knows (or `""`), `method`
 //! one of eight values, `status` a valid HTTP status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::Method;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
 use switchyard_core::GatewayError;
 
-use crate::sync::lock;
+#[cfg(test)]
+mod tests;
 
 /// Which front a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Front {
     /// A REST request, forwarded to one service.
     Rest = 0,
@@ -42,20 +57,38 @@ impl Front {
     }
 }
 
+impl EncodeLabelValue for Front {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.label())
+    }
+}
+
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
 ];
 
-fn method_index(method: &Method) -> u8 {
-    match *method {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::PATCH => 4,
-        Method::DELETE => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
+/// The `method` label: an index into [`METHODS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MethodLabel(u8);
+
+impl MethodLabel {
+    fn of(method: &Method) -> Self {
+        Self(match *method {
+            Method::GET => 0,
+            Method::HEAD => 1,
+            Method::POST => 2,
+            Method::PUT => 3,
+            Method::PATCH => 4,
+            Method::DELETE => 5,
+            Method::OPTIONS => 6,
+            _ => 7,
+        })
+    }
+}
+
+impl EncodeLabelValue for MethodLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(METHODS[usize::from(self.0)])
     }
 }
 
@@ -65,7 +98,7 @@ pub const LATENCY_BUCKETS_S: [f64; 14] = [
 ];
 
 /// Kinds of upstream failure, the `kind` label of `switchyard_upstream_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamErrorKind {
     /// No connection to the instance could be made.
     ConnectFailed = 0,
@@ -105,46 +138,10 @@ impl UpstreamErrorKind {
     }
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Observations per bucket (not cumulative); the last is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, elapsed: Duration) {
-        let s = elapsed.as_secs_f64();
-        let i = LATENCY_BUCKETS_S
-            .iter()
-            .position(|&b| s <= b)
-            .unwrap_or(LATENCY_BUCKETS_S.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+impl EncodeLabelValue for UpstreamErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(UPSTREAM_KINDS[*self as usize])
     }
-}
-
-/// Everything counted for one service (or for `""`, requests that named no known service).
-#[derive(Debug, Default)]
-struct ServiceSeries {
-    /// (front, method index, status) → count. A mutex held for one map update.
-    requests: Mutex<BTreeMap<(Front, u8, u16), u64>>,
-    latency: [Histogram; Front::ALL.len()],
-    upstream_errors: [AtomicU64; UPSTREAM_KINDS.len()],
-    retries: AtomicU64,
-}
-
-/// The node's counters and histograms.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    services: RwLock<BTreeMap<String, Arc<ServiceSeries>>>,
-    in_flight: [AtomicI64; Front::ALL.len()],
-    /// Events applied from the bus: [this node's own, other nodes'].
-    events_applied: [AtomicU64; 2],
-    /// Changes made through this node: [register, deregister, evict].
-    changes: [AtomicU64; 3],
-    evictions: AtomicU64,
 }
 
 /// A registry change made through this node, for `switchyard_registry_changes_total`.
@@ -155,40 +152,212 @@ pub enum ChangeOp {
     Evict = 2,
 }
 
+const CHANGE_OPS: [&str; 3] = ["register", "deregister", "evict"];
+
+/// The `origin` of an applied bus event: [this node's own, other nodes'].
+const ORIGINS: [&str; 2] = ["local", "remote"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    front: Front,
+    service: Arc<str>,
+    method: MethodLabel,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LatencyLabels {
+    front: Front,
+    service: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FrontLabels {
+    front: Front,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    service: Arc<str>,
+    kind: UpstreamErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServiceLabels {
+    service: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OriginLabels {
+    origin: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+type LatencyHistogram = fn() -> Histogram;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_S)
+}
+
+/// A family as announced by its `# HELP` and `# TYPE` lines, for when it has no series.
+#[derive(Debug)]
+struct FamilyHead {
+    /// The name as exposed (a counter's with the `_total` the encoder appends).
+    name: String,
+    metric_type: MetricType,
+    /// As registered, without a final full stop: the registry appends one.
+    help: &'static str,
+}
+
+/// The node's counters and histograms.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// The families in the order they are registered, which is the order they are written.
+    families: Vec<FamilyHead>,
+    /// Every service name seen, so a request's labels share one allocation per service.
+    services: RwLock<BTreeSet<Arc<str>>>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, LatencyHistogram>,
+    in_flight: [Gauge; Front::ALL.len()],
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+    events_applied: [Counter; ORIGINS.len()],
+    changes: [Counter; CHANGE_OPS.len()],
+    evictions: Counter,
+}
+
 /// Keeps a front's in-flight gauge raised while alive.
 #[derive(Debug)]
 pub struct InFlightGuard<'a> {
-    gauge: &'a AtomicI64,
+    gauge: &'a Gauge,
 }
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Metrics {
-    fn series(&self, service: &str) -> Arc<ServiceSeries> {
+    /// The metrics, all at zero, with the series of fixed label sets already present.
+    pub fn new() -> Self {
+        let in_flight_family = Family::<FrontLabels, Gauge>::default();
+        let in_flight =
+            Front::ALL.map(|front| in_flight_family.get_or_create_owned(&FrontLabels { front }));
+        let events_family = Family::<OriginLabels, Counter>::default();
+        let events_applied =
+            ORIGINS.map(|origin| events_family.get_or_create_owned(&OriginLabels { origin }));
+        let changes_family = Family::<OpLabels, Counter>::default();
+        let changes = CHANGE_OPS.map(|op| changes_family.get_or_create_owned(&OpLabels { op }));
+        let mut m = Self {
+            registry: Registry::default(),
+            families: Vec::new(),
+            services: RwLock::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as LatencyHistogram),
+            in_flight,
+            upstream_errors: Family::default(),
+            retries: Family::default(),
+            events_applied,
+            changes,
+            evictions: Counter::default(),
+        };
+        // Counters are registered without `_total`, which the encoder appends; help texts
+        // without their full stop, which the registry appends.
+        m.register(
+            "switchyard_http_requests",
+            "HTTP requests answered, by front, service, method and status",
+            m.requests.clone(),
+        );
+        m.register(
+            "switchyard_http_request_duration_seconds",
+            "Time from request head to response head, by front and service",
+            m.latency.clone(),
+        );
+        m.register(
+            "switchyard_http_requests_in_flight",
+            "Requests being handled, by front",
+            in_flight_family,
+        );
+        m.register(
+            "switchyard_upstream_errors",
+            "Failed attempts to call a service, by kind",
+            m.upstream_errors.clone(),
+        );
+        m.register(
+            "switchyard_upstream_retries",
+            "Calls retried on another instance",
+            m.retries.clone(),
+        );
+        m.register(
+            "switchyard_bus_events_applied",
+            "Registry events read from the bus and applied, by origin",
+            events_family,
+        );
+        m.register(
+            "switchyard_registry_changes",
+            "Registry changes made through this node, by operation",
+            changes_family,
+        );
+        m.register(
+            "switchyard_evictions",
+            "Services this node evicted because none of their instances could be reached",
+            m.evictions.clone(),
+        );
+        m
+    }
+
+    fn register(&mut self, name: &'static str, help: &'static str, metric: impl Metric) {
+        let metric_type = metric.metric_type();
+        self.registry.register(name, help, metric);
+        let name = match metric_type {
+            MetricType::Counter => format!("{name}_total"),
+            _ => name.to_owned(),
+        };
+        self.families.push(FamilyHead {
+            name,
+            metric_type,
+            help,
+        });
+    }
+
+    /// The shared label value for `service`, interned on first sight.
+    fn service(&self, name: &str) -> Arc<str> {
         if let Some(s) = self
             .services
             .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(service)
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
         {
             return s.clone();
         }
-        self.services
+        let mut services = self
+            .services
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(service.to_owned())
-            .or_default()
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = services.get(name) {
+            return s.clone();
+        }
+        let s: Arc<str> = Arc::from(name);
+        services.insert(s.clone());
+        s
     }
 
     /// Counts a request in flight on `front` until the guard drops.
     pub fn in_flight(&self, front: Front) -> InFlightGuard<'_> {
         let gauge = &self.in_flight[front as usize];
-        gauge.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
         InFlightGuard { gauge }
     }
 
@@ -201,210 +370,127 @@ impl Metrics {
         status: u16,
         elapsed: Duration,
     ) {
-        let series = self.series(service);
-        *lock(&series.requests)
-            .entry((front, method_index(method), status))
-            .or_default() += 1;
-        series.latency[front as usize].observe(elapsed);
+        let service = self.service(service);
+        self.requests
+            .get_or_create(&RequestLabels {
+                front,
+                service: service.clone(),
+                method: MethodLabel::of(method),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels { front, service })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream_error(&self, service: &str, kind: UpstreamErrorKind) {
-        self.series(service).upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        let service = self.service(service);
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels { service, kind })
+            .inc();
     }
 
     pub fn retry(&self, service: &str) {
-        self.series(service).retries.fetch_add(1, Ordering::Relaxed);
+        let service = self.service(service);
+        self.retries.get_or_create(&ServiceLabels { service }).inc();
     }
 
     pub fn event_applied(&self, own: bool) {
-        self.events_applied[usize::from(!own)].fetch_add(1, Ordering::Relaxed);
+        self.events_applied[usize::from(!own)].inc();
     }
 
     pub fn change(&self, op: ChangeOp) {
-        self.changes[op as usize].fetch_add(1, Ordering::Relaxed);
+        self.changes[op as usize].inc();
     }
 
     pub fn eviction(&self) {
-        self.evictions.fetch_add(1, Ordering::Relaxed);
+        self.evictions.inc();
     }
 
-    /// The request count for one label set (for tests and the GraphQL view).
+    /// The request count for one label set, summed over methods (for tests and the GraphQL
+    /// view).
     pub fn requests_of(&self, front: Front, service: &str, status: u16) -> u64 {
-        let Some(series) = self
+        let Some(service) = self
             .services
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .get(service)
             .cloned()
         else {
             return 0;
         };
-        lock(&series.requests)
-            .iter()
-            .filter(|((f, _, s), _)| *f == front && *s == status)
-            .map(|(_, n)| n)
+        (0..METHODS.len() as u8)
+            .filter_map(|method| {
+                let labels = RequestLabels {
+                    front,
+                    service: service.clone(),
+                    method: MethodLabel(method),
+                    status,
+                };
+                self.requests.get(&labels).map(|c| c.get())
+            })
             .sum()
     }
 
-    /// Writes the counters and histograms in the Prometheus text format.
+    /// Writes the counters and histograms in the Prometheus text format (0.0.4).
     pub fn encode(&self, out: &mut String) {
-        let services: Vec<(String, Arc<ServiceSeries>)> = self
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-
-        header(
-            out,
-            "switchyard_http_requests_total",
-            "counter",
-            "HTTP requests answered, by front, service, method and status.",
-        );
-        for (name, series) in &services {
-            let requests = lock(&series.requests).clone();
-            for ((front, method, status), n) in requests {
-                let _ = writeln!(
+        let mut text = String::with_capacity(4096);
+        // Writing to a `String` cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        let encoded = split_families(&text);
+        for family in &self.families {
+            match encoded.get(family.name.as_str()) {
+                Some(lines) => write_sorted(out, &family.name, lines),
+                None => header(
                     out,
-                    "switchyard_http_requests_total{{front=\"{}\",service=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                    front.label(),
-                    escape(name),
-                    METHODS[usize::from(method)],
-                );
+                    &family.name,
+                    family.metric_type.as_str(),
+                    &format!("{}.", family.help),
+                ),
             }
         }
+    }
+}
 
-        header(
-            out,
-            "switchyard_http_request_duration_seconds",
-            "histogram",
-            "Time from request head to response head, by front and service.",
-        );
-        for (name, series) in &services {
-            for front in Front::ALL {
-                let h = &series.latency[front as usize];
-                let counts: Vec<u64> = h
-                    .buckets
-                    .iter()
-                    .map(|b| b.load(Ordering::Relaxed))
-                    .collect();
-                let total: u64 = counts.iter().sum();
-                if total == 0 {
-                    continue;
-                }
-                let labels = format!("front=\"{}\",service=\"{}\"", front.label(), escape(name));
-                let mut cumulative = 0;
-                for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
-                    cumulative += counts[i];
-                    let _ = writeln!(
-                        out,
-                        "switchyard_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "switchyard_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
-                );
-                let sum_s = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "switchyard_http_request_duration_seconds_sum{{{labels}}} {sum_s}"
-                );
-                let _ = writeln!(
-                    out,
-                    "switchyard_http_request_duration_seconds_count{{{labels}}} {total}"
-                );
-            }
+/// The encoder's output by family name: each family's lines, its `# HELP` line first.
+fn split_families(text: &str) -> BTreeMap<&str, Vec<&str>> {
+    let mut families: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut current: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or(rest);
+            current = Some(name);
         }
-
-        header(
-            out,
-            "switchyard_http_requests_in_flight",
-            "gauge",
-            "Requests being handled, by front.",
-        );
-        for front in Front::ALL {
-            let n = self.in_flight[front as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "switchyard_http_requests_in_flight{{front=\"{}\"}} {n}",
-                front.label()
-            );
+        if let Some(name) = current {
+            families.entry(name).or_default().push(line);
         }
+    }
+    families
+}
 
-        header(
-            out,
-            "switchyard_upstream_errors_total",
-            "counter",
-            "Failed attempts to call a service, by kind.",
-        );
-        for (name, series) in &services {
-            for (i, kind) in UPSTREAM_KINDS.iter().enumerate() {
-                let n = series.upstream_errors[i].load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "switchyard_upstream_errors_total{{service=\"{}\",kind=\"{kind}\"}} {n}",
-                        escape(name)
-                    );
-                }
-            }
+/// Writes one family's lines with its series sorted by their labels. A series is one sample
+/// line, or for a histogram its `_bucket` and `_sum` lines up to its `_count` line, which keep
+/// their order; series are ordered by their last line, whose labels are the series' own.
+fn write_sorted(out: &mut String, name: &str, lines: &[&str]) {
+    let (heads, samples): (Vec<&str>, Vec<&str>) = lines.iter().partition(|l| l.starts_with('#'));
+    let (bucket, sum) = (format!("{name}_bucket"), format!("{name}_sum"));
+    let mut series: Vec<&[&str]> = Vec::new();
+    let mut start = 0;
+    for (i, line) in samples.iter().enumerate() {
+        let sample = line.split(['{', ' ']).next().unwrap_or(line);
+        if sample != bucket && sample != sum {
+            series.push(&samples[start..=i]);
+            start = i + 1;
         }
-
-        header(
-            out,
-            "switchyard_upstream_retries_total",
-            "counter",
-            "Calls retried on another instance.",
-        );
-        for (name, series) in &services {
-            let n = series.retries.load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "switchyard_upstream_retries_total{{service=\"{}\"}} {n}",
-                    escape(name)
-                );
-            }
-        }
-
-        header(
-            out,
-            "switchyard_bus_events_applied_total",
-            "counter",
-            "Registry events read from the bus and applied, by origin.",
-        );
-        for (i, origin) in ["local", "remote"].iter().enumerate() {
-            let n = self.events_applied[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "switchyard_bus_events_applied_total{{origin=\"{origin}\"}} {n}"
-            );
-        }
-
-        header(
-            out,
-            "switchyard_registry_changes_total",
-            "counter",
-            "Registry changes made through this node, by operation.",
-        );
-        for (i, op) in ["register", "deregister", "evict"].iter().enumerate() {
-            let n = self.changes[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "switchyard_registry_changes_total{{op=\"{op}\"}} {n}");
-        }
-
-        header(
-            out,
-            "switchyard_evictions_total",
-            "counter",
-            "Services this node evicted because none of their instances could be reached.",
-        );
-        let _ = writeln!(
-            out,
-            "switchyard_evictions_total {}",
-            self.evictions.load(Ordering::Relaxed)
-        );
+    }
+    series.sort_by_key(|s| s.last().copied());
+    for line in heads
+        .into_iter()
+        .chain(series.into_iter().flatten().copied())
+    {
+        out.push_str(line);
+        out.push('\n');
     }
 }
 
@@ -420,107 +506,10 @@ pub fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Dis
     let _ = writeln!(out, "{name} {value}");
 }
 
-/// Escapes a label value (backslash, double quote, newline), as the text format requires.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The resident set size of this process, from `/proc/self/status`, where there is one.
 pub fn resident_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_request_is_counted_under_its_labels_and_latency_bucket() {
-        let m = Metrics::default();
-        m.request(
-            Front::Rest,
-            "sample",
-            &Method::GET,
-            200,
-            Duration::from_micros(700),
-        );
-        m.request(
-            Front::Rest,
-            "sample",
-            &Method::GET,
-            200,
-            Duration::from_millis(30),
-        );
-        m.request(
-            Front::Rest,
-            "",
-            &Method::from_bytes(b"BREW").unwrap(),
-            404,
-            Duration::ZERO,
-        );
-        let mut out = String::new();
-        m.encode(&mut out);
-        assert!(out.contains("switchyard_http_requests_total{front=\"rest\",service=\"sample\",method=\"GET\",status=\"200\"} 2\n"), "{out}");
-        assert!(out.contains("switchyard_http_requests_total{front=\"rest\",service=\"\",method=\"OTHER\",status=\"404\"} 1\n"), "{out}");
-        // 700 µs falls in the 1 ms bucket, not the 0.5 ms one; 30 ms in the 50 ms one.
-        assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.0005\"} 0\n"), "{out}");
-        assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.025\"} 1\n"), "{out}");
-        assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.05\"} 2\n"), "{out}");
-        assert!(out.contains("switchyard_http_request_duration_seconds_count{front=\"rest\",service=\"sample\"} 2\n"), "{out}");
-        assert!(out.contains("switchyard_http_request_duration_seconds_sum{front=\"rest\",service=\"sample\"} 0.0307\n"), "{out}");
-        assert_eq!(m.requests_of(Front::Rest, "sample", 200), 2);
-    }
-
-    #[test]
-    fn in_flight_falls_back_when_the_guard_drops() {
-        let m = Metrics::default();
-        let g = m.in_flight(Front::Graphql);
-        let mut out = String::new();
-        m.encode(&mut out);
-        assert!(out.contains("switchyard_http_requests_in_flight{front=\"graphql\"} 1\n"));
-        drop(g);
-        out.clear();
-        m.encode(&mut out);
-        assert!(out.contains("switchyard_http_requests_in_flight{front=\"graphql\"} 0\n"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
-
-    #[test]
-    fn upstream_errors_are_classified() {
-        let m = Metrics::default();
-        let e = GatewayError::UpstreamTimeout {
-            service: "s".into(),
-            timeout_ms: 1,
-        };
-        m.upstream_error("s", UpstreamErrorKind::of(&e).unwrap());
-        assert_eq!(
-            UpstreamErrorKind::of(&GatewayError::ServiceNotFound {
-                service: "s".into()
-            }),
-            None
-        );
-        let mut out = String::new();
-        m.encode(&mut out);
-        assert!(
-            out.contains("switchyard_upstream_errors_total{service=\"s\",kind=\"timeout\"} 1\n"),
-            "{out}"
-        );
-    }
 }

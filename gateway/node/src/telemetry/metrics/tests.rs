@@ -1,0 +1,239 @@
+use super::*;
+
+fn encoded(m: &Metrics) -> String {
+    let mut out = String::new();
+    m.encode(&mut out);
+    out
+}
+
+/// The value of the sample line that starts with `series` (name and labels).
+fn value(out: &str, series: &str) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn a_request_is_counted_under_its_labels_and_latency_bucket() {
+    let m = Metrics::default();
+    m.request(
+        Front::Rest,
+        "sample",
+        &Method::GET,
+        200,
+        Duration::from_micros(700),
+    );
+    m.request(
+        Front::Rest,
+        "sample",
+        &Method::GET,
+        200,
+        Duration::from_millis(30),
+    );
+    m.request(
+        Front::Rest,
+        "",
+        &Method::from_bytes(b"BREW").unwrap(),
+        404,
+        Duration::ZERO,
+    );
+    let out = encoded(&m);
+    assert!(out.contains("switchyard_http_requests_total{front=\"rest\",service=\"sample\",method=\"GET\",status=\"200\"} 2\n"), "{out}");
+    assert!(out.contains("switchyard_http_requests_total{front=\"rest\",service=\"\",method=\"OTHER\",status=\"404\"} 1\n"), "{out}");
+    // 700 µs falls in the 1 ms bucket, not the 0.5 ms one; 30 ms in the 50 ms one.
+    assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.0005\"} 0\n"), "{out}");
+    assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.001\"} 1\n"), "{out}");
+    assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.025\"} 1\n"), "{out}");
+    assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"0.05\"} 2\n"), "{out}");
+    assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"10\"} 2\n"), "{out}");
+    assert!(out.contains("switchyard_http_request_duration_seconds_bucket{front=\"rest\",service=\"sample\",le=\"+Inf\"} 2\n"), "{out}");
+    assert!(
+        out.contains(
+            "switchyard_http_request_duration_seconds_count{front=\"rest\",service=\"sample\"} 2\n"
+        ),
+        "{out}"
+    );
+    let sum = value(
+        &out,
+        "switchyard_http_request_duration_seconds_sum{front=\"rest\",service=\"sample\"}",
+    );
+    assert!((sum.unwrap() - 0.0307).abs() < 1e-9, "{out}");
+    assert_eq!(m.requests_of(Front::Rest, "sample", 200), 2);
+    assert_eq!(m.requests_of(Front::Rest, "", 404), 1);
+    assert_eq!(m.requests_of(Front::Graphql, "sample", 200), 0);
+    assert_eq!(m.requests_of(Front::Rest, "unseen", 200), 0);
+}
+
+#[test]
+fn requests_of_sums_over_methods() {
+    let m = Metrics::default();
+    for method in [Method::GET, Method::POST, Method::POST] {
+        m.request(Front::GraphqlCall, "s", &method, 201, Duration::ZERO);
+    }
+    assert_eq!(m.requests_of(Front::GraphqlCall, "s", 201), 3);
+}
+
+#[test]
+fn in_flight_falls_back_when_the_guard_drops() {
+    let m = Metrics::default();
+    let g = m.in_flight(Front::Graphql);
+    assert!(encoded(&m).contains("switchyard_http_requests_in_flight{front=\"graphql\"} 1\n"));
+    drop(g);
+    assert!(encoded(&m).contains("switchyard_http_requests_in_flight{front=\"graphql\"} 0\n"));
+}
+
+#[test]
+fn every_family_is_announced_before_anything_is_counted() {
+    let out = encoded(&Metrics::default());
+    let types: Vec<&str> = out.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    assert_eq!(
+        types,
+        [
+            "# TYPE switchyard_http_requests_total counter",
+            "# TYPE switchyard_http_request_duration_seconds histogram",
+            "# TYPE switchyard_http_requests_in_flight gauge",
+            "# TYPE switchyard_upstream_errors_total counter",
+            "# TYPE switchyard_upstream_retries_total counter",
+            "# TYPE switchyard_bus_events_applied_total counter",
+            "# TYPE switchyard_registry_changes_total counter",
+            "# TYPE switchyard_evictions_total counter",
+        ],
+        "{out}"
+    );
+    assert!(out.contains(
+        "# HELP switchyard_http_requests_total HTTP requests answered, by front, service, method and status.\n"
+    ), "{out}");
+    for front in ["rest", "graphql", "graphql_call"] {
+        assert!(
+            out.contains(&format!(
+                "switchyard_http_requests_in_flight{{front=\"{front}\"}} 0\n"
+            )),
+            "{out}"
+        );
+    }
+    for series in [
+        "switchyard_bus_events_applied_total{origin=\"local\"} 0",
+        "switchyard_bus_events_applied_total{origin=\"remote\"} 0",
+        "switchyard_registry_changes_total{op=\"register\"} 0",
+        "switchyard_registry_changes_total{op=\"deregister\"} 0",
+        "switchyard_registry_changes_total{op=\"evict\"} 0",
+        "switchyard_evictions_total 0",
+    ] {
+        assert!(out.contains(&format!("{series}\n")), "{out}");
+    }
+}
+
+/// Counts the same things in `order` on fresh metrics. The latencies are multiples of 1/8 s,
+/// so a histogram's sum (of `f64` seconds) does not depend on the order either.
+fn fill(order: impl Iterator<Item = usize>) -> Metrics {
+    let m = Metrics::default();
+    let methods = [Method::GET, Method::POST, Method::DELETE];
+    for i in order {
+        let service = format!("svc-{}", i % 17);
+        let front = Front::ALL[i % 3];
+        m.request(
+            front,
+            &service,
+            &methods[i % 3],
+            200 + (i % 5) as u16,
+            Duration::from_millis(125 * (i as u64 % 7)),
+        );
+        if i % 4 == 0 {
+            m.upstream_error(&service, UpstreamErrorKind::Timeout);
+            m.retry(&service);
+        }
+    }
+    m
+}
+
+#[test]
+fn output_is_sorted_so_equal_states_encode_byte_equal() {
+    // Each `Metrics` has its own hash maps with their own random order; the same counts,
+    // made in another order, must still encode to the same bytes.
+    let a = encoded(&fill(0..200));
+    let b = encoded(&fill((0..200).rev()));
+    assert_eq!(a, b);
+    assert_eq!(a, encoded(&fill(0..200)));
+    let samples = |prefix: &str| -> Vec<String> {
+        a.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    };
+    for family in [
+        "switchyard_http_requests_total{",
+        "switchyard_http_request_duration_seconds_count{",
+        "switchyard_upstream_errors_total{",
+    ] {
+        let lines = samples(family);
+        assert!(lines.len() > 10, "{a}");
+        assert!(lines.is_sorted(), "{lines:#?}");
+    }
+    // A histogram's buckets stay in the order of their bounds, with `_sum` and `_count` last.
+    let series: Vec<&str> = a
+        .lines()
+        .filter(|l| l.contains("{front=\"rest\",service=\"svc-0\""))
+        .filter(|l| l.starts_with("switchyard_http_request_duration_seconds"))
+        .collect();
+    assert_eq!(series.len(), LATENCY_BUCKETS_S.len() + 3, "{a}");
+    assert!(series[0].contains("le=\"0.0005\""), "{series:#?}");
+    assert!(series[13].contains("le=\"10\""), "{series:#?}");
+    assert!(series[14].contains("le=\"+Inf\""), "{series:#?}");
+    assert!(series[15].contains("_sum{"), "{series:#?}");
+    assert!(series[16].contains("_count{"), "{series:#?}");
+}
+
+#[test]
+fn counters_are_suffixed_once_and_help_ends_in_one_stop() {
+    let m = fill(0..20);
+    m.event_applied(true);
+    m.change(ChangeOp::Evict);
+    m.eviction();
+    let out = encoded(&m);
+    assert!(!out.contains("_total_total"), "{out}");
+    assert!(!out.contains(".."), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(line.ends_with('.'), "{line}");
+    }
+    assert!(
+        out.contains("switchyard_registry_changes_total{op=\"evict\"} 1\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("switchyard_bus_events_applied_total{origin=\"local\"} 1\n"),
+        "{out}"
+    );
+    assert!(out.contains("switchyard_evictions_total 1\n"), "{out}");
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let m = Metrics::default();
+    m.retry("a\"b\\c\nd");
+    let out = encoded(&m);
+    assert!(
+        out.contains("switchyard_upstream_retries_total{service=\"a\\\"b\\\\c\\nd\"} 1\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn upstream_errors_are_classified() {
+    let m = Metrics::default();
+    let e = GatewayError::UpstreamTimeout {
+        service: "s".into(),
+        timeout_ms: 1,
+    };
+    m.upstream_error("s", UpstreamErrorKind::of(&e).unwrap());
+    assert_eq!(
+        UpstreamErrorKind::of(&GatewayError::ServiceNotFound {
+            service: "s".into()
+        }),
+        None
+    );
+    let out = encoded(&m);
+    assert!(
+        out.contains("switchyard_upstream_errors_total{service=\"s\",kind=\"timeout\"} 1\n"),
+        "{out}"
+    );
+}
