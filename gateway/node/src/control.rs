@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use axum::routing::get;
-use http::StatusCode;
+use axum::{Extension, Router};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use switchyard_core::event::EventKind;
 use switchyard_core::registration::Registration;
@@ -158,14 +158,21 @@ struct PutInstance {
     kind: Option<String>,
 }
 
+/// The caller of a REST request: its peer (when the server recorded it) and its headers.
+fn rest_caller(client: Option<Extension<ConnectInfo<ClientAddr>>>, headers: HeaderMap) -> Caller {
+    let client = client.map(|Extension(ConnectInfo(ClientAddr(addr)))| addr);
+    Caller::new(Via::Rest, client, headers)
+}
+
 async fn put_instance(
     State(control): State<Arc<Control>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
     Path((service, instance_id)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = Caller::anonymous(Via::Rest, Some(client));
-    match register_rest(&control, &caller, service, instance_id, body).await {
+    let mut caller = rest_caller(client, headers);
+    match register_rest(&control, &mut caller, service, instance_id, body).await {
         Ok(response) => response,
         Err(error) => error_response(&error, None),
     }
@@ -173,7 +180,7 @@ async fn put_instance(
 
 async fn register_rest(
     control: &Control,
-    caller: &Caller,
+    caller: &mut Caller,
     service: String,
     instance_id: String,
     body: Body,
@@ -215,13 +222,14 @@ async fn register_rest(
 
 async fn delete_instance(
     State(control): State<Arc<Control>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
     Path((service, instance_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    let caller = Caller::anonymous(Via::Rest, Some(client));
+    let mut caller = rest_caller(client, headers);
     match control
         .registrar
-        .deregister(&caller, &service, &instance_id)
+        .deregister(&mut caller, &service, &instance_id)
         .await
     {
         Ok(gone) => accepted_json(
@@ -261,13 +269,14 @@ fn instance_pb(view: InstanceView) -> pb::Instance {
     }
 }
 
-/// The caller of a gRPC request: the connection's peer, as the HTTP server recorded it.
+/// The caller of a gRPC request: the connection's peer, as the HTTP server recorded it, and
+/// the request's metadata.
 fn grpc_caller<T>(request: &tonic::Request<T>) -> Caller {
     let client = request
         .extensions()
         .get::<ConnectInfo<ClientAddr>>()
         .map(|ConnectInfo(ClientAddr(addr))| *addr);
-    Caller::anonymous(Via::Grpc, client)
+    Caller::new(Via::Grpc, client, request.metadata().clone().into_headers())
 }
 
 impl RegistrationApi {
@@ -276,7 +285,7 @@ impl RegistrationApi {
         request: tonic::Request<pb::RegisterRequest>,
         kind: EventKind,
     ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
-        let caller = grpc_caller(&request);
+        let mut caller = grpc_caller(&request);
         let r = request.into_inner();
         let registration = Registration {
             service: r.service,
@@ -288,7 +297,7 @@ impl RegistrationApi {
         let registered = self
             .control
             .registrar
-            .register(&caller, registration, kind)
+            .register(&mut caller, registration, kind)
             .await
             .map_err(|e| to_status(&e))?;
         let status = &self.control.status;
@@ -321,12 +330,12 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: tonic::Request<pb::DeregisterRequest>,
     ) -> Result<tonic::Response<pb::DeregisterResponse>, tonic::Status> {
-        let caller = grpc_caller(&request);
+        let mut caller = grpc_caller(&request);
         let r = request.into_inner();
         let gone = self
             .control
             .registrar
-            .deregister(&caller, &r.service, &r.instance_id)
+            .deregister(&mut caller, &r.service, &r.instance_id)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(tonic::Response::new(pb::DeregisterResponse {

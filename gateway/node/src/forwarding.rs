@@ -122,10 +122,15 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// Sends `req` to an instance of `req.service` and returns its answer.
-    pub async fn forward(&self, req: ForwardingReq) -> Result<ForwardingResp, GatewayError> {
+    /// Sends `req` to an instance of `req.service` and returns its answer, every attempt
+    /// within `deadline`.
+    pub async fn forward(
+        &self,
+        req: ForwardingReq,
+        deadline: tokio::time::Instant,
+    ) -> Result<ForwardingResp, GatewayError> {
         let service = req.service.clone();
-        let result = self.forward_with_retries(req, &service).await;
+        let result = self.forward_with_retries(req, &service, deadline).await;
         if let Err(GatewayError::NoLiveInstance { .. }) = &result {
             self.telemetry
                 .metrics()
@@ -138,8 +143,8 @@ impl Forwarder {
         &self,
         req: ForwardingReq,
         service: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<ForwardingResp, GatewayError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
         let mut req = Some(req);
         let mut tried = BTreeSet::new();
         let mut last_error = None;

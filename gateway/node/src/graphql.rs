@@ -120,12 +120,28 @@ fn extensions(error: &GatewayError, request_id: Option<&str>) -> ErrorExtensionV
     if let Some(id) = request_id {
         ext.set("requestId", id);
     }
-    // The headers REST would send with this error (`WWW-Authenticate`, `Retry-After`), as
-    // camel-cased extensions: `wwwAuthenticate`, `retryAfter`.
-    for (name, value) in error.response_headers() {
-        ext.set(camel_case(name), value);
+    for (name, value) in header_extensions(error) {
+        if let Ok(value) = async_graphql::Value::from_json(value) {
+            ext.set(name, value);
+        }
     }
     ext
+}
+
+/// The headers REST would send with `error` (`WWW-Authenticate`, `Retry-After`), as
+/// camel-cased extensions: `wwwAuthenticate` a string, `retryAfter` a number of seconds.
+fn header_extensions(error: &GatewayError) -> Vec<(String, serde_json::Value)> {
+    error
+        .response_headers()
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value.parse::<u64>() {
+                Ok(seconds) if name == "retry-after" => serde_json::Value::from(seconds),
+                _ => serde_json::Value::from(value),
+            };
+            (camel_case(name), value)
+        })
+        .collect()
 }
 
 /// `www-authenticate` → `wwwAuthenticate`.
@@ -174,15 +190,16 @@ pub fn server_error(error: &GatewayError, pos: Option<Pos>) -> ServerError {
 
 /// The GraphQL JSON body for an error that refused a request before it was parsed.
 pub fn refusal_body(error: &GatewayError, request_id: &str) -> Vec<u8> {
+    let mut extensions = serde_json::json!({
+        "code": error.code(),
+        "status": error.http_status(),
+        "requestId": request_id,
+    });
+    for (name, value) in header_extensions(error) {
+        extensions[name] = value;
+    }
     let body = serde_json::json!({
-        "errors": [{
-            "message": error.to_string(),
-            "extensions": {
-                "code": error.code(),
-                "status": error.http_status(),
-                "requestId": request_id,
-            },
-        }],
+        "errors": [{ "message": error.to_string(), "extensions": extensions }],
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }

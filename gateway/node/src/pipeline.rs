@@ -9,7 +9,8 @@
 //! ```
 //!
 //! A front calls [`Pipeline::begin`] first, so a request refused at any later step — by the
-//! translator, by a policy, by the service — is logged, counted and traced the same way; then
+//! translator, by a policy, by the service — is logged, counted and (once it has a span)
+//! traced the same way; then
 //! [`Pipeline::forward`] with the translated request; then [`Pipeline::finish`] with the
 //! outcome. The fronts add no routing, balancing, retry or policy of their own.
 //!
@@ -18,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
@@ -69,28 +71,66 @@ pub struct Start<'a> {
 }
 
 /// Everything the gateway knows of one request while it is handled. Policies read it and may
-/// fill in the identity.
+/// fill in the identity; nothing else in it changes once the request has begun.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    pub front: Front,
-    pub request_id: String,
+    front: Front,
+    request_id: String,
     /// The gateway's span of this request, the service's parent.
-    pub span: Option<Span>,
-    pub client_addr: SocketAddr,
-    /// The deadline the service is told, Unix ms; set when the request is translated.
-    pub deadline_unix_ms: u64,
-    /// Who sent the request, once an authentication policy has established it.
-    pub identity: Option<Identity>,
-    pub method: Method,
+    span: Option<Span>,
+    client_addr: SocketAddr,
+    /// When the answer is due: set when the request is translated, told to the service, and
+    /// the bound of the policies and all attempts together.
+    deadline: Option<tokio::time::Instant>,
+    identity: Option<Identity>,
+    method: Method,
     /// At most [`PATH_CHARS_MAX`] characters.
-    pub path: String,
-    /// The service named by a GraphQL call (REST requests name it in the path).
-    pub service: Option<String>,
+    path: String,
+    /// The service named by a GraphQL call, at most [`PATH_CHARS_MAX`] characters (REST
+    /// requests name it in the path).
+    service: Option<String>,
     started: tokio::time::Instant,
     start_unix_ms: u64,
 }
 
 impl RequestContext {
+    pub fn front(&self) -> Front {
+        self.front
+    }
+
+    /// The request id: the client's if it sent a plausible one, else the gateway's.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The gateway's span; `None` for a GraphQL call not yet translated.
+    pub fn span(&self) -> Option<&Span> {
+        self.span.as_ref()
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request path (a GraphQL call's own path), at most [`PATH_CHARS_MAX`] characters.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Who sent the request, once an authentication policy has established it.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Records who sent the request (an authentication policy's job).
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = Some(identity);
+    }
+
     /// The service the request names: a GraphQL call's, or the first segment of a REST path.
     pub fn service_name(&self) -> Option<&str> {
         self.service.as_deref().or_else(|| {
@@ -167,11 +207,13 @@ impl Pipeline {
             request_id,
             span,
             client_addr: start.client_addr,
-            deadline_unix_ms: 0,
+            deadline: None,
             identity: None,
             method: start.method.clone(),
             path: start.path.chars().take(PATH_CHARS_MAX).collect(),
-            service: start.service.map(str::to_owned),
+            service: start
+                .service
+                .map(|s| s.chars().take(PATH_CHARS_MAX).collect()),
             started: tokio::time::Instant::now(),
             start_unix_ms: self.store.now_ms(),
         };
@@ -181,15 +223,17 @@ impl Pipeline {
         }
     }
 
-    /// What the translator needs of the context; sets the deadline the service is told.
+    /// What the translator needs of the context. Sets the request's deadline: the one the
+    /// service is told, and the one the policies and every attempt together must meet.
     pub fn forward_context<'a>(&'a self, ctx: &'a mut RequestContext) -> ForwardContext<'a> {
-        ctx.deadline_unix_ms = self.store.now_ms() + self.forwarder.timeout_ms();
+        let timeout_ms = self.forwarder.timeout_ms();
+        ctx.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
         ForwardContext {
             scheme: "http",
             client_addr: Some(ctx.client_addr),
             gateway_node: self.store.node_id(),
             request_id: &ctx.request_id,
-            deadline_unix_ms: ctx.deadline_unix_ms,
+            deadline_unix_ms: self.store.now_ms() + timeout_ms,
         }
     }
 
@@ -227,14 +271,40 @@ impl Pipeline {
                 span
             }
         };
+        let deadline = ctx.deadline.unwrap_or_else(|| {
+            tokio::time::Instant::now() + Duration::from_millis(self.forwarder.timeout_ms())
+        });
+        if !self.policies.is_empty() {
+            self.police(ctx, &mut req).await?;
+        }
+        trace::set_parent(&mut req, &span);
+        self.forwarder.forward(req, deadline).await
+    }
+
+    /// Runs the policies in order; the first refusal is the answer. A policy may add or strip
+    /// headers, not send the request elsewhere: a changed service, method or path is refused
+    /// as the gateway's own fault.
+    async fn police(
+        &self,
+        ctx: &mut RequestContext,
+        req: &mut ForwardingReq,
+    ) -> Result<(), GatewayError> {
+        let target = (req.service.clone(), req.method.clone(), req.path.clone());
         for policy in &self.policies {
-            if let Err(error) = policy.check(ctx, &mut req).await {
+            if let Err(error) = policy.check(ctx, req).await {
                 tracing::debug!(request_id = %ctx.request_id, policy = policy.name(), code = %error.code(), "policy refused the request");
                 return Err(error);
             }
+            if (&req.service, &req.method, &req.path) != (&target.0, &target.1, &target.2) {
+                return Err(GatewayError::Internal {
+                    detail: format!(
+                        "policy {} changed where the request goes; policies may change headers only",
+                        policy.name()
+                    ),
+                });
+            }
         }
-        trace::set_parent(&mut req, &span);
-        self.forwarder.forward(req).await
+        Ok(())
     }
 
     /// Finishes a request with its answer's status, or the gateway's error: the one place
@@ -253,6 +323,7 @@ impl Pipeline {
             method: &ctx.method,
             path: &ctx.path,
             service: self.known_service(service),
+            named_service: service.unwrap_or_default(),
             status,
             error,
             start_unix_ms: ctx.start_unix_ms,

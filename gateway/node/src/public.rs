@@ -50,14 +50,14 @@ async fn forward(
         path: request.uri().path(),
         service: None,
     });
-    let request_id = HeaderValue::from_str(&exchange.ctx.request_id).ok();
+    let request_id = HeaderValue::from_str(exchange.ctx.request_id()).ok();
     let mut response = match handle(&rest, &mut exchange.ctx, request).await {
         Ok(answer) => {
             pipeline.finish(exchange, Ok(answer.status().as_u16()));
             answer.map(Body::from)
         }
         Err(error) => {
-            let response = error_response(&error, Some(&exchange.ctx.request_id));
+            let response = error_response(&error, Some(exchange.ctx.request_id()));
             pipeline.finish(exchange, Err(&error));
             response
         }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderMap;
+
 use switchyard_core::event::{Event, EventKind};
 use switchyard_core::identity::Identity;
 use switchyard_core::registration::{LeaseBounds, Registration, ValidRegistration};
@@ -34,18 +36,28 @@ pub struct Caller {
     pub via: Via,
     /// The peer address of the connection, when the front knows it.
     pub client_addr: Option<SocketAddr>,
-    /// The authenticated identity, once a policy has established one. Empty today.
+    /// What the caller presented with the change: the HTTP request's headers, the gRPC
+    /// request's metadata, or the headers of the request that carried a GraphQL mutation.
+    /// Where a credential (`authorization`) is found.
+    pub headers: HeaderMap,
+    /// The authenticated identity, once a registration policy has established one.
     pub identity: Option<Identity>,
 }
 
 impl Caller {
-    /// A caller on `via` from `client_addr`, not (yet) authenticated.
-    pub fn anonymous(via: Via, client_addr: Option<SocketAddr>) -> Self {
+    /// A caller on `via` from `client_addr` that presented `headers`, not (yet) authenticated.
+    pub fn new(via: Via, client_addr: Option<SocketAddr>, headers: HeaderMap) -> Self {
         Self {
             via,
             client_addr,
+            headers,
             identity: None,
         }
+    }
+
+    /// The gateway itself, for its own changes (evictions).
+    pub fn gateway() -> Self {
+        Self::new(Via::Gateway, None, HeaderMap::new())
     }
 }
 
@@ -63,11 +75,12 @@ pub enum Change<'a> {
 }
 
 /// A check on every registry change a caller asks for, before it is applied. Policies run in
-/// order; the first refusal is the answer.
+/// order; the first refusal is the answer. A policy may record the caller's identity for the
+/// policies after it.
 pub trait RegistrationPolicy: Send + Sync + 'static {
     /// A short name for logs.
     fn name(&self) -> &'static str;
-    fn check(&self, caller: &Caller, change: &Change<'_>) -> Result<(), GatewayError>;
+    fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError>;
 }
 
 impl std::fmt::Debug for dyn RegistrationPolicy {
@@ -144,11 +157,12 @@ impl Registrar {
         self.outbox.len()
     }
 
-    fn check(&self, caller: &Caller, change: &Change<'_>) -> Result<(), GatewayError> {
+    fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError> {
         for policy in &self.policies {
-            policy.check(caller, change).inspect_err(|error| {
-                tracing::info!(policy = policy.name(), via = ?caller.via, client = ?caller.client_addr, code = %error.code(), %error, "registry change refused");
-            })?;
+            if let Err(error) = policy.check(caller, change) {
+                tracing::info!(policy = policy.name(), via = ?caller.via, client = ?caller.client_addr, code = %error.code(), %error, "registry change refused by a policy");
+                return Err(error);
+            }
         }
         Ok(())
     }
@@ -157,7 +171,7 @@ impl Registrar {
     /// event for the bus; answers once the bus acknowledged it or `bus.publish_wait_ms` passed.
     pub async fn register(
         &self,
-        caller: &Caller,
+        caller: &mut Caller,
         registration: Registration,
         kind: EventKind,
     ) -> Result<Registered, GatewayError> {
@@ -198,7 +212,7 @@ impl Registrar {
     /// guards against a late registration event); reports whether the instance was live.
     pub async fn deregister(
         &self,
-        caller: &Caller,
+        caller: &mut Caller,
         service: &str,
         instance_id: &str,
     ) -> Result<Deregistered, GatewayError> {
@@ -246,7 +260,7 @@ impl Registrar {
     /// not applied either, so this node never holds what the bus will not get.
     fn enqueue_and_apply(&self, event: &Event) -> Result<Ticket, GatewayError> {
         let ticket = self.outbox.enqueue(event.clone()).inspect_err(|error| {
-            tracing::warn!(key = %event.bus_key(), %error, "registry change refused");
+            tracing::warn!(key = %event.bus_key(), %error, "registry change refused: the outbox is full");
         })?;
         self.store.apply(event);
         Ok(ticket)

@@ -38,8 +38,10 @@ pub struct Finished<'a> {
     pub method: &'a Method,
     /// The request path, at most 256 characters.
     pub path: &'a str,
-    /// The metrics label: a service the registry knows, or `""`.
+    /// The metrics label and the span's service: a service the registry knows, or `""`.
     pub service: &'a str,
+    /// The service the request named, as sent (at most 256 characters), for the log line.
+    pub named_service: &'a str,
     pub status: u16,
     /// The gateway's error, when the answer is one.
     pub error: Option<&'a GatewayError>,
@@ -74,24 +76,30 @@ impl Telemetry {
 
     /// Observes a finished request: logs it, counts it and exports its span.
     pub fn request_finished(&self, f: &Finished<'_>) {
-        let (request_id, method, path, front, status) =
-            (f.request_id, f.method, f.path, f.front.label(), f.status);
+        let (request_id, method, path, front, status, service) = (
+            f.request_id,
+            f.method,
+            f.path,
+            f.front.label(),
+            f.status,
+            f.named_service,
+        );
         let trace_id = f.span.map_or(TraceId(0), Span::trace_id);
         if let Some(error) = f.error {
             let code = error.code();
             if error.http_status() >= 500 {
-                tracing::warn!(%request_id, %trace_id, front, %method, %path, %code, %error, "request failed");
+                tracing::warn!(%request_id, %trace_id, front, %service, %method, %path, %code, %error, "request failed");
             } else {
-                tracing::info!(%request_id, %trace_id, front, %method, %path, %code, %error, "request refused");
+                tracing::info!(%request_id, %trace_id, front, %service, %method, %path, %code, %error, "request refused");
             }
         }
         self.metrics
             .request(f.front, f.service, method, status, f.elapsed);
         let elapsed_us = f.elapsed.as_micros() as u64;
         if self.access_log {
-            tracing::info!(%request_id, %trace_id, front, %method, %path, status, elapsed_us, "request done");
+            tracing::info!(%request_id, %trace_id, front, %service, %method, %path, status, elapsed_us, "request done");
         } else {
-            tracing::debug!(%request_id, %trace_id, front, %method, %path, status, elapsed_us, "request done");
+            tracing::debug!(%request_id, %trace_id, front, %service, %method, %path, status, elapsed_us, "request done");
         }
         if let Some(span) = f.span {
             otlp::export(

@@ -106,7 +106,7 @@ impl Mutation {
         };
         let registered = match backend
             .registrar
-            .register(&caller(ctx), registration, kind)
+            .register(&mut caller(ctx), registration, kind)
             .await
         {
             Ok(registered) => registered,
@@ -130,7 +130,7 @@ impl Mutation {
     ) -> async_graphql::Result<Option<Deregistered>> {
         let gone = match backend(ctx)?
             .registrar
-            .deregister(&caller(ctx), &service, &instance_id)
+            .deregister(&mut caller(ctx), &service, &instance_id)
             .await
         {
             Ok(gone) => gone,
@@ -217,8 +217,11 @@ fn snapshot_of(backend: &Backend, service: Option<&str>) -> Vec<RegistryChange> 
         .collect()
 }
 
-/// The caller of a mutation: the client of the HTTP request (or WebSocket) that carried it.
+/// The caller of a mutation: the client and the headers of the HTTP request (or WebSocket
+/// upgrade) that carried it.
 fn caller(ctx: &Context<'_>) -> Caller {
-    let client = ctx.data::<Carrier>().ok().map(|carrier| carrier.client);
-    Caller::anonymous(Via::Graphql, client)
+    match ctx.data::<Carrier>() {
+        Ok(carrier) => Caller::new(Via::Graphql, Some(carrier.client), carrier.headers.clone()),
+        Err(_) => Caller::new(Via::Graphql, None, Default::default()),
+    }
 }

@@ -129,7 +129,7 @@ async fn forward_call(
         service: Some(&args.service),
     });
     let result = send(backend, carrier, call, &mut exchange.ctx).await;
-    let request_id = exchange.ctx.request_id.clone();
+    let request_id = exchange.ctx.request_id().to_owned();
     pipeline.finish(exchange, result.as_ref().map(|answer| answer.status));
     (request_id, result)
 }
@@ -162,7 +162,7 @@ async fn send(
         headers,
         json: translate::body_json(&parts.headers, &body).map(Json),
         body: String::from_utf8_lossy(&body).into_owned(),
-        request_id: ctx.request_id.clone(),
+        request_id: ctx.request_id().to_owned(),
     })
 }
 

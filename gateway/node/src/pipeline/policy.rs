@@ -11,9 +11,10 @@ use crate::sync::BoxFuture;
 /// `rate_limited`, ...). Policies run in order; the first refusal is the answer, and it is
 /// logged, counted and traced like any other.
 ///
-/// A policy may fill in `ctx.identity` and change the request (add or strip headers) for the
-/// policies after it and for the service. It must bound every wait it makes: the request's
-/// deadline has not started yet.
+/// A policy may record the caller's identity (`ctx.set_identity`) and add or strip headers of
+/// the request, for the policies after it and for the service; it may not change the service,
+/// method or path. Its time counts towards the request's deadline (`upstream.timeout_ms`,
+/// which the service is told), so it must bound every wait it makes well within it.
 pub trait Policy: Send + Sync + 'static {
     /// A short name, for logs.
     fn name(&self) -> &'static str;

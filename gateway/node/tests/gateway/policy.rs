@@ -88,6 +88,14 @@ async fn a_policy_refuses_rest_requests_with_the_codes_and_headers_of_the_pipeli
         1,
         "a refused request never reaches the service"
     );
+    let (status, _, body) = http_with("GET", &url, &[(HEADER, "reroute")], Vec::new()).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        body["error"]["code"], "internal",
+        "a policy may not reroute: {body}"
+    );
+    assert_eq!(inst.requests_received(), 1);
     let rest =
         r#"switchyard_http_requests_total{front="rest",service="sample",method="GET",status="#;
     assert_eq!(metric(&gw, &format!(r#"{rest}"200"}}"#)).await, 1.0);
@@ -125,7 +133,7 @@ async fn the_same_policy_refuses_each_graphql_call_and_leaves_its_siblings_alone
     assert_eq!(at("refused")["extensions"]["status"], 403);
     assert!(at("refused")["extensions"]["requestId"].is_string());
     assert_eq!(at("limited")["extensions"]["code"], "rate_limited");
-    assert_eq!(at("limited")["extensions"]["retryAfter"], "7");
+    assert_eq!(at("limited")["extensions"]["retryAfter"], 7);
     assert_eq!(
         inst.requests_received(),
         1,

@@ -205,7 +205,7 @@ async fn a_subscriber_that_falls_behind_is_told_and_the_stream_ends() {
         };
         node.registrar()
             .register(
-                &Caller::anonymous(Via::Graphql, None),
+                &mut Caller::new(Via::Graphql, None, Default::default()),
                 registration,
                 EventKind::Register,
             )

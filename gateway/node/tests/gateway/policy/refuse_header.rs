@@ -1,5 +1,6 @@
 //! A test-only request policy: refuses a request that carries `x-refuse`, with the error its
-//! value names. The whole of what adding a policy takes is this file and one line of wiring
+//! value names (or, for `reroute`, tries to send it to another service, which the pipeline
+//! must not allow). The whole of what adding a policy takes is this file and one line of wiring
 //! (`.policy(Arc::new(RefuseHeader))` where the node is built).
 
 use switchyard::pipeline::{Policy, RequestContext};
@@ -30,8 +31,12 @@ impl Policy for RefuseHeader {
             .map(|h| String::from_utf8_lossy(&h.value).into_owned());
         let refusal = match value.as_deref() {
             None => None,
+            Some("reroute") => {
+                req.service = "elsewhere".to_owned();
+                None
+            }
             Some("unauthenticated") => Some(GatewayError::Unauthenticated {
-                reason: format!("request {} carries no credential", ctx.request_id),
+                reason: format!("request {} carries no credential", ctx.request_id()),
                 challenge: r#"Bearer realm="switchyard-test""#.to_owned(),
             }),
             Some("rate-limited") => Some(GatewayError::RateLimited { retry_after_s: 7 }),

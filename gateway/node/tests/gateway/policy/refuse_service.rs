@@ -20,7 +20,7 @@ impl RegistrationPolicy for RefuseService {
         "refuse-service"
     }
 
-    fn check(&self, caller: &Caller, change: &Change<'_>) -> Result<(), GatewayError> {
+    fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError> {
         self.seen
             .lock()
             .unwrap()
