@@ -170,7 +170,7 @@ impl Outbox {
 
     /// At shutdown: publishes what is queued until the queue is empty or `deadline` passes,
     /// retries included, and returns what is left, each logged at warn with its key and kind.
-    /// Changes queued meanwhile (requests still draining) are published too.
+    /// Changes queued while it runs (a request the drain left open) are published too.
     pub async fn flush(&self, bus: &dyn Bus, deadline: Instant) -> Vec<(String, EventKind)> {
         let queued = self.len();
         self.publish(bus, Until::EmptyOr(deadline)).await;
