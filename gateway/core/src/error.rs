@@ -67,6 +67,10 @@ pub enum GatewayError {
     Overloaded { what: String },
     #[error("the registry bus is unavailable: {detail}")]
     BusUnavailable { detail: String },
+    /// The gateway has not yet read the bus up to the mark it saw at start, so a change
+    /// stamped here now could be older than one already on the bus and lose to it.
+    #[error("this gateway is not ready: {detail}; try again, or another gateway")]
+    NotReady { detail: String },
     #[error("internal error: {detail}")]
     Internal { detail: String },
 }
@@ -102,6 +106,7 @@ impl GatewayError {
             Self::SubscriptionLagged { .. } => "subscription_lagged",
             Self::Overloaded { .. } => "overloaded",
             Self::BusUnavailable { .. } => "bus_unavailable",
+            Self::NotReady { .. } => "not_ready",
             Self::Internal { .. } => "internal",
         }
     }
@@ -124,6 +129,7 @@ impl GatewayError {
             Self::SubscriptionLagged { .. } => 429,
             Self::Overloaded { .. } => 503,
             Self::BusUnavailable { .. } => 503,
+            Self::NotReady { .. } => 503,
             Self::Internal { .. } => 500,
         }
     }
@@ -145,7 +151,8 @@ impl GatewayError {
             | Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. }
             | Self::Overloaded { .. }
-            | Self::BusUnavailable { .. } => code::UNAVAILABLE,
+            | Self::BusUnavailable { .. }
+            | Self::NotReady { .. } => code::UNAVAILABLE,
             Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
         }
     }
@@ -168,9 +175,10 @@ impl GatewayError {
             | Self::UpstreamReset { .. }
             | Self::UpstreamStatus { .. }
             | Self::BadUpstreamResponse { .. } => Fault::Upstream,
-            Self::Overloaded { .. } | Self::BusUnavailable { .. } | Self::Internal { .. } => {
-                Fault::Internal
-            }
+            Self::Overloaded { .. }
+            | Self::BusUnavailable { .. }
+            | Self::NotReady { .. }
+            | Self::Internal { .. } => Fault::Internal,
         }
     }
 
@@ -302,6 +310,18 @@ mod tests {
             ("overloaded", 503)
         );
         assert_eq!(full.fault(), Fault::Internal);
+    }
+
+    #[test]
+    fn a_gateway_not_yet_caught_up_refuses_with_not_ready() {
+        let err = GatewayError::NotReady {
+            detail: "catching up with the bus".into(),
+        };
+        assert_eq!((err.code().as_str(), err.http_status()), ("not_ready", 503));
+        assert_eq!(err.grpc_code(), code::UNAVAILABLE);
+        assert_eq!(status::http_status_for_grpc(err.grpc_code()), 503);
+        assert_eq!(err.fault(), Fault::Internal);
+        assert!(!err.retryable());
     }
 
     #[test]

@@ -172,7 +172,8 @@ pub enum BusKind {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// How long in-flight requests may take to finish after a shutdown signal.
+    /// How long the whole shutdown may take after the signal: in-flight requests finishing,
+    /// then the outbox publishing what is still queued for the bus.
     pub drain_timeout_ms: u64,
 }
 

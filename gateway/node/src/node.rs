@@ -1,6 +1,7 @@
 //! The composition root: builds one gateway node's owners from the config and the seams,
-//! spawns its tasks, serves its two listeners, and drains on shutdown. Nothing else in the
-//! crate imports this module; it imports the rest.
+//! spawns its tasks, serves its two listeners, and on shutdown drains them and flushes the
+//! outbox, both within the drain timeout. Nothing else in the crate imports this module; it
+//! imports the rest.
 
 use std::io;
 use std::net::SocketAddr;
@@ -288,8 +289,12 @@ impl Node {
             tokio::spawn(async move { replication.run(stop).await })
         };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        // The publisher runs on while the listeners drain (a draining registration may still
+        // be published in time for a 200), and stops only when they are done; then the flush.
+        let publisher_stop = CancellationToken::new();
         let publisher = {
-            let (outbox, bus, stop) = (node.outbox.clone(), node.seams.bus.clone(), tasks.clone());
+            let (outbox, bus) = (node.outbox.clone(), node.seams.bus.clone());
+            let stop = publisher_stop.clone();
             tokio::spawn(async move { outbox.run(&*bus, stop).await })
         };
         let exporter = {
@@ -302,6 +307,7 @@ impl Node {
                 shutdown.cancelled().await;
                 replication.mark_shutting_down();
                 tracing::info!("shutdown requested: draining in-flight requests");
+                tokio::time::Instant::now()
             })
         };
         let backend = node.graphql_backend();
@@ -319,9 +325,16 @@ impl Node {
                 drain
             ),
         );
-        tasks.cancel();
         shutdown.cancel();
-        let _ = tokio::join!(replication, upkeep, publisher, watcher, exporter);
+        let asked = watcher
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now());
+        tasks.cancel();
+        publisher_stop.cancel();
+        let _ = publisher.await;
+        // The drain timeout bounds the whole shutdown: the flush gets what draining left.
+        node.outbox.flush(&*node.seams.bus, asked + drain).await;
+        let _ = tokio::join!(replication, upkeep, exporter);
         tracing::info!(node_id = %node.id(), "gateway node stopped");
         result.map(|_| ())
     }

@@ -2,6 +2,11 @@
 //! (REST, gRPC or GraphQL on the control listener, or the gateway itself evicting an
 //! unreachable service). A change is validated by the core's rules, checked by the
 //! registration policies against the caller, applied at once, and queued for the bus.
+//!
+//! No change is made before the node has caught up with the bus (see [`Store::caught_up`]):
+//! until then its clock may not have seen the stamps already on the bus, and a change stamped
+//! now could lose last-writer-wins to an older one while answered as a success. Such changes
+//! are refused with `not_ready` (decision 0009).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -157,7 +162,19 @@ impl Registrar {
         self.outbox.len()
     }
 
+    /// Refuses every change until the node has caught up with the bus (see the module doc).
+    fn check_caught_up(&self) -> Result<(), GatewayError> {
+        if self.store.caught_up() {
+            Ok(())
+        } else {
+            Err(GatewayError::NotReady {
+                detail: "it is still reading the registry bus, and a change stamped before it caught up could lose to an older one already there".into(),
+            })
+        }
+    }
+
     fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError> {
+        self.check_caught_up()?;
         for policy in &self.policies {
             if let Err(error) = policy.check(caller, change) {
                 tracing::info!(policy = policy.name(), via = ?caller.via, client = ?caller.client_addr, code = %error.code(), %error, "registry change refused by a policy");
@@ -237,8 +254,12 @@ impl Registrar {
     }
 
     /// Publishes an eviction without waiting for the bus (the caller is a request in flight).
-    /// Evictions are the gateway's own decision, so no registration policy applies.
+    /// Evictions are the gateway's own decision, so no registration policy applies; but like
+    /// every change, none is made before the node caught up: a registry read only in part may
+    /// lack the renewal that keeps the instance alive, and the tombstone's stamp could be older
+    /// than records still unread.
     pub fn evict(&self, key: &InstanceKey) -> Result<(), GatewayError> {
+        self.check_caught_up()?;
         self.enqueue_and_apply(&self.tombstone(key.clone(), EventKind::Evict))?;
         self.telemetry.metrics().change(ChangeOp::Evict);
         Ok(())

@@ -30,7 +30,6 @@ pub struct Replication {
     store: Arc<Store>,
     bus: Arc<dyn Bus>,
     telemetry: Arc<Telemetry>,
-    caught_up: AtomicBool,
     shutting_down: AtomicBool,
     position: AtomicU64,
     catch_up_target: AtomicU64,
@@ -55,7 +54,6 @@ impl Replication {
             store,
             bus,
             telemetry,
-            caught_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             position: AtomicU64::new(0),
             catch_up_target: AtomicU64::new(0),
@@ -70,9 +68,10 @@ impl Replication {
         self.caught_up() && !self.shutting_down()
     }
 
-    /// Whether the node has read the bus up to the mark it saw at start.
+    /// Whether the node has read the bus up to the mark it saw at start (kept by the store,
+    /// which the registrar asks before it stamps a change).
     pub fn caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Acquire)
+        self.store.caught_up()
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -116,7 +115,7 @@ impl Replication {
     }
 
     fn mark_caught_up(&self) {
-        self.caught_up.store(true, Ordering::Release);
+        self.store.mark_caught_up();
     }
 
     /// Reads the bus until `stop`: first the high-water mark, then every record from the

@@ -1,8 +1,9 @@
-//! The registry store: this node's registry, its hybrid logical clock, and the feed of the
-//! changes applied to it. Every change, local or read from the bus, goes through
+//! The registry store: this node's registry, its hybrid logical clock, whether both have caught
+//! up with the bus, and the feed of the changes applied to it. Every change, local or read from the bus, goes through
 //! [`Store::apply`], which announces it to watchers under the write lock, so watchers see the
 //! changes in the order they were applied.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use switchyard_core::event::Event;
@@ -23,6 +24,8 @@ pub struct Store {
     registry: RwLock<Registry>,
     hlc: Mutex<Hlc>,
     changes: broadcast::Sender<Event>,
+    /// Set once replication has read the bus up to the mark it saw at start.
+    caught_up: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -41,6 +44,7 @@ impl Store {
             clock,
             registry: RwLock::new(Registry::new()),
             changes: broadcast::channel(CHANGES_BUFFERED_MAX).0,
+            caught_up: AtomicBool::new(false),
         }
     }
 
@@ -85,6 +89,18 @@ impl Store {
     /// Moves the clock past a stamp read from the bus.
     pub fn observe(&self, stamp: &Stamp) {
         lock(&self.hlc).observe(stamp, self.now_ms());
+    }
+
+    /// Whether the registry and the clock have seen the bus up to the mark it had when this
+    /// node started. Before that, a stamp from [`Store::tick`] may be older than a record
+    /// already on the bus for the same instance, so a change made here could lose to it.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Set by replication once it has read up to its catch-up target; never unset.
+    pub fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
     }
 
     /// Drops entries removed or expired before `cutoff_ms`; returns how many.

@@ -41,6 +41,8 @@ where
 }
 
 pub struct Gateway {
+    /// The node itself, for what HTTP cannot show (its state after shutdown).
+    pub node: Arc<Node>,
     public: SocketAddr,
     control: SocketAddr,
     pub node_id: String,
@@ -63,6 +65,22 @@ impl Gateway {
         configure: impl FnOnce(&mut Config),
         build: impl FnOnce(Builder) -> Builder,
     ) -> Self {
+        let mut gw = Self::launch(bus, configure, build).await;
+        let status = gw.wait_ready().await;
+        gw.node_id = status["node_id"].as_str().unwrap().to_owned();
+        gw
+    }
+
+    /// A gateway serving on `bus` that may not be ready yet (its bus unreachable).
+    pub async fn start_unready(bus: impl Bus, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(bus, configure, |builder| builder).await
+    }
+
+    async fn launch(
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Self {
         let mut config = Config::default();
         config.shutdown.drain_timeout_ms = 5_000;
         configure(&mut config);
@@ -78,17 +96,15 @@ impl Gateway {
         };
         let shutdown = CancellationToken::new();
         let node = build(Node::builder(config, seams)).build();
-        let handle = tokio::spawn(node.serve(public, control, shutdown.clone()));
-        let mut gw = Self {
+        let handle = tokio::spawn(node.clone().serve(public, control, shutdown.clone()));
+        Self {
+            node_id: node.id().to_owned(),
+            node,
             public: public_addr,
             control: control_addr,
-            node_id: String::new(),
             shutdown,
             handle: Some(handle),
-        };
-        let status = gw.wait_ready().await;
-        gw.node_id = status["node_id"].as_str().unwrap().to_owned();
-        gw
+        }
     }
 
     pub fn public_url(&self) -> String {

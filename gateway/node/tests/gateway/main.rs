@@ -4,6 +4,7 @@ mod architecture;
 mod graphql;
 mod harness;
 mod policy;
+mod shutdown;
 mod telemetry;
 
 use std::time::Duration;

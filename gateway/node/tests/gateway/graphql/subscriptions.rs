@@ -2,7 +2,6 @@
 //! the registry subscription across gateways that share a bus, the rules for operations sent
 //! over a socket, the bound on sockets, shutdown, and a subscriber that lags.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -10,11 +9,8 @@ use graphql_ws_client::Client;
 use graphql_ws_client::graphql::GraphqlOperation;
 use serde_json::{Value, json};
 use switchyard::bus::MemoryBus;
-use switchyard::config::Config;
 use switchyard::graphql::{self, Front};
-use switchyard::node::Node;
 use switchyard::registrar::{Caller, Via};
-use switchyard::seams::{Seams, SystemClock, TokioConnector};
 use switchyard_core::event::EventKind;
 use switchyard_core::registration::Registration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -182,15 +178,9 @@ async fn sockets_are_bounded_and_closed_on_shutdown() {
 
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_told_and_the_stream_ends() {
-    let mut config = Config::default();
-    config.bus.publish_wait_ms = 1;
-    let seams = Seams {
-        connector: Arc::new(TokioConnector),
-        clock: Arc::new(SystemClock),
-        bus: Arc::new(MemoryBus::new()),
-        seed: 1,
-    };
-    let node = Node::new(config, seams);
+    // Served, so that it catches up with its (empty) bus: a node that has not refuses changes.
+    let gw = Gateway::start(|c| c.bus.publish_wait_ms = 1).await;
+    let node = gw.node.clone();
     let schema = graphql::schema(node.graphql_backend(), Front::Control);
     let mut stream = schema.execute_stream("subscription { registryChanges { kind } }");
     // The first poll runs the resolver, which subscribes; nothing has changed yet.
