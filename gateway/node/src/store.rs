@@ -82,9 +82,16 @@ impl Store {
         lock(&self.hlc).tick(self.now_ms())
     }
 
-    /// Moves the clock past a stamp read from the bus.
+    /// Moves the clock past a stamp read from the bus. The caller has checked that the stamp
+    /// is admissible ([`switchyard_core::event::Event::admissible`]).
     pub fn observe(&self, stamp: &Stamp) {
         lock(&self.hlc).observe(stamp, self.now_ms());
+    }
+
+    /// How far the clock runs ahead of the wall clock now, in ms (`switchyard_hlc_ahead_ms`).
+    pub fn hlc_ahead_ms(&self) -> u64 {
+        let now = self.now_ms();
+        lock(&self.hlc).ahead_of_ms(now)
     }
 
     /// Drops entries removed or expired before `cutoff_ms`; returns how many.
