@@ -1,7 +1,9 @@
 //! Registry events: the unit of replication. Each event is one change to one instance, stamped
 //! by the hybrid logical clock of the gateway that accepted it, and carries that gateway's id.
 //! Decoding validates everything, so a malformed record on the bus is reported and skipped,
-//! never applied and never a panic.
+//! never applied and never a panic. A decoded event is then checked against the reader's
+//! bounds ([`Event::admissible`]): a stamp too far ahead of the reader's wall clock, or a lease
+//! longer than the longest it grants, is quarantined rather than applied.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,7 @@ use prost::Message;
 use switchyard_proto::registry as pb;
 
 use crate::Stamp;
+use crate::hlc::{self, StampTooFarAhead};
 use crate::names;
 use crate::registry::{Entry, EntryState, InstanceKey, Removal};
 
@@ -45,7 +48,51 @@ pub enum EventError {
     Invalid(String),
 }
 
+/// What a reader accepts from the bus beyond a valid encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventBounds {
+    /// How far a stamp may run ahead of the reader's wall clock (`registry.clock_drift_max_ms`).
+    pub clock_drift_max_ms: u64,
+    /// The longest lease of a live instance (`registry.lease_max_ms`).
+    pub lease_max_ms: u64,
+}
+
+/// Why a decoded event is not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Inadmissible {
+    #[error(transparent)]
+    StampAhead(#[from] StampTooFarAhead),
+    #[error("lease of {lease_ms} ms is outside 1..={lease_max_ms} ms")]
+    LeaseOutOfBounds { lease_ms: u64, lease_max_ms: u64 },
+}
+
+impl Inadmissible {
+    /// A stable name for the reason, for metric labels and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Inadmissible::StampAhead(_) => "stamp_ahead",
+            Inadmissible::LeaseOutOfBounds { .. } => "lease_out_of_bounds",
+        }
+    }
+}
+
 impl Event {
+    /// Whether this event may be observed and applied by a reader whose wall clock reads
+    /// `wall_ms`: its stamp at most `clock_drift_max_ms` ahead, and, for a live instance, its
+    /// lease within `1..=lease_max_ms`. Removals carry no lease; their stamp is checked all the
+    /// same, since a removal stamped in the future would bar the instance until then.
+    pub fn admissible(&self, wall_ms: u64, bounds: &EventBounds) -> Result<(), Inadmissible> {
+        let alive = matches!(self.kind, EventKind::Register | EventKind::Renew);
+        if alive && !(1..=bounds.lease_max_ms).contains(&self.lease_ms) {
+            return Err(Inadmissible::LeaseOutOfBounds {
+                lease_ms: self.lease_ms,
+                lease_max_ms: bounds.lease_max_ms,
+            });
+        }
+        hlc::admissible(&self.stamp, wall_ms, bounds.clock_drift_max_ms)?;
+        Ok(())
+    }
+
     /// The bus key: `service/instance_id`, so a compacted topic keeps the latest event of each
     /// instance.
     pub fn bus_key(&self) -> String {
@@ -182,6 +229,65 @@ mod tests {
         };
         assert_eq!(Event::decode(&dereg.encode()).unwrap(), dereg);
         assert_eq!(ev.bus_key(), "orders/i-1");
+    }
+
+    const BOUNDS: EventBounds = EventBounds {
+        clock_drift_max_ms: 60_000,
+        lease_max_ms: 3_600_000,
+    };
+
+    #[test]
+    fn an_event_within_its_bounds_is_admissible() {
+        let ev = register();
+        assert_eq!(ev.admissible(1_000, &BOUNDS), Ok(()));
+        let at_the_bounds = Event {
+            lease_ms: BOUNDS.lease_max_ms,
+            stamp: Stamp::new(61_000, u32::MAX, "gw-1"),
+            ..register()
+        };
+        assert_eq!(at_the_bounds.admissible(1_000, &BOUNDS), Ok(()));
+    }
+
+    #[test]
+    fn a_stamp_too_far_ahead_is_inadmissible_whatever_the_kind() {
+        for kind in [EventKind::Register, EventKind::Deregister] {
+            for physical_ms in [61_001, u64::MAX] {
+                let ev = Event {
+                    kind,
+                    stamp: Stamp::new(physical_ms, u32::MAX, "gw-1"),
+                    ..register()
+                };
+                let err = ev.admissible(1_000, &BOUNDS).unwrap_err();
+                assert_eq!(err.reason(), "stamp_ahead", "{kind:?} {physical_ms}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lease_out_of_bounds_is_inadmissible() {
+        for lease_ms in [0, BOUNDS.lease_max_ms + 1, u64::MAX] {
+            let ev = Event {
+                kind: EventKind::Renew,
+                lease_ms,
+                ..register()
+            };
+            let err = ev.admissible(1_000, &BOUNDS).unwrap_err();
+            assert_eq!(
+                err,
+                Inadmissible::LeaseOutOfBounds {
+                    lease_ms,
+                    lease_max_ms: BOUNDS.lease_max_ms
+                }
+            );
+            assert_eq!(err.reason(), "lease_out_of_bounds");
+        }
+        // A removal carries no lease.
+        let dereg = Event {
+            kind: EventKind::Deregister,
+            lease_ms: 0,
+            ..register()
+        };
+        assert_eq!(dereg.admissible(1_000, &BOUNDS), Ok(()));
     }
 
     #[test]

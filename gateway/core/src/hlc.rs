@@ -2,6 +2,15 @@
 //! order. A node's stamps strictly increase, even if its wall clock steps back, and a node that
 //! has seen a remote stamp only issues greater ones afterwards, so a change made after seeing
 //! another always wins over it.
+//!
+//! A remote stamp is only observed if it is admissible: at most a drift bound ahead of the
+//! local wall clock ([`admissible`], [`Hlc::observe_bounded`]). Otherwise one record stamped
+//! far in the future would move every clock that reads it, and with it every lease stamped
+//! afterwards. The arithmetic is total whatever is observed: it saturates at the top of the
+//! range instead of overflowing. A clock at `(u64::MAX, u32::MAX)` cannot issue a greater
+//! stamp, so it issues that stamp again (stamps stop strictly increasing there, and nothing
+//! panics or wraps). No wall clock gets there, and with the bound no bus record can take a
+//! clock there either.
 
 /// A hybrid-logical-clock stamp. The derived order compares `physical_ms`, then `logical`, then
 /// `node_id`: two distinct nodes never issue equal stamps.
@@ -39,6 +48,29 @@ impl From<switchyard_proto::registry::HlcStamp> for Stamp {
             logical: s.logical,
             node_id: s.node_id,
         }
+    }
+}
+
+/// A remote stamp further ahead of the local wall clock than the drift bound allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stamp is {ahead_ms} ms ahead of the wall clock; at most {drift_max_ms} ms allowed")]
+pub struct StampTooFarAhead {
+    /// How far the stamp's physical time is ahead of the wall clock, in ms.
+    pub ahead_ms: u64,
+    pub drift_max_ms: u64,
+}
+
+/// Whether a remote stamp may be observed: its physical time is at most `drift_max_ms` ahead
+/// of `wall_ms`. Stamps behind the wall clock are always admissible (they move no clock).
+pub fn admissible(stamp: &Stamp, wall_ms: u64, drift_max_ms: u64) -> Result<(), StampTooFarAhead> {
+    let ahead_ms = stamp.physical_ms.saturating_sub(wall_ms);
+    if ahead_ms > drift_max_ms {
+        Err(StampTooFarAhead {
+            ahead_ms,
+            drift_max_ms,
+        })
+    } else {
+        Ok(())
     }
 }
 
@@ -98,13 +130,29 @@ impl Hlc {
         // The next tick adds one; an observation alone issues no stamp.
     }
 
+    /// [`Hlc::observe`] if `remote` is [`admissible`]; otherwise the clock is left as it was.
+    pub fn observe_bounded(
+        &mut self,
+        remote: &Stamp,
+        wall_ms: u64,
+        drift_max_ms: u64,
+    ) -> Result<(), StampTooFarAhead> {
+        admissible(remote, wall_ms, drift_max_ms)?;
+        self.observe(remote, wall_ms);
+        Ok(())
+    }
+
     fn bump_logical(&mut self) {
         match self.logical.checked_add(1) {
             Some(l) => self.logical = l,
             // 4 billion changes within one millisecond: borrow the next millisecond instead.
+            // At the very top of the range there is no next millisecond: the clock stays at
+            // its last stamp (see the module's documentation).
             None => {
-                self.physical_ms += 1;
-                self.logical = 0;
+                if let Some(ms) = self.physical_ms.checked_add(1) {
+                    self.physical_ms = ms;
+                    self.logical = 0;
+                }
             }
         }
     }
@@ -156,7 +204,95 @@ mod tests {
         assert_eq!((s.physical_ms, s.logical), (11, 0));
     }
 
+    #[test]
+    fn a_clock_at_the_top_of_the_range_saturates_instead_of_overflowing() {
+        let mut hlc = Hlc::new("a");
+        let top = Stamp::new(u64::MAX, u32::MAX, "b");
+        hlc.observe(&top, 0);
+        let s1 = hlc.tick(0);
+        let s2 = hlc.tick(u64::MAX);
+        assert_eq!((s1.physical_ms, s1.logical), (u64::MAX, u32::MAX));
+        assert_eq!(s1, s2, "the clock stays at its last stamp");
+        assert_eq!(hlc.ahead_of_ms(0), u64::MAX);
+        // One below the top: the borrowed millisecond is the last one.
+        let mut hlc = Hlc::new("a");
+        hlc.observe(&Stamp::new(u64::MAX - 1, u32::MAX, "b"), 0);
+        let s = hlc.tick(0);
+        assert_eq!((s.physical_ms, s.logical), (u64::MAX, 0));
+    }
+
+    #[test]
+    fn a_stamp_beyond_the_drift_bound_is_not_observed() {
+        let mut hlc = Hlc::new("a");
+        hlc.tick(1_000);
+        for remote in [
+            Stamp::new(61_001, 0, "b"),
+            Stamp::new(u64::MAX, u32::MAX, "b"),
+        ] {
+            let err = hlc.observe_bounded(&remote, 1_000, 60_000).unwrap_err();
+            assert_eq!(err.drift_max_ms, 60_000);
+            assert_eq!(err.ahead_ms, remote.physical_ms - 1_000);
+            assert_eq!(hlc.ahead_of_ms(1_000), 0, "the clock moved");
+            let s = hlc.tick(1_000);
+            assert!(s.physical_ms == 1_000, "{s:?}");
+        }
+        // The wall clock near the top of the range does not overflow the bound.
+        assert!(admissible(&Stamp::new(u64::MAX, 0, "b"), u64::MAX - 5, 60_000).is_ok());
+    }
+
+    #[test]
+    fn an_admissible_stamp_is_observed_as_before() {
+        let remote = Stamp::new(61_000, 7, "b");
+        let mut bounded = Hlc::new("a");
+        let mut plain = Hlc::new("a");
+        bounded.observe_bounded(&remote, 1_000, 60_000).unwrap();
+        plain.observe(&remote, 1_000);
+        assert_eq!(bounded.ahead_of_ms(1_000), 60_000);
+        assert_eq!(bounded.tick(1_000), plain.tick(1_000));
+        // Stamps from the past are always admissible.
+        assert!(admissible(&Stamp::new(0, u32::MAX, "b"), 1_000, 0).is_ok());
+    }
+
     proptest! {
+        /// Whatever stamps it is shown, the clock neither panics nor goes back, and it never
+        /// follows a stamp beyond the bound.
+        #[test]
+        fn any_stamps_observed_bounded_keep_the_clock_total_and_near_the_wall(
+            steps in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), any::<u32>(), 0u64..100_000), 1..64),
+        ) {
+            let mut hlc = Hlc::new("n");
+            let mut last: Option<Stamp> = None;
+            let mut wall_max = 0u64;
+            for (wall, remote_ms, remote_logical, drift) in steps {
+                wall_max = wall_max.max(wall);
+                let remote = Stamp::new(remote_ms, remote_logical, "r");
+                let admitted = hlc.observe_bounded(&remote, wall, drift).is_ok();
+                prop_assert_eq!(admitted, remote_ms.saturating_sub(wall) <= drift);
+                let s = hlc.tick(wall);
+                if let Some(prev) = &last {
+                    prop_assert!(&s >= prev);
+                }
+                // Each step may borrow one millisecond beyond what it observed.
+                prop_assert!(s.physical_ms <= wall_max.saturating_add(100_000 + 64));
+                last = Some(s);
+            }
+        }
+
+        #[test]
+        fn observe_is_total_at_any_stamp(
+            start_ms in any::<u64>(), start_logical in any::<u32>(),
+            remote_ms in any::<u64>(), remote_logical in any::<u32>(), wall in any::<u64>(),
+        ) {
+            let mut hlc = Hlc::new("n");
+            hlc.observe(&Stamp::new(start_ms, start_logical, "s"), 0);
+            let remote = Stamp::new(remote_ms, remote_logical, "r");
+            hlc.observe(&remote, wall);
+            let s = hlc.tick(wall);
+            prop_assert!(s >= remote || (remote_ms, remote_logical) == (u64::MAX, u32::MAX));
+        }
+
+
         #[test]
         fn stamps_are_strictly_monotonic(
             steps in proptest::collection::vec((0u64..10_000, any::<bool>(), 0u64..10_000, 0u32..5), 1..64)

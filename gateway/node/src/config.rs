@@ -102,6 +102,9 @@ pub struct RegistryConfig {
     /// How long tombstones and long-expired entries are kept. Keep it at least the bus's
     /// delete-marker retention, so no old event can resurrect a removed instance.
     pub tombstone_retention_ms: u64,
+    /// How far ahead of this node's wall clock a bus record's stamp may be. A record further
+    /// ahead is quarantined: not observed by the clock, not applied, counted and logged.
+    pub clock_drift_max_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -289,6 +292,13 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// NTP keeps clocks within milliseconds; a minute leaves room for a badly synchronised host
+/// while bounding how far one record can stretch every lease.
+pub const CLOCK_DRIFT_MAX_MS_DEFAULT: u64 = 60_000;
+/// The range `registry.clock_drift_max_ms` may take: at least a second, since the bound must
+/// hold the skew between healthy gateways, and at most an hour.
+pub const CLOCK_DRIFT_MAX_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
@@ -296,6 +306,7 @@ impl Default for RegistryConfig {
             lease_min_ms: 1_000,
             lease_max_ms: 3_600_000,
             tombstone_retention_ms: 24 * 3_600_000,
+            clock_drift_max_ms: CLOCK_DRIFT_MAX_MS_DEFAULT,
         }
     }
 }
@@ -529,6 +540,16 @@ impl Config {
             return Err((
                 "registry.tombstone_retention_ms",
                 "must be at least registry.lease_max_ms".to_owned(),
+            ));
+        }
+        if !CLOCK_DRIFT_MAX_MS_RANGE.contains(&r.clock_drift_max_ms) {
+            return Err((
+                "registry.clock_drift_max_ms",
+                format!(
+                    "must lie between {} and {}",
+                    CLOCK_DRIFT_MAX_MS_RANGE.start(),
+                    CLOCK_DRIFT_MAX_MS_RANGE.end()
+                ),
             ));
         }
         if self.bus.kind == BusKind::Kafka {

@@ -104,6 +104,7 @@ impl Builder {
             registration_policies,
         ));
         let replication = Arc::new(Replication::new(
+            &config.registry,
             store.clone(),
             seams.bus.clone(),
             telemetry.clone(),

@@ -2,20 +2,37 @@
 //! and merges each into its registry. A node reports ready once it has read up to the
 //! high-water mark it saw at start, so a new or restarted gateway takes traffic only with a
 //! registry at least as new as the bus was when it came up.
+//!
+//! A record is applied only if it decodes, its key matches its event, and it is admissible
+//! (its stamp at most `registry.clock_drift_max_ms` ahead of this node's wall clock, a live
+//! instance's lease at most `registry.lease_max_ms`). Any other record is quarantined: the
+//! clock does not observe it, the registry does not apply it, and it is counted and logged
+//! with its offset, key and origin so an operator can replace it (docs/operations.md).
+//!
+//! The node's own records are checked like anyone's. Their `origin_node` is a field any
+//! writer to the topic can set, so exempting it would let a hostile record past the bound by
+//! naming its reader. An honest own record fails the check only if this node's wall clock
+//! stepped back by more than the bound since it was stamped: while the node runs, that
+//! change was already applied here when it was made, so quarantining its echo loses nothing;
+//! after a restart it is skipped like any stale-clock record, the warning says it is this
+//! node's own, and the instance's next renewal (stamped from the corrected clock) wins once
+//! the wall clock passes the old stamp.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use switchyard_core::event::Event;
+use switchyard_core::event::{Event, EventBounds, Inadmissible};
 use switchyard_core::planted::{self, Bug};
 use switchyard_core::registry::Applied;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Record};
+use crate::config::RegistryConfig;
 use crate::seams::Backoff;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::QuarantineReason;
 
 /// Records read per fetch.
 pub const FETCH_RECORDS_MAX: usize = 512;
@@ -30,6 +47,8 @@ pub struct Replication {
     store: Arc<Store>,
     bus: Arc<dyn Bus>,
     telemetry: Arc<Telemetry>,
+    /// What a record must satisfy beyond decoding to be applied.
+    bounds: EventBounds,
     shutting_down: AtomicBool,
     position: AtomicU64,
     catch_up_target: AtomicU64,
@@ -49,11 +68,20 @@ impl std::fmt::Debug for Replication {
 }
 
 impl Replication {
-    pub fn new(store: Arc<Store>, bus: Arc<dyn Bus>, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        registry: &RegistryConfig,
+        store: Arc<Store>,
+        bus: Arc<dyn Bus>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Self {
             store,
             bus,
             telemetry,
+            bounds: EventBounds {
+                clock_drift_max_ms: registry.clock_drift_max_ms,
+                lease_max_ms: registry.lease_max_ms,
+            },
             shutting_down: AtomicBool::new(false),
             position: AtomicU64::new(0),
             catch_up_target: AtomicU64::new(0),
@@ -110,8 +138,15 @@ impl Replication {
         self.events_applied.load(Ordering::Relaxed)
     }
 
+    /// Records read and not applied: undecodable, keyed wrongly or inadmissible.
     pub fn events_rejected(&self) -> u64 {
         self.events_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Counts a record read and not applied.
+    fn quarantine(&self, reason: QuarantineReason) {
+        self.events_rejected.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.metrics().event_quarantined(reason);
     }
 
     fn mark_caught_up(&self) {
@@ -177,23 +212,33 @@ impl Replication {
         }
     }
 
-    /// Applies one record read from the bus. A record that does not decode, or whose key does
-    /// not match its event, is counted, logged and skipped: it cannot be applied, and stopping
-    /// the whole replication for it would be worse.
+    /// Applies one record read from the bus. A record that does not decode, whose key does
+    /// not match its event, or that is not admissible is quarantined (counted, logged and
+    /// skipped): it cannot be applied, and stopping the whole replication for it would be
+    /// worse.
     pub fn apply_record(&self, record: &Record) -> Option<Applied> {
         let event = match Event::decode(&record.payload) {
             Ok(event) if event.bus_key() == record.key => event,
             Ok(event) => {
-                self.events_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(offset = record.offset, key = %record.key, event_key = %event.bus_key(), "skipping bus record whose key does not match its event");
+                self.quarantine(QuarantineReason::KeyMismatch);
+                tracing::warn!(offset = record.offset, key = %record.key, event_key = %event.bus_key(), origin = %event.origin_node, "quarantined bus record whose key does not match its event");
                 return None;
             }
             Err(error) => {
-                self.events_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(offset = record.offset, key = %record.key, %error, "skipping bus record that is not a valid registry event");
+                self.quarantine(QuarantineReason::Undecodable);
+                tracing::warn!(offset = record.offset, key = %record.key, %error, "quarantined bus record that is not a valid registry event");
                 return None;
             }
         };
+        if let Err(why) = event.admissible(self.store.now_ms(), &self.bounds) {
+            self.quarantine(match why {
+                Inadmissible::StampAhead(_) => QuarantineReason::StampAhead,
+                Inadmissible::LeaseOutOfBounds { .. } => QuarantineReason::LeaseOutOfBounds,
+            });
+            let own = event.origin_node == self.store.node_id();
+            tracing::warn!(offset = record.offset, key = %record.key, origin = %event.origin_node, own, reason = why.reason(), error = %why, "quarantined bus record out of bounds; publish a replacement for its key to repair the topic");
+            return None;
+        }
         let own = event.origin_node == self.store.node_id();
         if planted::active(Bug::SkipOwnEvents) && own {
             return None;

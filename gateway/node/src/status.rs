@@ -184,7 +184,7 @@ impl Status {
         let (position, high_water) = (r.position(), r.high_water());
         let mut out = String::with_capacity(4096);
         self.telemetry.metrics().encode(&mut out);
-        let gauges: [(&str, &str, u64); 9] = [
+        let gauges: [(&str, &str, u64); 10] = [
             (
                 "switchyard_registry_services",
                 "Services with at least one live instance.",
@@ -224,6 +224,11 @@ impl Status {
                 "switchyard_ready",
                 "1 while /readyz answers 200.",
                 u64::from(r.is_ready()),
+            ),
+            (
+                "switchyard_hlc_ahead_ms",
+                "How far this node's hybrid logical clock runs ahead of its wall clock, in ms.",
+                self.store.hlc_ahead_ms(),
             ),
             (
                 "switchyard_outbox_events",

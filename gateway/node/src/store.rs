@@ -86,7 +86,8 @@ impl Store {
         lock(&self.hlc).tick(self.now_ms())
     }
 
-    /// Moves the clock past a stamp read from the bus.
+    /// Moves the clock past a stamp read from the bus. The caller has checked that the stamp
+    /// is admissible ([`switchyard_core::event::Event::admissible`]).
     pub fn observe(&self, stamp: &Stamp) {
         lock(&self.hlc).observe(stamp, self.now_ms());
     }
@@ -101,6 +102,12 @@ impl Store {
     /// Set by replication once it has read up to its catch-up target; never unset.
     pub fn mark_caught_up(&self) {
         self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// How far the clock runs ahead of the wall clock now, in ms (`switchyard_hlc_ahead_ms`).
+    pub fn hlc_ahead_ms(&self) -> u64 {
+        let now = self.now_ms();
+        lock(&self.hlc).ahead_of_ms(now)
     }
 
     /// Drops entries removed or expired before `cutoff_ms`; returns how many.

@@ -40,6 +40,7 @@ fn defaults_are_valid() {
     let c = Config::load(None, &[]).unwrap();
     assert_eq!(c, Config::default());
     assert_eq!(c.public.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.registry.clock_drift_max_ms, 60_000);
 }
 
 #[test]
@@ -101,6 +102,14 @@ fn validation_names_the_key() {
     let cases = [
         ("upstream.timeout_ms=0", "upstream.timeout_ms"),
         ("registry.lease_default_ms=10", "registry.lease_default_ms"),
+        (
+            "registry.clock_drift_max_ms=0",
+            "registry.clock_drift_max_ms",
+        ),
+        (
+            "registry.clock_drift_max_ms=3600001",
+            "registry.clock_drift_max_ms",
+        ),
         ("upstream.ejection_max_ms=1", "upstream.ejection_max_ms"),
         ("control.listen=\"127.0.0.1:8080\"", "control.listen"),
         ("node_id=\"a b\"", "node_id"),

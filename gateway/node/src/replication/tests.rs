@@ -15,7 +15,13 @@ use crate::telemetry::Telemetry;
 fn replication(bus: GatedBus<MemoryBus>) -> Arc<Replication> {
     let store = Arc::new(Store::new("gw-test".into(), Arc::new(SystemClock)));
     let telemetry = Arc::new(Telemetry::new(&Config::default(), "gw-test"));
-    Arc::new(Replication::new(store, Arc::new(bus), telemetry))
+    let config = Config::default();
+    Arc::new(Replication::new(
+        &config.registry,
+        store,
+        Arc::new(bus),
+        telemetry,
+    ))
 }
 
 /// Runs replication against `bus` for 30 s of (paused, auto-advancing) time, long enough for

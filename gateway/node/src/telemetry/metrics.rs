@@ -154,6 +154,33 @@ pub enum ChangeOp {
 
 const CHANGE_OPS: [&str; 3] = ["register", "deregister", "evict"];
 
+/// Why a bus record was quarantined (read, not applied), for
+/// `switchyard_bus_events_quarantined_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineReason {
+    /// Its stamp is further ahead of this node's wall clock than `registry.clock_drift_max_ms`.
+    StampAhead = 0,
+    /// A live instance's lease outside `1..=registry.lease_max_ms`.
+    LeaseOutOfBounds = 1,
+    /// Not a valid registry event.
+    Undecodable = 2,
+    /// The record's key is not its event's `service/instance_id`.
+    KeyMismatch = 3,
+}
+
+const QUARANTINE_REASONS: [&str; 4] = [
+    "stamp_ahead",
+    "lease_out_of_bounds",
+    "undecodable",
+    "key_mismatch",
+];
+
+impl QuarantineReason {
+    pub fn label(self) -> &'static str {
+        QUARANTINE_REASONS[self as usize]
+    }
+}
+
 /// The `origin` of an applied bus event: [this node's own, other nodes'].
 const ORIGINS: [&str; 2] = ["local", "remote"];
 
@@ -193,6 +220,11 @@ struct OriginLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -227,6 +259,7 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     events_applied: [Counter; ORIGINS.len()],
+    events_quarantined: [Counter; QUARANTINE_REASONS.len()],
     changes: [Counter; CHANGE_OPS.len()],
     evictions: Counter,
 }
@@ -258,6 +291,9 @@ impl Metrics {
         let events_family = Family::<OriginLabels, Counter>::default();
         let events_applied =
             ORIGINS.map(|origin| events_family.get_or_create_owned(&OriginLabels { origin }));
+        let quarantined_family = Family::<ReasonLabels, Counter>::default();
+        let events_quarantined = QUARANTINE_REASONS
+            .map(|reason| quarantined_family.get_or_create_owned(&ReasonLabels { reason }));
         let changes_family = Family::<OpLabels, Counter>::default();
         let changes = CHANGE_OPS.map(|op| changes_family.get_or_create_owned(&OpLabels { op }));
         let mut m = Self {
@@ -270,6 +306,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             retries: Family::default(),
             events_applied,
+            events_quarantined,
             changes,
             evictions: Counter::default(),
         };
@@ -304,6 +341,11 @@ impl Metrics {
             "switchyard_bus_events_applied",
             "Registry events read from the bus and applied, by origin",
             events_family,
+        );
+        m.register(
+            "switchyard_bus_events_quarantined",
+            "Bus records read and not applied, by reason",
+            quarantined_family,
         );
         m.register(
             "switchyard_registry_changes",
@@ -398,6 +440,10 @@ impl Metrics {
 
     pub fn event_applied(&self, own: bool) {
         self.events_applied[usize::from(!own)].inc();
+    }
+
+    pub fn event_quarantined(&self, reason: QuarantineReason) {
+        self.events_quarantined[reason as usize].inc();
     }
 
     pub fn change(&self, op: ChangeOp) {

@@ -3,6 +3,7 @@
 mod architecture;
 mod graphql;
 mod harness;
+mod hostile;
 mod policy;
 mod shutdown;
 mod telemetry;
