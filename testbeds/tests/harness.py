@@ -238,9 +238,11 @@ def start_gateway(
     control_listen: str = "127.0.0.1:0",
     extra: tuple[str, ...] = (),
     settings: dict[str, str] | None = None,
+    wait_caught_up: bool = True,
 ) -> Gateway:
     """Starts a gateway; `settings` are config keys set with `--set key=value`, `extra` more
-    command-line arguments."""
+    command-line arguments. Unless `wait_caught_up` is off, returns once `/readyz` answers 200:
+    a gateway refuses registry changes (503 `not_ready`) until it has caught up with the bus."""
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
         raise AssertionError(
@@ -264,12 +266,21 @@ def start_gateway(
         argv += ["--set", f"{key}={value}"]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
     match = proc.wait_ready()
-    return Gateway(
+    gateway = Gateway(
         proc=proc,
         public=f"http://{match['public']}",
         control=f"http://{match['control']}",
         control_addr=match["control"],
     )
+    if wait_caught_up:
+        wait_until(
+            lambda: requests.get(f"{gateway.public}/readyz", timeout=HTTP_TIMEOUT_S).status_code
+            == 200,
+            f"{name} to answer /readyz 200 (caught up with the bus)",
+            STARTUP_TIMEOUT_S,
+            0.02,
+        )
+    return gateway
 
 
 def start_rust_service(
