@@ -3,7 +3,7 @@
 //! The trait is what the node needs of Kafka and nothing more: publish a keyed record, read
 //! records from an offset, and know the high-water mark. Catch-up, readiness, retries and
 //! merge live in [`crate::replication`], above the trait. [`MemoryBus`] is the embedded default
-//! for a single gateway and for tests; [`kafka::KafkaBus`] is the production bus.
+//! for a single gateway and for tests; `kafka::KafkaBus` (the `kafka` feature, on by default) is the production bus.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
