@@ -25,6 +25,8 @@ pub enum GatewayError {
     NoLiveInstance { service: String },
     #[error("request body exceeds {limit_bytes} bytes")]
     BodyTooLarge { limit_bytes: usize },
+    #[error("request body not received within {timeout_ms} ms")]
+    RequestTimeout { timeout_ms: u64 },
     #[error("request headers exceed {limit_bytes} bytes")]
     HeadersTooLarge { limit_bytes: usize },
     #[error("invalid {field}: {reason}")]
@@ -92,6 +94,7 @@ impl GatewayError {
             Self::ServiceNotFound { .. } => "service_not_found",
             Self::NoLiveInstance { .. } => "no_live_instance",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -117,6 +120,7 @@ impl GatewayError {
             Self::RouteNotFound { .. } | Self::ServiceNotFound { .. } => 404,
             Self::NoLiveInstance { .. } => 503,
             Self::BodyTooLarge { .. } => 413,
+            Self::RequestTimeout { .. } => 408,
             Self::HeadersTooLarge { .. } => 431,
             Self::InvalidArgument { .. } => 400,
             Self::UpstreamTimeout { .. } => 504,
@@ -145,7 +149,7 @@ impl GatewayError {
             | Self::RateLimited { .. } => code::RESOURCE_EXHAUSTED,
             Self::NotAllowed { .. } | Self::Forbidden { .. } => code::PERMISSION_DENIED,
             Self::Unauthenticated { .. } => code::UNAUTHENTICATED,
-            Self::UpstreamTimeout { .. } => code::DEADLINE_EXCEEDED,
+            Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => code::DEADLINE_EXCEEDED,
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
             Self::NoLiveInstance { .. }
             | Self::UpstreamConnect { .. }
@@ -162,6 +166,7 @@ impl GatewayError {
             Self::RouteNotFound { .. }
             | Self::ServiceNotFound { .. }
             | Self::BodyTooLarge { .. }
+            | Self::RequestTimeout { .. }
             | Self::HeadersTooLarge { .. }
             | Self::InvalidArgument { .. }
             | Self::NotAllowed { .. }
@@ -221,6 +226,16 @@ impl GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_request_body_is_the_client_s_fault_and_answered_408() {
+        let err = GatewayError::RequestTimeout { timeout_ms: 30_000 };
+        assert_eq!(err.code(), "request_timeout");
+        assert_eq!(err.http_status(), 408);
+        assert_eq!(err.grpc_code(), code::DEADLINE_EXCEEDED);
+        assert_eq!(err.fault(), Fault::Downstream);
+        assert!(!err.retryable());
+    }
 
     #[test]
     fn upstream_status_codes_name_the_grpc_code() {

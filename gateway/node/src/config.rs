@@ -62,6 +62,24 @@ pub struct PublicConfig {
     pub rest: bool,
     /// Whether the GraphQL front (`/graphql`) is served; see `[graphql]`.
     pub graphql: bool,
+    /// Connections open at once; past it a new connection is closed at once.
+    pub connections_max: u32,
+    /// How long an HTTP/1.1 request head may take to arrive; past it the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive, from its head; past it the answer is 408
+    /// `request_timeout`.
+    pub body_read_timeout_ms: u64,
+    /// How long a connection may stay open with no request in progress. Also the HTTP/2
+    /// keep-alive ping interval.
+    pub idle_timeout_ms: u64,
+    /// Requests in progress at once on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control windows: request body bytes a client may send before the gateway
+    /// reads them, per stream and per connection.
+    pub http2_stream_window_bytes: u32,
+    pub http2_connection_window_bytes: u32,
+    /// Response bytes buffered per HTTP/2 stream for a client that does not read them.
+    pub http2_send_buf_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -69,7 +87,130 @@ pub struct PublicConfig {
 pub struct ControlConfig {
     /// Where instances register (REST `/v1/...` and the gRPC `Registration` service).
     pub listen: SocketAddr,
+    /// Connections open at once; past it a new connection is closed at once.
+    pub connections_max: u32,
+    /// How long an HTTP/1.1 request head may take to arrive; past it the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive, from its head; past it the answer is 408
+    /// `request_timeout`.
+    pub body_read_timeout_ms: u64,
+    /// How long a connection may stay open with no request in progress. Also the HTTP/2
+    /// keep-alive ping interval.
+    pub idle_timeout_ms: u64,
+    /// Requests in progress at once on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control windows: request body bytes a client may send before the gateway
+    /// reads them, per stream and per connection.
+    pub http2_stream_window_bytes: u32,
+    pub http2_connection_window_bytes: u32,
+    /// Response bytes buffered per HTTP/2 stream for a client that does not read them.
+    pub http2_send_buf_bytes: usize,
 }
+
+/// The bounds on one listener's connections, as `[public]` and `[control]` state them (see
+/// their fields for what each means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub connections_max: u32,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_stream_window_bytes: u32,
+    pub http2_connection_window_bytes: u32,
+    pub http2_send_buf_bytes: usize,
+}
+
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1) and the smallest it may be set to
+/// here (the protocol's initial window).
+const HTTP2_WINDOW_BYTES_RANGE: std::ops::RangeInclusive<u32> = 65_535..=(1 << 31) - 1;
+
+macro_rules! listener_limits {
+    ($section:ident) => {
+        impl $section {
+            pub fn limits(&self) -> ListenerLimits {
+                ListenerLimits {
+                    connections_max: self.connections_max,
+                    header_read_timeout_ms: self.header_read_timeout_ms,
+                    body_read_timeout_ms: self.body_read_timeout_ms,
+                    idle_timeout_ms: self.idle_timeout_ms,
+                    http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+                    http2_stream_window_bytes: self.http2_stream_window_bytes,
+                    http2_connection_window_bytes: self.http2_connection_window_bytes,
+                    http2_send_buf_bytes: self.http2_send_buf_bytes,
+                }
+            }
+        }
+    };
+}
+
+listener_limits!(PublicConfig);
+listener_limits!(ControlConfig);
+
+macro_rules! validate_limits {
+    ($limits:expr, $section:literal) => {{
+        let l: ListenerLimits = $limits;
+        let positive = [
+            (
+                concat!($section, ".connections_max"),
+                u64::from(l.connections_max),
+            ),
+            (
+                concat!($section, ".header_read_timeout_ms"),
+                l.header_read_timeout_ms,
+            ),
+            (
+                concat!($section, ".body_read_timeout_ms"),
+                l.body_read_timeout_ms,
+            ),
+            (concat!($section, ".idle_timeout_ms"), l.idle_timeout_ms),
+            (
+                concat!($section, ".http2_max_concurrent_streams"),
+                u64::from(l.http2_max_concurrent_streams),
+            ),
+            (
+                concat!($section, ".http2_send_buf_bytes"),
+                l.http2_send_buf_bytes as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be greater than 0".to_owned()));
+            }
+        }
+        // The semaphore that counts connections holds at most this many permits.
+        if l.connections_max > CONNECTIONS_MAX_LIMIT {
+            return Err((
+                concat!($section, ".connections_max"),
+                format!("must be at most {CONNECTIONS_MAX_LIMIT}"),
+            ));
+        }
+        for (key, value) in [
+            (
+                concat!($section, ".http2_stream_window_bytes"),
+                l.http2_stream_window_bytes,
+            ),
+            (
+                concat!($section, ".http2_connection_window_bytes"),
+                l.http2_connection_window_bytes,
+            ),
+        ] {
+            if !HTTP2_WINDOW_BYTES_RANGE.contains(&value) {
+                return Err((
+                    key,
+                    format!(
+                        "must lie between {} and {}",
+                        HTTP2_WINDOW_BYTES_RANGE.start(),
+                        HTTP2_WINDOW_BYTES_RANGE.end()
+                    ),
+                ));
+            }
+        }
+    }};
+}
+
+/// The most connections one listener may be allowed.
+pub const CONNECTIONS_MAX_LIMIT: u32 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -264,6 +405,14 @@ impl Default for PublicConfig {
             header_bytes_max: 64 * 1024,
             rest: true,
             graphql: true,
+            connections_max: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            http2_max_concurrent_streams: 100,
+            http2_stream_window_bytes: 256 * 1024,
+            http2_connection_window_bytes: 1024 * 1024,
+            http2_send_buf_bytes: 400 * 1024,
         }
     }
 }
@@ -272,6 +421,15 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            // Instances and operators, not the public: fewer connections, tighter timeouts.
+            connections_max: 1_000,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            http2_max_concurrent_streams: 100,
+            http2_stream_window_bytes: 64 * 1024,
+            http2_connection_window_bytes: 256 * 1024,
+            http2_send_buf_bytes: 64 * 1024,
         }
     }
 }
@@ -561,6 +719,8 @@ impl Config {
                 "must differ from public.listen".to_owned(),
             ));
         }
+        validate_limits!(self.public.limits(), "public");
+        validate_limits!(self.control.limits(), "control");
         self.graphql.validate()?;
         self.telemetry.validate()?;
         if self.node_id.len() > 64

@@ -17,7 +17,7 @@ use switchyard_core::translate::Limits;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerLimits};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
@@ -30,7 +30,7 @@ use crate::seams::Seams;
 use crate::status::{NodeStatus, Status};
 use crate::store::Store;
 use crate::sync::SharedRng;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{ListenerLabel, Telemetry};
 use crate::{probes, respond, serve};
 
 /// How often housekeeping runs.
@@ -252,6 +252,16 @@ impl Node {
         }
     }
 
+    /// Counts a listener's refusals in `switchyard_listener_refusals_total`.
+    fn refusal_counter(&self, listener: ListenerLabel) -> serve::OnRefusal {
+        let telemetry = self.telemetry.clone();
+        Arc::new(move |refusal: serve::Refusal| {
+            telemetry
+                .metrics()
+                .listener_refusal(listener, refusal.label());
+        })
+    }
+
     /// The control listener: the probes, registration (REST, gRPC, GraphQL), registry views
     /// and `/metrics`.
     fn control_router(&self, backend: &Arc<Backend>) -> Router {
@@ -313,17 +323,21 @@ impl Node {
         };
         let backend = node.graphql_backend();
         let result = tokio::try_join!(
-            serve::serve(
+            serve::serve_with(
                 public_listener,
                 node.public_router(&backend),
                 shutdown.clone(),
-                drain
+                drain,
+                serve_limits(node.config.public.limits()),
+                node.refusal_counter(ListenerLabel::Public),
             ),
-            serve::serve(
+            serve::serve_with(
                 control_listener,
                 node.control_router(&backend),
                 shutdown.clone(),
-                drain
+                drain,
+                serve_limits(node.config.control.limits()),
+                node.refusal_counter(ListenerLabel::Control),
             ),
         );
         shutdown.cancel();
@@ -382,5 +396,19 @@ async fn housekeeping_loop(node: Arc<Node>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => node.housekeeping(),
         }
+    }
+}
+
+/// A listener's configured bounds, as the server takes them.
+fn serve_limits(l: ListenerLimits) -> serve::ServeLimits {
+    serve::ServeLimits {
+        connections_max: l.connections_max,
+        header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
+        idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+        http2_stream_window_bytes: l.http2_stream_window_bytes,
+        http2_connection_window_bytes: l.http2_connection_window_bytes,
+        http2_send_buf_bytes: l.http2_send_buf_bytes,
     }
 }

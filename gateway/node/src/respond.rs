@@ -8,6 +8,8 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use switchyard_core::GatewayError;
 
+use crate::serve::BodyReadTimeout;
+
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (
@@ -40,18 +42,38 @@ pub fn add_error_headers(headers: &mut http::HeaderMap, error: &GatewayError) {
     }
 }
 
-/// Reads the whole body, refusing it with 413 once it passes the limit.
+/// Reads the whole body, refusing it with 413 once it passes the limit, and with 408 once the
+/// listener's `body_read_timeout_ms` passes (see [`BodyReadTimeout`]).
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(GatewayError::BodyTooLarge { limit_bytes: limit })
         }
-        Err(error) => Err(GatewayError::InvalidArgument {
-            field: "body",
-            reason: format!("could not be read: {error}"),
-        }),
+        Err(error) => match find_cause::<BodyReadTimeout>(&*error) {
+            Some(timeout) => Err(GatewayError::RequestTimeout {
+                timeout_ms: timeout.timeout_ms,
+            }),
+            None => Err(GatewayError::InvalidArgument {
+                field: "body",
+                reason: format!("could not be read: {error}"),
+            }),
+        },
     }
+}
+
+/// The first error of type `E` in `error`'s chain of causes.
+fn find_cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// The answer to a path no route serves.

@@ -1,15 +1,35 @@
 //! Serving an axum router (REST and gRPC alike, HTTP/1.1 and cleartext HTTP/2) on a listener
 //! handed in from outside, until shutdown, then draining in-flight requests for a bounded time.
+//!
+//! Every connection is bounded ([`ServeLimits`]): how many may be open, how long a request head
+//! and a request body may take, how long a connection may sit idle, and how many HTTP/2 streams
+//! and buffered bytes one connection may hold. Each refusal is reported to the caller's
+//! [`OnRefusal`], which the composition root counts.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
 use axum::serve::Listener;
+use bytes::Bytes;
+use http::{Request, Version, header};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use switchyard_core::GatewayError;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
-use crate::seams::{ClientAddr, WithClientAddr};
+use crate::seams::ClientAddr;
 
 /// The shutdown signal, in every request's extensions. Draining waits for requests, not for
 /// connections a handler has taken over (WebSockets), so such a handler ends its connection
@@ -17,8 +37,70 @@ use crate::seams::{ClientAddr, WithClientAddr};
 #[derive(Debug, Clone)]
 pub struct Shutdown(pub CancellationToken);
 
-/// Serves `router` on `listener`. On `shutdown` it stops accepting, lets open requests finish
-/// for up to `drain`, then returns.
+/// The bounds on one listener's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Open connections; past it a new connection is closed at once.
+    pub connections_max: u32,
+    /// From the first byte of an HTTP/1.1 request head to its end.
+    pub header_read_timeout: Duration,
+    /// From a request's head to the end of its body, for handlers that read the whole body.
+    pub body_read_timeout: Duration,
+    /// How long a connection may stay open without a request in progress.
+    pub idle_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_stream_window_bytes: u32,
+    pub http2_connection_window_bytes: u32,
+    pub http2_send_buf_bytes: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            connections_max: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 100,
+            http2_stream_window_bytes: 256 * 1024,
+            http2_connection_window_bytes: 1024 * 1024,
+            http2_send_buf_bytes: 400 * 1024,
+        }
+    }
+}
+
+/// Why a listener refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A connection past `connections_max`, closed at once.
+    ConnectionsMax,
+    /// A request head not complete within `header_read_timeout`; the connection is closed.
+    HeaderTimeout,
+    /// A request body not complete within `body_read_timeout`; answered 408.
+    BodyTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [
+        Refusal::ConnectionsMax,
+        Refusal::HeaderTimeout,
+        Refusal::BodyTimeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::ConnectionsMax => "connections_max",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+/// Told of each refusal.
+pub type OnRefusal = Arc<dyn Fn(Refusal) + Send + Sync>;
+
+/// Serves `router` on `listener` with the default [`ServeLimits`] and refusals uncounted. On
+/// `shutdown` it stops accepting, lets open requests finish for up to `drain`, then returns.
 pub async fn serve<L>(
     listener: L,
     router: Router,
@@ -28,22 +110,285 @@ pub async fn serve<L>(
 where
     L: Listener<Addr = SocketAddr>,
 {
-    let server = axum::serve(
-        WithClientAddr(listener),
-        router
-            .layer(axum::Extension(Shutdown(shutdown.clone())))
-            .into_make_service_with_connect_info::<ClientAddr>(),
+    serve_with(
+        listener,
+        router,
+        shutdown,
+        drain,
+        ServeLimits::default(),
+        Arc::new(|_| {}),
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let drain_expired = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        result = server.into_future() => result,
-        () = drain_expired => {
-            tracing::warn!(drain_ms = drain.as_millis() as u64, "drain timeout: closing connections with requests still open");
-            Ok(())
+    .await
+}
+
+/// Serves `router` on `listener` within `limits`, telling `on_refusal` of each refusal. On
+/// `shutdown` it stops accepting, lets open requests finish for up to `drain`, then closes the
+/// connections still open and returns.
+pub async fn serve_with<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: ServeLimits,
+    on_refusal: OnRefusal,
+) -> io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let router = router.layer(axum::Extension(Shutdown(shutdown.clone())));
+    let builder = Arc::new(builder(&limits));
+    let connections = Arc::new(Semaphore::new(limits.connections_max as usize));
+    let closing = CancellationToken::new();
+    let limits = Arc::new(limits);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            on_refusal(Refusal::ConnectionsMax);
+            drop(io);
+            continue;
+        };
+        let connection = Connection {
+            router: router.clone(),
+            client: ClientAddr(addr),
+            limits: limits.clone(),
+            on_refusal: on_refusal.clone(),
+        };
+        let (builder, shutdown, closing) = (builder.clone(), shutdown.clone(), closing.clone());
+        tokio::spawn(async move {
+            connection.run(&builder, io, shutdown, closing).await;
+            drop(permit);
+        });
+    }
+    // Every connection holds a permit until it ends, so holding them all means none is left.
+    let drained = connections.acquire_many(limits.connections_max);
+    if tokio::time::timeout(drain, drained).await.is_err() {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "drain timeout: closing connections with requests still open"
+        );
+        closing.cancel();
+    }
+    Ok(())
+}
+
+fn builder(limits: &ServeLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // A client that shuts its write side after a complete request still gets the answer.
+        .half_close(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // The CONNECT protocol carries WebSockets over HTTP/2.
+        .enable_connect_protocol()
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(limits.http2_stream_window_bytes)
+        .initial_connection_window_size(limits.http2_connection_window_bytes)
+        .max_send_buf_size(limits.http2_send_buf_bytes)
+        .keep_alive_interval(limits.idle_timeout);
+    builder
+}
+
+/// What one connection's requests need.
+struct Connection {
+    router: Router,
+    client: ClientAddr,
+    limits: Arc<ServeLimits>,
+    on_refusal: OnRefusal,
+}
+
+impl Connection {
+    async fn run<I>(
+        self,
+        builder: &Builder<TokioExecutor>,
+        io: I,
+        shutdown: CancellationToken,
+        closing: CancellationToken,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (active, mut activity) = watch::channel(0_usize);
+        let active = Arc::new(active);
+        let on_refusal = self.on_refusal.clone();
+        let idle_timeout = self.limits.idle_timeout;
+        let this = Arc::new(self);
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let this = this.clone();
+            let guard = ActiveGuard::new(active.clone());
+            async move {
+                let response = this.call(request).await;
+                drop(guard);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+        let mut ending = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        if is_header_timeout(&*error) {
+                            on_refusal(Refusal::HeaderTimeout);
+                        }
+                        tracing::trace!("connection ended: {error:#}");
+                    }
+                    return;
+                }
+                () = shutdown.cancelled(), if !ending => {
+                    ending = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = idle(&mut activity, idle_timeout), if !ending => {
+                    ending = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = closing.cancelled() => return,
+            }
         }
+    }
+
+    async fn call(&self, request: Request<Incoming>) -> Response {
+        if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+            // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+            return refusal_response(&GatewayError::InvalidArgument {
+                field: "host",
+                reason: "an HTTP/1.1 request must carry a Host header".to_owned(),
+            });
+        }
+        let (parts, body) = request.into_parts();
+        let timed = TimedBody::new(body, self.limits.body_read_timeout, self.on_refusal.clone());
+        let mut request = Request::from_parts(parts, Body::new(timed));
+        request.extensions_mut().insert(ConnectInfo(self.client));
+        match self.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Resolves once the connection has had no request in progress for `timeout`; each request
+/// starting or ending starts the wait again.
+async fn idle(activity: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        let active = *activity.borrow_and_update();
+        let changed = activity.changed();
+        if active > 0 {
+            if changed.await.is_err() {
+                return std::future::pending().await;
+            }
+            continue;
+        }
+        match tokio::time::timeout(timeout, changed).await {
+            Err(_) => return,
+            Ok(Err(_)) => return std::future::pending().await,
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Counts a request in progress on its connection while alive.
+struct ActiveGuard(Arc<watch::Sender<usize>>);
+
+impl ActiveGuard {
+    fn new(active: Arc<watch::Sender<usize>>) -> Self {
+        active.send_modify(|n| *n += 1);
+        Self(active)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// The JSON answer to a request refused before routing.
+fn refusal_response(error: &GatewayError) -> Response {
+    let mut response = Response::new(Body::from(error.to_json(None)));
+    *response.status_mut() = http::StatusCode::from_u16(error.http_status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The error of a request body not complete within `body_read_timeout`; handlers that read
+/// the whole body answer it with `request_timeout` (408).
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {timeout_ms} ms")]
+pub struct BodyReadTimeout {
+    pub timeout_ms: u64,
+}
+
+/// A request body that fails with [`BodyReadTimeout`] once its deadline passes.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    on_refusal: OnRefusal,
+    expired: bool,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, timeout: Duration, on_refusal: OnRefusal) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            on_refusal,
+            expired: false,
+        }
+    }
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        ready!(self.deadline.as_mut().poll(cx));
+        self.expired = true;
+        (self.on_refusal)(Refusal::BodyTimeout);
+        let timeout_ms = self.timeout.as_millis() as u64;
+        Poll::Ready(Some(Err(Box::new(BodyReadTimeout { timeout_ms }))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -119,6 +119,33 @@ fn validation_names_the_key() {
         ("graphql.websockets_max=0", "graphql.websockets_max"),
         ("runtime.worker_threads=1025", "runtime.worker_threads"),
         ("runtime.worker_threads=-1", "runtime.worker_threads"),
+        ("public.connections_max=0", "public.connections_max"),
+        ("control.connections_max=1000001", "control.connections_max"),
+        (
+            "public.header_read_timeout_ms=0",
+            "public.header_read_timeout_ms",
+        ),
+        (
+            "control.body_read_timeout_ms=0",
+            "control.body_read_timeout_ms",
+        ),
+        ("public.idle_timeout_ms=0", "public.idle_timeout_ms"),
+        (
+            "control.http2_max_concurrent_streams=0",
+            "control.http2_max_concurrent_streams",
+        ),
+        (
+            "public.http2_stream_window_bytes=100",
+            "public.http2_stream_window_bytes",
+        ),
+        (
+            "control.http2_connection_window_bytes=2147483648",
+            "control.http2_connection_window_bytes",
+        ),
+        (
+            "public.http2_send_buf_bytes=0",
+            "public.http2_send_buf_bytes",
+        ),
     ];
     for (set, key) in cases {
         let err = Config::load(None, &[parse_set_flag(set).unwrap()])

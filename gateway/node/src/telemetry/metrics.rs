@@ -181,6 +181,19 @@ impl QuarantineReason {
     }
 }
 
+/// The listeners, for `switchyard_listener_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerLabel {
+    Public = 0,
+    Control = 1,
+}
+
+const LISTENERS: [&str; 2] = ["public", "control"];
+
+/// Why a listener refused a client, as `serve::Refusal::label` names it. A reason not listed
+/// here is not counted (a test keeps the two lists the same).
+pub const REFUSAL_REASONS: [&str; 3] = ["connections_max", "header_timeout", "body_timeout"];
+
 /// The `origin` of an applied bus event: [this node's own, other nodes'].
 const ORIGINS: [&str; 2] = ["local", "remote"];
 
@@ -225,6 +238,12 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -262,6 +281,7 @@ pub struct Metrics {
     events_quarantined: [Counter; QUARANTINE_REASONS.len()],
     changes: [Counter; CHANGE_OPS.len()],
     evictions: Counter,
+    refusals: [[Counter; REFUSAL_REASONS.len()]; LISTENERS.len()],
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -296,6 +316,12 @@ impl Metrics {
             .map(|reason| quarantined_family.get_or_create_owned(&ReasonLabels { reason }));
         let changes_family = Family::<OpLabels, Counter>::default();
         let changes = CHANGE_OPS.map(|op| changes_family.get_or_create_owned(&OpLabels { op }));
+        let refusals_family = Family::<RefusalLabels, Counter>::default();
+        let refusals = LISTENERS.map(|listener| {
+            REFUSAL_REASONS.map(|reason| {
+                refusals_family.get_or_create_owned(&RefusalLabels { listener, reason })
+            })
+        });
         let mut m = Self {
             registry: Registry::default(),
             families: Vec::new(),
@@ -309,6 +335,7 @@ impl Metrics {
             events_quarantined,
             changes,
             evictions: Counter::default(),
+            refusals,
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -356,6 +383,11 @@ impl Metrics {
             "switchyard_evictions",
             "Services this node evicted because none of their instances could be reached",
             m.evictions.clone(),
+        );
+        m.register(
+            "switchyard_listener_refusals",
+            "Clients a listener refused, by listener and reason",
+            refusals_family,
         );
         m
     }
@@ -452,6 +484,21 @@ impl Metrics {
 
     pub fn eviction(&self) {
         self.evictions.inc();
+    }
+
+    /// Counts a client `listener` refused for `reason` (one of [`REFUSAL_REASONS`]).
+    pub fn listener_refusal(&self, listener: ListenerLabel, reason: &str) {
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.refusals[listener as usize][i].inc();
+        }
+    }
+
+    /// The refusals counted for one listener and reason (for tests).
+    pub fn listener_refusals_of(&self, listener: ListenerLabel, reason: &str) -> u64 {
+        REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.refusals[listener as usize][i].get())
     }
 
     /// The request count for one label set, summed over methods (for tests and the GraphQL

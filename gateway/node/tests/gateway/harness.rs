@@ -107,6 +107,11 @@ impl Gateway {
         }
     }
 
+    /// The public listener's address, for tests that speak raw TCP.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
     pub fn public_url(&self) -> String {
         format!("http://{}", self.public)
     }

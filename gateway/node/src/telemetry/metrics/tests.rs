@@ -98,6 +98,7 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_bus_events_quarantined_total counter",
             "# TYPE switchyard_registry_changes_total counter",
             "# TYPE switchyard_evictions_total counter",
+            "# TYPE switchyard_listener_refusals_total counter",
         ],
         "{out}"
     );
@@ -126,6 +127,32 @@ fn every_family_is_announced_before_anything_is_counted() {
     ] {
         assert!(out.contains(&format!("{series}\n")), "{out}");
     }
+    for listener in ["public", "control"] {
+        for reason in REFUSAL_REASONS {
+            let series = format!(
+                "switchyard_listener_refusals_total{{listener=\"{listener}\",reason=\"{reason}\"}} 0\n"
+            );
+            assert!(out.contains(&series), "{out}");
+        }
+    }
+}
+
+#[test]
+fn refusals_are_counted_per_listener_and_reason() {
+    let m = Metrics::default();
+    m.listener_refusal(ListenerLabel::Control, "body_timeout");
+    m.listener_refusal(ListenerLabel::Control, "not_a_reason");
+    assert_eq!(
+        m.listener_refusals_of(ListenerLabel::Control, "body_timeout"),
+        1
+    );
+    assert_eq!(
+        m.listener_refusals_of(ListenerLabel::Public, "body_timeout"),
+        0
+    );
+    assert!(encoded(&m).contains(
+        "switchyard_listener_refusals_total{listener=\"control\",reason=\"body_timeout\"} 1\n"
+    ));
 }
 
 /// Counts the same things in `order` on fresh metrics. The latencies are multiples of 1/8 s,
