@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use switchyard_core::GatewayError;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -42,7 +44,8 @@ pub struct Shutdown(pub CancellationToken);
 pub struct ServeLimits {
     /// Open connections; past it a new connection is closed at once.
     pub connections_max: u32,
-    /// From the first byte of an HTTP/1.1 request head to its end.
+    /// For an HTTP/1.1 request head to arrive. hyper starts it as soon as it waits for a head,
+    /// so it also closes a kept-alive HTTP/1.1 connection idle for this long.
     pub header_read_timeout: Duration,
     /// From a request's head to the end of its body, for handlers that read the whole body.
     pub body_read_timeout: Duration,
@@ -211,16 +214,24 @@ impl Connection {
         shutdown: CancellationToken,
         closing: CancellationToken,
     ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (active, mut activity) = watch::channel(0_usize);
-        let active = Arc::new(active);
+        let state = Arc::new(ConnState {
+            active,
+            head_pending: AtomicBool::new(false),
+        });
+        let io = Watched {
+            inner: io,
+            state: state.clone(),
+        };
         let on_refusal = self.on_refusal.clone();
         let idle_timeout = self.limits.idle_timeout;
         let this = Arc::new(self);
+        let requests = state.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let this = this.clone();
-            let guard = ActiveGuard::new(active.clone());
+            let guard = ActiveGuard::new(requests.clone());
             async move {
                 let response = this.call(request).await;
                 drop(guard);
@@ -233,7 +244,9 @@ impl Connection {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(error) = result {
-                        if is_header_timeout(&*error) {
+                        // hyper's head timer also runs while a kept-alive connection waits
+                        // for its next request; only a head that had begun is a refusal.
+                        if is_header_timeout(&*error) && state.head_pending.load(Ordering::Relaxed) {
                             on_refusal(Refusal::HeaderTimeout);
                         }
                         tracing::trace!("connection ended: {error:#}");
@@ -292,19 +305,79 @@ async fn idle(activity: &mut watch::Receiver<usize>, timeout: Duration) {
     }
 }
 
+/// What a connection's requests and its byte stream tell each other.
+struct ConnState {
+    /// Requests in progress.
+    active: watch::Sender<usize>,
+    /// Whether bytes arrived while no request was in progress: the start of a request head.
+    head_pending: AtomicBool,
+}
+
 /// Counts a request in progress on its connection while alive.
-struct ActiveGuard(Arc<watch::Sender<usize>>);
+struct ActiveGuard(Arc<ConnState>);
 
 impl ActiveGuard {
-    fn new(active: Arc<watch::Sender<usize>>) -> Self {
-        active.send_modify(|n| *n += 1);
-        Self(active)
+    fn new(state: Arc<ConnState>) -> Self {
+        state.head_pending.store(false, Ordering::Relaxed);
+        state.active.send_modify(|n| *n += 1);
+        Self(state)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.active.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A connection's byte stream, noting when bytes arrive between requests.
+struct Watched<I> {
+    inner: I,
+    state: Arc<ConnState>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if buf.filled().len() > before && *self.state.active.borrow() == 0 {
+            self.state.head_pending.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -227,3 +227,37 @@ async fn http2_with_prior_knowledge_is_served() {
     let _ = response.into_body().collect().await.unwrap();
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let gw = Gateway::start(|c| {
+        c.public.idle_timeout_ms = SHORT_MS;
+        c.public.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
+    let answer = exchange(&mut stream, HEALTHZ).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let started = tokio::time::Instant::now();
+    let after = read_until_closed(&mut stream, SLACK).await;
+    assert_eq!(after, "");
+    assert!(started.elapsed() >= Duration::from_millis(SHORT_MS / 2));
+    gw.stop().await;
+}
+
+/// hyper's head timer also runs while a kept-alive HTTP/1.1 connection waits for its next
+/// request: such a connection is closed, but it was not refused anything.
+#[tokio::test]
+async fn an_idle_http_1_1_connection_closed_by_the_head_timer_is_not_a_refusal() {
+    let gw = Gateway::start(|c| {
+        c.public.idle_timeout_ms = 60_000;
+        c.public.header_read_timeout_ms = SHORT_MS;
+    })
+    .await;
+    let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
+    let answer = exchange(&mut stream, HEALTHZ).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(read_until_closed(&mut stream, SLACK).await, "");
+    assert_eq!(refusals(&gw, "header_timeout"), 0);
+    gw.stop().await;
+}
