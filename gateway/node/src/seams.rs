@@ -91,41 +91,10 @@ impl std::fmt::Debug for Seams {
     }
 }
 
-/// The client address of an accepted connection, as handlers see it.
+/// The client address of an accepted connection, as handlers see it (`serve.rs` puts it in
+/// each request's extensions as `ConnectInfo<ClientAddr>`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-/// Wraps any listener whose address is a `SocketAddr` (tokio's and the simulation's alike) so
-/// that handlers can read the client address as [`ClientAddr`].
-#[derive(Debug)]
-pub struct WithClientAddr<L>(pub L);
-
-impl<L> axum::serve::Listener for WithClientAddr<L>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    type Io = L::Io;
-    type Addr = ClientAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = self.0.accept().await;
-        (io, ClientAddr(addr))
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr().map(ClientAddr)
-    }
-}
-
-impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, WithClientAddr<L>>>
-    for ClientAddr
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, WithClientAddr<L>>) -> Self {
-        *stream.remote_addr()
-    }
-}
 
 /// A bounded exponential backoff for loops that retry an outside dependency.
 #[derive(Debug, Clone)]
