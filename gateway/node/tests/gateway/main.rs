@@ -4,6 +4,7 @@ mod architecture;
 mod graphql;
 mod harness;
 mod hostile;
+mod outliers;
 mod policy;
 mod shutdown;
 mod telemetry;
