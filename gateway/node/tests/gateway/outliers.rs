@@ -3,7 +3,10 @@
 //! nor evict.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -11,6 +14,7 @@ use serde_json::Value;
 use switchyard::bus::MemoryBus;
 use switchyard::config::Config;
 use switchyard::seams::{BoxFuture, Connector, Io};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::harness::{self, Gateway, Instance, http};
 
@@ -137,4 +141,92 @@ async fn the_gateways_own_shortage_neither_ejects_nor_evicts() {
         "{codes:?}"
     );
     assert_eq!(state, "evicted");
+}
+
+/// A TCP connection that, once `cut` is set, neither delivers nor sends another byte: the
+/// gateway's side of a half-open connection.
+struct Cuttable {
+    inner: tokio::net::TcpStream,
+    cut: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Cuttable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Cuttable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct CuttableConnector(Arc<AtomicBool>);
+
+impl Connector for CuttableConnector {
+    fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
+        let (authority, cut) = (authority.to_owned(), self.0.clone());
+        Box::pin(async move {
+            let inner = tokio::net::TcpStream::connect(authority).await?;
+            Ok(Box::new(Cuttable { inner, cut }) as Box<dyn Io>)
+        })
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_pings_find_a_half_open_connection_before_the_deadline() {
+    let cut = Arc::new(AtomicBool::new(false));
+    let gw = Gateway::start_with_connector(
+        Arc::new(CuttableConnector(cut.clone())),
+        MemoryBus::new(),
+        |c| {
+            c.upstream.timeout_ms = 10_000;
+            c.upstream.keepalive_interval_ms = 100;
+            c.upstream.keepalive_timeout_ms = 100;
+        },
+        |b| b,
+    )
+    .await;
+    let inst = Instance::start("quiet", "q-1").await;
+    gw.register("quiet", "q-1", &inst.addr, 30_000).await;
+    let url = format!("{}/quiet/test/sleep/20000", gw.public_url());
+    let call = tokio::spawn(async move { http("GET", &url).await });
+    harness::eventually(Duration::from_secs(5), || async {
+        inst.requests_in_flight() == 1
+    })
+    .await;
+    cut.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = call.await.unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"]["code"], "upstream_reset", "{json}");
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "found by the pings, not the deadline: {:?}",
+        started.elapsed()
+    );
 }
