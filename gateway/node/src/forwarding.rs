@@ -25,7 +25,7 @@ use crate::registrar::Registrar;
 use crate::seams::Connector;
 use crate::store::Store;
 use crate::sync::{SharedRng, lock};
-use crate::telemetry::{Telemetry, UpstreamErrorKind};
+use crate::telemetry::{EjectionReason, Telemetry, UpstreamErrorKind};
 
 pub mod channel;
 
@@ -312,17 +312,22 @@ impl Forwarder {
         };
         if slot.record(outcome, now, &self.health_policy) {
             let until_ms = slot.health.ejected_until_ms;
-            match outcome {
+            let reason = match outcome {
                 AttemptOutcome::Reset => {
-                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after its connection broke")
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after its connection broke");
+                    EjectionReason::Reset
                 }
                 AttemptOutcome::TimedOut => {
-                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after consecutive timeouts")
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after consecutive timeouts");
+                    EjectionReason::Timeout
                 }
                 _ => {
-                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after connect failures")
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after connect failures");
+                    EjectionReason::ConnectFailed
                 }
-            }
+            };
+            drop(balancer);
+            self.telemetry.metrics().ejection(reason);
         }
     }
 

@@ -181,6 +181,19 @@ impl QuarantineReason {
     }
 }
 
+/// Why passive health ejected an instance, for `switchyard_upstream_ejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EjectionReason {
+    /// Consecutive connect failures.
+    ConnectFailed = 0,
+    /// A connection broke during a call.
+    Reset = 1,
+    /// Consecutive timeouts (`upstream.timeouts_to_eject`).
+    Timeout = 2,
+}
+
+const EJECTION_REASONS: [&str; 3] = ["connect_failed", "reset", "timeout"];
+
 /// The `origin` of an applied bus event: [this node's own, other nodes'].
 const ORIGINS: [&str; 2] = ["local", "remote"];
 
@@ -262,6 +275,7 @@ pub struct Metrics {
     events_quarantined: [Counter; QUARANTINE_REASONS.len()],
     changes: [Counter; CHANGE_OPS.len()],
     evictions: Counter,
+    ejections: [Counter; EJECTION_REASONS.len()],
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -296,6 +310,9 @@ impl Metrics {
             .map(|reason| quarantined_family.get_or_create_owned(&ReasonLabels { reason }));
         let changes_family = Family::<OpLabels, Counter>::default();
         let changes = CHANGE_OPS.map(|op| changes_family.get_or_create_owned(&OpLabels { op }));
+        let ejections_family = Family::<ReasonLabels, Counter>::default();
+        let ejections = EJECTION_REASONS
+            .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
         let mut m = Self {
             registry: Registry::default(),
             families: Vec::new(),
@@ -309,6 +326,7 @@ impl Metrics {
             events_quarantined,
             changes,
             evictions: Counter::default(),
+            ejections,
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -356,6 +374,11 @@ impl Metrics {
             "switchyard_evictions",
             "Services this node evicted because none of their instances could be reached",
             m.evictions.clone(),
+        );
+        m.register(
+            "switchyard_upstream_ejections",
+            "Instances this node ejected from balancing for a while, by reason",
+            ejections_family,
         );
         m
     }
@@ -452,6 +475,15 @@ impl Metrics {
 
     pub fn eviction(&self) {
         self.evictions.inc();
+    }
+
+    pub fn ejection(&self, reason: EjectionReason) {
+        self.ejections[reason as usize].inc();
+    }
+
+    /// Ejections so far for `reason` (for tests).
+    pub fn ejections_of(&self, reason: EjectionReason) -> u64 {
+        self.ejections[reason as usize].get()
     }
 
     /// The request count for one label set, summed over methods (for tests and the GraphQL

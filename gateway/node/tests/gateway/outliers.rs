@@ -14,6 +14,7 @@ use serde_json::Value;
 use switchyard::bus::MemoryBus;
 use switchyard::config::Config;
 use switchyard::seams::{BoxFuture, Connector, Io};
+use switchyard::telemetry::EjectionReason;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::harness::{self, Gateway, Instance, http};
@@ -46,6 +47,9 @@ async fn consecutive_timeouts_eject_a_hung_instance() {
         "{statuses:?}"
     );
     assert_eq!(hung.requests_received(), 2);
+    let metrics = gw.node.metrics();
+    assert_eq!(metrics.ejections_of(EjectionReason::Timeout), 1);
+    assert_eq!(metrics.ejections_of(EjectionReason::ConnectFailed), 0);
 }
 
 #[tokio::test]
