@@ -3,10 +3,13 @@
 //! * Load balancing is "power of two choices": two distinct random candidates, the one with
 //!   fewer requests in flight wins. It spreads load like round-robin and steers away from a
 //!   slow instance without a global lock.
-//! * Passive health: consecutive connect failures eject an instance for a while, doubling up to
-//!   a bound; ejection always ends, and a success clears the record. When every candidate is
-//!   ejected the balancer picks among them anyway rather than fail without trying (an ejection
-//!   must never turn into "unhealthy forever").
+//! * Passive health: consecutive connect failures (or broken connections), and separately
+//!   consecutive timeouts, eject an instance for a while, doubling up to a bound; ejection
+//!   always ends, and an answer clears the record. When every candidate is ejected the
+//!   balancer picks among them anyway rather than fail without trying (an ejection must never
+//!   turn into "unhealthy forever").
+//! * A circuit breaker: an instance with its bound of requests in flight is never picked, not
+//!   even when every other instance is ejected; when all are full the request is refused.
 //! * Retries: only failures where the request never reached a service are retried, on an
 //!   instance not yet tried, up to a bound.
 //! * Eviction: when every live instance of a service has been unreachable from this gateway
@@ -29,6 +32,9 @@ pub struct HealthPolicy {
     /// First ejection length; each further ejection in a row doubles it.
     pub ejection_base_ms: u64,
     pub ejection_max_ms: u64,
+    /// Consecutive timeouts, with no answer between them, that eject an instance; 0: timeouts
+    /// never eject. Timeouts never count towards eviction.
+    pub timeouts_to_eject: u32,
 }
 
 impl Default for HealthPolicy {
@@ -37,6 +43,7 @@ impl Default for HealthPolicy {
             failures_to_eject: 1,
             ejection_base_ms: 1_000,
             ejection_max_ms: 30_000,
+            timeouts_to_eject: 3,
         }
     }
 }
@@ -45,6 +52,8 @@ impl Default for HealthPolicy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InstanceHealth {
     pub consecutive_failures: u32,
+    /// Timeouts since the last answer or ejection.
+    pub consecutive_timeouts: u32,
     /// Ejections in a row without a success between them.
     pub ejections: u32,
     pub ejected_until_ms: u64,
@@ -70,6 +79,29 @@ impl InstanceHealth {
         if self.consecutive_failures < policy.failures_to_eject.max(1) {
             return false;
         }
+        self.eject(now_ms, policy);
+        self.consecutive_failures = 0;
+        true
+    }
+
+    /// Records a timeout; returns `true` if it ejected the instance. As with failures, a
+    /// timeout while ejected neither counts nor extends the ejection.
+    pub fn on_timeout(&mut self, now_ms: u64, policy: &HealthPolicy) -> bool {
+        if policy.timeouts_to_eject == 0 || self.is_ejected(now_ms) {
+            return false;
+        }
+        self.consecutive_timeouts = self.consecutive_timeouts.saturating_add(1);
+        if self.consecutive_timeouts < policy.timeouts_to_eject {
+            return false;
+        }
+        self.eject(now_ms, policy);
+        self.consecutive_timeouts = 0;
+        true
+    }
+
+    /// Ejects from `now_ms` for the base length doubled per ejection in a row (the shift
+    /// capped at 16), at most the maximum.
+    fn eject(&mut self, now_ms: u64, policy: &HealthPolicy) {
         let shift = self.ejections.min(16);
         let length = policy
             .ejection_base_ms
@@ -77,8 +109,6 @@ impl InstanceHealth {
             .min(policy.ejection_max_ms);
         self.ejections = self.ejections.saturating_add(1);
         self.ejected_until_ms = now_ms.saturating_add(length);
-        self.consecutive_failures = 0;
-        true
     }
 }
 
@@ -89,12 +119,15 @@ pub struct Candidate {
     pub ejected: bool,
     /// Already tried for this request.
     pub tried: bool,
+    /// At its bound of requests in flight: never picked.
+    pub full: bool,
 }
 
-/// Picks the index of the instance to send to, or `None` if every candidate was tried.
+/// Picks the index of the instance to send to, or `None` if every candidate was tried or is
+/// full. Ejected candidates are picked only when no other is left; full ones never.
 pub fn pick(candidates: &[Candidate], rng: &mut impl Rng) -> Option<usize> {
     let untried: Vec<usize> = (0..candidates.len())
-        .filter(|&i| !candidates[i].tried)
+        .filter(|&i| !candidates[i].tried && !candidates[i].full)
         .collect();
     let healthy: Vec<usize> = untried
         .iter()
@@ -170,8 +203,12 @@ pub enum AttemptOutcome {
     ConnectFailed,
     /// The connection broke during the call.
     Reset,
-    /// The deadline passed; says nothing about the instance's health.
+    /// The deadline passed. Consecutive timeouts eject (a hung instance), but never evict:
+    /// a slow instance is reachable.
     TimedOut,
+    /// The gateway itself could not make the attempt (its own bound or resources, such as
+    /// file descriptors): says nothing about the instance.
+    Local,
 }
 
 impl AttemptOutcome {
@@ -182,6 +219,7 @@ impl AttemptOutcome {
             Err(GatewayError::UpstreamConnect { .. }) => Self::ConnectFailed,
             Err(GatewayError::UpstreamReset { .. }) => Self::Reset,
             Err(GatewayError::UpstreamTimeout { .. }) => Self::TimedOut,
+            Err(GatewayError::Overloaded { .. }) => Self::Local,
             Ok(()) | Err(_) => Self::Answered,
         }
     }
@@ -205,7 +243,8 @@ impl Slot {
     /// Connect failures and broken connections count towards ejection; any answer from the
     /// service (even an error status) proves it reachable and clears the record. Only connect
     /// failures count towards eviction: a broken connection is followed by a reconnect, which
-    /// tells whether the instance is gone. A timeout changes nothing.
+    /// tells whether the instance is gone. Timeouts count towards their own ejection
+    /// ([`HealthPolicy::timeouts_to_eject`]) and nothing else; a local failure changes nothing.
     pub fn record(&mut self, outcome: AttemptOutcome, now_ms: u64, policy: &HealthPolicy) -> bool {
         match outcome {
             AttemptOutcome::ConnectFailed => {
@@ -213,7 +252,8 @@ impl Slot {
                 self.health.on_failure(now_ms, policy)
             }
             AttemptOutcome::Reset => self.health.on_failure(now_ms, policy),
-            AttemptOutcome::TimedOut => false,
+            AttemptOutcome::TimedOut => self.health.on_timeout(now_ms, policy),
+            AttemptOutcome::Local => false,
             AttemptOutcome::Answered => {
                 self.health.on_success();
                 self.failing_since_ms = None;

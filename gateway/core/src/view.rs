@@ -139,9 +139,9 @@ mod tests {
 
     fn ejected_until(ejected_until_ms: u64) -> InstanceHealth {
         InstanceHealth {
-            consecutive_failures: 0,
             ejections: 1,
             ejected_until_ms,
+            ..InstanceHealth::default()
         }
     }
 

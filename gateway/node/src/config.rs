@@ -231,6 +231,19 @@ pub struct UpstreamConfig {
     /// eviction off (leases still expire).
     pub evict_after_ms: u64,
     pub evict_after_max_ms: u64,
+    /// Consecutive timeouts, with no answer between, that eject an instance from balancing
+    /// (a hung instance); 0: timeouts never eject. Timeouts never count towards eviction.
+    pub timeouts_to_eject: u32,
+    /// Requests in flight from this gateway to one instance, at most: an instance at the
+    /// bound is not chosen, and when every live instance is, the request is refused with
+    /// 503 `overloaded`.
+    pub in_flight_per_instance_max: u32,
+    /// How long a connection to an instance may go without a frame during a call before
+    /// the gateway sends an HTTP/2 ping; 0: no pings.
+    pub keepalive_interval_ms: u64,
+    /// How long to wait for the ping's acknowledgement before closing the connection (the
+    /// calls on it fail as `upstream_reset`).
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -446,6 +459,10 @@ impl Default for UpstreamConfig {
             ejection_max_ms: 30_000,
             evict_after_ms: 5_000,
             evict_after_max_ms: 300_000,
+            timeouts_to_eject: 3,
+            in_flight_per_instance_max: 1_024,
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 5_000,
         }
     }
 }
@@ -649,6 +666,10 @@ impl Config {
                 u64::from(self.upstream.failures_to_eject),
             ),
             ("upstream.ejection_base_ms", self.upstream.ejection_base_ms),
+            (
+                "upstream.in_flight_per_instance_max",
+                u64::from(self.upstream.in_flight_per_instance_max),
+            ),
             ("registry.lease_min_ms", self.registry.lease_min_ms),
             ("bus.outbox_events_max", self.bus.outbox_events_max as u64),
         ];
@@ -665,6 +686,12 @@ impl Config {
         }
         if self.upstream.attempts_max > 10 {
             return Err(("upstream.attempts_max", "must be at most 10".to_owned()));
+        }
+        if self.upstream.keepalive_interval_ms != 0 && self.upstream.keepalive_timeout_ms == 0 {
+            return Err((
+                "upstream.keepalive_timeout_ms",
+                "must be greater than 0 while upstream.keepalive_interval_ms is".to_owned(),
+            ));
         }
         if self.upstream.evict_after_max_ms < self.upstream.evict_after_ms {
             return Err((

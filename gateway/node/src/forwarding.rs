@@ -25,11 +25,11 @@ use crate::registrar::Registrar;
 use crate::seams::Connector;
 use crate::store::Store;
 use crate::sync::{SharedRng, lock};
-use crate::telemetry::{Telemetry, UpstreamErrorKind};
+use crate::telemetry::{EjectionReason, Telemetry, UpstreamErrorKind};
 
 pub mod channel;
 
-pub use channel::lazy_channel;
+pub use channel::{lazy_channel, upstream_channel};
 
 /// The instance [`Forwarder::choose`] picked.
 struct Choice {
@@ -95,6 +95,7 @@ impl Forwarder {
                 failures_to_eject: config.failures_to_eject,
                 ejection_base_ms: config.ejection_base_ms,
                 ejection_max_ms: config.ejection_max_ms,
+                timeouts_to_eject: config.timeouts_to_eject,
             },
             retry_policy: RetryPolicy {
                 attempts_max: config.attempts_max,
@@ -211,6 +212,7 @@ impl Forwarder {
             Lookup::Live(live) => live,
         };
         let mut balancer = lock(&self.balancer);
+        let in_flight_max = self.config.in_flight_per_instance_max;
         let candidates: Vec<Candidate> = live
             .iter()
             .map(|inst| {
@@ -219,10 +221,20 @@ impl Forwarder {
                     in_flight: slot.in_flight,
                     ejected: slot.health.is_ejected(now),
                     tried: tried.contains(inst.key),
+                    full: slot.in_flight >= in_flight_max,
                 }
             })
             .collect();
         let Some(i) = self.rng.with(|rng| balance::pick(&candidates, rng)) else {
+            // Every instance not yet tried is at its bound. On a first attempt that is the
+            // answer; after a failed attempt, that failure is.
+            if tried.is_empty() && candidates.iter().any(|c| c.full) {
+                return Err(GatewayError::Overloaded {
+                    what: format!(
+                        "requests in flight to each instance of {service:?} (upstream.in_flight_per_instance_max = {in_flight_max})"
+                    ),
+                });
+            }
             return Ok(None);
         };
         let chosen = live[i];
@@ -233,7 +245,7 @@ impl Forwarder {
         Ok(Some(Choice {
             key: chosen.key.clone(),
             addr: chosen.addr.to_owned(),
-            others_untried: candidates.iter().filter(|c| !c.tried).count() > 1,
+            others_untried: candidates.iter().filter(|c| !c.tried && !c.full).count() > 1,
         }))
     }
 
@@ -242,10 +254,15 @@ impl Forwarder {
         if let Some(channel) = pool.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = lazy_channel(
+        let keep_alive = (self.config.keepalive_interval_ms != 0).then(|| channel::KeepAlive {
+            interval: Duration::from_millis(self.config.keepalive_interval_ms),
+            timeout: Duration::from_millis(self.config.keepalive_timeout_ms),
+        });
+        let channel = upstream_channel(
             self.connector.clone(),
             addr,
             Duration::from_millis(self.config.connect_timeout_ms),
+            keep_alive,
         )?;
         pool.insert(addr.to_owned(), channel.clone());
         Ok(channel)
@@ -295,14 +312,22 @@ impl Forwarder {
         };
         if slot.record(outcome, now, &self.health_policy) {
             let until_ms = slot.health.ejected_until_ms;
-            match outcome {
+            let reason = match outcome {
                 AttemptOutcome::Reset => {
-                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after its connection broke")
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after its connection broke");
+                    EjectionReason::Reset
+                }
+                AttemptOutcome::TimedOut => {
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after consecutive timeouts");
+                    EjectionReason::Timeout
                 }
                 _ => {
-                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after connect failures")
+                    tracing::warn!(service = %key.service, instance = %key.instance_id, until_ms, "instance ejected after connect failures");
+                    EjectionReason::ConnectFailed
                 }
-            }
+            };
+            drop(balancer);
+            self.telemetry.metrics().ejection(reason);
         }
     }
 

@@ -18,7 +18,7 @@ use crate::config::Config;
 pub mod metrics;
 pub mod otlp;
 
-pub use metrics::{ChangeOp, Front, ListenerLabel, Metrics, UpstreamErrorKind};
+pub use metrics::{ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, UpstreamErrorKind};
 
 /// The node's metrics, span exporter and access-log switch.
 #[derive(Debug)]

@@ -8,7 +8,26 @@ fn c(in_flight: u32, ejected: bool, tried: bool) -> Candidate {
         in_flight,
         ejected,
         tried,
+        full: false,
     }
+}
+
+fn full(ejected: bool) -> Candidate {
+    Candidate {
+        full: true,
+        ..c(0, ejected, false)
+    }
+}
+
+#[test]
+fn a_full_instance_is_never_picked_even_when_the_rest_are_ejected() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    for _ in 0..100 {
+        assert_eq!(pick(&[full(false), c(9, false, false)], &mut rng), Some(1));
+        assert_eq!(pick(&[full(false), c(9, true, false)], &mut rng), Some(1));
+        assert_eq!(pick(&[c(0, true, false), full(true)], &mut rng), Some(0));
+    }
+    assert_eq!(pick(&[full(false), full(true)], &mut rng), None);
 }
 
 #[test]
@@ -55,6 +74,7 @@ fn ejection_grows_is_bounded_and_ends() {
         failures_to_eject: 2,
         ejection_base_ms: 100,
         ejection_max_ms: 250,
+        timeouts_to_eject: 0,
     };
     let mut h = InstanceHealth::default();
     assert!(!h.on_failure(0, &policy));
@@ -157,10 +177,22 @@ fn connect_failures_start_the_eviction_clock_and_an_answer_clears_it() {
     slot.on_evicted(300);
     assert_eq!((slot.evictions, slot.failing_since_ms), (1, Some(300)));
     let before = slot;
-    assert!(!slot.record(AttemptOutcome::TimedOut, 400, &policy));
-    assert_eq!(slot, before, "a timeout changes nothing");
+    // Past the ejection, so the timeout counts.
+    assert!(!slot.record(AttemptOutcome::TimedOut, 1_200, &policy));
+    assert!(!slot.record(AttemptOutcome::Local, 1_200, &policy));
+    assert_eq!(
+        slot,
+        Slot {
+            health: InstanceHealth {
+                consecutive_timeouts: 1,
+                ..before.health
+            },
+            ..before
+        },
+        "a timeout only counts towards its own ejection; a local failure changes nothing"
+    );
     slot.in_flight = 2;
-    assert!(!slot.record(AttemptOutcome::Answered, 500, &policy));
+    assert!(!slot.record(AttemptOutcome::Answered, 1_300, &policy));
     assert_eq!(
         slot,
         Slot {
@@ -245,13 +277,23 @@ proptest::proptest! {
     fn record_matches_the_node_it_came_from(
         steps in proptest::collection::vec((0usize..5, 0u64..5_000, proptest::bool::ANY), 0..40),
         failures_to_eject in 0u32..4,
+        timeouts_to_eject in 0u32..4,
+        with_timeouts in proptest::bool::ANY,
     ) {
+        // With timeouts off, every outcome is recorded as before; with them on, every other
+        // outcome is, as long as no timeout comes between.
+        let timeouts_to_eject = if with_timeouts { 0 } else { timeouts_to_eject };
         let policy = HealthPolicy {
             failures_to_eject,
             ejection_base_ms: 100,
             ejection_max_ms: 1_000,
+            timeouts_to_eject,
         };
-        let kinds = ["connect", "reset", "timeout", "status", "ok"];
+        let kinds = if with_timeouts {
+            &["connect", "reset", "timeout", "status", "ok"][..]
+        } else {
+            &["connect", "reset", "status", "ok", "ok"][..]
+        };
         let (mut slot, mut reference) = (Slot::default(), Slot::default());
         let mut now = 0u64;
         for (kind, advance_ms, evict) in steps {
@@ -266,6 +308,79 @@ proptest::proptest! {
                 reference.failing_since_ms = Some(now);
             }
             proptest::prop_assert_eq!(slot, reference);
+        }
+    }
+
+    #[test]
+    fn timeouts_eject_after_the_bound_and_never_evict(
+        steps in proptest::collection::vec((0usize..4, 0u64..500), 0..60),
+        timeouts_to_eject in 0u32..5,
+    ) {
+        let policy = HealthPolicy {
+            failures_to_eject: 1,
+            ejection_base_ms: 100,
+            ejection_max_ms: 1_000,
+            timeouts_to_eject,
+        };
+        let mut slot = Slot::default();
+        // The model: timeouts since the last answer or ejection, outside ejections.
+        let mut counted = 0u32;
+        let mut now = 0u64;
+        for (kind, advance_ms) in steps {
+            now += advance_ms;
+            let was_ejected = slot.health.is_ejected(now);
+            let outcome = [
+                AttemptOutcome::TimedOut,
+                AttemptOutcome::TimedOut,
+                AttemptOutcome::Answered,
+                AttemptOutcome::Local,
+            ][kind];
+            let before = slot;
+            let ejected = slot.record(outcome, now, &policy);
+            proptest::prop_assert_eq!(slot.failing_since_ms, None, "timeouts never evict");
+            match outcome {
+                AttemptOutcome::TimedOut if timeouts_to_eject > 0 && !was_ejected => {
+                    counted += 1;
+                    proptest::prop_assert_eq!(ejected, counted == timeouts_to_eject);
+                    if ejected {
+                        counted = 0;
+                        proptest::prop_assert!(slot.health.is_ejected(now));
+                    }
+                }
+                AttemptOutcome::Answered => {
+                    counted = 0;
+                    proptest::prop_assert_eq!(slot, Slot::default());
+                }
+                _ => {
+                    proptest::prop_assert!(!ejected);
+                    proptest::prop_assert_eq!(slot, before);
+                }
+            }
+            proptest::prop_assert_eq!(slot.health.consecutive_timeouts, counted);
+        }
+    }
+
+    #[test]
+    fn pick_never_picks_a_full_or_tried_instance(
+        cands in proptest::collection::vec(
+            (0u32..4, proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY),
+            0..8,
+        ),
+        seed in proptest::num::u64::ANY,
+    ) {
+        let cands: Vec<Candidate> = cands
+            .into_iter()
+            .map(|(in_flight, ejected, tried, full)| Candidate { in_flight, ejected, tried, full })
+            .collect();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let open = |c: &Candidate| !c.tried && !c.full;
+        match pick(&cands, &mut rng) {
+            Some(i) => {
+                proptest::prop_assert!(open(&cands[i]));
+                let healthy = cands.iter().any(|c| open(c) && !c.ejected);
+                proptest::prop_assert!(!healthy || !cands[i].ejected);
+            }
+            None => proptest::prop_assert!(!cands.iter().any(open)),
         }
     }
 

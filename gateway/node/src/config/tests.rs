@@ -111,6 +111,14 @@ fn validation_names_the_key() {
             "registry.clock_drift_max_ms",
         ),
         ("upstream.ejection_max_ms=1", "upstream.ejection_max_ms"),
+        (
+            "upstream.in_flight_per_instance_max=0",
+            "upstream.in_flight_per_instance_max",
+        ),
+        (
+            "upstream.keepalive_timeout_ms=0",
+            "upstream.keepalive_timeout_ms",
+        ),
         ("control.listen=\"127.0.0.1:8080\"", "control.listen"),
         ("node_id=\"a b\"", "node_id"),
         ("graphql.calls_max=0", "graphql.calls_max"),

@@ -21,6 +21,58 @@ pub struct ConnectFailed {
     source: std::io::Error,
 }
 
+impl ConnectFailed {
+    /// Whether the connect failed for want of this host's own resources.
+    pub fn is_local(&self) -> bool {
+        is_local_resource(&self.source)
+    }
+}
+
+/// Linux's numbers for the errors that tell of this host's own shortage
+/// (`asm-generic/errno-base.h` and `errno.h`); the crate does not depend on `libc`.
+mod errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const EADDRNOTAVAIL: i32 = 99;
+    pub const ENOBUFS: i32 = 105;
+}
+
+/// Whether a connect error is the gateway's own: out of file descriptors (EMFILE, ENFILE),
+/// buffers or memory (ENOBUFS, ENOMEM), or local addresses and ports (EADDRNOTAVAIL). Such an
+/// error says nothing about the instance, so it must neither eject nor evict it.
+pub fn is_local_resource(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::AddrNotAvailable | ErrorKind::OutOfMemory
+    ) {
+        return true;
+    }
+    // The numbers are Linux's; elsewhere they mean other things.
+    cfg!(target_os = "linux")
+        && matches!(
+            error.raw_os_error(),
+            Some(
+                errno::ENOMEM
+                    | errno::ENFILE
+                    | errno::EMFILE
+                    | errno::EADDRNOTAVAIL
+                    | errno::ENOBUFS
+            )
+        )
+}
+
+/// HTTP/2 pings on a connection to an instance, so a half-open connection is found and
+/// closed (its calls fail as resets) instead of holding calls until their deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// How long the connection may go without a frame before a ping.
+    pub interval: Duration,
+    /// How long to wait for the ping's acknowledgement.
+    pub timeout: Duration,
+}
+
 /// A channel to `addr` that connects on first use and reconnects after failures, through
 /// `connector`. One per instance address, reused by every request.
 pub fn lazy_channel(
@@ -28,9 +80,28 @@ pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
 ) -> Result<Channel, GatewayError> {
-    let endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|e| GatewayError::Internal {
-        detail: format!("instance address {addr:?}: {e}"),
-    })?;
+    upstream_channel(connector, addr, connect_timeout, None)
+}
+
+/// [`lazy_channel`] with HTTP/2 keep-alive pings when `keep_alive` is given. Pings are sent
+/// only while calls are open: servers built on grpc-go and grpc-java by default close a
+/// connection that is pinged often with no call on it (`too_many_pings`).
+pub fn upstream_channel(
+    connector: Arc<dyn Connector>,
+    addr: &str,
+    connect_timeout: Duration,
+    keep_alive: Option<KeepAlive>,
+) -> Result<Channel, GatewayError> {
+    let mut endpoint =
+        Endpoint::from_shared(addr.to_owned()).map_err(|e| GatewayError::Internal {
+            detail: format!("instance address {addr:?}: {e}"),
+        })?;
+    if let Some(keep_alive) = keep_alive {
+        endpoint = endpoint
+            .http2_keep_alive_interval(keep_alive.interval)
+            .keep_alive_timeout(keep_alive.timeout)
+            .keep_alive_while_idle(false);
+    }
     let connect = tower::service_fn(move |uri: http::Uri| {
         let connector = connector.clone();
         async move {
@@ -58,14 +129,19 @@ const TONIC_DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too larg
 /// side (a failed connect, tonic's own enforcement of the grpc-timeout) from one a service
 /// sent.
 fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
+    cause::<E>(status).is_some()
+}
+
+/// The first error of type `E` among the causes of `status`.
+fn cause<E: std::error::Error + 'static>(status: &tonic::Status) -> Option<&E> {
     let mut cause = status.source();
     while let Some(err) = cause {
-        if err.is::<E>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         cause = err.source();
     }
-    false
+    None
 }
 
 /// What the limits of one attempt were, for the errors that name them.
@@ -90,7 +166,14 @@ pub fn classify(
             status.message()
         )
     };
-    if caused_by::<ConnectFailed>(status) {
+    if let Some(failed) = cause::<ConnectFailed>(status) {
+        // The gateway's own shortage: refused as overloaded, neither ejecting nor evicting
+        // the instance, and not retried (another instance would meet the same shortage).
+        if failed.is_local() {
+            return GatewayError::Overloaded {
+                what: format!("its own resources ({failed})"),
+            };
+        }
         return GatewayError::UpstreamConnect {
             service,
             detail: on_instance(),
@@ -128,5 +211,54 @@ pub fn classify(
         service,
         grpc_code: status.code() as i32,
         message: status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn status_of(source: io::Error) -> tonic::Status {
+        tonic::Status::from_error(Box::new(ConnectFailed {
+            authority: "127.0.0.1:9".into(),
+            source,
+        }))
+    }
+
+    fn classified(source: io::Error) -> GatewayError {
+        let key = InstanceKey {
+            service: "s".into(),
+            instance_id: "i".into(),
+        };
+        let limits = AttemptLimits {
+            timeout_ms: 1,
+            response_body_bytes_max: 1,
+        };
+        classify(&status_of(source), &key, "http://127.0.0.1:9", limits)
+    }
+
+    #[test]
+    fn local_shortages_are_the_gateways_and_the_rest_the_instances() {
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL on Linux.
+        for errno in [24, 23, 105, 12, 99] {
+            let error = io::Error::from_raw_os_error(errno);
+            assert!(is_local_resource(&error), "{error}");
+            let classified = classified(error);
+            assert_eq!(classified.code(), "overloaded", "{classified}");
+            assert!(!classified.retryable());
+        }
+        assert!(is_local_resource(&io::Error::from(
+            io::ErrorKind::AddrNotAvailable
+        )));
+        // ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ECONNRESET, and the connect timeout.
+        for errno in [111, 110, 113, 104] {
+            let error = io::Error::from_raw_os_error(errno);
+            assert!(!is_local_resource(&error), "{error}");
+            assert_eq!(classified(error).code(), "upstream_connect_failed");
+        }
+        let timeout = io::Error::new(io::ErrorKind::TimedOut, "no connection within 1 ms");
+        assert!(!is_local_resource(&timeout));
     }
 }

@@ -193,6 +193,18 @@ const LISTENERS: [&str; 2] = ["public", "control"];
 /// Why a listener refused a client, as `serve::Refusal::label` names it. A reason not listed
 /// here is not counted (a test keeps the two lists the same).
 pub const REFUSAL_REASONS: [&str; 3] = ["connections_max", "header_timeout", "body_timeout"];
+/// Why passive health ejected an instance, for `switchyard_upstream_ejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EjectionReason {
+    /// Consecutive connect failures.
+    ConnectFailed = 0,
+    /// A connection broke during a call.
+    Reset = 1,
+    /// Consecutive timeouts (`upstream.timeouts_to_eject`).
+    Timeout = 2,
+}
+
+const EJECTION_REASONS: [&str; 3] = ["connect_failed", "reset", "timeout"];
 
 /// The `origin` of an applied bus event: [this node's own, other nodes'].
 const ORIGINS: [&str; 2] = ["local", "remote"];
@@ -282,6 +294,7 @@ pub struct Metrics {
     changes: [Counter; CHANGE_OPS.len()],
     evictions: Counter,
     refusals: [[Counter; REFUSAL_REASONS.len()]; LISTENERS.len()],
+    ejections: [Counter; EJECTION_REASONS.len()],
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -322,6 +335,9 @@ impl Metrics {
                 refusals_family.get_or_create_owned(&RefusalLabels { listener, reason })
             })
         });
+        let ejections_family = Family::<ReasonLabels, Counter>::default();
+        let ejections = EJECTION_REASONS
+            .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
         let mut m = Self {
             registry: Registry::default(),
             families: Vec::new(),
@@ -336,6 +352,7 @@ impl Metrics {
             changes,
             evictions: Counter::default(),
             refusals,
+            ejections,
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -388,6 +405,11 @@ impl Metrics {
             "switchyard_listener_refusals",
             "Clients a listener refused, by listener and reason",
             refusals_family,
+        );
+        m.register(
+            "switchyard_upstream_ejections",
+            "Instances this node ejected from balancing for a while, by reason",
+            ejections_family,
         );
         m
     }
@@ -499,6 +521,15 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.refusals[listener as usize][i].get())
+    }
+
+    pub fn ejection(&self, reason: EjectionReason) {
+        self.ejections[reason as usize].inc();
+    }
+
+    /// Ejections so far for `reason` (for tests).
+    pub fn ejections_of(&self, reason: EjectionReason) -> u64 {
+        self.ejections[reason as usize].get()
     }
 
     /// The request count for one label set, summed over methods (for tests and the GraphQL

@@ -15,7 +15,7 @@ use serde_json::Value;
 use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::Config;
 use switchyard::node::{Builder, Node};
-use switchyard::seams::{Seams, SystemClock, TokioConnector};
+use switchyard::seams::{Connector, Seams, SystemClock, TokioConnector};
 use switchyard_proto::forwarding::forwarding_service_server::{
     ForwardingService, ForwardingServiceServer,
 };
@@ -65,7 +65,17 @@ impl Gateway {
         configure: impl FnOnce(&mut Config),
         build: impl FnOnce(Builder) -> Builder,
     ) -> Self {
-        let mut gw = Self::launch(bus, configure, build).await;
+        Self::start_with_connector(Arc::new(TokioConnector), bus, configure, build).await
+    }
+
+    /// A gateway that opens connections to instances through `connector`.
+    pub async fn start_with_connector(
+        connector: Arc<dyn Connector>,
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Self {
+        let mut gw = Self::launch(connector, bus, configure, build).await;
         let status = gw.wait_ready().await;
         gw.node_id = status["node_id"].as_str().unwrap().to_owned();
         gw
@@ -73,10 +83,11 @@ impl Gateway {
 
     /// A gateway serving on `bus` that may not be ready yet (its bus unreachable).
     pub async fn start_unready(bus: impl Bus, configure: impl FnOnce(&mut Config)) -> Self {
-        Self::launch(bus, configure, |builder| builder).await
+        Self::launch(Arc::new(TokioConnector), bus, configure, |builder| builder).await
     }
 
     async fn launch(
+        connector: Arc<dyn Connector>,
         bus: impl Bus,
         configure: impl FnOnce(&mut Config),
         build: impl FnOnce(Builder) -> Builder,
@@ -89,7 +100,7 @@ impl Gateway {
         let (public_addr, control_addr) =
             (public.local_addr().unwrap(), control.local_addr().unwrap());
         let seams = Seams {
-            connector: Arc::new(TokioConnector),
+            connector,
             clock: Arc::new(SystemClock),
             bus: Arc::new(bus),
             seed: 7,
@@ -185,6 +196,8 @@ struct Counting {
     inner: Sample,
     in_flight: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
+    /// Never answers: a hung instance.
+    hung: bool,
 }
 
 #[tonic::async_trait]
@@ -195,10 +208,28 @@ impl ForwardingService for Counting {
     ) -> Result<tonic::Response<ForwardingResp>, tonic::Status> {
         self.received.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.hung {
+            // Counted in flight until the gateway gives up and the call is dropped.
+            let _leave = scopeguard(self.in_flight.clone());
+            std::future::pending::<()>().await;
+        }
         let result = self.inner.send(request).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         result
     }
+}
+
+/// Decrements the count when dropped.
+struct Leave(Arc<AtomicUsize>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn scopeguard(count: Arc<AtomicUsize>) -> Leave {
+    Leave(count)
 }
 
 pub struct Instance {
@@ -211,6 +242,15 @@ pub struct Instance {
 
 impl Instance {
     pub async fn start(service: &str, id: &str) -> Self {
+        Self::launch(service, id, false).await
+    }
+
+    /// An instance that accepts every call and never answers it.
+    pub async fn start_hung(service: &str, id: &str) -> Self {
+        Self::launch(service, id, true).await
+    }
+
+    async fn launch(service: &str, id: &str, hung: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -219,6 +259,7 @@ impl Instance {
             inner: Sample::new(service, id),
             in_flight: in_flight.clone(),
             received: received.clone(),
+            hung,
         });
         let routes = tonic::service::Routes::new(svc).into_axum_router();
         let shutdown = CancellationToken::new();

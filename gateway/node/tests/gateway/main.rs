@@ -5,6 +5,7 @@ mod graphql;
 mod harness;
 mod hostile;
 mod listener;
+mod outliers;
 mod policy;
 mod shutdown;
 mod telemetry;

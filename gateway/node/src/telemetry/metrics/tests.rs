@@ -99,6 +99,7 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_registry_changes_total counter",
             "# TYPE switchyard_evictions_total counter",
             "# TYPE switchyard_listener_refusals_total counter",
+            "# TYPE switchyard_upstream_ejections_total counter",
         ],
         "{out}"
     );
