@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use switchyard_core::GatewayError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -216,11 +216,7 @@ impl Connection {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (active, mut activity) = watch::channel(0_usize);
-        let state = Arc::new(ConnState {
-            active,
-            head_pending: AtomicBool::new(false),
-        });
+        let state = Arc::new(ConnState::new());
         let io = Watched {
             inner: io,
             state: state.clone(),
@@ -257,7 +253,7 @@ impl Connection {
                     ending = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = idle(&mut activity, idle_timeout), if !ending => {
+                () = idle(&state, idle_timeout), if !ending => {
                     ending = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -285,32 +281,56 @@ impl Connection {
     }
 }
 
-/// Resolves once the connection has had no request in progress for `timeout`; each request
-/// starting or ending starts the wait again.
-async fn idle(activity: &mut watch::Receiver<usize>, timeout: Duration) {
+/// Resolves once the connection has had no request in progress for `timeout`, counted from
+/// the last request's start or end. It sleeps once per `timeout` at most and is never woken by
+/// the requests themselves, so a request costs two atomic updates, not a timer.
+async fn idle(state: &ConnState, timeout: Duration) {
     loop {
-        let active = *activity.borrow_and_update();
-        let changed = activity.changed();
-        if active > 0 {
-            if changed.await.is_err() {
-                return std::future::pending().await;
-            }
-            continue;
+        let since = state.since_last_change();
+        if state.active.load(Ordering::Acquire) == 0 && since >= timeout {
+            return;
         }
-        match tokio::time::timeout(timeout, changed).await {
-            Err(_) => return,
-            Ok(Err(_)) => return std::future::pending().await,
-            Ok(Ok(())) => {}
-        }
+        // Busy: look again a whole timeout later; idle: when this quiet spell reaches it.
+        let wait = if state.active.load(Ordering::Acquire) > 0 {
+            timeout
+        } else {
+            timeout - since
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
 /// What a connection's requests and its byte stream tell each other.
 struct ConnState {
     /// Requests in progress.
-    active: watch::Sender<usize>,
+    active: AtomicUsize,
+    /// When the connection started; `last_change_us` counts from here.
+    opened: tokio::time::Instant,
+    /// When a request last started or ended, in µs since `opened`.
+    last_change_us: AtomicU64,
     /// Whether bytes arrived while no request was in progress: the start of a request head.
     head_pending: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            opened: tokio::time::Instant::now(),
+            last_change_us: AtomicU64::new(0),
+            head_pending: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let us = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_change_us.store(us, Ordering::Release);
+    }
+
+    fn since_last_change(&self) -> Duration {
+        let last = Duration::from_micros(self.last_change_us.load(Ordering::Acquire));
+        self.opened.elapsed().saturating_sub(last)
+    }
 }
 
 /// Counts a request in progress on its connection while alive.
@@ -319,14 +339,16 @@ struct ActiveGuard(Arc<ConnState>);
 impl ActiveGuard {
     fn new(state: Arc<ConnState>) -> Self {
         state.head_pending.store(false, Ordering::Relaxed);
-        state.active.send_modify(|n| *n += 1);
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.touch();
         Self(state)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.touch();
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -344,7 +366,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
-        if buf.filled().len() > before && *self.state.active.borrow() == 0 {
+        if buf.filled().len() > before && self.state.active.load(Ordering::Acquire) == 0 {
             self.state.head_pending.store(true, Ordering::Relaxed);
         }
         Poll::Ready(result)
@@ -418,7 +440,11 @@ pub struct BodyReadTimeout {
 /// A request body that fails with [`BodyReadTimeout`] once its deadline passes.
 struct TimedBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the body must be complete: the request's start plus the timeout.
+    due: tokio::time::Instant,
+    /// The timer, made only once the body has to be waited for (most bodies arrive with
+    /// their head and never need one).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
     on_refusal: OnRefusal,
     expired: bool,
@@ -428,7 +454,8 @@ impl TimedBody {
     fn new(inner: Incoming, timeout: Duration, on_refusal: OnRefusal) -> Self {
         Self {
             inner,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            due: tokio::time::Instant::now() + timeout,
+            deadline: None,
             timeout,
             on_refusal,
             expired: false,
@@ -450,7 +477,11 @@ impl hyper::body::Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        ready!(self.deadline.as_mut().poll(cx));
+        let due = self.due;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        ready!(deadline.as_mut().poll(cx));
         self.expired = true;
         (self.on_refusal)(Refusal::BodyTimeout);
         let timeout_ms = self.timeout.as_millis() as u64;
