@@ -199,11 +199,6 @@ impl Node {
         self.telemetry.metrics()
     }
 
-    /// Everything `/metrics` serves.
-    pub async fn render_metrics(&self) -> String {
-        self.status.render_metrics().await
-    }
-
     /// The registrar: how this node's registry changes.
     pub fn registrar(&self) -> &Arc<Registrar> {
         &self.registrar

@@ -85,10 +85,6 @@ impl Status {
         self.store.now_ms()
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.replication.is_ready()
-    }
-
     pub fn readiness(&self) -> Readiness {
         let r = &self.replication;
         Readiness {
