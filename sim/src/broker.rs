@@ -9,9 +9,11 @@
 //! absorbs the duplicate. Faults the broker injects on its own, per seed: response delays and
 //! the redelivery of already-read records.
 //!
+//! Delete markers are modelled as Kafka's null-value records: compaction keeps a marker for the
+//! log's delete retention, then drops its key altogether (see [`MemoryBus`]).
+//!
 //! Not modelled: partitions of the topic (Switchyard uses one), replication between brokers,
-//! Kafka's null-value delete markers (Switchyard's tombstones are ordinary records, never
-//! removed by compaction), transactions.
+//! transactions.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,12 +56,17 @@ struct WireRecord {
     offset: u64,
     key: String,
     payload_hex: String,
+    #[serde(default)]
+    delete: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PublishBody {
     key: String,
     payload_hex: String,
+    /// A delete marker; `payload_hex` is then what it deletes.
+    #[serde(default)]
+    delete: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,12 +133,13 @@ fn bad(e: impl std::fmt::Display) -> (http::StatusCode, String) {
 async fn publish(State(state): State<BrokerState>, body: Bytes) -> Reply {
     state.delay().await;
     let body: PublishBody = serde_json::from_slice(&body).map_err(bad)?;
-    let payload = unhex(&body.payload_hex).ok_or_else(|| bad("payload_hex"))?;
-    let offset = state
-        .log
-        .publish(body.key, Bytes::from(payload))
-        .await
-        .map_err(bad)?;
+    let payload = Bytes::from(unhex(&body.payload_hex).ok_or_else(|| bad("payload_hex"))?);
+    let offset = if body.delete {
+        state.log.delete(body.key, payload).await
+    } else {
+        state.log.publish(body.key, payload).await
+    }
+    .map_err(bad)?;
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
 
@@ -162,6 +170,7 @@ async fn fetch(State(state): State<BrokerState>, Query(q): Query<FetchQuery>) ->
             offset: r.offset,
             key: r.key,
             payload_hex: hex(&r.payload),
+            delete: r.delete,
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "records": records })))
@@ -206,26 +215,33 @@ impl SimBus {
             .body(Full::new(Bytes::new()))
             .unwrap_or_default()
     }
+
+    async fn append(&self, key: String, payload: Bytes, delete: bool) -> Result<u64, BusError> {
+        let body = serde_json::to_vec(&PublishBody {
+            key,
+            payload_hex: hex(&payload),
+            delete,
+        })
+        .map_err(|e| BusError::Rejected(e.to_string()))?;
+        let request = http::Request::post("/publish")
+            .header(http::header::HOST, BROKER_HOST)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| BusError::Rejected(e.to_string()))?;
+        let reply = self.call(request).await?;
+        reply["offset"]
+            .as_u64()
+            .ok_or_else(|| BusError::Unavailable("no offset in the reply".into()))
+    }
 }
 
 impl Bus for SimBus {
     fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
-        Box::pin(async move {
-            let body = serde_json::to_vec(&PublishBody {
-                key,
-                payload_hex: hex(&payload),
-            })
-            .map_err(|e| BusError::Rejected(e.to_string()))?;
-            let request = http::Request::post("/publish")
-                .header(http::header::HOST, BROKER_HOST)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| BusError::Rejected(e.to_string()))?;
-            let reply = self.call(request).await?;
-            reply["offset"]
-                .as_u64()
-                .ok_or_else(|| BusError::Unavailable("no offset in the reply".into()))
-        })
+        Box::pin(self.append(key, payload, false))
+    }
+
+    fn delete(&self, key: String, deletes: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(self.append(key, deletes, true))
     }
 
     fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>> {
@@ -257,6 +273,7 @@ impl Bus for SimBus {
                         offset: r.offset,
                         key: r.key,
                         payload: Bytes::from(payload),
+                        delete: r.delete,
                     })
                 })
                 .collect()

@@ -28,6 +28,15 @@ const EPOCH_S: u64 = 1_800_000_000;
 pub const SAMPLE: &str = "sample";
 /// Every gateway's `upstream.timeout_ms`; the routing checker's tolerance derives from it.
 const UPSTREAM_TIMEOUT_MS: u64 = 2_000;
+/// Every gateway's `registry.lease_max_ms` and the sample instances' lease: short, so that
+/// tombstones are collected (delete markers written after this plus the drift bound, and
+/// applied) many times within a run, during the faults as well as after.
+pub const LEASE_MAX_MS: u64 = 6_000;
+/// Every gateway's `registry.clock_drift_max_ms`: above the largest skew between two
+/// gateways (±800 ms each), so no honest record is quarantined.
+const CLOCK_DRIFT_MAX_MS: u64 = 2_000;
+/// Every gateway's `registry.housekeeping_interval_ms`.
+const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
 /// The most violations the routing checker describes in one run (it counts them all).
 const ROUTING_VIOLATIONS_SHOWN: usize = 5;
 
@@ -38,8 +47,8 @@ mod workload;
 pub use routing::RoutingCounts;
 
 use checks::{
-    check_acknowledged, check_no_phantoms, check_ready_implies_caught_up, converged, digests,
-    reference, trace_hash,
+    check_acknowledged, check_no_phantoms, check_ready_implies_caught_up, collected, converged,
+    digests, reference, trace_hash,
 };
 use workload::Ack;
 pub use workload::GHOST;
@@ -73,7 +82,7 @@ impl Options {
             settle_ms: 30_000,
             bug: None,
             episodes: None,
-            lease_ms: 10_000,
+            lease_ms: LEASE_MAX_MS,
         }
     }
 }
@@ -207,6 +216,12 @@ fn simulate(options: &Options) -> Outcome {
                 let mut config = config;
                 config.bus.publish_wait_ms = 500;
                 config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
+                // Leases and the drift bound short enough that tombstones are collected (delete
+                // markers written and applied) within a run.
+                config.registry.lease_max_ms = LEASE_MAX_MS;
+                config.registry.lease_default_ms = LEASE_MAX_MS;
+                config.registry.clock_drift_max_ms = CLOCK_DRIFT_MAX_MS;
+                config.registry.housekeeping_interval_ms = HOUSEKEEPING_INTERVAL_MS;
                 let seams = Seams {
                     connector: Arc::new(SimConnector),
                     clock: Arc::new(SimClock { skew_ms }),
@@ -328,7 +343,7 @@ fn simulate(options: &Options) -> Outcome {
     }
     let reference = reference(&log);
     let acks = acks.borrow();
-    check_acknowledged(&reference, &acks, &mut violations);
+    check_acknowledged(&reference, &collected(&log), &acks, &mut violations);
     check_no_phantoms(&reference, &services, &mut violations);
     routing.finish(simulated_ms);
     let (served, unkept) = served.take();

@@ -67,6 +67,11 @@ pub enum GatewayError {
     SubscriptionLagged { missed: u64 },
     #[error("the gateway is at its bound of {what}; try again later")]
     Overloaded { what: String },
+    /// A registry change would add a service or an instance past a configured quota. Entries
+    /// leave the registry when their tombstones are collected, so the same change may succeed
+    /// later.
+    #[error("registry quota reached: {what}")]
+    QuotaExceeded { what: String },
     #[error("the registry bus is unavailable: {detail}")]
     BusUnavailable { detail: String },
     /// The gateway has not yet read the bus up to the mark it saw at start, so a change
@@ -108,6 +113,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate_limited",
             Self::SubscriptionLagged { .. } => "subscription_lagged",
             Self::Overloaded { .. } => "overloaded",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::BusUnavailable { .. } => "bus_unavailable",
             Self::NotReady { .. } => "not_ready",
             Self::Internal { .. } => "internal",
@@ -132,6 +138,7 @@ impl GatewayError {
             Self::RateLimited { .. } => 429,
             Self::SubscriptionLagged { .. } => 429,
             Self::Overloaded { .. } => 503,
+            Self::QuotaExceeded { .. } => 429,
             Self::BusUnavailable { .. } => 503,
             Self::NotReady { .. } => 503,
             Self::Internal { .. } => 500,
@@ -146,6 +153,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. }
             | Self::HeadersTooLarge { .. }
             | Self::SubscriptionLagged { .. }
+            | Self::QuotaExceeded { .. }
             | Self::RateLimited { .. } => code::RESOURCE_EXHAUSTED,
             Self::NotAllowed { .. } | Self::Forbidden { .. } => code::PERMISSION_DENIED,
             Self::Unauthenticated { .. } => code::UNAUTHENTICATED,
@@ -173,6 +181,7 @@ impl GatewayError {
             | Self::Unauthenticated { .. }
             | Self::Forbidden { .. }
             | Self::RateLimited { .. }
+            | Self::QuotaExceeded { .. }
             | Self::SubscriptionLagged { .. } => Fault::Downstream,
             Self::NoLiveInstance { .. }
             | Self::UpstreamTimeout { .. }

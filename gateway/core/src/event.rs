@@ -93,6 +93,33 @@ impl Event {
         Ok(())
     }
 
+    /// The event that produces `entry` for `key` (what a delete marker carries to name the
+    /// entry it deletes), as written by `origin_node`.
+    pub fn of_entry(key: InstanceKey, entry: Entry, origin_node: String) -> Self {
+        let (kind, addr, metadata, lease_ms) = match entry.state {
+            EntryState::Alive {
+                addr,
+                metadata,
+                lease_ms,
+            } => (EventKind::Register, addr, metadata, lease_ms),
+            EntryState::Removed(Removal::Deregistered) => {
+                (EventKind::Deregister, String::new(), BTreeMap::new(), 0)
+            }
+            EntryState::Removed(Removal::Evicted) => {
+                (EventKind::Evict, String::new(), BTreeMap::new(), 0)
+            }
+        };
+        Self {
+            kind,
+            key,
+            addr,
+            metadata,
+            lease_ms,
+            stamp: entry.stamp,
+            origin_node,
+        }
+    }
+
     /// The bus key: `service/instance_id`, so a compacted topic keeps the latest event of each
     /// instance.
     pub fn bus_key(&self) -> String {
@@ -229,6 +256,28 @@ mod tests {
         };
         assert_eq!(Event::decode(&dereg.encode()).unwrap(), dereg);
         assert_eq!(ev.bus_key(), "orders/i-1");
+    }
+
+    #[test]
+    fn the_event_of_an_entry_produces_that_entry() {
+        let live = register();
+        for kind in [EventKind::Register, EventKind::Deregister, EventKind::Evict] {
+            let ev = if kind == EventKind::Register {
+                live.clone()
+            } else {
+                Event {
+                    kind,
+                    addr: String::new(),
+                    metadata: BTreeMap::new(),
+                    lease_ms: 0,
+                    ..live.clone()
+                }
+            };
+            let again = Event::of_entry(ev.key.clone(), ev.entry(), "gw-2".into());
+            assert_eq!(again.entry(), ev.entry());
+            assert_eq!(again.origin_node, "gw-2");
+            assert_eq!(Event::decode(&again.encode()).unwrap(), again);
+        }
     }
 
     const BOUNDS: EventBounds = EventBounds {

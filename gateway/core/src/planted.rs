@@ -17,14 +17,18 @@ pub enum Bug {
     ReadyBeforeCatchUp,
     /// Routing ignores lease expiry: an instance whose lease ran out is still chosen.
     RouteExpired,
+    /// Tombstones are deleted from the bus as soon as they are written, without waiting for
+    /// every older registration to run out (and readers apply such early delete markers).
+    CollectEarly,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
         Bug::RouteExpired,
+        Bug::CollectEarly,
     ];
 }
 

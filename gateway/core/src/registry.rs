@@ -107,9 +107,25 @@ pub enum Lookup<'a> {
     Live(Vec<LiveInstance<'a>>),
 }
 
+/// The map, with what is derived from it kept up to date on every change, so that reading it
+/// costs nothing however large the registry: the number of entries per service and the digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     entries: BTreeMap<InstanceKey, Entry>,
+    /// Entries held per service (tombstones and expired leases included); a service with
+    /// none has no key here.
+    per_service: BTreeMap<String, usize>,
+    /// The wrapping sum of [`entry_hash`] over the entries: independent of their order, and
+    /// updated by subtracting the old entry's hash and adding the new one's.
+    digest: u64,
+}
+
+/// An entry that may be deleted from the bus for good, and its key: what
+/// [`Registry::collectable`] finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collectable {
+    pub key: InstanceKey,
+    pub entry: Entry,
 }
 
 impl Registry {
@@ -121,14 +137,46 @@ impl Registry {
     pub fn apply(&mut self, key: InstanceKey, entry: Entry) -> Applied {
         match self.entries.get_mut(&key) {
             None => {
+                self.digest = self.digest.wrapping_add(entry_hash(&key, &entry));
+                *self.per_service.entry(key.service.clone()).or_default() += 1;
                 self.entries.insert(key, entry);
                 Applied::Inserted
             }
             Some(held) if entry > *held || planted::active(Bug::IncomingWins) => {
+                self.digest = self
+                    .digest
+                    .wrapping_sub(entry_hash(&key, held))
+                    .wrapping_add(entry_hash(&key, &entry));
                 *held = entry;
                 Applied::Replaced
             }
             Some(_) => Applied::Unchanged,
+        }
+    }
+
+    /// Removes the entry held for `key` if it is `covered` or older: what a delete marker
+    /// does. An entry newer than the one the marker was written for (the instance registered
+    /// again meanwhile) stays. Returns whether an entry was removed.
+    pub fn remove_covered(&mut self, key: &InstanceKey, covered: &Entry) -> bool {
+        match self.entries.get(key) {
+            Some(held) if held <= covered => {
+                self.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remove(&mut self, key: &InstanceKey) {
+        let Some(held) = self.entries.remove(key) else {
+            return;
+        };
+        self.digest = self.digest.wrapping_sub(entry_hash(key, &held));
+        if let Some(n) = self.per_service.get_mut(&key.service) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_service.remove(&key.service);
+            }
         }
     }
 
@@ -171,13 +219,22 @@ impl Registry {
 
     /// The distinct service names that have at least one entry, in order.
     pub fn services(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
-        for key in self.entries.keys() {
-            if names.last() != Some(&key.service.as_str()) {
-                names.push(&key.service);
-            }
-        }
-        names
+        self.per_service.keys().map(String::as_str).collect()
+    }
+
+    /// How many services have at least one entry.
+    pub fn service_count(&self) -> usize {
+        self.per_service.len()
+    }
+
+    /// Whether the registry holds an entry of `service`.
+    pub fn knows_service(&self, service: &str) -> bool {
+        self.per_service.contains_key(service)
+    }
+
+    /// How many entries `service` has, tombstones and expired leases included.
+    pub fn entries_of(&self, service: &str) -> usize {
+        self.per_service.get(service).copied().unwrap_or(0)
     }
 
     pub fn lookup<'a>(&'a self, service: &'a str, now_ms: u64) -> Lookup<'a> {
@@ -219,49 +276,83 @@ impl Registry {
     /// past, so that no event still on the bus can find its tombstone gone and resurrect an
     /// instance. Returns how many entries were dropped.
     pub fn prune(&mut self, cutoff_ms: u64) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|_, entry| match entry.expires_ms() {
-            None => entry.stamp.physical_ms >= cutoff_ms,
-            Some(expires_ms) => expires_ms >= cutoff_ms,
-        });
-        before - self.entries.len()
+        let old: Vec<InstanceKey> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| match entry.expires_ms() {
+                None => entry.stamp.physical_ms < cutoff_ms,
+                Some(expires_ms) => expires_ms < cutoff_ms,
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &old {
+            self.remove(key);
+        }
+        old.len()
     }
 
-    /// A 64-bit digest over every entry in key order. Two registries with the same entries
-    /// have the same digest; it is cheap enough to compute on every convergence check.
+    /// Up to `limit` entries that may be deleted from the bus for good: not live at `now_ms`,
+    /// and `due` by their stamp. The caller's `due` accepts a stamp only once no registration
+    /// stamped earlier can still be live anywhere (now, less the longest lease and the clock
+    /// drift bound). One pass over the entries, in key order; the registry is not changed.
+    pub fn collectable(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        due: impl Fn(&Stamp) -> bool,
+    ) -> Vec<Collectable> {
+        self.entries
+            .iter()
+            .filter(|(_, entry)| !entry.is_live(now_ms) && due(&entry.stamp))
+            .take(limit)
+            .map(|(key, entry)| Collectable {
+                key: key.clone(),
+                entry: entry.clone(),
+            })
+            .collect()
+    }
+
+    /// A 64-bit digest of the entries. Two registries with the same entries have the same
+    /// digest, whatever the order they were applied in. Kept up to date by every change, so
+    /// reading it is free.
     pub fn digest(&self) -> u64 {
-        let mut h = Fnv64::new();
-        for (key, entry) in &self.entries {
-            h.str(&key.service);
-            h.str(&key.instance_id);
-            h.u64(entry.stamp.physical_ms);
-            h.u64(u64::from(entry.stamp.logical));
-            h.str(&entry.stamp.node_id);
-            match &entry.state {
-                EntryState::Alive {
-                    addr,
-                    metadata,
-                    lease_ms,
-                } => {
-                    h.u64(0);
-                    h.str(addr);
-                    h.u64(*lease_ms);
-                    h.u64(metadata.len() as u64);
-                    for (k, v) in metadata {
-                        h.str(k);
-                        h.str(v);
-                    }
-                }
-                EntryState::Removed(Removal::Deregistered) => h.u64(1),
-                EntryState::Removed(Removal::Evicted) => h.u64(2),
-            }
-        }
-        h.finish()
+        self.digest
     }
 }
 
+/// One entry's share of the digest: FNV-1a over its key and content, every field
+/// length-prefixed or fixed-width.
+fn entry_hash(key: &InstanceKey, entry: &Entry) -> u64 {
+    let mut h = Fnv64::new();
+    h.str(&key.service);
+    h.str(&key.instance_id);
+    h.u64(entry.stamp.physical_ms);
+    h.u64(u64::from(entry.stamp.logical));
+    h.str(&entry.stamp.node_id);
+    match &entry.state {
+        EntryState::Alive {
+            addr,
+            metadata,
+            lease_ms,
+        } => {
+            h.u64(0);
+            h.str(addr);
+            h.u64(*lease_ms);
+            h.u64(metadata.len() as u64);
+            for (k, v) in metadata {
+                h.str(k);
+                h.str(v);
+            }
+        }
+        EntryState::Removed(Removal::Deregistered) => h.u64(1),
+        EntryState::Removed(Removal::Evicted) => h.u64(2),
+    }
+    h.finish()
+}
+
 /// FNV-1a, 64 bit: small, stable across platforms and releases, and enough to tell
-/// registries apart in convergence checks (it is not a defence against an adversary).
+/// registries apart in convergence checks (it is not a defence against an adversary, and the
+/// sum of entries' hashes is not either).
 struct Fnv64(u64);
 
 impl Fnv64 {

@@ -1,7 +1,7 @@
 //! The bus seam: an append-only, keyed, compacting log that every gateway reads in full.
 //!
-//! The trait is what the node needs of Kafka and nothing more: publish a keyed record, read
-//! records from an offset, and know the high-water mark. Catch-up, readiness, retries and
+//! The trait is what the node needs of Kafka and nothing more: publish a keyed record or a
+//! delete marker, read records from an offset, and know the high-water mark. Catch-up, readiness, retries and
 //! merge live in [`crate::replication`], above the trait. [`MemoryBus`] is the embedded default
 //! for a single gateway and for tests; `kafka::KafkaBus` (the `kafka` feature, on by default) is the production bus.
 
@@ -23,7 +23,11 @@ pub mod kafka;
 pub struct Record {
     pub offset: u64,
     pub key: String,
+    /// A registry event; for a delete marker, the encoded entry the marker deletes.
     pub payload: Bytes,
+    /// A delete marker: compaction keeps it for the topic's delete retention, then drops the
+    /// key altogether (on Kafka, a record whose value is null; `payload` travels in a header).
+    pub delete: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +41,10 @@ pub enum BusError {
 pub trait Bus: Send + Sync + 'static {
     /// Appends a record; resolves once the bus has acknowledged it, with its offset.
     fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>>;
+
+    /// Appends a delete marker for `key`, carrying `deletes` (the encoded entry it deletes);
+    /// resolves once the bus has acknowledged it, with its offset.
+    fn delete(&self, key: String, deletes: Bytes) -> BoxFuture<'_, Result<u64, BusError>>;
 
     /// The offset the next record will get: everything below it has been written.
     fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>>;
@@ -53,8 +61,10 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// An in-process bus: a log in memory, compacted by key once it holds more than twice as
-/// many records as keys (so renewals do not grow it without bound).
-#[derive(Debug, Clone, Default)]
+/// many records as keys (so renewals do not grow it without bound). Like Kafka's log cleaner,
+/// compaction keeps the latest record of each key, and drops a key whose latest record is a
+/// delete marker older than the delete retention.
+#[derive(Debug, Clone)]
 pub struct MemoryBus {
     inner: Arc<MemoryLog>,
 }
@@ -70,14 +80,47 @@ struct LogState {
     records: Vec<Record>,
     next_offset: u64,
     latest_by_key: BTreeMap<String, u64>,
+    /// When each delete marker still in the log was appended, by offset.
+    markers: BTreeMap<u64, tokio::time::Instant>,
+    /// How long compaction keeps a delete marker (Kafka's `delete.retention.ms`).
+    delete_retention: Duration,
 }
+
+/// How long the in-memory bus keeps delete markers unless told otherwise: Kafka's default
+/// `delete.retention.ms`.
+pub const MEMORY_DELETE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Compaction is not worth it below this many records.
 const COMPACT_RECORDS_MIN: usize = 1024;
 
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemoryBus {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_delete_retention(MEMORY_DELETE_RETENTION)
+    }
+
+    /// A bus whose compaction drops delete markers once they are `retention` old.
+    pub fn with_delete_retention(retention: Duration) -> Self {
+        Self {
+            inner: Arc::new(MemoryLog {
+                state: Mutex::new(LogState {
+                    delete_retention: retention,
+                    ..LogState::default()
+                }),
+                appended: Notify::new(),
+            }),
+        }
+    }
+
+    /// How many distinct keys the log holds now (after compaction; a key whose latest record
+    /// is a delete marker counts until the marker is dropped).
+    pub fn keys(&self) -> usize {
+        self.inner.lock().latest_by_key.len()
     }
 
     /// How many records the log holds now (after compaction).
@@ -104,21 +147,46 @@ impl MemoryLog {
 }
 
 impl LogState {
-    fn append(&mut self, key: String, payload: Bytes) -> u64 {
+    fn append(&mut self, key: String, payload: Bytes, delete: bool) -> u64 {
         let offset = self.next_offset;
         self.next_offset += 1;
         self.latest_by_key.insert(key.clone(), offset);
+        if delete {
+            self.markers.insert(offset, tokio::time::Instant::now());
+        }
         self.records.push(Record {
             offset,
             key,
             payload,
+            delete,
         });
         if self.records.len() > COMPACT_RECORDS_MIN.max(2 * self.latest_by_key.len()) {
-            let latest = &self.latest_by_key;
-            self.records
-                .retain(|r| latest.get(&r.key) == Some(&r.offset));
+            self.compact();
         }
         offset
+    }
+
+    /// Keeps the latest record of each key, and drops the keys whose latest record is a
+    /// delete marker past its retention.
+    fn compact(&mut self) {
+        let retention = self.delete_retention;
+        let expired: Vec<u64> = self
+            .markers
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= retention)
+            .map(|(offset, _)| *offset)
+            .collect();
+        for offset in &expired {
+            self.markers.remove(offset);
+        }
+        self.latest_by_key
+            .retain(|_, latest| !expired.contains(latest));
+        let latest = &self.latest_by_key;
+        self.records
+            .retain(|r| latest.get(&r.key) == Some(&r.offset));
+        let kept = &self.records;
+        self.markers
+            .retain(|offset, _| kept.binary_search_by_key(offset, |r| r.offset).is_ok());
     }
 
     fn read(&self, from: u64, max: usize) -> Vec<Record> {
@@ -129,7 +197,13 @@ impl LogState {
 
 impl Bus for MemoryBus {
     fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
-        let offset = self.inner.lock().append(key, payload);
+        let offset = self.inner.lock().append(key, payload, false);
+        self.inner.appended.notify_waiters();
+        Box::pin(async move { Ok(offset) })
+    }
+
+    fn delete(&self, key: String, deletes: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        let offset = self.inner.lock().append(key, deletes, true);
         self.inner.appended.notify_waiters();
         Box::pin(async move { Ok(offset) })
     }
@@ -196,6 +270,13 @@ impl<B: Bus> Bus for GatedBus<B> {
     fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
         match self.check() {
             Ok(()) => self.inner.publish(key, payload),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn delete(&self, key: String, deletes: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        match self.check() {
+            Ok(()) => self.inner.delete(key, deletes),
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }
@@ -276,5 +357,39 @@ mod tests {
         let last_k3 = all.iter().rev().find(|r| r.key == "k3").unwrap();
         assert_eq!(last_k3.payload.as_ref(), 2993u32.to_be_bytes());
         assert!(all.windows(2).all(|w| w[0].offset < w[1].offset));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn compaction_drops_a_deleted_key_once_its_marker_is_past_retention() {
+        let bus = MemoryBus::with_delete_retention(Duration::from_secs(60));
+        bus.publish("gone".into(), Bytes::from_static(b"e"))
+            .await
+            .unwrap();
+        bus.delete("gone".into(), Bytes::from_static(b"m"))
+            .await
+            .unwrap();
+        let churn = |n: u32| {
+            let bus = bus.clone();
+            async move {
+                for i in 0..n {
+                    bus.publish(format!("k{}", i % 10), Bytes::new())
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        churn(3000).await;
+        // Within the retention the marker stays, and it is what a reader of the key sees last.
+        let all = bus.fetch(0, usize::MAX, Duration::ZERO).await.unwrap();
+        let gone: Vec<_> = all.iter().filter(|r| r.key == "gone").collect();
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].delete);
+        assert_eq!(gone[0].payload.as_ref(), b"m");
+        assert_eq!(bus.keys(), 11);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        churn(3000).await;
+        let all = bus.fetch(0, usize::MAX, Duration::ZERO).await.unwrap();
+        assert!(all.iter().all(|r| r.key != "gone"));
+        assert_eq!(bus.keys(), 10);
     }
 }

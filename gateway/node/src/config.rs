@@ -259,6 +259,17 @@ pub struct RegistryConfig {
     /// How far ahead of this node's wall clock a bus record's stamp may be. A record further
     /// ahead is quarantined: not observed by the clock, not applied, counted and logged.
     pub clock_drift_max_ms: u64,
+    /// Services the registry may hold; a change naming one more is refused (429
+    /// `quota_exceeded`).
+    pub services_max: usize,
+    /// Entries (live, expired or removed) one service may hold; a change adding one more is
+    /// refused (429 `quota_exceeded`). Changes to entries already held always pass.
+    pub instances_per_service_max: usize,
+    /// Entries the whole registry may hold, whatever their service.
+    pub entries_max: usize,
+    /// How often the node does its upkeep: delete markers for entries no longer needed, the
+    /// metric series of removed services, idle upstream channels.
+    pub housekeeping_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -482,6 +493,10 @@ impl Default for RegistryConfig {
             lease_max_ms: 3_600_000,
             tombstone_retention_ms: 24 * 3_600_000,
             clock_drift_max_ms: CLOCK_DRIFT_MAX_MS_DEFAULT,
+            services_max: 1_000,
+            instances_per_service_max: 1_000,
+            entries_max: 100_000,
+            housekeeping_interval_ms: 10_000,
         }
     }
 }
@@ -721,10 +736,29 @@ impl Config {
                 ),
             ));
         }
-        if r.tombstone_retention_ms < r.lease_max_ms {
+        if r.tombstone_retention_ms < r.lease_max_ms.saturating_add(r.clock_drift_max_ms) {
             return Err((
                 "registry.tombstone_retention_ms",
-                "must be at least registry.lease_max_ms".to_owned(),
+                "must be at least registry.lease_max_ms plus registry.clock_drift_max_ms"
+                    .to_owned(),
+            ));
+        }
+        for (key, value) in [
+            ("registry.services_max", r.services_max),
+            (
+                "registry.instances_per_service_max",
+                r.instances_per_service_max,
+            ),
+            ("registry.entries_max", r.entries_max),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".to_owned()));
+            }
+        }
+        if !(100..=600_000).contains(&r.housekeeping_interval_ms) {
+            return Err((
+                "registry.housekeeping_interval_ms",
+                "must lie between 100 and 600000".to_owned(),
             ));
         }
         if !CLOCK_DRIFT_MAX_MS_RANGE.contains(&r.clock_drift_max_ms) {

@@ -33,9 +33,6 @@ use crate::sync::SharedRng;
 use crate::telemetry::{ListenerLabel, Telemetry};
 use crate::{probes, respond, serve};
 
-/// How often housekeeping runs.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
-
 /// One gateway node: its owners, wired.
 pub struct Node {
     config: Config,
@@ -349,18 +346,37 @@ impl Node {
         result.map(|_| ())
     }
 
-    /// Periodic upkeep: drop long-dead registry entries, and the upstream channels and
-    /// balancer slots of instances the registry no longer lists as live.
-    fn housekeeping(&self) {
+    /// Periodic upkeep: delete markers for the registry entries no longer needed (which
+    /// remove them here and everywhere once read back), the metric series of services the
+    /// registry no longer holds, the upstream channels and balancer slots of instances it no
+    /// longer lists as live, and, as a backstop while the bus takes no markers, entries dead
+    /// for longer than `registry.tombstone_retention_ms`.
+    async fn housekeeping(&self) {
         let cutoff = self
             .store
             .now_ms()
             .saturating_sub(self.config.registry.tombstone_retention_ms);
         let pruned = self.store.prune(cutoff);
-        self.forwarder.housekeeping();
         if pruned > 0 {
-            tracing::info!(pruned, "pruned old registry entries");
+            tracing::info!(
+                pruned,
+                "pruned registry entries the bus kept past registry.tombstone_retention_ms"
+            );
         }
+        self.forwarder.housekeeping();
+        let metrics = self.telemetry.metrics();
+        let gone: Vec<_> = {
+            let registry = self.store.registry();
+            metrics
+                .services_seen()
+                .into_iter()
+                .filter(|s| !registry.knows_service(s))
+                .collect()
+        };
+        for service in gone {
+            metrics.forget_service(&service);
+        }
+        self.replication.collect().await;
     }
 }
 
@@ -384,12 +400,18 @@ where
 }
 
 async fn housekeeping_loop(node: Arc<Node>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let interval = Duration::from_millis(node.config.registry.housekeeping_interval_ms);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => node.housekeeping(),
+            _ = tick.tick() => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = node.housekeeping() => {}
+                }
+            }
         }
     }
 }

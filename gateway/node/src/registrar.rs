@@ -79,6 +79,26 @@ pub enum Change<'a> {
     },
 }
 
+impl Change<'_> {
+    /// The instance the change is about.
+    pub fn key(&self) -> &InstanceKey {
+        match self {
+            Change::Register { registration, .. } => &registration.key,
+            Change::Deregister { key } => key,
+        }
+    }
+}
+
+/// How many services, entries per service and entries in all the registry may hold before a
+/// change that adds one more is refused (`registry.services_max`,
+/// `registry.instances_per_service_max`, `registry.entries_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub services_max: usize,
+    pub instances_per_service_max: usize,
+    pub entries_max: usize,
+}
+
 /// A check on every registry change a caller asks for, before it is applied. Policies run in
 /// order; the first refusal is the answer. A policy may record the caller's identity for the
 /// policies after it.
@@ -121,6 +141,7 @@ pub struct Registrar {
     telemetry: Arc<Telemetry>,
     lease: LeaseBounds,
     publish_wait: Duration,
+    quotas: Quotas,
     policies: Vec<Arc<dyn RegistrationPolicy>>,
 }
 
@@ -153,6 +174,11 @@ impl Registrar {
                 max_ms: r.lease_max_ms,
             },
             publish_wait: Duration::from_millis(config.bus.publish_wait_ms),
+            quotas: Quotas {
+                services_max: r.services_max,
+                instances_per_service_max: r.instances_per_service_max,
+                entries_max: r.entries_max,
+            },
             policies,
         }
     }
@@ -181,7 +207,51 @@ impl Registrar {
                 return Err(error);
             }
         }
-        Ok(())
+        self.check_quota(change.key())
+    }
+
+    /// Refuses a change that would add a service past `registry.services_max`, or an entry
+    /// to a service past `registry.instances_per_service_max`. Entries count whatever their
+    /// state (a tombstone holds memory and a key on the bus as a live instance does, and a
+    /// deregistration of a key never seen writes one), until their delete marker is read
+    /// back. A change to a key already held is always accepted: renewals and removals never
+    /// fail for want of room. Checked before the change is queued, without holding the lock
+    /// to the end, so concurrent changes may overshoot by as many as are in flight.
+    fn check_quota(&self, key: &InstanceKey) -> Result<(), GatewayError> {
+        let registry = self.store.registry();
+        if registry.get(key).is_some() {
+            return Ok(());
+        }
+        let refusal = if registry.len() >= self.quotas.entries_max {
+            Some(format!(
+                "the registry holds {} entries (registry.entries_max)",
+                registry.len()
+            ))
+        } else if !registry.knows_service(&key.service) {
+            (registry.service_count() >= self.quotas.services_max).then(|| {
+                format!(
+                    "{} services are registered (registry.services_max); a new service can be added once one is removed for good",
+                    registry.service_count()
+                )
+            })
+        } else {
+            let held = registry.entries_of(&key.service);
+            (held >= self.quotas.instances_per_service_max).then(|| {
+                format!(
+                    "service {:?} holds {held} instances and tombstones (registry.instances_per_service_max); tombstones are removed for good after registry.lease_max_ms plus registry.clock_drift_max_ms",
+                    key.service
+                )
+            })
+        };
+        match refusal {
+            None => Ok(()),
+            Some(what) => {
+                drop(registry);
+                tracing::warn!(key = %key.bus_key(), %what, "registry change refused: quota reached");
+                self.telemetry.metrics().quota_refusal();
+                Err(GatewayError::QuotaExceeded { what })
+            }
+        }
     }
 
     /// Registers (or renews) an instance: validates, applies locally at once, and queues the

@@ -9,6 +9,21 @@
 //! clock does not observe it, the registry does not apply it, and it is counted and logged
 //! with its offset, key and origin so an operator can replace it (docs/operations.md).
 //!
+//! **Tombstones end.** A removal is an ordinary record, so that it wins over every older
+//! registration whatever the order they are read in. Once no older registration can still be
+//! live anywhere — its stamp is more than `registry.lease_max_ms` plus
+//! `registry.clock_drift_max_ms` in the past — the entry is no longer needed, and
+//! [`Replication::collect`] writes a delete marker for its key (a Kafka record with a null
+//! value, which compaction keeps for the topic's delete retention and then drops with every
+//! older record of the key). The node that stamped the entry writes the marker; any node does
+//! once twice that time has passed (the stamping node may be gone). A marker carries the
+//! entry it deletes, and readers remove their entry only if it is that one or older: an
+//! instance registered again meanwhile stays. A marker for an entry stamped less than
+//! `registry.lease_max_ms` ago (by the reader's clock) is quarantined, so no marker, however
+//! written, removes an entry whose older registrations could still be live. Under a churn of
+//! fresh instance ids, the topic holds a key for at most the lease bound, the drift bound and
+//! the delete retention after the instance's last change (docs/decisions/0013).
+//!
 //! The node's own records are checked like anyone's. Their `origin_node` is a field any
 //! writer to the topic can set, so exempting it would let a hostile record past the bound by
 //! naming its reader. An honest own record fails the check only if this node's wall clock
@@ -22,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use switchyard_core::event::{Event, EventBounds, Inadmissible};
 use switchyard_core::planted::{self, Bug};
 use switchyard_core::registry::Applied;
@@ -32,7 +48,7 @@ use crate::config::RegistryConfig;
 use crate::seams::Backoff;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
-use crate::telemetry::metrics::QuarantineReason;
+use crate::telemetry::metrics::{ChangeOp, QuarantineReason};
 
 /// Records read per fetch.
 pub const FETCH_RECORDS_MAX: usize = 512;
@@ -41,6 +57,10 @@ pub const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// The first and the longest wait between attempts while the bus fails.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Delete markers one [`Replication::collect`] round writes at most.
+pub const COLLECT_PER_ROUND_MAX: usize = 1_000;
+/// How long one delete marker may take to be acknowledged before the round stops.
+const COLLECT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bus reader, its position and the node's readiness.
 pub struct Replication {
@@ -215,28 +235,16 @@ impl Replication {
     /// Applies one record read from the bus. A record that does not decode, whose key does
     /// not match its event, or that is not admissible is quarantined (counted, logged and
     /// skipped): it cannot be applied, and stopping the whole replication for it would be
-    /// worse.
+    /// worse. Returns what applying an event did; `None` for a quarantined record or a delete
+    /// marker.
     pub fn apply_record(&self, record: &Record) -> Option<Applied> {
-        let event = match Event::decode(&record.payload) {
-            Ok(event) if event.bus_key() == record.key => event,
-            Ok(event) => {
-                self.quarantine(QuarantineReason::KeyMismatch);
-                tracing::warn!(offset = record.offset, key = %record.key, event_key = %event.bus_key(), origin = %event.origin_node, "quarantined bus record whose key does not match its event");
-                return None;
-            }
-            Err(error) => {
-                self.quarantine(QuarantineReason::Undecodable);
-                tracing::warn!(offset = record.offset, key = %record.key, %error, "quarantined bus record that is not a valid registry event");
-                return None;
-            }
-        };
+        let event = self.decode(record)?;
+        if record.delete {
+            self.apply_marker(record, &event);
+            return None;
+        }
         if let Err(why) = event.admissible(self.store.now_ms(), &self.bounds) {
-            self.quarantine(match why {
-                Inadmissible::StampAhead(_) => QuarantineReason::StampAhead,
-                Inadmissible::LeaseOutOfBounds { .. } => QuarantineReason::LeaseOutOfBounds,
-            });
-            let own = event.origin_node == self.store.node_id();
-            tracing::warn!(offset = record.offset, key = %record.key, origin = %event.origin_node, own, reason = why.reason(), error = %why, "quarantined bus record out of bounds; publish a replacement for its key to repair the topic");
+            self.quarantine_inadmissible(record, &event, why);
             return None;
         }
         let own = event.origin_node == self.store.node_id();
@@ -251,6 +259,117 @@ impl Replication {
             tracing::debug!(offset = record.offset, key = %record.key, kind = ?event.kind, origin = %event.origin_node, "applied registry event");
         }
         Some(applied)
+    }
+
+    /// The event a record carries (for a delete marker, the event of the entry it deletes), or
+    /// `None` after quarantining a record that does not decode or whose key is not its event's.
+    fn decode(&self, record: &Record) -> Option<Event> {
+        match Event::decode(&record.payload) {
+            Ok(event) if event.bus_key() == record.key => Some(event),
+            Ok(event) => {
+                self.quarantine(QuarantineReason::KeyMismatch);
+                tracing::warn!(offset = record.offset, key = %record.key, event_key = %event.bus_key(), origin = %event.origin_node, "quarantined bus record whose key does not match its event");
+                None
+            }
+            Err(error) => {
+                self.quarantine(QuarantineReason::Undecodable);
+                tracing::warn!(offset = record.offset, key = %record.key, delete = record.delete, %error, "quarantined bus record that is not a valid registry event");
+                None
+            }
+        }
+    }
+
+    fn quarantine_inadmissible(&self, record: &Record, event: &Event, why: Inadmissible) {
+        self.quarantine(match why {
+            Inadmissible::StampAhead(_) => QuarantineReason::StampAhead,
+            Inadmissible::LeaseOutOfBounds { .. } => QuarantineReason::LeaseOutOfBounds,
+        });
+        let own = event.origin_node == self.store.node_id();
+        tracing::warn!(offset = record.offset, key = %record.key, origin = %event.origin_node, own, delete = record.delete, reason = why.reason(), error = %why, "quarantined bus record out of bounds; publish a replacement for its key to repair the topic");
+    }
+
+    /// Applies a delete marker: removes the entry held for its key if it is the one the marker
+    /// was written for, or older. A marker for an entry that older registrations could still
+    /// outlive is quarantined.
+    fn apply_marker(&self, record: &Record, covered: &Event) {
+        let now = self.store.now_ms();
+        if let Err(why) = covered.admissible(now, &self.bounds) {
+            self.quarantine_inadmissible(record, covered, why);
+            return;
+        }
+        let early = covered
+            .stamp
+            .physical_ms
+            .saturating_add(self.bounds.lease_max_ms)
+            > now;
+        if early && !planted::active(Bug::CollectEarly) {
+            self.quarantine(QuarantineReason::MarkerEarly);
+            tracing::warn!(offset = record.offset, key = %record.key, origin = %covered.origin_node, stamp_ms = covered.stamp.physical_ms, now_ms = now, "quarantined delete marker for an entry stamped less than registry.lease_max_ms ago");
+            return;
+        }
+        if self.store.remove_covered(&covered.key, &covered.entry()) {
+            self.telemetry.metrics().collected();
+            tracing::debug!(offset = record.offset, key = %record.key, origin = %covered.origin_node, "delete marker applied: entry removed for good");
+        }
+    }
+
+    /// Writes delete markers for up to [`COLLECT_PER_ROUND_MAX`] entries no longer needed
+    /// (see the module's documentation); returns how many the bus acknowledged. Only once
+    /// caught up (before that, a newer entry for the key may be unread) and not while
+    /// shutting down. The registry is read once, under its read lock; the markers are written
+    /// after it is released, one at a time, and the round stops at the first failure (the
+    /// entries stay, and the next round tries again).
+    pub async fn collect(&self) -> usize {
+        if !self.caught_up() || self.shutting_down() {
+            return 0;
+        }
+        let now = self.store.now_ms();
+        let horizon = if planted::active(Bug::CollectEarly) {
+            0
+        } else {
+            self.bounds
+                .lease_max_ms
+                .saturating_add(self.bounds.clock_drift_max_ms)
+        };
+        let own_by = now.saturating_sub(horizon);
+        let anyone_by = now.saturating_sub(horizon.saturating_mul(2));
+        let me = self.store.node_id();
+        let due = self
+            .store
+            .registry()
+            .collectable(now, COLLECT_PER_ROUND_MAX, |stamp| {
+                stamp.physical_ms <= anyone_by
+                    || (stamp.node_id == me && stamp.physical_ms <= own_by)
+            });
+        let mut written = 0;
+        for c in due {
+            let marker = Event::of_entry(c.key, c.entry, me.to_owned());
+            let publish = self
+                .bus
+                .delete(marker.bus_key(), Bytes::from(marker.encode()));
+            match tokio::time::timeout(COLLECT_PUBLISH_TIMEOUT, publish).await {
+                Ok(Ok(offset)) => {
+                    written += 1;
+                    self.telemetry.metrics().change(ChangeOp::Collect);
+                    tracing::debug!(key = %marker.bus_key(), offset, "delete marker written");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, key = %marker.bus_key(), "cannot write a delete marker; the next round tries again");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(key = %marker.bus_key(), "the bus did not acknowledge a delete marker in time; the next round tries again");
+                    break;
+                }
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                written,
+                "delete markers written for registry entries no longer needed"
+            );
+        }
+        written
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use switchyard_core::event::Event;
-use switchyard_core::registry::Applied;
-use switchyard_core::{Hlc, Registry, Stamp};
+use switchyard_core::registry::{Applied, Entry};
+use switchyard_core::{Hlc, InstanceKey, Registry, Stamp};
 use tokio::sync::broadcast;
 
 use crate::seams::Clock;
@@ -108,6 +108,13 @@ impl Store {
     pub fn hlc_ahead_ms(&self) -> u64 {
         let now = self.now_ms();
         lock(&self.hlc).ahead_of_ms(now)
+    }
+
+    /// Removes the entry held for `key` if a delete marker for `covered` covers it (it is
+    /// `covered` or older); returns whether it did. Not announced to watchers: the entry was
+    /// not routable, and no view changes.
+    pub fn remove_covered(&self, key: &InstanceKey, covered: &Entry) -> bool {
+        write(&self.registry).remove_covered(key, covered)
     }
 
     /// Drops entries removed or expired before `cutoff_ms`; returns how many.

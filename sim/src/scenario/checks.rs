@@ -5,26 +5,50 @@ use std::sync::Arc;
 
 use switchyard::Node;
 use switchyard::bus::MemoryBus;
-use switchyard_core::Registry;
 use switchyard_core::event::Event;
 use switchyard_core::planted::{self, Bug};
+use switchyard_core::registry::Entry;
+use switchyard_core::{InstanceKey, Registry};
 
 use super::SAMPLE;
 use super::workload::{Ack, GHOST, GHOST_IDS};
 
 /// The registry folded from everything on the log, with the correct merge (a planted bug is
-/// lifted while the reference is computed).
+/// lifted while the reference is computed): events applied, delete markers removing what
+/// they cover.
 pub(super) fn reference(log: &MemoryBus) -> Registry {
+    fold(log).0
+}
+
+/// For each key, the newest entry a delete marker on the log removed.
+pub(super) fn collected(log: &MemoryBus) -> BTreeMap<InstanceKey, Entry> {
+    fold(log).1
+}
+
+fn fold(log: &MemoryBus) -> (Registry, BTreeMap<InstanceKey, Entry>) {
     let planted_bug = Bug::ALL.into_iter().find(|b| planted::active(*b));
     planted::plant(None);
     let mut registry = Registry::new();
+    let mut collected: BTreeMap<InstanceKey, Entry> = BTreeMap::new();
     for record in log.snapshot() {
-        if let Ok(event) = Event::decode(&record.payload) {
+        let Ok(event) = Event::decode(&record.payload) else {
+            continue;
+        };
+        if record.delete {
+            let covered = event.entry();
+            registry.remove_covered(&event.key, &covered);
+            let newest = collected
+                .entry(event.key)
+                .or_insert_with(|| covered.clone());
+            if covered > *newest {
+                *newest = covered;
+            }
+        } else {
             registry.apply_event(&event);
         }
     }
     planted::plant(planted_bug);
-    registry
+    (registry, collected)
 }
 
 /// A gateway that reports ready must have read the bus up to the target it saw at start.
@@ -71,9 +95,16 @@ pub(super) fn digests(nodes: &BTreeMap<String, Arc<Node>>, log: &MemoryBus) -> S
 }
 
 /// No acknowledged change is lost: for every change answered 200 (on the bus), the
-/// reference holds an entry for that instance at least as new. A registration can be covered
-/// only by a later change, and a deregistration cannot be undone by an older registration.
-pub(super) fn check_acknowledged(reference: &Registry, acks: &[Ack], violations: &mut Vec<String>) {
+/// reference holds an entry for that instance at least as new, or a delete marker removed one
+/// at least as new (the change ran its course and was collected). A registration can be
+/// covered only by a later change, and a deregistration cannot be undone by an older
+/// registration.
+pub(super) fn check_acknowledged(
+    reference: &Registry,
+    collected: &BTreeMap<InstanceKey, Entry>,
+    acks: &[Ack],
+    violations: &mut Vec<String>,
+) {
     for ack in acks.iter().filter(|a| a.status == 200) {
         let Some(stamp) = &ack.stamp else {
             violations.push(format!(
@@ -82,6 +113,9 @@ pub(super) fn check_acknowledged(reference: &Registry, acks: &[Ack], violations:
             ));
             continue;
         };
+        if collected.get(&ack.key).is_some_and(|e| e.stamp >= *stamp) {
+            continue;
+        }
         match reference.get(&ack.key) {
             Some(entry) if entry.stamp >= *stamp => {}
             Some(entry) => violations.push(format!(

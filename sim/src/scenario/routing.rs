@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchyard::Node;
+use switchyard_core::InstanceKey;
 use switchyard_core::event::Event;
 use switchyard_core::registry::{Entry, EntryState};
 use tokio::sync::broadcast::Receiver;
@@ -63,6 +64,8 @@ pub(super) struct Routing {
     epoch_ms: u64,
     timeout_ms: u64,
     gateways: BTreeMap<String, View>,
+    /// Removed instances that came back (see the module's documentation).
+    resurrections: Vec<String>,
 }
 
 #[derive(Default)]
@@ -76,6 +79,8 @@ struct View {
     routable: BTreeMap<String, Vec<(u64, u64)>>,
     /// Intervals during which changes were missed (the feed fell behind).
     blind: Vec<(u64, u64)>,
+    /// The newest entry this incarnation applied for each key, of every service.
+    newest: BTreeMap<InstanceKey, Entry>,
 }
 
 impl View {
@@ -148,6 +153,7 @@ impl Routing {
             epoch_ms,
             timeout_ms,
             gateways: BTreeMap::new(),
+            resurrections: Vec::new(),
         }
     }
 
@@ -167,6 +173,7 @@ impl Routing {
         view.skew_ms = skew_ms;
         view.node = Some(node);
         view.feed = Some(feed);
+        view.newest.clear();
     }
 
     /// A gateway crashed at `now`: it routes nothing until it starts again.
@@ -182,13 +189,32 @@ impl Routing {
     /// Takes every change applied during the step from `since` to `now`.
     pub(super) fn drain(&mut self, since: u64, now: u64) {
         let epoch_ms = self.epoch_ms;
-        for view in self.gateways.values_mut() {
+        for (name, view) in &mut self.gateways {
             let mut lagged = false;
             let mut changes = Vec::new();
+            let clock_ms =
+                (i128::from(epoch_ms) + i128::from(now) + i128::from(view.skew_ms)).max(0) as u64;
             if let Some(feed) = view.feed.as_mut() {
                 loop {
                     match feed.try_recv() {
                         Ok(event) => {
+                            let entry = event.entry();
+                            match view.newest.get(&event.key) {
+                                Some(newest) if entry < *newest => {
+                                    if entry.is_live(clock_ms) && self.resurrections.len() < 20 {
+                                        self.resurrections.push(format!(
+                                            "{name} applied {} at {:?}, live until {:?}, at {now} ms after it had held the newer {:?}: a removed instance came back",
+                                            event.bus_key(),
+                                            entry.stamp,
+                                            entry.expires_ms(),
+                                            newest
+                                        ));
+                                    }
+                                }
+                                _ => {
+                                    view.newest.insert(event.key.clone(), entry);
+                                }
+                            }
                             if event.key.service == SAMPLE {
                                 changes.push(event);
                             }
@@ -225,6 +251,7 @@ impl Routing {
         violations: &mut Vec<String>,
     ) -> RoutingCounts {
         let mut counts = RoutingCounts::default();
+        violations.extend(self.resurrections.iter().cloned());
         for s in served {
             let Some(view) = self.gateways.get(&s.gateway_node) else {
                 counts.violations += 1;

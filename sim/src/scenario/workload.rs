@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchyard_core::{InstanceKey, Stamp};
 
-use super::SAMPLE;
+use super::{LEASE_MAX_MS, SAMPLE};
 use crate::{CONTROL_PORT, PUBLIC_PORT, http_get, http_send};
 
 /// The service the client registers and deregisters (addresses where nothing listens; the
@@ -63,7 +63,7 @@ pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
         let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
         let roll = crng.random_range(0..100);
         let line = if roll < 40 {
-            let body = r#"{"addr":"nowhere:1","lease_ms":600000}"#.to_owned();
+            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{LEASE_MAX_MS}}}"#);
             let path = format!("/v1/services/{GHOST}/instances/{id}");
             let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
             record_ack(&acks, GHOST, &id, reply)

@@ -216,3 +216,103 @@ proptest! {
         prop_assert_eq!(replica, in_order);
     }
 }
+
+/// What the registry keeps up to date on every change, computed again from its entries alone.
+fn derived_from_scratch(r: &Registry) -> (u64, BTreeMap<String, usize>) {
+    let mut digest = 0u64;
+    let mut per_service = BTreeMap::new();
+    for (key, entry) in r.entries() {
+        digest = digest.wrapping_add(entry_hash(key, entry));
+        *per_service.entry(key.service.clone()).or_insert(0) += 1;
+    }
+    (digest, per_service)
+}
+
+#[test]
+fn a_delete_marker_removes_what_it_covers_and_nothing_newer() {
+    let mut r = Registry::new();
+    let k = InstanceKey::new("s", "i");
+    let tomb = removed(10, "a", Removal::Deregistered);
+    r.apply(k.clone(), tomb.clone());
+    let again = alive(20, "b", "http://h:1");
+    // The instance registered again after the marker was written: the marker leaves it.
+    r.apply(k.clone(), again.clone());
+    assert!(!r.remove_covered(&k, &tomb));
+    assert_eq!(r.get(&k), Some(&again));
+    // A marker for the newer entry (or anything newer still) removes it.
+    assert!(r.remove_covered(&k, &again));
+    assert!(r.get(&k).is_none());
+    assert_eq!(r.entries_of("s"), 0);
+    assert!(!r.knows_service("s"));
+    assert_eq!(r.digest(), Registry::new().digest());
+    assert!(!r.remove_covered(&k, &again), "nothing left to remove");
+}
+
+#[test]
+fn collectable_keeps_live_entries_and_new_stamps_and_filters_by_origin() {
+    let mut r = Registry::new();
+    r.apply(
+        InstanceKey::new("s", "tomb-a"),
+        removed(10, "a", Removal::Deregistered),
+    );
+    r.apply(
+        InstanceKey::new("s", "tomb-b"),
+        removed(10, "b", Removal::Evicted),
+    );
+    r.apply(
+        InstanceKey::new("s", "expired"),
+        alive(10, "a", "http://h:1"),
+    );
+    r.apply(
+        InstanceKey::new("s", "new-tomb"),
+        removed(3_000, "a", Removal::Deregistered),
+    );
+    // Stamped long ago but with a lease that still runs (a lease longer than the caller
+    // assumed): never collected while live.
+    let mut long = alive(10, "a", "http://h:1");
+    if let EntryState::Alive { lease_ms, .. } = &mut long.state {
+        *lease_ms = 10_000;
+    }
+    r.apply(InstanceKey::new("s", "long-lease"), long);
+    let ids =
+        |c: Vec<Collectable>| -> Vec<String> { c.into_iter().map(|c| c.key.instance_id).collect() };
+    let by = |ms: u64| move |s: &Stamp| s.physical_ms <= ms;
+    assert_eq!(
+        ids(r.collectable(5_000, 100, by(2_000))),
+        ["expired", "tomb-a", "tomb-b"]
+    );
+    let own = |s: &Stamp| s.physical_ms <= 2_000 && s.node_id == "a";
+    assert_eq!(ids(r.collectable(5_000, 100, own)), ["expired", "tomb-a"]);
+    assert_eq!(
+        ids(r.collectable(5_000, 2, by(2_000))),
+        ["expired", "tomb-a"]
+    );
+    assert!(r.collectable(5_000, 100, by(9)).is_empty());
+}
+
+proptest! {
+    /// The digest and the counts per service, kept up to date change by change (inserts,
+    /// replacements, delete markers, pruning), equal what the entries alone give.
+    #[test]
+    fn derived_state_matches_the_entries(
+        applied in prop::collection::vec(arb_entry(), 0..30),
+        markers in prop::collection::vec(arb_entry(), 0..10),
+        cutoff in 0..5u64,
+    ) {
+        let mut r = Registry::new();
+        for (k, e) in applied {
+            r.apply(k, e);
+        }
+        for (k, e) in &markers {
+            r.remove_covered(k, e);
+        }
+        let (digest, per_service) = derived_from_scratch(&r);
+        prop_assert_eq!(r.digest(), digest);
+        prop_assert_eq!(&r.per_service, &per_service);
+        r.prune(cutoff);
+        let (digest, per_service) = derived_from_scratch(&r);
+        prop_assert_eq!(r.digest(), digest);
+        prop_assert_eq!(&r.per_service, &per_service);
+        prop_assert_eq!(r.service_count(), per_service.len());
+    }
+}

@@ -10,6 +10,9 @@
 //!   gateway reads the whole log from the offset it asks for.
 //! * The topic is created on first use if missing, with `cleanup.policy=compact`, so a broker
 //!   that is down when the gateway starts only delays readiness.
+//! * A delete marker is a record with a null value, which the log cleaner keeps for the
+//!   topic's `delete.retention.ms` and then drops with every older record of its key. What it
+//!   deletes travels in its [`DELETES_HEADER`] header.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +24,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -30,6 +33,9 @@ use crate::config::KafkaConfig;
 use crate::sync::BoxFuture;
 
 const PARTITION: i32 = 0;
+
+/// The header of a delete marker that carries the encoded entry it deletes.
+pub const DELETES_HEADER: &str = "switchyard-deletes";
 
 pub struct KafkaBus {
     config: KafkaConfig,
@@ -138,6 +144,19 @@ impl KafkaBus {
     }
 }
 
+impl KafkaBus {
+    /// Sends one record and waits for the broker's acknowledgement.
+    async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<u64, BusError> {
+        match self.producer.send(record, self.timeout()).await {
+            Ok(delivery) => Ok(u64::try_from(delivery.offset).unwrap_or(0)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => Err(
+                BusError::Rejected("record larger than the topic accepts".into()),
+            ),
+            Err((error, _)) => Err(unavailable(error)),
+        }
+    }
+}
+
 impl Bus for KafkaBus {
     fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
         Box::pin(async move {
@@ -146,15 +165,23 @@ impl Bus for KafkaBus {
                 .partition(PARTITION)
                 .key(key.as_bytes())
                 .payload(payload.as_ref());
-            match self.producer.send(record, self.timeout()).await {
-                Ok(delivery) => Ok(u64::try_from(delivery.offset).unwrap_or(0)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                    Err(BusError::Rejected(
-                        "record larger than the topic accepts".into(),
-                    ))
-                }
-                Err((error, _)) => Err(unavailable(error)),
-            }
+            self.send(record).await
+        })
+    }
+
+    fn delete(&self, key: String, deletes: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(async move {
+            self.ensure_topic().await?;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: DELETES_HEADER,
+                value: Some(deletes.as_ref()),
+            });
+            // No payload: a null value, which is what the log cleaner treats as a delete.
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.config.topic)
+                .partition(PARTITION)
+                .key(key.as_bytes())
+                .headers(headers);
+            self.send(record).await
         })
     }
 
@@ -219,11 +246,29 @@ impl Bus for KafkaBus {
                 let Ok(offset) = u64::try_from(message.offset()) else {
                     continue;
                 };
-                records.push(Record {
-                    offset,
-                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                    payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-                });
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                let record = match message.payload() {
+                    Some(payload) => Record {
+                        offset,
+                        key,
+                        payload: Bytes::copy_from_slice(payload),
+                        delete: false,
+                    },
+                    // A delete marker; without its header (not written by a gateway) it
+                    // carries nothing, and replication quarantines it.
+                    None => Record {
+                        offset,
+                        key,
+                        payload: message
+                            .headers()
+                            .and_then(|h| h.iter().find(|h| h.key == DELETES_HEADER))
+                            .and_then(|h| h.value)
+                            .map(Bytes::copy_from_slice)
+                            .unwrap_or_default(),
+                        delete: true,
+                    },
+                };
+                records.push(record);
             }
             if let Some(last) = records.last() {
                 *position = Some(last.offset + 1);

@@ -14,7 +14,9 @@
 //! held directly and are lock-free.
 //!
 //! Label cardinality is bounded: `service` is a service the registry knows (or `""`), `method`
-//! one of eight values, `status` a valid HTTP status.
+//! one of eight values, `status` a valid HTTP status. The registry's own size is bounded by
+//! `registry.services_max`, and once a service has no entry left (its tombstones collected),
+//! housekeeping drops its series with [`Metrics::forget_service`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -114,6 +116,17 @@ pub enum UpstreamErrorKind {
     Reset = 5,
 }
 
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 6] = [
+        Self::ConnectFailed,
+        Self::Timeout,
+        Self::Unavailable,
+        Self::BadResponse,
+        Self::Status,
+        Self::Reset,
+    ];
+}
+
 const UPSTREAM_KINDS: [&str; 6] = [
     "connect_failed",
     "timeout",
@@ -150,9 +163,11 @@ pub enum ChangeOp {
     Register = 0,
     Deregister = 1,
     Evict = 2,
+    /// A delete marker published for an entry no longer needed (see `replication`).
+    Collect = 3,
 }
 
-const CHANGE_OPS: [&str; 3] = ["register", "deregister", "evict"];
+const CHANGE_OPS: [&str; 4] = ["register", "deregister", "evict", "collect"];
 
 /// Why a bus record was quarantined (read, not applied), for
 /// `switchyard_bus_events_quarantined_total`.
@@ -166,13 +181,17 @@ pub enum QuarantineReason {
     Undecodable = 2,
     /// The record's key is not its event's `service/instance_id`.
     KeyMismatch = 3,
+    /// A delete marker for an entry that may still be live (stamped less than
+    /// `registry.lease_max_ms` ago): only an entry no older registration can outlive may go.
+    MarkerEarly = 4,
 }
 
-const QUARANTINE_REASONS: [&str; 4] = [
+const QUARANTINE_REASONS: [&str; 5] = [
     "stamp_ahead",
     "lease_out_of_bounds",
     "undecodable",
     "key_mismatch",
+    "marker_early",
 ];
 
 impl QuarantineReason {
@@ -293,6 +312,8 @@ pub struct Metrics {
     events_quarantined: [Counter; QUARANTINE_REASONS.len()],
     changes: [Counter; CHANGE_OPS.len()],
     evictions: Counter,
+    collected: Counter,
+    quota_refusals: Counter,
     refusals: [[Counter; REFUSAL_REASONS.len()]; LISTENERS.len()],
     ejections: [Counter; EJECTION_REASONS.len()],
 }
@@ -351,6 +372,8 @@ impl Metrics {
             events_quarantined,
             changes,
             evictions: Counter::default(),
+            collected: Counter::default(),
+            quota_refusals: Counter::default(),
             refusals,
             ejections,
         };
@@ -400,6 +423,16 @@ impl Metrics {
             "switchyard_evictions",
             "Services this node evicted because none of their instances could be reached",
             m.evictions.clone(),
+        );
+        m.register(
+            "switchyard_registry_entries_collected",
+            "Registry entries removed for good by a delete marker read from the bus",
+            m.collected.clone(),
+        );
+        m.register(
+            "switchyard_registry_quota_refusals",
+            "Registry changes refused because a service or instance quota was reached",
+            m.quota_refusals.clone(),
         );
         m.register(
             "switchyard_listener_refusals",
@@ -506,6 +539,65 @@ impl Metrics {
 
     pub fn eviction(&self) {
         self.evictions.inc();
+    }
+
+    pub fn collected(&self) {
+        self.collected.inc();
+    }
+
+    pub fn quota_refusal(&self) {
+        self.quota_refusals.inc();
+    }
+
+    /// The services that have series, `""` left out.
+    pub fn services_seen(&self) -> Vec<Arc<str>> {
+        self.services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// Drops every series labelled with `service`, for a service the registry no longer
+    /// holds. The families cannot be walked, so this removes each label set the service
+    /// could have: 3 fronts × 8 methods × 900 statuses (all `http::StatusCode` admits), about
+    /// 22,000 map lookups, once per
+    /// removed service. A request still in flight for it may create a series again; the next
+    /// housekeeping drops that one too.
+    pub fn forget_service(&self, service: &str) {
+        let Some(service) = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(service)
+        else {
+            return;
+        };
+        for front in Front::ALL {
+            self.latency.remove(&LatencyLabels {
+                front,
+                service: service.clone(),
+            });
+            for method in 0..METHODS.len() as u8 {
+                for status in 100..=999u16 {
+                    self.requests.remove(&RequestLabels {
+                        front,
+                        service: service.clone(),
+                        method: MethodLabel(method),
+                        status,
+                    });
+                }
+            }
+        }
+        for kind in UpstreamErrorKind::ALL {
+            self.upstream_errors.remove(&UpstreamErrorLabels {
+                service: service.clone(),
+                kind,
+            });
+        }
+        self.retries.remove(&ServiceLabels { service });
     }
 
     /// Counts a client `listener` refused for `reason` (one of [`REFUSAL_REASONS`]).

@@ -9,6 +9,7 @@ mod outliers;
 mod policy;
 mod shutdown;
 mod telemetry;
+mod tombstones;
 
 use std::time::Duration;
 

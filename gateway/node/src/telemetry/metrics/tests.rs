@@ -98,6 +98,8 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_bus_events_quarantined_total counter",
             "# TYPE switchyard_registry_changes_total counter",
             "# TYPE switchyard_evictions_total counter",
+            "# TYPE switchyard_registry_entries_collected_total counter",
+            "# TYPE switchyard_registry_quota_refusals_total counter",
             "# TYPE switchyard_listener_refusals_total counter",
             "# TYPE switchyard_upstream_ejections_total counter",
         ],
@@ -269,4 +271,31 @@ fn upstream_errors_are_classified() {
         out.contains("switchyard_upstream_errors_total{service=\"s\",kind=\"timeout\"} 1\n"),
         "{out}"
     );
+}
+
+#[test]
+fn a_forgotten_service_leaves_no_series_and_others_keep_theirs() {
+    let m = Metrics::default();
+    for service in ["gone", "kept"] {
+        m.request(Front::Rest, service, &Method::GET, 200, Duration::ZERO);
+        m.request(
+            Front::GraphqlCall,
+            service,
+            &Method::POST,
+            599,
+            Duration::ZERO,
+        );
+        m.request(Front::Rest, service, &Method::PATCH, 999, Duration::ZERO);
+        m.upstream_error(service, UpstreamErrorKind::Reset);
+        m.retry(service);
+    }
+    assert_eq!(m.services_seen().len(), 2);
+    m.forget_service("gone");
+    let out = encoded(&m);
+    assert!(!out.contains("\"gone\""), "{out}");
+    assert!(out.contains("service=\"kept\""), "{out}");
+    assert_eq!(m.requests_of(Front::Rest, "kept", 200), 1);
+    assert_eq!(m.requests_of(Front::Rest, "kept", 999), 1);
+    let seen: Vec<String> = m.services_seen().iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, ["kept"]);
 }
