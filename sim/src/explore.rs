@@ -247,6 +247,12 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
         "acknowledged changes {}",
         outcomes.iter().map(|o| o.acknowledged).sum::<usize>()
     );
+    let _ = writeln!(
+        out,
+        "delete markers       {} (in {} seeds)",
+        outcomes.iter().map(|o| o.delete_markers).sum::<usize>(),
+        outcomes.iter().filter(|o| o.delete_markers > 0).count()
+    );
     for kind in crate::faults::Faults::KINDS {
         let n = outcomes
             .iter()

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use switchyard_core::planted::Bug;
 use switchyard_sim::explore::{RESULT_PREFIX, explore, replay_command, summary};
 use switchyard_sim::faults::Faults;
-use switchyard_sim::scenario::{Options, run};
+use switchyard_sim::scenario::{LEASE_MAX_MS, Options, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,8 +43,9 @@ struct Common {
     /// Simulated milliseconds allowed for convergence after the heal.
     #[arg(long, default_value_t = 30_000)]
     settle_ms: u64,
-    /// The lease the sample instances register with, in milliseconds (at least 1000).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    /// The lease the sample instances register with, in milliseconds (at least 1000, at
+    /// most the gateways' `registry.lease_max_ms`, 6000).
+    #[arg(long, default_value_t = LEASE_MAX_MS, value_parser = clap::value_parser!(u64).range(1_000..=LEASE_MAX_MS))]
     lease_ms: u64,
 }
 

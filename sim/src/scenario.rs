@@ -98,6 +98,9 @@ pub struct Outcome {
     pub convergence_ms: Option<u64>,
     pub simulated_ms: u64,
     pub acknowledged: usize,
+    /// Delete markers on the log at the end: tombstones and expired entries collected.
+    #[serde(default)]
+    pub delete_markers: usize,
     /// What the routing checker judged.
     pub routing: RoutingCounts,
     pub trace_hash: u64,
@@ -371,6 +374,7 @@ fn simulate(options: &Options) -> Outcome {
         convergence_ms,
         simulated_ms,
         acknowledged: acks.iter().filter(|a| a.status == 200).count(),
+        delete_markers: log.snapshot().iter().filter(|r| r.delete).count(),
         routing,
         trace_hash,
         trace,

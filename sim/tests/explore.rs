@@ -9,7 +9,7 @@ use switchyard_core::planted::Bug;
 
 use switchyard_sim::explore::{explore, replay_command, run_in_child, summary};
 use switchyard_sim::faults::{Episode, EpisodeKind, Faults};
-use switchyard_sim::scenario::{Options, run};
+use switchyard_sim::scenario::{LEASE_MAX_MS, Options, run};
 
 /// The binary `explore` runs each seed in.
 fn exe() -> &'static Path {
@@ -113,9 +113,10 @@ const SHORT_LEASE_MS: u64 = 1_000;
 #[test]
 fn the_checkers_find_each_planted_bug() {
     for (bug, lease_ms, within, checker) in [
-        (Bug::ReadyBeforeCatchUp, 10_000, 10, "ready"),
-        (Bug::SkipOwnEvents, 10_000, 30, ""),
-        (Bug::IncomingWins, 10_000, 60, ""),
+        (Bug::ReadyBeforeCatchUp, LEASE_MAX_MS, 10, "ready"),
+        (Bug::SkipOwnEvents, LEASE_MAX_MS, 30, ""),
+        (Bug::IncomingWins, LEASE_MAX_MS, 60, ""),
+        (Bug::CollectEarly, LEASE_MAX_MS, 60, "came back"),
         (
             Bug::RouteExpired,
             SHORT_LEASE_MS,

@@ -37,6 +37,14 @@ def put(gw: Gateway, service: str, instance: str, addr: str = "127.0.0.1:9") -> 
     )
 
 
+def sample(metrics: str, series: str) -> float:
+    """The value of one series in a Prometheus text exposition."""
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {series} in the metrics")
+
+
 def cluster_status(gw: Gateway) -> dict:
     return requests.get(f"{gw.control}/v1/cluster", timeout=HTTP_TIMEOUT_S).json()
 
@@ -172,3 +180,43 @@ def test_convergence_benchmark_smoke(launcher: Launcher, kafka) -> None:
     report = measure(launcher, kafka, registrations=10)
     assert report["registrations"] == 10
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
+
+
+def test_a_tombstone_ends_with_a_delete_marker_on_the_real_topic(launcher: Launcher, kafka) -> None:
+    """Once no older registration can be live (lease bound + drift bound, 2 s here), the
+    deregistration's own gateway writes a Kafka delete marker (a null value with the entry it
+    deletes in a header); every gateway, and one started afterwards, drops the entry."""
+    topic = fresh_topic()
+    short = (
+        "registry.lease_min_ms=100",
+        "registry.lease_default_ms=1000",
+        "registry.lease_max_ms=1000",
+        "registry.clock_drift_max_ms=1000",
+        "registry.housekeeping_interval_ms=200",
+    )
+    gw1, gw2 = start_cluster(launcher, kafka, topic, 2, *short)
+    resp = requests.put(
+        f"{gw1.control}/v1/services/billing/instances/gone",
+        json={"addr": "127.0.0.1:9", "lease_ms": 1000},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert resp.status_code == 200, resp.text
+    gw2.wait_live("billing", "gone", timeout_s=30)
+    resp = requests.delete(f"{gw2.control}/v1/services/billing/instances/gone", timeout=HTTP_TIMEOUT_S)
+    assert resp.status_code == 200, resp.text
+    for gw in (gw1, gw2):
+        wait_until(
+            lambda gw=gw: cluster_status(gw)["registry_entries"] == 0,
+            f"{gw.control} to drop the collected entry",
+            30,
+        )
+    metrics = requests.get(f"{gw2.control}/metrics", timeout=HTTP_TIMEOUT_S).text
+    # The marker's own gateway wrote it (maybe twice, if a round came before it read it back).
+    assert sample(metrics, 'switchyard_registry_changes_total{op="collect"}') >= 1, metrics
+    assert sample(metrics, "switchyard_registry_entries_collected_total") == 1, metrics
+    # A gateway that starts now reads the registration, the tombstone and the marker: nothing.
+    late = start_gateway(launcher, "gw-3", node_id="gw-3", extra=kafka.gateway_args(topic, *short))
+    wait_ready(late)
+    status = cluster_status(late)
+    assert status["registry_entries"] == 0, status
+    assert status["events_rejected"] == 0, status

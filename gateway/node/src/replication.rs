@@ -22,7 +22,7 @@
 //! `registry.lease_max_ms` ago (by the reader's clock) is quarantined, so no marker, however
 //! written, removes an entry whose older registrations could still be live. Under a churn of
 //! fresh instance ids, the topic holds a key for at most the lease bound, the drift bound and
-//! the delete retention after the instance's last change (docs/decisions/0013).
+//! the delete retention after the instance's last change (docs/decisions/0014).
 //!
 //! The node's own records are checked like anyone's. Their `origin_node` is a field any
 //! writer to the topic can set, so exempting it would let a hostile record past the bound by
