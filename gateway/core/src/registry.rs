@@ -271,26 +271,6 @@ impl Registry {
         }
     }
 
-    /// Drops tombstones, and live entries whose lease ran out, that are older than
-    /// `cutoff_ms`. Call it with a cutoff at least the bus's delete-marker retention in the
-    /// past, so that no event still on the bus can find its tombstone gone and resurrect an
-    /// instance. Returns how many entries were dropped.
-    pub fn prune(&mut self, cutoff_ms: u64) -> usize {
-        let old: Vec<InstanceKey> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| match entry.expires_ms() {
-                None => entry.stamp.physical_ms < cutoff_ms,
-                Some(expires_ms) => expires_ms < cutoff_ms,
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in &old {
-            self.remove(key);
-        }
-        old.len()
-    }
-
     /// Up to `limit` entries that may be deleted from the bus for good: not live at `now_ms`,
     /// and `due` by their stamp. The caller's `due` accepts a stamp only once no registration
     /// stamped earlier can still be live anywhere (now, less the longest lease and the clock

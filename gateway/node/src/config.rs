@@ -253,8 +253,9 @@ pub struct RegistryConfig {
     pub lease_default_ms: u64,
     pub lease_min_ms: u64,
     pub lease_max_ms: u64,
-    /// How long tombstones and long-expired entries are kept. Keep it at least the bus's
-    /// delete-marker retention, so no old event can resurrect a removed instance.
+    /// How long a tombstone or expired entry stamped by another gateway is kept before this
+    /// one deletes it from the bus, in case the gateway that stamped it (which does so after
+    /// `lease_max_ms + clock_drift_max_ms`) is gone for good. At least that horizon.
     pub tombstone_retention_ms: u64,
     /// How far ahead of this node's wall clock a bus record's stamp may be. A record further
     /// ahead is quarantined: not observed by the clock, not applied, counted and logged.
@@ -772,7 +773,7 @@ impl Config {
             ));
         }
         if self.bus.kind == BusKind::Kafka {
-            self.bus.kafka.validate(r.tombstone_retention_ms)?;
+            self.bus.kafka.validate()?;
         }
         if self.public.listen == self.control.listen && self.public.listen.port() != 0 {
             return Err((
@@ -800,7 +801,7 @@ impl Config {
 }
 
 impl KafkaConfig {
-    fn validate(&self, tombstone_retention_ms: u64) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.brokers.trim().is_empty() {
             return Err((
                 "bus.kafka.brokers",
@@ -829,12 +830,6 @@ impl KafkaConfig {
             return Err((
                 "bus.kafka.message_timeout_ms",
                 "timeouts must be greater than 0".to_owned(),
-            ));
-        }
-        if tombstone_retention_ms < self.delete_retention_ms {
-            return Err((
-                "registry.tombstone_retention_ms",
-                "must be at least bus.kafka.delete_retention_ms, or an old record could resurrect a removed instance".to_owned(),
             ));
         }
         Ok(())

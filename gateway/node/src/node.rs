@@ -348,21 +348,9 @@ impl Node {
 
     /// Periodic upkeep: delete markers for the registry entries no longer needed (which
     /// remove them here and everywhere once read back), the metric series of services the
-    /// registry no longer holds, the upstream channels and balancer slots of instances it no
-    /// longer lists as live, and, as a backstop while the bus takes no markers, entries dead
-    /// for longer than `registry.tombstone_retention_ms`.
+    /// registry no longer holds, and the upstream channels and balancer slots of instances it
+    /// no longer lists as live.
     async fn housekeeping(&self) {
-        let cutoff = self
-            .store
-            .now_ms()
-            .saturating_sub(self.config.registry.tombstone_retention_ms);
-        let pruned = self.store.prune(cutoff);
-        if pruned > 0 {
-            tracing::info!(
-                pruned,
-                "pruned registry entries the bus kept past registry.tombstone_retention_ms"
-            );
-        }
         self.forwarder.housekeeping();
         let metrics = self.telemetry.metrics();
         let gone: Vec<_> = {

@@ -16,7 +16,7 @@
 //! [`Replication::collect`] writes a delete marker for its key (a Kafka record with a null
 //! value, which compaction keeps for the topic's delete retention and then drops with every
 //! older record of the key). The node that stamped the entry writes the marker; any node does
-//! once twice that time has passed (the stamping node may be gone). A marker carries the
+//! after `registry.tombstone_retention_ms` (the stamping node may be gone for good). A marker carries the
 //! entry it deletes, and readers remove their entry only if it is that one or older: an
 //! instance registered again meanwhile stays. A marker for an entry stamped less than
 //! `registry.lease_max_ms` ago (by the reader's clock) is quarantined, so no marker, however
@@ -69,6 +69,9 @@ pub struct Replication {
     telemetry: Arc<Telemetry>,
     /// What a record must satisfy beyond decoding to be applied.
     bounds: EventBounds,
+    /// How long an entry stamped by another node is kept before this node deletes it from the
+    /// bus (`registry.tombstone_retention_ms`).
+    others_after_ms: u64,
     shutting_down: AtomicBool,
     position: AtomicU64,
     catch_up_target: AtomicU64,
@@ -102,6 +105,7 @@ impl Replication {
                 clock_drift_max_ms: registry.clock_drift_max_ms,
                 lease_max_ms: registry.lease_max_ms,
             },
+            others_after_ms: registry.tombstone_retention_ms,
             shutting_down: AtomicBool::new(false),
             position: AtomicU64::new(0),
             catch_up_target: AtomicU64::new(0),
@@ -332,7 +336,7 @@ impl Replication {
                 .saturating_add(self.bounds.clock_drift_max_ms)
         };
         let own_by = now.saturating_sub(horizon);
-        let anyone_by = now.saturating_sub(horizon.saturating_mul(2));
+        let anyone_by = now.saturating_sub(horizon.max(self.others_after_ms));
         let me = self.store.node_id();
         let due = self
             .store

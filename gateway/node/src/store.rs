@@ -116,9 +116,4 @@ impl Store {
     pub fn remove_covered(&self, key: &InstanceKey, covered: &Entry) -> bool {
         write(&self.registry).remove_covered(key, covered)
     }
-
-    /// Drops entries removed or expired before `cutoff_ms`; returns how many.
-    pub fn prune(&self, cutoff_ms: u64) -> usize {
-        write(&self.registry).prune(cutoff_ms)
-    }
 }

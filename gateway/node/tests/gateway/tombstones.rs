@@ -109,6 +109,41 @@ async fn a_removed_instance_is_deleted_from_the_bus_after_the_lease_and_drift_bo
 }
 
 #[tokio::test]
+async fn another_gateway_s_tombstone_is_deleted_after_the_retention() {
+    const RETENTION_MS: u64 = 3_000;
+    let bus = MemoryBus::new();
+    let gw = Gateway::start_on(bus.clone(), |c| {
+        short_horizon(c);
+        c.registry.tombstone_retention_ms = RETENTION_MS;
+    })
+    .await;
+    // Stamped by a gateway that is gone: nobody else writes its marker.
+    let tomb = event(
+        EventKind::Deregister,
+        "s",
+        "orphan",
+        SystemClock.now_ms(),
+        "gw-gone",
+    );
+    bus.publish(tomb.bus_key(), Bytes::from(tomb.encode()))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), || async {
+        bus.snapshot().iter().any(|r| r.delete)
+    })
+    .await;
+    let waited = SystemClock.now_ms() - tomb.stamp.physical_ms;
+    assert!(
+        waited >= RETENTION_MS,
+        "deleted after {waited} ms, before registry.tombstone_retention_ms"
+    );
+    eventually(Duration::from_secs(5), || async {
+        gw.status().await["registry_entries"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_marker_too_early_or_for_an_older_entry_removes_nothing() {
     let bus = MemoryBus::new();
     let gw = Gateway::start_on(bus.clone(), |c| {
