@@ -220,3 +220,37 @@ def test_a_tombstone_ends_with_a_delete_marker_on_the_real_topic(launcher: Launc
     status = cluster_status(late)
     assert status["registry_entries"] == 0, status
     assert status["events_rejected"] == 0, status
+
+
+def test_changes_answered_202_while_kafka_is_down_reach_the_topic_at_sigterm(launcher: Launcher, kafka) -> None:
+    """A gateway stopped with SIGTERM while Kafka is down keeps publishing what it answered 202
+    within its drain timeout: once Kafka is back, the changes are on the topic, and a gateway
+    started afterwards reads them."""
+    if not kafka.restartable:
+        pytest.skip("KAFKA_BOOTSTRAP names an external broker, which this test cannot restart")
+    topic = fresh_topic()
+    settings = (
+        "bus.publish_wait_ms=300",
+        "bus.kafka.message_timeout_ms=2000",
+        "shutdown.drain_timeout_ms=120000",
+    )
+    (gw,) = start_cluster(launcher, kafka, topic, 1, *settings)
+    assert put(gw, "ledger", "gone").status_code == 200
+    kafka.stop()
+    try:
+        resp = requests.delete(f"{gw.control}/v1/services/ledger/instances/gone", timeout=HTTP_TIMEOUT_S)
+        assert resp.status_code == 202, resp.text
+        assert put(gw, "ledger", "new").status_code == 202
+        gw.proc.send_signal(signal.SIGTERM)
+        # The gateway is draining, its outbox retrying; nothing is lost yet.
+        gw.proc.wait_for_log(r"registry change not published|cannot publish registry event", 1, 30)
+    finally:
+        kafka.start()
+    assert gw.proc.wait(150) == 0, gw.proc.log_tail()
+    log = gw.proc.log_text()
+    assert "outbox flushed" in log, gw.proc.log_tail()
+    assert "registry change not published before shutdown" not in log, gw.proc.log_tail()
+    late = start_gateway(launcher, "gw-late", node_id="gw-late", extra=kafka.gateway_args(topic, *settings))
+    wait_ready(late)
+    assert late.live_ids("ledger") == {"new"}, late.instances("ledger")
+    assert late.instances("ledger").keys() == {"new"}, late.instances("ledger")
