@@ -33,7 +33,8 @@ struct Common {
     /// Fault kinds to inject (comma-separated, `all` or `none`); default: drawn per seed.
     #[arg(long, value_parser = Faults::parse)]
     faults: Option<Faults>,
-    /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp, RouteExpired).
+    /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp, RouteExpired,
+    /// QuarantineOff).
     #[arg(long, value_parser = parse_bug)]
     plant: Option<Bug>,
     /// Simulated milliseconds of faults before the heal.

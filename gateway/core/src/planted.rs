@@ -17,14 +17,18 @@ pub enum Bug {
     ReadyBeforeCatchUp,
     /// Routing ignores lease expiry: an instance whose lease ran out is still chosen.
     RouteExpired,
+    /// Replication applies every record that decodes: no quarantine of stamps beyond the
+    /// drift bound, leases out of bounds, or records whose key does not match their event.
+    QuarantineOff,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
         Bug::RouteExpired,
+        Bug::QuarantineOff,
     ];
 }
 
