@@ -268,6 +268,13 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
         routing(|o| o.routing.unjudged),
         routing(|o| o.routing.violations)
     );
+    let hostile = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
+    let _ = writeln!(
+        out,
+        "hostile records      {} written, {} of them to apply, the rest to quarantine",
+        hostile(|o| o.hostile_records),
+        hostile(|o| o.hostile_admissible)
+    );
     let q = |p| quantile(&conv, p).map_or("-".to_owned(), |v| format!("{v} ms"));
     let _ = writeln!(
         out,

@@ -28,10 +28,14 @@ pub struct Faults {
     pub clock_skew: bool,
     /// The last gateway joins halfway through the fault window.
     pub late_join: bool,
+    /// Records written straight into the broker's log by someone who is not a gateway: stamps
+    /// beyond the drift bound or at the top of the range, leases beyond the bound, payloads that
+    /// do not decode, keys that disagree with their payload (see [`crate::hostile`]).
+    pub hostile_records: bool,
 }
 
 impl Faults {
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "partitions",
         "gateway_crashes",
         "service_crashes",
@@ -40,9 +44,10 @@ impl Faults {
         "redelivery",
         "clock_skew",
         "late_join",
+        "hostile_records",
     ];
 
-    fn flags(&self) -> [bool; 8] {
+    fn flags(&self) -> [bool; 9] {
         [
             self.partitions,
             self.gateway_crashes,
@@ -52,14 +57,15 @@ impl Faults {
             self.redelivery,
             self.clock_skew,
             self.late_join,
+            self.hostile_records,
         ]
     }
 
     pub fn all() -> Self {
-        Self::from_flags([true; 8])
+        Self::from_flags([true; 9])
     }
 
-    fn from_flags(f: [bool; 8]) -> Self {
+    fn from_flags(f: [bool; 9]) -> Self {
         Self {
             partitions: f[0],
             gateway_crashes: f[1],
@@ -69,12 +75,23 @@ impl Faults {
             redelivery: f[5],
             clock_skew: f[6],
             late_join: f[7],
+            hostile_records: f[8],
         }
     }
 
-    /// Each kind on with probability one half.
-    pub fn swarm(rng: &mut SmallRng) -> Self {
-        Self::from_flags(std::array::from_fn(|_| rng.random_bool(0.5)))
+    /// Each kind on with probability one half. The first eight kinds draw from `rng`, the
+    /// kinds added since from `later` (a second generator seeded from the run's seed), so
+    /// adding a kind left the draw of the others, and every later draw from `rng`, unchanged:
+    /// a seed that does not switch a later kind on runs as it did before that kind existed.
+    pub fn swarm(rng: &mut SmallRng, later: &mut SmallRng) -> Self {
+        let mut flags: [bool; 9] = std::array::from_fn(|_| false);
+        for flag in &mut flags[..8] {
+            *flag = rng.random_bool(0.5);
+        }
+        for flag in &mut flags[8..] {
+            *flag = later.random_bool(0.5);
+        }
+        Self::from_flags(flags)
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -92,7 +109,7 @@ impl Faults {
             "none" | "" => return Ok(Self::default()),
             _ => {}
         }
-        let mut flags = [false; 8];
+        let mut flags = [false; 9];
         for name in list.split(',') {
             let i = Self::KINDS
                 .iter()
@@ -114,6 +131,8 @@ pub enum Action {
     Release(String, String),
     Crash(String),
     Restart(String),
+    /// A burst of hostile records written into the broker's log, drawn from this seed.
+    Hostile(u64),
 }
 
 impl fmt::Display for Action {
@@ -125,6 +144,7 @@ impl fmt::Display for Action {
             Self::Release(a, b) => write!(f, "release {a} | {b}"),
             Self::Crash(h) => write!(f, "crash {h}"),
             Self::Restart(h) => write!(f, "restart {h}"),
+            Self::Hostile(seed) => write!(f, "hostile records (burst {seed:016x})"),
         }
     }
 }
@@ -168,6 +188,10 @@ pub enum EpisodeKind {
         service: usize,
     },
     CrashBroker,
+    /// A burst of hostile records at the episode's start (it has no end).
+    Hostile {
+        seed: u64,
+    },
 }
 
 /// The steps of `episodes`, sorted by time, clipped to `[0, fault_ms)`.
@@ -191,6 +215,13 @@ pub fn steps(
             (a != b).then_some((a, b))
         };
         let (start, end) = match e.kind {
+            EpisodeKind::Hostile { seed } => {
+                out.push(Step {
+                    at_ms: start_ms,
+                    action: Action::Hostile(seed),
+                });
+                continue;
+            }
             EpisodeKind::GatewayBroker { gateway } => {
                 let Some(g) = at(gateways, gateway) else {
                     continue;
@@ -301,4 +332,25 @@ pub fn schedule(
         })
         .collect();
     steps(&episodes, gateways, services, fault_ms)
+}
+
+/// The most bursts of hostile records one run draws.
+pub const HOSTILE_BURSTS_MAX: u64 = 3;
+
+/// Draws 1 to [`HOSTILE_BURSTS_MAX`] bursts of hostile records within `[1000, fault_ms)`, from
+/// `later` (see [`Faults::swarm`]), if the kind is on.
+pub fn hostile_bursts(later: &mut SmallRng, faults: &Faults, fault_ms: u64) -> Vec<Step> {
+    if !faults.hostile_records || fault_ms <= 1_500 {
+        return Vec::new();
+    }
+    let episodes: Vec<Episode> = (0..later.random_range(1..=HOSTILE_BURSTS_MAX))
+        .map(|_| Episode {
+            at_ms: later.random_range(1_000..fault_ms - 500),
+            len_ms: 0,
+            kind: EpisodeKind::Hostile {
+                seed: later.random(),
+            },
+        })
+        .collect();
+    steps(&episodes, &[], &[], fault_ms)
 }

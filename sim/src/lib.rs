@@ -5,6 +5,7 @@
 //! * [`SimClock`]: wall time from the simulation's logical clock, with a per-node skew.
 //! * [`broker`]: the simulated Kafka broker host and the gateways' adapter for it.
 //! * [`faults`]: fault kinds (swarm-chosen per seed) and the schedule drawn from a seed.
+//! * [`hostile`]: hostile bus records, written straight into the broker's log.
 //! * [`scenario`]: one run: cluster, workload, faults, invariant checkers, trace hash.
 //! * [`explore`]: many seeds, the summary, and the replay command for failures.
 //! * [`witness`]: a sample instance that records which gateway sent it each request.
@@ -38,6 +39,7 @@ pub const SERVICE_PORT: u16 = 7000;
 pub mod broker;
 pub mod explore;
 pub mod faults;
+pub mod hostile;
 pub mod scenario;
 pub mod witness;
 

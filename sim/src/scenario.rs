@@ -11,16 +11,21 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchyard::bus::MemoryBus;
+use switchyard::config::RegistryConfig;
 use switchyard::{Config, Node, Seams};
 use switchyard_core::planted::{self, Bug};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BROKER_HOST, BrokerFaults, SimBus, broker_host};
-use crate::faults::{Action, Episode, Faults, schedule, steps};
+use crate::faults::{Action, Episode, Faults, hostile_bursts, schedule, steps};
+use crate::hostile::{self, Hostile};
 use crate::witness::ServedLog;
 use crate::{
-    CONTROL_PORT, PUBLIC_PORT, SimClock, SimConnector, SimListener, witnessed_service_host,
+    CONTROL_PORT, PUBLIC_PORT, SERVICE_PORT, SimClock, SimConnector, SimListener,
+    witnessed_service_host,
 };
+use switchyard_core::InstanceKey;
+use switchyard_core::event::EventBounds;
 
 /// Simulated epoch: fixed, so wall-clock stamps are the same in every run of a seed.
 const EPOCH_S: u64 = 1_800_000_000;
@@ -39,6 +44,10 @@ const CLOCK_DRIFT_MAX_MS: u64 = 2_000;
 const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
 /// The most violations the routing checker describes in one run (it counts them all).
 const ROUTING_VIOLATIONS_SHOWN: usize = 5;
+/// The largest skew of a gateway's wall clock, either way, when `clock_skew` is on.
+const CLOCK_SKEW_MS_MAX: i64 = 800;
+/// A second generator for draws added after the first eight fault kinds (see `Faults::swarm`).
+const LATER_DRAWS: u64 = 0x4057_11e5;
 
 mod checks;
 mod routing;
@@ -47,11 +56,12 @@ mod workload;
 pub use routing::RoutingCounts;
 
 use checks::{
-    check_acknowledged, check_no_phantoms, check_ready_implies_caught_up, collected, converged,
+    Leases, Live, Reported, check_acknowledged, check_clock_within_drift, check_hostile_absent,
+    check_no_phantoms, check_not_pinned, check_ready_implies_caught_up, collected, converged,
     digests, reference, trace_hash,
 };
-use workload::Ack;
 pub use workload::GHOST;
+use workload::{Ack, GHOST_IDS, GHOST_LEASE_MS};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -103,6 +113,10 @@ pub struct Outcome {
     pub delete_markers: usize,
     /// What the routing checker judged.
     pub routing: RoutingCounts,
+    /// Hostile records written into the broker's log (`hostile_records`), and how many of
+    /// them the gateways had to apply (the rest they had to quarantine).
+    pub hostile_records: usize,
+    pub hostile_admissible: usize,
     pub trace_hash: u64,
     #[serde(skip)]
     pub trace: Vec<String>,
@@ -112,6 +126,18 @@ type Shared<T> = Rc<RefCell<T>>;
 
 fn gateway_names(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("gw-{i}")).collect()
+}
+
+/// Every gateway's `[registry]`: leases and the drift bound short enough that tombstones are
+/// collected (delete markers written and applied) within a run, housekeeping every second.
+fn registry_config() -> RegistryConfig {
+    RegistryConfig {
+        lease_max_ms: LEASE_MAX_MS,
+        lease_default_ms: LEASE_MAX_MS,
+        clock_drift_max_ms: CLOCK_DRIFT_MAX_MS,
+        housekeeping_interval_ms: HOUSEKEEPING_INTERVAL_MS,
+        ..Config::default().registry
+    }
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -157,7 +183,10 @@ fn align_task_ids() {
 
 fn simulate(options: &Options) -> Outcome {
     let mut rng = SmallRng::seed_from_u64(options.seed);
-    let faults = options.faults.unwrap_or_else(|| Faults::swarm(&mut rng));
+    let mut later = SmallRng::seed_from_u64(options.seed ^ LATER_DRAWS);
+    let faults = options
+        .faults
+        .unwrap_or_else(|| Faults::swarm(&mut rng, &mut later));
     let gateways = gateway_names(options.gateways);
     let services: Vec<String> = (1..=options.services).map(|i| format!("svc-{i}")).collect();
     let late = faults.late_join.then(|| gateways.last().cloned()).flatten();
@@ -167,10 +196,15 @@ fn simulate(options: &Options) -> Outcome {
         .filter(|g| Some(*g) != late.as_ref())
         .cloned()
         .collect();
-    let plan = match &options.episodes {
+    let mut plan = match &options.episodes {
         Some(episodes) => steps(episodes, &present, &services, options.fault_ms),
         None => schedule(&mut rng, &faults, &present, &services, options.fault_ms),
     };
+    if options.episodes.is_none() {
+        // Appended, then sorted stably: the other steps keep their order.
+        plan.extend(hostile_bursts(&mut later, &faults, options.fault_ms));
+        plan.sort_by_key(|s| s.at_ms);
+    }
     let trace: Shared<Vec<String>> = Rc::default();
     trace.borrow_mut().push(format!(
         "seed {} faults {}",
@@ -199,14 +233,16 @@ fn simulate(options: &Options) -> Outcome {
     }
 
     let nodes: Shared<BTreeMap<String, Arc<Node>>> = Rc::default();
+    let skews: Shared<BTreeMap<String, i64>> = Rc::default();
     // Gateway incarnations started during the last step, with their change feeds.
     let started: Shared<Vec<Incarnation>> = Rc::default();
     let mut add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str, index: usize| {
         let skew_ms = if faults.clock_skew {
-            rng.random_range(-800..=800)
+            rng.random_range(-CLOCK_SKEW_MS_MAX..=CLOCK_SKEW_MS_MAX)
         } else {
             0
         };
+        skews.borrow_mut().insert(name.to_owned(), skew_ms);
         let (nodes, started) = (nodes.clone(), started.clone());
         let (name_owned, seed) = (name.to_owned(), options.seed);
         sim.host(name, move || {
@@ -221,10 +257,7 @@ fn simulate(options: &Options) -> Outcome {
                 config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
                 // Leases and the drift bound short enough that tombstones are collected (delete
                 // markers written and applied) within a run.
-                config.registry.lease_max_ms = LEASE_MAX_MS;
-                config.registry.lease_default_ms = LEASE_MAX_MS;
-                config.registry.clock_drift_max_ms = CLOCK_DRIFT_MAX_MS;
-                config.registry.housekeeping_interval_ms = HOUSEKEEPING_INTERVAL_MS;
+                config.registry = registry_config();
                 let seams = Seams {
                     connector: Arc::new(SimConnector),
                     clock: Arc::new(SimClock { skew_ms }),
@@ -279,6 +312,38 @@ fn simulate(options: &Options) -> Outcome {
         }),
     );
 
+    let registry_config = registry_config();
+    let leases = Leases {
+        sample_ms: options.lease_ms,
+        ghost_ms: GHOST_LEASE_MS,
+        tolerance_ms: 2 * CLOCK_SKEW_MS_MAX.unsigned_abs() + 1 + 10,
+    };
+    let mut hostile_setting = hostile::Setting {
+        now_ms: 0,
+        bounds: EventBounds {
+            clock_drift_max_ms: registry_config.clock_drift_max_ms,
+            lease_max_ms: registry_config.lease_max_ms,
+        },
+        horizon_ms: options.fault_ms + options.settle_ms + 5_000 + CLOCK_SKEW_MS_MAX.unsigned_abs(),
+        keys: services
+            .iter()
+            .map(|s| InstanceKey::new(SAMPLE, s.clone()))
+            .chain((0..GHOST_IDS).map(|i| InstanceKey::new(GHOST, format!("g-{i}"))))
+            .collect(),
+        removable: (0..GHOST_IDS)
+            .map(|i| InstanceKey::new(GHOST, format!("g-{i}")))
+            .collect(),
+        nodes: gateways.clone(),
+        addrs: services
+            .iter()
+            .map(|s| format!("http://{s}:{SERVICE_PORT}"))
+            .collect(),
+    };
+    // Hostile records written so far, by offset, and the offsets of those to quarantine.
+    let mut hostile: Vec<(u64, Hostile)> = Vec::new();
+    let mut quarantined: BTreeSet<u64> = BTreeSet::new();
+    let mut reported = Reported::default();
+
     let mut violations = Vec::new();
     let mut next = 0;
     let mut down: BTreeSet<String> = BTreeSet::new();
@@ -294,6 +359,16 @@ fn simulate(options: &Options) -> Outcome {
             trace
                 .borrow_mut()
                 .push(format!("{:>6} ms fault {}", step.at_ms, step.action));
+            if let Action::Hostile(seed) = step.action {
+                hostile_setting.now_ms = EPOCH_S * 1_000 + now_ms;
+                let written = write_hostile(&log, seed, &hostile_setting, &down, &trace);
+                for (offset, record) in written {
+                    if !record.kind.admissible() {
+                        quarantined.insert(offset);
+                    }
+                    hostile.push((offset, record));
+                }
+            }
             apply(&mut sim, &step.action, &mut down);
             if let Action::Crash(host) = &step.action {
                 routing.crashed(host, now_ms);
@@ -317,7 +392,27 @@ fn simulate(options: &Options) -> Outcome {
         if now_ms >= last_check + 10 {
             last_check = now_ms;
             check_ready_implies_caught_up(&nodes.borrow(), &down, now_ms, &mut violations);
-            if healed && convergence_ms.is_none() && converged(&nodes.borrow(), &log, &gateways) {
+            let (nodes_now, skews_now) = (nodes.borrow(), skews.borrow());
+            let live = Live {
+                nodes: &nodes_now,
+                down: &down,
+                skews: &skews_now,
+                epoch_ms: EPOCH_S * 1_000,
+                now_ms,
+            };
+            check_not_pinned(&live, &leases, &mut reported, &mut violations);
+            check_clock_within_drift(
+                &live,
+                registry_config.clock_drift_max_ms,
+                &mut reported,
+                &mut violations,
+            );
+            check_hostile_absent(&live, &hostile, &mut reported, &mut violations);
+            drop((nodes_now, skews_now));
+            if healed
+                && convergence_ms.is_none()
+                && converged(&nodes.borrow(), &log, &quarantined, &gateways)
+            {
                 convergence_ms = Some(now_ms - heal_ms);
                 trace.borrow_mut().push(format!("{now_ms:>6} ms converged"));
             }
@@ -341,12 +436,17 @@ fn simulate(options: &Options) -> Outcome {
         violations.push(format!(
             "no convergence within {} ms after the heal: {}",
             options.settle_ms,
-            digests(&nodes.borrow(), &log)
+            digests(&nodes.borrow(), &log, &quarantined)
         ));
     }
-    let reference = reference(&log);
+    let reference = reference(&log, &quarantined);
     let acks = acks.borrow();
-    check_acknowledged(&reference, &collected(&log), &acks, &mut violations);
+    check_acknowledged(
+        &reference,
+        &collected(&log, &quarantined),
+        &acks,
+        &mut violations,
+    );
     check_no_phantoms(&reference, &services, &mut violations);
     routing.finish(simulated_ms);
     let (served, unkept) = served.take();
@@ -358,7 +458,10 @@ fn simulate(options: &Options) -> Outcome {
     }
 
     let mut trace = trace.take();
-    trace.push(format!("final {}", digests(&nodes.borrow(), &log)));
+    trace.push(format!(
+        "final {}",
+        digests(&nodes.borrow(), &log, &quarantined)
+    ));
     trace.push(format!(
         "routing: {} requests checked, {} not judged, {} violations",
         routing.checked, routing.unjudged, routing.violations
@@ -376,9 +479,38 @@ fn simulate(options: &Options) -> Outcome {
         acknowledged: acks.iter().filter(|a| a.status == 200).count(),
         delete_markers: log.snapshot().iter().filter(|r| r.delete).count(),
         routing,
+        hostile_records: hostile.len(),
+        hostile_admissible: hostile.len() - quarantined.len(),
         trace_hash,
         trace,
     }
+}
+
+/// Writes the burst drawn from `seed` into the broker's log, unless the broker is down (a
+/// producer cannot reach a broker that is not running); returns each record with its offset.
+fn write_hostile(
+    log: &MemoryBus,
+    seed: u64,
+    setting: &hostile::Setting,
+    down: &BTreeSet<String>,
+    trace: &Shared<Vec<String>>,
+) -> Vec<(u64, Hostile)> {
+    let mut trace = trace.borrow_mut();
+    if down.contains(BROKER_HOST) {
+        trace.push("        hostile burst not written: the broker is down".to_owned());
+        return Vec::new();
+    }
+    let mut written = Vec::new();
+    for record in hostile::burst(seed, setting) {
+        match hostile::inject(log, &record) {
+            Some(offset) => {
+                trace.push(format!("        offset {offset}: {}", record.describe()));
+                written.push((offset, record));
+            }
+            None => trace.push(format!("        not written: {}", record.describe())),
+        }
+    }
+    written
 }
 
 /// A gateway node as it starts, subscribed to its registry changes.
@@ -405,6 +537,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String
                 sim.bounce(h.as_str());
             }
         }
+        // Written into the log by the step loop, which keeps what the checkers need.
+        Action::Hostile(_) => {}
     }
 }
 

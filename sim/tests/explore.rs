@@ -60,6 +60,11 @@ fn the_registry_converges_under_faults_for_every_seed() {
             explored.seed
         );
     }
+    // Hostile records were written, both kinds the gateways must quarantine and the kind
+    // they must apply.
+    let written: usize = outcomes.iter().map(|o| o.hostile_records).sum();
+    let admissible: usize = outcomes.iter().map(|o| o.hostile_admissible).sum();
+    assert!(written > admissible && admissible > 0, "{report}");
     // Every fault kind was exercised by some seed, or the run proves less than it says.
     for kind in Faults::KINDS {
         assert!(
@@ -123,6 +128,7 @@ fn the_checkers_find_each_planted_bug() {
             20,
             "did not list that instance",
         ),
+        (Bug::QuarantineOff, 10_000, 10, "hostile record"),
     ] {
         let template = Options {
             bug: Some(bug),
@@ -180,6 +186,7 @@ fn episode() -> impl Strategy<Value = Episode> {
         (0..3usize).prop_map(|gateway| EpisodeKind::CrashGateway { gateway }),
         (0..2usize).prop_map(|service| EpisodeKind::CrashService { service }),
         Just(EpisodeKind::CrashBroker),
+        any::<u64>().prop_map(|seed| EpisodeKind::Hostile { seed }),
     ];
     (1_000..9_000u64, 100..4_000u64, kind).prop_map(|(at_ms, len_ms, kind)| Episode {
         at_ms,

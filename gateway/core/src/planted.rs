@@ -20,15 +20,19 @@ pub enum Bug {
     /// Tombstones are deleted from the bus as soon as they are written, without waiting for
     /// every older registration to run out (and readers apply such early delete markers).
     CollectEarly,
+    /// Replication applies every record that decodes: no quarantine of stamps beyond the
+    /// drift bound, leases out of bounds, or records whose key does not match their event.
+    QuarantineOff,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
         Bug::RouteExpired,
         Bug::CollectEarly,
+        Bug::QuarantineOff,
     ];
 }
 

@@ -187,6 +187,13 @@ impl Node {
         self.replication.is_ready()
     }
 
+    /// How far this node's hybrid logical clock runs ahead of `wall_ms`, in ms. The node's own
+    /// wall clock gives `switchyard_hlc_ahead_ms`; this form is for a harness that reads the
+    /// node from outside the context its clock seam reads time in (the simulation's checkers).
+    pub fn hlc_ahead_of_ms(&self, wall_ms: u64) -> u64 {
+        self.store.hlc_ahead_of_ms(wall_ms)
+    }
+
     pub fn status(&self) -> NodeStatus {
         self.status.node()
     }

@@ -106,8 +106,12 @@ impl Store {
 
     /// How far the clock runs ahead of the wall clock now, in ms (`switchyard_hlc_ahead_ms`).
     pub fn hlc_ahead_ms(&self) -> u64 {
-        let now = self.now_ms();
-        lock(&self.hlc).ahead_of_ms(now)
+        self.hlc_ahead_of_ms(self.now_ms())
+    }
+
+    /// How far the clock runs ahead of `wall_ms`, in ms.
+    pub fn hlc_ahead_of_ms(&self, wall_ms: u64) -> u64 {
+        lock(&self.hlc).ahead_of_ms(wall_ms)
     }
 
     /// Removes the entry held for `key` if a delete marker for `covered` covers it (it is

@@ -16,6 +16,8 @@ use crate::{CONTROL_PORT, PUBLIC_PORT, http_get, http_send};
 /// client never sends requests to it).
 pub const GHOST: &str = "ghost";
 pub const GHOST_IDS: usize = 6;
+/// The lease the client asks for its ghost instances.
+pub const GHOST_LEASE_MS: u64 = LEASE_MAX_MS;
 
 /// What the client saw of one registry change.
 #[derive(Debug, Clone)]
@@ -63,7 +65,7 @@ pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
         let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
         let roll = crng.random_range(0..100);
         let line = if roll < 40 {
-            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{LEASE_MAX_MS}}}"#);
+            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{GHOST_LEASE_MS}}}"#);
             let path = format!("/v1/services/{GHOST}/instances/{id}");
             let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
             record_ack(&acks, GHOST, &id, reply)
