@@ -205,6 +205,87 @@ class Sampler(threading.Thread):
                 peak[key] = max(peak.get(key, 0), value)
 
 
+class GatewayProcess:
+    """The gateway under test. Unlike the end-to-end harness, which reads a child's log
+    through a pipe, it writes its log (stderr) straight to a file: the gateway logs each
+    refused request on the worker thread that refused it, and a burst of refusals (one
+    timeout wave is hundreds of lines) behind a reader that lags on a busy machine blocked
+    those threads for up to ~100 ms, which measured the harness, not the gateway."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=harness.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=open(log_path, "wb"),
+            text=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_ready(self, timeout_s: float) -> re.Match[str]:
+        """The line the gateway prints on stdout once it listens."""
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.append(self.popen.stdout.readline()), daemon=True
+        )
+        reader.start()
+        reader.join(timeout_s)
+        match = harness.GATEWAY_READY.search(lines[0]) if lines else None
+        if match is None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the gateway did not report its addresses:\n{tail}")
+        return match
+
+    def stop(self) -> None:
+        if self.running():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(harness.STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start_gateway(args: argparse.Namespace, out_dir: Path) -> tuple[GatewayProcess, harness.Gateway]:
+    argv = [
+        str(args.bin_dir / "switchyard"),
+        "serve",
+        "--public-listen", "127.0.0.1:0",
+        "--control-listen", "127.0.0.1:0",
+        "--node-id", "attack-gw",
+        "--set", "shutdown.drain_timeout_ms=1000",
+        "--set", f"seed={args.seed}",
+    ]
+    for key, value in args.settings.items():
+        argv += ["--set", f"{key}={value}"]
+    process = GatewayProcess(argv, out_dir / "gateway.log")
+    match = process.wait_ready(harness.STARTUP_TIMEOUT_S)
+    gateway = harness.Gateway(
+        proc=process,
+        public=f"http://{match['public']}",
+        control=f"http://{match['control']}",
+        control_addr=match["control"],
+    )
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{gateway.public}/readyz", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:  # refused, or 503 (HTTPError) until caught up with the bus
+            return False
+
+    harness.wait_until(ready, "the gateway to answer /readyz 200", harness.STARTUP_TIMEOUT_S)
+    return process, gateway
+
+
 def refusals(gateway: harness.Gateway) -> dict[str, float]:
     """switchyard_listener_refusals_total of the public listener, by reason."""
     with urllib.request.urlopen(f"{gateway.control}/metrics", timeout=5) as resp:
@@ -279,22 +360,17 @@ def attacker_argv(
 
 
 def run(args: argparse.Namespace, profile: Profile, out_dir: Path) -> dict:
-    os.environ["SWITCHYARD_BIN"] = str(args.bin_dir / "switchyard")
     os.environ["SAMPLE_SERVICE_BIN"] = str(args.bin_dir / "sample-service")
     launcher = harness.Launcher(out_dir)
     children: list[Child] = []
+    gateway_process = None
     try:
-        gateway = harness.start_gateway(
-            launcher,
-            "gateway",
-            "attack-gw",
-            settings={k: str(v) for k, v in args.settings.items()} | {"seed": str(args.seed)},
-        )
+        gateway_process, gateway = start_gateway(args, out_dir)
         harness.start_rust_service(launcher, gateway, "sample", "s1", lease_ms=60_000)
         gateway.wait_live("sample", "s1")
-        gw_pid = gateway.proc.pid
-        for proc in launcher.procs:
-            prioritise(proc.pid)
+        gw_pid = gateway_process.pid
+        for pid in [gw_pid] + [proc.pid for proc in launcher.procs]:
+            prioritise(pid)
         port = int(gateway.public.rsplit(":", 1)[1])
 
         legit = Child(
@@ -378,6 +454,8 @@ def run(args: argparse.Namespace, profile: Profile, out_dir: Path) -> dict:
         for child in children:
             child.stop()
         launcher.stop_all()
+        if gateway_process is not None:
+            gateway_process.stop()
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -527,6 +605,11 @@ def render(result: dict, checks: list, derivation: list[str]) -> str:
             f"{peak.get('Threads', 0)} | {cpu} |"
         )
     lines.append("")
+    lines.append(
+        f"machine: {result['cores']} cores, 1-minute load average {result['load_average'][0]} "
+        f"before the run and {result['load_average'][1]} after it"
+    )
+    lines.append("")
     lines.append("RSS bound, from the configured limits:")
     lines.extend(f"  {line}" for line in derivation)
     lines.append("")
@@ -584,11 +667,15 @@ def main() -> int:
     global LOG_FILE
     LOG_FILE = out_dir / "attack.log"
     log(f"results and logs in {out_dir}; {profile}, seed {args.seed}")
+    load_before = os.getloadavg()[0]
     try:
         result = run(args, profile, out_dir)
     except (RuntimeError, AssertionError, OSError) as error:
         log(f"the run could not be made: {error}")
         return 2
+    # Other work on the machine shows here: the 1-minute load average before and after.
+    result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["cores"] = os.cpu_count()
     checks, derivation = verdict(result, args)
     result["checks"] = [{"criterion": n, "measured": m, "pass": ok} for n, m, ok in checks]
     text = render(result, checks, derivation)
