@@ -20,6 +20,7 @@ itself could not be made). Every process it starts is stopped on exit.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -327,6 +328,19 @@ class Child:
         if self.popen.poll() is not None:
             raise RuntimeError(f"{self.name} exited early:\n{self.log_path.read_text()[-2000:]}")
 
+    def read_port(self, timeout_s: float) -> int:
+        """The port of a child that prints `... listening on HOST:PORT` first on stdout."""
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.append(self.popen.stdout.readline()), daemon=True
+        )
+        reader.start()
+        reader.join(timeout_s)
+        match = re.search(r"listening on \S+:(\d+)", lines[0]) if lines else None
+        if match is None:
+            raise RuntimeError(f"{self.name} did not report its port")
+        return int(match.group(1))
+
     def result(self, timeout_s: float) -> dict:
         try:
             out, _ = self.popen.communicate(timeout=timeout_s)
@@ -355,8 +369,10 @@ def attacker_argv(
         "--seed", str(args.seed * 1000 + round_no),
         "--wait-go",
         "--only", args.only,
+        # Enough to fill the listener alone, whatever else runs.
+        "--flood", str(args.settings["public.connections_max"] + 50),
     ]
-    return argv + args.attacker_arg
+    return argv + args.attacker_arg  # last, so that they win
 
 
 def run(args: argparse.Namespace, profile: Profile, out_dir: Path) -> dict:
@@ -364,6 +380,7 @@ def run(args: argparse.Namespace, profile: Profile, out_dir: Path) -> dict:
     launcher = harness.Launcher(out_dir)
     children: list[Child] = []
     gateway_process = None
+    measured_nice = MEASURED_NICE if os.geteuid() == 0 else 0
     try:
         gateway_process, gateway = start_gateway(args, out_dir)
         harness.start_rust_service(launcher, gateway, "sample", "s1", lease_ms=60_000)
@@ -373,18 +390,22 @@ def run(args: argparse.Namespace, profile: Profile, out_dir: Path) -> dict:
             prioritise(pid)
         port = int(gateway.public.rsplit(":", 1)[1])
 
+        control = Child("control", [str(HERE / "control.py")], out_dir, nice=measured_nice)
+        children.append(control)
+        control_port = control.read_port(10)
         legit = Child(
             "legit",
             [
                 str(HERE / "legit.py"),
                 "--port", str(port),
+                "--control-port", str(control_port),
                 "--rate", str(profile.rate),
                 "--seed", str(args.seed),
                 "--samples", str(out_dir / "legit-latencies.csv"),
             ],
             out_dir,
             stdin=subprocess.PIPE,
-            nice=MEASURED_NICE if os.geteuid() == 0 else 0,
+            nice=measured_nice,
         )
         children.append(legit)
         legit.wait_for_log("pool open", 10)
@@ -492,6 +513,36 @@ def merge_reports(reports: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Verdict and report
+
+
+def attribute_stalls(samples: Path, phases: dict[str, dict]) -> dict:
+    """For each window kind, the gateway requests slower than twice the baseline's p99, and
+    how many of them had a control request (to control.py) due within 100 ms of theirs that
+    was also slower than twice its own baseline p99: those slow moments were the machine's,
+    the others the gateway's."""
+    limit = 2 * phases["baseline"]["latency_ms"]["p99"]
+    control_limit = 2 * phases["baseline control"]["latency_ms"]["p99"]
+    gateway: dict[str, list[float]] = {}
+    control_slow: list[float] = []
+    with open(samples) as f:
+        for line in f:
+            due, latency, name = line.rstrip("\n").split(",", 2)
+            if name.endswith(" control"):
+                if float(latency) > control_limit:
+                    control_slow.append(float(due))
+            elif name in ("baseline", "attack") and float(latency) > limit:
+                gateway.setdefault(name, []).append(float(due))
+    control_slow.sort()
+    out = {"threshold_ms": limit, "control_threshold_ms": control_limit}
+    for name in ("baseline", "attack"):
+        dues = gateway.get(name, [])
+        shared = sum(
+            1
+            for due in dues
+            if bisect.bisect_left(control_slow, due + 0.1) > bisect.bisect_left(control_slow, due - 0.1)
+        )
+        out[name] = {"slow": len(dues), "shared_with_control": shared}
+    return out
 
 
 def verdict(result: dict, args: argparse.Namespace) -> tuple[list[tuple[str, str, bool]], list[str]]:
@@ -605,6 +656,15 @@ def render(result: dict, checks: list, derivation: list[str]) -> str:
             f"{peak.get('Threads', 0)} | {cpu} |"
         )
     lines.append("")
+    st = result["stalls"]
+    lines.append(
+        f"gateway requests slower than {st['threshold_ms']:.1f} ms (2 x baseline p99): "
+        + "; ".join(
+            f"{w} {st[w]['slow']}, of which {st[w]['shared_with_control']} at a moment when the "
+            f"control target was slow too (> {st['control_threshold_ms']:.1f} ms)"
+            for w in ("baseline", "attack")
+        )
+    )
     lines.append(
         f"machine: {result['cores']} cores, 1-minute load average {result['load_average'][0]} "
         f"before the run and {result['load_average'][1]} after it"
@@ -676,6 +736,8 @@ def main() -> int:
     # Other work on the machine shows here: the 1-minute load average before and after.
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["cores"] = os.cpu_count()
+    phases = {p["phase"]: p for p in result["legit"]["phases"]}
+    result["stalls"] = attribute_stalls(out_dir / "legit-latencies.csv", phases)
     checks, derivation = verdict(result, args)
     result["checks"] = [{"criterion": n, "measured": m, "pass": ok} for n, m, ok in checks]
     text = render(result, checks, derivation)

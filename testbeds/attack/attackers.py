@@ -539,7 +539,7 @@ def main() -> None:
     p.add_argument("--ramp-s", type=float, default=2.0, help="spread the sockets' start")
     p.add_argument("--slow-header", type=int, default=100, help="sockets")
     p.add_argument("--slow-body", type=int, default=100, help="sockets")
-    p.add_argument("--flood", type=int, default=300, help="sockets")
+    p.add_argument("--flood", type=int, default=450, help="sockets")
     p.add_argument("--h2-connections", type=int, default=16)
     p.add_argument("--h2-streams-max", type=int, default=1_000, help="per connection, at most")
     p.add_argument("--websockets", type=int, default=250, help="sockets")

@@ -18,7 +18,9 @@ gateway refuses fails the request that needed it).
 
 Besides the pool, --new-conn-rate requests per second each open a connection of their own
 (`Connection: close`), as clients that do not sit behind a load balancer do; they are counted
-apart, in phases named `<phase> new-conn`.
+apart, in phases named `<phase> new-conn`. With --control-port, --control-rate requests per
+second go to the control target (control.py) on one kept-alive connection, counted in phases
+named `<phase> control`: a stall they share with the gateway's requests is the machine's.
 """
 
 from __future__ import annotations
@@ -164,6 +166,13 @@ class Client:
         self.phases: dict[str, Phase] = {}
         self.phase_name = "start"
         self.fresh_in_flight = 0
+        self.control_in_flight = 0
+        self.control_conn = (
+            Connection(args.host, args.control_port, args.source) if args.control_port else None
+        )
+        self.raw_control = (
+            f"GET /control HTTP/1.1\r\nHost: {args.host}:{args.control_port}\r\n\r\n"
+        ).encode()
         self.stopping = False
         # Every successful request's due time (monotonic clock, shared by the processes of
         # one machine) and latency, for finding when the slow ones happened.
@@ -172,9 +181,10 @@ class Client:
             Connection(args.host, args.port, args.source) for _ in range(args.pool)
         ]
 
-    def phase(self, fresh: bool) -> Phase:
-        """The current phase's record for pooled requests, or for those on new connections."""
-        name = f"{self.phase_name} new-conn" if fresh else self.phase_name
+    def phase(self, kind: str) -> Phase:
+        """The current phase's record for one kind of request: `pool`, `new-conn` (each on a
+        new connection) or `control` (to the control target)."""
+        name = self.phase_name if kind == "pool" else f"{self.phase_name} {kind}"
         return self.phases.setdefault(name, Phase(name))
 
     async def one(self, conn: Connection, raw: bytes, due: float, phase: Phase) -> None:
@@ -190,7 +200,8 @@ class Client:
                 raise Failure("timeout") from None
             if status != 200:
                 raise Failure(f"status_{status}")
-            if self.args.expect.encode() not in body:
+            expected = b"hello" if raw is self.raw_control else self.args.expect.encode()
+            if expected not in body:
                 raise Failure("bad_body")
             phase.ok += 1
             latency_ms = (time.monotonic() - due) * 1000
@@ -208,6 +219,12 @@ class Client:
             finally:
                 self.queue.task_done()
 
+    async def control(self, conn: Connection, due: float, phase: Phase) -> None:
+        try:
+            await self.one(conn, self.raw_control, due, phase)
+        finally:
+            self.control_in_flight -= 1
+
     async def fresh(self, due: float, phase: Phase) -> None:
         conn = Connection(self.args.host, self.args.port, self.args.source)
         try:
@@ -216,9 +233,11 @@ class Client:
             conn.close()
             self.fresh_in_flight -= 1
 
-    async def dispatch(self, rate: float, fresh: bool) -> None:
-        """Requests due at `rate` per second: onto the pool's queue, or (`fresh`) each on a
-        connection of its own, at most QUEUE_MAX of those at once."""
+    async def dispatch(self, rate: float, kind: str) -> None:
+        """Requests due at `rate` per second: onto the pool's queue (`pool`), each on a
+        connection of its own (`new-conn`, at most QUEUE_MAX at once), or to the control
+        target on one kept-alive connection (`control`; one at a time, a request due while
+        another is in flight fails as `queue_full`)."""
         interval = 1.0 / rate
         # A random phase for the schedule, so runs with different seeds do not line up with
         # the attackers' timers the same way.
@@ -230,19 +249,27 @@ class Client:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            phase = self.phase(fresh)
+            phase = self.phase(kind)
             phase.sent += 1
             i += 1
-            if not fresh:
+            task = None
+            if kind == "pool":
                 try:
                     self.queue.put_nowait((due, phase))
                 except asyncio.QueueFull:
                     phase.fail("queue_full")
+            elif kind == "control":
+                if self.control_in_flight:
+                    phase.fail("queue_full")
+                else:
+                    self.control_in_flight += 1
+                    task = asyncio.create_task(self.control(self.control_conn, due, phase))
             elif self.fresh_in_flight >= QUEUE_MAX:
                 phase.fail("queue_full")
             else:
                 self.fresh_in_flight += 1
                 task = asyncio.create_task(self.fresh(due, phase))
+            if task is not None:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         if tasks:
@@ -263,10 +290,15 @@ class Client:
         for conn in self.connections:
             await conn.ensure_open()
         workers = [asyncio.create_task(self.worker(c)) for c in self.connections]
-        dispatchers = [asyncio.create_task(self.dispatch(self.args.rate, fresh=False))]
+        dispatchers = [asyncio.create_task(self.dispatch(self.args.rate, "pool"))]
         if self.args.new_conn_rate > 0:
             dispatchers.append(
-                asyncio.create_task(self.dispatch(self.args.new_conn_rate, fresh=True))
+                asyncio.create_task(self.dispatch(self.args.new_conn_rate, "new-conn"))
+            )
+        if self.control_conn is not None:
+            await self.control_conn.ensure_open()
+            dispatchers.append(
+                asyncio.create_task(self.dispatch(self.args.control_rate, "control"))
             )
         print("legit: pool open", file=sys.stderr, flush=True)
         await self.commands()
@@ -299,12 +331,22 @@ def main() -> None:
         default=5.0,
         help="requests per second besides, each on a new connection (0: none)",
     )
+    parser.add_argument("--control-port", type=int, help="the control target (control.py)")
+    parser.add_argument("--control-rate", type=float, default=50.0, help="requests per second")
     parser.add_argument("--request-timeout-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--samples", help="write due,latency_ms,phase per request to this file")
     args = parser.parse_args()
-    if not (0 < args.rate <= 5_000 and 0 < args.pool <= 256 and 0 <= args.new_conn_rate <= 1_000):
-        parser.error("--rate must lie in (0, 5000], --pool in [1, 256], --new-conn-rate in [0, 1000]")
+    if not (
+        0 < args.rate <= 5_000
+        and 0 < args.pool <= 256
+        and 0 <= args.new_conn_rate <= 1_000
+        and 0 < args.control_rate <= 1_000
+    ):
+        parser.error(
+            "--rate must lie in (0, 5000], --pool in [1, 256], --new-conn-rate in [0, 1000], "
+            "--control-rate in (0, 1000]"
+        )
     random.seed(args.seed)
     result = asyncio.run(Client(args).run())
     print(json.dumps(result))
