@@ -1,20 +1,23 @@
 """The hostile-client load test: attackers against one gateway while a legitimate client runs
 beside them at a fixed rate, on loopback, bounded in time.
 
-    testbeds/attack/run.sh [--smoke] [--rate 100] [--baseline-s 30] [--attack-s 60] ...
+    testbeds/attack/run.sh [--smoke] [--rounds 4] [--baseline-s 8] [--attack-s 15] ...
 
-One gateway (release build, limits scaled down so that a short run reaches them: see
-SETTINGS) and one instance of the Rust sample service. The legitimate client (legit.py, its
-own process) opens its kept-alive pool and sends GET /sample/hello at a fixed rate from the
-first second to the last; the run is cut into phases: warm-up, baseline (no attacker), attack
-(attackers.py, its own process, every attacker at once), after (attackers stopped).
+One gateway (release build, its log in a file, limits scaled down so that a short run reaches
+them: see SETTINGS), one instance of the Rust sample service, and a control target
+(control.py). The legitimate client (legit.py, its own process) opens its kept-alive pool and
+sends GET /sample/hello at a fixed rate from the first second to the last. The run is cut into
+windows: a warm-up, then rounds of a baseline window (no attacker) and an attack window
+(attackers.py, its own process, every attacker at once), each followed by a short settle that
+counts in neither.
 
-Pass criteria (issue 14): in the attack phase the legitimate client's success rate is at least
-99.9 % and its p99 latency at most twice the baseline's; the gateway's peak RSS (VmHWM) stays
-under the bound derived from the configured limits (rss_bound); and every attacker reached the
-bound it aims at (otherwise the run proves nothing). Prints a table, writes results.json and
-results.md to testbeds/.run/attack/<time>/, and exits 1 if a criterion fails (2 if the run
-itself could not be made). Every process it starts is stopped on exit.
+Pass criteria (issue 14), all baseline windows against all attack windows: the legitimate
+client's success rate with attackers is at least 99.9 % and its p99 latency at most twice the
+baseline's; the gateway's peak RSS (VmHWM) stays under the bound derived from the configured
+limits (rss_bound); the gateway is still running; and every attacker reached the limit it aims
+at (otherwise the run proves nothing). Prints a table, writes results.json, results.md, the
+logs and every request's latency to testbeds/.run/attack/<time>/, and exits 1 if a criterion
+fails (2 if the run itself could not be made). Every process it starts is stopped on exit.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 # success and its p99 within 2x of its baseline, and the gateway's RSS stays under the bound
 # derived from its limits.
 #
-#   testbeds/attack/run.sh              the full run: 30 s baseline, 60 s attack (~100 s)
-#   testbeds/attack/run.sh --smoke      the short run: 8 s baseline, 18 s attack (~35 s once built)
+#   testbeds/attack/run.sh              the full run: 4 rounds of 8 s baseline + 15 s attack (~105 s)
+#   testbeds/attack/run.sh --smoke      2 rounds of 4 s + 9 s (~35 s once built; testbeds/test-all)
 #   testbeds/attack/run.sh --only flood,slow-header --attack-s 20    see attack.py --help
 #
 # Installs its Python packages (h2, websockets) into the venv of the end-to-end tests through
