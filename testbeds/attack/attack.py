@@ -523,8 +523,11 @@ def attribute_stalls(samples: Path, phases: dict[str, dict]) -> dict:
     how many of them had a control request (to control.py) due within 100 ms of theirs that
     was also slower than twice its own baseline p99: those slow moments were the machine's,
     the others the gateway's."""
-    limit = 2 * phases["baseline"]["latency_ms"]["p99"]
-    control_limit = 2 * phases["baseline control"]["latency_ms"]["p99"]
+    base = phases.get("baseline", {}).get("latency_ms", {}).get("p99")
+    control_base = phases.get("baseline control", {}).get("latency_ms", {}).get("p99")
+    if base is None or control_base is None:
+        return {"threshold_ms": None}  # nothing served in a baseline window: nothing to compare
+    limit, control_limit = 2 * base, 2 * control_base
     gateway: dict[str, list[float]] = {}
     control_slow: list[float] = []
     with open(samples) as f:
@@ -660,14 +663,15 @@ def render(result: dict, checks: list, derivation: list[str]) -> str:
         )
     lines.append("")
     st = result["stalls"]
-    lines.append(
-        f"gateway requests slower than {st['threshold_ms']:.1f} ms (2 x baseline p99): "
-        + "; ".join(
-            f"{w} {st[w]['slow']}, of which {st[w]['shared_with_control']} at a moment when the "
-            f"control target was slow too (> {st['control_threshold_ms']:.1f} ms)"
-            for w in ("baseline", "attack")
+    if st["threshold_ms"] is not None:
+        lines.append(
+            f"gateway requests slower than {st['threshold_ms']:.1f} ms (2 x baseline p99): "
+            + "; ".join(
+                f"{w} {st[w]['slow']}, of which {st[w]['shared_with_control']} at a moment when "
+                f"the control target was slow too (> {st['control_threshold_ms']:.1f} ms)"
+                for w in ("baseline", "attack")
+            )
         )
-    )
     lines.append(
         f"machine: {result['cores']} cores, 1-minute load average {result['load_average'][0]} "
         f"before the run and {result['load_average'][1]} after it"
