@@ -327,7 +327,10 @@ impl Node {
                 node.public_router(&backend),
                 shutdown.clone(),
                 drain,
-                serve_limits(node.config.public.limits()),
+                serve_limits(
+                    node.config.public.limits(),
+                    node.config.public.header_bytes_max
+                ),
                 node.refusal_counter(ListenerLabel::Public),
             ),
             serve::serve_with(
@@ -335,7 +338,7 @@ impl Node {
                 node.control_router(&backend),
                 shutdown.clone(),
                 drain,
-                serve_limits(node.config.control.limits()),
+                serve_limits(node.config.control.limits(), CONTROL_HEADER_BYTES_MAX),
                 node.refusal_counter(ListenerLabel::Control),
             ),
         );
@@ -411,8 +414,12 @@ async fn housekeeping_loop(node: Arc<Node>, stop: CancellationToken) {
     }
 }
 
+/// The largest request head the control listener reads (it has no `header_bytes_max` of its
+/// own; registrations are small).
+const CONTROL_HEADER_BYTES_MAX: usize = 64 * 1024;
+
 /// A listener's configured bounds, as the server takes them.
-fn serve_limits(l: ListenerLimits) -> serve::ServeLimits {
+fn serve_limits(l: ListenerLimits, header_bytes_max: usize) -> serve::ServeLimits {
     serve::ServeLimits {
         connections_max: l.connections_max,
         header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
@@ -422,5 +429,6 @@ fn serve_limits(l: ListenerLimits) -> serve::ServeLimits {
         http2_stream_window_bytes: l.http2_stream_window_bytes,
         http2_connection_window_bytes: l.http2_connection_window_bytes,
         http2_send_buf_bytes: l.http2_send_buf_bytes,
+        http1_read_buf_bytes: serve::http1_read_buf_for(header_bytes_max),
     }
 }

@@ -55,7 +55,22 @@ pub struct ServeLimits {
     pub http2_stream_window_bytes: u32,
     pub http2_connection_window_bytes: u32,
     pub http2_send_buf_bytes: usize,
+    /// What an HTTP/1.1 connection may buffer of what it reads: a request head that does not
+    /// fit is answered 431 and the connection closed, so a head that never ends holds this
+    /// much at most (hyper's own cap is about 400 KiB). At least 8 KiB.
+    pub http1_read_buf_bytes: usize,
 }
+
+/// [`ServeLimits::http1_read_buf_bytes`] for a largest request head of `header_bytes_max`: the
+/// head's headers plus 16 KiB for the request line and the headers' separators.
+pub fn http1_read_buf_for(header_bytes_max: usize) -> usize {
+    header_bytes_max
+        .saturating_add(16 * 1024)
+        .max(HTTP1_READ_BUF_MIN)
+}
+
+/// The smallest read buffer hyper takes.
+const HTTP1_READ_BUF_MIN: usize = 8 * 1024;
 
 impl Default for ServeLimits {
     fn default() -> Self {
@@ -67,6 +82,7 @@ impl Default for ServeLimits {
             http2_max_concurrent_streams: 100,
             http2_stream_window_bytes: 256 * 1024,
             http2_connection_window_bytes: 1024 * 1024,
+            http1_read_buf_bytes: http1_read_buf_for(64 * 1024),
             http2_send_buf_bytes: 400 * 1024,
         }
     }
@@ -183,6 +199,7 @@ fn builder(limits: &ServeLimits) -> Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.http1_read_buf_bytes.max(HTTP1_READ_BUF_MIN))
         // A client that shuts its write side after a complete request still gets the answer.
         .half_close(true);
     builder

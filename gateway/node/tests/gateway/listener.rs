@@ -115,6 +115,34 @@ async fn a_slow_request_head_closes_the_connection() {
     gw.stop().await;
 }
 
+/// A request head that never ends holds at most `public.header_bytes_max` plus 16 KiB: past
+/// that the gateway answers 431 and closes, without waiting for the head timer.
+#[tokio::test]
+async fn a_request_head_past_the_read_buffer_is_answered_431() {
+    let gw = Gateway::start(|c| {
+        c.public.header_bytes_max = 16 * 1024;
+        c.public.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")
+        .await
+        .unwrap();
+    // 64 KiB of headers with no end: more than 16 + 16 KiB, far less than hyper's own cap.
+    let line = format!("X-Filler: {}\r\n", "a".repeat(1_000));
+    let mut sent = 0;
+    while sent < 64 * 1024 {
+        if stream.write_all(line.as_bytes()).await.is_err() {
+            break; // the gateway closed first
+        }
+        sent += line.len();
+    }
+    let answer = read_until_closed(&mut stream, SLACK).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_slow_request_body_is_answered_408() {
     let gw = Gateway::start(|c| c.public.body_read_timeout_ms = SHORT_MS).await;
