@@ -128,7 +128,7 @@ fn the_checkers_find_each_planted_bug() {
             20,
             "did not list that instance",
         ),
-        (Bug::QuarantineOff, 10_000, 10, "hostile record"),
+        (Bug::QuarantineOff, LEASE_MAX_MS, 10, "hostile record"),
     ] {
         let template = Options {
             bug: Some(bug),

@@ -237,12 +237,18 @@ async fn under_a_churn_of_fresh_ids_the_topic_keys_stay_bounded() {
     // A new gateway reads only what is left.
     let records = bus.len();
     assert!(records <= 1_024.max(2 * bound) + 1, "{records} records");
+    let started = std::time::Instant::now();
     let late = Gateway::start_on(bus.clone(), |c| {
         short_horizon(c);
         c.node_id = "gw-late".into();
     })
     .await;
     let status = late.wait_ready().await;
+    println!(
+        "churn: a new gateway read {records} records and was ready in {:?} (its catch-up target: offset {})",
+        started.elapsed(),
+        status["catch_up_target"]
+    );
     assert!(status["catch_up_target"].as_u64().unwrap() > 0);
 }
 
