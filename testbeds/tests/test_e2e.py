@@ -8,6 +8,7 @@ is read through the control listener. Each test names the behaviour it pins down
 from __future__ import annotations
 
 import signal
+import subprocess
 from typing import Any
 
 import pytest
@@ -21,11 +22,13 @@ from conftest import (
     Mixed,
 )
 from harness import (
+    GATEWAY_READY,
     HTTP_TIMEOUT_S,
     SERVICE_READY,
     Gateway,
     Launcher,
     Proc,
+    binary,
     child_env,
     python_service_argv,
     start_gateway,
@@ -374,3 +377,30 @@ def test_python_keeps_serving_after_the_rust_instance_is_killed(
     wait_until(lambda: not rust_ejected(), "the first ejection to end", timeout_s=10)
     send_until_ejected()
     assert rust_id in gateway.live_ids(service)  # still registered: the lease has not run out
+
+
+def test_a_log_reader_that_falls_behind_costs_log_lines_not_requests() -> None:
+    """The gateway writes its log through a bounded queue: with stderr a pipe that nobody
+    reads (it fills after 64 KiB), requests are still answered, and the lines that did not fit
+    are counted in switchyard_log_lines_dropped_total."""
+    exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
+    env = dict(child_env(), SWITCHYARD_LOG="debug")
+    argv = [str(exe), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
+            "--set", "log.access=true", "--set", "shutdown.drain_timeout_ms=1000"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        match = GATEWAY_READY.search(proc.stdout.readline())
+        assert match, "the gateway did not report its addresses"
+        public, control = f"http://{match['public']}", f"http://{match['control']}"
+        with requests.Session() as http:
+            # Each request logs several debug lines: far more than the pipe and the queue hold.
+            for i in range(3_000):
+                resp = http.get(f"{public}/nowhere/{i}", timeout=HTTP_TIMEOUT_S)
+                assert resp.status_code == 404, resp.text
+            metrics = http.get(f"{control}/metrics", timeout=HTTP_TIMEOUT_S).text
+        dropped = [line for line in metrics.splitlines() if line.startswith("switchyard_log_lines_dropped_total ")]
+        assert dropped and float(dropped[0].split()[-1]) > 0, dropped
+    finally:
+        proc.kill()
+        proc.wait(10)

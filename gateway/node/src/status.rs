@@ -238,6 +238,14 @@ impl Status {
         if let Some(exporter) = self.telemetry.exporter() {
             exporter.encode_metrics(&mut out);
         }
+        if let Some(dropped) = crate::telemetry::metrics::log_lines_dropped() {
+            crate::telemetry::metrics::counter(
+                &mut out,
+                "switchyard_log_lines_dropped_total",
+                "Log lines dropped because the log's reader fell behind.",
+                dropped,
+            );
+        }
         if let Some(rss) = resident_memory_bytes() {
             gauge(
                 &mut out,

@@ -722,6 +722,27 @@ pub fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Dis
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// Writes one process-wide counter with its `# HELP` and `# TYPE` lines.
+pub fn counter(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Reads how many log lines the process dropped because its log writer fell behind; set once
+/// by whoever installs the log writer (the `switchyard` binary), read at each scrape.
+static LOG_LINES_DROPPED: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+/// Sets where `switchyard_log_lines_dropped_total` comes from (the first call wins).
+pub fn set_log_lines_dropped(read: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = LOG_LINES_DROPPED.set(Box::new(read));
+}
+
+/// The log lines dropped so far, if a log writer reports them.
+pub fn log_lines_dropped() -> Option<u64> {
+    LOG_LINES_DROPPED.get().map(|read| read())
+}
+
 /// The resident set size of this process, from `/proc/self/status`, where there is one.
 pub fn resident_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -11,6 +11,7 @@ use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
 use tokio_util::sync::CancellationToken;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 #[cfg(feature = "demo")]
 mod demo;
@@ -96,20 +97,35 @@ impl ConfigArgs {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Log lines held for the writer thread; past this, lines are dropped and counted.
+const LOG_LINES_BUFFERED_MAX: usize = 16_384;
+
+/// Installs the log. Lines go to stderr (stdout carries only the one line that reports the
+/// bound addresses) through a writer thread and a queue of [`LOG_LINES_BUFFERED_MAX`] lines:
+/// a reader of stderr that falls behind (a full pipe, a slow collector) costs dropped lines,
+/// counted in `switchyard_log_lines_dropped_total`, never a worker blocked on a write. Keep
+/// the guard until exit: dropping it flushes what is queued.
+fn init_logging(config: &Config) -> WorkerGuard {
     let filter = std::env::var("SWITCHYARD_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(&config.log.level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr; stdout carries only the one line that reports the bound addresses.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_BUFFERED_MAX)
+        .thread_name("switchyard-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    switchyard::telemetry::metrics::set_log_lines_dropped(move || dropped.dropped_lines() as u64);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,13 +142,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let config = args.load()?;
-            init_logging(&config);
+            let _log = init_logging(&config);
             runtime(&config)?.block_on(serve(config))
         }
         #[cfg(feature = "demo")]
         Command::Demo { config, instances } => {
             let config = config.load()?;
-            init_logging(&config);
+            let _log = init_logging(&config);
             runtime(&config)?.block_on(async {
                 let shutdown = on_signal();
                 demo::run(config, usize::from(instances), shutdown)
