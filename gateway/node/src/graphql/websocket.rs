@@ -7,7 +7,7 @@
 //! timer of the newer protocol, reset by any message. So [`serve`] drives the library's
 //! message stream itself, between the socket and the library:
 //!
-//! * on the way in, [`Inbound`] reads each client message's `type` and `id`: it notes
+//! * on the way in, `Inbound` reads each client message's `type` and `id`: it notes
 //!   `connection_init`, and admits a new operation (`subscribe`, or `start` in the older
 //!   protocol) only while fewer than `graphql.websocket_operations_max` are running; past that
 //!   the message never reaches the library and the client gets an `error` message for that id.

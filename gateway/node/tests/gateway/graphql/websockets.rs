@@ -260,6 +260,11 @@ async fn queries_over_a_socket_are_not_slower_than_over_http() {
         assert_eq!(message(&mut socket).await["type"], "complete");
     }
     let over_socket = started.elapsed();
+    println!(
+        "{QUERIES} queries: {:?} each over one socket, {:?} each by POST",
+        over_socket / QUERIES as u32,
+        over_http / QUERIES as u32
+    );
     assert!(
         over_socket < over_http * 2,
         "{QUERIES} queries: {over_socket:?} over one socket, {over_http:?} by POST"
