@@ -308,13 +308,16 @@ start_gateway() {
   # message_timeout_ms: a registration while Kafka is down is answered 202 after 500 ms and
   # retried every 2 s. drain_timeout_ms: `down` need not wait out the default 10 s.
   # log.access: one line per request with its trace id, for an operator following a trace.
+  # graphql.websockets_per_client_max: every client reaches the gateway from HAProxy's
+  # address, so the per-address bound is the listener's.
   launch "$name" "$gateway_bin" serve --node-id "$name" \
     --public-listen "$public" --control-listen "$control" \
     --set bus.kind=kafka --set "bus.kafka.brokers=127.0.0.1:$kafka_port" \
     --set "bus.kafka.topic=$topic" \
     --set "upstream.evict_after_ms=$evict_after_ms" \
     --set bus.publish_wait_ms=500 --set bus.kafka.message_timeout_ms=2000 \
-    --set shutdown.drain_timeout_ms=2000 --set log.access=true
+    --set shutdown.drain_timeout_ms=2000 --set log.access=true \
+    --set graphql.websockets_per_client_max=1024
   await "$name" "answer on /healthz" "$START_WAIT_S" http_ok "http://$control/healthz"
 }
 

@@ -12,6 +12,8 @@
 //!   mutations, introspection), and the error codes on every answer.
 //! * [`endpoint`]: the axum handlers: `POST /graphql`, the GraphiQL page, and GraphQL over
 //!   WebSocket (`graphql-transport-ws`, and the older `graphql-ws`) on `GET /graphql`.
+//! * [`websocket`]: one upgraded socket, served within its bounds (the `connection_init`
+//!   timeout, operations at once), and the count of open sockets per client address.
 //!
 //! Every error a client sees carries `extensions.code`, the same stable code REST puts in its
 //! JSON errors ([`GatewayError::code`]), and `extensions.status`, the HTTP status REST would
@@ -37,6 +39,7 @@ pub mod gate;
 pub mod mutation;
 pub mod query;
 pub mod types;
+pub mod websocket;
 
 pub use endpoint::router;
 

@@ -18,7 +18,9 @@ use crate::config::Config;
 pub mod metrics;
 pub mod otlp;
 
-pub use metrics::{ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, UpstreamErrorKind};
+pub use metrics::{
+    ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, UpstreamErrorKind, WebSocketRefusal,
+};
 
 /// The node's metrics, span exporter and access-log switch.
 #[derive(Debug)]

@@ -125,6 +125,22 @@ fn validation_names_the_key() {
         ("graphql.calls_max=257", "graphql.calls_max"),
         ("graphql.depth_max=0", "graphql.depth_max"),
         ("graphql.websockets_max=0", "graphql.websockets_max"),
+        (
+            "graphql.websockets_per_client_max=0",
+            "graphql.websockets_per_client_max",
+        ),
+        (
+            "graphql.websocket_operations_max=0",
+            "graphql.websocket_operations_max",
+        ),
+        (
+            "graphql.websocket_init_timeout_ms=0",
+            "graphql.websocket_init_timeout_ms",
+        ),
+        (
+            "graphql.websocket_init_timeout_ms=60001",
+            "graphql.websocket_init_timeout_ms",
+        ),
         ("runtime.worker_threads=1025", "runtime.worker_threads"),
         ("runtime.worker_threads=-1", "runtime.worker_threads"),
         ("public.connections_max=0", "public.connections_max"),
@@ -201,6 +217,28 @@ fn syntax_errors_name_the_file() {
     let missing = Config::load(Some(Path::new("/nonexistent/switchyard.toml")), &[]).unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/switchyard.toml"));
     assert!(parse_set_flag("novalue").is_err());
+}
+
+#[test]
+fn graphql_websockets_are_bounded_by_default_and_the_bounds_can_be_set() {
+    let g = Config::default().graphql;
+    assert_eq!(
+        (
+            g.websockets_max,
+            g.websockets_per_client_max,
+            g.websocket_init_timeout_ms,
+            g.websocket_operations_max
+        ),
+        (1_024, 64, 3_000, 100)
+    );
+    let f = write(
+        "[graphql]\nwebsockets_per_client_max = 2\nwebsocket_init_timeout_ms = 60000\n\
+         websocket_operations_max = 1\n",
+    );
+    let c = Config::load(Some(f.path()), &[]).unwrap();
+    assert_eq!(c.graphql.websockets_per_client_max, 2);
+    assert_eq!(c.graphql.websocket_init_timeout_ms, 60_000);
+    assert_eq!(c.graphql.websocket_operations_max, 1);
 }
 
 #[test]

@@ -6,13 +6,17 @@
 //!   large, not JSON, a batch) answers with the status REST would give and the same shape.
 //! * `GET` with a WebSocket upgrade speaks `graphql-transport-ws` (and the older
 //!   `graphql-ws`): subscriptions, and queries and mutations under the same rules as `POST`.
+//!   An upgrade is refused with 503 when the listener has `graphql.websockets_max` sockets
+//!   open, and with 429 when the client's address has `graphql.websockets_per_client_max`;
+//!   an open socket is served within its own bounds by [`super::websocket`].
 //! * `GET` without an upgrade serves the GraphiQL page when `graphql.graphiql` is on.
 
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::Data;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols};
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::response::{Html, IntoResponse, Response};
@@ -23,11 +27,12 @@ use switchyard_core::translate::{self, Limits, X_REQUEST_ID};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::websocket::{self, ClientSockets, Counted, SocketLimits};
 use super::{Backend, Carrier, Front, SwitchyardSchema, refusal_body, schema};
 use crate::respond::{add_error_headers, read_body};
 use crate::seams::ClientAddr;
 use crate::serve::Shutdown;
-use crate::telemetry::Front as MetricsFront;
+use crate::telemetry::{Front as MetricsFront, ListenerLabel, WebSocketRefusal};
 
 /// Where the front is served, on whichever listener.
 pub const GRAPHQL_PATH: &str = "/graphql";
@@ -37,6 +42,9 @@ struct Endpoint {
     schema: SwitchyardSchema,
     /// One permit per open WebSocket (`graphql.websockets_max`).
     websockets: Arc<Semaphore>,
+    /// Open WebSockets per client address (`graphql.websockets_per_client_max`).
+    clients: Arc<ClientSockets>,
+    listener: ListenerLabel,
 }
 
 /// The `/graphql` routes for one listener.
@@ -44,6 +52,11 @@ pub fn router(backend: Arc<Backend>, front: Front) -> Router {
     let endpoint = Endpoint {
         schema: schema(backend.clone(), front),
         websockets: Arc::new(Semaphore::new(backend.config.websockets_max)),
+        clients: ClientSockets::new(backend.config.websockets_per_client_max),
+        listener: match front {
+            Front::Public => ListenerLabel::Public,
+            Front::Control => ListenerLabel::Control,
+        },
         backend,
     };
     let counted = endpoint.backend.clone();
@@ -100,6 +113,27 @@ fn json(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
 
 fn refuse(error: &GatewayError, request_id: &str) -> Response {
     tracing::info!(%request_id, code = %error.code(), %error, "graphql request refused");
+    answer_refusal(error, request_id)
+}
+
+/// A WebSocket refused for a bound. Logged at `debug` only: a flood of upgrades would flood
+/// the log too, and each is counted in `switchyard_graphql_websocket_refusals_total`.
+fn refuse_websocket(
+    endpoint: &Endpoint,
+    reason: WebSocketRefusal,
+    error: &GatewayError,
+    request_id: &str,
+) -> Response {
+    endpoint
+        .backend
+        .telemetry
+        .metrics()
+        .websocket_refusal(endpoint.listener, reason);
+    tracing::debug!(%request_id, reason = reason.label(), %error, "graphql websocket refused");
+    answer_refusal(error, request_id)
+}
+
+fn answer_refusal(error: &GatewayError, request_id: &str) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json(status, refusal_body(error, request_id), request_id);
@@ -200,6 +234,17 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
+/// The protocol of a WebSocket upgrade: the first the client offers that is served. The same
+/// one is named in the handshake and spoken, whatever order the client lists them in.
+fn websocket_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+}
+
 fn is_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
@@ -242,7 +287,7 @@ async fn get_graphql(
         };
         return refuse(&error, &request_id);
     }
-    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &()).await else {
+    let Some(protocol) = websocket_protocol(&parts.headers) else {
         let error = GatewayError::InvalidArgument {
             field: "sec-websocket-protocol",
             reason: format!("expected one of {ALL_WEBSOCKET_PROTOCOLS:?}"),
@@ -253,6 +298,18 @@ async fn get_graphql(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    // The client's own bound first: a client at it is told so (429) even when the listener
+    // is full too, and is not counted against the listener.
+    let Some(client_slot) = endpoint.clients.try_acquire(client.ip()) else {
+        // The sockets a client holds end when it closes them, at no time the gateway knows.
+        let error = GatewayError::RateLimited { retry_after_s: 1 };
+        return refuse_websocket(
+            &endpoint,
+            WebSocketRefusal::PerClientMax,
+            &error,
+            &request_id,
+        );
+    };
     let Ok(permit) = endpoint.websockets.clone().try_acquire_owned() else {
         let error = GatewayError::Overloaded {
             what: format!(
@@ -260,7 +317,12 @@ async fn get_graphql(
                 backend.config.websockets_max
             ),
         };
-        return refuse(&error, &request_id);
+        return refuse_websocket(
+            &endpoint,
+            WebSocketRefusal::WebsocketsMax,
+            &error,
+            &request_id,
+        );
     };
     // Draining waits for requests, not for upgraded connections: end this one on shutdown.
     let shutdown = parts
@@ -278,18 +340,20 @@ async fn get_graphql(
     });
     let schema = endpoint.schema.clone();
     let message_bytes_max = backend.config.body_bytes_max;
+    let limits = SocketLimits {
+        init_timeout: Duration::from_millis(backend.config.websocket_init_timeout_ms),
+        operations_max: backend.config.websocket_operations_max,
+    };
+    let counted = Counted {
+        telemetry: backend.telemetry.clone(),
+        listener: endpoint.listener,
+    };
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .protocols([protocol.sec_websocket_protocol()])
         .max_message_size(message_bytes_max)
         .max_frame_size(message_bytes_max)
         .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            let serve = GraphQLWebSocket::new(socket, schema, protocol)
-                .with_data(data)
-                .serve();
-            tokio::select! {
-                () = serve => {}
-                () = shutdown.cancelled() => {}
-            }
+            let _held = (permit, client_slot);
+            websocket::serve(socket, schema, protocol, data, limits, counted, shutdown).await;
         })
 }

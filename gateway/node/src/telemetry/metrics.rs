@@ -212,6 +212,42 @@ const LISTENERS: [&str; 2] = ["public", "control"];
 /// Why a listener refused a client, as `serve::Refusal::label` names it. A reason not listed
 /// here is not counted (a test keeps the two lists the same).
 pub const REFUSAL_REASONS: [&str; 3] = ["connections_max", "header_timeout", "body_timeout"];
+
+/// Why the GraphQL front refused or closed a WebSocket, or refused an operation on one, for
+/// `switchyard_graphql_websocket_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocketRefusal {
+    /// The listener has `graphql.websockets_max` sockets open (503 on the upgrade).
+    WebsocketsMax = 0,
+    /// The client's address has `graphql.websockets_per_client_max` sockets open (429).
+    PerClientMax = 1,
+    /// No `connection_init` within `graphql.websocket_init_timeout_ms` (closed, 4408).
+    InitTimeout = 2,
+    /// `graphql.websocket_operations_max` operations running on the socket (an `error`
+    /// message for the operation; the socket goes on).
+    OperationsMax = 3,
+}
+
+const WEBSOCKET_REFUSALS: [&str; 4] = [
+    "websockets_max",
+    "websockets_per_client_max",
+    "init_timeout",
+    "operations_max",
+];
+
+impl WebSocketRefusal {
+    pub const ALL: [WebSocketRefusal; 4] = [
+        Self::WebsocketsMax,
+        Self::PerClientMax,
+        Self::InitTimeout,
+        Self::OperationsMax,
+    ];
+
+    pub fn label(self) -> &'static str {
+        WEBSOCKET_REFUSALS[self as usize]
+    }
+}
+
 /// Why passive health ejected an instance, for `switchyard_upstream_ejections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EjectionReason {
@@ -316,6 +352,7 @@ pub struct Metrics {
     quota_refusals: Counter,
     refusals: [[Counter; REFUSAL_REASONS.len()]; LISTENERS.len()],
     ejections: [Counter; EJECTION_REASONS.len()],
+    websocket_refusals: [[Counter; WEBSOCKET_REFUSALS.len()]; LISTENERS.len()],
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -356,6 +393,12 @@ impl Metrics {
                 refusals_family.get_or_create_owned(&RefusalLabels { listener, reason })
             })
         });
+        let websocket_refusals_family = Family::<RefusalLabels, Counter>::default();
+        let websocket_refusals = LISTENERS.map(|listener| {
+            WEBSOCKET_REFUSALS.map(|reason| {
+                websocket_refusals_family.get_or_create_owned(&RefusalLabels { listener, reason })
+            })
+        });
         let ejections_family = Family::<ReasonLabels, Counter>::default();
         let ejections = EJECTION_REASONS
             .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
@@ -376,6 +419,7 @@ impl Metrics {
             quota_refusals: Counter::default(),
             refusals,
             ejections,
+            websocket_refusals,
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -443,6 +487,11 @@ impl Metrics {
             "switchyard_upstream_ejections",
             "Instances this node ejected from balancing for a while, by reason",
             ejections_family,
+        );
+        m.register(
+            "switchyard_graphql_websocket_refusals",
+            "GraphQL WebSockets refused or closed, and operations refused on one, by listener and reason",
+            websocket_refusals_family,
         );
         m
     }
@@ -613,6 +662,16 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.refusals[listener as usize][i].get())
+    }
+
+    /// Counts a WebSocket (or an operation on one) the GraphQL front on `listener` refused.
+    pub fn websocket_refusal(&self, listener: ListenerLabel, reason: WebSocketRefusal) {
+        self.websocket_refusals[listener as usize][reason as usize].inc();
+    }
+
+    /// The WebSocket refusals counted for one listener and reason (for tests).
+    pub fn websocket_refusals_of(&self, listener: ListenerLabel, reason: WebSocketRefusal) -> u64 {
+        self.websocket_refusals[listener as usize][reason as usize].get()
     }
 
     pub fn ejection(&self, reason: EjectionReason) {

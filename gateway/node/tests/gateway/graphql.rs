@@ -1,9 +1,10 @@
 //! The GraphQL front over HTTP: calls through the REST path, fan-out, errors, registration,
 //! and the committed schema. Limits and switches are in `limits`, subscriptions in
-//! `subscriptions`.
+//! `subscriptions`, the bounds on WebSockets in `websockets`.
 
 mod limits;
 mod subscriptions;
+mod websockets;
 
 use std::time::Duration;
 

@@ -102,6 +102,7 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_registry_quota_refusals_total counter",
             "# TYPE switchyard_listener_refusals_total counter",
             "# TYPE switchyard_upstream_ejections_total counter",
+            "# TYPE switchyard_graphql_websocket_refusals_total counter",
         ],
         "{out}"
     );
@@ -137,7 +138,31 @@ fn every_family_is_announced_before_anything_is_counted() {
             );
             assert!(out.contains(&series), "{out}");
         }
+        for reason in WebSocketRefusal::ALL {
+            let series = format!(
+                "switchyard_graphql_websocket_refusals_total{{listener=\"{listener}\",reason=\"{}\"}} 0\n",
+                reason.label()
+            );
+            assert!(out.contains(&series), "{out}");
+        }
     }
+}
+
+#[test]
+fn websocket_refusals_are_counted_per_listener_and_reason() {
+    let m = Metrics::default();
+    m.websocket_refusal(ListenerLabel::Public, WebSocketRefusal::InitTimeout);
+    assert_eq!(
+        m.websocket_refusals_of(ListenerLabel::Public, WebSocketRefusal::InitTimeout),
+        1
+    );
+    assert_eq!(
+        m.websocket_refusals_of(ListenerLabel::Control, WebSocketRefusal::InitTimeout),
+        0
+    );
+    assert!(encoded(&m).contains(
+        "switchyard_graphql_websocket_refusals_total{listener=\"public\",reason=\"init_timeout\"} 1\n"
+    ));
 }
 
 #[test]

@@ -169,6 +169,11 @@ async fn sockets_are_bounded_and_closed_on_shutdown() {
         }
         other => panic!("a second socket is refused with 503, not {other:?}"),
     }
+    let counted = gw.node.metrics().websocket_refusals_of(
+        switchyard::telemetry::ListenerLabel::Public,
+        switchyard::telemetry::WebSocketRefusal::WebsocketsMax,
+    );
+    assert_eq!(counted, 1);
     gw.stop().await;
     assert!(
         next(&mut changes).await.is_none(),
