@@ -237,7 +237,7 @@ async fn under_a_churn_of_fresh_ids_the_topic_keys_stay_bounded() {
     // A new gateway reads only what is left.
     let records = bus.len();
     assert!(records <= 1_024.max(2 * bound) + 1, "{records} records");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let late = Gateway::start_on(bus.clone(), |c| {
         short_horizon(c);
         c.node_id = "gw-late".into();
