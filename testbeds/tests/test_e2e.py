@@ -386,7 +386,8 @@ def test_a_log_reader_that_falls_behind_costs_log_lines_not_requests() -> None:
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     env = dict(child_env(), SWITCHYARD_LOG="debug")
     argv = [str(exe), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
-            "--set", "log.access=true", "--set", "shutdown.drain_timeout_ms=1000"]
+            "--set", "log.access=true", "--set", "log.buffered_lines_max=100",
+            "--set", "shutdown.drain_timeout_ms=1000"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -394,7 +395,7 @@ def test_a_log_reader_that_falls_behind_costs_log_lines_not_requests() -> None:
         assert match, "the gateway did not report its addresses"
         public, control = f"http://{match['public']}", f"http://{match['control']}"
         with requests.Session() as http:
-            # Each request logs several debug lines: far more than the pipe and the queue hold.
+            # A line or more a request: more than the pipe (64 KiB) and the queue (100) hold.
             for i in range(3_000):
                 resp = http.get(f"{public}/nowhere/{i}", timeout=HTTP_TIMEOUT_S)
                 assert resp.status_code == 404, resp.text

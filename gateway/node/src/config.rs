@@ -356,6 +356,10 @@ pub struct LogConfig {
     /// default: errors are logged either way, and at high rates the lines cost more than the
     /// metrics that count the same requests.
     pub access: bool,
+    /// Log lines held for the writer thread while stderr's reader falls behind; past this,
+    /// lines are dropped and counted (`switchyard_log_lines_dropped_total`) rather than
+    /// blocking the workers that log them.
+    pub buffered_lines_max: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -527,6 +531,7 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".to_owned(),
             access: false,
+            buffered_lines_max: 16_384,
         }
     }
 }
@@ -743,6 +748,9 @@ impl Config {
                 "must be at least registry.lease_max_ms plus registry.clock_drift_max_ms"
                     .to_owned(),
             ));
+        }
+        if self.log.buffered_lines_max == 0 {
+            return Err(("log.buffered_lines_max", "must be at least 1".to_owned()));
         }
         for (key, value) in [
             ("registry.services_max", r.services_max),

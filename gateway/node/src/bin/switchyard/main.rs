@@ -97,11 +97,8 @@ impl ConfigArgs {
     }
 }
 
-/// Log lines held for the writer thread; past this, lines are dropped and counted.
-const LOG_LINES_BUFFERED_MAX: usize = 16_384;
-
 /// Installs the log. Lines go to stderr (stdout carries only the one line that reports the
-/// bound addresses) through a writer thread and a queue of [`LOG_LINES_BUFFERED_MAX`] lines:
+/// bound addresses) through a writer thread and a queue of `log.buffered_lines_max` lines:
 /// a reader of stderr that falls behind (a full pipe, a slow collector) costs dropped lines,
 /// counted in `switchyard_log_lines_dropped_total`, never a worker blocked on a write. Keep
 /// the guard until exit: dropping it flushes what is queued.
@@ -113,7 +110,7 @@ fn init_logging(config: &Config) -> WorkerGuard {
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(LOG_LINES_BUFFERED_MAX)
+        .buffered_lines_limit(config.log.buffered_lines_max)
         .thread_name("switchyard-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
