@@ -256,6 +256,63 @@ async fn http2_with_prior_knowledge_is_served() {
     gw.stop().await;
 }
 
+/// An HTTP/2 client may keep `http2_max_concurrent_streams` streams open on one connection,
+/// and no more: the gateway says so in its SETTINGS, and a third stream past a limit of two
+/// is held back until one ends.
+#[tokio::test]
+async fn http2_streams_past_the_limit_wait() {
+    // The control listener's registrations read their whole body before answering, so a
+    // stream whose body never ends stays open (a handler that answers without reading ends
+    // the stream with a reset).
+    let gw = Gateway::start(|c| c.control.http2_max_concurrent_streams = 2).await;
+    let control = gw.control_url();
+    let tcp = TcpStream::connect(control.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    // The gateway's SETTINGS state the limit.
+    eventually(SLACK, || {
+        let max = client.current_max_send_streams();
+        async move { max != usize::MAX }
+    })
+    .await;
+    assert_eq!(client.current_max_send_streams(), 2);
+    let put = || {
+        http::Request::put(format!("{control}/v1/services/s/instances/i"))
+            .body(())
+            .unwrap()
+    };
+    // Two registrations whose bodies never end hold the two streams open.
+    let (_, mut first) = client.send_request(put(), false).unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (_, _second) = client.send_request(put(), false).unwrap();
+    let mut client = client.ready().await.unwrap();
+    // A complete registration: held back by the client until the gateway allows a third
+    // stream, so not answered while the two stay open.
+    let (third, mut body) = client.send_request(put(), false).unwrap();
+    body.send_data(Bytes::from_static(br#"{"addr":"127.0.0.1:9"}"#), true)
+        .unwrap();
+    tokio::pin!(third);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "a third stream was served beside two unfinished ones"
+    );
+    // Ending one stream makes room, and the third is answered.
+    first.send_data(Bytes::new(), true).unwrap();
+    let answer = tokio::time::timeout(SLACK, third)
+        .await
+        .expect("the third stream is served once one ended")
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
     let gw = Gateway::start(|c| {
