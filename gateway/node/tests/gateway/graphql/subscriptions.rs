@@ -184,7 +184,12 @@ async fn sockets_are_bounded_and_closed_on_shutdown() {
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_told_and_the_stream_ends() {
     // Served, so that it catches up with its (empty) bus: a node that has not refuses changes.
-    let gw = Gateway::start(|c| c.bus.publish_wait_ms = 1).await;
+    let gw = Gateway::start(|c| {
+        c.bus.publish_wait_ms = 1;
+        // More instances of one service than the default quota.
+        c.registry.instances_per_service_max = 2 * switchyard::store::CHANGES_BUFFERED_MAX;
+    })
+    .await;
     let node = gw.node.clone();
     let schema = graphql::schema(node.graphql_backend(), Front::Control);
     let mut stream = schema.execute_stream("subscription { registryChanges { kind } }");
