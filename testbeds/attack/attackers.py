@@ -138,6 +138,19 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+async def open_socket(target, stats, stop: asyncio.Event, backoff: Backoff):
+    """A new connection to the gateway, counted as opened; `None` after a refused connect
+    (counted, and paused for with the backoff)."""
+    try:
+        reader, writer = await target.connect()
+    except (OSError, asyncio.TimeoutError):
+        stats.outcomes["connect_failed"] += 1
+        await pause(stop, backoff.after(True))
+        return None
+    stats.opened()
+    return reader, writer
+
+
 def status_of(data: bytes) -> str:
     """`status_408` from the first line of an HTTP/1.1 answer, else `data`."""
     parts = data.split(b"\r\n", 1)[0].split(b" ")
@@ -181,14 +194,11 @@ async def http1_socket(
     `hold_after_answer`, until it closes) or `stop` is set."""
     backoff = Backoff()
     while not stop.is_set():
-        try:
-            reader, writer = await target.connect()
-        except (OSError, asyncio.TimeoutError):
-            stats.outcomes["connect_failed"] += 1
-            await pause(stop, backoff.after(True))
+        opened = await open_socket(target, stats, stop, backoff)
+        if opened is None:
             continue
+        reader, writer = opened
         opened_at = time.monotonic()
-        stats.opened()
         outcome, answered = None, None
         try:
             if first:
@@ -280,14 +290,11 @@ def h2_bodies(args: argparse.Namespace, target: Target, stop: asyncio.Event) -> 
     async def one() -> None:
         backoff = Backoff()
         while not stop.is_set():
-            try:
-                reader, writer = await target.connect()
-            except (OSError, asyncio.TimeoutError):
-                stats.outcomes["connect_failed"] += 1
-                await pause(stop, backoff.after(True))
+            opened = await open_socket(target, stats, stop, backoff)
+            if opened is None:
                 continue
+            reader, writer = opened
             opened_at = time.monotonic()
-            stats.opened()
             outcome = None
             try:
                 outcome = await h2_session(reader, writer)

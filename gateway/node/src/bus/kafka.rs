@@ -15,7 +15,7 @@
 //!   deletes travels in its [`DELETES_HEADER`] header.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,7 +45,16 @@ pub struct KafkaBus {
     topic_ready: AtomicBool,
     /// The offset the consumer is positioned at, so consecutive fetches do not seek.
     position: tokio::sync::Mutex<Option<u64>>,
+    /// Fetches in a row that returned nothing (see [`STALLED_FETCHES`]).
+    idle_fetches: AtomicU32,
 }
+
+/// After this many empty fetches in a row, the partition's high-water mark is asked for; if
+/// the log holds records past the position, the partition is assigned again. librdkafka can
+/// leave a partition's fetcher idle after the broker restarts (seen once in the cluster
+/// testbed: one gateway of three read nothing more for four minutes while the others went
+/// on); a new assignment restarts it.
+const STALLED_FETCHES: u32 = 6;
 
 impl std::fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,6 +109,7 @@ impl KafkaBus {
             admin,
             topic_ready: AtomicBool::new(!config.create_topic),
             position: tokio::sync::Mutex::new(None),
+            idle_fetches: AtomicU32::new(0),
         })
     }
 
@@ -272,6 +282,20 @@ impl Bus for KafkaBus {
             }
             if let Some(last) = records.last() {
                 *position = Some(last.offset + 1);
+                self.idle_fetches.store(0, Ordering::Relaxed);
+            } else if self.idle_fetches.fetch_add(1, Ordering::Relaxed) + 1 >= STALLED_FETCHES {
+                self.idle_fetches.store(0, Ordering::Relaxed);
+                if let Ok(Ok(hwm)) =
+                    tokio::time::timeout(self.timeout(), self.high_water_mark()).await
+                    && hwm > from
+                {
+                    tracing::warn!(
+                        from,
+                        high_water = hwm,
+                        "the Kafka consumer delivers nothing while the topic holds more; assigning the partition again"
+                    );
+                    *position = None;
+                }
             }
             Ok(records)
         })
