@@ -170,17 +170,19 @@ impl LogState {
     /// delete marker past its retention.
     fn compact(&mut self) {
         let retention = self.delete_retention;
-        let expired: Vec<u64> = self
+        // Markers are appended in offset order, so the ones past their retention come first.
+        let first_kept = self
             .markers
             .iter()
-            .filter(|(_, at)| at.elapsed() >= retention)
-            .map(|(offset, _)| *offset)
-            .collect();
-        for offset in &expired {
-            self.markers.remove(offset);
-        }
+            .find(|(_, at)| at.elapsed() < retention)
+            .map(|(offset, _)| *offset);
+        let kept = match first_kept {
+            Some(offset) => self.markers.split_off(&offset),
+            None => BTreeMap::new(),
+        };
+        let expired = std::mem::replace(&mut self.markers, kept);
         self.latest_by_key
-            .retain(|_, latest| !expired.contains(latest));
+            .retain(|_, latest| !expired.contains_key(latest));
         let latest = &self.latest_by_key;
         self.records
             .retain(|r| latest.get(&r.key) == Some(&r.offset));

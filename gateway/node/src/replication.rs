@@ -16,9 +16,9 @@
 //! [`Replication::collect`] writes a delete marker for its key (a Kafka record with a null
 //! value, which compaction keeps for the topic's delete retention and then drops with every
 //! older record of the key). The node that stamped the entry writes the marker; any node does
-//! after `registry.tombstone_retention_ms` (the stamping node may be gone for good). A marker carries the
-//! entry it deletes, and readers remove their entry only if it is that one or older: an
-//! instance registered again meanwhile stays. A marker for an entry stamped less than
+//! after `registry.tombstone_retention_ms` (the stamping node may be gone for good). A marker
+//! carries the entry it deletes, and readers remove their entry only if it is that one or
+//! older: an instance registered again meanwhile stays. A marker for an entry stamped less than
 //! `registry.lease_max_ms` ago (by the reader's clock) is quarantined, so no marker, however
 //! written, removes an entry whose older registrations could still be live. Under a churn of
 //! fresh instance ids, the topic holds a key for at most the lease bound, the drift bound and
