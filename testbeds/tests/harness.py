@@ -239,10 +239,15 @@ def start_gateway(
     extra: tuple[str, ...] = (),
     settings: dict[str, str] | None = None,
     wait_caught_up: bool = True,
+    keys_file: Path | None = None,
 ) -> Gateway:
     """Starts a gateway; `settings` are config keys set with `--set key=value`, `extra` more
     command-line arguments. Unless `wait_caught_up` is off, returns once `/readyz` answers 200:
-    a gateway refuses registry changes (503 `not_ready`) until it has caught up with the bus."""
+    a gateway refuses registry changes (503 `not_ready`) until it has caught up with the bus.
+
+    With `keys_file` the control listener requires credentials verified against it; without,
+    the gateway runs with `control.auth = "none"` and open reads, as the tests about other
+    things need (test_control_auth.py runs it with credentials)."""
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
         raise AssertionError(
@@ -262,7 +267,12 @@ def start_gateway(
         "shutdown.drain_timeout_ms=1000",
         *extra,
     ]
-    for key, value in (settings or {}).items():
+    auth = (
+        {"control.jwt_keys_file": str(keys_file)}
+        if keys_file
+        else {"control.auth": "none", "control.reads": "open"}
+    )
+    for key, value in {**auth, **(settings or {})}.items():
         argv += ["--set", f"{key}={value}"]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
     match = proc.wait_ready()
@@ -284,7 +294,12 @@ def start_gateway(
 
 
 def start_rust_service(
-    launcher: Launcher, gateway: Gateway, service: str, instance_id: str, lease_ms: int = 10_000
+    launcher: Launcher,
+    gateway: Gateway,
+    service: str,
+    instance_id: str,
+    lease_ms: int = 10_000,
+    token: str | None = None,
 ) -> Proc:
     exe = binary("SAMPLE_SERVICE_BIN", "target/debug/sample-service")
     if not exe.is_file():
@@ -305,7 +320,8 @@ def start_rust_service(
         "--lease-ms",
         str(lease_ms),
     ]
-    proc = launcher.start(f"rust-{service}-{instance_id}", argv, SERVICE_READY, child_env())
+    env = {**child_env(), **({"SWITCHYARD_TOKEN": token} if token else {})}
+    proc = launcher.start(f"rust-{service}-{instance_id}", argv, SERVICE_READY, env)
     proc.wait_ready()
     return proc
 
@@ -320,6 +336,7 @@ def start_python_service(
     service: str,
     instance_id: str,
     lease_ms: int = 10_000,
+    token: str | None = None,
 ) -> Proc:
     argv = python_service_argv(
         "--gateway",
@@ -333,7 +350,8 @@ def start_python_service(
         "--lease-ms",
         str(lease_ms),
     )
-    proc = launcher.start(f"python-{service}-{instance_id}", argv, SERVICE_READY, child_env())
+    env = {**child_env(), **({"SWITCHYARD_TOKEN": token} if token else {})}
+    proc = launcher.start(f"python-{service}-{instance_id}", argv, SERVICE_READY, env)
     match = proc.wait_ready()
     assert (match["service"], match["instance"]) == (service, instance_id), match.group(0)
     return proc

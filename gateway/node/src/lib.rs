@@ -14,6 +14,7 @@
 //! * Owners: [`forwarding`] (balancer, channel pool, attempts, retries, eviction trigger),
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
+//! * [`auth`]: control credentials (JWT), their keys, and what each may do.
 //! * [`store`] (registry, clock, change feed), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
 //!   listener with graceful shutdown).
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod control;

@@ -1,6 +1,7 @@
 //! End-to-end tests of one or more gateway nodes with real gRPC services on loopback.
 
 mod architecture;
+mod control_auth;
 mod graphql;
 mod harness;
 mod hostile;
