@@ -33,6 +33,7 @@ use crate::registrar::Registrar;
 use crate::status::Status;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::tls::PeerCertificate;
 
 pub mod endpoint;
 pub mod gate;
@@ -101,6 +102,8 @@ pub struct Carrier {
     pub version: Version,
     pub headers: HeaderMap,
     pub client: SocketAddr,
+    /// The client certificate the listener verified, if any.
+    pub peer: Option<Arc<PeerCertificate>>,
 }
 
 impl Carrier {
@@ -215,13 +218,17 @@ pub(crate) fn reader<'a>(
 ) -> Result<&'a Arc<Backend>, async_graphql::Error> {
     let backend = backend(ctx)?;
     if ctx.data::<Front>().ok() == Some(&Front::Control) {
-        let (headers, client) = match ctx.data::<Carrier>() {
-            Ok(carrier) => (carrier.headers.clone(), Some(carrier.client)),
-            Err(_) => (HeaderMap::new(), None),
+        let (headers, client, peer) = match ctx.data::<Carrier>() {
+            Ok(carrier) => (
+                carrier.headers.clone(),
+                Some(carrier.client),
+                carrier.peer.clone(),
+            ),
+            Err(_) => (HeaderMap::new(), None, None),
         };
         backend
             .registrar
-            .authorize_read(&headers, client)
+            .authorize_read(&headers, peer.as_deref(), client)
             .map_err(|error| field_error(&error, None))?;
     }
     Ok(backend)

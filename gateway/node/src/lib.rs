@@ -18,6 +18,8 @@
 //! * [`store`] (registry, clock, change feed), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
 //!   listener with graceful shutdown).
+//! * [`tls`]: TLS on the listeners, certificates re-read when they change, client
+//!   certificates named by their SANs.
 //! * [`seams`]: what differs between production and simulation (connector, clock, bus,
 //!   seed). [`bus`]: the bus trait, the in-memory bus, and Kafka. [`config`]: the TOML file,
 //!   environment and flag layers, validated. [`sync`]: locking and the seeded generator.
@@ -44,6 +46,7 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, run};

@@ -32,6 +32,7 @@ use crate::status::{NodeStatus, Status};
 use crate::store::Store;
 use crate::sync::SharedRng;
 use crate::telemetry::{ListenerLabel, Telemetry};
+use crate::tls::{ServerTls, TlsError};
 use crate::{probes, respond, serve};
 
 /// One gateway node: its owners, wired.
@@ -47,6 +48,8 @@ pub struct Node {
     pipeline: Arc<Pipeline>,
     status: Arc<Status>,
     auth: Arc<Authenticator>,
+    public_tls: ListenerTls,
+    control_tls: ListenerTls,
 }
 
 impl std::fmt::Debug for Node {
@@ -66,6 +69,11 @@ pub struct Builder {
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
     authenticator: Option<Arc<Authenticator>>,
 }
+
+/// The TLS of the two listeners, as loaded from `public.tls` and `control.tls`: `Ok(None)` for
+/// a cleartext listener, `Err` for files that could not be loaded (the node then does not
+/// serve).
+type ListenerTls = Result<Option<Arc<ServerTls>>, TlsError>;
 
 impl Builder {
     /// The control listener's authenticator, its keys loaded ([`Authenticator::load`]).
@@ -158,6 +166,8 @@ impl Builder {
             forwarder.clone(),
             telemetry.clone(),
         ));
+        let public_tls = ServerTls::load(&config.public.tls);
+        let control_tls = ServerTls::load(&config.control.tls);
         Arc::new(Node {
             config,
             seams,
@@ -170,6 +180,8 @@ impl Builder {
             pipeline,
             status,
             auth,
+            public_tls,
+            control_tls,
         })
     }
 }
@@ -323,12 +335,30 @@ impl Node {
             control = ?control_listener.local_addr().ok(),
             "gateway node starting"
         );
+        let tls_of = |tls: &ListenerTls, key: &str| match tls {
+            Ok(tls) => Ok(tls.clone()),
+            Err(error) => Err(io::Error::other(format!("{key}: {error}"))),
+        };
+        let public_tls = tls_of(&node.public_tls, "public.tls")?;
+        let control_tls = tls_of(&node.control_tls, "control.tls")?;
         node.announce_auth();
         let tasks = CancellationToken::new();
         let key_watcher = {
             let (node, stop) = (node.clone(), tasks.clone());
             tokio::spawn(async move { node.watch_key_file(stop).await })
         };
+        let tls_watchers = [
+            (public_tls.clone(), ListenerLabel::Public),
+            (control_tls.clone(), ListenerLabel::Control),
+        ]
+        .map(|(tls, listener)| {
+            let (telemetry, stop) = (node.telemetry.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(tls) = tls {
+                    watch_tls_files(tls, listener, &telemetry, stop).await;
+                }
+            })
+        });
         let replication = {
             let (replication, stop) = (node.replication.clone(), tasks.clone());
             tokio::spawn(async move { replication.run(stop).await })
@@ -366,6 +396,7 @@ impl Node {
                     node.config.public.limits(),
                     node.config.public.header_bytes_max
                 ),
+                public_tls.clone(),
                 node.refusal_counter(ListenerLabel::Public),
             ),
             serve::serve_with(
@@ -374,6 +405,7 @@ impl Node {
                 shutdown.clone(),
                 drain,
                 serve_limits(node.config.control.limits(), CONTROL_HEADER_BYTES_MAX),
+                control_tls.clone(),
                 node.refusal_counter(ListenerLabel::Control),
             ),
         );
@@ -386,7 +418,15 @@ impl Node {
         let _ = publisher.await;
         // The drain timeout bounds the whole shutdown: the flush gets what draining left.
         node.outbox.flush(&*node.seams.bus, asked + drain).await;
-        let _ = tokio::join!(replication, upkeep, exporter, key_watcher);
+        let [public_watcher, control_watcher] = tls_watchers;
+        let _ = tokio::join!(
+            replication,
+            upkeep,
+            exporter,
+            key_watcher,
+            public_watcher,
+            control_watcher
+        );
         tracing::info!(node_id = %node.id(), "gateway node stopped");
         result.map(|_| ())
     }
@@ -505,6 +545,44 @@ where
     Node::new(config, seams)
         .serve(public_listener, control_listener, shutdown)
         .await
+}
+
+/// Re-reads a listener's certificate, key and client CA files every `reload_interval_ms`; a
+/// change that makes a valid configuration is in force for the connections accepted next, one
+/// that does not is logged and counted and changes nothing.
+async fn watch_tls_files(
+    tls: Arc<ServerTls>,
+    listener: ListenerLabel,
+    telemetry: &Telemetry,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(tls.reload_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let reloaded = {
+            let tls = tls.clone();
+            tokio::task::spawn_blocking(move || tls.reload()).await
+        };
+        match reloaded {
+            Ok(Ok(true)) => {
+                tracing::info!(
+                    ?listener,
+                    "TLS files changed: the new certificate is in force"
+                );
+                telemetry.metrics().tls_reload(listener, true);
+            }
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(error)) => {
+                tracing::error!(?listener, %error, "TLS files changed but are refused; the certificate in force stays");
+                telemetry.metrics().tls_reload(listener, false);
+            }
+        }
+    }
 }
 
 async fn housekeeping_loop(node: Arc<Node>, stop: CancellationToken) {

@@ -29,6 +29,7 @@ use crate::config::{Config, ControlReads};
 use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::store::Store;
 use crate::telemetry::{ChangeOp, Telemetry};
+use crate::tls::PeerCertificate;
 
 /// Which front a registry change came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct Caller {
     pub headers: HeaderMap,
     /// The authenticated identity, once a registration policy has established one.
     pub identity: Option<Identity>,
+    /// The client certificate the listener verified on the caller's connection, if any.
+    pub peer: Option<Arc<PeerCertificate>>,
 }
 
 impl Caller {
@@ -62,7 +65,14 @@ impl Caller {
             client_addr,
             headers,
             identity: None,
+            peer: None,
         }
+    }
+
+    /// The same caller, on a connection with client certificate `peer`.
+    pub fn with_peer(mut self, peer: Option<Arc<PeerCertificate>>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// The gateway itself, for its own changes (evictions).
@@ -217,7 +227,11 @@ impl Registrar {
         if caller.via == Via::Gateway {
             return Ok(());
         }
-        let refusal = match self.auth.authenticate(&caller.headers, self.store.now_ms()) {
+        let refusal = match self.auth.authenticate(
+            &caller.headers,
+            caller.peer.as_deref(),
+            self.store.now_ms(),
+        ) {
             Ok(grant) if grant.may_change(service) => {
                 caller.identity = Some(grant.identity);
                 return Ok(());
@@ -241,12 +255,13 @@ impl Registrar {
     pub fn authorize_read(
         &self,
         headers: &HeaderMap,
+        peer: Option<&PeerCertificate>,
         client_addr: Option<SocketAddr>,
     ) -> Result<(), GatewayError> {
         if self.reads == ControlReads::Open {
             return Ok(());
         }
-        let refusal = match self.auth.authenticate(headers, self.store.now_ms()) {
+        let refusal = match self.auth.authenticate(headers, peer, self.store.now_ms()) {
             Ok(grant) if grant.may_read() => return Ok(()),
             Ok(grant) => Refusal::NotPermitted {
                 identity: grant.identity,

@@ -211,7 +211,12 @@ const LISTENERS: [&str; 2] = ["public", "control"];
 
 /// Why a listener refused a client, as `serve::Refusal::label` names it. A reason not listed
 /// here is not counted (a test keeps the two lists the same).
-pub const REFUSAL_REASONS: [&str; 3] = ["connections_max", "header_timeout", "body_timeout"];
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "connections_max",
+    "header_timeout",
+    "body_timeout",
+    "tls_handshake",
+];
 
 /// Why the GraphQL front refused or closed a WebSocket, or refused an operation on one, for
 /// Why a control credential was refused, as `auth::Refusal::label` names it, for
@@ -322,6 +327,12 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerOutcomeLabels {
+    listener: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -378,6 +389,7 @@ pub struct Metrics {
     control_auth_refusals: [Counter; CONTROL_AUTH_REFUSALS.len()],
     key_reloads: [Counter; KEY_RELOAD_OUTCOMES.len()],
     control_keys: Gauge,
+    tls_reloads: [[Counter; KEY_RELOAD_OUTCOMES.len()]; LISTENERS.len()],
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -430,6 +442,12 @@ impl Metrics {
         let key_reloads_family = Family::<OutcomeLabels, Counter>::default();
         let key_reloads = KEY_RELOAD_OUTCOMES
             .map(|outcome| key_reloads_family.get_or_create_owned(&OutcomeLabels { outcome }));
+        let tls_reloads_family = Family::<ListenerOutcomeLabels, Counter>::default();
+        let tls_reloads = LISTENERS.map(|listener| {
+            KEY_RELOAD_OUTCOMES.map(|outcome| {
+                tls_reloads_family.get_or_create_owned(&ListenerOutcomeLabels { listener, outcome })
+            })
+        });
         let ejections_family = Family::<ReasonLabels, Counter>::default();
         let ejections = EJECTION_REASONS
             .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
@@ -454,6 +472,7 @@ impl Metrics {
             control_auth_refusals,
             key_reloads,
             control_keys: Gauge::default(),
+            tls_reloads,
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -526,6 +545,11 @@ impl Metrics {
             "switchyard_control_key_reloads",
             "Changes of the control key file, put in force or refused",
             key_reloads_family,
+        );
+        m.register(
+            "switchyard_tls_reloads",
+            "Changes of a listener's certificate, key or client CA files, put in force or refused",
+            tls_reloads_family,
         );
         m.register(
             "switchyard_control_keys",
@@ -750,6 +774,11 @@ impl Metrics {
                 self.key_reloads[1].inc();
             }
         }
+    }
+
+    /// A listener's changed TLS files put in force (`applied`) or refused.
+    pub fn tls_reload(&self, listener: ListenerLabel, applied: bool) {
+        self.tls_reloads[listener as usize][usize::from(!applied)].inc();
     }
 
     /// The number of control keys in force.

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The seams to the outside: the bus, then the connector, clock and listeners.
     ("bus", 1),
     ("seams", 2),
+    ("tls", 2),
     // Owners built only on the seams.
     ("serve", 3),
     ("store", 3),

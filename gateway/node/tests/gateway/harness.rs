@@ -80,6 +80,16 @@ impl Gateway {
         gw
     }
 
+    /// A gateway whose listeners may speak TLS: not waited for (the caller knows how to reach
+    /// its `/readyz`).
+    pub async fn launch_tls(
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Self {
+        Self::launch(Arc::new(TokioConnector), bus, configure, build).await
+    }
+
     /// A gateway serving on `bus` that may not be ready yet (its bus unreachable).
     pub async fn start_unready(bus: impl Bus, configure: impl FnOnce(&mut Config)) -> Self {
         Self::launch(Arc::new(TokioConnector), bus, configure, |builder| builder).await
@@ -118,6 +128,11 @@ impl Gateway {
             shutdown,
             handle: Some(handle),
         }
+    }
+
+    /// The control listener's address, for tests that speak raw TCP or TLS.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control
     }
 
     /// The public listener's address, for tests that speak raw TCP.

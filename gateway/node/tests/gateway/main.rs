@@ -10,6 +10,7 @@ mod outliers;
 mod policy;
 mod shutdown;
 mod telemetry;
+mod tls;
 mod tombstones;
 
 use std::time::Duration;

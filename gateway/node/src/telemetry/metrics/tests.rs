@@ -103,6 +103,7 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_listener_refusals_total counter",
             "# TYPE switchyard_control_auth_refusals_total counter",
             "# TYPE switchyard_control_key_reloads_total counter",
+            "# TYPE switchyard_tls_reloads_total counter",
             "# TYPE switchyard_control_keys gauge",
             "# TYPE switchyard_upstream_ejections_total counter",
             "# TYPE switchyard_graphql_websocket_refusals_total counter",
