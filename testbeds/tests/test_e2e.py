@@ -151,7 +151,8 @@ def test_a_refused_registration_stops_the_python_service(
     [
         (["--listen", "localhost:0"], "the host must be an IP address"),
         (["--listen", "127.0.0.1"], "is not host:port"),
-        (["--gateway", "https://127.0.0.1:1"], "scheme 'https' is not supported"),
+        (["--gateway", "grpc://127.0.0.1:1"], "scheme 'grpc' is not supported"),
+        (["--tls-cert", "/nonexistent.pem"], "--tls-cert and --tls-key go together"),
         (["--gateway", "127.0.0.1:0"], "port must lie between 1 and 65535"),
         (["--service", "no spaces"], "must be 1 to 128 ASCII letters"),
         (["--lease-ms", "-5"], "is not a number of milliseconds"),
