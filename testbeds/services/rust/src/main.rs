@@ -70,10 +70,19 @@ async fn main() -> anyhow::Result<()> {
     let instance_id = args
         .instance_id
         .unwrap_or_else(|| format!("rust-{}", local.port()));
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
-    let addr = args.advertise.unwrap_or_else(|| format!("{scheme}://{local}"));
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr = args
+        .advertise
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     let identity = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(read(cert)?, read(key)?)),
+        (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(
+            read(cert)?,
+            read(key)?,
+        )),
         _ => None,
     };
     // One line on stdout that scripts can wait for.
