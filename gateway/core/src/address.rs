@@ -273,26 +273,30 @@ impl AddressPolicy {
     /// Checks a registration's normalised address (`http://host:port`). An IP address is
     /// checked now; `localhost` and names under `.localhost` are loopback by definition
     /// (RFC 6761); any other name is accepted here and checked at every connection.
-    pub fn check_registration(&self, addr: &str) -> Result<(), GatewayError> {
-        let refuse = |class: Forbidden| GatewayError::InvalidArgument {
-            field: "addr",
-            reason: format!(
-                "{addr:?} is {}; the address policy (upstream.allow_addresses) does not admit it",
-                class.describe()
-            ),
-        };
+    pub fn check_registration(&self, addr: &str) -> Result<(), Forbidden> {
         let Some((host, port)) = split_authority(addr) else {
             return Ok(());
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return self.check(SocketAddr::new(ip, port)).map_err(refuse);
+            return self.check(SocketAddr::new(ip, port));
         }
         let name = host.trim_end_matches('.').to_ascii_lowercase();
         if name == "localhost" || name.ends_with(".localhost") {
-            let as_loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-            return self.check(as_loopback).map_err(refuse);
+            return self.check(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
         }
         Ok(())
+    }
+}
+
+/// The refusal of a registration at `addr` for `class`: `invalid_argument` naming the reason
+/// and the key that would admit it.
+pub fn refusal(addr: &str, class: Forbidden) -> GatewayError {
+    GatewayError::InvalidArgument {
+        field: "addr",
+        reason: format!(
+            "{addr:?} is {}; the address policy (upstream.allow_addresses) does not admit it",
+            class.describe()
+        ),
     }
 }
 

@@ -213,8 +213,8 @@ impl GatewayError {
     }
 
     /// Headers the HTTP answer to this error must carry, as lower-case names and values:
-    /// the `WWW-Authenticate` challenge of a 401 and the `Retry-After` of a 429 from the rate
-    /// limiter. Every HTTP front adds these, so clients see the same answer from each.
+    /// the `WWW-Authenticate` challenge of a 401, the `Retry-After` of a 429 from the rate
+    /// limiter, and the gRPC status of a 508 loop refusal. Every HTTP front adds these, so clients see the same answer from each.
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Unauthenticated { challenge, .. } => {
@@ -223,6 +223,11 @@ impl GatewayError {
             Self::RateLimited { retry_after_s } => {
                 vec![("retry-after", retry_after_s.to_string())]
             }
+            // Read by a gateway whose `Send` call reached a gateway's public listener.
+            Self::LoopDetected { .. } => vec![
+                ("grpc-status", self.grpc_code().to_string()),
+                ("grpc-message", crate::hops::LOOP_GRPC_MESSAGE.to_owned()),
+            ],
             _ => Vec::new(),
         }
     }
@@ -571,5 +576,12 @@ mod tests {
         assert_eq!((err.code().as_str(), err.http_status()), ("loop_detected", 508));
         assert_eq!(err.grpc_code(), code::FAILED_PRECONDITION);
         assert!(!err.retryable());
+        assert_eq!(
+            err.response_headers(),
+            [
+                ("grpc-status", "9".to_owned()),
+                ("grpc-message", crate::hops::LOOP_GRPC_MESSAGE.to_owned())
+            ]
+        );
     }
 }

@@ -12,6 +12,11 @@ use http::header::VIA;
 
 use crate::GatewayError;
 
+/// The `grpc-message` of a loop refusal. The refusal carries `grpc-status` and this message
+/// as headers beside its 508, so a gateway whose `Send` call looped (its instance is another
+/// gateway's public listener) reads a gRPC status at once and refuses with 508 in turn.
+pub const LOOP_GRPC_MESSAGE: &str = "switchyard: forwarding loop detected";
+
 /// The header's name, as the forwarded request carries it.
 pub const VIA_HEADER: &str = "via";
 

@@ -23,7 +23,7 @@ use switchyard_proto::registry::registration_server::{
 
 use crate::outbox::Delivery;
 use crate::registrar::{Caller, Registrar, Via};
-use crate::respond::{error_response, json_response, read_body};
+use crate::respond::{detailed_error_response, json_response, read_body};
 use crate::seams::ClientAddr;
 use crate::status::Status;
 
@@ -136,7 +136,7 @@ async fn get_service(State(control): State<Arc<Control>>, Path(service): Path<St
         .map(|view| instance_json(&view))
         .collect();
     if instances.is_empty() {
-        return error_response(&GatewayError::ServiceNotFound { service }, None);
+        return detailed_error_response(&GatewayError::ServiceNotFound { service }, None);
     }
     ok_json(&serde_json::json!({ "service": service, "instances": instances }))
 }
@@ -174,7 +174,7 @@ async fn put_instance(
     let mut caller = rest_caller(client, headers);
     match register_rest(&control, &mut caller, service, instance_id, body).await {
         Ok(response) => response,
-        Err(error) => error_response(&error, None),
+        Err(error) => detailed_error_response(&error, None),
     }
 }
 
@@ -242,7 +242,7 @@ async fn delete_instance(
                 "stamp": stamp_json(&gone.stamp),
             }),
         ),
-        Err(error) => error_response(&error, None),
+        Err(error) => detailed_error_response(&error, None),
     }
 }
 

@@ -14,7 +14,8 @@
 //! * Owners: [`forwarding`] (balancer, channel pool, attempts, retries, eviction trigger),
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
-//! * [`store`] (registry, clock, change feed), [`outbox`] (changes waiting for the bus),
+//! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
+//!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
 //!   listener with graceful shutdown).
 //! * [`seams`]: what differs between production and simulation (connector, clock, bus,
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod address;
 pub mod bus;
 pub mod config;
 pub mod control;

@@ -17,6 +17,7 @@ use switchyard_core::translate::Limits;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::address::Addresses;
 use crate::config::{Config, ListenerLimits};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
@@ -45,6 +46,7 @@ pub struct Node {
     forwarder: Arc<Forwarder>,
     pipeline: Arc<Pipeline>,
     status: Arc<Status>,
+    addresses: Arc<Addresses>,
 }
 
 impl std::fmt::Debug for Node {
@@ -93,11 +95,13 @@ impl Builder {
         let store = Arc::new(Store::new(id.clone(), seams.clock.clone()));
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
+        let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
             store.clone(),
             outbox.clone(),
             telemetry.clone(),
+            addresses.clone(),
             registration_policies,
         ));
         let replication = Arc::new(Replication::new(
@@ -113,6 +117,7 @@ impl Builder {
             telemetry.clone(),
             rng.clone(),
             seams.connector.clone(),
+            addresses.clone(),
         ));
         let mut request_policies = pipeline::policies::builtin(&config);
         request_policies.extend(policies);
@@ -141,6 +146,7 @@ impl Builder {
             forwarder,
             pipeline,
             status,
+            addresses,
         })
     }
 }
@@ -293,6 +299,12 @@ impl Node {
             control = ?control_listener.local_addr().ok(),
             "gateway node starting"
         );
+        // The address policy refuses registrations at the node's own listeners.
+        let own: Vec<SocketAddr> = [public_listener.local_addr(), control_listener.local_addr()]
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        node.addresses.set_own_listeners(&own);
         let tasks = CancellationToken::new();
         let replication = {
             let (replication, stop) = (node.replication.clone(), tasks.clone());

@@ -20,10 +20,11 @@ use switchyard_core::registration::{LeaseBounds, Registration, ValidRegistration
 use switchyard_core::registry::Entry;
 use switchyard_core::{GatewayError, InstanceKey, Stamp, names};
 
+use crate::address::Addresses;
 use crate::config::Config;
 use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::store::Store;
-use crate::telemetry::{ChangeOp, Telemetry};
+use crate::telemetry::{AddressStage, ChangeOp, Telemetry};
 
 /// Which front a registry change came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,7 @@ pub struct Registrar {
     store: Arc<Store>,
     outbox: Arc<Outbox>,
     telemetry: Arc<Telemetry>,
+    addresses: Arc<Addresses>,
     lease: LeaseBounds,
     publish_wait: Duration,
     quotas: Quotas,
@@ -161,6 +163,7 @@ impl Registrar {
         store: Arc<Store>,
         outbox: Arc<Outbox>,
         telemetry: Arc<Telemetry>,
+        addresses: Arc<Addresses>,
         policies: Vec<Arc<dyn RegistrationPolicy>>,
     ) -> Self {
         let r = &config.registry;
@@ -168,6 +171,7 @@ impl Registrar {
             store,
             outbox,
             telemetry,
+            addresses,
             lease: LeaseBounds {
                 default_ms: r.lease_default_ms,
                 min_ms: r.lease_min_ms,
@@ -197,6 +201,22 @@ impl Registrar {
                 detail: "it is still reading the registry bus, and a change stamped before it caught up could lose to an older one already there".into(),
             })
         }
+    }
+
+    /// Refuses an address the address policy does not admit (see [`crate::address`]), and
+    /// counts it. A host name passes here and is checked at every connection.
+    fn check_address(&self, addr: &str) -> Result<(), GatewayError> {
+        self.addresses
+            .policy()
+            .check_registration(addr)
+            .map_err(|class| {
+                self.telemetry
+                    .metrics()
+                    .address_refusal(AddressStage::Register, class);
+                let error = switchyard_core::address::refusal(addr, class);
+                tracing::info!(%addr, reason = class.label(), "registration refused by the address policy");
+                error
+            })
     }
 
     fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError> {
@@ -263,6 +283,7 @@ impl Registrar {
         kind: EventKind,
     ) -> Result<Registered, GatewayError> {
         let valid = registration.validate(&self.lease)?;
+        self.check_address(&valid.addr)?;
         self.check(
             caller,
             &Change::Register {

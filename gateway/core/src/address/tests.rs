@@ -130,11 +130,13 @@ fn registrations_are_checked_by_ip_and_by_the_names_that_must_be_loopback() {
         "http://LocalHost.:80",
         "http://svc.localhost:80",
     ] {
-        let err = p.check_registration(bad).unwrap_err();
+        let class = p.check_registration(bad).unwrap_err();
+        let err = refusal(bad, class);
         assert_eq!(err.code(), "invalid_argument", "{bad}");
         assert!(err.to_string().contains("upstream.allow_addresses"), "{err}");
     }
-    let err = p.check_registration("http://169.254.169.254:80").unwrap_err();
+    let addr = "http://169.254.169.254:80";
+    let err = refusal(addr, p.check_registration(addr).unwrap_err());
     assert!(err.to_string().contains("link-local"), "{err}");
     for ok in [
         "http://10.0.0.1:80",

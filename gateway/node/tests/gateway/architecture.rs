@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("bus", 1),
     ("seams", 2),
     // Owners built only on the seams.
+    ("address", 3),
     ("serve", 3),
     ("store", 3),
     ("outbox", 3),

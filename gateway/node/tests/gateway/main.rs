@@ -1,5 +1,6 @@
 //! End-to-end tests of one or more gateway nodes with real gRPC services on loopback.
 
+mod addresses;
 mod architecture;
 mod graphql;
 mod harness;
