@@ -33,7 +33,9 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> io::Result<TcpListene
 }
 
 /// Runs the demo until `shutdown`. The demo turns GraphQL introspection and the GraphiQL
-/// page on, which production configuration leaves off.
+/// page on, which production configuration leaves off, and admits loopback instance
+/// addresses (its sample instances listen on 127.0.0.1), which the address policy refuses by
+/// default; it says so in its banner.
 pub async fn run(
     mut config: Config,
     instances: usize,
@@ -41,6 +43,10 @@ pub async fn run(
 ) -> io::Result<()> {
     config.graphql.introspection = true;
     config.graphql.graphiql = true;
+    config
+        .upstream
+        .allow_addresses
+        .push(DEMO_ALLOWED_ADDRESSES.to_owned());
     let public = bind(config.public.listen, "public", "--public-listen").await?;
     let control = bind(config.control.listen, "control", "--control-listen").await?;
     let (public_addr, control_addr) = (public.local_addr()?, control.local_addr()?);
@@ -120,11 +126,15 @@ async fn wait_for_instances(node: &Node, n: usize, shutdown: &CancellationToken)
     }
 }
 
+/// What the demo's address policy admits beyond the default: its instances' loopback.
+const DEMO_ALLOWED_ADDRESSES: &str = "127.0.0.0/8";
+
 fn print_banner(node: &Node, public: SocketAddr, control: SocketAddr, instances: usize) {
     println!(
         "\nSwitchyard demo: gateway {id} with the in-memory bus and {instances} instances of the Rust sample service \"{DEMO_SERVICE}\".\n\
          \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, GraphQL: /graphql (GraphiQL in a browser), /healthz, /readyz\
          \n  control  http://{control}    registration: /v1/services (REST), gRPC switchyard.registry.v1.Registration, GraphQL /graphql\n\
+         \nThe demo admits loopback instance addresses ({DEMO_ALLOWED_ADDRESSES}, upstream.allow_addresses), which a gateway refuses by default.\n\
          \nTry:\
          \n  curl -s http://{public}/{DEMO_SERVICE}/hello\
          \n  curl -s http://{public}/graphql -H 'content-type: application/json' -d '{{\"query\":\"{{ a: call(service: \\\"{DEMO_SERVICE}\\\", path: \\\"/hello\\\") {{ status json }} services {{ name instances {{ instanceId state }} }} }}\"}}'\
