@@ -98,9 +98,9 @@ impl AllowRule {
             Some((ip, prefix)) => (ip, Some(prefix)),
             None => (cidr, None),
         };
-        let net: IpAddr = ip
-            .parse()
-            .map_err(|_| bad("is not an IP address or CIDR (write IPv6 with ports as [CIDR]:PORTS)"))?;
+        let net: IpAddr = ip.parse().map_err(|_| {
+            bad("is not an IP address or CIDR (write IPv6 with ports as [CIDR]:PORTS)")
+        })?;
         if let IpAddr::V6(v6) = net
             && v6.to_ipv4_mapped().is_some()
         {
@@ -120,7 +120,9 @@ impl AllowRule {
                 "has bits set past its /{prefix} prefix; write the network address"
             )));
         }
-        let ports = ports.map(|p| parse_ports(p).map_err(|why| bad(&why))).transpose()?;
+        let ports = ports
+            .map(|p| parse_ports(p).map_err(|why| bad(&why)))
+            .transpose()?;
         Ok(Self { net, prefix, ports })
     }
 

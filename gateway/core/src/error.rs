@@ -499,24 +499,56 @@ mod tests {
         let s = || secret.to_owned();
         let all = vec![
             GatewayError::RouteNotFound { path: "/x".into() },
-            GatewayError::ServiceNotFound { service: "orders".into() },
-            GatewayError::NoLiveInstance { service: "orders".into() },
+            GatewayError::ServiceNotFound {
+                service: "orders".into(),
+            },
+            GatewayError::NoLiveInstance {
+                service: "orders".into(),
+            },
             GatewayError::BodyTooLarge { limit_bytes: 1 },
             GatewayError::RequestTimeout { timeout_ms: 1 },
             GatewayError::HeadersTooLarge { limit_bytes: 1 },
-            GatewayError::InvalidArgument { field: "body", reason: "bad".into() },
-            GatewayError::UpstreamTimeout { service: "orders".into(), timeout_ms: 1 },
-            GatewayError::UpstreamConnect { service: "orders".into(), detail: s() },
-            GatewayError::UpstreamReset { service: "orders".into(), detail: s() },
-            GatewayError::UpstreamStatus { service: "orders".into(), grpc_code: 14, message: s() },
-            GatewayError::BadUpstreamResponse { service: "orders".into(), reason: s() },
-            GatewayError::NotAllowed { what: "mutations".into() },
-            GatewayError::Unauthenticated { reason: "no token".into(), challenge: "Bearer".into() },
-            GatewayError::Forbidden { reason: "no".into() },
+            GatewayError::InvalidArgument {
+                field: "body",
+                reason: "bad".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                service: "orders".into(),
+                timeout_ms: 1,
+            },
+            GatewayError::UpstreamConnect {
+                service: "orders".into(),
+                detail: s(),
+            },
+            GatewayError::UpstreamReset {
+                service: "orders".into(),
+                detail: s(),
+            },
+            GatewayError::UpstreamStatus {
+                service: "orders".into(),
+                grpc_code: 14,
+                message: s(),
+            },
+            GatewayError::BadUpstreamResponse {
+                service: "orders".into(),
+                reason: s(),
+            },
+            GatewayError::NotAllowed {
+                what: "mutations".into(),
+            },
+            GatewayError::Unauthenticated {
+                reason: "no token".into(),
+                challenge: "Bearer".into(),
+            },
+            GatewayError::Forbidden {
+                reason: "no".into(),
+            },
             GatewayError::RateLimited { retry_after_s: 1 },
             GatewayError::SubscriptionLagged { missed: 1 },
             GatewayError::Overloaded { what: s() },
-            GatewayError::QuotaExceeded { what: "services".into() },
+            GatewayError::QuotaExceeded {
+                what: "services".into(),
+            },
             GatewayError::BusUnavailable { detail: s() },
             GatewayError::NotReady { detail: s() },
             GatewayError::Internal { detail: s() },
@@ -573,7 +605,10 @@ mod tests {
     #[test]
     fn a_loop_is_508_and_never_retried() {
         let err = GatewayError::LoopDetected { reason: "x".into() };
-        assert_eq!((err.code().as_str(), err.http_status()), ("loop_detected", 508));
+        assert_eq!(
+            (err.code().as_str(), err.http_status()),
+            ("loop_detected", 508)
+        );
         assert_eq!(err.grpc_code(), code::FAILED_PRECONDITION);
         assert!(!err.retryable());
         assert_eq!(

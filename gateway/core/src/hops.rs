@@ -176,12 +176,10 @@ mod tests {
             forwarded_via(&HeaderMap::new(), http::Version::HTTP_11, "gw-1"),
             b"1.1 gw-1"
         );
-        let marked = with_via(&[std::str::from_utf8(&forwarded_via(
-            &h,
-            http::Version::HTTP_11,
-            "gw-1",
-        ))
-        .unwrap()]);
+        let marked =
+            with_via(&[
+                std::str::from_utf8(&forwarded_via(&h, http::Version::HTTP_11, "gw-1")).unwrap(),
+            ]);
         assert!(check(&marked, "gw-1", 8).is_err());
     }
 

@@ -39,10 +39,17 @@ async fn register_rest(gw: &Gateway, id: &str, addr: &str) -> (StatusCode, Value
 }
 
 async fn instances(gw: &Gateway) -> usize {
-    let (_, body) = post(&gw.control_graphql_url(), "{ services { instances { instanceId } } }", Value::Null).await;
-    body["data"]["services"]
-        .as_array()
-        .map_or(0, |s| s.iter().map(|s| s["instances"].as_array().unwrap().len()).sum())
+    let (_, body) = post(
+        &gw.control_graphql_url(),
+        "{ services { instances { instanceId } } }",
+        Value::Null,
+    )
+    .await;
+    body["data"]["services"].as_array().map_or(0, |s| {
+        s.iter()
+            .map(|s| s["instances"].as_array().unwrap().len())
+            .sum()
+    })
 }
 
 #[tokio::test]
@@ -80,11 +87,20 @@ async fn refused_addresses_are_refused_on_every_front_and_change_nothing() {
             json!({ "id": format!("q-{i}"), "addr": addr }),
         )
         .await;
-        assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_argument", "{body}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "invalid_argument",
+            "{body}"
+        );
     }
-    assert!(body_says(&register_rest(&gw, "m", "169.254.169.254:80").await.1, "link-local"));
+    assert!(body_says(
+        &register_rest(&gw, "m", "169.254.169.254:80").await.1,
+        "link-local"
+    ));
     assert_eq!(instances(&gw).await, 0, "nothing was registered");
-    let counted = gw.node.metrics().address_refusals_at(AddressStage::Register);
+    let counted = gw
+        .node
+        .metrics()
+        .address_refusals_at(AddressStage::Register);
     assert_eq!(counted, 3 * REFUSED.len() as u64 + 1);
 
     // An ordinary private address is registered.
@@ -93,7 +109,9 @@ async fn refused_addresses_are_refused_on_every_front_and_change_nothing() {
 }
 
 fn body_says(body: &Value, text: &str) -> bool {
-    body["error"]["message"].as_str().is_some_and(|m| m.contains(text))
+    body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains(text))
 }
 
 #[tokio::test]
@@ -102,7 +120,11 @@ async fn the_allow_list_admits_loopback_but_not_the_gateways_own_listeners() {
     let inst = Instance::start("svc", "s-1").await;
     gw.register("svc", "s-1", &inst.addr, 10_000).await;
     let (status, _, _) = http("GET", &format!("{}/svc/x", gw.public_url())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "the sample answers 404 itself");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the sample answers 404 itself"
+    );
     assert_eq!(inst.requests_received(), 1);
     for (id, own) in [("pub", gw.public_url()), ("ctl", gw.control_url())] {
         let (status, body) = register_rest(&gw, id, &own).await;
@@ -163,21 +185,36 @@ async fn host_names_are_resolved_and_checked_at_every_connection() {
     )
     .await;
     // Names are accepted at registration: what they resolve to is known only when dialled.
-    gw.register("meta", "m-1", &format!("metadata.test:{port}"), 10_000).await;
-    gw.register("mixed", "x-1", &format!("mixed.test:{port}"), 10_000).await;
-    gw.register("far", "f-1", &format!("far.test:{port}"), 10_000).await;
+    gw.register("meta", "m-1", &format!("metadata.test:{port}"), 10_000)
+        .await;
+    gw.register("mixed", "x-1", &format!("mixed.test:{port}"), 10_000)
+        .await;
+    gw.register("far", "f-1", &format!("far.test:{port}"), 10_000)
+        .await;
 
     let (status, _, body) = http("GET", &format!("{}/meta/x", gw.public_url())).await;
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "upstream_connect_failed");
     let (status, _, _) = http("GET", &format!("{}/mixed/x", gw.public_url())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "the admitted address answered");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the admitted address answered"
+    );
     let (status, _, _) = http("GET", &format!("{}/far/x", gw.public_url())).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "past the bound of addresses");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "past the bound of addresses"
+    );
 
     let dialed = connector.dialed.lock().unwrap().clone();
-    assert_eq!(dialed, [inst_addr.to_string()], "only the admitted address was dialled");
+    assert_eq!(
+        dialed,
+        [inst_addr.to_string()],
+        "only the admitted address was dialled"
+    );
     assert_eq!(inst.requests_received(), 1);
     let refusals = gw.node.metrics().address_refusals_at(AddressStage::Connect);
     assert!(refusals >= 1 + 1 + 16, "{refusals}");
@@ -192,7 +229,8 @@ async fn a_loop_through_one_gateway_ends_at_once_with_508() {
         c.upstream.allow_addresses.push(public.to_string());
     })
     .await;
-    gw.register(SEND_SERVICE, "me", &gw.public_url(), 10_000).await;
+    gw.register(SEND_SERVICE, "me", &gw.public_url(), 10_000)
+        .await;
     let url = format!("{}/{SEND_SERVICE}/anything", gw.public_url());
     let (status, _, body) = tokio::time::timeout(Duration::from_secs(20), http("GET", &url))
         .await
@@ -210,8 +248,10 @@ async fn a_loop_through_one_gateway_ends_at_once_with_508() {
 async fn a_loop_through_two_gateways_ends_at_once_with_508() {
     let a = Gateway::start(|c| c.node_id = "gw-a".into()).await;
     let b = Gateway::start(|c| c.node_id = "gw-b".into()).await;
-    a.register(SEND_SERVICE, "to-b", &b.public_url(), 10_000).await;
-    b.register(SEND_SERVICE, "to-a", &a.public_url(), 10_000).await;
+    a.register(SEND_SERVICE, "to-b", &b.public_url(), 10_000)
+        .await;
+    b.register(SEND_SERVICE, "to-a", &a.public_url(), 10_000)
+        .await;
     let url = format!("{}/{SEND_SERVICE}/anything", a.public_url());
     let (status, _, body) = tokio::time::timeout(Duration::from_secs(20), http("GET", &url))
         .await
@@ -240,10 +280,16 @@ async fn more_hops_than_the_bound_are_refused_on_rest_and_graphql() {
 
     let call = r#"query($via: String!) { call(service: "svc", headers: [{ name: "via", value: $via }]) { status } }"#;
     let (_, body) = post(&gw.graphql_url(), call, json!({ "via": four })).await;
-    assert_eq!(body["errors"][0]["extensions"]["code"], "loop_detected", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "loop_detected",
+        "{body}"
+    );
     let own = format!("1.1 {}", gw.node_id);
     let (_, body) = post(&gw.graphql_url(), call, json!({ "via": own })).await;
-    assert_eq!(body["errors"][0]["extensions"]["code"], "loop_detected", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "loop_detected",
+        "{body}"
+    );
     let (_, body) = post(&gw.graphql_url(), call, json!({ "via": three })).await;
     assert_eq!(body["data"]["call"]["status"], 404, "{body}");
     assert_eq!(inst.requests_received(), 2);
@@ -257,19 +303,36 @@ async fn public_errors_name_no_address_os_error_or_upstream_message() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    gw.register("gone", "g-1", &format!("127.0.0.1:{closed}"), 10_000).await;
+    gw.register("gone", "g-1", &format!("127.0.0.1:{closed}"), 10_000)
+        .await;
     let inst = Instance::start("failing", "f-1").await;
     gw.register("failing", "f-1", &inst.addr, 10_000).await;
     let port = closed.to_string();
     let inst_port = inst.addr.rsplit(':').next().unwrap().to_owned();
-    let leaks = [port.as_str(), "127.0.0.1", "efused", "os error", "requested by the caller", &inst_port];
+    let leaks = [
+        port.as_str(),
+        "127.0.0.1",
+        "efused",
+        "os error",
+        "requested by the caller",
+        &inst_port,
+    ];
 
     let (status, _, body) = http("GET", &format!("{}/gone/x", gw.public_url())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let (_, _, failed) = http("GET", &format!("{}/failing/test/grpc-error/13", gw.public_url())).await;
+    let (_, _, failed) = http(
+        "GET",
+        &format!("{}/failing/test/grpc-error/13", gw.public_url()),
+    )
+    .await;
     let call = r#"{ a: call(service: "gone") { status } b: call(service: "failing", path: "/test/grpc-error/13") { status } }"#;
     let (_, graphql) = post(&gw.graphql_url(), call, Value::Null).await;
-    let codes: Vec<&Value> = graphql["errors"].as_array().unwrap().iter().map(|e| &e["extensions"]["code"]).collect();
+    let codes: Vec<&Value> = graphql["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["extensions"]["code"])
+        .collect();
     assert_eq!(codes.len(), 2, "{graphql}");
     for text in [
         String::from_utf8_lossy(&body).into_owned(),

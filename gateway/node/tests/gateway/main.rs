@@ -639,8 +639,7 @@ async fn a_response_past_the_limit_is_a_bad_upstream_response() {
     assert_eq!(error["error"]["code"], "bad_upstream_response");
     // Which limit it broke is the log's to say; a public client learns only the code.
     assert_eq!(
-        error["error"]["message"],
-        "service \"orders\" sent an invalid response",
+        error["error"]["message"], "service \"orders\" sent an invalid response",
         "{error}"
     );
     // A small one still passes.
