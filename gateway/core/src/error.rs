@@ -237,7 +237,7 @@ impl GatewayError {
     /// instance address, an OS error, an upstream's own message or the gateway's internals
     /// show a fixed sentence instead (the full text goes to the log and the span).
     pub fn public_message(&self) -> String {
-        let generic = match self {
+        match self {
             Self::UpstreamConnect { service, .. } => {
                 format!("could not reach an instance of {service:?}")
             }
@@ -275,9 +275,8 @@ impl GatewayError {
             | Self::Forbidden { .. }
             | Self::RateLimited { .. }
             | Self::SubscriptionLagged { .. }
-            | Self::QuotaExceeded { .. } => return self.to_string(),
-        };
-        generic
+            | Self::QuotaExceeded { .. } => self.to_string(),
+        }
     }
 
     /// The JSON error body a public client gets:

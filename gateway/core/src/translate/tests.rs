@@ -395,7 +395,7 @@ fn the_forwarded_request_carries_via_and_a_looped_one_is_refused() {
     assert_eq!(err.code(), "loop_detected");
     let far = http::Request::builder()
         .uri("/orders/x")
-        .header("via", vec!["1.1 p"; 9].join(", "))
+        .header("via", ["1.1 p"; 9].join(", "))
         .body(())
         .unwrap();
     let err = to_forwarding_req(&head_of(&far), Bytes::new(), &ctx()).unwrap_err();
