@@ -12,6 +12,8 @@
 //! * [`gateway_host`], [`service_host`], [`witnessed_service_host`]: host bodies that run a
 //!   gateway node or a sample instance.
 //! * [`http_get`], [`http_send`]: a minimal HTTP/1.1 client for simulated clients.
+//! * [`authenticator`], [`credential`]: the control credentials every simulated gateway
+//!   verifies and every simulated registration carries.
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -25,6 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use sample_service::{RegistrationSpec, Sample, keep_registered};
 use switchyard::Config;
+use switchyard::auth::{self, Authenticator, Claims, KeySet, SigningKey};
 use switchyard::bus::MemoryBus;
 use switchyard::seams::{BoxFuture, Clock, Connector, Io, Seams};
 use switchyard_proto::registry::registration_client::RegistrationClient;
@@ -35,6 +38,54 @@ pub const PUBLIC_PORT: u16 = 8080;
 pub const CONTROL_PORT: u16 = 8081;
 /// Port every simulated service instance listens on.
 pub const SERVICE_PORT: u16 = 7000;
+
+/// The simulation's operator key: an Ed25519 key made from 32 fixed bytes, so every run signs
+/// the same credentials (Ed25519 signatures are deterministic).
+fn operator_key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        // PKCS#8 v1 of an Ed25519 key: the fixed prefix, then the 32-byte seed.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend((0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)));
+        let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
+        match SigningKey::from_pem(&pem) {
+            Ok(key) => key,
+            Err(e) => panic!("the simulation's fixed key is a valid Ed25519 key: {e}"),
+        }
+    })
+}
+
+/// What a simulated gateway verifies credentials with: the operator key's public half, with
+/// `control.auth` required as in production.
+pub fn authenticator() -> Arc<Authenticator> {
+    let keys = match KeySet::from_pem(operator_key().public_pem()) {
+        Ok(keys) => keys,
+        Err(e) => panic!("the simulation's public key is readable: {e}"),
+    };
+    Arc::new(Authenticator::new(auth::Mode::Required, keys, 30_000))
+}
+
+/// A credential for `services` (patterns, as `switchyard token issue --services` takes
+/// them), valid for the whole of any run.
+pub fn credential(subject: &str, services: &[&str]) -> String {
+    let claims = Claims {
+        aud: auth::AUDIENCE.to_owned(),
+        sub: subject.to_owned(),
+        jti: format!("sim-{subject}"),
+        iat: 0,
+        exp: u64::from(u32::MAX),
+        nbf: None,
+        services: services.iter().map(|s| (*s).to_owned()).collect(),
+        read: true,
+    };
+    match auth::issue(operator_key(), &claims) {
+        Ok(token) => token,
+        Err(e) => panic!("the simulation's key signs: {e}"),
+    }
+}
 
 pub mod broker;
 pub mod explore;
@@ -143,7 +194,11 @@ pub async fn gateway_host(
     };
     let public = SimListener::bind(PUBLIC_PORT).await?;
     let control = SimListener::bind(CONTROL_PORT).await?;
-    switchyard::run(config, seams, public, control, CancellationToken::new()).await?;
+    switchyard::Node::builder(config, seams)
+        .authenticator(authenticator())
+        .build()
+        .serve(public, control, CancellationToken::new())
+        .await?;
     Ok(())
 }
 
@@ -200,6 +255,7 @@ async fn serve_instance(
             instance_id: instance_id.to_owned(),
             addr: format!("http://{host_name}:{SERVICE_PORT}"),
             lease_ms,
+            token: Some(credential(service, &[service])),
         },
         shutdown.clone(),
     ));
@@ -235,11 +291,19 @@ async fn send_once(
     path: &str,
     body: Vec<u8>,
 ) -> io::Result<(u16, Bytes)> {
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(method)
         .uri(path)
         .header(http::header::HOST, host)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if port == CONTROL_PORT {
+        // Simulated clients are operators on the control listener.
+        request = request.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", credential("sim-client", &["*"])),
+        );
+    }
+    let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(io::Error::other)?;
     exchange(host, port, request).await

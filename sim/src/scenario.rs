@@ -264,7 +264,9 @@ fn simulate(options: &Options) -> Outcome {
                     bus: Arc::new(SimBus::default()),
                     seed: seed.wrapping_add(index as u64),
                 };
-                let node = Node::new(config, seams);
+                let node = Node::builder(config, seams)
+                    .authenticator(crate::authenticator())
+                    .build();
                 // Subscribed before the node applies anything.
                 started.borrow_mut().push(Incarnation {
                     name: name.clone(),

@@ -243,10 +243,15 @@ def start_gateway(
     extra: tuple[str, ...] = (),
     settings: dict[str, str] | None = None,
     wait_caught_up: bool = True,
+    keys_file: Path | None = None,
 ) -> Gateway:
     """Starts a gateway; `settings` are config keys set with `--set key=value`, `extra` more
     command-line arguments. Unless `wait_caught_up` is off, returns once `/readyz` answers 200:
-    a gateway refuses registry changes (503 `not_ready`) until it has caught up with the bus."""
+    a gateway refuses registry changes (503 `not_ready`) until it has caught up with the bus.
+
+    With `keys_file` the control listener requires credentials verified against it; without,
+    the gateway runs with `control.auth = "none"` and open reads, as the tests about other
+    things need (test_control_auth.py runs it with credentials)."""
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
         raise AssertionError(
@@ -270,7 +275,12 @@ def start_gateway(
         f"upstream.allow_addresses={LOOPBACK_ALLOWED}",
         *extra,
     ]
-    for key, value in (settings or {}).items():
+    auth = (
+        {"control.jwt_keys_file": str(keys_file)}
+        if keys_file
+        else {"control.auth": "none", "control.reads": "open"}
+    )
+    for key, value in {**auth, **(settings or {})}.items():
         argv += ["--set", f"{key}={value}"]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
     match = proc.wait_ready()
@@ -292,7 +302,12 @@ def start_gateway(
 
 
 def start_rust_service(
-    launcher: Launcher, gateway: Gateway, service: str, instance_id: str, lease_ms: int = 10_000
+    launcher: Launcher,
+    gateway: Gateway,
+    service: str,
+    instance_id: str,
+    lease_ms: int = 10_000,
+    token: str | None = None,
 ) -> Proc:
     exe = binary("SAMPLE_SERVICE_BIN", "target/debug/sample-service")
     if not exe.is_file():
@@ -313,7 +328,8 @@ def start_rust_service(
         "--lease-ms",
         str(lease_ms),
     ]
-    proc = launcher.start(f"rust-{service}-{instance_id}", argv, SERVICE_READY, child_env())
+    env = {**child_env(), **({"SWITCHYARD_TOKEN": token} if token else {})}
+    proc = launcher.start(f"rust-{service}-{instance_id}", argv, SERVICE_READY, env)
     proc.wait_ready()
     return proc
 
@@ -328,6 +344,7 @@ def start_python_service(
     service: str,
     instance_id: str,
     lease_ms: int = 10_000,
+    token: str | None = None,
 ) -> Proc:
     argv = python_service_argv(
         "--gateway",
@@ -341,7 +358,8 @@ def start_python_service(
         "--lease-ms",
         str(lease_ms),
     )
-    proc = launcher.start(f"python-{service}-{instance_id}", argv, SERVICE_READY, child_env())
+    env = {**child_env(), **({"SWITCHYARD_TOKEN": token} if token else {})}
+    proc = launcher.start(f"python-{service}-{instance_id}", argv, SERVICE_READY, env)
     match = proc.wait_ready()
     assert (match["service"], match["instance"]) == (service, instance_id), match.group(0)
     return proc

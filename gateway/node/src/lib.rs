@@ -14,6 +14,7 @@
 //! * Owners: [`forwarding`] (balancer, channel pool, attempts, retries, eviction trigger),
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
+//! * [`auth`]: control credentials (JWT), their keys, and what each may do.
 //! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
 //!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
@@ -25,6 +26,7 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod address;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod control;

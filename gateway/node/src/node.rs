@@ -18,7 +18,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::Addresses;
-use crate::config::{Config, ListenerLimits};
+use crate::auth::{self, Authenticator, KeySet};
+use crate::config::{Config, ControlAuth, ListenerLimits};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
@@ -47,6 +48,7 @@ pub struct Node {
     pipeline: Arc<Pipeline>,
     status: Arc<Status>,
     addresses: Arc<Addresses>,
+    auth: Arc<Authenticator>,
 }
 
 impl std::fmt::Debug for Node {
@@ -64,9 +66,19 @@ pub struct Builder {
     seams: Seams,
     policies: Vec<Arc<dyn Policy>>,
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Builder {
+    /// The control listener's authenticator, its keys loaded ([`Authenticator::load`]).
+    /// Without one, the node loads what `[control]` names; a key file it cannot read leaves
+    /// it with no key, so with `auth = "required"` every credential is refused until the key
+    /// file watcher reads a good file.
+    pub fn authenticator(mut self, authenticator: Arc<Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
     /// Adds a request policy, run after the built-in ones, on REST requests and GraphQL calls.
     pub fn policy(mut self, policy: Arc<dyn Policy>) -> Self {
         self.policies.push(policy);
@@ -85,7 +97,22 @@ impl Builder {
             seams,
             policies,
             registration_policies,
+            authenticator,
         } = self;
+        let auth = authenticator.unwrap_or_else(|| {
+            // What `[control]` says, its key file read now; a file that cannot be read
+            // leaves no key (every credential refused) until the watcher reads a good one.
+            Arc::new(
+                Authenticator::load(&config.control).unwrap_or_else(|error| {
+                    tracing::error!(%error, "control keys not loaded");
+                    let mode = match config.control.auth {
+                        ControlAuth::Required => auth::Mode::Required,
+                        ControlAuth::None => auth::Mode::None,
+                    };
+                    Authenticator::new(mode, KeySet::default(), config.control.jwt_leeway_ms)
+                }),
+            )
+        });
         let rng = Arc::new(SharedRng::new(seams.seed));
         let id = if config.node_id.is_empty() {
             format!("gw-{:08x}", rng.with(|r| r.random::<u32>()))
@@ -102,6 +129,7 @@ impl Builder {
             outbox.clone(),
             telemetry.clone(),
             addresses.clone(),
+            auth.clone(),
             registration_policies,
         ));
         let replication = Arc::new(Replication::new(
@@ -147,6 +175,7 @@ impl Builder {
             pipeline,
             status,
             addresses,
+            auth,
         })
     }
 }
@@ -163,6 +192,7 @@ impl Node {
             seams,
             policies: Vec::new(),
             registration_policies: Vec::new(),
+            authenticator: None,
         }
     }
 
@@ -305,7 +335,12 @@ impl Node {
             .filter_map(Result::ok)
             .collect();
         node.addresses.set_own_listeners(&own);
+        node.announce_auth();
         let tasks = CancellationToken::new();
+        let key_watcher = {
+            let (node, stop) = (node.clone(), tasks.clone());
+            tokio::spawn(async move { node.watch_key_file(stop).await })
+        };
         let replication = {
             let (replication, stop) = (node.replication.clone(), tasks.clone());
             tokio::spawn(async move { replication.run(stop).await })
@@ -363,9 +398,84 @@ impl Node {
         let _ = publisher.await;
         // The drain timeout bounds the whole shutdown: the flush gets what draining left.
         node.outbox.flush(&*node.seams.bus, asked + drain).await;
-        let _ = tokio::join!(replication, upkeep, exporter);
+        let _ = tokio::join!(replication, upkeep, exporter, key_watcher);
         tracing::info!(node_id = %node.id(), "gateway node stopped");
         result.map(|_| ())
+    }
+
+    /// Logs how the control listener authenticates: a warning when it does not.
+    fn announce_auth(&self) {
+        let keys = self.auth.keys();
+        self.telemetry.metrics().set_control_keys(keys.len());
+        match self.auth.mode() {
+            auth::Mode::None => tracing::warn!(
+                "control.auth = \"none\": anyone who reaches the control listener may register, deregister and read any service"
+            ),
+            auth::Mode::Required => {
+                tracing::info!(keys = ?keys.ids(), reads = ?self.config.control.reads, "control listener requires credentials")
+            }
+        }
+    }
+
+    /// Re-reads `control.jwt_keys_file` every `control.keys_reload_interval_ms` and puts a
+    /// changed file in force. A file that cannot be read or holds a bad key changes nothing:
+    /// the keys in force stay, and the refusal is logged and counted until the file is fixed.
+    async fn watch_key_file(&self, stop: CancellationToken) {
+        let path = self.config.control.jwt_keys_file.clone();
+        if path.as_os_str().is_empty() {
+            return;
+        }
+        let interval = Duration::from_millis(self.config.control.keys_reload_interval_ms);
+        let mut last: Option<Vec<u8>> = None;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::read(&path)).await
+            };
+            let bytes = match read {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(error)) => {
+                    if last.is_some() {
+                        tracing::error!(path = %path.display(), %error, "control key file cannot be read; the keys in force stay");
+                        self.telemetry.metrics().key_reload(None);
+                        last = None;
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let first = last.is_none();
+            if last.as_ref() == Some(&bytes) {
+                continue;
+            }
+            last = Some(bytes.clone());
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(|_| auth::KeyError::from("the file is not UTF-8 text".to_owned()))
+                .and_then(KeySet::from_pem);
+            match parsed {
+                Ok(keys) => {
+                    let ids: Vec<String> = keys.ids().into_iter().map(str::to_owned).collect();
+                    let (count, changed) = (keys.len(), ids != self.auth.keys().ids());
+                    if changed {
+                        self.auth.replace_keys(keys);
+                        tracing::info!(path = %path.display(), keys = ?ids, "control key file changed: new keys in force");
+                    }
+                    if changed || !first {
+                        self.telemetry.metrics().key_reload(Some(count));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "control key file changed but is refused; the keys in force stay");
+                    self.telemetry.metrics().key_reload(None);
+                }
+            }
+        }
     }
 
     /// Periodic upkeep: delete markers for the registry entries no longer needed (which

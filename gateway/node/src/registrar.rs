@@ -3,6 +3,10 @@
 //! unreachable service). A change is validated by the core's rules, checked by the
 //! registration policies against the caller, applied at once, and queued for the bus.
 //!
+//! Every change a caller asks for needs a credential that covers the service (see
+//! [`crate::auth`]), checked first, before anything of the change is read further; the
+//! gateway's own evictions need none.
+//!
 //! No change is made before the node has caught up with the bus (see [`Store::caught_up`]):
 //! until then its clock may not have seen the stamps already on the bus, and a change stamped
 //! now could lose last-writer-wins to an older one while answered as a success. Such changes
@@ -21,7 +25,8 @@ use switchyard_core::registry::Entry;
 use switchyard_core::{GatewayError, InstanceKey, Stamp, names};
 
 use crate::address::Addresses;
-use crate::config::Config;
+use crate::auth::{Authenticator, Refusal};
+use crate::config::{Config, ControlReads};
 use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::store::Store;
 use crate::telemetry::{AddressStage, ChangeOp, Telemetry};
@@ -144,6 +149,9 @@ pub struct Registrar {
     lease: LeaseBounds,
     publish_wait: Duration,
     quotas: Quotas,
+    auth: Arc<Authenticator>,
+    /// Whether reads on the control listener need a credential (`control.reads`).
+    reads: ControlReads,
     policies: Vec<Arc<dyn RegistrationPolicy>>,
 }
 
@@ -164,6 +172,7 @@ impl Registrar {
         outbox: Arc<Outbox>,
         telemetry: Arc<Telemetry>,
         addresses: Arc<Addresses>,
+        auth: Arc<Authenticator>,
         policies: Vec<Arc<dyn RegistrationPolicy>>,
     ) -> Self {
         let r = &config.registry;
@@ -183,6 +192,8 @@ impl Registrar {
                 instances_per_service_max: r.instances_per_service_max,
                 entries_max: r.entries_max,
             },
+            auth,
+            reads: config.control.reads,
             policies,
         }
     }
@@ -217,6 +228,57 @@ impl Registrar {
                 tracing::info!(%addr, reason = class.label(), "registration refused by the address policy");
                 error
             })
+    }
+
+    /// Checks that the caller's credential covers a change to `service`, and records who the
+    /// caller is. A refusal is counted, logged with what the caller presented (never the
+    /// token), and answered 401 or 403.
+    fn authorize(&self, caller: &mut Caller, service: &str) -> Result<(), GatewayError> {
+        if caller.via == Via::Gateway {
+            return Ok(());
+        }
+        let refusal = match self.auth.authenticate(&caller.headers, self.store.now_ms()) {
+            Ok(grant) if grant.may_change(service) => {
+                caller.identity = Some(grant.identity);
+                return Ok(());
+            }
+            Ok(grant) => Refusal::NotPermitted {
+                identity: grant.identity,
+                what: format!("changing service {service:?}"),
+            },
+            Err(refusal) => refusal,
+        };
+        self.telemetry
+            .metrics()
+            .control_auth_refusal(refusal.label());
+        tracing::warn!(via = ?caller.via, client = ?caller.client_addr, %service, reason = refusal.label(), presented = %refusal.presented(), "registry change refused: credential");
+        Err(refusal.to_error())
+    }
+
+    /// Checks that a caller on the control listener may read the registry and the metrics:
+    /// anyone with `control.reads = "open"` or `control.auth = "none"`, else a credential
+    /// with `read`. A refusal is counted and logged like a change's.
+    pub fn authorize_read(
+        &self,
+        headers: &HeaderMap,
+        client_addr: Option<SocketAddr>,
+    ) -> Result<(), GatewayError> {
+        if self.reads == ControlReads::Open {
+            return Ok(());
+        }
+        let refusal = match self.auth.authenticate(headers, self.store.now_ms()) {
+            Ok(grant) if grant.may_read() => return Ok(()),
+            Ok(grant) => Refusal::NotPermitted {
+                identity: grant.identity,
+                what: "reading the registry (it has no `read`)".to_owned(),
+            },
+            Err(refusal) => refusal,
+        };
+        self.telemetry
+            .metrics()
+            .control_auth_refusal(refusal.label());
+        tracing::warn!(client = ?client_addr, reason = refusal.label(), presented = %refusal.presented(), "registry read refused: credential");
+        Err(refusal.to_error())
     }
 
     fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError> {
@@ -282,6 +344,7 @@ impl Registrar {
         registration: Registration,
         kind: EventKind,
     ) -> Result<Registered, GatewayError> {
+        self.authorize(caller, &registration.service)?;
         let valid = registration.validate(&self.lease)?;
         self.check_address(&valid.addr)?;
         self.check(
@@ -324,6 +387,7 @@ impl Registrar {
         service: &str,
         instance_id: &str,
     ) -> Result<Deregistered, GatewayError> {
+        self.authorize(caller, service)?;
         names::validate_service(service)?;
         names::validate_instance_id(instance_id)?;
         let key = InstanceKey::new(service, instance_id);

@@ -356,11 +356,15 @@ class Registrar:
     after a gateway restart or an eviction.
     """
 
-    def __init__(self, stubs: Stubs, channel: grpc.aio.Channel, request: Any) -> None:
+    def __init__(
+        self, stubs: Stubs, channel: grpc.aio.Channel, request: Any, token: str | None = None
+    ) -> None:
         self.pb = stubs.registry
         self.stub = stubs.registry_grpc.RegistrationStub(channel)
         self.request = request
         self.jitter = random.Random()
+        # The control credential, sent as gRPC metadata with every call.
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     async def keep_registered(self, stop: asyncio.Event) -> None:
         """Runs until ``stop`` is set; raises RegistrationRefused on an invalid registration."""
@@ -369,8 +373,12 @@ class Registrar:
         while not stop.is_set():
             call = self.stub.Renew if registered else self.stub.Register
             try:
-                response = await call(self.request, timeout=REGISTRATION_CALL_TIMEOUT_S)
+                response = await call(
+                    self.request, timeout=REGISTRATION_CALL_TIMEOUT_S, metadata=self.metadata
+                )
             except grpc.aio.AioRpcError as err:
+                # A refused credential is retried like an outage: a key rotation may be under
+                # way on the gateways. Only an invalid registration is final.
                 if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise RegistrationRefused(err.details()) from None
                 wait_s = retry_s * self.jitter.uniform(0.5, 1.0)
@@ -405,7 +413,9 @@ class Registrar:
             service=self.request.service, instance_id=self.request.instance_id
         )
         try:
-            response = await self.stub.Deregister(request, timeout=DEREGISTER_TIMEOUT_S)
+            response = await self.stub.Deregister(
+                request, timeout=DEREGISTER_TIMEOUT_S, metadata=self.metadata
+            )
         except grpc.aio.AioRpcError as err:
             log.warning("deregistration failed (%s: %s)", err.code().name, err.details())
         else:
@@ -507,6 +517,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lease requested from the gateway, in milliseconds; 0 takes the gateway's default",
     )
     parser.add_argument(
+        "--token",
+        default=os.environ.get("SWITCHYARD_TOKEN") or None,
+        help="the control credential the gateway asks for (`switchyard token issue`; env "
+        "SWITCHYARD_TOKEN); leave unset for a gateway whose control.auth is \"none\"",
+    )
+    parser.add_argument(
         "--proto-dir",
         type=Path,
         default=PROTO_DIR_DEFAULT,
@@ -578,7 +594,7 @@ async def serve(args: argparse.Namespace, stubs: Stubs) -> int:
         ("grpc.max_reconnect_backoff_ms", int(RETRY_S_MAX * 1000)),
     ]
     async with grpc.aio.insecure_channel(args.gateway, options=channel_options) as channel:
-        registrar = Registrar(stubs, channel, request)
+        registrar = Registrar(stubs, channel, request, args.token)
         registration = asyncio.create_task(registrar.keep_registered(stop))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({registration, stopped}, return_when=asyncio.FIRST_COMPLETED)

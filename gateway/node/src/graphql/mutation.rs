@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use switchyard_core::registration::Registration;
 
 use super::types::{Instance, MetadataEntry, RegistryChange};
-use super::{Backend, Carrier, backend, field_error, null_with_error};
+use super::{Backend, Carrier, backend, field_error, null_with_error, reader};
 use crate::outbox::Delivery;
 use crate::registrar::{Caller, Via};
 
@@ -166,7 +166,7 @@ impl Subscription {
         #[graphql(default)] snapshot: bool,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<RegistryChange>> + use<>>
     {
-        let backend = backend(ctx)?.clone();
+        let backend = reader(ctx)?.clone();
         // Subscribe before the snapshot is read, so no change falls between the two.
         let changes = backend.store.watch();
         let first = if snapshot {

@@ -9,7 +9,7 @@ use switchyard_core::GatewayError;
 use switchyard_core::translate::{self, Call};
 
 use super::types::{CallResult, Header, Service};
-use super::{Backend, Carrier, backend, field_error, null_with_error};
+use super::{Backend, Carrier, backend, field_error, null_with_error, reader};
 use crate::pipeline::{Parent, RequestContext, Start};
 use crate::status::NodeStatus;
 use crate::telemetry::Front;
@@ -79,7 +79,7 @@ impl Query {
         ctx: &Context<'_>,
         name: Option<String>,
     ) -> async_graphql::Result<Vec<Service>> {
-        Ok(services(backend(ctx)?, name.as_deref()))
+        Ok(services(reader(ctx)?, name.as_deref()))
     }
 
     /// One service, or null when this node lists no instance of it (never registered, or
@@ -89,12 +89,12 @@ impl Query {
         ctx: &Context<'_>,
         name: String,
     ) -> async_graphql::Result<Option<Service>> {
-        Ok(services(backend(ctx)?, Some(&name)).into_iter().next())
+        Ok(services(reader(ctx)?, Some(&name)).into_iter().next())
     }
 
     /// This gateway node as it sees itself.
     async fn node(&self, ctx: &Context<'_>) -> async_graphql::Result<NodeStatus> {
-        Ok(backend(ctx)?.status.node())
+        Ok(reader(ctx)?.status.node())
     }
 }
 

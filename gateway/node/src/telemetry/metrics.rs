@@ -215,6 +215,23 @@ const LISTENERS: [&str; 2] = ["public", "control"];
 pub const REFUSAL_REASONS: [&str; 3] = ["connections_max", "header_timeout", "body_timeout"];
 
 /// Why the GraphQL front refused or closed a WebSocket, or refused an operation on one, for
+/// Why a control credential was refused, as `auth::Refusal::label` names it, for
+/// `switchyard_control_auth_refusals_total`. A reason not listed here is not counted (a test
+/// keeps the two lists the same).
+pub const CONTROL_AUTH_REFUSALS: [&str; 8] = [
+    "missing",
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "wrong_audience",
+    "expired",
+    "not_yet_valid",
+    "not_permitted",
+];
+
+/// What became of a changed key file, for `switchyard_control_key_reloads_total`.
+const KEY_RELOAD_OUTCOMES: [&str; 2] = ["applied", "rejected"];
+
 /// `switchyard_graphql_websocket_refusals_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebSocketRefusal {
@@ -323,6 +340,11 @@ struct AddressLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefusalLabels {
     listener: &'static str,
     reason: &'static str,
@@ -372,6 +394,9 @@ pub struct Metrics {
     ejections: [Counter; EJECTION_REASONS.len()],
     address_refusals: [[Counter; Forbidden::ALL.len()]; ADDRESS_STAGES.len()],
     websocket_refusals: [[Counter; WEBSOCKET_REFUSALS.len()]; LISTENERS.len()],
+    control_auth_refusals: [Counter; CONTROL_AUTH_REFUSALS.len()],
+    key_reloads: [Counter; KEY_RELOAD_OUTCOMES.len()],
+    control_keys: Gauge,
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -427,6 +452,12 @@ impl Metrics {
                 })
             })
         });
+        let auth_refusals_family = Family::<ReasonLabels, Counter>::default();
+        let control_auth_refusals = CONTROL_AUTH_REFUSALS
+            .map(|reason| auth_refusals_family.get_or_create_owned(&ReasonLabels { reason }));
+        let key_reloads_family = Family::<OutcomeLabels, Counter>::default();
+        let key_reloads = KEY_RELOAD_OUTCOMES
+            .map(|outcome| key_reloads_family.get_or_create_owned(&OutcomeLabels { outcome }));
         let ejections_family = Family::<ReasonLabels, Counter>::default();
         let ejections = EJECTION_REASONS
             .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
@@ -449,6 +480,9 @@ impl Metrics {
             ejections,
             address_refusals,
             websocket_refusals,
+            control_auth_refusals,
+            key_reloads,
+            control_keys: Gauge::default(),
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -516,6 +550,21 @@ impl Metrics {
             "switchyard_address_refusals",
             "Instance addresses the address policy refused, by stage (register, connect) and reason",
             address_family,
+        );
+        m.register(
+            "switchyard_control_auth_refusals",
+            "Control listener requests refused for their credential, by reason",
+            auth_refusals_family,
+        );
+        m.register(
+            "switchyard_control_key_reloads",
+            "Changes of the control key file, put in force or refused",
+            key_reloads_family,
+        );
+        m.register(
+            "switchyard_control_keys",
+            "Public keys that verify control credentials",
+            m.control_keys.clone(),
         );
         m.register(
             "switchyard_upstream_ejections",
@@ -706,6 +755,41 @@ impl Metrics {
     /// The WebSocket refusals counted for one listener and reason (for tests).
     pub fn websocket_refusals_of(&self, listener: ListenerLabel, reason: WebSocketRefusal) -> u64 {
         self.websocket_refusals[listener as usize][reason as usize].get()
+    }
+
+    /// A control credential refused for `reason` (one of [`CONTROL_AUTH_REFUSALS`]).
+    pub fn control_auth_refusal(&self, reason: &str) {
+        if let Some(i) = CONTROL_AUTH_REFUSALS.iter().position(|r| *r == reason) {
+            self.control_auth_refusals[i].inc();
+        }
+    }
+
+    /// Control credentials refused so far for `reason` (for tests).
+    pub fn control_auth_refusals_of(&self, reason: &str) -> u64 {
+        CONTROL_AUTH_REFUSALS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.control_auth_refusals[i].get())
+    }
+
+    /// A changed key file put in force (`applied`, with its key count) or refused.
+    pub fn key_reload(&self, applied: Option<usize>) {
+        match applied {
+            Some(keys) => {
+                self.key_reloads[0].inc();
+                self.control_keys
+                    .set(i64::try_from(keys).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.key_reloads[1].inc();
+            }
+        }
+    }
+
+    /// The number of control keys in force.
+    pub fn set_control_keys(&self, keys: usize) {
+        self.control_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     pub fn ejection(&self, reason: EjectionReason) {

@@ -41,6 +41,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 3),
     ("outbox", 3),
     ("telemetry", 3),
+    ("auth", 3),
     // Keeping the registry: registration and replication.
     ("registrar", 4),
     ("replication", 4),

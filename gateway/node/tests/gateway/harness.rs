@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use sample_service::Sample;
 use serde_json::Value;
 use switchyard::bus::{Bus, MemoryBus};
-use switchyard::config::Config;
+use switchyard::config::{Config, ControlAuth};
 use switchyard::node::{Builder, Node};
 use switchyard::seams::{Connector, Seams, SystemClock, TokioConnector};
 use switchyard_proto::forwarding::forwarding_service_server::{
@@ -76,9 +76,8 @@ impl Gateway {
         build: impl FnOnce(Builder) -> Builder,
     ) -> Self {
         let configure = |c: &mut Config, _: SocketAddr, _: SocketAddr| configure(c);
-        let mut gw = Self::launch(connector, bus, configure, build).await;
-        let status = gw.wait_ready().await;
-        gw.node_id = status["node_id"].as_str().unwrap().to_owned();
+        let gw = Self::launch(connector, bus, configure, build).await;
+        gw.wait_ready_probe().await;
         gw
     }
 
@@ -88,9 +87,8 @@ impl Gateway {
         bus: impl Bus,
         configure: impl FnOnce(&mut Config, SocketAddr, SocketAddr),
     ) -> Self {
-        let mut gw = Self::launch(Arc::new(TokioConnector), bus, configure, |b| b).await;
-        let status = gw.wait_ready().await;
-        gw.node_id = status["node_id"].as_str().unwrap().to_owned();
+        let gw = Self::launch(Arc::new(TokioConnector), bus, configure, |b| b).await;
+        gw.wait_ready_probe().await;
         gw
     }
 
@@ -112,6 +110,9 @@ impl Gateway {
             (public.local_addr().unwrap(), control.local_addr().unwrap());
         let mut config = Config::default();
         config.shutdown.drain_timeout_ms = 5_000;
+        // Most tests are about something else: credentials are off unless a test turns them
+        // on (control_auth.rs does, with keys of its own).
+        config.control.auth = ControlAuth::None;
         // The instances of these tests listen on loopback, which the address policy refuses
         // unless allowed; the gateway's own listeners stay refused.
         config.upstream.allow_addresses = vec!["127.0.0.0/8".to_owned()];
@@ -170,12 +171,17 @@ impl Gateway {
 
     /// Waits for `/readyz` to answer 200, then returns the node's status.
     pub async fn wait_ready(&self) -> Value {
+        self.wait_ready_probe().await;
+        self.status().await
+    }
+
+    /// Waits for `/readyz` to answer 200 (which needs no credential).
+    pub async fn wait_ready_probe(&self) {
         let url = format!("{}/readyz", self.public_url());
         eventually(Duration::from_secs(10), || async {
             matches!(try_http("GET", &url).await, Ok((StatusCode::OK, _, _)))
         })
         .await;
-        self.status().await
     }
 
     pub async fn register(&self, service: &str, id: &str, addr: &str, lease_ms: u64) {

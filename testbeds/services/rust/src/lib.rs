@@ -185,6 +185,19 @@ pub struct RegistrationSpec {
     /// The address gateways reach this instance at, `http://host:port`.
     pub addr: String,
     pub lease_ms: u64,
+    /// The control credential (`switchyard token issue`), sent as `authorization: Bearer`
+    /// with every registration, renewal and deregistration; `None` for a gateway whose
+    /// `control.auth` is `"none"`.
+    pub token: Option<String>,
+}
+
+/// `message` as a request carrying the instance's credential, if it has one.
+fn with_credential<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 /// Registers the instance through `client`, renews its lease until `shutdown`, then
@@ -205,10 +218,13 @@ pub async fn keep_registered(
     let mut registered = false;
     let mut retry = Duration::from_millis(100);
     loop {
+        let token = spec.token.as_deref();
         let call = if registered {
-            client.renew(request.clone()).await
+            client.renew(with_credential(request.clone(), token)).await
         } else {
-            client.register(request.clone()).await
+            client
+                .register(with_credential(request.clone(), token))
+                .await
         };
         let wait = match call {
             Ok(resp) => {
@@ -233,10 +249,13 @@ pub async fn keep_registered(
             () = tokio::time::sleep(wait) => {}
         }
     }
-    let deregister = client.deregister(DeregisterRequest {
-        service: spec.service.clone(),
-        instance_id: spec.instance_id.clone(),
-    });
+    let deregister = client.deregister(with_credential(
+        DeregisterRequest {
+            service: spec.service.clone(),
+            instance_id: spec.instance_id.clone(),
+        },
+        spec.token.as_deref(),
+    ));
     match tokio::time::timeout(Duration::from_secs(2), deregister).await {
         Ok(Ok(_)) => tracing::info!(instance = %spec.instance_id, "deregistered"),
         Ok(Err(status)) => tracing::warn!(message = status.message(), "deregistration failed"),

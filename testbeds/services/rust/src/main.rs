@@ -30,6 +30,10 @@ struct Args {
     /// Lease requested from the gateway, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
+    /// The control credential the gateway asks for (`switchyard token issue`); leave unset
+    /// for a gateway whose `control.auth` is "none".
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             instance_id,
             addr,
             lease_ms: args.lease_ms,
+            token: args.token,
         },
         shutdown.clone(),
     ));

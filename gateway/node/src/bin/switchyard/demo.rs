@@ -13,11 +13,12 @@ use switchyard_proto::registry::registration_client::RegistrationClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use switchyard::auth::{self, Authenticator, Claims, KeySet, SigningKey};
 use switchyard::bus::MemoryBus;
 use switchyard::config::Config;
 use switchyard::forwarding::lazy_channel;
 use switchyard::node::Node;
-use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
+use switchyard::seams::{Clock as _, Seams, SystemClock, TokioConnector, os_seed};
 use switchyard::serve::serve;
 
 /// The service name the demo registers.
@@ -47,6 +48,9 @@ pub async fn run(
         .upstream
         .allow_addresses
         .push(DEMO_ALLOWED_ADDRESSES.to_owned());
+    // Credentials stay on: the demo makes a key of its own, gives the gateway its public
+    // half and prints an operator credential signed with it (valid for a day).
+    let (auth, token) = demo_credentials(&config)?;
     let public = bind(config.public.listen, "public", "--public-listen").await?;
     let control = bind(config.control.listen, "control", "--control-listen").await?;
     let (public_addr, control_addr) = (public.local_addr()?, control.local_addr()?);
@@ -57,7 +61,7 @@ pub async fn run(
         seed: config.seed.unwrap_or_else(os_seed),
     };
     let drain = Duration::from_millis(config.shutdown.drain_timeout_ms);
-    let node = Node::new(config, seams);
+    let node = Node::builder(config, seams).authenticator(auth).build();
     let gateway = tokio::spawn(node.clone().serve(public, control, shutdown.clone()));
 
     let registration = lazy_channel(
@@ -92,13 +96,14 @@ pub async fn run(
                 instance_id,
                 addr: format!("http://{addr}"),
                 lease_ms: 10_000,
+                token: Some(token.clone()),
             },
             shutdown.clone(),
         ));
     }
 
     if wait_for_instances(&node, instances, &shutdown).await {
-        print_banner(&node, public_addr, control_addr, instances);
+        print_banner(&node, public_addr, control_addr, instances, &token);
     }
     let served = gateway.await.map_err(io::Error::other)?;
     for service in services {
@@ -129,7 +134,36 @@ async fn wait_for_instances(node: &Node, n: usize, shutdown: &CancellationToken)
 /// What the demo's address policy admits beyond the default: its instances' loopback.
 const DEMO_ALLOWED_ADDRESSES: &str = "127.0.0.0/8";
 
-fn print_banner(node: &Node, public: SocketAddr, control: SocketAddr, instances: usize) {
+/// A fresh Ed25519 key for this run, the gateway's authenticator holding its public half, and
+/// an operator credential (every service, reads) signed with it.
+fn demo_credentials(config: &Config) -> io::Result<(Arc<Authenticator>, String)> {
+    let failed = |e: auth::KeyError| io::Error::other(e.to_string());
+    let (private, public) = auth::generate_key().map_err(failed)?;
+    let key = SigningKey::from_pem(&private).map_err(failed)?;
+    let now_s = SystemClock.now_ms() / 1_000;
+    let claims = Claims {
+        aud: auth::AUDIENCE.to_owned(),
+        sub: "demo-operator".to_owned(),
+        jti: format!("demo-{now_s}"),
+        iat: now_s,
+        exp: now_s + 86_400,
+        nbf: None,
+        services: vec!["*".to_owned()],
+        read: true,
+    };
+    let token = auth::issue(&key, &claims).map_err(failed)?;
+    let keys = KeySet::from_pem(&public).map_err(failed)?;
+    let auth = Authenticator::new(auth::Mode::Required, keys, config.control.jwt_leeway_ms);
+    Ok((Arc::new(auth), token))
+}
+
+fn print_banner(
+    node: &Node,
+    public: SocketAddr,
+    control: SocketAddr,
+    instances: usize,
+    token: &str,
+) {
     println!(
         "\nSwitchyard demo: gateway {id} with the in-memory bus and {instances} instances of the Rust sample service \"{DEMO_SERVICE}\".\n\
          \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, GraphQL: /graphql (GraphiQL in a browser), /healthz, /readyz\
@@ -140,8 +174,11 @@ fn print_banner(node: &Node, public: SocketAddr, control: SocketAddr, instances:
          \n  curl -s http://{public}/graphql -H 'content-type: application/json' -d '{{\"query\":\"{{ a: call(service: \\\"{DEMO_SERVICE}\\\", path: \\\"/hello\\\") {{ status json }} services {{ name instances {{ instanceId state }} }} }}\"}}'\
          \n  curl -s -X POST http://{public}/{DEMO_SERVICE}/echo -H 'content-type: application/json' -d '{{\"hello\":\"world\"}}'\
          \n  curl -s http://{public}/nosuch/thing\
-         \n  curl -s http://{control}/v1/services\
-         \n  curl -s -X PUT http://{control}/v1/services/my-service/instances/i-1 -d '{{\"addr\":\"127.0.0.1:50051\"}}'\n\
+         \n\nThe control listener asks for a credential; this run's operator credential (every service, reads; valid a day):\
+         \n  TOKEN={token}\
+         \n  curl -s http://{control}/v1/services -H \"authorization: Bearer $TOKEN\"\
+         \n  curl -s -X PUT http://{control}/v1/services/my-service/instances/i-1 -H \"authorization: Bearer $TOKEN\" -d '{{\"addr\":\"127.0.0.1:50051\"}}'\
+         \n  curl -s http://{control}/v1/services    (no credential: 401 unauthenticated)\n\
          \nCtrl-C stops the gateway and the sample instances (they deregister first).\n",
         id = node.id(),
     );

@@ -1,12 +1,15 @@
 //! The `switchyard` binary: `serve` runs a gateway node, `demo` runs one with two sample
 //! instances, `check-config` validates a configuration and prints it in full, and
-//! `graphql-schema` prints the GraphQL schema (`docs/schema.graphql`).
+//! `graphql-schema` prints the GraphQL schema (`docs/schema.graphql`), and `token` makes
+//! signing keys and control credentials.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use switchyard::Node;
+use switchyard::auth::Authenticator;
 use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
@@ -15,6 +18,7 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 #[cfg(feature = "demo")]
 mod demo;
+mod token;
 
 /// mimalloc instead of the system allocator: a request allocates about a hundred small blocks
 /// (hyper, h2, tonic, the translation), and glibc's malloc and free took more than a quarter
@@ -50,6 +54,9 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Print the GraphQL schema in SDL (docs/schema.graphql is this output).
     GraphqlSchema,
+    /// Control credentials: make a signing key, issue a token.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Debug, Args)]
@@ -132,15 +139,19 @@ fn main() -> anyhow::Result<()> {
             print!("{}", switchyard::graphql::sdl());
             Ok(())
         }
+        Command::Token(command) => token::run(command),
         Command::CheckConfig(args) => {
             let config = args.load()?;
+            let auth = Authenticator::load(&config.control)?;
             println!("{config:#?}");
+            println!("control keys in force: {:?}", auth.keys());
             Ok(())
         }
         Command::Serve(args) => {
             let config = args.load()?;
+            let auth = Arc::new(Authenticator::load(&config.control)?);
             let _log = init_logging(&config);
-            runtime(&config)?.block_on(serve(config))
+            runtime(&config)?.block_on(serve(config, auth))
         }
         #[cfg(feature = "demo")]
         Command::Demo { config, instances } => {
@@ -169,7 +180,7 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, auth: Arc<Authenticator>) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = match config.bus.kind {
         BusKind::Memory => Arc::new(MemoryBus::new()),
         #[cfg(not(feature = "kafka"))]
@@ -213,7 +224,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         control.local_addr()?
     );
     let shutdown = on_signal();
-    switchyard::run(config, seams, public, control, shutdown)
+    Node::builder(config, seams)
+        .authenticator(auth)
+        .build()
+        .serve(public, control, shutdown)
         .await
         .context("gateway failed")
 }
