@@ -171,6 +171,16 @@ impl Connector for SimConnector {
             Ok(Box::new(stream) as Box<dyn Io>)
         })
     }
+
+    /// Turmoil's DNS: the simulated hosts' names, on private 192.168.0.0/16 addresses.
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let host = host.to_owned();
+        Box::pin(async move {
+            Ok(turmoil::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
+    }
 }
 
 /// Wall time in the simulation: the configured epoch plus simulated elapsed time, shifted by

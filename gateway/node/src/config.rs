@@ -363,7 +363,20 @@ pub struct UpstreamConfig {
     /// How long to wait for the ping's acknowledgement before closing the connection (the
     /// calls on it fail as `upstream_reset`).
     pub keepalive_timeout_ms: u64,
+    /// Networks, each optionally with a port or port range, whose instance addresses the
+    /// address policy admits although they are loopback, link-local, unspecified,
+    /// multicast, broadcast or (with a port named) this gateway's own listeners:
+    /// `"127.0.0.0/8"`, `"10.0.0.5:8080"`, `"[::1]:9000-9100"`. Empty: none admitted.
+    pub allow_addresses: Vec<String>,
+    /// The most proxies (entries in `Via`) a request may have passed before it arrives; a
+    /// request past it, or one that passed this gateway already, is refused with 508.
+    pub hops_max: u32,
 }
+
+/// The most entries `upstream.allow_addresses` may hold.
+pub const ALLOW_ADDRESSES_MAX: usize = 256;
+/// The largest `upstream.hops_max`.
+pub const HOPS_MAX_LIMIT: u32 = 255;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -606,6 +619,8 @@ impl Default for UpstreamConfig {
             in_flight_per_instance_max: 1_024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 5_000,
+            allow_addresses: Vec::new(),
+            hops_max: 8,
         }
     }
 }
@@ -853,6 +868,7 @@ impl Config {
                 "must be at least upstream.ejection_base_ms".to_owned(),
             ));
         }
+        self.upstream.validate_address_policy()?;
         let r = &self.registry;
         if r.lease_max_ms < r.lease_min_ms {
             return Err((
@@ -963,6 +979,28 @@ impl Config {
             return Err((
                 "node_id",
                 "must be at most 64 characters, without spaces".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate_address_policy(&self) -> Result<(), (&'static str, String)> {
+        if self.allow_addresses.len() > ALLOW_ADDRESSES_MAX {
+            return Err((
+                "upstream.allow_addresses",
+                format!("may hold at most {ALLOW_ADDRESSES_MAX} entries"),
+            ));
+        }
+        for rule in &self.allow_addresses {
+            switchyard_core::address::AllowRule::parse(rule)
+                .map_err(|e| ("upstream.allow_addresses", e))?;
+        }
+        if !(1..=HOPS_MAX_LIMIT).contains(&self.hops_max) {
+            return Err((
+                "upstream.hops_max",
+                format!("must lie between 1 and {HOPS_MAX_LIMIT}"),
             ));
         }
         Ok(())

@@ -23,7 +23,7 @@ use switchyard_proto::registry::registration_server::{
 
 use crate::outbox::Delivery;
 use crate::registrar::{Caller, Registrar, Via};
-use crate::respond::{error_response, json_response, read_body};
+use crate::respond::{detailed_error_response, json_response, read_body};
 use crate::seams::ClientAddr;
 use crate::status::Status;
 use crate::tls::PeerCertificate;
@@ -84,7 +84,7 @@ fn check_read(
             peer_certificate(certificate).as_deref(),
             peer(client),
         )
-        .map_err(|error| Box::new(error_response(&error, None)))
+        .map_err(|error| Box::new(detailed_error_response(&error, None)))
 }
 
 /// Prometheus text exposition of the node's metrics.
@@ -191,7 +191,7 @@ async fn get_service(
         .map(|view| instance_json(&view))
         .collect();
     if instances.is_empty() {
-        return error_response(&GatewayError::ServiceNotFound { service }, None);
+        return detailed_error_response(&GatewayError::ServiceNotFound { service }, None);
     }
     ok_json(&serde_json::json!({ "service": service, "instances": instances }))
 }
@@ -241,7 +241,7 @@ async fn put_instance(
     let mut caller = rest_caller(client, certificate, headers);
     match register_rest(&control, &mut caller, service, instance_id, body).await {
         Ok(response) => response,
-        Err(error) => error_response(&error, None),
+        Err(error) => detailed_error_response(&error, None),
     }
 }
 
@@ -310,7 +310,7 @@ async fn delete_instance(
                 "stamp": stamp_json(&gone.stamp),
             }),
         ),
-        Err(error) => error_response(&error, None),
+        Err(error) => detailed_error_response(&error, None),
     }
 }
 

@@ -169,7 +169,7 @@ fn camel_case(header: &str) -> String {
 
 /// A gateway error as a resolver returns it.
 pub fn field_error(error: &GatewayError, request_id: Option<&str>) -> async_graphql::Error {
-    let mut e = async_graphql::Error::new(error.to_string());
+    let mut e = async_graphql::Error::new(error.public_message());
     e.extensions = Some(extensions(error, request_id));
     e
 }
@@ -189,7 +189,7 @@ pub fn null_with_error<T>(
 
 /// A gateway error as a whole response's error (before any field ran).
 pub fn server_error(error: &GatewayError, pos: Option<Pos>) -> ServerError {
-    let mut e = ServerError::new(error.to_string(), pos);
+    let mut e = ServerError::new(error.public_message(), pos);
     e.extensions = Some(extensions(error, None));
     e
 }
@@ -205,7 +205,7 @@ pub fn refusal_body(error: &GatewayError, request_id: &str) -> Vec<u8> {
         extensions[name] = value;
     }
     let body = serde_json::json!({
-        "errors": [{ "message": error.to_string(), "extensions": extensions }],
+        "errors": [{ "message": error.public_message(), "extensions": extensions }],
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }

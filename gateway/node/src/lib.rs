@@ -15,7 +15,8 @@
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
 //! * [`auth`]: control credentials (JWT), their keys, and what each may do.
-//! * [`store`] (registry, clock, change feed), [`outbox`] (changes waiting for the bus),
+//! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
+//!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
 //!   listener with graceful shutdown).
 //! * [`tls`]: TLS on the listeners, certificates re-read when they change, client
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod address;
 pub mod auth;
 pub mod bus;
 pub mod config;

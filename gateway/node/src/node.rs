@@ -17,6 +17,7 @@ use switchyard_core::translate::Limits;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::address::Addresses;
 use crate::auth::{self, Authenticator, KeySet};
 use crate::config::{Config, ControlAuth, ListenerLimits};
 use crate::control::{self, Control};
@@ -47,6 +48,7 @@ pub struct Node {
     forwarder: Arc<Forwarder>,
     pipeline: Arc<Pipeline>,
     status: Arc<Status>,
+    addresses: Arc<Addresses>,
     auth: Arc<Authenticator>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
@@ -128,11 +130,13 @@ impl Builder {
         let store = Arc::new(Store::new(id.clone(), seams.clock.clone()));
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
+        let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
             store.clone(),
             outbox.clone(),
             telemetry.clone(),
+            addresses.clone(),
             auth.clone(),
             registration_policies,
         ));
@@ -149,6 +153,7 @@ impl Builder {
             telemetry.clone(),
             rng.clone(),
             seams.connector.clone(),
+            addresses.clone(),
         ));
         let mut request_policies = pipeline::policies::builtin(&config);
         request_policies.extend(policies);
@@ -179,6 +184,7 @@ impl Builder {
             forwarder,
             pipeline,
             status,
+            addresses,
             auth,
             public_tls,
             control_tls,
@@ -341,6 +347,12 @@ impl Node {
         };
         let public_tls = tls_of(&node.public_tls, "public.tls")?;
         let control_tls = tls_of(&node.control_tls, "control.tls")?;
+        // The address policy refuses registrations at the node's own listeners.
+        let own: Vec<SocketAddr> = [public_listener.local_addr(), control_listener.local_addr()]
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        node.addresses.set_own_listeners(&own);
         node.announce_auth();
         let tasks = CancellationToken::new();
         let key_watcher = {

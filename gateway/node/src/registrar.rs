@@ -25,11 +25,12 @@ use switchyard_core::registration::{LeaseBounds, Registration, ValidRegistration
 use switchyard_core::registry::Entry;
 use switchyard_core::{GatewayError, InstanceKey, Stamp, names};
 
+use crate::address::Addresses;
 use crate::auth::{Authenticator, Refusal};
 use crate::config::{Config, ControlReads};
 use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::store::Store;
-use crate::telemetry::{ChangeOp, Telemetry};
+use crate::telemetry::{AddressStage, ChangeOp, Telemetry};
 use crate::tls::PeerCertificate;
 
 /// Which front a registry change came through.
@@ -155,6 +156,7 @@ pub struct Registrar {
     store: Arc<Store>,
     outbox: Arc<Outbox>,
     telemetry: Arc<Telemetry>,
+    addresses: Arc<Addresses>,
     lease: LeaseBounds,
     publish_wait: Duration,
     quotas: Quotas,
@@ -180,6 +182,7 @@ impl Registrar {
         store: Arc<Store>,
         outbox: Arc<Outbox>,
         telemetry: Arc<Telemetry>,
+        addresses: Arc<Addresses>,
         auth: Arc<Authenticator>,
         policies: Vec<Arc<dyn RegistrationPolicy>>,
     ) -> Self {
@@ -188,6 +191,7 @@ impl Registrar {
             store,
             outbox,
             telemetry,
+            addresses,
             lease: LeaseBounds {
                 default_ms: r.lease_default_ms,
                 min_ms: r.lease_min_ms,
@@ -219,6 +223,22 @@ impl Registrar {
                 detail: "it is still reading the registry bus, and a change stamped before it caught up could lose to an older one already there".into(),
             })
         }
+    }
+
+    /// Refuses an address the address policy does not admit (see [`crate::address`]), and
+    /// counts it. A host name passes here and is checked at every connection.
+    fn check_address(&self, addr: &str) -> Result<(), GatewayError> {
+        self.addresses
+            .policy()
+            .check_registration(addr)
+            .map_err(|class| {
+                self.telemetry
+                    .metrics()
+                    .address_refusal(AddressStage::Register, class);
+                let error = switchyard_core::address::refusal(addr, class);
+                tracing::info!(%addr, reason = class.label(), "registration refused by the address policy");
+                error
+            })
     }
 
     /// Checks that the caller's credential covers a change to `service`, and records who the
@@ -342,6 +362,7 @@ impl Registrar {
     ) -> Result<Registered, GatewayError> {
         self.authorize(caller, &registration.service)?;
         let valid = registration.validate(&self.lease)?;
+        self.check_address(&valid.addr)?;
         self.check(
             caller,
             &Change::Register {

@@ -32,6 +32,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 use switchyard_core::GatewayError;
+use switchyard_core::address::Forbidden;
 
 #[cfg(test)]
 mod tests;
@@ -283,6 +284,17 @@ pub enum EjectionReason {
 
 const EJECTION_REASONS: [&str; 3] = ["connect_failed", "reset", "timeout"];
 
+/// Where the address policy refused an address, for `switchyard_address_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressStage {
+    /// A registration's address.
+    Register = 0,
+    /// An address a connection to an instance would have gone to.
+    Connect = 1,
+}
+
+const ADDRESS_STAGES: [&str; 2] = ["register", "connect"];
+
 /// The `origin` of an applied bus event: [this node's own, other nodes'].
 const ORIGINS: [&str; 2] = ["local", "remote"];
 
@@ -330,6 +342,12 @@ struct ReasonLabels {
 struct ListenerOutcomeLabels {
     listener: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AddressLabels {
+    stage: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -385,6 +403,7 @@ pub struct Metrics {
     quota_refusals: Counter,
     refusals: [[Counter; REFUSAL_REASONS.len()]; LISTENERS.len()],
     ejections: [Counter; EJECTION_REASONS.len()],
+    address_refusals: [[Counter; Forbidden::ALL.len()]; ADDRESS_STAGES.len()],
     websocket_refusals: [[Counter; WEBSOCKET_REFUSALS.len()]; LISTENERS.len()],
     control_auth_refusals: [Counter; CONTROL_AUTH_REFUSALS.len()],
     key_reloads: [Counter; KEY_RELOAD_OUTCOMES.len()],
@@ -436,6 +455,15 @@ impl Metrics {
                 websocket_refusals_family.get_or_create_owned(&RefusalLabels { listener, reason })
             })
         });
+        let address_family = Family::<AddressLabels, Counter>::default();
+        let address_refusals = ADDRESS_STAGES.map(|stage| {
+            Forbidden::ALL.map(|class| {
+                address_family.get_or_create_owned(&AddressLabels {
+                    stage,
+                    reason: class.label(),
+                })
+            })
+        });
         let auth_refusals_family = Family::<ReasonLabels, Counter>::default();
         let control_auth_refusals = CONTROL_AUTH_REFUSALS
             .map(|reason| auth_refusals_family.get_or_create_owned(&ReasonLabels { reason }));
@@ -468,6 +496,7 @@ impl Metrics {
             quota_refusals: Counter::default(),
             refusals,
             ejections,
+            address_refusals,
             websocket_refusals,
             control_auth_refusals,
             key_reloads,
@@ -535,6 +564,11 @@ impl Metrics {
             "switchyard_listener_refusals",
             "Clients a listener refused, by listener and reason",
             refusals_family,
+        );
+        m.register(
+            "switchyard_address_refusals",
+            "Instance addresses the address policy refused, by stage (register, connect) and reason",
+            address_family,
         );
         m.register(
             "switchyard_control_auth_refusals",
@@ -789,6 +823,18 @@ impl Metrics {
 
     pub fn ejection(&self, reason: EjectionReason) {
         self.ejections[reason as usize].inc();
+    }
+
+    pub fn address_refusal(&self, stage: AddressStage, class: Forbidden) {
+        self.address_refusals[stage as usize][class as usize].inc();
+    }
+
+    /// Address refusals so far at `stage`, every reason together (for tests).
+    pub fn address_refusals_at(&self, stage: AddressStage) -> u64 {
+        self.address_refusals[stage as usize]
+            .iter()
+            .map(Counter::get)
+            .sum()
     }
 
     /// Ejections so far for `reason` (for tests).

@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("seams", 2),
     ("tls", 2),
     // Owners built only on the seams.
+    ("address", 3),
     ("serve", 3),
     ("store", 3),
     ("outbox", 3),
