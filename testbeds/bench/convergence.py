@@ -23,7 +23,14 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness import HTTP_TIMEOUT_S, REPO_ROOT, Gateway, Launcher, start_gateway  # noqa: E402
+from harness import (  # noqa: E402
+    HTTP_TIMEOUT_S,
+    REPO_ROOT,
+    Gateway,
+    Launcher,
+    control_headers,
+    start_gateway,
+)
 from kafka_broker import Broker, session_broker  # noqa: E402
 
 POLL_S = 0.0005
@@ -63,6 +70,7 @@ def measure(launcher: Launcher, broker: Broker, registrations: int) -> dict:
             resp = session.put(
                 f"{first.control}/v1/services/bench/instances/{instance}",
                 json={"addr": "127.0.0.1:9", "lease_ms": 600_000},
+                headers=control_headers(),
                 timeout=HTTP_TIMEOUT_S,
             )
             if resp.status_code != 200:

@@ -235,6 +235,63 @@ class Gateway:
         )
 
 
+class Operator:
+    """The test session's operator: a key pair made with `switchyard token keygen` (kept under
+    testbeds/.run/), an operator credential, and a credential per service issued on demand with
+    `switchyard token issue`. Gateways started here verify credentials against its public key,
+    the samples register with their service's credential, and the tests' own registry changes
+    carry the operator's."""
+
+    def __init__(self) -> None:
+        self.dir = REPO_ROOT / "testbeds" / ".run" / "e2e-keys" / str(os.getpid())
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.private = self.dir / "operator.key"
+        self.keys_file = self.dir / "operator.pub.pem"
+        if not self.private.exists():
+            self._switchyard("token", "keygen", "--out", str(self.dir / "operator"))
+        self.token = self.issue("e2e-operator", "--services", "*", "--read")
+        self._tokens: dict[str, str] = {}
+
+    def _switchyard(self, *args: str) -> str:
+        exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
+        done = subprocess.run(
+            [str(exe), *args], capture_output=True, text=True, timeout=30, env=child_env()
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"switchyard {' '.join(args)} failed: {done.stderr}")
+        return done.stdout.strip()
+
+    def issue(self, subject: str, *flags: str) -> str:
+        return self._switchyard(
+            "token", "issue", "--key", str(self.private), "--subject", subject, "--ttl", "1d", *flags
+        )
+
+    def service_token(self, service: str) -> str:
+        """A credential for `service` alone, as its instances would be given."""
+        if service not in self._tokens:
+            self._tokens[service] = self.issue(f"svc-{service}", "--services", service)
+        return self._tokens[service]
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+_operator: Operator | None = None
+
+
+def operator() -> Operator:
+    """The session's [`Operator`], made on first use."""
+    global _operator
+    if _operator is None:
+        _operator = Operator()
+    return _operator
+
+
+def control_headers() -> dict[str, str]:
+    """What a registry change sent by a test carries: the operator's credential."""
+    return operator().headers()
+
+
 def start_gateway(
     launcher: Launcher,
     name: str,
@@ -244,14 +301,16 @@ def start_gateway(
     settings: dict[str, str] | None = None,
     wait_caught_up: bool = True,
     keys_file: Path | None = None,
+    credentials: bool = True,
 ) -> Gateway:
     """Starts a gateway; `settings` are config keys set with `--set key=value`, `extra` more
     command-line arguments. Unless `wait_caught_up` is off, returns once `/readyz` answers 200:
     a gateway refuses registry changes (503 `not_ready`) until it has caught up with the bus.
 
-    With `keys_file` the control listener requires credentials verified against it; without,
-    the gateway runs with `control.auth = "none"` and open reads, as the tests about other
-    things need (test_control_auth.py runs it with credentials)."""
+    Credentials are on: registry changes need a credential verified against `keys_file`, by
+    default the session operator's key ([`operator`]). Reads stay open (`control.reads =
+    "open"`), so the tests read the registry as Prometheus scrapes it; test_control_auth.py
+    covers credentialed reads. `credentials=False` runs with `control.auth = "none"`."""
     exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
     if not exe.is_file():
         raise AssertionError(
@@ -275,11 +334,13 @@ def start_gateway(
         f"upstream.allow_addresses={LOOPBACK_ALLOWED}",
         *extra,
     ]
-    auth = (
-        {"control.jwt_keys_file": str(keys_file)}
-        if keys_file
-        else {"control.auth": "none", "control.reads": "open"}
-    )
+    if credentials:
+        keys = keys_file or operator().keys_file
+        auth = {"control.jwt_keys_file": str(keys), "control.reads": "open"}
+        if keys_file:
+            auth.pop("control.reads")
+    else:
+        auth = {"control.auth": "none", "control.reads": "open"}
     for key, value in {**auth, **(settings or {})}.items():
         argv += ["--set", f"{key}={value}"]
     proc = launcher.start(name, argv, GATEWAY_READY, child_env())
@@ -328,7 +389,8 @@ def start_rust_service(
         "--lease-ms",
         str(lease_ms),
     ]
-    env = {**child_env(), **({"SWITCHYARD_TOKEN": token} if token else {})}
+    token = token or operator().service_token(service)
+    env = {**child_env(), "SWITCHYARD_TOKEN": token}
     proc = launcher.start(f"rust-{service}-{instance_id}", argv, SERVICE_READY, env)
     proc.wait_ready()
     return proc
@@ -358,7 +420,8 @@ def start_python_service(
         "--lease-ms",
         str(lease_ms),
     )
-    env = {**child_env(), **({"SWITCHYARD_TOKEN": token} if token else {})}
+    token = token or operator().service_token(service)
+    env = {**child_env(), "SWITCHYARD_TOKEN": token}
     proc = launcher.start(f"python-{service}-{instance_id}", argv, SERVICE_READY, env)
     match = proc.wait_ready()
     assert (match["service"], match["instance"]) == (service, instance_id), match.group(0)

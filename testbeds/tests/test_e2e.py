@@ -23,6 +23,8 @@ from conftest import (
 )
 from harness import (
     GATEWAY_READY,
+    control_headers,
+    operator,
     HTTP_TIMEOUT_S,
     SERVICE_READY,
     Gateway,
@@ -81,7 +83,9 @@ def test_python_service_renews_its_lease(gateway: Gateway, launcher: Launcher) -
     )
     # Removed behind its back, the instance comes back with its next renewal.
     resp = requests.delete(
-        f"{gateway.control}/v1/services/{service}/instances/{instance_id}", timeout=HTTP_TIMEOUT_S
+        f"{gateway.control}/v1/services/{service}/instances/{instance_id}",
+        headers=control_headers(),
+        timeout=HTTP_TIMEOUT_S,
     )
     assert resp.status_code == 200 and resp.json()["existed"] is True, resp.text
     # (Not checked absent here: a renewal may already have landed in between.)
@@ -138,7 +142,7 @@ def test_a_refused_registration_stops_the_python_service(
             "--gateway", gateway.control, "--service", "refused", "--lease-ms", "10"
         ),
         SERVICE_READY,
-        child_env(),
+        {**child_env(), "SWITCHYARD_TOKEN": operator().service_token("refused")},
     )
     assert proc.wait(15) == 1, proc.log_tail()
     log = proc.log_text()

@@ -22,6 +22,7 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 from harness import (
     HTTP_TIMEOUT_S,
+    control_headers,
     Gateway,
     Launcher,
     Proc,
@@ -52,8 +53,9 @@ async def execute(
     variables: dict[str, Any] | None = None,
     fetch_schema: bool = False,
 ) -> dict[str, Any]:
-    """One operation over HTTP; gql raises TransportQueryError if the answer has errors."""
-    transport = AIOHTTPTransport(url=url, timeout=int(QUERY_TIMEOUT_S))
+    """One operation over HTTP, with the operator's credential (which a public listener
+    ignores); gql raises TransportQueryError if the answer has errors."""
+    transport = AIOHTTPTransport(url=url, timeout=int(QUERY_TIMEOUT_S), headers=control_headers())
     async with Client(transport=transport, fetch_schema_from_transport=fetch_schema) as session:
         return await session.execute(GraphQLRequest(query, variable_values=variables))
 
@@ -290,6 +292,7 @@ def test_a_subscriber_sees_a_service_register_and_deregister(
     resp = requests.put(
         f"{gateway.control}/v1/services/{service}/instances/{marker}",
         json={"addr": "127.0.0.1:9", "lease_ms": 60_000},
+        headers=control_headers(),
         timeout=HTTP_TIMEOUT_S,
     )
     assert resp.status_code == 200, resp.text
@@ -334,6 +337,7 @@ def test_a_subscriber_on_one_gateway_sees_a_registration_made_through_another(
     marker = requests.put(
         f"{b.control}/v1/services/{service}/instances/marker",
         json={"addr": "127.0.0.1:9", "lease_ms": 60_000},
+        headers=control_headers(),
         timeout=HTTP_TIMEOUT_S,
     )
     assert marker.status_code == 200, marker.text
@@ -346,6 +350,7 @@ def test_a_subscriber_on_one_gateway_sees_a_registration_made_through_another(
             requests.put,
             f"{a.control}/v1/services/{service}/instances/through-a",
             json={"addr": "127.0.0.1:9", "lease_ms": 60_000},
+            headers=control_headers(),
             timeout=HTTP_TIMEOUT_S,
         )
         assert resp.status_code == 200, resp.text

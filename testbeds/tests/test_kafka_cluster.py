@@ -12,7 +12,15 @@ import uuid
 import pytest
 import requests
 
-from harness import HTTP_TIMEOUT_S, Gateway, Launcher, start_gateway, start_rust_service, wait_until
+from harness import (
+    HTTP_TIMEOUT_S,
+    Gateway,
+    Launcher,
+    control_headers,
+    start_gateway,
+    start_rust_service,
+    wait_until,
+)
 
 _topics = itertools.count()
 
@@ -33,6 +41,7 @@ def put(gw: Gateway, service: str, instance: str, addr: str = "127.0.0.1:9") -> 
     return requests.put(
         f"{gw.control}/v1/services/{service}/instances/{instance}",
         json={"addr": addr, "lease_ms": 600_000},
+        headers=control_headers(),
         timeout=HTTP_TIMEOUT_S,
     )
 
@@ -154,7 +163,11 @@ def test_a_deregistered_instance_stays_gone_after_everything_restarts(launcher: 
     # Deregister through another gateway once the registration has reached it, so that
     # `existed` is about the instance and not about replication latency.
     gw2.wait_live("billing", "gone", timeout_s=30)
-    resp = requests.delete(f"{gw2.control}/v1/services/billing/instances/gone", timeout=HTTP_TIMEOUT_S)
+    resp = requests.delete(
+        f"{gw2.control}/v1/services/billing/instances/gone",
+        headers=control_headers(),
+        timeout=HTTP_TIMEOUT_S,
+    )
     assert resp.status_code == 200 and resp.json()["existed"] is True, resp.text
     wait_converged([gw1, gw2, gw3])
     for gw in (gw1, gw2, gw3):
@@ -198,11 +211,16 @@ def test_a_tombstone_ends_with_a_delete_marker_on_the_real_topic(launcher: Launc
     resp = requests.put(
         f"{gw1.control}/v1/services/billing/instances/gone",
         json={"addr": "127.0.0.1:9", "lease_ms": 1000},
+        headers=control_headers(),
         timeout=HTTP_TIMEOUT_S,
     )
     assert resp.status_code == 200, resp.text
     gw2.wait_live("billing", "gone", timeout_s=30)
-    resp = requests.delete(f"{gw2.control}/v1/services/billing/instances/gone", timeout=HTTP_TIMEOUT_S)
+    resp = requests.delete(
+        f"{gw2.control}/v1/services/billing/instances/gone",
+        headers=control_headers(),
+        timeout=HTTP_TIMEOUT_S,
+    )
     assert resp.status_code == 200, resp.text
     for gw in (gw1, gw2):
         wait_until(
@@ -238,7 +256,11 @@ def test_changes_answered_202_while_kafka_is_down_reach_the_topic_at_sigterm(lau
     assert put(gw, "ledger", "gone").status_code == 200
     kafka.stop()
     try:
-        resp = requests.delete(f"{gw.control}/v1/services/ledger/instances/gone", timeout=HTTP_TIMEOUT_S)
+        resp = requests.delete(
+            f"{gw.control}/v1/services/ledger/instances/gone",
+            headers=control_headers(),
+            timeout=HTTP_TIMEOUT_S,
+        )
         assert resp.status_code == 202, resp.text
         assert put(gw, "ledger", "new").status_code == 202
         gw.proc.send_signal(signal.SIGTERM)

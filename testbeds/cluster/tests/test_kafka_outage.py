@@ -24,6 +24,7 @@ def put(cluster: Cluster, instance: str) -> requests.Response:
     return requests.put(
         f"{cluster.control}/v1/services/{SERVICE}/instances/{instance}",
         json={"addr": "127.0.0.1:9", "lease_ms": 600_000},
+        headers=control_headers(),
         timeout=TIMEOUT,
     )
 
@@ -77,7 +78,7 @@ def test_stop_and_restart_kafka_under_load(healthy: Cluster, load_factory) -> No
         report = load.stop()
         for instance in IDS:
             requests.delete(
-                f"{cluster.control}/v1/services/{SERVICE}/instances/{instance}", timeout=TIMEOUT
+                f"{cluster.control}/v1/services/{SERVICE}/instances/{instance}", headers=control_headers(), timeout=TIMEOUT
             )
 
     outage = window(report, stop_began_at, kafka_back_at)

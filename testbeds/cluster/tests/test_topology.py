@@ -111,6 +111,7 @@ def test_a_graphql_websocket_stays_on_its_cookie_gateway(healthy: Cluster) -> No
         resp = requests.put(
             f"{healthy.control}/v1/services/ws-probe/instances/probe-1",
             json={"addr": "127.0.0.1:9", "lease_ms": 5000},
+            headers=control_headers(),
             timeout=TIMEOUT,
         )
         assert resp.status_code == 200, resp.text
@@ -121,7 +122,7 @@ def test_a_graphql_websocket_stays_on_its_cookie_gateway(healthy: Cluster) -> No
             assert change["instance"]["instanceId"] == "probe-1", change
         finally:
             requests.delete(
-                f"{healthy.control}/v1/services/ws-probe/instances/probe-1", timeout=TIMEOUT
+                f"{healthy.control}/v1/services/ws-probe/instances/probe-1", headers=control_headers(), timeout=TIMEOUT
             )
 
 
