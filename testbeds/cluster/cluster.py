@@ -58,10 +58,23 @@ def wait_until(
         time.sleep(interval_s)
 
 
-def http_get(url: str, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, bytes]:
+def control_headers(run_dir: Path = RUN_DIR) -> dict[str, str]:
+    """The operator's credential (`cluster.sh up` issued it, docs/security.md), for requests
+    to the control listeners; empty before the testbed made one."""
+    try:
+        token = (run_dir / "keys" / "operator.token").read_text().strip()
+    except FileNotFoundError:
+        return {}
+    return {"authorization": f"Bearer {token}"}
+
+
+def http_get(
+    url: str, timeout_s: float = HTTP_TIMEOUT_S, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """GET `url`: (status, body); status 0 when no HTTP answer came (refused, reset, timeout)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
@@ -82,7 +95,7 @@ class GatewayInfo:
     def instances(self, service: str) -> dict[str, dict] | None:
         """The instances of `service` this gateway lists, by id; {} when it does not know
         the service; None when the gateway did not answer."""
-        status, body = http_get(f"{self.control}/v1/services/{service}")
+        status, body = http_get(f"{self.control}/v1/services/{service}", headers=control_headers())
         if status == 404:
             return {}
         if status != 200:
@@ -96,7 +109,7 @@ class GatewayInfo:
         return {k: v["state"] for k, v in instances.items()}
 
     def cluster(self) -> dict | None:
-        status, body = http_get(f"{self.control}/v1/cluster")
+        status, body = http_get(f"{self.control}/v1/cluster", headers=control_headers())
         return json.loads(body) if status == 200 else None
 
 

@@ -121,7 +121,8 @@ write_cluster_json() {
     "rust-sample": ["rust-sample-1", "rust-sample-2"],
     "python-sample": ["python-sample-1", "python-sample-2"]
   },
-  "run_dir": "$run"
+  "run_dir": "$run",
+  "operator_token_file": "$(keys_dir)/operator.token"
 }
 JSON
 }
@@ -299,6 +300,38 @@ start_kafka() {
     setsid "$testbeds/kafka/kafka.sh" start >/dev/null </dev/null
 }
 
+# The control credentials (docs/security.md): an operator key pair made with `switchyard token
+# keygen`, and credentials issued with it, one file each under $run/keys (mode 0600): the
+# operator's (every service, reads; the scenarios use it), Prometheus's (reads) and one per
+# sample service (its own service). Made once; kept across `down` and `up` with the run
+# directory.
+keys_dir() { echo "$run/keys"; }
+
+make_credentials() {
+  local keys
+  keys="$(keys_dir)"
+  mkdir -p "$keys"
+  chmod 700 "$keys"
+  if [[ ! -f "$keys/operator.key" ]]; then
+    "$gateway_bin" token keygen --out "$keys/operator" 2>/dev/null ||
+      die "switchyard token keygen failed"
+  fi
+  issue_credential operator --services '*' --read
+  issue_credential prometheus --read
+  issue_credential rust-sample --services rust-sample
+  issue_credential python-sample --services python-sample
+}
+
+# issue_credential NAME FLAGS...: $keys/NAME.token, unless it exists.
+issue_credential() {
+  local name="$1" keys
+  shift
+  keys="$(keys_dir)"
+  [[ -s "$keys/$name.token" ]] && return 0
+  (umask 077 && "$gateway_bin" token issue --key "$keys/operator.key" --subject "cluster-$name"     --ttl 30d "$@" >"$keys/$name.token.tmp") || die "switchyard token issue failed for $name"
+  mv "$keys/$name.token.tmp" "$keys/$name.token"
+}
+
 start_gateway() {
   local name="$1" public control
   public="$(gw_public "$name")" control="$(gw_control "$name")"
@@ -308,6 +341,7 @@ start_gateway() {
   # message_timeout_ms: a registration while Kafka is down is answered 202 after 500 ms and
   # retried every 2 s. drain_timeout_ms: `down` need not wait out the default 10 s.
   # log.access: one line per request with its trace id, for an operator following a trace.
+  # control.jwt_keys_file: registry changes and reads need a credential (make_credentials).
   # graphql.websockets_per_client_max: every client reaches the gateway from HAProxy's
   # address, so the per-address bound is the listener's. upstream.allow_addresses: the
   # sample instances listen on loopback, which the address policy refuses unless allowed.
@@ -319,7 +353,7 @@ start_gateway() {
     --set bus.publish_wait_ms=500 --set bus.kafka.message_timeout_ms=2000 \
     --set shutdown.drain_timeout_ms=2000 --set log.access=true \
     --set graphql.websockets_per_client_max=1024 \
-    --set control.auth=none --set control.reads=open \
+    --set "control.jwt_keys_file=$(keys_dir)/operator.pub.pem" \
     --set 'upstream.allow_addresses=["127.0.0.0/8"]'
   await "$name" "answer on /healthz" "$START_WAIT_S" http_ok "http://$control/healthz"
 }
@@ -346,9 +380,12 @@ start_service() {
   local name="$1" service="${1%-*}"
   local args=(--gateway "http://127.0.0.1:$control_port" --service "$service"
     --instance-id "$name" --listen 127.0.0.1:0 --lease-ms "$lease_ms")
+  # The instance's credential goes in its environment, read from its file by a shell that then
+  # becomes the instance: neither the command line nor the log shows it.
+  local with_token=(sh -c 'SWITCHYARD_TOKEN="$(cat "$0")" exec "$@"' "$(keys_dir)/$service.token")
   case "$service" in
-    rust-sample) launch "$name" "$sample_bin" "${args[@]}" ;;
-    python-sample) launch "$name" "$venv/bin/python" "$testbeds/services/python/service.py" "${args[@]}" ;;
+    rust-sample) launch "$name" "${with_token[@]}" "$sample_bin" "${args[@]}" ;;
+    python-sample) launch "$name" "${with_token[@]}" "$venv/bin/python" "$testbeds/services/python/service.py" "${args[@]}" ;;
     *) die "unknown service $service" ;;
   esac
   await "$name" "listening line" "$START_WAIT_S" logged_since_start "$name" "^listening on "
@@ -370,6 +407,10 @@ global:
   evaluation_interval: 1s
 scrape_configs:
   - job_name: switchyard
+    # /metrics on the control listener needs a credential with read.
+    authorization:
+      type: Bearer
+      credentials_file: $(keys_dir)/prometheus.token
     static_configs:$targets
   - job_name: haproxy
     static_configs:
@@ -382,6 +423,7 @@ YAML
 }
 
 start_component() {
+  make_credentials
   case "$1" in
     kafka) start_kafka ;;
     gw-[123]) start_gateway "$1" ;;
@@ -430,7 +472,7 @@ Switchyard cluster testbed is up (state and logs: $run)
 Try:
   curl -si http://127.0.0.1:$public_port/rust-sample/hello
   curl -s http://127.0.0.1:$public_port/python-sample/hello
-  curl -s http://127.0.0.1:$control_port/v1/services
+  curl -s http://127.0.0.1:$control_port/v1/services -H "authorization: Bearer \$(cat $(keys_dir)/operator.token)"
   testbeds/cluster/cluster.sh status
   testbeds/cluster/cluster.sh down
 TEXT
@@ -463,6 +505,7 @@ cmd_up() {
   if [[ -d "$logs" ]]; then mv "$logs" "$run/logs.previous"; fi
   mkdir -p "$pids" "$logs"
   save_settings
+  make_credentials
   write_cluster_json
   # If any step fails, stop what was started.
   trap 'status=$?; if ((status)); then log "up failed: stopping what it started"; cmd_down || true; fi' EXIT

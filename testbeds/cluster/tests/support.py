@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cluster import CLUSTER_SH, RUN_DIR, Cluster, http_get, wait_until  # noqa: E402
+from cluster import CLUSTER_SH, RUN_DIR, Cluster, control_headers, http_get, wait_until  # noqa: E402
 
 LOADGEN = HERE.parent / "loadgen.py"
 RESULTS = RUN_DIR / "results.json"
@@ -165,7 +165,7 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def scrape(control_url: str) -> list[tuple[str, dict[str, str], float]]:
-    status, body = http_get(f"{control_url}/metrics")
+    status, body = http_get(f"{control_url}/metrics", headers=control_headers())
     assert status == 200, f"GET {control_url}/metrics answered {status}: {body[:300]!r}"
     return parse_metrics(body.decode())
 

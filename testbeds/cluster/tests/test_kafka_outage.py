@@ -7,7 +7,16 @@ from __future__ import annotations
 import time
 
 import requests
-from support import Cluster, answered, ensure_running, failures, record_results, wait_until, window
+from support import (
+    Cluster,
+    answered,
+    control_headers,
+    ensure_running,
+    failures,
+    record_results,
+    wait_until,
+    window,
+)
 
 RATE = 100.0
 PATHS = ["/rust-sample/hello", "/python-sample/hello"]
@@ -78,7 +87,9 @@ def test_stop_and_restart_kafka_under_load(healthy: Cluster, load_factory) -> No
         report = load.stop()
         for instance in IDS:
             requests.delete(
-                f"{cluster.control}/v1/services/{SERVICE}/instances/{instance}", headers=control_headers(), timeout=TIMEOUT
+                f"{cluster.control}/v1/services/{SERVICE}/instances/{instance}",
+                headers=control_headers(),
+                timeout=TIMEOUT,
             )
 
     outage = window(report, stop_began_at, kafka_back_at)

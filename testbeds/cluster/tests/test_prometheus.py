@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import requests
-from support import Cluster, answered, record_results, wait_until, window
+from support import Cluster, answered, control_headers, record_results, wait_until, window
 
 RATE = 100.0
 DURATION_S = 5.0
@@ -79,7 +79,9 @@ def test_prometheus_sees_what_the_load_sent(healthy: Cluster, load_factory) -> N
     lag = by_label(query(cluster, "switchyard_bus_lag_events"), "node")
     live = sum(
         1
-        for service in requests.get(f"{cluster.control}/v1/services", timeout=TIMEOUT).json()["services"]
+        for service in requests.get(
+            f"{cluster.control}/v1/services", headers=control_headers(), timeout=TIMEOUT
+        ).json()["services"]
         for instance in service["instances"]
         if instance["state"] == "live"
     )

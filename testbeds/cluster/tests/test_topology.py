@@ -11,7 +11,7 @@ import subprocess
 from collections import Counter
 
 import requests
-from support import CLUSTER_SH, RUN_DIR, Cluster, wait_until
+from support import CLUSTER_SH, RUN_DIR, Cluster, control_headers, wait_until
 from websockets.sync.client import connect
 
 TIMEOUT = (2.0, 10.0)
@@ -59,7 +59,9 @@ def test_services_registered_through_the_control_frontend(healthy: Cluster) -> N
                 assert listed[instance_id]["state"] == "live"
                 assert listed[instance_id]["stamp"]["node_id"] in {"gw-1", "gw-2", "gw-3"}
     # The same through HAProxy's control frontend (REST, HTTP/1.1).
-    resp = requests.get(f"{healthy.control}/v1/services/rust-sample", timeout=TIMEOUT)
+    resp = requests.get(
+        f"{healthy.control}/v1/services/rust-sample", headers=control_headers(), timeout=TIMEOUT
+    )
     assert resp.status_code == 200, resp.text
     assert {i["instance_id"] for i in resp.json()["instances"]} >= {"rust-sample-1", "rust-sample-2"}
 
@@ -122,7 +124,9 @@ def test_a_graphql_websocket_stays_on_its_cookie_gateway(healthy: Cluster) -> No
             assert change["instance"]["instanceId"] == "probe-1", change
         finally:
             requests.delete(
-                f"{healthy.control}/v1/services/ws-probe/instances/probe-1", headers=control_headers(), timeout=TIMEOUT
+                f"{healthy.control}/v1/services/ws-probe/instances/probe-1",
+                headers=control_headers(),
+                timeout=TIMEOUT,
             )
 
 
