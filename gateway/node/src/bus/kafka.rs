@@ -24,17 +24,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Bus, BusError, Record};
-use crate::config::{KafkaConfig, read_sasl_password};
+use crate::config::KafkaConfig;
+
+mod security;
+
 use crate::sync::BoxFuture;
+pub use security::BusContext;
+use security::{creation_error, security, warn_if_exposed};
 
 const PARTITION: i32 = 0;
 
@@ -73,112 +77,6 @@ fn unavailable(e: KafkaError) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-/// An error from making a client. librdkafka's text for a refused setting holds the value,
-/// which may be the password: only the key is kept.
-fn creation_error(e: KafkaError) -> BusError {
-    match e {
-        KafkaError::ClientConfig(_, _, key, _) => {
-            BusError::Unavailable(format!("librdkafka refused the setting {key}"))
-        }
-        other => unavailable(other),
-    }
-}
-
-/// The clients' context: librdkafka's global errors go to the log, those about credentials
-/// and TLS with the config keys to check. librdkafka reports a failing connection once per
-/// attempt, so these lines come at most as often as `reconnect.backoff.max.ms` allows.
-#[derive(Debug)]
-pub struct BusContext;
-
-impl ClientContext for BusContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Authentication) => tracing::error!(
-                %reason,
-                "Kafka refused this gateway's SASL credentials: check bus.kafka.sasl_username, \
-                 sasl_password_file and sasl_mechanism against the broker's users"
-            ),
-            Some(RDKafkaErrorCode::SSL) => tracing::error!(
-                %reason,
-                "TLS with a Kafka broker failed: check that bus.kafka.ssl_ca_file holds the CA \
-                 that signed the broker's certificate, that the certificate names the host \
-                 dialled, and any client certificate (ssl_certificate_file, ssl_key_file)"
-            ),
-            _ => tracing::error!(%error, %reason, "Kafka client error"),
-        }
-    }
-}
-
-impl ConsumerContext for BusContext {}
-
-/// The security settings of all three clients, from `[bus.kafka]` (validated at load).
-fn security(config: &KafkaConfig, client: &mut ClientConfig) -> Result<(), BusError> {
-    let protocol = config.security_protocol;
-    client.set("security.protocol", protocol.librdkafka());
-    if protocol.tls() {
-        let identification = if config.ssl_endpoint_identification {
-            "https"
-        } else {
-            "none"
-        };
-        client.set("ssl.endpoint.identification.algorithm", identification);
-        for (setting, path) in [
-            ("ssl.ca.location", &config.ssl_ca_file),
-            ("ssl.certificate.location", &config.ssl_certificate_file),
-            ("ssl.key.location", &config.ssl_key_file),
-        ] {
-            if !path.as_os_str().is_empty() {
-                client.set(setting, path.to_string_lossy());
-            }
-        }
-    }
-    if protocol.sasl() {
-        let password = read_sasl_password(&config.sasl_password_file)
-            .map_err(|e| BusError::Unavailable(format!("bus.kafka.sasl_password_file: {e}")))?;
-        client
-            .set("sasl.mechanisms", config.sasl_mechanism.librdkafka())
-            .set("sasl.username", &config.sasl_username)
-            .set("sasl.password", password);
-    }
-    Ok(())
-}
-
-/// Warnings, at every start, for settings that leave the bus open to the network.
-fn warn_if_exposed(config: &KafkaConfig) {
-    let remote: Vec<&str> = config
-        .brokers
-        .split(',')
-        .map(str::trim)
-        .filter(|b| !on_loopback(b))
-        .collect();
-    if !config.security_protocol.tls() && !remote.is_empty() {
-        tracing::warn!(
-            brokers = ?remote,
-            protocol = config.security_protocol.librdkafka(),
-            "the registry bus travels without TLS to brokers that are not on loopback: anyone on \
-             the path can read and change registrations (set bus.kafka.security_protocol = \"sasl_ssl\")"
-        );
-    }
-    if config.security_protocol.tls() && !config.ssl_endpoint_identification {
-        tracing::warn!(
-            "bus.kafka.ssl_endpoint_identification is off: any certificate the CA signed is taken for any broker"
-        );
-    }
-}
-
-/// Whether a `host:port` bootstrap address is on loopback.
-fn on_loopback(broker: &str) -> bool {
-    let host = broker
-        .rsplit_once(':')
-        .map_or(broker, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 impl KafkaBus {
     /// Creates the clients. No connection is made yet: librdkafka connects on first use and
     /// reconnects by itself.
@@ -193,13 +91,14 @@ impl KafkaBus {
             .set("reconnect.backoff.max.ms", "1000");
         security(config, &mut common)?;
         warn_if_exposed(config);
+        let context = BusContext::new();
         let producer: FutureProducer<BusContext> = common
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .create_with_context(BusContext)
+            .create_with_context(context.clone())
             .map_err(creation_error)?;
         let consumer: StreamConsumer<BusContext> = common
             .clone()
@@ -211,10 +110,10 @@ impl KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
             .set("fetch.min.bytes", "1")
-            .create_with_context(BusContext)
+            .create_with_context(context.clone())
             .map_err(creation_error)?;
         let admin = common
-            .create_with_context(BusContext)
+            .create_with_context(context)
             .map_err(creation_error)?;
         Ok(Self {
             config: config.clone(),
@@ -413,85 +312,5 @@ impl Bus for KafkaBus {
             }
             Ok(records)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use rdkafka::types::RDKafkaConfRes;
-
-    use super::*;
-
-    #[test]
-    fn an_error_about_a_setting_never_shows_its_value() {
-        let refused = KafkaError::ClientConfig(
-            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".to_owned(),
-            "sasl.password".to_owned(),
-            "hunter2".to_owned(),
-        );
-        // What rdkafka itself would print.
-        assert!(refused.to_string().contains("hunter2"));
-        let error = creation_error(refused).to_string();
-        assert!(!error.contains("hunter2"), "{error}");
-        assert!(error.contains("sasl.password"), "{error}");
-    }
-
-    #[test]
-    fn loopback_brokers_are_told_from_remote_ones() {
-        for local in [
-            "127.0.0.1:9092",
-            "localhost:9092",
-            "[::1]:9092",
-            "127.8.9.1:1",
-        ] {
-            assert!(on_loopback(local), "{local}");
-        }
-        for remote in [
-            "10.0.0.5:9092",
-            "kafka:9092",
-            "[2001:db8::1]:9092",
-            "localhost.evil:1",
-        ] {
-            assert!(!on_loopback(remote), "{remote}");
-        }
-    }
-
-    #[test]
-    fn sasl_and_tls_keys_become_librdkafka_settings() {
-        let dir = std::env::temp_dir().join(format!("switchyard-kafka-bus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let password = dir.join("password");
-        std::fs::write(&password, "s3cret\n").unwrap();
-        let config = KafkaConfig {
-            brokers: "127.0.0.1:9093".to_owned(),
-            security_protocol: crate::config::KafkaSecurityProtocol::SaslSsl,
-            sasl_username: "gateway".to_owned(),
-            sasl_password_file: password.clone(),
-            ssl_ca_file: dir.join("ca.pem"),
-            ..KafkaConfig::default()
-        };
-        let mut client = ClientConfig::new();
-        security(&config, &mut client).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
-        assert_eq!(client.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
-        assert_eq!(client.get("sasl.username"), Some("gateway"));
-        assert_eq!(client.get("sasl.password"), Some("s3cret"));
-        assert_eq!(
-            client.get("ssl.endpoint.identification.algorithm"),
-            Some("https")
-        );
-        assert_eq!(
-            client.get("ssl.ca.location"),
-            Some(dir.join("ca.pem").to_str().unwrap())
-        );
-        assert_eq!(client.get("ssl.certificate.location"), None);
-        // A password file gone since the config was loaded: an error naming the key.
-        let error = security(&config, &mut ClientConfig::new()).unwrap_err();
-        assert!(
-            error.to_string().contains("bus.kafka.sasl_password_file"),
-            "{error}"
-        );
     }
 }
