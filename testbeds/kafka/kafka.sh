@@ -170,7 +170,16 @@ java_run() {
 }
 
 format() {
-  [[ -f "$data/meta.properties" ]] && return 0
+  if [[ -f "$data/meta.properties" ]]; then
+    # SCRAM users are written at format time: storage formatted in another mode lacks them.
+    local formatted
+    formatted="$(cat "$dir/data.security" 2>/dev/null || echo plaintext)"
+    if [[ "$formatted" != "$security" ]]; then
+      log "the storage in $data was formatted for KAFKA_SECURITY=$formatted; run \`$0 wipe\` first"
+      exit 1
+    fi
+    return 0
+  fi
   log "formatting storage in $data"
   mkdir -p "$data"
   local cluster_id
@@ -185,6 +194,7 @@ format() {
     done
   fi
   java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$props" "${scram[@]}" >&2
+  printf '%s\n' "$security" >"$dir/data.security"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
@@ -245,6 +255,6 @@ case "${1:-}" in
   stop) stop ;;
   restart) stop; start ;;
   status) running ;;
-  wipe) stop; rm -rf "$data" "$logfile" "$tls" ;;
+  wipe) stop; rm -rf "$data" "$dir/data.security" "$logfile" "$tls" ;;
   *) echo "usage: $0 start|stop|restart|status|wipe" >&2; exit 2 ;;
 esac

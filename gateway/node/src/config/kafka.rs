@@ -5,7 +5,7 @@
 //! `switchyard check-config`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -123,7 +123,7 @@ fn readable(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn set(path: &PathBuf) -> bool {
+fn set(path: &Path) -> bool {
     !path.as_os_str().is_empty()
 }
 

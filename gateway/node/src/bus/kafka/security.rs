@@ -106,7 +106,7 @@ fn on_loopback(broker: &str) -> bool {
 }
 
 /// The three clients' context (one, shared): librdkafka's errors and log lines go to the
-/// log, each kind at most once per [`REPEAT_LOG_INTERVAL`] with the count held back.
+/// log, each kind at most once per `REPEAT_LOG_INTERVAL` (30 s) with the count held back.
 #[derive(Debug, Clone, Default)]
 pub struct BusContext {
     repeats: Arc<Repeats>,
