@@ -85,7 +85,8 @@ make_tls() {
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
     sign() { # name, subject, extended key usage, subject alternative names (or empty)
       openssl req "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      { printf 'extendedKeyUsage=%s\n' "$3"; [[ -n "$4" ]] && printf 'subjectAltName=%s\n' "$4"; } >"$1.ext"
+      printf 'extendedKeyUsage=%s\n' "$3" >"$1.ext"
+      if [[ -n "$4" ]]; then printf 'subjectAltName=%s\n' "$4" >>"$1.ext"; fi
       openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 8)" \
         -days 30 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
       rm -f "$1.csr" "$1.ext"
