@@ -43,19 +43,28 @@ pub const SERVICE_PORT: u16 = 7000;
 /// the same credentials (Ed25519 signatures are deterministic).
 fn operator_key() -> &'static SigningKey {
     static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        // PKCS#8 v1 of an Ed25519 key: the fixed prefix, then the 32-byte seed.
-        let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        der.extend((0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)));
-        let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-        match SigningKey::from_pem(&pem) {
-            Ok(key) => key,
-            Err(e) => panic!("the simulation's fixed key is a valid Ed25519 key: {e}"),
-        }
-    })
+    KEY.get_or_init(|| fixed_key(11))
+}
+
+/// A key no simulated gateway holds: what an intruder signs with.
+fn foreign_key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| fixed_key(12))
+}
+
+/// An Ed25519 key made from 32 bytes derived from `salt`.
+fn fixed_key(salt: u8) -> SigningKey {
+    // PKCS#8 v1 of an Ed25519 key: the fixed prefix, then the 32-byte seed.
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend((0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(salt)));
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
+    match SigningKey::from_pem(&pem) {
+        Ok(key) => key,
+        Err(e) => panic!("the simulation's fixed key is a valid Ed25519 key: {e}"),
+    }
 }
 
 /// What a simulated gateway verifies credentials with: the operator key's public half, with
@@ -71,17 +80,31 @@ pub fn authenticator() -> Arc<Authenticator> {
 /// A credential for `services` (patterns, as `switchyard token issue --services` takes
 /// them), valid for the whole of any run.
 pub fn credential(subject: &str, services: &[&str]) -> String {
+    sign(operator_key(), subject, services, u64::from(u32::MAX))
+}
+
+/// The credentials an intruder tries: one for another service, one signed by a key no gateway
+/// holds, and one long expired (each for every service but the first).
+pub fn intruder_credentials() -> [String; 3] {
+    [
+        credential("intruder", &["not-ghost"]),
+        sign(foreign_key(), "intruder", &["*"], u64::from(u32::MAX)),
+        sign(operator_key(), "intruder", &["*"], 1),
+    ]
+}
+
+fn sign(key: &SigningKey, subject: &str, services: &[&str], exp: u64) -> String {
     let claims = Claims {
         aud: auth::AUDIENCE.to_owned(),
         sub: subject.to_owned(),
         jti: format!("sim-{subject}"),
         iat: 0,
-        exp: u64::from(u32::MAX),
+        exp,
         nbf: None,
         services: services.iter().map(|s| (*s).to_owned()).collect(),
         read: true,
     };
-    match auth::issue(operator_key(), &claims) {
+    match auth::issue(key, &claims) {
         Ok(token) => token,
         Err(e) => panic!("the simulation's key signs: {e}"),
     }
@@ -146,6 +169,16 @@ impl Connector for SimConnector {
         Box::pin(async move {
             let stream = turmoil::net::TcpStream::connect(authority.as_str()).await?;
             Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+
+    /// Turmoil's DNS: the simulated hosts' names, on private 192.168.0.0/16 addresses.
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let host = host.to_owned();
+        Box::pin(async move {
+            Ok(turmoil::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
         })
     }
 }
@@ -258,7 +291,8 @@ pub async fn http_get(host: &str, port: u16, path: &str) -> io::Result<(u16, Byt
     http_send(host, port, "GET", path, Vec::new()).await
 }
 
-/// One HTTP/1.1 request over the simulated network, bounded by 5 s of simulated time.
+/// One HTTP/1.1 request over the simulated network, bounded by 5 s of simulated time. On the
+/// control listener it carries an operator credential.
 pub async fn http_send(
     host: &str,
     port: u16,
@@ -266,9 +300,22 @@ pub async fn http_send(
     path: &str,
     body: Vec<u8>,
 ) -> io::Result<(u16, Bytes)> {
+    let operator = (port == CONTROL_PORT).then(|| credential("sim-client", &["*"]));
+    http_send_as(host, port, method, path, body, operator.as_deref()).await
+}
+
+/// [`http_send`] with the credential `token` (or none).
+pub async fn http_send_as(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> io::Result<(u16, Bytes)> {
     tokio::time::timeout(
         Duration::from_secs(5),
-        send_once(host, port, method, path, body),
+        send_once(host, port, method, path, body, token),
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 5 s"))?
@@ -280,18 +327,15 @@ async fn send_once(
     method: &str,
     path: &str,
     body: Vec<u8>,
+    token: Option<&str>,
 ) -> io::Result<(u16, Bytes)> {
     let mut request = http::Request::builder()
         .method(method)
         .uri(path)
         .header(http::header::HOST, host)
         .header(http::header::CONTENT_TYPE, "application/json");
-    if port == CONTROL_PORT {
-        // Simulated clients are operators on the control listener.
-        request = request.header(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", credential("sim-client", &["*"])),
-        );
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = request
         .body(Full::new(Bytes::from(body)))

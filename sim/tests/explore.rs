@@ -129,6 +129,7 @@ fn the_checkers_find_each_planted_bug() {
             "did not list that instance",
         ),
         (Bug::QuarantineOff, LEASE_MAX_MS, 10, "hostile record"),
+        (Bug::ScopeIgnored, LEASE_MAX_MS, 10, "was never registered"),
     ] {
         let template = Options {
             bug: Some(bug),

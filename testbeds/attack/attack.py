@@ -270,6 +270,7 @@ def start_gateway(args: argparse.Namespace, out_dir: Path) -> tuple[GatewayProce
         "--node-id", "attack-gw",
         "--set", "shutdown.drain_timeout_ms=1000",
         "--set", f"seed={args.seed}",
+        "--set", f"upstream.allow_addresses={harness.LOOPBACK_ALLOWED}",
         # The attackers aim at the listeners' bounds, not at credentials.
         "--set", "control.auth=none",
         "--set", "control.reads=open",

@@ -53,6 +53,7 @@ def profile_one(gateway: Path, sample: Path, oha_bin: str, requests: int, body_b
                 str(gateway), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
                 "--node-id", "gw-profile", "--set", "seed=1", "--set", "runtime.worker_threads=1",
                 "--set", "log.level=\"warn\"",
+                "--set", 'upstream.allow_addresses=["127.0.0.0/8"]',
                 "--set", "control.auth=none", "--set", "control.reads=open",
             ],
             None,

@@ -467,6 +467,9 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
             # The benchmark measures forwarding; its samples register without credentials.
             # (An older baseline build may predate the keys.)
             argv += ["--set", "control.auth=none", "--set", "control.reads=open"]
+            # The echo backends listen on loopback, which the address policy refuses unless
+            # allowed (an older baseline build may predate the key).
+            argv += ["--set", 'upstream.allow_addresses=["127.0.0.0/8"]']
         gw = procs.start(name, argv, p_cpu if pinned else None, env={"SWITCHYARD_LOG": "warn"})
         line = procs.first_line(gw, "switchyard listening:")
         fields = dict(part.split("=", 1) for part in line.split()[2:])

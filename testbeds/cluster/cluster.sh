@@ -309,7 +309,8 @@ start_gateway() {
   # retried every 2 s. drain_timeout_ms: `down` need not wait out the default 10 s.
   # log.access: one line per request with its trace id, for an operator following a trace.
   # graphql.websockets_per_client_max: every client reaches the gateway from HAProxy's
-  # address, so the per-address bound is the listener's.
+  # address, so the per-address bound is the listener's. upstream.allow_addresses: the
+  # sample instances listen on loopback, which the address policy refuses unless allowed.
   launch "$name" "$gateway_bin" serve --node-id "$name" \
     --public-listen "$public" --control-listen "$control" \
     --set bus.kind=kafka --set "bus.kafka.brokers=127.0.0.1:$kafka_port" \
@@ -318,7 +319,8 @@ start_gateway() {
     --set bus.publish_wait_ms=500 --set bus.kafka.message_timeout_ms=2000 \
     --set shutdown.drain_timeout_ms=2000 --set log.access=true \
     --set graphql.websockets_per_client_max=1024 \
-    --set control.auth=none --set control.reads=open
+    --set control.auth=none --set control.reads=open \
+    --set 'upstream.allow_addresses=["127.0.0.0/8"]'
   await "$name" "answer on /healthz" "$START_WAIT_S" http_ok "http://$control/healthz"
 }
 

@@ -186,6 +186,10 @@ class Launcher:
         self.procs.clear()
 
 
+# The address policy's allow-list every test gateway runs with (TOML, as `--set` reads it).
+LOOPBACK_ALLOWED = '["127.0.0.0/8"]'
+
+
 def child_env() -> dict[str, str]:
     """The environment for child processes. The gateway reads SWITCHYARD_* variables as config
     overrides, so any the caller has in the environment are removed and the tests run against
@@ -265,6 +269,10 @@ def start_gateway(
         # Teardown should not wait out the default 10 s drain.
         "--set",
         "shutdown.drain_timeout_ms=1000",
+        # The sample instances listen on loopback, which the address policy refuses unless
+        # allowed; the gateway's own listeners stay refused.
+        "--set",
+        f"upstream.allow_addresses={LOOPBACK_ALLOWED}",
         *extra,
     ]
     auth = (

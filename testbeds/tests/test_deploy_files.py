@@ -256,11 +256,13 @@ NO_CONTROL_AUTH = ["--set", "control.auth=none", "--set", "control.reads=open"]
 
 
 def loopback_on_broker(kafka, topic: str) -> list[str]:
-    """Flags that move a gateway's listeners to loopback and its bus to the test broker; flags
-    win over the file and the environment, so every other setting stays as deployed."""
+    """Flags that move a gateway's listeners to loopback and its bus to the test broker, and
+    admit the loopback instances of these tests in its address policy; flags win over the file
+    and the environment, so every other setting stays as deployed."""
     return [
         "--public-listen", "127.0.0.1:0",
         "--control-listen", "127.0.0.1:0",
+        "--set", 'upstream.allow_addresses=["127.0.0.0/8"]',
         "--set", f"bus.kafka.brokers={kafka.bootstrap}",
         "--set", f"bus.kafka.topic={topic}",
         "--set", "bus.kafka.replication_factor=1",
@@ -403,7 +405,7 @@ def test_dashboard_uses_only_metrics_the_gateway_exports(launcher: Launcher) -> 
     exe = gateway_exe()
     proc = launcher.start(
         "metrics-gateway",
-        [str(exe), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"],
+        [str(exe), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0", *NO_CONTROL_AUTH],
         GATEWAY_READY,
         child_env(),
     )

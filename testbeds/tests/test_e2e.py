@@ -151,7 +151,8 @@ def test_a_refused_registration_stops_the_python_service(
     [
         (["--listen", "localhost:0"], "the host must be an IP address"),
         (["--listen", "127.0.0.1"], "is not host:port"),
-        (["--gateway", "https://127.0.0.1:1"], "scheme 'https' is not supported"),
+        (["--gateway", "grpc://127.0.0.1:1"], "scheme 'grpc' is not supported"),
+        (["--tls-cert", "/nonexistent.pem"], "--tls-cert and --tls-key go together"),
         (["--gateway", "127.0.0.1:0"], "port must lie between 1 and 65535"),
         (["--service", "no spaces"], "must be 1 to 128 ASCII letters"),
         (["--lease-ms", "-5"], "is not a number of milliseconds"),
@@ -262,7 +263,8 @@ def test_grpc_errors_map_to_http_statuses(
     resp = call(http, "GET", f"{gateway.public}/{PYONLY}/test/grpc-error/{grpc_code}")
     assert resp.status_code == http_status, resp.text
     assert error_code(resp) == code
-    assert "error requested by the caller" in resp.json()["error"]["message"]
+    # The service's own message goes to the gateway's log, not to a public client.
+    assert "error requested by the caller" not in resp.text
 
 
 @pytest.mark.parametrize("status", [418, 201, 503])
@@ -309,7 +311,8 @@ def test_bad_input_fails_one_request_not_the_service(
     resp = call(http, "GET", f"{gateway.public}/{PYONLY}/{path}")
     assert resp.status_code == http_status, resp.text
     assert error_code(resp) == code
-    assert message in resp.json()["error"]["message"]
+    # What the service said, or what was wrong with its answer, is the log's to say.
+    assert message not in resp.text
     # The service is still up and answering.
     assert pyonly.running(), pyonly.log_tail()
     assert call(http, "GET", f"{gateway.public}/{PYONLY}/hello").status_code == 200

@@ -61,19 +61,20 @@ def test_a_broken_contract_is_a_clear_startup_error(
 @pytest.mark.parametrize(
     ("text", "target"),
     [
-        ("http://127.0.0.1:8081", "127.0.0.1:8081"),
-        ("http://127.0.0.1:8081/", "127.0.0.1:8081"),
-        ("gateway.internal:8081", "gateway.internal:8081"),
-        ("http://[::1]:8081", "[::1]:8081"),
+        ("http://127.0.0.1:8081", ("127.0.0.1:8081", False)),
+        ("http://127.0.0.1:8081/", ("127.0.0.1:8081", False)),
+        ("gateway.internal:8081", ("gateway.internal:8081", False)),
+        ("http://[::1]:8081", ("[::1]:8081", False)),
+        ("https://127.0.0.1:8081", ("127.0.0.1:8081", True)),
     ],
 )
-def test_gateway_addresses(service: ModuleType, text: str, target: str) -> None:
+def test_gateway_addresses(service: ModuleType, text: str, target: tuple[str, bool]) -> None:
     assert service.gateway_target(text) == target
 
 
 @pytest.mark.parametrize(
     "text",
-    ["https://127.0.0.1:8081", "127.0.0.1", "http://127.0.0.1:8081/path", "user@host:1", ":80"],
+    ["grpc://127.0.0.1:8081", "127.0.0.1", "http://127.0.0.1:8081/path", "user@host:1", ":80"],
 )
 def test_bad_gateway_addresses(service: ModuleType, text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):

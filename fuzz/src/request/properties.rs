@@ -8,6 +8,9 @@ use switchyard_core::translate::{self, ForwardContext, Limits, RequestHead};
 use switchyard_proto::forwarding::ForwardingReq;
 
 use super::{Case, DEADLINE_UNIX_MS, GATEWAY_NODE, MADE_REQUEST_ID};
+
+/// The hop bound the fuzzed requests are translated with.
+const VIA_HOPS_MAX: usize = 8;
 use crate::http_rules::{self, connection_names, must_drop, values};
 
 /// Runs one request through the node's steps and checks the outcome of each.
@@ -58,9 +61,14 @@ pub fn check_case(case: &Case) {
         gateway_node: GATEWAY_NODE,
         request_id,
         deadline_unix_ms: DEADLINE_UNIX_MS,
+        via_name: GATEWAY_NODE,
+        hops_max: VIA_HOPS_MAX,
     };
     let out = match translate::to_forwarding_req(&head, case.body.clone(), &ctx) {
         Ok(out) => out,
+        // A request whose Via names this gateway, or more proxies than the bound, is a
+        // documented refusal.
+        Err(GatewayError::LoopDetected { .. }) => return,
         Err(e) => panic!("a routed request was refused: {e}"),
     };
     check_forwarded(case, &ctx, &out);
@@ -191,6 +199,7 @@ fn check_forwarded(case: &Case, ctx: &ForwardContext<'_>, out: &ForwardingReq) {
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "via",
     ];
     for h in &out.headers {
         // A client's field named in Connection goes; the gateway's own field of that name is
@@ -239,6 +248,21 @@ fn check_forwarded(case: &Case, ctx: &ForwardContext<'_>, out: &ForwardingReq) {
         expected_xff,
         "x-forwarded-for"
     );
+
+    // Every Via value the client sent, trimmed and joined, then this gateway's entry.
+    let mut via = Vec::new();
+    for v in headers.get_all("via") {
+        via.extend_from_slice(v.as_bytes().trim_ascii());
+        via.extend_from_slice(b", ");
+    }
+    let protocol = match req.version() {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    via.extend_from_slice(format!("{protocol} {}", ctx.via_name).as_bytes());
+    assert_eq!(forwarded(out, "via"), [&via[..]], "via");
 
     let proto = kept(headers, &connection, "x-forwarded-proto");
     let expected_proto = if proto.is_empty() {

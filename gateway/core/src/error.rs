@@ -80,6 +80,10 @@ pub enum GatewayError {
     NotReady { detail: String },
     #[error("internal error: {detail}")]
     Internal { detail: String },
+    /// The request came back to a gateway it had passed, or passed more proxies than
+    /// `upstream.hops_max` (RFC 9110 `Via`); or an upstream gateway refused it for that.
+    #[error("forwarding loop: {reason}")]
+    LoopDetected { reason: String },
 }
 
 impl GatewayError {
@@ -117,6 +121,7 @@ impl GatewayError {
             Self::BusUnavailable { .. } => "bus_unavailable",
             Self::NotReady { .. } => "not_ready",
             Self::Internal { .. } => "internal",
+            Self::LoopDetected { .. } => "loop_detected",
         }
     }
 
@@ -142,6 +147,7 @@ impl GatewayError {
             Self::BusUnavailable { .. } => 503,
             Self::NotReady { .. } => 503,
             Self::Internal { .. } => 500,
+            Self::LoopDetected { .. } => 508,
         }
     }
 
@@ -150,6 +156,9 @@ impl GatewayError {
         match self {
             Self::RouteNotFound { .. } | Self::ServiceNotFound { .. } => code::NOT_FOUND,
             Self::InvalidArgument { .. } => code::INVALID_ARGUMENT,
+            // No gRPC code means "loop"; the request cannot succeed until the registry that
+            // routes it in a circle changes.
+            Self::LoopDetected { .. } => code::FAILED_PRECONDITION,
             Self::BodyTooLarge { .. }
             | Self::HeadersTooLarge { .. }
             | Self::SubscriptionLagged { .. }
@@ -177,6 +186,7 @@ impl GatewayError {
             | Self::RequestTimeout { .. }
             | Self::HeadersTooLarge { .. }
             | Self::InvalidArgument { .. }
+            | Self::LoopDetected { .. }
             | Self::NotAllowed { .. }
             | Self::Unauthenticated { .. }
             | Self::Forbidden { .. }
@@ -203,8 +213,8 @@ impl GatewayError {
     }
 
     /// Headers the HTTP answer to this error must carry, as lower-case names and values:
-    /// the `WWW-Authenticate` challenge of a 401 and the `Retry-After` of a 429 from the rate
-    /// limiter. Every HTTP front adds these, so clients see the same answer from each.
+    /// the `WWW-Authenticate` challenge of a 401, the `Retry-After` of a 429 from the rate
+    /// limiter, and the gRPC status of a 508 loop refusal. Every HTTP front adds these, so clients see the same answer from each.
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Unauthenticated { challenge, .. } => {
@@ -213,16 +223,80 @@ impl GatewayError {
             Self::RateLimited { retry_after_s } => {
                 vec![("retry-after", retry_after_s.to_string())]
             }
+            // Read by a gateway whose `Send` call reached a gateway's public listener.
+            Self::LoopDetected { .. } => vec![
+                ("grpc-status", self.grpc_code().to_string()),
+                ("grpc-message", crate::hops::LOOP_GRPC_MESSAGE.to_owned()),
+            ],
             _ => Vec::new(),
         }
     }
 
-    /// The JSON error body: `{"error":{"code":..,"status":..,"message":..,"request_id":..}}`.
+    /// The message a public client is shown. Errors whose text holds only what the client
+    /// sent and the gateway's documented limits show it; errors whose text may hold an
+    /// instance address, an OS error, an upstream's own message or the gateway's internals
+    /// show a fixed sentence instead (the full text goes to the log and the span).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::UpstreamConnect { service, .. } => {
+                format!("could not reach an instance of {service:?}")
+            }
+            Self::UpstreamReset { service, .. } => {
+                format!("the connection to an instance of {service:?} broke during the call")
+            }
+            Self::UpstreamStatus {
+                service, grpc_code, ..
+            } => format!(
+                "service {service:?} failed the call with gRPC status {}",
+                status::grpc_code_name(*grpc_code)
+            ),
+            Self::BadUpstreamResponse { service, .. } => {
+                format!("service {service:?} sent an invalid response")
+            }
+            Self::Overloaded { .. } => "the gateway is at one of its bounds; try again later".into(),
+            Self::BusUnavailable { .. } => "the registry bus is unavailable".into(),
+            Self::NotReady { .. } => {
+                "this gateway is not ready; try again, or another gateway".into()
+            }
+            Self::Internal { .. } => "internal error".into(),
+            Self::LoopDetected { .. } => {
+                "forwarding loop: the request came back to a gateway it had passed, or passed too many".into()
+            }
+            Self::RouteNotFound { .. }
+            | Self::ServiceNotFound { .. }
+            | Self::NoLiveInstance { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::RequestTimeout { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::InvalidArgument { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::NotAllowed { .. }
+            | Self::Unauthenticated { .. }
+            | Self::Forbidden { .. }
+            | Self::RateLimited { .. }
+            | Self::SubscriptionLagged { .. }
+            | Self::QuotaExceeded { .. } => self.to_string(),
+        }
+    }
+
+    /// The JSON error body a public client gets:
+    /// `{"error":{"code":..,"status":..,"message":..,"request_id":..}}`, with the
+    /// [`public_message`](Self::public_message).
     pub fn to_json(&self, request_id: Option<&str>) -> Vec<u8> {
+        self.json_with(self.public_message(), request_id)
+    }
+
+    /// The JSON error body with the full message, for the control listener's callers (the
+    /// owners of the instances they register).
+    pub fn to_detailed_json(&self, request_id: Option<&str>) -> Vec<u8> {
+        self.json_with(self.to_string(), request_id)
+    }
+
+    fn json_with(&self, message: String, request_id: Option<&str>) -> Vec<u8> {
         let mut error = serde_json::json!({
             "code": self.code(),
             "status": self.http_status(),
-            "message": self.to_string(),
+            "message": message,
         });
         if let Some(id) = request_id {
             error["request_id"] = serde_json::Value::from(id);
@@ -417,5 +491,131 @@ mod tests {
         ] {
             assert!(other.response_headers().is_empty(), "{other:?}");
         }
+    }
+    /// One error of every variant, each string field holding `secret` except those that are
+    /// the client's own input. The match has no wildcard, so a new variant must be added here.
+    fn every_variant(secret: &str) -> Vec<GatewayError> {
+        let s = || secret.to_owned();
+        let all = vec![
+            GatewayError::RouteNotFound { path: "/x".into() },
+            GatewayError::ServiceNotFound {
+                service: "orders".into(),
+            },
+            GatewayError::NoLiveInstance {
+                service: "orders".into(),
+            },
+            GatewayError::BodyTooLarge { limit_bytes: 1 },
+            GatewayError::RequestTimeout { timeout_ms: 1 },
+            GatewayError::HeadersTooLarge { limit_bytes: 1 },
+            GatewayError::InvalidArgument {
+                field: "body",
+                reason: "bad".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                service: "orders".into(),
+                timeout_ms: 1,
+            },
+            GatewayError::UpstreamConnect {
+                service: "orders".into(),
+                detail: s(),
+            },
+            GatewayError::UpstreamReset {
+                service: "orders".into(),
+                detail: s(),
+            },
+            GatewayError::UpstreamStatus {
+                service: "orders".into(),
+                grpc_code: 14,
+                message: s(),
+            },
+            GatewayError::BadUpstreamResponse {
+                service: "orders".into(),
+                reason: s(),
+            },
+            GatewayError::NotAllowed {
+                what: "mutations".into(),
+            },
+            GatewayError::Unauthenticated {
+                reason: "no token".into(),
+                challenge: "Bearer".into(),
+            },
+            GatewayError::Forbidden {
+                reason: "no".into(),
+            },
+            GatewayError::RateLimited { retry_after_s: 1 },
+            GatewayError::SubscriptionLagged { missed: 1 },
+            GatewayError::Overloaded { what: s() },
+            GatewayError::QuotaExceeded {
+                what: "services".into(),
+            },
+            GatewayError::BusUnavailable { detail: s() },
+            GatewayError::NotReady { detail: s() },
+            GatewayError::Internal { detail: s() },
+            GatewayError::LoopDetected { reason: s() },
+        ];
+        for e in &all {
+            match e {
+                GatewayError::RouteNotFound { .. }
+                | GatewayError::ServiceNotFound { .. }
+                | GatewayError::NoLiveInstance { .. }
+                | GatewayError::BodyTooLarge { .. }
+                | GatewayError::RequestTimeout { .. }
+                | GatewayError::HeadersTooLarge { .. }
+                | GatewayError::InvalidArgument { .. }
+                | GatewayError::UpstreamTimeout { .. }
+                | GatewayError::UpstreamConnect { .. }
+                | GatewayError::UpstreamReset { .. }
+                | GatewayError::UpstreamStatus { .. }
+                | GatewayError::BadUpstreamResponse { .. }
+                | GatewayError::NotAllowed { .. }
+                | GatewayError::Unauthenticated { .. }
+                | GatewayError::Forbidden { .. }
+                | GatewayError::RateLimited { .. }
+                | GatewayError::SubscriptionLagged { .. }
+                | GatewayError::Overloaded { .. }
+                | GatewayError::QuotaExceeded { .. }
+                | GatewayError::BusUnavailable { .. }
+                | GatewayError::NotReady { .. }
+                | GatewayError::Internal { .. }
+                | GatewayError::LoopDetected { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn public_bodies_carry_no_internal_detail_and_detailed_ones_do() {
+        let secret = "instance o-1 at http://10.9.8.7:4567: Connection refused (os error 111)";
+        for err in every_variant(secret) {
+            let public = String::from_utf8(err.to_json(Some("r"))).unwrap();
+            for leak in ["10.9.8.7", "4567", "Connection refused", "os error"] {
+                assert!(!public.contains(leak), "{err:?} shows {leak}: {public}");
+            }
+            let body: serde_json::Value = serde_json::from_str(&public).unwrap();
+            assert_eq!(body["error"]["code"], err.code().as_str());
+            assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+            if err.to_string().contains(secret) {
+                let detailed = String::from_utf8(err.to_detailed_json(None)).unwrap();
+                assert!(detailed.contains("10.9.8.7:4567"), "{detailed}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_loop_is_508_and_never_retried() {
+        let err = GatewayError::LoopDetected { reason: "x".into() };
+        assert_eq!(
+            (err.code().as_str(), err.http_status()),
+            ("loop_detected", 508)
+        );
+        assert_eq!(err.grpc_code(), code::FAILED_PRECONDITION);
+        assert!(!err.retryable());
+        assert_eq!(
+            err.response_headers(),
+            [
+                ("grpc-status", "9".to_owned()),
+                ("grpc-message", crate::hops::LOOP_GRPC_MESSAGE.to_owned())
+            ]
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! function of its inputs and of `now`, so production and the turmoil simulation run the same
 //! code.
 //!
+//! * [`address`]: the address policy: which instance addresses are registered and dialled.
+//! * [`hops`]: the `Via` mark on forwarded requests, and the refusal of forwarding loops.
 //! * [`identity`]: who a request or a registry change comes from, once established.
 //! * [`hlc`]: hybrid logical clock stamps that order registry changes across gateways.
 //! * [`registry`]: the last-writer-wins map of service instances, its merge, digest and views.
@@ -19,10 +21,12 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod address;
 pub mod balance;
 pub mod error;
 pub mod event;
 pub mod hlc;
+pub mod hops;
 pub mod identity;
 pub mod names;
 pub mod planted;

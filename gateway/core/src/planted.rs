@@ -23,16 +23,20 @@ pub enum Bug {
     /// Replication applies every record that decodes: no quarantine of stamps beyond the
     /// drift bound, leases out of bounds, or records whose key does not match their event.
     QuarantineOff,
+    /// A control credential's service scope is not checked: any valid credential may
+    /// register, renew and deregister any service.
+    ScopeIgnored,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
         Bug::RouteExpired,
         Bug::CollectEarly,
         Bug::QuarantineOff,
+        Bug::ScopeIgnored,
     ];
 }
 

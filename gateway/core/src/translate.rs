@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp, Header};
 
-use crate::{GatewayError, names};
+use crate::{GatewayError, hops, names};
 
 pub mod call;
 #[cfg(test)]
@@ -58,6 +58,10 @@ pub struct ForwardContext<'a> {
     /// The request id to use: the client's (see [`client_request_id`]) or a fresh one.
     pub request_id: &'a str,
     pub deadline_unix_ms: u64,
+    /// This gateway's name in `Via` ([`crate::hops::pseudonym`] of its node id).
+    pub via_name: &'a str,
+    /// The most proxies a request may have passed before it arrives (`upstream.hops_max`).
+    pub hops_max: usize,
 }
 
 /// Splits `/{service}/{rest}` into the service name and the path below it (which always
@@ -181,6 +185,7 @@ pub fn to_forwarding_req(
     ctx: &ForwardContext<'_>,
 ) -> Result<ForwardingReq, GatewayError> {
     let (service, path) = route(head.uri.path())?;
+    hops::check(head.headers, ctx.via_name, ctx.hops_max)?;
     let authority = head
         .uri
         .authority()
@@ -211,6 +216,8 @@ pub fn to_forwarding_req(
             }
             // Replaced by the id this request is known by.
             X_REQUEST_ID => continue,
+            // Combined into one field below, with this gateway's entry appended.
+            hops::VIA_HEADER => continue,
             "x-forwarded-proto" => has_proto = true,
             "x-forwarded-host" => has_host = true,
             TRACEPARENT if traceparent.is_empty() => {
@@ -256,6 +263,10 @@ pub fn to_forwarding_req(
     headers.push(header_field(
         X_REQUEST_ID,
         ctx.request_id.as_bytes().to_vec(),
+    ));
+    headers.push(header_field(
+        hops::VIA_HEADER,
+        hops::forwarded_via(head.headers, head.version, ctx.via_name),
     ));
 
     Ok(ForwardingReq {

@@ -24,7 +24,8 @@ use sha2::{Digest, Sha256};
 use switchyard_core::GatewayError;
 use switchyard_core::identity::Identity;
 
-use crate::config::{ControlAuth, ControlConfig};
+use crate::config::{CertificateGrant, ControlAuth, ControlConfig};
+use crate::tls::PeerCertificate;
 
 /// The audience every control credential names, so a token minted for some other system
 /// with the same key is not one.
@@ -499,6 +500,8 @@ pub enum Mode {
 pub struct Authenticator {
     mode: Mode,
     keys: RwLock<Arc<KeySet>>,
+    /// What a verified client certificate may do, by subject alternative name.
+    certificates: Vec<(String, Vec<Pattern>, bool)>,
     /// How far past `exp` (and before `nbf`) a credential is still taken, for clock skew.
     leeway_ms: u64,
 }
@@ -517,8 +520,33 @@ impl Authenticator {
         Self {
             mode,
             keys: RwLock::new(Arc::new(keys)),
+            certificates: Vec::new(),
             leeway_ms,
         }
+    }
+
+    /// Takes client certificates as credentials too: a verified certificate with one of
+    /// these subject alternative names may do what its grant says (the first grant that
+    /// names one of its SANs).
+    pub fn with_certificate_grants(
+        mut self,
+        grants: &[CertificateGrant],
+    ) -> Result<Self, KeyError> {
+        self.certificates = grants
+            .iter()
+            .map(|g| {
+                let patterns = g
+                    .services
+                    .iter()
+                    .map(|p| Pattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        KeyError::new(format!("control.certificate_grants ({}): {e}", g.san))
+                    })?;
+                Ok((g.san.clone(), patterns, g.read))
+            })
+            .collect::<Result<_, KeyError>>()?;
+        Ok(self)
     }
 
     /// The authenticator `[control]` describes, its key file read now. `auth = "required"`
@@ -538,7 +566,8 @@ impl Authenticator {
         } else {
             read_key_file(&control.jwt_keys_file)?
         };
-        Ok(Self::new(mode, keys, control.jwt_leeway_ms))
+        Self::new(mode, keys, control.jwt_leeway_ms)
+            .with_certificate_grants(&control.certificate_grants)
     }
 
     pub fn mode(&self) -> Mode {
@@ -559,14 +588,46 @@ impl Authenticator {
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
     }
 
-    /// Who presented `headers`, and what they may do, at Unix time `now_ms`. With
+    /// Who presented `headers` on a connection with client certificate `peer` (verified by
+    /// the listener, if any), and what they may do, at Unix time `now_ms`. A bearer
+    /// credential, when present, is the one judged; else the certificate. With
     /// `control.auth = "none"`, everyone may do everything.
-    pub fn authenticate(&self, headers: &HeaderMap, now_ms: u64) -> Result<Grant, Refusal> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerCertificate>,
+        now_ms: u64,
+    ) -> Result<Grant, Refusal> {
         if self.mode == Mode::None {
             return Ok(Grant::everything());
         }
-        let token = bearer(headers)?;
-        self.verify(token, now_ms)
+        match (bearer(headers), peer) {
+            (Err(Refusal::Missing), Some(peer)) => self.certificate_grant(peer),
+            (token, _) => self.verify(token?, now_ms),
+        }
+    }
+
+    /// The grant of a verified client certificate: the first grant naming one of its SANs.
+    fn certificate_grant(&self, peer: &PeerCertificate) -> Result<Grant, Refusal> {
+        let identity = |subject: &str| Identity {
+            subject: subject.to_owned(),
+            credential_id: format!("certificate {}", peer.fingerprint),
+        };
+        for (san, patterns, read) in &self.certificates {
+            if peer.sans.iter().any(|s| s == san) {
+                return Ok(Grant {
+                    identity: identity(san),
+                    patterns: patterns.clone(),
+                    read: *read,
+                });
+            }
+        }
+        Err(Refusal::NotPermitted {
+            identity: identity(peer.sans.first().map_or("(no SAN)", String::as_str)),
+            what:
+                "anything: no control.certificate_grants entry names its subject alternative names"
+                    .to_owned(),
+        })
     }
 
     /// Verifies one token at Unix time `now_ms`.

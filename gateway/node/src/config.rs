@@ -85,6 +85,8 @@ pub struct PublicConfig {
     pub http2_connection_window_bytes: u32,
     /// Response bytes buffered per HTTP/2 stream for a client that does not read them.
     pub http2_send_buf_bytes: usize,
+    /// TLS on this listener (`cert_file` set: TLS only, HTTP/2 and HTTP/1.1 by ALPN).
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -110,6 +112,12 @@ pub struct ControlConfig {
     pub http2_connection_window_bytes: u32,
     /// Response bytes buffered per HTTP/2 stream for a client that does not read them.
     pub http2_send_buf_bytes: usize,
+    /// TLS on this listener; client certificates, with `client_ca_file`, are a credential
+    /// (see `certificate_grants`).
+    pub tls: TlsConfig,
+    /// What a verified client certificate may do, by one of its subject alternative names
+    /// (DNS or URI): at most 1024 grants.
+    pub certificate_grants: Vec<CertificateGrant>,
     /// `"required"` (the default): every registry change, and every read unless `reads` is
     /// `"open"`, needs a credential. `"none"`: anyone who reaches the listener may change
     /// and read anything; a warning is logged at every start.
@@ -142,6 +150,83 @@ pub enum ControlReads {
     Credential,
     Open,
 }
+
+/// TLS on a listener: the certificate chain and key (PEM), re-read every
+/// `reload_interval_ms`; with `client_ca_file`, client certificates signed by that CA are
+/// verified (and asked for, not required).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            reload_interval_ms: 5_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    fn validate(&self, listener: &'static str) -> Result<(), (&'static str, String)> {
+        let (cert, key) = (
+            self.cert_file.as_os_str().is_empty(),
+            self.key_file.as_os_str().is_empty(),
+        );
+        let keys = |name: &str| -> &'static str {
+            match (listener, name) {
+                ("public", "cert") => "public.tls.cert_file",
+                ("public", "ca") => "public.tls.client_ca_file",
+                ("public", _) => "public.tls.reload_interval_ms",
+                (_, "cert") => "control.tls.cert_file",
+                (_, "ca") => "control.tls.client_ca_file",
+                _ => "control.tls.reload_interval_ms",
+            }
+        };
+        if cert != key {
+            return Err((
+                keys("cert"),
+                "cert_file and key_file are set together or not at all".to_owned(),
+            ));
+        }
+        if cert && !self.client_ca_file.as_os_str().is_empty() {
+            return Err((
+                keys("ca"),
+                "client certificates need TLS: set cert_file and key_file too".to_owned(),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.reload_interval_ms) {
+            return Err((
+                keys("reload"),
+                "must lie between 100 and 3600000".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a client certificate may do on the control listener, by one of its subject
+/// alternative names: as a bearer credential's `services` and `read` claims.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateGrant {
+    /// A DNS name or URI (`spiffe://example.org/ns/orders/sa/orders`) of the certificate.
+    pub san: String,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub read: bool,
+}
+
+/// Grants `control.certificate_grants` may hold.
+pub const CERTIFICATE_GRANTS_MAX: usize = 1024;
 
 /// The range `control.jwt_leeway_ms` may take: at most five minutes.
 pub const JWT_LEEWAY_MS_MAX: u64 = 300_000;
@@ -283,7 +368,20 @@ pub struct UpstreamConfig {
     /// How long to wait for the ping's acknowledgement before closing the connection (the
     /// calls on it fail as `upstream_reset`).
     pub keepalive_timeout_ms: u64,
+    /// Networks, each optionally with a port or port range, whose instance addresses the
+    /// address policy admits although they are loopback, link-local, unspecified,
+    /// multicast, broadcast or (with a port named) this gateway's own listeners:
+    /// `"127.0.0.0/8"`, `"10.0.0.5:8080"`, `"[::1]:9000-9100"`. Empty: none admitted.
+    pub allow_addresses: Vec<String>,
+    /// The most proxies (entries in `Via`) a request may have passed before it arrives; a
+    /// request past it, or one that passed this gateway already, is refused with 508.
+    pub hops_max: u32,
 }
+
+/// The most entries `upstream.allow_addresses` may hold.
+pub const ALLOW_ADDRESSES_MAX: usize = 256;
+/// The largest `upstream.hops_max`.
+pub const HOPS_MAX_LIMIT: u32 = 255;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -510,6 +608,7 @@ impl Default for PublicConfig {
             http2_stream_window_bytes: 256 * 1024,
             http2_connection_window_bytes: 1024 * 1024,
             http2_send_buf_bytes: 400 * 1024,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -527,6 +626,8 @@ impl Default for ControlConfig {
             http2_stream_window_bytes: 64 * 1024,
             http2_connection_window_bytes: 256 * 1024,
             http2_send_buf_bytes: 64 * 1024,
+            tls: TlsConfig::default(),
+            certificate_grants: Vec::new(),
             auth: ControlAuth::Required,
             jwt_keys_file: PathBuf::new(),
             jwt_leeway_ms: 30_000,
@@ -552,6 +653,8 @@ impl Default for UpstreamConfig {
             in_flight_per_instance_max: 1_024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 5_000,
+            allow_addresses: Vec::new(),
+            hops_max: 8,
         }
     }
 }
@@ -799,6 +902,7 @@ impl Config {
                 "must be at least upstream.ejection_base_ms".to_owned(),
             ));
         }
+        self.upstream.validate_address_policy()?;
         let r = &self.registry;
         if r.lease_max_ms < r.lease_min_ms {
             return Err((
@@ -864,6 +968,28 @@ impl Config {
         }
         validate_limits!(self.public.limits(), "public");
         validate_limits!(self.control.limits(), "control");
+        self.public.tls.validate("public")?;
+        if !self.public.tls.client_ca_file.as_os_str().is_empty() {
+            return Err((
+                "public.tls.client_ca_file",
+                "client certificates are a credential of the control listener only".to_owned(),
+            ));
+        }
+        self.control.tls.validate("control")?;
+        if self.control.certificate_grants.len() > CERTIFICATE_GRANTS_MAX {
+            return Err((
+                "control.certificate_grants",
+                format!("at most {CERTIFICATE_GRANTS_MAX} grants"),
+            ));
+        }
+        if !self.control.certificate_grants.is_empty()
+            && self.control.tls.client_ca_file.as_os_str().is_empty()
+        {
+            return Err((
+                "control.certificate_grants",
+                "grants need client certificates: set control.tls.client_ca_file".to_owned(),
+            ));
+        }
         if self.control.jwt_leeway_ms > JWT_LEEWAY_MS_MAX {
             return Err((
                 "control.jwt_leeway_ms",
@@ -887,6 +1013,28 @@ impl Config {
             return Err((
                 "node_id",
                 "must be at most 64 characters, without spaces".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate_address_policy(&self) -> Result<(), (&'static str, String)> {
+        if self.allow_addresses.len() > ALLOW_ADDRESSES_MAX {
+            return Err((
+                "upstream.allow_addresses",
+                format!("may hold at most {ALLOW_ADDRESSES_MAX} entries"),
+            ));
+        }
+        for rule in &self.allow_addresses {
+            switchyard_core::address::AllowRule::parse(rule)
+                .map_err(|e| ("upstream.allow_addresses", e))?;
+        }
+        if !(1..=HOPS_MAX_LIMIT).contains(&self.hops_max) {
+            return Err((
+                "upstream.hops_max",
+                format!("must lie between 1 and {HOPS_MAX_LIMIT}"),
             ));
         }
         Ok(())

@@ -23,9 +23,10 @@ use switchyard_proto::registry::registration_server::{
 
 use crate::outbox::Delivery;
 use crate::registrar::{Caller, Registrar, Via};
-use crate::respond::{error_response, json_response, read_body};
+use crate::respond::{detailed_error_response, json_response, read_body};
 use crate::seams::ClientAddr;
 use crate::status::Status;
+use crate::tls::PeerCertificate;
 
 /// Largest registration body accepted.
 const REGISTRATION_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -62,25 +63,38 @@ fn peer(client: Option<Extension<ConnectInfo<ClientAddr>>>) -> Option<std::net::
     client.map(|Extension(ConnectInfo(ClientAddr(addr)))| addr)
 }
 
+/// The client certificate the listener verified, if any.
+type Peer = Option<Extension<Arc<PeerCertificate>>>;
+
+fn peer_certificate(peer: Peer) -> Option<Arc<PeerCertificate>> {
+    peer.map(|Extension(cert)| cert)
+}
+
 /// Answers a read the caller may not make (see [`Registrar::authorize_read`]).
 fn check_read(
     control: &Control,
     headers: &HeaderMap,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
 ) -> Result<(), Box<Response>> {
     control
         .registrar
-        .authorize_read(headers, peer(client))
-        .map_err(|error| Box::new(error_response(&error, None)))
+        .authorize_read(
+            headers,
+            peer_certificate(certificate).as_deref(),
+            peer(client),
+        )
+        .map_err(|error| Box::new(detailed_error_response(&error, None)))
 }
 
 /// Prometheus text exposition of the node's metrics.
 async fn metrics(
     State(control): State<Arc<Control>>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client) {
+    if let Err(refused) = check_read(&control, &headers, client, certificate) {
         return *refused;
     }
     let body = control.status.render_metrics().await;
@@ -141,9 +155,10 @@ fn instance_json(view: &InstanceView) -> serde_json::Value {
 async fn list_services(
     State(control): State<Arc<Control>>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client) {
+    if let Err(refused) = check_read(&control, &headers, client, certificate) {
         return *refused;
     }
     let services: Vec<_> = control
@@ -161,10 +176,11 @@ async fn list_services(
 async fn get_service(
     State(control): State<Arc<Control>>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
     headers: HeaderMap,
     Path(service): Path<String>,
 ) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client) {
+    if let Err(refused) = check_read(&control, &headers, client, certificate) {
         return *refused;
     }
     let instances: Vec<_> = control
@@ -175,7 +191,7 @@ async fn get_service(
         .map(|view| instance_json(&view))
         .collect();
     if instances.is_empty() {
-        return error_response(&GatewayError::ServiceNotFound { service }, None);
+        return detailed_error_response(&GatewayError::ServiceNotFound { service }, None);
     }
     ok_json(&serde_json::json!({ "service": service, "instances": instances }))
 }
@@ -183,9 +199,10 @@ async fn get_service(
 async fn cluster(
     State(control): State<Arc<Control>>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client) {
+    if let Err(refused) = check_read(&control, &headers, client, certificate) {
         return *refused;
     }
     ok_json(&serde_json::to_value(control.status.node()).unwrap_or_default())
@@ -205,21 +222,26 @@ struct PutInstance {
 }
 
 /// The caller of a REST request: its peer (when the server recorded it) and its headers.
-fn rest_caller(client: Option<Extension<ConnectInfo<ClientAddr>>>, headers: HeaderMap) -> Caller {
-    Caller::new(Via::Rest, peer(client), headers)
+fn rest_caller(
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
+    headers: HeaderMap,
+) -> Caller {
+    Caller::new(Via::Rest, peer(client), headers).with_peer(peer_certificate(certificate))
 }
 
 async fn put_instance(
     State(control): State<Arc<Control>>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
     Path((service, instance_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut caller = rest_caller(client, headers);
+    let mut caller = rest_caller(client, certificate, headers);
     match register_rest(&control, &mut caller, service, instance_id, body).await {
         Ok(response) => response,
-        Err(error) => error_response(&error, None),
+        Err(error) => detailed_error_response(&error, None),
     }
 }
 
@@ -268,10 +290,11 @@ async fn register_rest(
 async fn delete_instance(
     State(control): State<Arc<Control>>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
+    certificate: Peer,
     Path((service, instance_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let mut caller = rest_caller(client, headers);
+    let mut caller = rest_caller(client, certificate, headers);
     match control
         .registrar
         .deregister(&mut caller, &service, &instance_id)
@@ -287,7 +310,7 @@ async fn delete_instance(
                 "stamp": stamp_json(&gone.stamp),
             }),
         ),
-        Err(error) => error_response(&error, None),
+        Err(error) => detailed_error_response(&error, None),
     }
 }
 
@@ -321,7 +344,8 @@ fn grpc_caller<T>(request: &tonic::Request<T>) -> Caller {
         .extensions()
         .get::<ConnectInfo<ClientAddr>>()
         .map(|ConnectInfo(ClientAddr(addr))| *addr);
-    Caller::new(Via::Grpc, client, request.metadata().clone().into_headers())
+    let certificate = request.extensions().get::<Arc<PeerCertificate>>().cloned();
+    Caller::new(Via::Grpc, client, request.metadata().clone().into_headers()).with_peer(certificate)
 }
 
 impl RegistrationApi {
@@ -396,7 +420,7 @@ impl RegistrationService for RegistrationApi {
         let caller = grpc_caller(&request);
         self.control
             .registrar
-            .authorize_read(&caller.headers, caller.client_addr)
+            .authorize_read(&caller.headers, caller.peer.as_deref(), caller.client_addr)
             .map_err(|e| to_status(&e))?;
         let service = request.into_inner().service;
         let only = Some(service.as_str()).filter(|s| !s.is_empty());

@@ -20,12 +20,13 @@ use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceCl
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 use tonic::transport::Channel;
 
+use crate::address::Addresses;
 use crate::config::UpstreamConfig;
 use crate::registrar::Registrar;
 use crate::seams::Connector;
 use crate::store::Store;
 use crate::sync::{SharedRng, lock};
-use crate::telemetry::{EjectionReason, Telemetry, UpstreamErrorKind};
+use crate::telemetry::{AddressStage, EjectionReason, Telemetry, UpstreamErrorKind};
 
 pub mod channel;
 
@@ -46,6 +47,7 @@ pub struct Forwarder {
     telemetry: Arc<Telemetry>,
     rng: Arc<SharedRng>,
     connector: Arc<dyn Connector>,
+    addresses: Arc<Addresses>,
     config: UpstreamConfig,
     health_policy: HealthPolicy,
     retry_policy: RetryPolicy,
@@ -84,6 +86,7 @@ impl Forwarder {
         telemetry: Arc<Telemetry>,
         rng: Arc<SharedRng>,
         connector: Arc<dyn Connector>,
+        addresses: Arc<Addresses>,
     ) -> Self {
         Self {
             store,
@@ -91,6 +94,7 @@ impl Forwarder {
             telemetry,
             rng,
             connector,
+            addresses,
             health_policy: HealthPolicy {
                 failures_to_eject: config.failures_to_eject,
                 ejection_base_ms: config.ejection_base_ms,
@@ -113,6 +117,11 @@ impl Forwarder {
     /// How long all attempts of one request may take together.
     pub fn timeout_ms(&self) -> u64 {
         self.config.timeout_ms
+    }
+
+    /// The most proxies a request may have passed before it arrives (`upstream.hops_max`).
+    pub fn hops_max(&self) -> usize {
+        self.config.hops_max as usize
     }
 
     /// The passive-health record of an instance.
@@ -258,11 +267,21 @@ impl Forwarder {
             interval: Duration::from_millis(self.config.keepalive_interval_ms),
             timeout: Duration::from_millis(self.config.keepalive_timeout_ms),
         });
+        let telemetry = self.telemetry.clone();
+        let policed = channel::Policed {
+            addresses: self.addresses.clone(),
+            on_refused: Arc::new(move |class| {
+                telemetry
+                    .metrics()
+                    .address_refusal(AddressStage::Connect, class);
+            }),
+        };
         let channel = upstream_channel(
             self.connector.clone(),
             addr,
             Duration::from_millis(self.config.connect_timeout_ms),
             keep_alive,
+            Some(policed),
         )?;
         pool.insert(addr.to_owned(), channel.clone());
         Ok(channel)
@@ -286,7 +305,28 @@ impl Forwarder {
         let mut client = ForwardingServiceClient::new(self.channel(addr)?)
             .max_decoding_message_size(limits.response_body_bytes_max + 64 * 1024)
             .max_encoding_message_size(usize::MAX);
+        // The request's Via mark travels on the call itself too: an instance that is a
+        // gateway's public listener reads the call's headers, not the ForwardingReq's.
+        let via = req
+            .headers
+            .iter()
+            .rev()
+            .find(|h| h.name == switchyard_core::hops::VIA_HEADER)
+            .and_then(|h| {
+                use tonic::metadata::AsciiMetadataValue as Value;
+                // Bytes a client sent that metadata cannot carry: the gateway's own entry,
+                // the last, still goes.
+                Value::try_from(h.value.as_ref()).ok().or_else(|| {
+                    let own = h.value.rsplit(|b| *b == b',').next()?;
+                    Value::try_from(own.trim_ascii()).ok()
+                })
+            });
         let mut request = tonic::Request::new(req);
+        if let Some(via) = via {
+            request
+                .metadata_mut()
+                .insert(switchyard_core::hops::VIA_HEADER, via);
+        }
         request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout_at(deadline, client.send(request)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {

@@ -33,6 +33,7 @@ use crate::registrar::Registrar;
 use crate::status::Status;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::tls::PeerCertificate;
 
 pub mod endpoint;
 pub mod gate;
@@ -101,6 +102,8 @@ pub struct Carrier {
     pub version: Version,
     pub headers: HeaderMap,
     pub client: SocketAddr,
+    /// The client certificate the listener verified, if any.
+    pub peer: Option<Arc<PeerCertificate>>,
 }
 
 impl Carrier {
@@ -166,7 +169,7 @@ fn camel_case(header: &str) -> String {
 
 /// A gateway error as a resolver returns it.
 pub fn field_error(error: &GatewayError, request_id: Option<&str>) -> async_graphql::Error {
-    let mut e = async_graphql::Error::new(error.to_string());
+    let mut e = async_graphql::Error::new(error.public_message());
     e.extensions = Some(extensions(error, request_id));
     e
 }
@@ -186,7 +189,7 @@ pub fn null_with_error<T>(
 
 /// A gateway error as a whole response's error (before any field ran).
 pub fn server_error(error: &GatewayError, pos: Option<Pos>) -> ServerError {
-    let mut e = ServerError::new(error.to_string(), pos);
+    let mut e = ServerError::new(error.public_message(), pos);
     e.extensions = Some(extensions(error, None));
     e
 }
@@ -202,7 +205,7 @@ pub fn refusal_body(error: &GatewayError, request_id: &str) -> Vec<u8> {
         extensions[name] = value;
     }
     let body = serde_json::json!({
-        "errors": [{ "message": error.to_string(), "extensions": extensions }],
+        "errors": [{ "message": error.public_message(), "extensions": extensions }],
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -215,13 +218,17 @@ pub(crate) fn reader<'a>(
 ) -> Result<&'a Arc<Backend>, async_graphql::Error> {
     let backend = backend(ctx)?;
     if ctx.data::<Front>().ok() == Some(&Front::Control) {
-        let (headers, client) = match ctx.data::<Carrier>() {
-            Ok(carrier) => (carrier.headers.clone(), Some(carrier.client)),
-            Err(_) => (HeaderMap::new(), None),
+        let (headers, client, peer) = match ctx.data::<Carrier>() {
+            Ok(carrier) => (
+                carrier.headers.clone(),
+                Some(carrier.client),
+                carrier.peer.clone(),
+            ),
+            Err(_) => (HeaderMap::new(), None, None),
         };
         backend
             .registrar
-            .authorize_read(&headers, client)
+            .authorize_read(&headers, peer.as_deref(), client)
             .map_err(|error| field_error(&error, None))?;
     }
     Ok(backend)

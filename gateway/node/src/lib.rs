@@ -15,15 +15,19 @@
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
 //! * [`auth`]: control credentials (JWT), their keys, and what each may do.
-//! * [`store`] (registry, clock, change feed), [`outbox`] (changes waiting for the bus),
+//! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
+//!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
 //!   listener with graceful shutdown).
+//! * [`tls`]: TLS on the listeners, certificates re-read when they change, client
+//!   certificates named by their SANs.
 //! * [`seams`]: what differs between production and simulation (connector, clock, bus,
 //!   seed). [`bus`]: the bus trait, the in-memory bus, and Kafka. [`config`]: the TOML file,
 //!   environment and flag layers, validated. [`sync`]: locking and the seeded generator.
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod address;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -44,6 +48,7 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, run};

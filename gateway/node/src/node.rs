@@ -17,6 +17,7 @@ use switchyard_core::translate::Limits;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::address::Addresses;
 use crate::auth::{self, Authenticator, KeySet};
 use crate::config::{Config, ControlAuth, ListenerLimits};
 use crate::control::{self, Control};
@@ -32,6 +33,7 @@ use crate::status::{NodeStatus, Status};
 use crate::store::Store;
 use crate::sync::SharedRng;
 use crate::telemetry::{ListenerLabel, Telemetry};
+use crate::tls::{ServerTls, TlsError};
 use crate::{probes, respond, serve};
 
 /// One gateway node: its owners, wired.
@@ -46,7 +48,10 @@ pub struct Node {
     forwarder: Arc<Forwarder>,
     pipeline: Arc<Pipeline>,
     status: Arc<Status>,
+    addresses: Arc<Addresses>,
     auth: Arc<Authenticator>,
+    public_tls: ListenerTls,
+    control_tls: ListenerTls,
 }
 
 impl std::fmt::Debug for Node {
@@ -66,6 +71,11 @@ pub struct Builder {
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
     authenticator: Option<Arc<Authenticator>>,
 }
+
+/// The TLS of the two listeners, as loaded from `public.tls` and `control.tls`: `Ok(None)` for
+/// a cleartext listener, `Err` for files that could not be loaded (the node then does not
+/// serve).
+type ListenerTls = Result<Option<Arc<ServerTls>>, TlsError>;
 
 impl Builder {
     /// The control listener's authenticator, its keys loaded ([`Authenticator::load`]).
@@ -120,11 +130,13 @@ impl Builder {
         let store = Arc::new(Store::new(id.clone(), seams.clock.clone()));
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
+        let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
             store.clone(),
             outbox.clone(),
             telemetry.clone(),
+            addresses.clone(),
             auth.clone(),
             registration_policies,
         ));
@@ -141,6 +153,7 @@ impl Builder {
             telemetry.clone(),
             rng.clone(),
             seams.connector.clone(),
+            addresses.clone(),
         ));
         let mut request_policies = pipeline::policies::builtin(&config);
         request_policies.extend(policies);
@@ -158,6 +171,8 @@ impl Builder {
             forwarder.clone(),
             telemetry.clone(),
         ));
+        let public_tls = ServerTls::load(&config.public.tls);
+        let control_tls = ServerTls::load(&config.control.tls);
         Arc::new(Node {
             config,
             seams,
@@ -169,7 +184,10 @@ impl Builder {
             forwarder,
             pipeline,
             status,
+            addresses,
             auth,
+            public_tls,
+            control_tls,
         })
     }
 }
@@ -323,12 +341,36 @@ impl Node {
             control = ?control_listener.local_addr().ok(),
             "gateway node starting"
         );
+        let tls_of = |tls: &ListenerTls, key: &str| match tls {
+            Ok(tls) => Ok(tls.clone()),
+            Err(error) => Err(io::Error::other(format!("{key}: {error}"))),
+        };
+        let public_tls = tls_of(&node.public_tls, "public.tls")?;
+        let control_tls = tls_of(&node.control_tls, "control.tls")?;
+        // The address policy refuses registrations at the node's own listeners.
+        let own: Vec<SocketAddr> = [public_listener.local_addr(), control_listener.local_addr()]
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        node.addresses.set_own_listeners(&own);
         node.announce_auth();
         let tasks = CancellationToken::new();
         let key_watcher = {
             let (node, stop) = (node.clone(), tasks.clone());
             tokio::spawn(async move { node.watch_key_file(stop).await })
         };
+        let tls_watchers = [
+            (public_tls.clone(), ListenerLabel::Public),
+            (control_tls.clone(), ListenerLabel::Control),
+        ]
+        .map(|(tls, listener)| {
+            let (telemetry, stop) = (node.telemetry.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(tls) = tls {
+                    watch_tls_files(tls, listener, &telemetry, stop).await;
+                }
+            })
+        });
         let replication = {
             let (replication, stop) = (node.replication.clone(), tasks.clone());
             tokio::spawn(async move { replication.run(stop).await })
@@ -366,6 +408,7 @@ impl Node {
                     node.config.public.limits(),
                     node.config.public.header_bytes_max
                 ),
+                public_tls.clone(),
                 node.refusal_counter(ListenerLabel::Public),
             ),
             serve::serve_with(
@@ -374,6 +417,7 @@ impl Node {
                 shutdown.clone(),
                 drain,
                 serve_limits(node.config.control.limits(), CONTROL_HEADER_BYTES_MAX),
+                control_tls.clone(),
                 node.refusal_counter(ListenerLabel::Control),
             ),
         );
@@ -386,7 +430,15 @@ impl Node {
         let _ = publisher.await;
         // The drain timeout bounds the whole shutdown: the flush gets what draining left.
         node.outbox.flush(&*node.seams.bus, asked + drain).await;
-        let _ = tokio::join!(replication, upkeep, exporter, key_watcher);
+        let [public_watcher, control_watcher] = tls_watchers;
+        let _ = tokio::join!(
+            replication,
+            upkeep,
+            exporter,
+            key_watcher,
+            public_watcher,
+            control_watcher
+        );
         tracing::info!(node_id = %node.id(), "gateway node stopped");
         result.map(|_| ())
     }
@@ -505,6 +557,44 @@ where
     Node::new(config, seams)
         .serve(public_listener, control_listener, shutdown)
         .await
+}
+
+/// Re-reads a listener's certificate, key and client CA files every `reload_interval_ms`; a
+/// change that makes a valid configuration is in force for the connections accepted next, one
+/// that does not is logged and counted and changes nothing.
+async fn watch_tls_files(
+    tls: Arc<ServerTls>,
+    listener: ListenerLabel,
+    telemetry: &Telemetry,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(tls.reload_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let reloaded = {
+            let tls = tls.clone();
+            tokio::task::spawn_blocking(move || tls.reload()).await
+        };
+        match reloaded {
+            Ok(Ok(true)) => {
+                tracing::info!(
+                    ?listener,
+                    "TLS files changed: the new certificate is in force"
+                );
+                telemetry.metrics().tls_reload(listener, true);
+            }
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(error)) => {
+                tracing::error!(?listener, %error, "TLS files changed but are refused; the certificate in force stays");
+                telemetry.metrics().tls_reload(listener, false);
+            }
+        }
+    }
 }
 
 async fn housekeeping_loop(node: Arc<Node>, stop: CancellationToken) {

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::Method;
 use rand::Rng;
 use switchyard_core::GatewayError;
+use switchyard_core::hops;
 use switchyard_core::identity::Identity;
 use switchyard_core::trace::{self, Span};
 use switchyard_core::translate::{self, ForwardContext};
@@ -156,6 +157,8 @@ pub struct Pipeline {
     telemetry: Arc<Telemetry>,
     rng: Arc<SharedRng>,
     policies: Vec<Arc<dyn Policy>>,
+    /// This gateway's name in `Via`.
+    via_name: String,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -175,12 +178,14 @@ impl Pipeline {
         rng: Arc<SharedRng>,
         policies: Vec<Arc<dyn Policy>>,
     ) -> Self {
+        let via_name = hops::pseudonym(store.node_id());
         Self {
             store,
             forwarder,
             telemetry,
             rng,
             policies,
+            via_name,
         }
     }
 
@@ -234,6 +239,8 @@ impl Pipeline {
             gateway_node: self.store.node_id(),
             request_id: &ctx.request_id,
             deadline_unix_ms: self.store.now_ms() + timeout_ms,
+            via_name: &self.via_name,
+            hops_max: self.forwarder.hops_max(),
         }
     }
 

@@ -20,15 +20,18 @@ use http::HeaderMap;
 
 use switchyard_core::event::{Event, EventKind};
 use switchyard_core::identity::Identity;
+use switchyard_core::planted::{self, Bug};
 use switchyard_core::registration::{LeaseBounds, Registration, ValidRegistration};
 use switchyard_core::registry::Entry;
 use switchyard_core::{GatewayError, InstanceKey, Stamp, names};
 
+use crate::address::Addresses;
 use crate::auth::{Authenticator, Refusal};
 use crate::config::{Config, ControlReads};
 use crate::outbox::{Delivery, Outbox, Ticket};
 use crate::store::Store;
-use crate::telemetry::{ChangeOp, Telemetry};
+use crate::telemetry::{AddressStage, ChangeOp, Telemetry};
+use crate::tls::PeerCertificate;
 
 /// Which front a registry change came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct Caller {
     pub headers: HeaderMap,
     /// The authenticated identity, once a registration policy has established one.
     pub identity: Option<Identity>,
+    /// The client certificate the listener verified on the caller's connection, if any.
+    pub peer: Option<Arc<PeerCertificate>>,
 }
 
 impl Caller {
@@ -62,7 +67,14 @@ impl Caller {
             client_addr,
             headers,
             identity: None,
+            peer: None,
         }
+    }
+
+    /// The same caller, on a connection with client certificate `peer`.
+    pub fn with_peer(mut self, peer: Option<Arc<PeerCertificate>>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// The gateway itself, for its own changes (evictions).
@@ -144,6 +156,7 @@ pub struct Registrar {
     store: Arc<Store>,
     outbox: Arc<Outbox>,
     telemetry: Arc<Telemetry>,
+    addresses: Arc<Addresses>,
     lease: LeaseBounds,
     publish_wait: Duration,
     quotas: Quotas,
@@ -169,6 +182,7 @@ impl Registrar {
         store: Arc<Store>,
         outbox: Arc<Outbox>,
         telemetry: Arc<Telemetry>,
+        addresses: Arc<Addresses>,
         auth: Arc<Authenticator>,
         policies: Vec<Arc<dyn RegistrationPolicy>>,
     ) -> Self {
@@ -177,6 +191,7 @@ impl Registrar {
             store,
             outbox,
             telemetry,
+            addresses,
             lease: LeaseBounds {
                 default_ms: r.lease_default_ms,
                 min_ms: r.lease_min_ms,
@@ -210,6 +225,22 @@ impl Registrar {
         }
     }
 
+    /// Refuses an address the address policy does not admit (see [`crate::address`]), and
+    /// counts it. A host name passes here and is checked at every connection.
+    fn check_address(&self, addr: &str) -> Result<(), GatewayError> {
+        self.addresses
+            .policy()
+            .check_registration(addr)
+            .map_err(|class| {
+                self.telemetry
+                    .metrics()
+                    .address_refusal(AddressStage::Register, class);
+                let error = switchyard_core::address::refusal(addr, class);
+                tracing::info!(%addr, reason = class.label(), "registration refused by the address policy");
+                error
+            })
+    }
+
     /// Checks that the caller's credential covers a change to `service`, and records who the
     /// caller is. A refusal is counted, logged with what the caller presented (never the
     /// token), and answered 401 or 403.
@@ -217,8 +248,12 @@ impl Registrar {
         if caller.via == Via::Gateway {
             return Ok(());
         }
-        let refusal = match self.auth.authenticate(&caller.headers, self.store.now_ms()) {
-            Ok(grant) if grant.may_change(service) => {
+        let refusal = match self.auth.authenticate(
+            &caller.headers,
+            caller.peer.as_deref(),
+            self.store.now_ms(),
+        ) {
+            Ok(grant) if grant.may_change(service) || planted::active(Bug::ScopeIgnored) => {
                 caller.identity = Some(grant.identity);
                 return Ok(());
             }
@@ -241,12 +276,13 @@ impl Registrar {
     pub fn authorize_read(
         &self,
         headers: &HeaderMap,
+        peer: Option<&PeerCertificate>,
         client_addr: Option<SocketAddr>,
     ) -> Result<(), GatewayError> {
         if self.reads == ControlReads::Open {
             return Ok(());
         }
-        let refusal = match self.auth.authenticate(headers, self.store.now_ms()) {
+        let refusal = match self.auth.authenticate(headers, peer, self.store.now_ms()) {
             Ok(grant) if grant.may_read() => return Ok(()),
             Ok(grant) => Refusal::NotPermitted {
                 identity: grant.identity,
@@ -326,6 +362,7 @@ impl Registrar {
     ) -> Result<Registered, GatewayError> {
         self.authorize(caller, &registration.service)?;
         let valid = registration.validate(&self.lease)?;
+        self.check_address(&valid.addr)?;
         self.check(
             caller,
             &Change::Register {

@@ -23,12 +23,23 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// The JSON error response for `error`; every gateway error leaves through here. Errors that
-/// call for a header carry it (`WWW-Authenticate` on 401, `Retry-After` on 429).
+/// The JSON error response for `error`, with the message a public client may see (no
+/// instance address, OS error or upstream message: [`GatewayError::public_message`]). Errors
+/// that call for a header carry it (`WWW-Authenticate` on 401, `Retry-After` on 429).
 pub fn error_response(error: &GatewayError, request_id: Option<&str>) -> Response {
+    respond_with(error, error.to_json(request_id))
+}
+
+/// The JSON error response with the full message, for the control listener, whose callers
+/// own the instances they register.
+pub fn detailed_error_response(error: &GatewayError, request_id: Option<&str>) -> Response {
+    respond_with(error, error.to_detailed_json(request_id))
+}
+
+fn respond_with(error: &GatewayError, body: Vec<u8>) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json_response(status, error.to_json(request_id));
+    let mut response = json_response(status, body);
     add_error_headers(response.headers_mut(), error);
     response
 }

@@ -3,7 +3,7 @@
 //! | seam | production | simulation |
 //! | --- | --- | --- |
 //! | listen | [`axum::serve::Listener`] over tokio TCP | the same trait over turmoil TCP |
-//! | connect | [`TokioConnector`] | a turmoil connector in `sim/` |
+//! | connect, resolve | [`TokioConnector`] | a turmoil connector in `sim/` |
 //! | bus | [`crate::bus::MemoryBus`] (Kafka in a later adapter) | a simulated log |
 //! | clock | [`SystemClock`] | the simulated clock |
 //! | randomness | a seed from config or the OS | the simulation seed |
@@ -21,13 +21,35 @@ use crate::bus::Bus;
 
 pub use crate::sync::BoxFuture;
 
+/// The most addresses of one host name that are considered per connection.
+pub const RESOLVED_ADDRESSES_MAX: usize = 16;
+
 /// A byte stream to an upstream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Opens connections to `host:port` authorities (the instance addresses in the registry).
+/// The gateway resolves an instance's host with [`resolve`](Connector::resolve), checks each
+/// address against the address policy, and connects only to admitted ones, passing each to
+/// [`connect`](Connector::connect) as `ip:port`.
 pub trait Connector: Send + Sync + 'static {
     fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>>;
+
+    /// The addresses `host` resolves to. The default resolves IP addresses only, so a
+    /// connector that does not say how it resolves names refuses them rather than asking a
+    /// resolver the simulation does not control.
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let resolved = host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| vec![SocketAddr::new(ip, port)])
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("this connector resolves no host names ({host})"),
+                )
+            });
+        Box::pin(async move { resolved })
+    }
 }
 
 /// Wall time in Unix milliseconds, for HLC stamps and leases. Timers use tokio's clock, which
@@ -61,6 +83,17 @@ impl Connector for TokioConnector {
             let stream = tokio::net::TcpStream::connect(authority).await?;
             stream.set_nodelay(true)?;
             Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+
+    /// The system resolver, through tokio.
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let host = host.to_owned();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .take(RESOLVED_ADDRESSES_MAX)
+                .collect())
         })
     }
 }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::seams::ClientAddr;
+use crate::tls::{self, PeerCertificate, ServerTls};
 
 /// The shutdown signal, in every request's extensions. Draining waits for requests, not for
 /// connections a handler has taken over (WebSockets), so such a handler ends its connection
@@ -97,13 +98,17 @@ pub enum Refusal {
     HeaderTimeout,
     /// A request body not complete within `body_read_timeout`; answered 408.
     BodyTimeout,
+    /// A TLS handshake that failed, or did not complete within `header_read_timeout`; the
+    /// connection is closed.
+    TlsHandshake,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [
+    pub const ALL: [Refusal; 4] = [
         Refusal::ConnectionsMax,
         Refusal::HeaderTimeout,
         Refusal::BodyTimeout,
+        Refusal::TlsHandshake,
     ];
 
     pub fn label(self) -> &'static str {
@@ -111,6 +116,7 @@ impl Refusal {
             Refusal::ConnectionsMax => "connections_max",
             Refusal::HeaderTimeout => "header_timeout",
             Refusal::BodyTimeout => "body_timeout",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -135,20 +141,26 @@ where
         shutdown,
         drain,
         ServeLimits::default(),
+        None,
         Arc::new(|_| {}),
     )
     .await
 }
 
-/// Serves `router` on `listener` within `limits`, telling `on_refusal` of each refusal. On
-/// `shutdown` it stops accepting, lets open requests finish for up to `drain`, then closes the
-/// connections still open and returns.
+/// Serves `router` on `listener` within `limits`, over TLS when `tls` is given, telling
+/// `on_refusal` of each refusal. On `shutdown` it stops accepting, lets open requests finish
+/// for up to `drain`, then closes the connections still open and returns.
+///
+/// A TLS handshake runs in the connection's own task, bounded by `header_read_timeout`, with
+/// the configuration in force when it starts; a client certificate the handshake verified
+/// reaches every request of the connection as an `Arc<PeerCertificate>` extension.
 pub async fn serve_with<L>(
     mut listener: L,
     router: Router,
     shutdown: CancellationToken,
     drain: Duration,
     limits: ServeLimits,
+    tls: Option<Arc<ServerTls>>,
     on_refusal: OnRefusal,
 ) -> io::Result<()>
 where
@@ -169,15 +181,43 @@ where
             drop(io);
             continue;
         };
-        let connection = Connection {
+        let mut connection = Connection {
             router: router.clone(),
             client: ClientAddr(addr),
             limits: limits.clone(),
             on_refusal: on_refusal.clone(),
+            peer: None,
         };
         let (builder, shutdown, closing) = (builder.clone(), shutdown.clone(), closing.clone());
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
-            connection.run(&builder, io, shutdown, closing).await;
+            match acceptor {
+                None => connection.run(&builder, io, shutdown, closing).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(
+                            connection.limits.header_read_timeout,
+                            acceptor.accept(io),
+                        ) => done,
+                        () = closing.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            connection.peer =
+                                tls::peer_certificate(stream.get_ref().1).map(Arc::new);
+                            connection.run(&builder, stream, shutdown, closing).await;
+                        }
+                        Ok(Err(error)) => {
+                            (connection.on_refusal)(Refusal::TlsHandshake);
+                            tracing::debug!(client = %addr, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            (connection.on_refusal)(Refusal::TlsHandshake);
+                            tracing::debug!(client = %addr, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -221,6 +261,8 @@ struct Connection {
     client: ClientAddr,
     limits: Arc<ServeLimits>,
     on_refusal: OnRefusal,
+    /// The client certificate its TLS handshake verified.
+    peer: Option<Arc<PeerCertificate>>,
 }
 
 impl Connection {
@@ -291,6 +333,9 @@ impl Connection {
         let timed = TimedBody::new(body, self.limits.body_read_timeout, self.on_refusal.clone());
         let mut request = Request::from_parts(parts, Body::new(timed));
         request.extensions_mut().insert(ConnectInfo(self.client));
+        if let Some(peer) = &self.peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         match self.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},

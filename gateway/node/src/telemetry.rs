@@ -19,7 +19,8 @@ pub mod metrics;
 pub mod otlp;
 
 pub use metrics::{
-    ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, UpstreamErrorKind, WebSocketRefusal,
+    AddressStage, ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, UpstreamErrorKind,
+    WebSocketRefusal,
 };
 
 /// The node's metrics, span exporter and access-log switch.

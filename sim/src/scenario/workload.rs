@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use switchyard_core::{InstanceKey, Stamp};
 
 use super::{LEASE_MAX_MS, SAMPLE};
-use crate::{CONTROL_PORT, PUBLIC_PORT, http_get, http_send};
+use crate::{CONTROL_PORT, PUBLIC_PORT, http_get, http_send, http_send_as, intruder_credentials};
 
 /// The service the client registers and deregisters (addresses where nothing listens; the
 /// client never sends requests to it).
@@ -38,10 +38,52 @@ pub struct Client {
     pub fault_ms: u64,
 }
 
+/// The client's two workloads at once: [`changes_and_calls`], and an [`intruder`] with its own
+/// generator (so the other's draws are not disturbed).
+pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
+    let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
+    let (result, ()) = tokio::join!(changes_and_calls(c), intruding);
+    result
+}
+
+/// Every 200-600 ms during the fault window: tries to register `ghost/x-N` through a random
+/// gateway with a credential that does not allow it — none, another service's, one signed by
+/// a key no gateway holds, an expired one. Nothing of it may ever reach a registry (the
+/// phantom check), and every answer must be a refusal.
+async fn intruder(
+    gateways: Vec<String>,
+    seed: u64,
+    fault_ms: u64,
+    trace: Rc<RefCell<Vec<String>>>,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x1a7d);
+    let credentials = intruder_credentials();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(fault_ms) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+        let gw = &gateways[rng.random_range(0..gateways.len())];
+        let which = rng.random_range(0..=credentials.len());
+        let token = credentials.get(which).map(String::as_str);
+        let path = format!(
+            "/v1/services/{GHOST}/instances/x-{}",
+            rng.random_range(0..4)
+        );
+        let body = br#"{"addr":"nowhere:1"}"#.to_vec();
+        let reply = http_send_as(gw, CONTROL_PORT, "PUT", &path, body, token).await;
+        let line = match reply {
+            Ok((status, _)) => format!("intruder {which} via {gw}: {status}"),
+            Err(e) => format!("intruder {which} via {gw}: {}", e.kind()),
+        };
+        trace
+            .borrow_mut()
+            .push(format!("{:>6} ms {line}", started.elapsed().as_millis()));
+    }
+}
+
 /// Every 50-250 ms during the fault window: register (40 %) or deregister (20 %) a ghost
 /// instance, or call the sample service (40 %), through a random gateway. Then idles until
 /// the run stops it.
-pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
+async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let Client {
         acks,
         trace,

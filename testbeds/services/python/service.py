@@ -445,18 +445,19 @@ def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def gateway_target(text: str) -> str:
-    """``host:port`` or ``http://host:port`` (the gateway's control listener speaks
-    cleartext HTTP/2) to the ``host:port`` that grpc dials."""
-    rest = text
+def gateway_target(text: str) -> tuple[str, bool]:
+    """``host:port``, ``http://host:port`` or ``https://host:port`` to the ``host:port`` that
+    grpc dials, and whether the control listener speaks TLS."""
+    rest, tls = text, False
     if "://" in text:
         scheme, rest = text.split("://", 1)
-        if scheme != "http":
+        if scheme not in ("http", "https"):
             raise argparse.ArgumentTypeError(
-                f"{text!r}: scheme {scheme!r} is not supported; use http://host:port or host:port"
+                f"{text!r}: scheme {scheme!r} is not supported; use http://, https:// or host:port"
             )
+        tls = scheme == "https"
         rest = rest.removesuffix("/")
-    return join_host_port(*split_host_port(rest, port_min=1))
+    return join_host_port(*split_host_port(rest, port_min=1)), tls
 
 
 def listen_addr(text: str) -> tuple[str, int]:
@@ -490,8 +491,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gateway",
         type=gateway_target,
         default=os.environ.get("GATEWAY_CONTROL", "http://127.0.0.1:8081"),
-        help="the gateway's control address, where instances register: host:port or "
-        "http://host:port (env GATEWAY_CONTROL; default http://127.0.0.1:8081)",
+        help="the gateway's control address, where instances register: host:port, "
+        "http://host:port or https://host:port (env GATEWAY_CONTROL; default "
+        "http://127.0.0.1:8081)",
     )
     parser.add_argument(
         "--service", type=name_arg, default="sample", help="service name to register under"
@@ -523,6 +525,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "SWITCHYARD_TOKEN); leave unset for a gateway whose control.auth is \"none\"",
     )
     parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="serve ForwardingService over TLS with this PEM chain (with --tls-key); the "
+        "advertised address becomes https://; also the client certificate shown to an https:// "
+        "gateway",
+    )
+    parser.add_argument("--tls-key", type=Path, default=None, help="the key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="require client certificates signed by this CA (the gateways')",
+    )
+    parser.add_argument(
+        "--gateway-ca",
+        type=Path,
+        default=None,
+        help="the CA that signed an https:// gateway's control certificate",
+    )
+    parser.add_argument(
         "--proto-dir",
         type=Path,
         default=PROTO_DIR_DEFAULT,
@@ -534,7 +557,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=GEN_DIR_DEFAULT,
         help="where the generated Python modules go (default: gen/ beside this file)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    return args
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,7 +590,16 @@ async def serve(args: argparse.Namespace, stubs: Stubs) -> int:
         maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX,
     )
     try:
-        bound_port = server.add_insecure_port(join_host_port(host, port))
+        if args.tls_cert is not None:
+            client_ca = args.tls_client_ca.read_bytes() if args.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(args.tls_key.read_bytes(), args.tls_cert.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            bound_port = server.add_secure_port(join_host_port(host, port), credentials)
+        else:
+            bound_port = server.add_insecure_port(join_host_port(host, port))
     except RuntimeError as err:
         raise StartupError(f"cannot listen on {join_host_port(host, port)}: {err}") from None
     if bound_port == 0:  # older grpc versions report a failed bind this way
@@ -581,7 +618,7 @@ async def serve(args: argparse.Namespace, stubs: Stubs) -> int:
     request = stubs.registry.RegisterRequest(
         service=args.service,
         instance_id=instance_id,
-        addr=args.advertise or f"http://{local}",
+        addr=args.advertise or f"{'https' if args.tls_cert else 'http'}://{local}",
         metadata={"language": "python"},
         lease_ms=args.lease_ms,
     )
@@ -593,7 +630,17 @@ async def serve(args: argparse.Namespace, stubs: Stubs) -> int:
         ("grpc.min_reconnect_backoff_ms", int(RETRY_S_FIRST * 1000)),
         ("grpc.max_reconnect_backoff_ms", int(RETRY_S_MAX * 1000)),
     ]
-    async with grpc.aio.insecure_channel(args.gateway, options=channel_options) as channel:
+    target, gateway_tls = args.gateway
+    if gateway_tls:
+        channel_credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.gateway_ca.read_bytes() if args.gateway_ca else None,
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        )
+        channel = grpc.aio.secure_channel(target, channel_credentials, options=channel_options)
+    else:
+        channel = grpc.aio.insecure_channel(target, options=channel_options)
+    async with channel:
         registrar = Registrar(stubs, channel, request, args.token)
         registration = asyncio.create_task(registrar.keep_registered(stop))
         stopped = asyncio.create_task(stop.wait())

@@ -16,6 +16,8 @@ fn ctx() -> ForwardContext<'static> {
         gateway_node: "gw-1",
         request_id: "rid-1",
         deadline_unix_ms: 99,
+        via_name: "gw-1",
+        hops_max: 8,
     }
 }
 
@@ -372,4 +374,30 @@ fn invalid_responses_are_refused_with_a_reason() {
 fn bodiless_statuses_drop_the_body() {
     assert!(to_http_response(resp(204, &[])).unwrap().body().is_empty());
     assert!(to_http_response(resp(304, &[])).unwrap().body().is_empty());
+}
+
+#[test]
+fn the_forwarded_request_carries_via_and_a_looped_one_is_refused() {
+    let req = http::Request::builder()
+        .uri("/orders/x")
+        .header("via", "1.1 edge")
+        .header("accept", "*/*")
+        .body(())
+        .unwrap();
+    let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx()).unwrap();
+    assert_eq!(value_of(&out, "via"), [&b"1.1 edge, 1.1 gw-1"[..]]);
+    let looped = http::Request::builder()
+        .uri("/orders/x")
+        .header("via", "1.1 edge, 2 gw-1")
+        .body(())
+        .unwrap();
+    let err = to_forwarding_req(&head_of(&looped), Bytes::new(), &ctx()).unwrap_err();
+    assert_eq!(err.code(), "loop_detected");
+    let far = http::Request::builder()
+        .uri("/orders/x")
+        .header("via", ["1.1 p"; 9].join(", "))
+        .body(())
+        .unwrap();
+    let err = to_forwarding_req(&head_of(&far), Bytes::new(), &ctx()).unwrap_err();
+    assert_eq!(err.http_status(), 508);
 }

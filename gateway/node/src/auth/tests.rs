@@ -78,7 +78,9 @@ fn a_credential_of_each_algorithm_verifies_and_grants_its_services_only() {
     assert_eq!(auth.keys().len(), 3);
     for key in [&ed, &ec, &rsa_key] {
         let token = issue(key, &claims(&["orders", "billing-*"])).unwrap();
-        let grant = auth.authenticate(&bearer_headers(&token), NOW_MS).unwrap();
+        let grant = auth
+            .authenticate(&bearer_headers(&token), None, NOW_MS)
+            .unwrap();
         assert_eq!(grant.identity.subject, "orders-team");
         assert_eq!(grant.identity.credential_id, "t-1");
         assert!(grant.may_change("orders"));
@@ -136,7 +138,7 @@ fn every_bad_credential_is_refused_with_its_reason() {
     let good = issue(&key, &claims(&["orders"])).unwrap();
 
     assert_eq!(
-        auth.authenticate(&HeaderMap::new(), NOW_MS),
+        auth.authenticate(&HeaderMap::new(), None, NOW_MS),
         Err(Refusal::Missing)
     );
     let mut basic = HeaderMap::new();
@@ -145,7 +147,7 @@ fn every_bad_credential_is_refused_with_its_reason() {
         "Basic dXNlcjpwYXNz".parse().unwrap(),
     );
     assert!(matches!(
-        auth.authenticate(&basic, NOW_MS),
+        auth.authenticate(&basic, None, NOW_MS),
         Err(Refusal::Malformed(_))
     ));
     assert!(matches!(
@@ -271,7 +273,7 @@ fn key_files_take_public_keys_only() {
 #[test]
 fn with_auth_off_everyone_may_do_everything() {
     let auth = Authenticator::new(Mode::None, KeySet::default(), 0);
-    let grant = auth.authenticate(&HeaderMap::new(), NOW_MS).unwrap();
+    let grant = auth.authenticate(&HeaderMap::new(), None, NOW_MS).unwrap();
     assert!(grant.may_change("orders") && grant.may_read());
 }
 

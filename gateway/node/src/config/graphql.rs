@@ -21,6 +21,10 @@ pub struct GraphqlConfig {
     /// Whether `register` and `deregister` are served on the public listener too. Off: they are
     /// served on the control listener only, like the REST registration.
     pub mutations_on_public: bool,
+    /// Whether registry queries and subscriptions on the public listener show instances'
+    /// addresses and metadata. Off: clients see services, instance ids and states, never
+    /// where an instance listens (the control listener shows all to a `read` credential).
+    pub registry_details_on_public: bool,
     /// Largest GraphQL request body (and WebSocket message).
     pub body_bytes_max: usize,
     /// Most WebSocket connections open at once per listener; more are refused with 503.
@@ -54,6 +58,7 @@ impl Default for GraphqlConfig {
             complexity_max: 1_000,
             calls_max: 16,
             mutations_on_public: false,
+            registry_details_on_public: false,
             body_bytes_max: 1024 * 1024,
             websockets_max: 1_024,
             websockets_per_client_max: 64,

@@ -263,3 +263,37 @@ fn the_graphql_front_is_on_and_closed_down_by_default() {
         "{err}"
     );
 }
+
+#[test]
+fn the_address_policy_and_the_hop_bound_are_checked() {
+    let c = Config::load(None, &[]).unwrap();
+    assert!(
+        c.upstream.allow_addresses.is_empty(),
+        "nothing refused is admitted by default"
+    );
+    assert_eq!(c.upstream.hops_max, 8);
+    let set = |arg: &str| Config::load(None, &[parse_set_flag(arg).unwrap()]);
+    let ok = set(r#"upstream.allow_addresses=["127.0.0.0/8", "[::1]:9000-9100"]"#).unwrap();
+    assert_eq!(ok.upstream.allow_addresses.len(), 2);
+    let env = env_overrides([(
+        "SWITCHYARD_UPSTREAM__ALLOW_ADDRESSES".to_owned(),
+        r#"["10.0.0.5:8080"]"#.to_owned(),
+    )]);
+    let from_env = Config::load(None, &env).unwrap();
+    assert_eq!(from_env.upstream.allow_addresses, ["10.0.0.5:8080"]);
+    for (arg, says) in [
+        (r#"upstream.allow_addresses=["10.0.0.1/8"]"#, "past its /8"),
+        (r#"upstream.allow_addresses=["localhost"]"#, "not an IP"),
+        ("upstream.hops_max=0", "between 1 and 255"),
+        ("upstream.hops_max=256", "between 1 and 255"),
+    ] {
+        let err = set(arg).unwrap_err().to_string();
+        let key = arg.split('=').next().unwrap();
+        assert!(err.contains(key) && err.contains(says), "{arg}: {err}");
+    }
+    let many: Vec<String> = (0..=256)
+        .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+        .collect();
+    let err = set(&format!("upstream.allow_addresses=[{}]", many.join(","))).unwrap_err();
+    assert!(err.to_string().contains("at most 256"), "{err}");
+}

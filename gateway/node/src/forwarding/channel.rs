@@ -10,6 +10,9 @@ use hyper_util::rt::TokioIo;
 use switchyard_core::{GatewayError, InstanceKey};
 use tonic::transport::{Channel, Endpoint};
 
+use switchyard_core::address::Forbidden;
+
+use crate::address::{AddressRefused, Addresses};
 use crate::seams::Connector;
 
 /// Marks a failure to open a connection, so it can be told apart from an rpc that failed
@@ -25,6 +28,27 @@ impl ConnectFailed {
     /// Whether the connect failed for want of this host's own resources.
     pub fn is_local(&self) -> bool {
         is_local_resource(&self.source)
+    }
+
+    /// Why the address policy refused the connection, if it did.
+    pub fn refused_by_policy(&self) -> Option<Forbidden> {
+        self.source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<AddressRefused>())
+            .map(|refused| refused.class)
+    }
+}
+
+/// The address policy a channel dials through, and what to tell of each address it refuses.
+#[derive(Clone)]
+pub struct Policed {
+    pub addresses: Arc<Addresses>,
+    pub on_refused: Arc<dyn Fn(Forbidden) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Policed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policed").finish_non_exhaustive()
     }
 }
 
@@ -74,23 +98,27 @@ pub struct KeepAlive {
 }
 
 /// A channel to `addr` that connects on first use and reconnects after failures, through
-/// `connector`. One per instance address, reused by every request.
+/// `connector`, with no address policy: for the gateway's own clients (a demo's or a
+/// simulation's registrations to a control listener), not for instances.
 pub fn lazy_channel(
     connector: Arc<dyn Connector>,
     addr: &str,
     connect_timeout: Duration,
 ) -> Result<Channel, GatewayError> {
-    upstream_channel(connector, addr, connect_timeout, None)
+    upstream_channel(connector, addr, connect_timeout, None, None)
 }
 
-/// [`lazy_channel`] with HTTP/2 keep-alive pings when `keep_alive` is given. Pings are sent
-/// only while calls are open: servers built on grpc-go and grpc-java by default close a
-/// connection that is pinged often with no call on it (`too_many_pings`).
+/// [`lazy_channel`] with HTTP/2 keep-alive pings when `keep_alive` is given, and every
+/// connection made through the address policy when `policed` is given (each connection
+/// resolves the host again and dials only admitted addresses). Pings are sent only while
+/// calls are open: servers built on grpc-go and grpc-java by default close a connection that
+/// is pinged often with no call on it (`too_many_pings`).
 pub fn upstream_channel(
     connector: Arc<dyn Connector>,
     addr: &str,
     connect_timeout: Duration,
     keep_alive: Option<KeepAlive>,
+    policed: Option<Policed>,
 ) -> Result<Channel, GatewayError> {
     let mut endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| GatewayError::Internal {
@@ -103,10 +131,20 @@ pub fn upstream_channel(
             .keep_alive_while_idle(false);
     }
     let connect = tower::service_fn(move |uri: http::Uri| {
-        let connector = connector.clone();
+        let (connector, policed) = (connector.clone(), policed.clone());
         async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-            let attempt = tokio::time::timeout(connect_timeout, connector.connect(&authority));
+            let dial = async {
+                match &policed {
+                    Some(p) => {
+                        p.addresses
+                            .connect(&*connector, &authority, &*p.on_refused)
+                            .await
+                    }
+                    None => connector.connect(&authority).await,
+                }
+            };
+            let attempt = tokio::time::timeout(connect_timeout, dial);
             let result = match attempt.await {
                 Ok(result) => result,
                 Err(_) => Err(std::io::Error::new(
@@ -174,6 +212,16 @@ pub fn classify(
                 what: format!("its own resources ({failed})"),
             };
         }
+        if let Some(class) = failed.refused_by_policy() {
+            return GatewayError::UpstreamConnect {
+                service,
+                detail: format!(
+                    "instance {} at {addr}: every address it resolves to is refused by the address policy ({})",
+                    key.instance_id,
+                    class.label()
+                ),
+            };
+        }
         return GatewayError::UpstreamConnect {
             service,
             detail: on_instance(),
@@ -205,6 +253,18 @@ pub fn classify(
         return GatewayError::UpstreamReset {
             service,
             detail: on_instance(),
+        };
+    }
+    // A gateway on the way refused the call as a loop; the refusal travels back as the
+    // same refusal (see `switchyard_core::hops::LOOP_GRPC_MESSAGE`).
+    if status.code() == tonic::Code::FailedPrecondition
+        && status.message() == switchyard_core::hops::LOOP_GRPC_MESSAGE
+    {
+        return GatewayError::LoopDetected {
+            reason: format!(
+                "instance {} at {addr} is a gateway that refused the call as a loop",
+                key.instance_id
+            ),
         };
     }
     GatewayError::UpstreamStatus {

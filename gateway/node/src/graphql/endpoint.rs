@@ -33,6 +33,7 @@ use crate::respond::{add_error_headers, read_body};
 use crate::seams::ClientAddr;
 use crate::serve::Shutdown;
 use crate::telemetry::{Front as MetricsFront, ListenerLabel, WebSocketRefusal};
+use crate::tls::PeerCertificate;
 
 /// Where the front is served, on whichever listener.
 pub const GRAPHQL_PATH: &str = "/graphql";
@@ -163,6 +164,7 @@ async fn post_graphql(
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
+        peer: parts.extensions.get::<Arc<PeerCertificate>>().cloned(),
         headers: parts.headers,
         client,
     };
@@ -335,6 +337,7 @@ async fn get_graphql(
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
+        peer: parts.extensions.get::<Arc<PeerCertificate>>().cloned(),
         headers: parts.headers,
         client,
     });

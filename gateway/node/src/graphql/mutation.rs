@@ -221,7 +221,8 @@ fn snapshot_of(backend: &Backend, service: Option<&str>) -> Vec<RegistryChange> 
 /// upgrade) that carried it.
 fn caller(ctx: &Context<'_>) -> Caller {
     match ctx.data::<Carrier>() {
-        Ok(carrier) => Caller::new(Via::Graphql, Some(carrier.client), carrier.headers.clone()),
+        Ok(carrier) => Caller::new(Via::Graphql, Some(carrier.client), carrier.headers.clone())
+            .with_peer(carrier.peer.clone()),
         Err(_) => Caller::new(Via::Graphql, None, Default::default()),
     }
 }

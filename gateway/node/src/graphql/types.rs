@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use async_graphql::{Enum, InputObject, Json, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, InputObject, Json, SimpleObject};
 use switchyard_core::event::{Event, EventKind};
 use switchyard_core::registry::{Entry, EntryState, Removal};
 use switchyard_core::view::{self, InstanceView};
 use switchyard_core::{InstanceKey, Stamp};
 
+use super::{Backend, Front};
 use crate::status::Status;
 
 /// One HTTP header field. Header lists keep their order and duplicates.
@@ -100,12 +101,14 @@ impl From<view::InstanceState> for InstanceState {
 
 /// One instance of a service, as this node's registry holds it.
 #[derive(Debug, Clone, SimpleObject)]
+#[graphql(complex)]
 pub struct Instance {
     pub service: String,
     pub instance_id: String,
     pub state: InstanceState,
-    /// `http://host:port`; null once removed.
+    #[graphql(skip)]
     pub addr: Option<String>,
+    #[graphql(skip)]
     pub metadata: Vec<MetadataEntry>,
     /// Null once removed.
     pub lease_ms: Option<u64>,
@@ -114,6 +117,37 @@ pub struct Instance {
     pub stamp: StampView,
     /// Set while passive health keeps the instance out of balancing, Unix ms.
     pub ejected_until_unix_ms: Option<u64>,
+}
+
+#[ComplexObject]
+impl Instance {
+    /// `http://host:port`; null once removed, and on the public listener unless
+    /// `graphql.registry_details_on_public` (where it is the door to the service, past the
+    /// gateway).
+    async fn addr(&self, ctx: &Context<'_>) -> Option<&str> {
+        shows_details(ctx).then_some(self.addr.as_deref()).flatten()
+    }
+
+    /// The instance's metadata; empty on the public listener unless
+    /// `graphql.registry_details_on_public`.
+    async fn metadata(&self, ctx: &Context<'_>) -> &[MetadataEntry] {
+        if shows_details(ctx) {
+            &self.metadata
+        } else {
+            &[]
+        }
+    }
+}
+
+/// Whether instances' addresses and metadata are shown: always on the control listener, on
+/// the public one only with `graphql.registry_details_on_public`.
+fn shows_details(ctx: &Context<'_>) -> bool {
+    match ctx.data::<Front>() {
+        Ok(Front::Public) => ctx
+            .data::<std::sync::Arc<Backend>>()
+            .is_ok_and(|b| b.config.registry_details_on_public),
+        _ => true,
+    }
 }
 
 impl From<InstanceView> for Instance {

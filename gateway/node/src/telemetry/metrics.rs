@@ -32,6 +32,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 use switchyard_core::GatewayError;
+use switchyard_core::address::Forbidden;
 
 #[cfg(test)]
 mod tests;
@@ -211,7 +212,12 @@ const LISTENERS: [&str; 2] = ["public", "control"];
 
 /// Why a listener refused a client, as `serve::Refusal::label` names it. A reason not listed
 /// here is not counted (a test keeps the two lists the same).
-pub const REFUSAL_REASONS: [&str; 3] = ["connections_max", "header_timeout", "body_timeout"];
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "connections_max",
+    "header_timeout",
+    "body_timeout",
+    "tls_handshake",
+];
 
 /// Why the GraphQL front refused or closed a WebSocket, or refused an operation on one, for
 /// Why a control credential was refused, as `auth::Refusal::label` names it, for
@@ -278,6 +284,17 @@ pub enum EjectionReason {
 
 const EJECTION_REASONS: [&str; 3] = ["connect_failed", "reset", "timeout"];
 
+/// Where the address policy refused an address, for `switchyard_address_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressStage {
+    /// A registration's address.
+    Register = 0,
+    /// An address a connection to an instance would have gone to.
+    Connect = 1,
+}
+
+const ADDRESS_STAGES: [&str; 2] = ["register", "connect"];
+
 /// The `origin` of an applied bus event: [this node's own, other nodes'].
 const ORIGINS: [&str; 2] = ["local", "remote"];
 
@@ -318,6 +335,18 @@ struct OriginLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerOutcomeLabels {
+    listener: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AddressLabels {
+    stage: &'static str,
     reason: &'static str,
 }
 
@@ -374,10 +403,12 @@ pub struct Metrics {
     quota_refusals: Counter,
     refusals: [[Counter; REFUSAL_REASONS.len()]; LISTENERS.len()],
     ejections: [Counter; EJECTION_REASONS.len()],
+    address_refusals: [[Counter; Forbidden::ALL.len()]; ADDRESS_STAGES.len()],
     websocket_refusals: [[Counter; WEBSOCKET_REFUSALS.len()]; LISTENERS.len()],
     control_auth_refusals: [Counter; CONTROL_AUTH_REFUSALS.len()],
     key_reloads: [Counter; KEY_RELOAD_OUTCOMES.len()],
     control_keys: Gauge,
+    tls_reloads: [[Counter; KEY_RELOAD_OUTCOMES.len()]; LISTENERS.len()],
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -424,12 +455,27 @@ impl Metrics {
                 websocket_refusals_family.get_or_create_owned(&RefusalLabels { listener, reason })
             })
         });
+        let address_family = Family::<AddressLabels, Counter>::default();
+        let address_refusals = ADDRESS_STAGES.map(|stage| {
+            Forbidden::ALL.map(|class| {
+                address_family.get_or_create_owned(&AddressLabels {
+                    stage,
+                    reason: class.label(),
+                })
+            })
+        });
         let auth_refusals_family = Family::<ReasonLabels, Counter>::default();
         let control_auth_refusals = CONTROL_AUTH_REFUSALS
             .map(|reason| auth_refusals_family.get_or_create_owned(&ReasonLabels { reason }));
         let key_reloads_family = Family::<OutcomeLabels, Counter>::default();
         let key_reloads = KEY_RELOAD_OUTCOMES
             .map(|outcome| key_reloads_family.get_or_create_owned(&OutcomeLabels { outcome }));
+        let tls_reloads_family = Family::<ListenerOutcomeLabels, Counter>::default();
+        let tls_reloads = LISTENERS.map(|listener| {
+            KEY_RELOAD_OUTCOMES.map(|outcome| {
+                tls_reloads_family.get_or_create_owned(&ListenerOutcomeLabels { listener, outcome })
+            })
+        });
         let ejections_family = Family::<ReasonLabels, Counter>::default();
         let ejections = EJECTION_REASONS
             .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
@@ -450,10 +496,12 @@ impl Metrics {
             quota_refusals: Counter::default(),
             refusals,
             ejections,
+            address_refusals,
             websocket_refusals,
             control_auth_refusals,
             key_reloads,
             control_keys: Gauge::default(),
+            tls_reloads,
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -518,6 +566,11 @@ impl Metrics {
             refusals_family,
         );
         m.register(
+            "switchyard_address_refusals",
+            "Instance addresses the address policy refused, by stage (register, connect) and reason",
+            address_family,
+        );
+        m.register(
             "switchyard_control_auth_refusals",
             "Control listener requests refused for their credential, by reason",
             auth_refusals_family,
@@ -526,6 +579,11 @@ impl Metrics {
             "switchyard_control_key_reloads",
             "Changes of the control key file, put in force or refused",
             key_reloads_family,
+        );
+        m.register(
+            "switchyard_tls_reloads",
+            "Changes of a listener's certificate, key or client CA files, put in force or refused",
+            tls_reloads_family,
         );
         m.register(
             "switchyard_control_keys",
@@ -752,6 +810,11 @@ impl Metrics {
         }
     }
 
+    /// A listener's changed TLS files put in force (`applied`) or refused.
+    pub fn tls_reload(&self, listener: ListenerLabel, applied: bool) {
+        self.tls_reloads[listener as usize][usize::from(!applied)].inc();
+    }
+
     /// The number of control keys in force.
     pub fn set_control_keys(&self, keys: usize) {
         self.control_keys
@@ -760,6 +823,18 @@ impl Metrics {
 
     pub fn ejection(&self, reason: EjectionReason) {
         self.ejections[reason as usize].inc();
+    }
+
+    pub fn address_refusal(&self, stage: AddressStage, class: Forbidden) {
+        self.address_refusals[stage as usize][class as usize].inc();
+    }
+
+    /// Address refusals so far at `stage`, every reason together (for tests).
+    pub fn address_refusals_at(&self, stage: AddressStage) -> u64 {
+        self.address_refusals[stage as usize]
+            .iter()
+            .map(Counter::get)
+            .sum()
     }
 
     /// Ejections so far for `reason` (for tests).

@@ -35,7 +35,9 @@ const LAYERS: &[(&str, u8)] = &[
     // The seams to the outside: the bus, then the connector, clock and listeners.
     ("bus", 1),
     ("seams", 2),
+    ("tls", 2),
     // Owners built only on the seams.
+    ("address", 3),
     ("serve", 3),
     ("store", 3),
     ("outbox", 3),

@@ -67,6 +67,39 @@ async fn gateway(keys: &[&SigningKey], reads: ControlReads) -> Gateway {
     .await
 }
 
+/// `token` with its claims changed after signing: `services` widened to `*`, the signature
+/// kept.
+fn forged(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let claims = Claims {
+        aud: AUDIENCE.to_owned(),
+        sub: "forger".to_owned(),
+        jti: "forged".to_owned(),
+        iat: now_s(),
+        exp: now_s() + 3_600,
+        nbf: None,
+        services: vec!["*".to_owned()],
+        read: true,
+    };
+    parts[1] = base64_url(&serde_json::to_vec(&claims).unwrap());
+    parts.join(".")
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -123,6 +156,11 @@ async fn rest_registration_needs_a_credential_for_its_service() {
             Some(bearer(&token_at(&key, &["orders"], false, now_s() - 7_200))),
             StatusCode::UNAUTHORIZED,
             "expired",
+        ),
+        (
+            Some(bearer(&forged(&token(&key, &["payments"])))),
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
         ),
         (
             Some(bearer(&token(&key, &["payments"]))),
@@ -210,8 +248,33 @@ async fn grpc_and_graphql_changes_are_held_to_the_same_credentials() {
         request
     };
     let orders = bearer(&token(&key, &["orders"]));
-    let refused = client.register(register("orders", None)).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let stranger = new_key();
+    let refusals = [
+        (None, tonic::Code::Unauthenticated),
+        (
+            Some(bearer(&token(&stranger, &["orders"]))),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            Some(bearer(&forged(&token(&key, &["billing"])))),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            Some(bearer(&token_at(&key, &["orders"], false, now_s() - 7_200))),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            Some(bearer(&token(&key, &["billing"]))),
+            tonic::Code::PermissionDenied,
+        ),
+    ];
+    for (authorization, code) in refusals {
+        let refused = client
+            .register(register("orders", authorization))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+    }
     let refused = client
         .register(register("billing", Some(orders.clone())))
         .await

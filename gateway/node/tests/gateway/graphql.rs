@@ -284,3 +284,31 @@ fn the_committed_schema_matches_the_code() {
          cargo run -q -p switchyard -- graphql-schema > docs/schema.graphql"
     );
 }
+
+#[tokio::test]
+async fn the_public_listener_shows_no_instance_address_or_metadata_unless_enabled() {
+    let query = "{ services { name instances { instanceId state addr metadata { key value } } } }";
+    for details in [false, true] {
+        let gw = Gateway::start(|c| c.graphql.registry_details_on_public = details).await;
+        let url = format!("{}/v1/services/hidden/instances/h-1", gw.control_url());
+        let body = br#"{"addr":"127.0.0.1:9","metadata":{"zone":"a"}}"#.to_vec();
+        assert_eq!(http_with("PUT", &url, &[], body).await.0, StatusCode::OK);
+        let (_, public) = post(&gw.graphql_url(), query, json!({})).await;
+        let instance = &public["data"]["services"][0]["instances"][0];
+        assert_eq!(instance["instanceId"], "h-1", "{public}");
+        assert_eq!(instance["state"], "LIVE");
+        if details {
+            assert_eq!(instance["addr"], "http://127.0.0.1:9", "{public}");
+            assert_eq!(instance["metadata"][0]["value"], "a");
+        } else {
+            assert!(instance["addr"].is_null(), "{public}");
+            assert_eq!(instance["metadata"], json!([]));
+        }
+        let (_, control) = post(&gw.control_graphql_url(), query, json!({})).await;
+        let instance = &control["data"]["services"][0]["instances"][0];
+        assert_eq!(
+            instance["addr"], "http://127.0.0.1:9",
+            "the control listener shows all: {control}"
+        );
+    }
+}

@@ -75,32 +75,59 @@ impl Gateway {
         configure: impl FnOnce(&mut Config),
         build: impl FnOnce(Builder) -> Builder,
     ) -> Self {
+        let configure = |c: &mut Config, _: SocketAddr, _: SocketAddr| configure(c);
         let gw = Self::launch(connector, bus, configure, build).await;
+        gw.wait_ready_probe().await;
+        gw
+    }
+
+    /// A gateway whose listeners may speak TLS: not waited for (the caller knows how to reach
+    /// its `/readyz`).
+    pub async fn launch_tls(
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Self {
+        let configure = |c: &mut Config, _: SocketAddr, _: SocketAddr| configure(c);
+        Self::launch(Arc::new(TokioConnector), bus, configure, build).await
+    }
+
+    /// A gateway whose config is written knowing its public and control addresses (to allow
+    /// or refuse them in its address policy).
+    pub async fn start_knowing_addrs(
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config, SocketAddr, SocketAddr),
+    ) -> Self {
+        let gw = Self::launch(Arc::new(TokioConnector), bus, configure, |b| b).await;
         gw.wait_ready_probe().await;
         gw
     }
 
     /// A gateway serving on `bus` that may not be ready yet (its bus unreachable).
     pub async fn start_unready(bus: impl Bus, configure: impl FnOnce(&mut Config)) -> Self {
+        let configure = |c: &mut Config, _: SocketAddr, _: SocketAddr| configure(c);
         Self::launch(Arc::new(TokioConnector), bus, configure, |builder| builder).await
     }
 
     async fn launch(
         connector: Arc<dyn Connector>,
         bus: impl Bus,
-        configure: impl FnOnce(&mut Config),
+        configure: impl FnOnce(&mut Config, SocketAddr, SocketAddr),
         build: impl FnOnce(Builder) -> Builder,
     ) -> Self {
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (public_addr, control_addr) =
+            (public.local_addr().unwrap(), control.local_addr().unwrap());
         let mut config = Config::default();
         config.shutdown.drain_timeout_ms = 5_000;
         // Most tests are about something else: credentials are off unless a test turns them
         // on (control_auth.rs does, with keys of its own).
         config.control.auth = ControlAuth::None;
-        configure(&mut config);
-        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (public_addr, control_addr) =
-            (public.local_addr().unwrap(), control.local_addr().unwrap());
+        // The instances of these tests listen on loopback, which the address policy refuses
+        // unless allowed; the gateway's own listeners stay refused.
+        config.upstream.allow_addresses = vec!["127.0.0.0/8".to_owned()];
+        configure(&mut config, public_addr, control_addr);
         let seams = Seams {
             connector,
             clock: Arc::new(SystemClock),
@@ -118,6 +145,11 @@ impl Gateway {
             shutdown,
             handle: Some(handle),
         }
+    }
+
+    /// The control listener's address, for tests that speak raw TCP or TLS.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control
     }
 
     /// The public listener's address, for tests that speak raw TCP.

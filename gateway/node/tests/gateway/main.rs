@@ -1,5 +1,6 @@
 //! End-to-end tests of one or more gateway nodes with real gRPC services on loopback.
 
+mod addresses;
 mod architecture;
 mod control_auth;
 mod graphql;
@@ -10,6 +11,7 @@ mod outliers;
 mod policy;
 mod shutdown;
 mod telemetry;
+mod tls;
 mod tombstones;
 
 use std::time::Duration;
@@ -637,11 +639,9 @@ async fn a_response_past_the_limit_is_a_bad_upstream_response() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
     let error: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(error["error"]["code"], "bad_upstream_response");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("response_body_bytes_max"),
+    // Which limit it broke is the log's to say; a public client learns only the code.
+    assert_eq!(
+        error["error"]["message"], "service \"orders\" sent an invalid response",
         "{error}"
     );
     // A small one still passes.

@@ -2,6 +2,7 @@
 //! registered with a gateway until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
@@ -34,6 +35,23 @@ struct Args {
     /// for a gateway whose `control.auth` is "none".
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve ForwardingService over TLS with this PEM certificate chain (with --tls-key); the
+    /// advertised address becomes `https://...`. The same certificate is the client
+    /// certificate presented to an `https://` gateway.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (the gateways' certificates).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// The CA that signed an `https://` gateway's control certificate.
+    #[arg(long)]
+    gateway_ca: Option<PathBuf>,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 #[tokio::main]
@@ -52,12 +70,34 @@ async fn main() -> anyhow::Result<()> {
     let instance_id = args
         .instance_id
         .unwrap_or_else(|| format!("rust-{}", local.port()));
-    let addr = args.advertise.unwrap_or_else(|| format!("http://{local}"));
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr = args
+        .advertise
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(
+            read(cert)?,
+            read(key)?,
+        )),
+        _ => None,
+    };
     // One line on stdout that scripts can wait for.
     println!("listening on {local} as {}/{instance_id}", args.service);
 
     let shutdown = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = &identity {
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity.clone());
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+    }
+    let server = builder
         .add_service(Sample::new(&args.service, &instance_id).into_server())
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, the tail of a large response can wait for the peer's
@@ -65,9 +105,19 @@ async fn main() -> anyhow::Result<()> {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
-    let channel = tonic::transport::Endpoint::from_shared(args.gateway.clone())
-        .with_context(|| format!("invalid gateway address {:?}", args.gateway))?
-        .connect_lazy();
+    let mut endpoint = tonic::transport::Endpoint::from_shared(args.gateway.clone())
+        .with_context(|| format!("invalid gateway address {:?}", args.gateway))?;
+    if args.gateway.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &args.gateway_ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS to the gateway")?;
+    }
+    let channel = endpoint.connect_lazy();
     let registration = tokio::spawn(keep_registered(
         RegistrationClient::new(channel),
         RegistrationSpec {

@@ -12,6 +12,8 @@ fn ctx(request_id: &str) -> ForwardContext<'_> {
         gateway_node: "gw-1",
         request_id,
         deadline_unix_ms: 99,
+        via_name: "gw-1",
+        hops_max: 8,
     }
 }
 

@@ -34,7 +34,9 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> io::Result<TcpListene
 }
 
 /// Runs the demo until `shutdown`. The demo turns GraphQL introspection and the GraphiQL
-/// page on, which production configuration leaves off.
+/// page on, which production configuration leaves off, and admits loopback instance
+/// addresses (its sample instances listen on 127.0.0.1), which the address policy refuses by
+/// default; it says so in its banner.
 pub async fn run(
     mut config: Config,
     instances: usize,
@@ -42,6 +44,10 @@ pub async fn run(
 ) -> io::Result<()> {
     config.graphql.introspection = true;
     config.graphql.graphiql = true;
+    config
+        .upstream
+        .allow_addresses
+        .push(DEMO_ALLOWED_ADDRESSES.to_owned());
     // Credentials stay on: the demo makes a key of its own, gives the gateway its public
     // half and prints an operator credential signed with it (valid for a day).
     let (auth, token) = demo_credentials(&config)?;
@@ -125,6 +131,9 @@ async fn wait_for_instances(node: &Node, n: usize, shutdown: &CancellationToken)
     }
 }
 
+/// What the demo's address policy admits beyond the default: its instances' loopback.
+const DEMO_ALLOWED_ADDRESSES: &str = "127.0.0.0/8";
+
 /// A fresh Ed25519 key for this run, the gateway's authenticator holding its public half, and
 /// an operator credential (every service, reads) signed with it.
 fn demo_credentials(config: &Config) -> io::Result<(Arc<Authenticator>, String)> {
@@ -159,6 +168,7 @@ fn print_banner(
         "\nSwitchyard demo: gateway {id} with the in-memory bus and {instances} instances of the Rust sample service \"{DEMO_SERVICE}\".\n\
          \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, GraphQL: /graphql (GraphiQL in a browser), /healthz, /readyz\
          \n  control  http://{control}    registration: /v1/services (REST), gRPC switchyard.registry.v1.Registration, GraphQL /graphql\n\
+         \nThe demo admits loopback instance addresses ({DEMO_ALLOWED_ADDRESSES}, upstream.allow_addresses), which a gateway refuses by default.\n\
          \nTry:\
          \n  curl -s http://{public}/{DEMO_SERVICE}/hello\
          \n  curl -s http://{public}/graphql -H 'content-type: application/json' -d '{{\"query\":\"{{ a: call(service: \\\"{DEMO_SERVICE}\\\", path: \\\"/hello\\\") {{ status json }} services {{ name instances {{ instanceId state }} }} }}\"}}'\

@@ -143,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig(args) => {
             let config = args.load()?;
             let auth = Authenticator::load(&config.control)?;
+            check_tls(&config)?;
             println!("{config:#?}");
             println!("control keys in force: {:?}", auth.keys());
             Ok(())
@@ -150,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.load()?;
             let auth = Arc::new(Authenticator::load(&config.control)?);
+            check_tls(&config)?;
             let _log = init_logging(&config);
             runtime(&config)?.block_on(serve(config, auth))
         }
@@ -165,6 +167,14 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// Loads both listeners' TLS files once, so a bad certificate stops the start with its key
+/// named (the node loads them again when it builds).
+fn check_tls(config: &Config) -> anyhow::Result<()> {
+    switchyard::tls::ServerTls::load(&config.public.tls).context("public.tls")?;
+    switchyard::tls::ServerTls::load(&config.control.tls).context("control.tls")?;
+    Ok(())
 }
 
 /// The multi-threaded runtime, with `runtime.worker_threads` workers (0: tokio's default, one

@@ -77,7 +77,12 @@ const WATCH: &str = "subscription($service: String) {
 #[tokio::test]
 async fn a_subscriber_sees_a_registration_made_through_another_gateway() {
     let bus = MemoryBus::new();
-    let a = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-a".into()).await;
+    let a = Gateway::start_on(bus.clone(), |c| {
+        c.node_id = "gw-a".into();
+        // Addresses are shown on the public listener only when asked for.
+        c.graphql.registry_details_on_public = true;
+    })
+    .await;
     let b = Gateway::start_on(bus.clone(), |c| c.node_id = "gw-b".into()).await;
     a.register("watched", "w-0", "127.0.0.1:9", 60_000).await;
     let mut changes = subscribe(&a.graphql_ws_url(), WATCH, json!({ "service": "watched" })).await;
