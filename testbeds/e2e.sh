@@ -81,6 +81,17 @@ if [[ ! -x "$venv/bin/python" ]] || ! venv_has_pip; then
 fi
 install_requirements
 
+# The TLS tests make their certificates with the openssl command (and the unit tests their RSA
+# keys): install it where it is missing and we may.
+if ! command -v openssl >/dev/null; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing openssl with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  else
+    log "warning: no openssl command; the TLS tests will fail"
+  fi
+fi
+
 if [[ -z "${SWITCHYARD_BIN:-}" ]]; then
   "$testbeds/build-deps.sh"
   log "building the gateway and the Rust sample service"

@@ -302,9 +302,13 @@ pub fn refusal(addr: &str, class: Forbidden) -> GatewayError {
     }
 }
 
-/// The host (brackets removed) and port of `http://host:port` or `host:port`.
+/// The host (brackets removed) and port of `http://host:port`, `https://host:port` or
+/// `host:port`.
 pub fn split_authority(addr: &str) -> Option<(&str, u16)> {
-    let authority = addr.strip_prefix("http://").unwrap_or(addr);
+    let authority = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
     let (host, port) = authority.rsplit_once(':')?;
     let host = host
         .strip_prefix('[')

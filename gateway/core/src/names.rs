@@ -45,22 +45,24 @@ fn validate_name(field: &'static str, name: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Normalises an instance address to `http://host:port`. Accepts `host:port`,
-/// `http://host:port` and `http://host:port/`; IPv6 hosts in brackets. Rejects anything with a
-/// path, query, user info, a scheme other than http, or no port.
+/// Normalises an instance address to `http://host:port` (gRPC over cleartext HTTP/2) or
+/// `https://host:port` (over TLS). Accepts `host:port` (taken as http), `http://host:port`,
+/// `https://host:port`, each with a trailing `/`; IPv6 hosts in brackets. Rejects anything
+/// with a path, query, user info, another scheme, or no port.
 pub fn normalize_addr(addr: &str) -> Result<String, GatewayError> {
     let invalid = |reason: &str| GatewayError::InvalidArgument {
         field: "addr",
         reason: format!("{addr:?} {reason}"),
     };
-    let rest = match addr.split_once("://") {
-        Some(("http", rest)) => rest,
+    let (scheme, rest) = match addr.split_once("://") {
+        Some(("http", rest)) => ("http", rest),
+        Some(("https", rest)) => ("https", rest),
         Some((scheme, _)) => {
             return Err(invalid(&format!(
-                "has scheme {scheme:?}; only http (gRPC over cleartext HTTP/2) is supported"
+                "has scheme {scheme:?}; only http (cleartext HTTP/2) and https (TLS) are supported"
             )));
         }
-        None => addr,
+        None => ("http", addr),
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() {
@@ -80,7 +82,7 @@ pub fn normalize_addr(addr: &str) -> Result<String, GatewayError> {
     if uri.host().is_empty() {
         return Err(invalid("has no host"));
     }
-    Ok(format!("http://{uri}"))
+    Ok(format!("{scheme}://{uri}"))
 }
 
 /// Checks an instance's metadata against the documented bounds.
@@ -145,12 +147,17 @@ mod tests {
             "http://localhost:1"
         );
         assert_eq!(normalize_addr("[::1]:8080").unwrap(), "http://[::1]:8080");
+        assert_eq!(
+            normalize_addr("https://svc.internal:443/").unwrap(),
+            "https://svc.internal:443"
+        );
         for bad in [
             "",
             "127.0.0.1",
             "127.0.0.1:0",
             "127.0.0.1:99999",
-            "https://a:1",
+            "grpc://a:1",
+            "https://a",
             "http://a:1/path",
             "http://u@a:1",
             "a:1?x",

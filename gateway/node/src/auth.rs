@@ -550,16 +550,17 @@ impl Authenticator {
     }
 
     /// The authenticator `[control]` describes, its key file read now. `auth = "required"`
-    /// with no key file is an error: no credential could ever be verified.
+    /// with neither a key file nor certificate grants is an error: no credential could ever
+    /// be verified.
     pub fn load(control: &ControlConfig) -> Result<Self, KeyError> {
         let mode = match control.auth {
             ControlAuth::Required => Mode::Required,
             ControlAuth::None => Mode::None,
         };
         let keys = if control.jwt_keys_file.as_os_str().is_empty() {
-            if mode == Mode::Required {
+            if mode == Mode::Required && control.certificate_grants.is_empty() {
                 return Err(KeyError::new(
-                    "control.auth is \"required\" but control.jwt_keys_file is not set: give it the operator's public keys (`switchyard token keygen` makes a pair), or set control.auth = \"none\" to let anyone who reaches the control listener change the registry",
+                    "control.auth is \"required\" but neither control.jwt_keys_file nor control.certificate_grants is set: give the operator's public keys (`switchyard token keygen` makes a pair) or map client certificates to services, or set control.auth = \"none\" to let anyone who reaches the control listener change the registry",
                 ));
             }
             KeySet::default()

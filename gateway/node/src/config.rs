@@ -376,6 +376,22 @@ pub struct UpstreamConfig {
     /// The most proxies (entries in `Via`) a request may have passed before it arrives; a
     /// request past it, or one that passed this gateway already, is refused with 508.
     pub hops_max: u32,
+    /// TLS to instances registered as `https://host:port` (plain h2c to `http://` ones).
+    pub tls: UpstreamTlsConfig,
+}
+
+/// TLS to instances: the CA bundle that verifies their certificates, and a client certificate
+/// for services that require one (mTLS). Read at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA certificates trusted for instances; required before `https://` instances are
+    /// taken.
+    pub ca_file: PathBuf,
+    /// The gateway's client certificate chain and key (PEM), presented to instances that
+    /// ask for one.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// The most entries `upstream.allow_addresses` may hold.
@@ -655,6 +671,7 @@ impl Default for UpstreamConfig {
             keepalive_timeout_ms: 5_000,
             allow_addresses: Vec::new(),
             hops_max: 8,
+            tls: UpstreamTlsConfig::default(),
         }
     }
 }
@@ -903,6 +920,7 @@ impl Config {
             ));
         }
         self.upstream.validate_address_policy()?;
+        self.upstream.validate_tls()?;
         let r = &self.registry;
         if r.lease_max_ms < r.lease_min_ms {
             return Err((
@@ -1020,6 +1038,23 @@ impl Config {
 }
 
 impl UpstreamConfig {
+    fn validate_tls(&self) -> Result<(), (&'static str, String)> {
+        let t = &self.tls;
+        if t.cert_file.as_os_str().is_empty() != t.key_file.as_os_str().is_empty() {
+            return Err((
+                "upstream.tls.cert_file",
+                "cert_file and key_file are set together or not at all".to_owned(),
+            ));
+        }
+        if !t.cert_file.as_os_str().is_empty() && t.ca_file.as_os_str().is_empty() {
+            return Err((
+                "upstream.tls.ca_file",
+                "a client certificate is for TLS to instances, which needs ca_file".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_address_policy(&self) -> Result<(), (&'static str, String)> {
         if self.allow_addresses.len() > ALLOW_ADDRESSES_MAX {
             return Err((

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tonic::transport::ClientTlsConfig;
 
 use switchyard_core::balance::{
     self, AttemptOutcome, Candidate, EvictionPolicy, HealthPolicy, InstanceHealth, RetryPolicy,
@@ -27,6 +28,7 @@ use crate::seams::Connector;
 use crate::store::Store;
 use crate::sync::{SharedRng, lock};
 use crate::telemetry::{AddressStage, EjectionReason, Telemetry, UpstreamErrorKind};
+use crate::tls;
 
 pub mod channel;
 
@@ -49,6 +51,8 @@ pub struct Forwarder {
     connector: Arc<dyn Connector>,
     addresses: Arc<Addresses>,
     config: UpstreamConfig,
+    /// TLS to `https://` instances (`upstream.tls`), when configured and readable.
+    tls: Option<ClientTlsConfig>,
     health_policy: HealthPolicy,
     retry_policy: RetryPolicy,
     eviction_policy: EvictionPolicy,
@@ -88,6 +92,10 @@ impl Forwarder {
         connector: Arc<dyn Connector>,
         addresses: Arc<Addresses>,
     ) -> Self {
+        let tls = tls::upstream_client(&config.tls).unwrap_or_else(|error| {
+            tracing::error!(%error, "upstream.tls not loaded: calls to https instances will fail");
+            None
+        });
         Self {
             store,
             registrar,
@@ -95,6 +103,7 @@ impl Forwarder {
             rng,
             connector,
             addresses,
+            tls,
             health_policy: HealthPolicy {
                 failures_to_eject: config.failures_to_eject,
                 ejection_base_ms: config.ejection_base_ms,
@@ -276,12 +285,17 @@ impl Forwarder {
                     .address_refusal(AddressStage::Connect, class);
             }),
         };
+        let tls = addr
+            .starts_with("https://")
+            .then(|| self.tls.clone())
+            .flatten();
         let channel = upstream_channel(
             self.connector.clone(),
             addr,
             Duration::from_millis(self.config.connect_timeout_ms),
             keep_alive,
             Some(policed),
+            tls,
         )?;
         pool.insert(addr.to_owned(), channel.clone());
         Ok(channel)

@@ -157,6 +157,8 @@ pub struct Registrar {
     outbox: Arc<Outbox>,
     telemetry: Arc<Telemetry>,
     addresses: Arc<Addresses>,
+    /// Whether this gateway can call `https://` instances (`upstream.tls.ca_file` is set).
+    upstream_tls: bool,
     lease: LeaseBounds,
     publish_wait: Duration,
     quotas: Quotas,
@@ -192,6 +194,7 @@ impl Registrar {
             outbox,
             telemetry,
             addresses,
+            upstream_tls: !config.upstream.tls.ca_file.as_os_str().is_empty(),
             lease: LeaseBounds {
                 default_ms: r.lease_default_ms,
                 min_ms: r.lease_min_ms,
@@ -228,6 +231,14 @@ impl Registrar {
     /// Refuses an address the address policy does not admit (see [`crate::address`]), and
     /// counts it. A host name passes here and is checked at every connection.
     fn check_address(&self, addr: &str) -> Result<(), GatewayError> {
+        if addr.starts_with("https://") && !self.upstream_tls {
+            return Err(GatewayError::InvalidArgument {
+                field: "addr",
+                reason: format!(
+                    "{addr:?} is an https instance, and this gateway has no CA to verify it with (upstream.tls.ca_file)"
+                ),
+            });
+        }
         self.addresses
             .policy()
             .check_registration(addr)

@@ -17,7 +17,7 @@ use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, UpstreamTlsConfig};
 
 /// Certificates one chain file or CA file may hold.
 pub const CERTIFICATES_MAX: usize = 64;
@@ -228,4 +228,34 @@ pub fn peer_certificate(connection: &rustls::ServerConnection) -> Option<PeerCer
         }
     }
     Some(PeerCertificate { sans, fingerprint })
+}
+
+/// The TLS instances are called with (`upstream.tls`): `None` without a CA file. The CA
+/// bundle must hold at least one certificate, and a client certificate its key.
+pub fn upstream_client(
+    config: &UpstreamTlsConfig,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsError> {
+    if config.ca_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let ca = read_bounded(&config.ca_file)?;
+    certificates(&config.ca_file, &ca)?;
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .assume_http2(true);
+    if !config.cert_file.as_os_str().is_empty() {
+        let (cert, key) = (
+            read_bounded(&config.cert_file)?,
+            read_bounded(&config.key_file)?,
+        );
+        certificates(&config.cert_file, &cert)?;
+        PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+            TlsError(format!(
+                "{}: no private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+                config.key_file.display()
+            ))
+        })?;
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use switchyard_core::{GatewayError, InstanceKey};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use switchyard_core::address::Forbidden;
 
@@ -105,12 +105,13 @@ pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
 ) -> Result<Channel, GatewayError> {
-    upstream_channel(connector, addr, connect_timeout, None, None)
+    upstream_channel(connector, addr, connect_timeout, None, None, None)
 }
 
-/// [`lazy_channel`] with HTTP/2 keep-alive pings when `keep_alive` is given, and every
+/// [`lazy_channel`] with HTTP/2 keep-alive pings when `keep_alive` is given, every
 /// connection made through the address policy when `policed` is given (each connection
-/// resolves the host again and dials only admitted addresses). Pings are sent only while
+/// resolves the host again and dials only admitted addresses), and TLS over the connection
+/// (ALPN h2, the certificate checked against the address's host) when `tls` is given. Pings are sent only while
 /// calls are open: servers built on grpc-go and grpc-java by default close a connection that
 /// is pinged often with no call on it (`too_many_pings`).
 pub fn upstream_channel(
@@ -119,11 +120,19 @@ pub fn upstream_channel(
     connect_timeout: Duration,
     keep_alive: Option<KeepAlive>,
     policed: Option<Policed>,
+    tls: Option<ClientTlsConfig>,
 ) -> Result<Channel, GatewayError> {
     let mut endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| GatewayError::Internal {
             detail: format!("instance address {addr:?}: {e}"),
         })?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| GatewayError::Internal {
+                detail: format!("TLS to {addr:?}: {e}"),
+            })?;
+    }
     if let Some(keep_alive) = keep_alive {
         endpoint = endpoint
             .http2_keep_alive_interval(keep_alive.interval)

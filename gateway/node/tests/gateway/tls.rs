@@ -350,3 +350,99 @@ async fn a_handshake_that_never_comes_is_bounded_and_counted() {
     assert!(refused >= 2.0, "{refused}");
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// A sample instance serving over TLS with `identity`, requiring client certificates signed by
+/// `client_ca` when given: its `https://` address.
+async fn tls_instance(
+    service: &str,
+    identity: &(String, String),
+    client_ca: Option<&str>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&identity.0, &identity.1),
+    );
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(sample_service::Sample::new(service, "tls-1").into_server());
+    tokio::spawn(server.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    format!("https://{addr}")
+}
+
+/// A gateway that calls https instances with `ca` and, when given, a client certificate.
+async fn upstream_gateway(dir: &Path, ca: &Ca, client: Option<&(String, String)>) -> Gateway {
+    let ca_file = write(dir, "upstream-ca.pem", &ca.pem());
+    let client_files = client.map(|(cert, key)| {
+        (
+            write(dir, "gw-client.pem", cert),
+            write(dir, "gw-client.key", key),
+        )
+    });
+    Gateway::start(move |c| {
+        c.upstream.tls.ca_file = ca_file;
+        if let Some((cert, key)) = client_files {
+            c.upstream.tls.cert_file = cert;
+            c.upstream.tls.key_file = key;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn https_instances_are_called_over_tls_with_the_configured_ca_and_client_certificate() {
+    let ca = Ca::new("services CA");
+    let dir = temp_dir("upstream");
+    let server = ca.leaf(&["localhost"], &[]);
+    let gateway_client = ca.leaf(&[], &["spiffe://test/gateway"]);
+
+    // TLS, no client certificate asked.
+    let plain_tls = tls_instance("secure", &server, None).await;
+    let gw = upstream_gateway(&dir, &ca, None).await;
+    gw.register("secure", "tls-1", &plain_tls, 30_000).await;
+    let (status, _, body) =
+        crate::harness::http("GET", &format!("{}/secure/hello", gw.public_url())).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+
+    // mTLS: the instance asks for a certificate signed by the CA; the gateway presents one.
+    let mutual = tls_instance("mutual", &server, Some(&ca.pem())).await;
+    let mtls_dir = temp_dir("upstream-mtls");
+    let with_cert = upstream_gateway(&mtls_dir, &ca, Some(&gateway_client)).await;
+    with_cert.register("mutual", "tls-1", &mutual, 30_000).await;
+    let (status, _, body) =
+        crate::harness::http("GET", &format!("{}/mutual/hello", with_cert.public_url())).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    // Without a client certificate the instance refuses the handshake.
+    gw.register("mutual", "tls-1", &mutual, 30_000).await;
+    let (status, _, body) =
+        crate::harness::http("GET", &format!("{}/mutual/hello", gw.public_url())).await;
+    assert!(status.is_server_error(), "{status} {body:?}");
+
+    // A gateway that does not trust the instance's CA does not call it.
+    let stranger_dir = temp_dir("upstream-stranger");
+    let distrusting = upstream_gateway(&stranger_dir, &Ca::new("another CA"), None).await;
+    distrusting
+        .register("secure", "tls-1", &plain_tls, 30_000)
+        .await;
+    let (status, _, body) =
+        crate::harness::http("GET", &format!("{}/secure/hello", distrusting.public_url())).await;
+    assert!(status.is_server_error(), "{status} {body:?}");
+
+    // A gateway without upstream.tls refuses https registrations outright.
+    let cleartext = Gateway::start(|_| {}).await;
+    let url = format!(
+        "{}/v1/services/secure/instances/tls-1",
+        cleartext.control_url()
+    );
+    let body = serde_json::to_vec(&serde_json::json!({ "addr": plain_tls })).unwrap();
+    let (status, _, answer) = crate::harness::http_with("PUT", &url, &[], body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("upstream.tls.ca_file"));
+    for d in [dir, mtls_dir, stranger_dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

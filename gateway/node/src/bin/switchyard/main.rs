@@ -174,6 +174,7 @@ fn main() -> anyhow::Result<()> {
 fn check_tls(config: &Config) -> anyhow::Result<()> {
     switchyard::tls::ServerTls::load(&config.public.tls).context("public.tls")?;
     switchyard::tls::ServerTls::load(&config.control.tls).context("control.tls")?;
+    switchyard::tls::upstream_client(&config.upstream.tls).context("upstream.tls")?;
     Ok(())
 }
 
