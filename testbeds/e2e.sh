@@ -6,8 +6,10 @@
 #
 # 1. Creates the virtualenv testbeds/.venv (gitignored) if needed and installs the pinned
 #    requirements into it; they are reinstalled only when a requirements file changes.
-# 2. Builds the gateway and the Rust sample with cargo, unless SWITCHYARD_BIN names a prebuilt
-#    gateway (then SAMPLE_SERVICE_BIN names the sample, default target/debug/sample-service).
+# 2. Builds the gateway and the Rust sample with cargo (into $CARGO_TARGET_DIR if set, after
+#    build-deps.sh has checked the system packages the build needs), unless SWITCHYARD_BIN names
+#    a prebuilt gateway (then SAMPLE_SERVICE_BIN names the sample, default
+#    target/debug/sample-service).
 # 3. Runs pytest on testbeds/tests, bounded by E2E_TIMEOUT_S seconds (default 600).
 #
 # Environment: PYTHON (interpreter for the venv, default python3), SWITCHYARD_BIN,
@@ -91,8 +93,14 @@ if ! command -v openssl >/dev/null; then
 fi
 
 if [[ -z "${SWITCHYARD_BIN:-}" ]]; then
+  "$testbeds/build-deps.sh"
   log "building the gateway and the Rust sample service"
   (cd "$root" && cargo build --quiet -p switchyard -p sample-service)
+  # The binaries just built, wherever CARGO_TARGET_DIR puts them.
+  target="${CARGO_TARGET_DIR:-$root/target}"
+  [[ "$target" == /* ]] || target="$root/$target"
+  export SWITCHYARD_BIN="$target/debug/switchyard"
+  export SAMPLE_SERVICE_BIN="${SAMPLE_SERVICE_BIN:-$target/debug/sample-service}"
 fi
 
 # For other scripts that only need the venv and the binaries (the benchmarks).

@@ -12,7 +12,17 @@
 #   testbeds/kafka/kafka.sh wipe      stop and delete its storage
 #
 # Environment: KAFKA_PORT (default 19092), KAFKA_CONTROLLER_PORT (default 19093),
-# KAFKA_DIR (state: jars, storage, log, pid; default testbeds/.run/kafka).
+# KAFKA_DIR (state: jars, storage, log, pid; default testbeds/.run/kafka), KAFKA_SECURITY.
+#
+# KAFKA_SECURITY=sasl_ssl starts a broker that takes no client without TLS: KAFKA_PORT is a
+# SASL_SSL listener (SCRAM-SHA-256 and SCRAM-SHA-512) and KAFKA_SSL_PORT (default 19094) an SSL
+# listener that requires a client certificate, which the broker also uses for its own
+# connections; the controller listener stays plaintext on loopback. On first start it makes,
+# under $KAFKA_DIR/tls (mode 0700): a CA (ca.pem), the broker's certificate for 127.0.0.1 and
+# localhost, a client certificate (client.pem, client.key) for the SSL listener, and the
+# password of the SCRAM user KAFKA_SCRAM_USER (default "switchyard") in scram.password, whose
+# credentials are written into the storage when it is formatted. `wipe` deletes them too.
+# The default, KAFKA_SECURITY=plaintext, is one PLAINTEXT listener on KAFKA_PORT.
 set -euo pipefail
 
 here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +35,14 @@ data="$dir/data"
 pidfile="$dir/broker.pid"
 logfile="$dir/broker.log"
 props="$dir/server.properties"
+security="${KAFKA_SECURITY:-plaintext}"
+ssl_port="${KAFKA_SSL_PORT:-19094}"
+tls="$dir/tls"
+scram_user="${KAFKA_SCRAM_USER:-switchyard}"
+case "$security" in
+  plaintext | sasl_ssl) ;;
+  *) printf 'kafka: KAFKA_SECURITY must be plaintext or sasl_ssl, not %s\n' "$security" >&2; exit 2 ;;
+esac
 
 log() { printf 'kafka: %s\n' "$*" >&2; }
 
@@ -51,17 +69,77 @@ fetch() {
 
 running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+# The TLS material and the SCRAM password of the sasl_ssl mode, made once per state directory.
+# Keys are P-256 (quick to make); certificates last 30 days, far beyond a test run.
+make_tls() {
+  [[ -f "$tls/broker.p12" ]] && return 0
+  need openssl openssl
+  log "making a CA, broker and client certificates and a SCRAM password in $tls"
+  rm -rf "$tls" && mkdir -p "$tls" && chmod 700 "$tls"
+  (
+    umask 077
+    cd "$tls"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 30 \
+      -subj "/CN=Switchyard test Kafka CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    sign() { # name, subject, extended key usage, subject alternative names (or empty)
+      openssl req "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      printf 'extendedKeyUsage=%s\n' "$3" >"$1.ext"
+      if [[ -n "$4" ]]; then printf 'subjectAltName=%s\n' "$4" >>"$1.ext"; fi
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 8)" \
+        -days 30 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    sign broker "/CN=127.0.0.1" serverAuth,clientAuth "IP:127.0.0.1,DNS:localhost"
+    sign client "/CN=switchyard-gateway" clientAuth ""
+    openssl rand -hex 16 >broker.p12.password
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -passout "file:broker.p12.password" -out broker.p12
+    openssl rand -hex 24 >scram.password
+  )
+}
+
+listeners_config() {
+  if [[ "$security" == plaintext ]]; then
+    cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+PROPS
+    return 0
+  fi
+  local p12_password
+  p12_password="$(cat "$tls/broker.p12.password")"
+  cat <<PROPS
+listeners=SASL_SSL://127.0.0.1:$port,SSL://127.0.0.1:$ssl_port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=SASL_SSL://127.0.0.1:$port,SSL://127.0.0.1:$ssl_port
+listener.security.protocol.map=SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SSL
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.client.auth=required
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$p12_password
+ssl.key.password=$p12_password
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+ssl.endpoint.identification.algorithm=https
+PROPS
+}
+
 write_config() {
   mkdir -p "$dir"
-  cat >"$props" <<PROPS
+  [[ "$security" == plaintext ]] || make_tls
+  (umask 077 && cat >"$props") <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+$(listeners_config)
 log.dirs=$data
 num.partitions=1
 auto.create.topics.enable=false
@@ -93,12 +171,31 @@ java_run() {
 }
 
 format() {
-  [[ -f "$data/meta.properties" ]] && return 0
+  if [[ -f "$data/meta.properties" ]]; then
+    # SCRAM users are written at format time: storage formatted in another mode lacks them.
+    local formatted
+    formatted="$(cat "$dir/data.security" 2>/dev/null || echo plaintext)"
+    if [[ "$formatted" != "$security" ]]; then
+      log "the storage in $data was formatted for KAFKA_SECURITY=$formatted; run \`$0 wipe\` first"
+      exit 1
+    fi
+    return 0
+  fi
   log "formatting storage in $data"
   mkdir -p "$data"
   local cluster_id
   cluster_id="$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
-  java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$props" >&2
+  local scram=()
+  if [[ "$security" == sasl_ssl ]]; then
+    # On the command line for the few seconds the format takes: a test broker's password.
+    local password
+    password="$(cat "$tls/scram.password")"
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+      scram+=(--add-scram "$mechanism=[name=$scram_user,password=$password]")
+    done
+  fi
+  java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$props" "${scram[@]}" >&2
+  printf '%s\n' "$security" >"$dir/data.security"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
@@ -159,6 +256,6 @@ case "${1:-}" in
   stop) stop ;;
   restart) stop; start ;;
   status) running ;;
-  wipe) stop; rm -rf "$data" "$logfile" ;;
+  wipe) stop; rm -rf "$data" "$dir/data.security" "$logfile" "$tls" ;;
   *) echo "usage: $0 start|stop|restart|status|wipe" >&2; exit 2 ;;
 esac

@@ -15,10 +15,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod graphql;
+mod kafka;
 #[cfg(test)]
 mod tests;
 
 pub use graphql::{CALLS_MAX_LIMIT, GraphqlConfig};
+pub use kafka::{
+    KafkaSecurityProtocol, SASL_PASSWORD_BYTES_MAX, SASL_USERNAME_BYTES_MAX, SaslMechanism,
+    read_sasl_password,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -459,6 +464,27 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
     /// Metadata and watermark requests, topic creation.
     pub request_timeout_ms: u64,
+    /// `"plaintext"` (the default), `"ssl"`, `"sasl_plaintext"` or `"sasl_ssl"`; see
+    /// [`KafkaSecurityProtocol`] and docs/security.md.
+    pub security_protocol: KafkaSecurityProtocol,
+    /// `"SCRAM-SHA-512"` (the default) or `"SCRAM-SHA-256"`, with a SASL protocol.
+    pub sasl_mechanism: SaslMechanism,
+    /// The SASL user, required with a SASL protocol.
+    pub sasl_username: String,
+    /// A file holding the SASL password (one line), required with a SASL protocol. Read when
+    /// the clients are made; the password is never a config value.
+    pub sasl_password_file: PathBuf,
+    /// PEM certificates of the CAs that sign the brokers' certificates; empty: the system's
+    /// trust store (OpenSSL's default paths).
+    pub ssl_ca_file: PathBuf,
+    /// PEM client certificate and its unencrypted private key, for brokers that authenticate
+    /// clients by certificate (mutual TLS); both or neither.
+    pub ssl_certificate_file: PathBuf,
+    pub ssl_key_file: PathBuf,
+    /// Whether a broker's certificate must name the host the client dialled (librdkafka's
+    /// `ssl.endpoint.identification.algorithm=https`). Turning it off lets any certificate
+    /// the CA signed stand for any broker, and is warned about at every start.
+    pub ssl_endpoint_identification: bool,
 }
 
 impl Default for KafkaConfig {
@@ -473,6 +499,14 @@ impl Default for KafkaConfig {
             fetch_wait_max_ms: 10,
             message_timeout_ms: 5_000,
             request_timeout_ms: 5_000,
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: String::new(),
+            sasl_password_file: PathBuf::new(),
+            ssl_ca_file: PathBuf::new(),
+            ssl_certificate_file: PathBuf::new(),
+            ssl_key_file: PathBuf::new(),
+            ssl_endpoint_identification: true,
         }
     }
 }
@@ -1074,7 +1108,7 @@ impl KafkaConfig {
                 "timeouts must be greater than 0".to_owned(),
             ));
         }
-        Ok(())
+        self.validate_security()
     }
 }
 

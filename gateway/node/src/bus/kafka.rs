@@ -13,6 +13,10 @@
 //! * A delete marker is a record with a null value, which the log cleaner keeps for the
 //!   topic's `delete.retention.ms` and then drops with every older record of its key. What it
 //!   deletes travels in its [`DELETES_HEADER`] header.
+//! * The security keys of `[bus.kafka]` (TLS, SASL/SCRAM) become librdkafka's settings as they
+//!   are; the SASL password is read from its file here, goes into the clients' settings and
+//!   nowhere else (an error about a setting never shows its value). Global errors are logged
+//!   with the keys that usually cause them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -20,7 +24,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,7 +33,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Bus, BusError, Record};
 use crate::config::KafkaConfig;
+
+mod security;
+
 use crate::sync::BoxFuture;
+pub use security::BusContext;
+use security::{creation_error, security, warn_if_exposed};
 
 const PARTITION: i32 = 0;
 
@@ -39,9 +47,9 @@ pub const DELETES_HEADER: &str = "switchyard-deletes";
 
 pub struct KafkaBus {
     config: KafkaConfig,
-    producer: FutureProducer,
-    consumer: Arc<StreamConsumer>,
-    admin: AdminClient<DefaultClientContext>,
+    producer: FutureProducer<BusContext>,
+    consumer: Arc<StreamConsumer<BusContext>>,
+    admin: AdminClient<BusContext>,
     topic_ready: AtomicBool,
     /// The offset the consumer is positioned at, so consecutive fetches do not seek.
     position: tokio::sync::Mutex<Option<u64>>,
@@ -81,15 +89,18 @@ impl KafkaBus {
             // Small requests must not wait for Nagle's algorithm (it cost ~25 ms per hop).
             .set("socket.nagle.disable", "true")
             .set("reconnect.backoff.max.ms", "1000");
-        let producer: FutureProducer = common
+        security(config, &mut common)?;
+        warn_if_exposed(config);
+        let context = BusContext::new();
+        let producer: FutureProducer<BusContext> = common
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .create()
-            .map_err(unavailable)?;
-        let consumer: StreamConsumer = common
+            .create_with_context(context.clone())
+            .map_err(creation_error)?;
+        let consumer: StreamConsumer<BusContext> = common
             .clone()
             // Required by librdkafka for a consumer; nothing is ever committed under it.
             .set("group.id", format!("{client_id}-reader"))
@@ -99,9 +110,11 @@ impl KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
             .set("fetch.min.bytes", "1")
-            .create()
-            .map_err(unavailable)?;
-        let admin = common.create().map_err(unavailable)?;
+            .create_with_context(context.clone())
+            .map_err(creation_error)?;
+        let admin = common
+            .create_with_context(context)
+            .map_err(creation_error)?;
         Ok(Self {
             config: config.clone(),
             producer,
