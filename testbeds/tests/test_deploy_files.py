@@ -509,7 +509,8 @@ def test_compose_wires_kafka_gateways_haproxy_samples_and_monitoring(compose: di
 def compose_keys_file(compose: dict, service: str, env: dict[str, str]) -> Path:
     """The host file behind the gateway's control.jwt_keys_file: the Compose secret mounted at
     that path."""
-    (secret,) = [s for s in compose["services"][service]["secrets"] if s["target"] == env["SWITCHYARD_CONTROL__JWT_KEYS_FILE"]]
+    target = env["SWITCHYARD_CONTROL__JWT_KEYS_FILE"]
+    (secret,) = [s for s in compose["services"][service]["secrets"] if s["target"] == target]
     return Path(compose["secrets"][secret["source"]]["file"])
 
 
@@ -555,16 +556,37 @@ def test_compose_needs_the_secrets_made_and_secrets_make_never_replaces_a_key(va
     assert refused.returncode != 0 and "operator.pub.pem" in refused.stderr, refused.stderr
     assert (secrets_dir / "operator.key").read_text() == first["operator.key"]
     # Nothing it makes enters git.
-    ignored = run(["git", "check-ignore", "--no-index", *(f"testbeds/deploy/secrets/{n}" for n in first)], cwd=REPO_ROOT)
-    assert sorted(ignored.stdout.split()) == sorted(f"testbeds/deploy/secrets/{n}" for n in first), ignored.stdout
+    made_paths = sorted(f"testbeds/deploy/secrets/{name}" for name in first)
+    ignored = run(["git", "check-ignore", "--no-index", *made_paths], cwd=REPO_ROOT)
+    assert sorted(ignored.stdout.split()) == made_paths, ignored.stdout
 
 
 def test_secrets_make_issues_tokens_scoped_to_their_use(secrets: Secrets) -> None:
-    sample, prometheus, operator = (claims(t) for t in (secrets.sample_token, secrets.prometheus_token, secrets.operator_token))
+    sample, prometheus, operator = (
+        claims(t) for t in (secrets.sample_token, secrets.prometheus_token, secrets.operator_token)
+    )
     assert (sample["services"], sample["read"]) == (["sample"], False), sample
     assert (prometheus["services"], prometheus["read"]) == ([], True), prometheus
     assert (operator["services"], operator["read"]) == (["*"], True), operator
     assert operator["exp"] - operator["iat"] <= 24 * 3600, "the operator token should not outlive a day"
+
+
+def test_the_documented_secret_commands_take_the_files_secrets_make_writes(secrets: Secrets) -> None:
+    """docs/deploy.md#secrets makes the Kubernetes Secrets from these files: each names one that
+    exists, and the sample token is extracted without its variable name or a line end (an
+    `authorization` value cannot hold one)."""
+    doc = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    section = doc[doc.index("### Secrets"):doc.index("### NetworkPolicy")]
+    block = section[section.index("```sh"):section.index("```", section.index("```sh") + 5)]
+    sources = re.findall(r"--from-file=([^=\s]+)=(.+)$", block, re.M)
+    assert {name for name, _ in sources} == {"control-keys.pem", "token"}, sources
+    for _, source in sources:
+        if source.startswith("<("):
+            extracted = run(["bash", "-c", f"cat {source}"], cwd=secrets.dir)
+            assert extracted.returncode == 0, extracted.stderr
+            assert extracted.stdout == secrets.sample_token, "the extracted token differs"
+        else:
+            assert (secrets.dir / source).is_file(), source
 
 
 def test_compose_samples_take_their_token_from_a_secret_and_no_control_port_is_published(compose: dict) -> None:
