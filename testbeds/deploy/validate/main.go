@@ -4,7 +4,8 @@
 //	validate compose FILE      load with compose-go (Docker Compose's own loader: schema,
 //	                           interpolation, merge keys) and print the resolved project as JSON
 //	validate k8s FILE...       decode every document strictly into its Kubernetes API type
-//	                           (unknown or misspelt fields and wrong types are errors)
+//	                           (unknown or misspelt fields and wrong types are errors), and
+//	                           check Deployments and NetworkPolicies as the API server would
 //	validate dockerfile FILE   parse with BuildKit's Dockerfile parser and instruction parser,
 //	                           with its linter; print the stage names, one a line
 //
@@ -29,7 +30,9 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -157,6 +160,8 @@ func decodeStrict(raw []byte) (kind, name string, err error) {
 		obj = &appsv1.Deployment{}
 	case "policy/v1 PodDisruptionBudget":
 		obj = &policyv1.PodDisruptionBudget{}
+	case "networking.k8s.io/v1 NetworkPolicy":
+		obj = &networkingv1.NetworkPolicy{}
 	default:
 		return "", "", fmt.Errorf("apiVersion %q kind %q is not one this check knows", head.APIVersion, head.Kind)
 	}
@@ -169,6 +174,11 @@ func decodeStrict(raw []byte) (kind, name string, err error) {
 	if d, ok := obj.(*appsv1.Deployment); ok {
 		if err := checkDeployment(d); err != nil {
 			return "", "", fmt.Errorf("Deployment %s: %w", d.Name, err)
+		}
+	}
+	if p, ok := obj.(*networkingv1.NetworkPolicy); ok {
+		if err := checkNetworkPolicy(p); err != nil {
+			return "", "", fmt.Errorf("NetworkPolicy %s: %w", p.Name, err)
 		}
 	}
 	return head.Kind, obj.GetName(), nil
@@ -219,6 +229,86 @@ func checkDeployment(d *appsv1.Deployment) error {
 				return fmt.Errorf("container %s mounts volume %q, which the pod does not define", c.Name, m.Name)
 			}
 		}
+	}
+	return nil
+}
+
+// checkNetworkPolicy checks what the API server's validation would refuse and strict decoding
+// cannot see: policy types, label selectors, port names and numbers, and that a policy which
+// restricts a direction says so in policyTypes (else the API server would infer only Ingress).
+func checkNetworkPolicy(p *networkingv1.NetworkPolicy) error {
+	types := map[networkingv1.PolicyType]bool{}
+	for _, t := range p.Spec.PolicyTypes {
+		if t != networkingv1.PolicyTypeIngress && t != networkingv1.PolicyTypeEgress {
+			return fmt.Errorf("policyTypes: unknown type %q", t)
+		}
+		types[t] = true
+	}
+	if len(p.Spec.Egress) > 0 && !types[networkingv1.PolicyTypeEgress] {
+		return errors.New("egress rules without Egress in policyTypes are ignored")
+	}
+	if err := checkSelector("spec.podSelector", &p.Spec.PodSelector); err != nil {
+		return err
+	}
+	for i, rule := range p.Spec.Ingress {
+		where := fmt.Sprintf("ingress[%d]", i)
+		if err := checkPeers(where, rule.From, rule.Ports); err != nil {
+			return err
+		}
+	}
+	for i, rule := range p.Spec.Egress {
+		where := fmt.Sprintf("egress[%d]", i)
+		if err := checkPeers(where, rule.To, rule.Ports); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkPeers(where string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) error {
+	for j, peer := range peers {
+		at := fmt.Sprintf("%s peer %d", where, j)
+		if peer.IPBlock != nil && (peer.PodSelector != nil || peer.NamespaceSelector != nil) {
+			return fmt.Errorf("%s: ipBlock cannot be combined with selectors", at)
+		}
+		if peer.IPBlock == nil && peer.PodSelector == nil && peer.NamespaceSelector == nil {
+			return fmt.Errorf("%s: names no peer", at)
+		}
+		if err := checkSelector(at+" podSelector", peer.PodSelector); err != nil {
+			return err
+		}
+		if err := checkSelector(at+" namespaceSelector", peer.NamespaceSelector); err != nil {
+			return err
+		}
+	}
+	for j, port := range ports {
+		at := fmt.Sprintf("%s port %d", where, j)
+		if port.Protocol != nil && *port.Protocol != corev1.ProtocolTCP &&
+			*port.Protocol != corev1.ProtocolUDP && *port.Protocol != corev1.ProtocolSCTP {
+			return fmt.Errorf("%s: unknown protocol %q", at, *port.Protocol)
+		}
+		if port.Port == nil {
+			continue
+		}
+		var msgs []string
+		if port.Port.StrVal != "" {
+			msgs = validation.IsValidPortName(port.Port.StrVal)
+		} else {
+			msgs = validation.IsValidPortNum(int(port.Port.IntVal))
+		}
+		if len(msgs) > 0 {
+			return fmt.Errorf("%s: %s", at, strings.Join(msgs, "; "))
+		}
+	}
+	return nil
+}
+
+func checkSelector(where string, s *metav1.LabelSelector) error {
+	if s == nil {
+		return nil
+	}
+	if _, err := metav1.LabelSelectorAsSelector(s); err != nil {
+		return fmt.Errorf("%s: %w", where, err)
 	}
 	return nil
 }
