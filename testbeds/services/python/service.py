@@ -364,6 +364,8 @@ class Registrar:
         self.request = request
         self.jitter = random.Random()
         # The control credential, sent as gRPC metadata with every call.
+        # Trimmed: a token read from a file or a Secret often ends with a line end.
+        token = token.strip() if token else None
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     async def keep_registered(self, stop: asyncio.Event) -> None:

@@ -194,7 +194,8 @@ pub struct RegistrationSpec {
 /// `message` as a request carrying the instance's credential, if it has one.
 fn with_credential<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+    // Trimmed: a token read from a file or a Secret often ends with a line end.
+    if let Some(value) = token.and_then(|t| format!("Bearer {}", t.trim()).parse().ok()) {
         request.metadata_mut().insert("authorization", value);
     }
     request
