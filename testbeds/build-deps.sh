@@ -12,6 +12,8 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
+# The tests make RSA keys and TLS certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if command -v pkg-config >/dev/null 2>&1; then
   pkg-config --exists openssl || missing+=(libssl-dev)
   pkg-config --exists zlib || missing+=(zlib1g-dev)
