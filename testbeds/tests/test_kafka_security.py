@@ -16,6 +16,7 @@ import requests
 
 from harness import (
     HTTP_TIMEOUT_S,
+    control_headers,
     REPO_ROOT,
     Gateway,
     Launcher,
@@ -51,6 +52,7 @@ def put(gw: Gateway, service: str, instance: str) -> requests.Response:
     return requests.put(
         f"{gw.control}/v1/services/{service}/instances/{instance}",
         json={"addr": "127.0.0.1:9", "lease_ms": 600_000},
+        headers=control_headers(),
         timeout=HTTP_TIMEOUT_S,
     )
 
