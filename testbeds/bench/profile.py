@@ -11,7 +11,8 @@ instrumentation goes on, the counters are zeroed, `--requests` requests are sent
 report gives instructions per request for each binary, the ratio of each to the first, and
 the top functions by inclusive cost (callgrind_annotate) in the run directory. With `--tls` the
 public listener serves TLS (a P-256 certificate made with openssl, as the proxy benchmark's) and
-oha speaks HTTPS: the counted run includes its 8 handshakes."""
+oha speaks HTTPS: the counted run includes its 8 handshakes. With `--cache-sim` callgrind also
+simulates the caches and the report gives L1 instruction and data misses per request."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxies import ROOT, Cert, Failed, Procs, json_body, log, make_cert, wait_port_answers  # noqa: E402
+from proxies import ROOT, Cert, Failed, Procs, json_body, log, make_cert, open_control_flags, wait_port_answers  # noqa: E402
 
 CALLGRIND_TIMEOUT_S = 600
 
@@ -48,7 +49,8 @@ def oha(oha_bin: str, url: str, body_file: Path, requests: int, cert: Cert | Non
 
 
 def profile_one(
-    gateway: Path, sample: Path, oha_bin: str, requests: int, body_bytes: int, run_dir: Path, tag: str, cert: Cert | None
+    gateway: Path, sample: Path, oha_bin: str, requests: int, body_bytes: int, run_dir: Path, tag: str, cert: Cert | None,
+    cache_sim: bool,
 ) -> dict:
     procs = Procs(run_dir)
     out_file = run_dir / f"callgrind.{tag}.out"
@@ -60,12 +62,12 @@ def profile_one(
         gw = procs.start(
             f"gateway-{tag}",
             [
-                "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+                "valgrind", "--tool=callgrind", f"--cache-sim={'yes' if cache_sim else 'no'}", "--instr-atstart=no",
+                f"--callgrind-out-file={out_file}",
                 str(gateway), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
                 "--node-id", "gw-profile", "--set", "seed=1", "--set", "runtime.worker_threads=1",
                 "--set", "log.level=\"warn\"",
-                "--set", 'upstream.allow_addresses=["127.0.0.0/8"]',
-                "--set", "control.auth=none", "--set", "control.reads=open",
+                *open_control_flags(gateway),
                 *tls,
             ],
             None,
@@ -96,11 +98,15 @@ def profile_one(
     dumps = sorted(run_dir.glob(f"callgrind.{tag}.out*"), key=lambda p: p.stat().st_mtime)
     # The explicit dump is the one with the most events: the final dump at exit holds only
     # what ran after it (shutdown).
-    best, best_ir = None, -1
+    best, best_ir, best_events = None, -1, {}
     for d in dumps:
-        m = re.search(r"^(?:summary|totals):\s*(\d+)", d.read_text(errors="replace"), re.M)
-        if m and int(m.group(1)) > best_ir:
-            best, best_ir = d, int(m.group(1))
+        text = d.read_text(errors="replace")
+        m = re.search(r"^(?:summary|totals):\s*(\d+(?:\s+\d+)*)", text, re.M)
+        names = re.search(r"^events:\s*(.*)$", text, re.M)
+        if m and int(m.group(1).split()[0]) > best_ir:
+            counts = [int(v) for v in m.group(1).split()]
+            best, best_ir = d, counts[0]
+            best_events = dict(zip(names.group(1).split(), counts)) if names else {}
     if best is None:
         raise Failed(f"no callgrind dump with totals for {gateway}")
     annotate = subprocess.run(
@@ -108,7 +114,11 @@ def profile_one(
         capture_output=True, timeout=300, check=False,
     )
     (run_dir / f"annotate.{tag}.txt").write_bytes(annotate.stdout)
-    return {"binary": str(gateway), "instructions": best_ir, "per_request": best_ir / requests, "dump": str(best)}
+    misses = {
+        "i1_misses_per_request": best_events.get("I1mr", 0) / requests,
+        "d1_misses_per_request": (best_events.get("D1mr", 0) + best_events.get("D1mw", 0)) / requests,
+    }
+    return {"binary": str(gateway), "instructions": best_ir, "per_request": best_ir / requests, "dump": str(best), **misses}
 
 
 def main() -> int:
@@ -121,6 +131,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--body-bytes", type=int, default=100)
     ap.add_argument("--tls", action="store_true", help="TLS on the public listener (builds that have public.tls)")
+    ap.add_argument("--cache-sim", action="store_true", help="simulate the caches; report L1 misses per request")
     args = ap.parse_args()
     if not args.gateways:
         args.gateways = [args.default_gateway]
@@ -133,14 +144,19 @@ def main() -> int:
         cert = make_cert(run_dir) if args.tls else None
         for i, gw in enumerate(args.gateways):
             log(f"callgrind: {gw} ({args.requests} requests of {args.body_bytes} B{', TLS' if cert else ''})")
-            rows.append(profile_one(gw, args.sample, args.oha, args.requests, args.body_bytes, run_dir, str(i), cert))
+            rows.append(
+                profile_one(gw, args.sample, args.oha, args.requests, args.body_bytes, run_dir, str(i), cert, args.cache_sim)
+            )
     except Failed as e:
         log(f"FAILED: {e}")
         return 1
     base = rows[0]["per_request"]
     print(f"instructions per request ({args.requests} requests, {args.body_bytes} B bodies{', TLS' if args.tls else ''}):")
     for r in rows:
-        print(f"  {r['per_request']:>12,.0f}  ratio {r['per_request'] / base:.3f}  {r['binary']}")
+        misses = ""
+        if args.cache_sim:
+            misses = f"  L1 misses: instructions {r['i1_misses_per_request']:,.0f}, data {r['d1_misses_per_request']:,.0f}"
+        print(f"  {r['per_request']:>12,.0f}  ratio {r['per_request'] / base:.3f}  {r['binary']}{misses}")
     log(f"callgrind dumps and annotations in {run_dir}")
     return 0
 

@@ -538,6 +538,27 @@ class Started:
     cafile: Path | None = None  # what verifies an https URL
 
 
+# The benchmark measures forwarding: its samples register without credentials, and the echo
+# backends listen on loopback, which the address policy refuses unless allowed.
+OPEN_CONTROL = ["control.auth=none", "control.reads=open", 'upstream.allow_addresses=["127.0.0.0/8"]']
+
+
+def open_control_flags(gateway: Path) -> list[str]:
+    """`--set` flags for OPEN_CONTROL, or none for a gateway built before these keys (a
+    baseline), which has no credentials and no address policy; `check-config` tells which."""
+    flags = [arg for kv in OPEN_CONTROL for arg in ("--set", kv)]
+    try:
+        done = subprocess.run([str(gateway), "check-config", *flags], capture_output=True, timeout=30, check=False)
+    except OSError as e:
+        raise Failed(f"cannot run {gateway}: {e}") from e
+    if done.returncode == 0:
+        return flags
+    if b"unknown field" in done.stderr:
+        log(f"{gateway} predates control credentials and the address policy: started without them")
+        return []
+    raise Failed(f"{gateway} check-config failed: {done.stderr.decode(errors='replace')[-800:]}")
+
+
 def target_cert(tools: Tools, run_dir: Path) -> Cert:
     if tools.cert is None:
         tools.cert = make_cert(run_dir)
@@ -573,13 +594,7 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
             cert = target_cert(tools, run_dir)
             argv += ["--set", f"public.tls.cert_file={json.dumps(str(cert.cert))}"]
             argv += ["--set", f"public.tls.key_file={json.dumps(str(cert.key))}"]
-        if name != BASELINE:
-            # The benchmark measures forwarding; its samples register without credentials.
-            # (An older baseline build may predate the keys.)
-            argv += ["--set", "control.auth=none", "--set", "control.reads=open"]
-            # The echo backends listen on loopback, which the address policy refuses unless
-            # allowed (an older baseline build may predate the key).
-            argv += ["--set", 'upstream.allow_addresses=["127.0.0.0/8"]']
+        argv += open_control_flags(gateway)
         gw = procs.start(name, argv, p_cpu if pinned else None, env={"SWITCHYARD_LOG": "warn"})
         line = procs.first_line(gw, "switchyard listening:")
         fields = dict(part.split("=", 1) for part in line.split()[2:])
