@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
+use http::request::Parts;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use switchyard_core::event::EventKind;
@@ -70,33 +71,32 @@ fn peer_certificate(peer: Peer) -> Option<Arc<PeerCertificate>> {
     peer.map(|Extension(cert)| cert)
 }
 
-/// Answers a read the caller may not make (see [`Registrar::authorize_read`]).
-fn check_read(
-    control: &Control,
-    headers: &HeaderMap,
-    client: Option<Extension<ConnectInfo<ClientAddr>>>,
-    certificate: Peer,
-) -> Result<(), Box<Response>> {
-    control
-        .registrar
-        .authorize_read(
-            headers,
-            peer_certificate(certificate).as_deref(),
-            peer(client),
-        )
-        .map_err(|error| Box::new(detailed_error_response(&error, None)))
+/// A caller the registrar lets read the registry and the metrics (see
+/// [`Registrar::authorize_read`]); extracting it answers a refused read.
+struct Reader;
+
+impl FromRequestParts<Arc<Control>> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        control: &Arc<Control>,
+    ) -> Result<Self, Self::Rejection> {
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<ClientAddr>>()
+            .map(|ConnectInfo(ClientAddr(addr))| *addr);
+        let certificate = parts.extensions.get::<Arc<PeerCertificate>>();
+        control
+            .registrar
+            .authorize_read(&parts.headers, certificate.map(Arc::as_ref), client)
+            .map(|()| Reader)
+            .map_err(|error| detailed_error_response(&error, None))
+    }
 }
 
 /// Prometheus text exposition of the node's metrics.
-async fn metrics(
-    State(control): State<Arc<Control>>,
-    client: Option<Extension<ConnectInfo<ClientAddr>>>,
-    certificate: Peer,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client, certificate) {
-        return *refused;
-    }
+async fn metrics(State(control): State<Arc<Control>>, _: Reader) -> Response {
     let body = control.status.render_metrics().await;
     Response::builder()
         .header(
@@ -152,15 +152,7 @@ fn instance_json(view: &InstanceView) -> serde_json::Value {
 }
 
 /// Every service and its instances, deregistered ones left out.
-async fn list_services(
-    State(control): State<Arc<Control>>,
-    client: Option<Extension<ConnectInfo<ClientAddr>>>,
-    certificate: Peer,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client, certificate) {
-        return *refused;
-    }
+async fn list_services(State(control): State<Arc<Control>>, _: Reader) -> Response {
     let services: Vec<_> = control
         .status
         .services(None)
@@ -175,14 +167,9 @@ async fn list_services(
 
 async fn get_service(
     State(control): State<Arc<Control>>,
-    client: Option<Extension<ConnectInfo<ClientAddr>>>,
-    certificate: Peer,
-    headers: HeaderMap,
+    _: Reader,
     Path(service): Path<String>,
 ) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client, certificate) {
-        return *refused;
-    }
     let instances: Vec<_> = control
         .status
         .services(Some(&service))
@@ -196,15 +183,7 @@ async fn get_service(
     ok_json(&serde_json::json!({ "service": service, "instances": instances }))
 }
 
-async fn cluster(
-    State(control): State<Arc<Control>>,
-    client: Option<Extension<ConnectInfo<ClientAddr>>>,
-    certificate: Peer,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = check_read(&control, &headers, client, certificate) {
-        return *refused;
-    }
+async fn cluster(State(control): State<Arc<Control>>, _: Reader) -> Response {
     ok_json(&serde_json::to_value(control.status.node()).unwrap_or_default())
 }
 
