@@ -15,6 +15,7 @@
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
 //! * [`auth`]: control credentials (JWT), their keys, and what each may do.
+//! * [`revocation`]: the contract of the list of revoked public credentials.
 //! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
 //!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
@@ -42,6 +43,7 @@ pub mod public;
 pub mod registrar;
 pub mod replication;
 pub mod respond;
+pub mod revocation;
 pub mod seams;
 pub mod serve;
 pub mod status;

@@ -29,8 +29,9 @@ const ROOT: &str = "node";
 /// Each module's layer. An import must go to a strictly lower layer; same-layer imports are
 /// not allowed. A new module gets a line here, in the layer its imports allow.
 const LAYERS: &[(&str, u8)] = &[
-    // Vocabulary: configuration, locking and the seeded generator.
+    // Vocabulary: configuration, locking, the seeded generator, the revocation contract.
     ("config", 0),
+    ("revocation", 0),
     ("sync", 0),
     // The seams to the outside: the bus, then the connector, clock and listeners.
     ("bus", 1),
