@@ -57,6 +57,11 @@ pub enum GatewayError {
     /// The client is authenticated but may not make this request.
     #[error("forbidden: {reason}")]
     Forbidden { reason: String },
+    /// The client is authenticated but its credential lacks a scope the request needs: a 403
+    /// `forbidden` whose `challenge` (`WWW-Authenticate`, RFC 6750 `insufficient_scope`) names
+    /// the scope.
+    #[error("forbidden: the credential lacks the scope {scope:?}")]
+    InsufficientScope { scope: String, challenge: String },
     /// The client sent more requests than its rate allows; it may try again after
     /// `retry_after_s` seconds.
     #[error("rate limit exceeded; retry after {retry_after_s} s")]
@@ -113,7 +118,7 @@ impl GatewayError {
             Self::BadUpstreamResponse { .. } => "bad_upstream_response",
             Self::NotAllowed { .. } => "not_allowed",
             Self::Unauthenticated { .. } => "unauthenticated",
-            Self::Forbidden { .. } => "forbidden",
+            Self::Forbidden { .. } | Self::InsufficientScope { .. } => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
             Self::SubscriptionLagged { .. } => "subscription_lagged",
             Self::Overloaded { .. } => "overloaded",
@@ -138,7 +143,9 @@ impl GatewayError {
             Self::UpstreamConnect { .. } => 503,
             Self::UpstreamStatus { grpc_code, .. } => status::http_status_for_grpc(*grpc_code),
             Self::BadUpstreamResponse { .. } | Self::UpstreamReset { .. } => 502,
-            Self::NotAllowed { .. } | Self::Forbidden { .. } => 403,
+            Self::NotAllowed { .. } | Self::Forbidden { .. } | Self::InsufficientScope { .. } => {
+                403
+            }
             Self::Unauthenticated { .. } => 401,
             Self::RateLimited { .. } => 429,
             Self::SubscriptionLagged { .. } => 429,
@@ -164,7 +171,9 @@ impl GatewayError {
             | Self::SubscriptionLagged { .. }
             | Self::QuotaExceeded { .. }
             | Self::RateLimited { .. } => code::RESOURCE_EXHAUSTED,
-            Self::NotAllowed { .. } | Self::Forbidden { .. } => code::PERMISSION_DENIED,
+            Self::NotAllowed { .. } | Self::Forbidden { .. } | Self::InsufficientScope { .. } => {
+                code::PERMISSION_DENIED
+            }
             Self::Unauthenticated { .. } => code::UNAUTHENTICATED,
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => code::DEADLINE_EXCEEDED,
             Self::UpstreamStatus { grpc_code, .. } => *grpc_code,
@@ -190,6 +199,7 @@ impl GatewayError {
             | Self::NotAllowed { .. }
             | Self::Unauthenticated { .. }
             | Self::Forbidden { .. }
+            | Self::InsufficientScope { .. }
             | Self::RateLimited { .. }
             | Self::QuotaExceeded { .. }
             | Self::SubscriptionLagged { .. } => Fault::Downstream,
@@ -217,7 +227,7 @@ impl GatewayError {
     /// limiter, and the gRPC status of a 508 loop refusal. Every HTTP front adds these, so clients see the same answer from each.
     pub fn response_headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            Self::Unauthenticated { challenge, .. } => {
+            Self::Unauthenticated { challenge, .. } | Self::InsufficientScope { challenge, .. } => {
                 vec![("www-authenticate", challenge.clone())]
             }
             Self::RateLimited { retry_after_s } => {
@@ -273,6 +283,7 @@ impl GatewayError {
             | Self::NotAllowed { .. }
             | Self::Unauthenticated { .. }
             | Self::Forbidden { .. }
+            | Self::InsufficientScope { .. }
             | Self::RateLimited { .. }
             | Self::SubscriptionLagged { .. }
             | Self::QuotaExceeded { .. } => self.to_string(),
@@ -548,6 +559,11 @@ mod tests {
             GatewayError::QuotaExceeded {
                 what: "services".into(),
             },
+            GatewayError::InsufficientScope {
+                scope: "orders:write".into(),
+                challenge: r#"Bearer realm="x", error="insufficient_scope", scope="orders:write""#
+                    .into(),
+            },
             GatewayError::BusUnavailable { detail: s() },
             GatewayError::NotReady { detail: s() },
             GatewayError::Internal { detail: s() },
@@ -570,6 +586,7 @@ mod tests {
                 | GatewayError::NotAllowed { .. }
                 | GatewayError::Unauthenticated { .. }
                 | GatewayError::Forbidden { .. }
+                | GatewayError::InsufficientScope { .. }
                 | GatewayError::RateLimited { .. }
                 | GatewayError::SubscriptionLagged { .. }
                 | GatewayError::Overloaded { .. }

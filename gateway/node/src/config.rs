@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod graphql;
+mod jwt;
 mod kafka;
 #[cfg(test)]
 mod tests;
 
 pub use graphql::{CALLS_MAX_LIMIT, GraphqlConfig};
+pub use jwt::{ALGORITHMS as JWT_ALGORITHMS, JwtConfig, JwtProvider, JwtRoute, RevocationFailMode};
 pub use kafka::{
     KafkaSecurityProtocol, SASL_PASSWORD_BYTES_MAX, SASL_USERNAME_BYTES_MAX, SaslMechanism,
     read_sasl_password,
@@ -35,6 +37,8 @@ pub struct Config {
     pub public: PublicConfig,
     pub control: ControlConfig,
     pub graphql: GraphqlConfig,
+    /// JWT authentication on the public front (`[jwt]`, `[[jwt.providers]]`, `[[jwt.routes]]`).
+    pub jwt: JwtConfig,
     pub upstream: UpstreamConfig,
     pub registry: RegistryConfig,
     pub bus: BusConfig,
@@ -1021,6 +1025,7 @@ impl Config {
             ));
         }
         self.graphql.validate()?;
+        self.jwt.validate()?;
         self.telemetry.validate()?;
         if self.node_id.len() > 64
             || self

@@ -15,6 +15,8 @@
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
 //! * [`auth`]: control credentials (JWT), their keys, and what each may do.
+//! * [`jwks`]: the keys of the public front's JWT providers, fetched, refreshed and served
+//!   stale within bounds; the JWT check's counters.
 //! * [`revocation`]: the contract of the list of revoked public credentials.
 //! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
 //!   connect path that applies it), [`outbox`] (changes waiting for the bus),
@@ -35,6 +37,7 @@ pub mod config;
 pub mod control;
 pub mod forwarding;
 pub mod graphql;
+pub mod jwks;
 pub mod node;
 pub mod outbox;
 pub mod pipeline;

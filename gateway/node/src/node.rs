@@ -23,11 +23,13 @@ use crate::config::{Config, ControlAuth, ListenerLimits};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
+use crate::jwks::Jwks;
 use crate::outbox::Outbox;
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
 use crate::registrar::{Registrar, RegistrationPolicy};
 use crate::replication::Replication;
+use crate::revocation::RevocationList;
 use crate::seams::Seams;
 use crate::status::{NodeStatus, Status};
 use crate::store::Store;
@@ -50,6 +52,7 @@ pub struct Node {
     status: Arc<Status>,
     addresses: Arc<Addresses>,
     auth: Arc<Authenticator>,
+    jwks: Arc<Jwks>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
 }
@@ -63,13 +66,22 @@ impl std::fmt::Debug for Node {
 }
 
 /// Builds a [`Node`], with request and registration policies beyond the built-in ones.
-#[derive(Debug)]
 pub struct Builder {
     config: Config,
     seams: Seams,
     policies: Vec<Arc<dyn Policy>>,
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
     authenticator: Option<Arc<Authenticator>>,
+    revocations: Option<Arc<dyn RevocationList>>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("policies", &self.policies)
+            .field("revocations", &self.revocations.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The TLS of the two listeners, as loaded from `public.tls` and `control.tls`: `Ok(None)` for
@@ -84,6 +96,13 @@ impl Builder {
     /// file watcher reads a good file.
     pub fn authenticator(mut self, authenticator: Arc<Authenticator>) -> Self {
         self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// The list of revoked public credentials the JWT check consults after verifying a
+    /// token. Without one, no token is revoked.
+    pub fn revocations(mut self, revocations: Arc<dyn RevocationList>) -> Self {
+        self.revocations = Some(revocations);
         self
     }
 
@@ -106,6 +125,7 @@ impl Builder {
             policies,
             registration_policies,
             authenticator,
+            revocations,
         } = self;
         let auth = authenticator.unwrap_or_else(|| {
             // What `[control]` says, its key file read now; a file that cannot be read
@@ -155,7 +175,18 @@ impl Builder {
             seams.connector.clone(),
             addresses.clone(),
         ));
-        let mut request_policies = pipeline::policies::builtin(&config);
+        let jwks = Arc::new(
+            Jwks::new(&config.jwt, seams.connector.clone()).unwrap_or_else(|error| {
+                tracing::error!(%error, "[jwt] not in force: the node stays unready");
+                Jwks::failed(error)
+            }),
+        );
+        let owners = pipeline::policies::Owners {
+            jwks: jwks.clone(),
+            revocations,
+            clock: seams.clock.clone(),
+        };
+        let mut request_policies = pipeline::policies::builtin(&config, &owners);
         request_policies.extend(policies);
         let pipeline = Arc::new(Pipeline::new(
             store.clone(),
@@ -170,6 +201,7 @@ impl Builder {
             registrar.clone(),
             forwarder.clone(),
             telemetry.clone(),
+            jwks.clone(),
         ));
         let public_tls = ServerTls::load(&config.public.tls);
         let control_tls = ServerTls::load(&config.control.tls);
@@ -186,6 +218,7 @@ impl Builder {
             status,
             addresses,
             auth,
+            jwks,
             public_tls,
             control_tls,
         })
@@ -205,6 +238,7 @@ impl Node {
             policies: Vec::new(),
             registration_policies: Vec::new(),
             authenticator: None,
+            revocations: None,
         }
     }
 
@@ -231,8 +265,9 @@ impl Node {
         self.store.watch()
     }
 
+    /// Caught up with the bus, not shutting down, and every JWT provider has keys.
     pub fn is_ready(&self) -> bool {
-        self.replication.is_ready()
+        self.status.is_ready()
     }
 
     /// How far this node's hybrid logical clock runs ahead of `wall_ms`, in ms. The node's own
@@ -375,6 +410,10 @@ impl Node {
             let (replication, stop) = (node.replication.clone(), tasks.clone());
             tokio::spawn(async move { replication.run(stop).await })
         };
+        let jwks = {
+            let (jwks, stop) = (node.jwks.clone(), tasks.clone());
+            tokio::spawn(async move { jwks.run(stop).await })
+        };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
         // The publisher runs on while the listeners drain (a draining registration may still
         // be published in time for a 200), and stops only when they are done; then the flush.
@@ -433,6 +472,7 @@ impl Node {
         let [public_watcher, control_watcher] = tls_watchers;
         let _ = tokio::join!(
             replication,
+            jwks,
             upkeep,
             exporter,
             key_watcher,
@@ -443,8 +483,24 @@ impl Node {
         result.map(|_| ())
     }
 
-    /// Logs how the control listener authenticates: a warning when it does not.
+    /// Logs how the control listener and the public front authenticate: a warning for each
+    /// that does not.
     fn announce_auth(&self) {
+        let jwt = &self.config.jwt;
+        if jwt.providers.is_empty() {
+            tracing::warn!(
+                "no [[jwt.providers]]: the public front is open, every request reaches its service unauthenticated"
+            );
+        } else {
+            let providers: Vec<&str> = jwt.providers.iter().map(|p| p.name.as_str()).collect();
+            let services: std::collections::BTreeSet<&str> =
+                jwt.routes.iter().map(|r| r.service.as_str()).collect();
+            tracing::info!(
+                ?providers,
+                ?services,
+                "the public front checks JWTs for these services; others are open"
+            );
+        }
         let keys = self.auth.keys();
         self.telemetry.metrics().set_control_keys(keys.len());
         match self.auth.mode() {

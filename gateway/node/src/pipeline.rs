@@ -15,7 +15,8 @@
 //! outcome. The fronts add no routing, balancing, retry or policy of their own.
 //!
 //! * [`policy`]: the [`Policy`] trait, a check that may refuse a request.
-//! * [`policies`]: the built-in policies, in order (none yet).
+//! * [`policies`]: the built-in policies, in order.
+//! * [`jwt`]: JWT authentication on the public front (`[jwt]`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::sync::SharedRng;
 use crate::telemetry::metrics::InFlightGuard;
 use crate::telemetry::{Finished, Front, Telemetry, UpstreamErrorKind};
 
+pub mod jwt;
 pub mod policies;
 pub mod policy;
 

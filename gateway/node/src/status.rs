@@ -12,6 +12,7 @@ use switchyard_core::registry::Entry;
 use switchyard_core::view::{InstanceState, InstanceView};
 
 use crate::forwarding::Forwarder;
+use crate::jwks::Jwks;
 use crate::registrar::Registrar;
 use crate::replication::Replication;
 use crate::store::Store;
@@ -52,6 +53,9 @@ pub struct Readiness {
     pub node_id: String,
     pub bus_position: u64,
     pub catch_up_target: u64,
+    /// Why the node is not ready besides the bus: JWT providers without keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// Reads the owners for status, gauges and registry views.
@@ -62,6 +66,7 @@ pub struct Status {
     registrar: Arc<Registrar>,
     forwarder: Arc<Forwarder>,
     telemetry: Arc<Telemetry>,
+    jwks: Arc<Jwks>,
 }
 
 impl Status {
@@ -71,6 +76,7 @@ impl Status {
         registrar: Arc<Registrar>,
         forwarder: Arc<Forwarder>,
         telemetry: Arc<Telemetry>,
+        jwks: Arc<Jwks>,
     ) -> Self {
         Self {
             store,
@@ -78,7 +84,13 @@ impl Status {
             registrar,
             forwarder,
             telemetry,
+            jwks,
         }
+    }
+
+    /// Ready: caught up with the bus, not shutting down, and every JWT provider has keys.
+    pub fn is_ready(&self) -> bool {
+        self.replication.is_ready() && self.jwks.not_ready().is_empty()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -87,12 +99,14 @@ impl Status {
 
     pub fn readiness(&self) -> Readiness {
         let r = &self.replication;
+        let waiting_for = self.jwks.not_ready();
         Readiness {
-            ready: r.is_ready(),
+            ready: r.is_ready() && waiting_for.is_empty(),
             shutting_down: r.shutting_down(),
             node_id: self.store.node_id().to_owned(),
             bus_position: r.position(),
             catch_up_target: r.catch_up_target(),
+            waiting_for,
         }
     }
 
@@ -100,7 +114,7 @@ impl Status {
         let registry = self.store.registry();
         NodeStatus {
             node_id: self.store.node_id().to_owned(),
-            ready: self.replication.is_ready(),
+            ready: self.is_ready(),
             shutting_down: self.replication.shutting_down(),
             bus_position: self.replication.position(),
             catch_up_target: self.replication.catch_up_target(),
@@ -219,7 +233,7 @@ impl Status {
             (
                 "switchyard_ready",
                 "1 while /readyz answers 200.",
-                u64::from(r.is_ready()),
+                u64::from(self.is_ready()),
             ),
             (
                 "switchyard_hlc_ahead_ms",
@@ -237,6 +251,9 @@ impl Status {
         }
         if let Some(exporter) = self.telemetry.exporter() {
             exporter.encode_metrics(&mut out);
+        }
+        if self.jwks.configured() {
+            self.jwks.stats().encode(&mut out);
         }
         if let Some(dropped) = crate::telemetry::metrics::log_lines_dropped() {
             crate::telemetry::metrics::counter(

@@ -47,6 +47,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Keeping the registry: registration and replication.
     ("registrar", 4),
     ("replication", 4),
+    ("jwks", 4),
     // Calling services (evicts through the registrar).
     ("forwarding", 5),
     // Handling a request, and what the node reports.
