@@ -822,6 +822,82 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Its public half as a JSON Web Key (RFC 7517), with its id and algorithm: the entry a
+    /// JWKS document publishes for tokens it signs.
+    pub fn jwk(&self) -> Result<serde_json::Value, KeyError> {
+        let public = pem::parse(&self.public_pem)
+            .map_err(|e| KeyError::new(format!("its public key cannot be read: {e}")))?;
+        let bits = spki_key_bits(public.contents())
+            .ok_or_else(|| KeyError::new("its public key cannot be read"))?;
+        let mut jwk = match self.algorithm {
+            KeyAlgorithm::EdDsa => {
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": base64url(bits)})
+            }
+            KeyAlgorithm::Es256 => {
+                let (x, y) = bits[1..].split_at(32);
+                serde_json::json!({"kty": "EC", "crv": "P-256", "x": base64url(x), "y": base64url(y)})
+            }
+            KeyAlgorithm::Rs256 => {
+                let (n, e) = rsa_components(bits)
+                    .ok_or_else(|| KeyError::new("its RSA key cannot be read"))?;
+                serde_json::json!({"kty": "RSA", "n": base64url(n), "e": base64url(e)})
+            }
+        };
+        jwk["kid"] = self.id.clone().into();
+        jwk["alg"] = self.algorithm.as_str().into();
+        jwk["use"] = "sig".into();
+        Ok(jwk)
+    }
+}
+
+/// The modulus and exponent of a PKCS#1 `RSAPublicKey`, without sign bytes.
+fn rsa_components(pkcs1: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (TAG_SEQUENCE, key, []) = der_element(pkcs1)? else {
+        return None;
+    };
+    let (TAG_INTEGER, n, rest) = der_element(key)? else {
+        return None;
+    };
+    let (TAG_INTEGER, e, []) = der_element(rest)? else {
+        return None;
+    };
+    Some((strip_sign(n), strip_sign(e)))
+}
+
+/// A DER integer's bytes without the zero byte that keeps a positive number positive.
+fn strip_sign(v: &[u8]) -> &[u8] {
+    match v {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        v => v,
+    }
+}
+
+/// Base64url without padding (RFC 4648 §5), as JOSE writes binary values.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// Signs any claims with `key` (its id as `kid`): a public-front token, where the claims are
+/// the identity provider's to choose (`switchyard token issue-public`, the demo, tests).
+pub fn sign_claims(key: &SigningKey, claims: &serde_json::Value) -> Result<String, KeyError> {
+    let mut header = Header::new(key.algorithm.jwt());
+    header.kid = Some(key.id.clone());
+    jsonwebtoken::encode(&header, claims, &key.key)
+        .map_err(|e| KeyError::new(format!("cannot sign: {e}")))
+}
+
 /// A new Ed25519 key pair, as (private PKCS#8 PEM, public SubjectPublicKeyInfo PEM).
 pub fn generate_key() -> Result<(String, String), KeyError> {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)

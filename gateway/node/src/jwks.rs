@@ -97,8 +97,10 @@ pub struct ProviderKeys {
     held: RwLock<Option<Held>>,
     /// Held while a fetch runs: one at a time.
     fetching: tokio::sync::Mutex<()>,
-    /// When the last fetch started (cooldown of unknown-`kid` refetches).
-    last_attempt: Mutex<Option<Instant>>,
+    /// When the last fetch for an unknown `kid` started (its cooldown).
+    last_refetch: Mutex<Option<Instant>>,
+    /// When the last fetch of any kind ended.
+    last_done: Mutex<Option<Instant>>,
     stats: Arc<JwtStats>,
 }
 
@@ -133,27 +135,28 @@ impl ProviderKeys {
         held.as_ref().map(|h| h.ring.clone())
     }
 
-    /// Whether a fetch for a token with an unknown `kid` may start: none started within the
-    /// cooldown. The caller then calls [`refetch`](Self::refetch).
-    fn cooled_down(&self, now: Instant) -> bool {
-        let cooldown = Duration::from_millis(self.config.refetch_cooldown_ms);
-        lock(&self.last_attempt).is_none_or(|t| now.duration_since(t) >= cooldown)
-    }
-
     /// Fetches again because a token names a `kid` the keys lack: waits for a fetch in flight
-    /// (at most the fetch timeout), and starts one only if none started within the cooldown.
-    /// Returns whether the keys were fetched (by this call or the one it waited for).
+    /// (at most the fetch timeout) and is content with its result; else starts one, unless
+    /// another unknown `kid` started one within the cooldown. Returns whether keys newer than
+    /// the request were fetched.
     pub async fn refetch(&self) -> bool {
         let wait = Duration::from_millis(self.config.fetch_timeout_ms);
         let asked = Instant::now();
         let Ok(_guard) = tokio::time::timeout(wait, self.fetching.lock()).await else {
             return false;
         };
+        if lock(&self.last_done).is_some_and(|t| t >= asked) {
+            // A fetch ended while this request waited: its keys are the newest there are.
+            return true;
+        }
         let now = Instant::now();
-        if !self.cooled_down(now) {
-            // Another fetch started recently: if it finished after this request asked, its keys
-            // are the newest there are.
-            return lock(&self.last_attempt).is_some_and(|t| t >= asked);
+        {
+            let cooldown = Duration::from_millis(self.config.refetch_cooldown_ms);
+            let mut last = lock(&self.last_refetch);
+            if last.is_some_and(|t| now.duration_since(t) < cooldown) {
+                return false;
+            }
+            *last = Some(now);
         }
         self.stats.refetch(self.index);
         self.fetch_now().await.is_ok()
@@ -161,8 +164,13 @@ impl ProviderKeys {
 
     /// One fetch, its outcome put in force and counted. The caller holds `fetching`.
     async fn fetch_now(&self) -> Result<(), FetchError> {
+        let result = self.fetch_and_apply().await;
+        *lock(&self.last_done) = Some(Instant::now());
+        result
+    }
+
+    async fn fetch_and_apply(&self) -> Result<(), FetchError> {
         let started = Instant::now();
-        *lock(&self.last_attempt) = Some(started);
         let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
         let result = match tokio::time::timeout(
             timeout,
@@ -304,7 +312,8 @@ impl Jwks {
                     source,
                     held: RwLock::new(None),
                     fetching: tokio::sync::Mutex::new(()),
-                    last_attempt: Mutex::new(None),
+                    last_refetch: Mutex::new(None),
+                    last_done: Mutex::new(None),
                     stats: stats.clone(),
                 }))
             })

@@ -107,10 +107,14 @@ mod tests {
         assert!(cache.get(&[9; 32]).is_some());
         assert!(cache.get(&[6; 32]).is_none(), "the oldest went first");
         let (entries, bytes) = cache.insert([20; 32], verified(900));
-        assert_eq!((entries, bytes), (1, 900), "room made by bytes");
+        assert_eq!(
+            (entries, bytes),
+            (2, 1_000),
+            "room made by bytes: two old entries went"
+        );
         assert_eq!(
             cache.insert([21; 32], verified(1_001)).0,
-            1,
+            2,
             "too big: not kept"
         );
         assert!(cache.get(&[21; 32]).is_none());
