@@ -779,3 +779,88 @@ async fn without_providers_the_public_front_is_open() {
         "no JWT metrics without JWT"
     );
 }
+
+#[tokio::test]
+async fn a_jwks_document_past_its_size_or_key_bound_is_refused_and_keeps_the_gateway_unready() {
+    let keys: Vec<SigningKey> = (0..3).map(|_| ed_key()).collect();
+    let jwks = JwksServer::start(&keys.iter().collect::<Vec<_>>()).await;
+    let size = serde_json::to_vec(&document(&keys.iter().collect::<Vec<_>>()))
+        .unwrap()
+        .len();
+    for (name, configure) in [
+        (
+            "bytes",
+            Box::new(move |p: &mut JwtProvider| p.jwks_bytes_max = size - 1)
+                as Box<dyn Fn(&mut JwtProvider)>,
+        ),
+        ("keys", Box::new(|p: &mut JwtProvider| p.keys_max = 2)),
+    ] {
+        let url = jwks.url.clone();
+        let gw = Gateway::launch_tls(
+            MemoryBus::new(),
+            |c| {
+                protect(c, &url);
+                configure(&mut c.jwt.providers[0]);
+            },
+            |b| b,
+        )
+        .await;
+        harness::eventually(Duration::from_secs(10), || async {
+            metric(
+                &gw,
+                r#"switchyard_jwks_fetches_total{provider="test",outcome="invalid"}"#,
+            )
+            .await
+                >= 1.0
+        })
+        .await;
+        let (status, _, body) = get_with(&format!("{}/readyz", gw.public_url()), &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {body}");
+    }
+    // Within both bounds: taken.
+    let url = jwks.url.clone();
+    let gw = Gateway::start(|c| {
+        protect(c, &url);
+        c.jwt.providers[0].jwks_bytes_max = size;
+        c.jwt.providers[0].keys_max = 3;
+    })
+    .await;
+    assert_eq!(
+        metric(&gw, r#"switchyard_jwks_keys{provider="test"}"#).await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_never_answers_costs_one_fetch_timeout() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let gw = Gateway::launch_tls(
+        MemoryBus::new(),
+        |c| {
+            protect(c, &url);
+            c.jwt.providers[0].fetch_timeout_ms = 200;
+        },
+        |b| b,
+    )
+    .await;
+    harness::eventually(Duration::from_secs(10), || async {
+        metric(
+            &gw,
+            r#"switchyard_jwks_fetches_total{provider="test",outcome="timeout"}"#,
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    let (status, _, body) = get_with(&format!("{}/readyz", gw.public_url()), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    held.abort();
+}
