@@ -454,3 +454,94 @@ impl JwtProvider {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> JwtProvider {
+        JwtProvider {
+            name: "corp".into(),
+            issuer: "https://id.example.com/".into(),
+            audiences: vec!["api".into()],
+            algorithms: vec!["RS256".into()],
+            jwks_url: "http://127.0.0.1:9/jwks.json".into(),
+            ..JwtProvider::default()
+        }
+    }
+
+    fn refused(change: impl FnOnce(&mut JwtConfig)) -> String {
+        let mut config = JwtConfig {
+            providers: vec![provider()],
+            routes: vec![JwtRoute {
+                service: "orders".into(),
+                ..JwtRoute::default()
+            }],
+            ..JwtConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        change(&mut config);
+        let (key, message) = config.validate().unwrap_err();
+        format!("{key}: {message}")
+    }
+
+    #[test]
+    fn shared_secrets_and_none_are_refused_at_config_time() {
+        for alg in ["HS256", "hs512", "none", "RS1"] {
+            let error = refused(|c| c.providers[0].algorithms = vec![alg.into()]);
+            assert!(
+                error.starts_with("jwt.providers: provider \"corp\""),
+                "{error}"
+            );
+        }
+        assert!(
+            refused(|c| c.providers[0].algorithms = vec!["HS256".into()]).contains("shared secret")
+        );
+    }
+
+    #[test]
+    fn sources_routes_and_forwarded_headers_are_checked() {
+        let cases: [(&str, Box<dyn FnOnce(&mut JwtConfig)>); 8] = [
+            (
+                "jwks_file or jwks_url",
+                Box::new(|c| c.providers[0].jwks_url.clear()),
+            ),
+            (
+                "not both",
+                Box::new(|c| c.providers[0].jwks_file = "/k.json".into()),
+            ),
+            (
+                "jwks_ca_file",
+                Box::new(|c| c.providers[0].jwks_url = "https://id.example.com/k".into()),
+            ),
+            (
+                "no provider is named",
+                Box::new(|c| c.routes[0].providers = vec!["other".into()]),
+            ),
+            ("named twice", Box::new(|c| c.providers.push(provider()))),
+            (
+                "owns",
+                Box::new(|c| {
+                    c.forward_claims = [("sub".to_owned(), "authorization".to_owned())].into()
+                }),
+            ),
+            (
+                "public route takes no scopes",
+                Box::new(|c| {
+                    c.routes[0].public = true;
+                    c.routes[0].scopes = vec!["x".into()];
+                }),
+            ),
+            (
+                "refresh_min_ms",
+                Box::new(|c| c.providers[0].refresh_interval_ms = 10),
+            ),
+        ];
+        for (want, change) in cases {
+            let error = refused(change);
+            assert!(error.contains(want), "{want}: {error}");
+        }
+        let error = refused(|c| c.providers.clear());
+        assert!(error.contains("no [[jwt.providers]]"), "{error}");
+    }
+}
