@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use switchyard::auth::{self, Authenticator, Claims, KeySet, SigningKey};
 use switchyard::bus::MemoryBus;
-use switchyard::config::Config;
+use switchyard::config::{Config, JwtProvider, JwtRoute};
 use switchyard::forwarding::lazy_channel;
 use switchyard::node::Node;
 use switchyard::seams::{Clock as _, Seams, SystemClock, TokioConnector, os_seed};
@@ -51,6 +51,12 @@ pub async fn run(
     // Credentials stay on: the demo makes a key of its own, gives the gateway its public
     // half and prints an operator credential signed with it (valid for a day).
     let (auth, token) = demo_credentials(&config)?;
+    // The public front checks tokens too: a provider of the demo's own, its JWKS in a file.
+    let public_jwt = if config.jwt.providers.is_empty() {
+        Some(demo_public_jwt(&mut config)?)
+    } else {
+        None
+    };
     let public = bind(config.public.listen, "public", "--public-listen").await?;
     let control = bind(config.control.listen, "control", "--control-listen").await?;
     let (public_addr, control_addr) = (public.local_addr()?, control.local_addr()?);
@@ -104,6 +110,9 @@ pub async fn run(
 
     if wait_for_instances(&node, instances, &shutdown).await {
         print_banner(&node, public_addr, control_addr, instances, &token);
+        if let Some(public_jwt) = &public_jwt {
+            print_public_jwt(public_addr, public_jwt);
+        }
     }
     let served = gateway.await.map_err(io::Error::other)?;
     for service in services {
@@ -157,6 +166,97 @@ fn demo_credentials(config: &Config) -> io::Result<(Arc<Authenticator>, String)>
     Ok((Arc::new(auth), token))
 }
 
+/// The demo's public provider: its issuer, audience and the files it made.
+struct PublicJwt {
+    dir: std::path::PathBuf,
+    token: String,
+}
+
+const DEMO_ISSUER: &str = "switchyard-demo";
+const DEMO_AUDIENCE: &str = "sample";
+
+/// Makes a key for the demo's public provider, writes its JWKS (and the private key, so
+/// `switchyard token issue-public` can sign more tokens) to a directory of this run, and
+/// protects the sample service with it: `/hello` stays public, everything else needs a token
+/// whose `sub` and `scope` reach the service as `x-auth-subject` and `x-auth-scope`.
+fn demo_public_jwt(config: &mut Config) -> io::Result<PublicJwt> {
+    let failed = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
+    let (private, _) = auth::generate_key().map_err(|e| failed(&e))?;
+    let key = SigningKey::from_pem(&private).map_err(|e| failed(&e))?;
+    let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let key_file = dir.join("public-jwt.key");
+    let jwks_file = dir.join("jwks.json");
+    write_private(&key_file, private.as_bytes())?;
+    let jwks = crate::token::jwks(std::slice::from_ref(&key)).map_err(|e| failed(&e))?;
+    std::fs::write(
+        &jwks_file,
+        serde_json::to_vec_pretty(&jwks).map_err(|e| failed(&e))?,
+    )?;
+    let now_s = SystemClock.now_ms() / 1_000;
+    let claims = crate::token::public_claims(
+        DEMO_ISSUER,
+        DEMO_AUDIENCE,
+        "demo-user",
+        "sample:read",
+        now_s,
+        86_400,
+    );
+    let token = auth::sign_claims(&key, &claims).map_err(|e| failed(&e))?;
+    config.jwt.providers.push(JwtProvider {
+        name: "demo".to_owned(),
+        issuer: DEMO_ISSUER.to_owned(),
+        audiences: vec![DEMO_AUDIENCE.to_owned()],
+        algorithms: vec!["EdDSA".to_owned()],
+        jwks_file,
+        ..JwtProvider::default()
+    });
+    config.jwt.forward_claims = [
+        ("sub".to_owned(), "x-auth-subject".to_owned()),
+        ("scope".to_owned(), "x-auth-scope".to_owned()),
+    ]
+    .into();
+    let route = JwtRoute {
+        service: DEMO_SERVICE.to_owned(),
+        ..JwtRoute::default()
+    };
+    config.jwt.routes = vec![
+        route.clone(),
+        JwtRoute {
+            path_prefix: "/hello".to_owned(),
+            public: true,
+            ..route
+        },
+    ];
+    Ok(PublicJwt { dir, token })
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
+fn print_public_jwt(public: SocketAddr, jwt: &PublicJwt) {
+    let dir = jwt.dir.display();
+    println!(
+        "The public front checks JWTs for \"{DEMO_SERVICE}\" (issuer {DEMO_ISSUER}, audience {DEMO_AUDIENCE}, keys in {dir}/jwks.json); /{DEMO_SERVICE}/hello stays public.\
+         \nA token for demo-user (scope sample:read; valid a day):\
+         \n  PUBLIC_TOKEN={token}\
+         \n  curl -s http://{public}/{DEMO_SERVICE}/echo -H \"authorization: Bearer $PUBLIC_TOKEN\"    (the echo shows x-auth-subject and x-auth-scope)\
+         \n  curl -s http://{public}/{DEMO_SERVICE}/echo    (no token: 401 unauthenticated)\
+         \nMore tokens, signed with the demo provider's key:\
+         \n  switchyard token issue-public --key {dir}/public-jwt.key --issuer {DEMO_ISSUER} --audience {DEMO_AUDIENCE} --subject you --scope sample:read\n",
+        token = jwt.token,
+    );
+}
+
 fn print_banner(
     node: &Node,
     public: SocketAddr,
@@ -172,7 +272,6 @@ fn print_banner(
          \nTry:\
          \n  curl -s http://{public}/{DEMO_SERVICE}/hello\
          \n  curl -s http://{public}/graphql -H 'content-type: application/json' -d '{{\"query\":\"{{ a: call(service: \\\"{DEMO_SERVICE}\\\", path: \\\"/hello\\\") {{ status json }} services {{ name instances {{ instanceId state }} }} }}\"}}'\
-         \n  curl -s -X POST http://{public}/{DEMO_SERVICE}/echo -H 'content-type: application/json' -d '{{\"hello\":\"world\"}}'\
          \n  curl -s http://{public}/nosuch/thing\
          \n\nThe control listener asks for a credential; this run's operator credential (every service, reads; valid a day):\
          \n  TOKEN={token}\

@@ -1,6 +1,10 @@
 //! `switchyard token`: the operator's side of control credentials. `keygen` writes an Ed25519
 //! key pair (the private half signs, the public half goes into every gateway's
 //! `control.jwt_keys_file`); `issue` signs a credential for some services.
+//!
+//! For the public front, where tokens come from an identity provider, `jwks` prints the JWKS
+//! document of a key (a `jwks_file` for tests and demos) and `issue-public` signs a token with
+//! the claims a provider would set.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,39 @@ pub enum TokenCommand {
     },
     /// Sign a credential and print it (one line, for `authorization: Bearer <token>`).
     Issue(IssueArgs),
+    /// Print the JWKS document of keys' public halves (for a `[[jwt.providers]] jwks_file`).
+    Jwks {
+        /// Private keys (PKCS#8 PEM); their public halves are published, each with its key id.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+    },
+    /// Sign a public-front token, as an identity provider would, and print it.
+    IssuePublic(PublicArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublicArgs {
+    /// The private key that signs (PKCS#8 PEM: Ed25519, P-256 or RSA).
+    #[arg(long)]
+    key: PathBuf,
+    /// `iss`: the provider's `issuer`.
+    #[arg(long)]
+    issuer: String,
+    /// `aud`: one of the provider's `audiences`.
+    #[arg(long)]
+    audience: String,
+    /// `sub`: whom the token is for.
+    #[arg(long)]
+    subject: String,
+    /// `scope`: space-separated scopes.
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// Other claims, `name=value` (strings), repeatable.
+    #[arg(long = "claim")]
+    claims: Vec<String>,
+    /// How long it is valid: a number with `s`, `m`, `h` or `d`.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +113,77 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", issue(&args)?);
             Ok(())
         }
+        TokenCommand::Jwks { key } => {
+            let keys = key
+                .iter()
+                .map(|path| read_key(path))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            println!("{}", serde_json::to_string_pretty(&jwks(&keys)?)?);
+            Ok(())
+        }
+        TokenCommand::IssuePublic(args) => {
+            println!("{}", issue_public(&args)?);
+            Ok(())
+        }
     }
+}
+
+fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    SigningKey::from_pem(&pem).with_context(|| format!("key {}", path.display()))
+}
+
+/// The JWKS document publishing `keys`' public halves.
+pub fn jwks(keys: &[SigningKey]) -> anyhow::Result<serde_json::Value> {
+    let keys = keys
+        .iter()
+        .map(SigningKey::jwk)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(serde_json::json!({ "keys": keys }))
+}
+
+/// The claims of a public token, valid `ttl_s` from `now_s`.
+pub fn public_claims(
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    scope: &str,
+    now_s: u64,
+    ttl_s: u64,
+) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "iss": issuer, "aud": audience, "sub": subject,
+        "iat": now_s, "exp": now_s + ttl_s,
+        "jti": format!("{:016x}", switchyard::seams::os_seed() ^ now_s),
+    });
+    if !scope.is_empty() {
+        claims["scope"] = scope.into();
+    }
+    claims
+}
+
+fn issue_public(args: &PublicArgs) -> anyhow::Result<String> {
+    let key = read_key(&args.key)?;
+    let now_s = SystemClock.now_ms() / 1_000;
+    let mut claims = public_claims(
+        &args.issuer,
+        &args.audience,
+        &args.subject,
+        &args.scope,
+        now_s,
+        args.ttl,
+    );
+    for pair in &args.claims {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--claim {pair:?} is not name=value"))?;
+        if ["iss", "aud", "sub", "iat", "exp", "jti"].contains(&name) {
+            anyhow::bail!("--claim {name}: set it with its own flag");
+        }
+        claims[name] = value.into();
+    }
+    Ok(auth::sign_claims(&key, &claims)?)
 }
 
 fn keygen(out: &Path) -> anyhow::Result<()> {
