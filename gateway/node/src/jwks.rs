@@ -529,7 +529,8 @@ impl JwtStats {
                 );
             }
         }
-        let per_provider: [(&str, &str, &str, fn(&ProviderStats) -> &AtomicU64); 3] = [
+        type Read = fn(&ProviderStats) -> &AtomicU64;
+        let per_provider: [(&str, &str, &str, Read); 3] = [
             (
                 "switchyard_jwks_refetches_total",
                 "counter",

@@ -501,7 +501,8 @@ mod tests {
 
     #[test]
     fn sources_routes_and_forwarded_headers_are_checked() {
-        let cases: [(&str, Box<dyn FnOnce(&mut JwtConfig)>); 8] = [
+        type Change = Box<dyn FnOnce(&mut JwtConfig)>;
+        let cases: [(&str, Change); 8] = [
             (
                 "jwks_file or jwks_url",
                 Box::new(|c| c.providers[0].jwks_url.clear()),

@@ -9,7 +9,7 @@
 //! | path | answer |
 //! | --- | --- |
 //! | `/hello` | a JSON greeting naming the instance |
-//! | `/echo` | the request as the service received it, as JSON |
+//! | `/echo` | the request as the service received it, as JSON (headers included: the claims a gateway forwards, such as `x-auth-subject`, show here) |
 //! | `/test/echo-body` | the request body as it came, with its content type (for benchmarks) |
 //! | `/test/status/{n}` | a response with status `n` (any number, for testing the gateway) |
 //! | `/test/grpc-error/{code}` | fails the rpc with gRPC status `code` |
