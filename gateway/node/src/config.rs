@@ -1026,6 +1026,22 @@ impl Config {
         }
         self.graphql.validate()?;
         self.jwt.validate()?;
+        // A token with an unknown kid may wait for a fetch in flight and then make its own:
+        // both must fit in the request's deadline.
+        if let Some(p) = self
+            .jwt
+            .providers
+            .iter()
+            .find(|p| p.fetch_timeout_ms.saturating_mul(2) >= self.upstream.timeout_ms)
+        {
+            return Err((
+                "jwt.providers",
+                format!(
+                    "provider {:?}: twice fetch_timeout_ms ({} ms) must be less than upstream.timeout_ms ({} ms), the deadline a request's policies share",
+                    p.name, p.fetch_timeout_ms, self.upstream.timeout_ms
+                ),
+            ));
+        }
         self.telemetry.validate()?;
         if self.node_id.len() > 64
             || self

@@ -297,3 +297,57 @@ fn the_address_policy_and_the_hop_bound_are_checked() {
     let err = set(&format!("upstream.allow_addresses=[{}]", many.join(","))).unwrap_err();
     assert!(err.to_string().contains("at most 256"), "{err}");
 }
+
+#[test]
+fn a_jwks_fetch_must_fit_twice_in_the_request_deadline() {
+    let mut config = Config::default();
+    config.jwt.providers = vec![JwtProvider {
+        name: "corp".into(),
+        issuer: "https://id.example.com/".into(),
+        audiences: vec!["api".into()],
+        algorithms: vec!["EdDSA".into()],
+        jwks_file: "/etc/jwks.json".into(),
+        ..JwtProvider::default()
+    }];
+    assert_eq!(config.validate(), Ok(()));
+    config.upstream.timeout_ms = 10_000;
+    let (key, message) = config.validate().unwrap_err();
+    assert_eq!(key, "jwt.providers");
+    assert!(message.contains("fetch_timeout_ms"), "{message}");
+}
+
+#[test]
+fn the_jwt_section_reads_from_toml() {
+    let file = write(
+        r#"
+[jwt]
+forward_claims = { sub = "x-auth-subject" }
+[[jwt.providers]]
+name = "corp"
+issuer = "https://id.example.com/"
+audiences = ["api"]
+algorithms = ["ES256", "EdDSA"]
+jwks_url = "http://127.0.0.1:9/jwks.json"
+revocation_unavailable = "fail_open"
+[[jwt.routes]]
+service = "orders"
+path_prefix = "/admin"
+methods = ["DELETE"]
+scopes = ["orders:admin"]
+claims = { tenant = "acme" }
+"#,
+    );
+    let config = Config::load(Some(file.path()), &[]).unwrap();
+    assert_eq!(
+        config.jwt.providers[0].revocation_unavailable,
+        RevocationFailMode::FailOpen
+    );
+    assert_eq!(config.jwt.providers[0].stale_max_ms, 3_600_000);
+    assert_eq!(config.jwt.routes[0].claims["tenant"], "acme");
+    assert_eq!(config.jwt.forward_claims["sub"], "x-auth-subject");
+    let typo = write("[[jwt.providers]]\nnmae = \"x\"\n");
+    let error = Config::load(Some(typo.path()), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("nmae"), "{error}");
+}
