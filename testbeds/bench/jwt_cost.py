@@ -103,11 +103,14 @@ service = "bench"
     url = f"http://{public}/bench/hello"
     auth = {"authorization": f"Bearer {token}"}
     wait_ok(url, auth)
-    oha = ["taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json", "-c", "8",
-           "-H", f"authorization: Bearer {token}", url]
-    subprocess.run([*oha[:6], "-n", "2000", *oha[6:]], capture_output=True, check=True)
+    def oha(n: int) -> subprocess.CompletedProcess:
+        argv = ["taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json", "-c", "8",
+                "-n", str(n), "-H", f"authorization: Bearer {token}", url]
+        return subprocess.run(argv, capture_output=True, check=True, timeout=600)
+
+    oha(2000)
     before = cpu_s(gateway.pid)
-    out = subprocess.run([*oha[:6], "-n", str(requests), *oha[6:]], capture_output=True, check=True)
+    out = oha(requests)
     used = cpu_s(gateway.pid) - before
     report = json.loads(out.stdout)
     codes = {str(k): int(v) for k, v in report.get("statusCodeDistribution", {}).items()}

@@ -335,6 +335,7 @@ impl Pipeline {
             named_service: service.unwrap_or_default(),
             status,
             error,
+            identity: ctx.identity.as_ref(),
             start_unix_ms: ctx.start_unix_ms,
             elapsed: ctx.started.elapsed(),
         });

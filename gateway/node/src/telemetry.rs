@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::Method;
 use switchyard_core::GatewayError;
+use switchyard_core::identity::Identity;
 use switchyard_core::trace::{Span, TraceId};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,8 @@ pub struct Finished<'a> {
     pub status: u16,
     /// The gateway's error, when the answer is one.
     pub error: Option<&'a GatewayError>,
+    /// Who sent it, when an authentication policy established it.
+    pub identity: Option<&'a Identity>,
     /// Wall-clock start, Unix ms.
     pub start_unix_ms: u64,
     pub elapsed: Duration,
@@ -88,21 +91,25 @@ impl Telemetry {
             f.named_service,
         );
         let trace_id = f.span.map_or(TraceId(0), Span::trace_id);
+        // The verified subject and credential id, never the credential itself.
+        let (subject, credential) = f
+            .identity
+            .map_or(("", ""), |i| (i.subject.as_str(), i.credential_id.as_str()));
         if let Some(error) = f.error {
             let code = error.code();
             if error.http_status() >= 500 {
-                tracing::warn!(%request_id, %trace_id, front, %service, %method, %path, %code, %error, "request failed");
+                tracing::warn!(%request_id, %trace_id, front, %service, %method, %path, %code, %error, subject, credential, "request failed");
             } else {
-                tracing::info!(%request_id, %trace_id, front, %service, %method, %path, %code, %error, "request refused");
+                tracing::info!(%request_id, %trace_id, front, %service, %method, %path, %code, %error, subject, credential, "request refused");
             }
         }
         self.metrics
             .request(f.front, f.service, method, status, f.elapsed);
         let elapsed_us = f.elapsed.as_micros() as u64;
         if self.access_log {
-            tracing::info!(%request_id, %trace_id, front, %service, %method, %path, status, elapsed_us, "request done");
+            tracing::info!(%request_id, %trace_id, front, %service, %method, %path, status, elapsed_us, subject, credential, "request done");
         } else {
-            tracing::debug!(%request_id, %trace_id, front, %service, %method, %path, status, elapsed_us, "request done");
+            tracing::debug!(%request_id, %trace_id, front, %service, %method, %path, status, elapsed_us, subject, credential, "request done");
         }
         if let Some(span) = f.span {
             otlp::export(

@@ -161,6 +161,15 @@ impl JwtPolicy {
         }
         let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
         let verified = self.verified(&token, &hash, rule).await?;
+        // Verified: whoever it names is who sent it, for the logs of this request whatever
+        // happens next.
+        ctx.set_identity(Identity {
+            subject: verified.subject.clone(),
+            credential_id: verified.token_id.clone().unwrap_or_else(|| {
+                let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256:{hex}")
+            }),
+        });
         self.check_revocation(&verified)?;
         check_rule(rule, &verified, &self.realm).inspect_err(|e| {
             let reason = match e {
@@ -169,13 +178,6 @@ impl JwtPolicy {
             };
             self.stats().refusal(reason);
         })?;
-        ctx.set_identity(Identity {
-            subject: verified.subject.clone(),
-            credential_id: verified.token_id.clone().unwrap_or_else(|| {
-                let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256:{hex}")
-            }),
-        });
         if !self.forward_authorization {
             req.headers
                 .retain(|h| !h.name.eq_ignore_ascii_case("authorization"));
