@@ -864,3 +864,79 @@ async fn a_provider_that_never_answers_costs_one_fetch_timeout() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     held.abort();
 }
+
+#[tokio::test]
+async fn keys_are_fetched_over_https_verified_against_the_configured_ca() {
+    use crate::tls::{Ca, temp_dir, write};
+    let dir = temp_dir("jwks");
+    let ca = Ca::new("jwks-ca");
+    let (cert, key_pem) = ca.leaf(&["localhost"], &[]);
+    let tls_files = switchyard::config::TlsConfig {
+        cert_file: write(&dir, "jwks.crt", &cert),
+        key_file: write(&dir, "jwks.key", &key_pem),
+        ..Default::default()
+    };
+    let tls = switchyard::tls::ServerTls::load(&tls_files).unwrap();
+    let key = ed_key();
+    let state = Arc::new(Jwks {
+        document: Mutex::new(document(&[&key])),
+        hits: AtomicUsize::new(0),
+        failing: AtomicBool::new(false),
+    });
+    let app = Router::new()
+        .route("/jwks.json", get(serve_jwks))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/jwks.json", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(switchyard::serve::serve_with(
+        listener,
+        app,
+        stop.clone(),
+        Duration::from_millis(100),
+        switchyard::serve::ServeLimits::default(),
+        tls,
+        Arc::new(|_| {}),
+    ));
+    let ca_file = write(&dir, "ca.pem", &ca.pem());
+    let gw = Gateway::start(|c| {
+        protect(c, &url);
+        c.jwt.providers[0].jwks_ca_file = ca_file.clone();
+    })
+    .await;
+    let orders = Instance::start("orders", "o-1").await;
+    gw.register("orders", "o-1", &orders.addr, 30_000).await;
+    let auth = bearer(&token(&key, &claims("tls")));
+    let (status, _, body) = get_with(
+        &format!("{}/orders/echo", gw.public_url()),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Another CA's gateway does not trust the provider: no keys, not ready.
+    let other = write(&dir, "other-ca.pem", &Ca::new("other").pem());
+    let distrustful = Gateway::launch_tls(
+        MemoryBus::new(),
+        |c| {
+            protect(c, &url);
+            c.jwt.providers[0].jwks_ca_file = other;
+        },
+        |b| b,
+    )
+    .await;
+    harness::eventually(Duration::from_secs(10), || async {
+        metric(
+            &distrustful,
+            r#"switchyard_jwks_fetches_total{provider="test",outcome="unreachable"}"#,
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    let (status, _, _) = get_with(&format!("{}/readyz", distrustful.public_url()), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    stop.cancel();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

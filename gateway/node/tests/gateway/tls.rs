@@ -22,13 +22,13 @@ use tokio_rustls::TlsConnector;
 use crate::harness::{Gateway, eventually};
 
 /// A CA and what it signs.
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -43,7 +43,7 @@ impl Ca {
     }
 
     /// A leaf certificate for `dns` names and `uris`, and its key (PEM).
-    fn leaf(&self, dns: &[&str], uris: &[&str]) -> (String, String) {
+    pub(crate) fn leaf(&self, dns: &[&str], uris: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
@@ -60,12 +60,12 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.cert.pem()
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "switchyard-tls-{name}-{}-{:?}",
         std::process::id(),
@@ -75,7 +75,7 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
