@@ -940,3 +940,28 @@ async fn keys_are_fetched_over_https_verified_against_the_configured_ca() {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_provider_that_cannot_be_set_up_keeps_the_gateway_unready_with_the_reason() {
+    let gw = Gateway::launch_tls(
+        MemoryBus::new(),
+        |c| {
+            protect(c, "https://127.0.0.1:9/jwks.json");
+            c.jwt.providers[0].jwks_ca_file = "/nonexistent/ca.pem".into();
+        },
+        |b| b,
+    )
+    .await;
+    let ready = format!("{}/readyz", gw.public_url());
+    harness::eventually(Duration::from_secs(10), || async {
+        harness::try_http("GET", &ready).await.is_ok()
+    })
+    .await;
+    let (status, _, body) = get_with(&ready, &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let reason = body["waiting_for"][0].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("[jwt] not in force") && reason.contains("/nonexistent/ca.pem"),
+        "{body}"
+    );
+}
