@@ -26,6 +26,7 @@ use crate::graphql::{self, Backend, Front};
 use crate::outbox::Outbox;
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
+use crate::redis::Redis;
 use crate::registrar::{Registrar, RegistrationPolicy};
 use crate::replication::Replication;
 use crate::seams::Seams;
@@ -50,6 +51,8 @@ pub struct Node {
     status: Arc<Status>,
     addresses: Arc<Addresses>,
     auth: Arc<Authenticator>,
+    /// The Redis client, when `redis.url` names a server.
+    redis: Option<Arc<Redis>>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
 }
@@ -130,6 +133,7 @@ impl Builder {
         let store = Arc::new(Store::new(id.clone(), seams.clock.clone()));
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
+        let redis = redis_client(&config, &telemetry);
         let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
@@ -186,10 +190,28 @@ impl Builder {
             status,
             addresses,
             auth,
+            redis,
             public_tls,
             control_tls,
         })
     }
+}
+
+/// The Redis client `[redis]` names, its metrics added to the scrape; `None` without a URL,
+/// or when the section cannot be used (logged: the config check refuses it before a start).
+fn redis_client(config: &Config, telemetry: &Telemetry) -> Option<Arc<Redis>> {
+    let redis = match Redis::from_config(&config.redis) {
+        Ok(redis) => Arc::new(redis?),
+        Err(error) => {
+            tracing::error!(%error, "Redis client not made: revocations stay unknown, limits stay local");
+            return None;
+        }
+    };
+    let scraped = redis.clone();
+    telemetry.add_scraped(Arc::new(move |out: &mut String| {
+        scraped.encode_metrics(out)
+    }));
+    Some(redis)
 }
 
 impl Node {
@@ -249,6 +271,11 @@ impl Node {
     /// The node's counters and histograms.
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         self.telemetry.metrics()
+    }
+
+    /// The Redis client, when `redis.url` names a server.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.redis.as_ref()
     }
 
     /// The registrar: how this node's registry changes.
@@ -376,6 +403,14 @@ impl Node {
             tokio::spawn(async move { replication.run(stop).await })
         };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        let redis = {
+            let (redis, stop) = (node.redis.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(redis) = redis {
+                    redis.run(stop).await;
+                }
+            })
+        };
         // The publisher runs on while the listeners drain (a draining registration may still
         // be published in time for a 200), and stops only when they are done; then the flush.
         let publisher_stop = CancellationToken::new();
@@ -434,6 +469,7 @@ impl Node {
         let _ = tokio::join!(
             replication,
             upkeep,
+            redis,
             exporter,
             key_watcher,
             public_watcher,
