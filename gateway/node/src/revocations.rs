@@ -3,7 +3,7 @@
 //!
 //! A revocation is a [`Record`] under its own key in Redis, expiring with the token (`SET …
 //! EXAT exp`; for a subject, the revocation time plus `revocation.token_lifetime_max_s`),
-//! published on one channel when it is made. Every gateway keeps a local [`Copy`], fed by
+//! published on one channel when it is made. Every gateway keeps a [`LocalCopy`], fed by
 //! its subscription to that channel and by a full resync (`SCAN` of the keys, `MGET` of
 //! their values) at once after each new subscription and every `revocation.resync_interval_ms`,
 //! so a message missed while the subscription was down is repaired. The copy only ever gains
@@ -30,7 +30,7 @@ use switchyard_core::GatewayError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use self::copy::{Added, Copy, Found, Kind, Position, Record};
+pub use self::copy::{Added, Found, Kind, LocalCopy, Position, Record};
 use crate::config::RevocationConfig;
 use crate::redis::{Redis, RedisError};
 use crate::revocation::{Revocation, RevocationList, TokenFacts};
@@ -99,7 +99,7 @@ pub struct Revocations {
     config: RevocationConfig,
     redis: Arc<Redis>,
     clock: Arc<dyn Clock>,
-    copy: RwLock<Copy>,
+    copy: RwLock<LocalCopy>,
     /// `confirmed_ms` counts from here.
     base: Instant,
     /// When the copy was last confirmed current, in ms after `base`, plus one; 0: never.
@@ -144,7 +144,7 @@ impl Revocations {
             config: config.clone(),
             redis,
             clock,
-            copy: RwLock::new(Copy::new(config.entries_max)),
+            copy: RwLock::new(LocalCopy::new(config.entries_max)),
             base: Instant::now(),
             confirmed_ms: AtomicU64::new(0),
             key_prefix: format!("{prefix}revoked:"),

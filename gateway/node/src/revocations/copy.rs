@@ -96,7 +96,7 @@ pub enum Added {
 /// The local copy: per issuer, token ids with their end, and subjects with their revocation
 /// time and end.
 #[derive(Debug, Clone)]
-pub struct Copy {
+pub struct LocalCopy {
     tokens: BTreeMap<String, BTreeMap<String, Times>>,
     subjects: BTreeMap<String, BTreeMap<String, Times>>,
     len: usize,
@@ -120,7 +120,7 @@ pub enum Found {
     Incomplete,
 }
 
-impl Copy {
+impl LocalCopy {
     pub fn new(entries_max: usize) -> Self {
         Self {
             tokens: BTreeMap::new(),
@@ -140,7 +140,7 @@ impl Copy {
         self.len == 0
     }
 
-    /// Whether an entry was refused for want of room since the last [`Copy::settle`].
+    /// Whether an entry was refused for want of room since the last [`LocalCopy::settle`].
     pub fn is_incomplete(&self) -> bool {
         self.full
     }

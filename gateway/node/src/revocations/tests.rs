@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Added, Copy, Found, Kind, Position, Record, Revocations, RevokeRequest, Source};
+use super::{Added, Found, Kind, LocalCopy, Position, Record, Revocations, RevokeRequest, Source};
 use crate::config::{RedisConfig, RevocationConfig};
 use crate::redis::Redis;
 use crate::revocation::{Revocation, RevocationList, TokenFacts};
@@ -51,7 +51,7 @@ fn revoked_subject(issuer: &str, subject: &str, revoked_at_s: u64) -> Record {
 
 #[test]
 fn a_token_id_is_revoked_for_its_issuer_only_until_it_expires() {
-    let mut copy = Copy::new(10);
+    let mut copy = LocalCopy::new(10);
     assert_eq!(
         copy.add(&revoked_id("iss-a", "j1", NOW_S + 60), NOW_S),
         Added::New
@@ -78,7 +78,7 @@ fn a_token_id_is_revoked_for_its_issuer_only_until_it_expires() {
 
 #[test]
 fn a_subject_covers_the_tokens_issued_at_or_before_its_revocation() {
-    let mut copy = Copy::new(10);
+    let mut copy = LocalCopy::new(10);
     copy.add(&revoked_subject("iss", "alice", NOW_S), NOW_S);
     let check = |iat| copy.check(&token("iss", "alice", Some("any"), iat), NOW_S);
     assert_eq!(check(Some(NOW_S - 1)), Found::Revoked);
@@ -93,7 +93,7 @@ fn a_subject_covers_the_tokens_issued_at_or_before_its_revocation() {
 
 #[test]
 fn a_later_revocation_of_a_subject_moves_its_time_forward() {
-    let mut copy = Copy::new(10);
+    let mut copy = LocalCopy::new(10);
     copy.add(&revoked_subject("iss", "alice", NOW_S - 100), NOW_S);
     assert_eq!(
         copy.add(&revoked_subject("iss", "alice", NOW_S), NOW_S),
@@ -112,7 +112,7 @@ fn a_later_revocation_of_a_subject_moves_its_time_forward() {
 
 #[test]
 fn over_its_bound_the_copy_refuses_and_stops_vouching_until_a_resync_fits() {
-    let mut copy = Copy::new(3);
+    let mut copy = LocalCopy::new(3);
     for i in 0..3 {
         let id = format!("j{i}");
         assert_eq!(
@@ -145,7 +145,7 @@ fn over_its_bound_the_copy_refuses_and_stops_vouching_until_a_resync_fits() {
         Found::NotListed
     );
     // A record already held is merged even when the copy is full.
-    let mut full = Copy::new(1);
+    let mut full = LocalCopy::new(1);
     full.add(&revoked_id("iss", "j0", NOW_S + 60), NOW_S);
     assert_eq!(
         full.add(&revoked_id("iss", "j0", NOW_S + 90), NOW_S),
@@ -155,7 +155,7 @@ fn over_its_bound_the_copy_refuses_and_stops_vouching_until_a_resync_fits() {
 
 #[test]
 fn invalid_and_expired_records_are_not_kept() {
-    let mut copy = Copy::new(10);
+    let mut copy = LocalCopy::new(10);
     let mut both = revoked_id("iss", "j", NOW_S + 60);
     both.subject = Some("alice".to_owned());
     assert_eq!(copy.add(&both, NOW_S), Added::Invalid);
@@ -177,7 +177,7 @@ fn invalid_and_expired_records_are_not_kept() {
 
 #[test]
 fn listing_pages_through_everything_once() {
-    let mut copy = Copy::new(100);
+    let mut copy = LocalCopy::new(100);
     for i in 0..7 {
         copy.add(&revoked_id("iss", &format!("j{i}"), NOW_S + 60), NOW_S);
     }
