@@ -18,6 +18,8 @@ REDIS_SH = REPO_ROOT / "testbeds" / "redis" / "redis.sh"
 class RedisServer:
     port: int
     state_dir: Path
+    # A file holding the password the server requires; None: no password.
+    password_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -25,6 +27,9 @@ class RedisServer:
 
     def _run(self, command: str) -> str:
         env = dict(os.environ, REDIS_DIR=str(self.state_dir), REDIS_PORT=str(self.port))
+        env.pop("REDIS_PASSWORD_FILE", None)
+        if self.password_file is not None:
+            env["REDIS_PASSWORD_FILE"] = str(self.password_file)
         done = subprocess.run(
             [str(REDIS_SH), command], env=env, capture_output=True, text=True, timeout=120
         )
@@ -51,11 +56,15 @@ class RedisServer:
         self._run("resume")
 
     def cli(self, *args: str) -> str:
+        env = dict(os.environ)
+        if self.password_file is not None:
+            env["REDISCLI_AUTH"] = self.password_file.read_text().strip()
         done = subprocess.run(
             ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
             capture_output=True,
             text=True,
             timeout=10,
+            env=env,
         )
         assert done.returncode == 0, f"redis-cli {args} failed: {done.stderr}"
         return done.stdout.strip()
@@ -68,10 +77,11 @@ class RedisServer:
         return out
 
 
-def session_redis(run_dir: Path) -> RedisServer:
-    port = int(os.environ.get("E2E_REDIS_PORT", "16479"))
-    server = RedisServer(port=port, state_dir=run_dir)
-    env = dict(os.environ, REDIS_DIR=str(run_dir), REDIS_PORT=str(port))
-    subprocess.run([str(REDIS_SH), "wipe"], env=env, capture_output=True, timeout=60, check=False)
+def session_redis(run_dir: Path, port: int | None = None, password_file: Path | None = None) -> RedisServer:
+    """A fresh server: its state directory wiped, started on `port` (default E2E_REDIS_PORT or
+    16479)."""
+    port = port or int(os.environ.get("E2E_REDIS_PORT", "16479"))
+    server = RedisServer(port=port, state_dir=run_dir, password_file=password_file)
+    server._run("wipe")
     server.start()
     return server
