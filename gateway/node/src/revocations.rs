@@ -272,7 +272,7 @@ impl Revocations {
                 false
             }
         };
-        tracing::info!(issuer = %record.issuer, kind = kind.as_str(), expires_at_s = record.expires_at_s, published, "revocation made");
+        tracing::info!(issuer = ?record.issuer, kind = kind.as_str(), expires_at_s = record.expires_at_s, published, "revocation made");
         Ok(Revoked { record, published })
     }
 
