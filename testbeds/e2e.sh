@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of Switchyard with real processes on loopback: the gateway, the Rust sample
-# service and the Python sample service (testbeds/tests).
+# service and the Python sample service (testbeds/tests); Kafka, and Debian's redis-server for
+# the revocation tests (testbeds/redis/redis.sh, installed with apt-get when missing and root).
 #
 #   testbeds/e2e.sh [pytest arguments...]      e.g. testbeds/e2e.sh -k failover -v
 #

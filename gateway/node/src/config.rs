@@ -17,6 +17,8 @@ use serde::Deserialize;
 mod graphql;
 mod jwt;
 mod kafka;
+mod redis;
+mod revocation;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +28,8 @@ pub use kafka::{
     KafkaSecurityProtocol, SASL_PASSWORD_BYTES_MAX, SASL_USERNAME_BYTES_MAX, SaslMechanism,
     read_sasl_password,
 };
+pub use redis::{KEY_PREFIX_BYTES_MAX, RedisConfig};
+pub use revocation::{REVOCATION_ENTRIES_LIMIT, RevocationConfig};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +50,8 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub runtime: RuntimeConfig,
+    pub redis: RedisConfig,
+    pub revocation: RevocationConfig,
 }
 
 /// The async runtime the `switchyard` binary runs on.
@@ -762,7 +768,7 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "node_id",
     "seed",
     "public",
@@ -775,6 +781,8 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "log",
     "telemetry",
     "runtime",
+    "redis",
+    "revocation",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -1043,6 +1051,8 @@ impl Config {
             ));
         }
         self.telemetry.validate()?;
+        self.redis.validate()?;
+        self.revocation.validate()?;
         if self.node_id.len() > 64
             || self
                 .node_id

@@ -17,7 +17,11 @@
 //! * [`auth`]: control credentials (JWT), their keys, and what each may do.
 //! * [`jwks`]: the keys of the public front's JWT providers, fetched, refreshed and served
 //!   stale within bounds; the JWT check's counters.
+//! * [`redis`]: the Redis client shared by revocations and cluster-wide limits: one
+//!   connection kept in the background, every command bounded, a breaker in front.
 //! * [`revocation`]: the contract of the list of revoked public credentials.
+//!   [`revocations`]: that list, kept in Redis and copied into every gateway's memory by
+//!   pub/sub and a periodic resync; revoked through the control listener.
 //! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
 //!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
@@ -43,10 +47,12 @@ pub mod outbox;
 pub mod pipeline;
 pub mod probes;
 pub mod public;
+pub mod redis;
 pub mod registrar;
 pub mod replication;
 pub mod respond;
 pub mod revocation;
+pub mod revocations;
 pub mod seams;
 pub mod serve;
 pub mod status;

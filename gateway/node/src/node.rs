@@ -27,9 +27,11 @@ use crate::jwks::Jwks;
 use crate::outbox::Outbox;
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
+use crate::redis::Redis;
 use crate::registrar::{Registrar, RegistrationPolicy};
 use crate::replication::Replication;
 use crate::revocation::RevocationList;
+use crate::revocations::Revocations;
 use crate::seams::Seams;
 use crate::status::{NodeStatus, Status};
 use crate::store::Store;
@@ -53,6 +55,10 @@ pub struct Node {
     addresses: Arc<Addresses>,
     auth: Arc<Authenticator>,
     jwks: Arc<Jwks>,
+    /// The Redis client, when `redis.url` names a server.
+    redis: Option<Arc<Redis>>,
+    /// The revoked public tokens, kept in Redis: with the Redis client only.
+    revocations: Option<Arc<Revocations>>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
 }
@@ -125,7 +131,7 @@ impl Builder {
             policies,
             registration_policies,
             authenticator,
-            revocations,
+            revocations: revocation_list,
         } = self;
         let auth = authenticator.unwrap_or_else(|| {
             // What `[control]` says, its key file read now; a file that cannot be read
@@ -150,6 +156,19 @@ impl Builder {
         let store = Arc::new(Store::new(id.clone(), seams.clock.clone()));
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
+        let redis = redis_client(&config, &telemetry);
+        let revocations = redis.as_ref().map(|redis| {
+            let revocations = Arc::new(Revocations::new(
+                &config.revocation,
+                redis.clone(),
+                seams.clock.clone(),
+            ));
+            let scraped = revocations.clone();
+            telemetry.add_scraped(Arc::new(move |out: &mut String| {
+                scraped.encode_metrics(out)
+            }));
+            revocations
+        });
         let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
@@ -181,9 +200,15 @@ impl Builder {
                 Jwks::failed(error)
             }),
         );
+        // The list the builder was given, else the one kept in Redis, else none.
+        let revocation_list = revocation_list.or_else(|| {
+            revocations
+                .clone()
+                .map(|list| list as Arc<dyn RevocationList>)
+        });
         let owners = pipeline::policies::Owners {
             jwks: jwks.clone(),
-            revocations,
+            revocations: revocation_list,
             clock: seams.clock.clone(),
         };
         let mut request_policies = pipeline::policies::builtin(&config, &owners);
@@ -219,10 +244,29 @@ impl Builder {
             addresses,
             auth,
             jwks,
+            redis,
+            revocations,
             public_tls,
             control_tls,
         })
     }
+}
+
+/// The Redis client `[redis]` names, its metrics added to the scrape; `None` without a URL,
+/// or when the section cannot be used (logged: the config check refuses it before a start).
+fn redis_client(config: &Config, telemetry: &Telemetry) -> Option<Arc<Redis>> {
+    let redis = match Redis::from_config(&config.redis) {
+        Ok(redis) => Arc::new(redis?),
+        Err(error) => {
+            tracing::error!(%error, "Redis client not made: revocations stay unknown, limits stay local");
+            return None;
+        }
+    };
+    let scraped = redis.clone();
+    telemetry.add_scraped(Arc::new(move |out: &mut String| {
+        scraped.encode_metrics(out)
+    }));
+    Some(redis)
 }
 
 impl Node {
@@ -284,6 +328,17 @@ impl Node {
     /// The node's counters and histograms.
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         self.telemetry.metrics()
+    }
+
+    /// The Redis client, when `redis.url` names a server.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.redis.as_ref()
+    }
+
+    /// The list of revoked public tokens, when `redis.url` names a server: what the JWT policy
+    /// checks every verified token against. `None` without Redis: nothing to check.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
     }
 
     /// The registrar: how this node's registry changes.
@@ -350,6 +405,7 @@ impl Node {
         let control = Arc::new(Control {
             registrar: self.registrar.clone(),
             status: self.status.clone(),
+            revocations: self.revocations.clone(),
         });
         probes::router(self.status.clone())
             .merge(control::router(control))
@@ -415,6 +471,22 @@ impl Node {
             tokio::spawn(async move { jwks.run(stop).await })
         };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        let redis = {
+            let (redis, stop) = (node.redis.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(redis) = redis {
+                    redis.run(stop).await;
+                }
+            })
+        };
+        let revocations = {
+            let (revocations, stop) = (node.revocations.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(revocations) = revocations {
+                    revocations.run(stop).await;
+                }
+            })
+        };
         // The publisher runs on while the listeners drain (a draining registration may still
         // be published in time for a 200), and stops only when they are done; then the flush.
         let publisher_stop = CancellationToken::new();
@@ -474,6 +546,8 @@ impl Node {
             replication,
             jwks,
             upkeep,
+            redis,
+            revocations,
             exporter,
             key_watcher,
             public_watcher,

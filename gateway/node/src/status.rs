@@ -252,6 +252,7 @@ impl Status {
         if let Some(exporter) = self.telemetry.exporter() {
             exporter.encode_metrics(&mut out);
         }
+        self.telemetry.encode_scraped(&mut out);
         if self.jwks.configured() {
             self.jwks.stats().encode(&mut out);
         }

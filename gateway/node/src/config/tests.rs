@@ -351,3 +351,46 @@ claims = { tenant = "acme" }
         .to_string();
     assert!(error.contains("nmae"), "{error}");
 }
+
+#[test]
+fn redis_and_revocation_keys_are_checked_and_name_the_key() {
+    let cases = [
+        ("redis.url=\"http://127.0.0.1:6379\"", "redis.url"),
+        ("redis.url=\"rediss://127.0.0.1:6379\"", "redis.url"),
+        ("redis.url=\"redis://user:pw@127.0.0.1:6379\"", "redis.url"),
+        ("redis.command_timeout_ms=0", "redis.command_timeout_ms"),
+        ("redis.breaker_failures=0", "redis.breaker_failures"),
+        ("redis.key_prefix=\"a*\"", "redis.key_prefix"),
+        ("redis.key_prefix=\"\"", "redis.key_prefix"),
+        (
+            "redis.password_file=\"/nonexistent/switchyard-redis-password\"",
+            "redis.password_file",
+        ),
+        ("revocation.entries_max=0", "revocation.entries_max"),
+        (
+            "revocation.stale_after_ms=1000",
+            "revocation.stale_after_ms",
+        ),
+        ("revocation.list_max=10001", "revocation.list_max"),
+    ];
+    for (set, key) in cases {
+        let mut overrides = vec![parse_set_flag(set).unwrap()];
+        if set.starts_with("redis.password_file") {
+            overrides.push(parse_set_flag("redis.url=\"redis://127.0.0.1:6379\"").unwrap());
+        }
+        let error = Config::load(None, &overrides).expect_err(set).to_string();
+        assert!(error.contains(key), "{set}: {error}");
+        assert!(
+            !error.contains("pw@"),
+            "{set}: the error repeats a password: {error}"
+        );
+    }
+    let env = env_overrides([(
+        "SWITCHYARD_REDIS__URL".to_owned(),
+        "redis://127.0.0.1:6379/2".to_owned(),
+    )]);
+    let c = Config::load(None, &env).unwrap();
+    assert_eq!(c.redis.url, "redis://127.0.0.1:6379/2");
+    assert_eq!(c.redis.command_timeout_ms, 50);
+    assert_eq!(c.revocation.stale_after_ms, 3_000);
+}

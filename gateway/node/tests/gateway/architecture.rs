@@ -44,12 +44,16 @@ const LAYERS: &[(&str, u8)] = &[
     ("outbox", 3),
     ("telemetry", 3),
     ("auth", 3),
-    // Keeping the registry: registration and replication.
+    // Keeping the registry: registration and replication; the Redis client (counts through
+    // telemetry's scrape helpers).
+    ("redis", 4),
     ("registrar", 4),
     ("replication", 4),
     ("jwks", 4),
-    // Calling services (evicts through the registrar).
+    // Calling services (evicts through the registrar); the revocation list on the Redis
+    // client.
     ("forwarding", 5),
+    ("revocations", 5),
     // Handling a request, and what the node reports.
     ("pipeline", 6),
     ("status", 6),
