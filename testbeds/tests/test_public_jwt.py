@@ -2,12 +2,17 @@
 keys from a JWKS served by Python's http.server on loopback; keys and tokens are made by
 `switchyard token keygen`, `jwks` and `issue-public`. REST and a GraphQL `call` with a valid
 token reach the Rust sample with the forwarded claim; no token is 401; a rotated key works.
+With Debian's redis-server, a token revoked through the control listener is refused, and a
+stale revocation list fails closed.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,8 +24,10 @@ from harness import (
     Launcher,
     binary,
     child_env,
+    operator,
     start_gateway,
     start_rust_service,
+    wait_until,
 )
 
 ISSUER = "https://idp.test/"
@@ -119,11 +126,7 @@ def echoed(echo: dict, name: str) -> list[str]:
     return [value for (n, value) in echo["headers"] if n == name]
 
 
-def test_rest_and_graphql_with_a_token_reach_the_service_and_a_rotated_key_works(
-    launcher: Launcher, jwks: JwksServer, tmp_path: Path
-) -> None:
-    old = keygen(tmp_path, "idp-old")
-    jwks.publish(old)
+def jwt_config(tmp_path: Path, jwks_url: str) -> Path:
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
@@ -135,13 +138,22 @@ name = "idp"
 issuer = "{ISSUER}"
 audiences = ["{AUDIENCE}"]
 algorithms = ["EdDSA"]
-jwks_url = "{jwks.url}"
+jwks_url = "{jwks_url}"
 
 [[jwt.routes]]
 service = "{SERVICE}"
 scopes = ["jwt:read"]
 """
     )
+    return config
+
+
+def test_rest_and_graphql_with_a_token_reach_the_service_and_a_rotated_key_works(
+    launcher: Launcher, jwks: JwksServer, tmp_path: Path
+) -> None:
+    old = keygen(tmp_path, "idp-old")
+    jwks.publish(old)
+    config = jwt_config(tmp_path, jwks.url)
     gw = start_gateway(launcher, "gw-jwt", "gw-jwt", extra=("--config", str(config)))
     assert jwks.hits >= 1, "the keys were fetched before the gateway reported ready"
     start_rust_service(launcher, gw, SERVICE, "rust-1")
@@ -193,3 +205,50 @@ scopes = ["jwt:read"]
     metrics = requests.get(f"{gw.control}/metrics", timeout=HTTP_TIMEOUT_S).text
     assert 'switchyard_jwks_keys{provider="idp"} 2' in metrics, metrics
     assert 'switchyard_jwt_refusals_total{reason="missing"} 2' in metrics, metrics
+
+
+def token_id(token: str) -> str:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
+
+
+def test_a_revoked_token_is_refused_and_a_stale_list_fails_closed(
+    launcher: Launcher, jwks: JwksServer, tmp_path: Path, redis_server
+) -> None:
+    key = keygen(tmp_path, "idp")
+    jwks.publish(key)
+    config = jwt_config(tmp_path, jwks.url)
+    settings = redis_server.settings(
+        revocation__heartbeat_interval_ms="200",
+        revocation__stale_after_ms="1000",
+        revocation__resync_interval_ms="2000",
+    )
+    gw = start_gateway(
+        launcher, "gw-jwt-rev", "gw-jwt-rev", extra=("--config", str(config)), settings=settings
+    )
+    start_rust_service(launcher, gw, SERVICE, "rust-1")
+    gw.wait_live(SERVICE, "rust-1")
+    url = f"{gw.public}/{SERVICE}/echo"
+
+    def call(bearer: str) -> requests.Response:
+        return requests.get(url, headers={"authorization": f"Bearer {bearer}"}, timeout=HTTP_TIMEOUT_S)
+
+    revoked, kept = token(key, "carol"), token(key, "dave")
+    wait_until(lambda: call(revoked).status_code == 200, "the token to be taken", 10)
+    body = {"issuer": ISSUER, "token_id": token_id(revoked), "expires_at": int(time.time()) + 600}
+    resp = requests.post(
+        f"{gw.control}/v1/revocations",
+        json=body,
+        headers={"authorization": f"Bearer {operator().token}"},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert resp.status_code == 200, resp.text
+    refused = call(revoked)
+    assert refused.status_code == 401, refused.text
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert call(kept).status_code == 200
+
+    # Redis gone: once the copy is stale, the provider (fail_closed by default) answers 503.
+    redis_server.kill()
+    wait_until(lambda: call(kept).status_code == 503, "the stale list to fail closed", 10)
+    assert call(kept).json()["error"]["code"] == "not_ready"
