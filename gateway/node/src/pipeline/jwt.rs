@@ -216,18 +216,16 @@ impl JwtPolicy {
                             .is_none_or(|kid| ring.by_kid(kid).is_some())
                     });
                 let fresh = verify::check_time(&hit, now_s, self.leeway_s).is_ok();
-                if key_held && fresh {
+                if key_held && fresh && allowed(hit.provider) {
                     self.stats().cache_lookup(true);
-                    if !allowed(hit.provider) {
-                        return Err(self.unauthenticated(&Refused {
-                            reason: "unknown_issuer",
-                            message: "the token's issuer is not accepted here",
-                        }));
-                    }
                     return Ok(hit);
                 }
-                let (entries, bytes) = cache.remove(hash);
-                self.stats().set_cache_size(entries, bytes);
+                // Verified by a provider this route does not take: another provider with the
+                // same issuer may, so the token is verified afresh (the entry stays).
+                if !(key_held && fresh) {
+                    let (entries, bytes) = cache.remove(hash);
+                    self.stats().set_cache_size(entries, bytes);
+                }
             }
             self.stats().cache_lookup(false);
         }

@@ -965,3 +965,31 @@ async fn a_provider_that_cannot_be_set_up_keeps_the_gateway_unready_with_the_rea
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_token_remembered_for_one_provider_is_still_taken_by_another_of_the_same_issuer() {
+    let (gw, _jwks, key, _orders, _open) = setup(|c, url| {
+        protect(c, url);
+        c.jwt.providers.push(provider("twin", url));
+        c.jwt.routes = vec![
+            JwtRoute {
+                providers: vec!["test".into()],
+                ..route("orders")
+            },
+            JwtRoute {
+                providers: vec!["twin".into()],
+                ..route("open")
+            },
+        ];
+    })
+    .await;
+    let auth = bearer(&token(&key, &claims("nia")));
+    for service in ["orders", "open", "orders"] {
+        let (status, _, body) = get_with(
+            &format!("{}/{service}/echo", gw.public_url()),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{service}: {body}");
+    }
+}
