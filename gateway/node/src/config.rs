@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 mod graphql;
 mod kafka;
+mod rate_limit;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +25,7 @@ pub use kafka::{
     KafkaSecurityProtocol, SASL_PASSWORD_BYTES_MAX, SASL_USERNAME_BYTES_MAX, SaslMechanism,
     read_sasl_password,
 };
+pub use rate_limit::{RateLimitClusterConfig, RateLimitKey, RateLimitMode, RateLimitRule, RatePer};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +44,10 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub runtime: RuntimeConfig,
+    /// Rate limits on the public front, in the order they apply (`[[rate_limits]]`).
+    pub rate_limits: Vec<RateLimitRule>,
+    /// How cluster-mode rate limits count live gateways (`[rate_limit_cluster]`).
+    pub rate_limit_cluster: RateLimitClusterConfig,
 }
 
 /// The async runtime the `switchyard` binary runs on.
@@ -758,7 +764,7 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "node_id",
     "seed",
     "public",
@@ -771,6 +777,8 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "log",
     "telemetry",
     "runtime",
+    "rate_limits",
+    "rate_limit_cluster",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -1022,6 +1030,7 @@ impl Config {
         }
         self.graphql.validate()?;
         self.telemetry.validate()?;
+        rate_limit::validate(&self.rate_limits, &self.rate_limit_cluster)?;
         if self.node_id.len() > 64
             || self
                 .node_id

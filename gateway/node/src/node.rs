@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::Addresses;
 use crate::auth::{self, Authenticator, KeySet};
-use crate::config::{Config, ControlAuth, ListenerLimits};
+use crate::config::{Config, ControlAuth, ListenerLimits, RateLimitMode};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
 use crate::outbox::Outbox;
+use crate::pipeline::rate_limit::{Cluster, CounterStore};
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
 use crate::registrar::{Registrar, RegistrationPolicy};
@@ -52,6 +53,7 @@ pub struct Node {
     auth: Arc<Authenticator>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
+    rate_limit_cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -68,8 +70,11 @@ pub struct Builder {
     config: Config,
     seams: Seams,
     policies: Vec<Arc<dyn Policy>>,
+    /// Policies run before the built-in ones.
+    first_policies: Vec<Arc<dyn Policy>>,
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
     authenticator: Option<Arc<Authenticator>>,
+    rate_limit_store: Option<Arc<dyn CounterStore>>,
 }
 
 /// The TLS of the two listeners, as loaded from `public.tls` and `control.tls`: `Ok(None)` for
@@ -93,6 +98,21 @@ impl Builder {
         self
     }
 
+    /// Adds a request policy run before the built-in ones: one that establishes who calls
+    /// (`ctx.set_identity`), so that the built-in rate limits can key by its subject (a
+    /// stand-in for an authentication policy, in tests; an embedder's own authentication).
+    pub fn policy_before_builtin(mut self, policy: Arc<dyn Policy>) -> Self {
+        self.first_policies.push(policy);
+        self
+    }
+
+    /// The store of cluster-mode rate limits (`mode = "cluster"`). Without one, such rules
+    /// count on each gateway alone, and the start-up log says so.
+    pub fn rate_limit_store(mut self, store: Arc<dyn CounterStore>) -> Self {
+        self.rate_limit_store = Some(store);
+        self
+    }
+
     /// Adds a registration policy, run on every registry change a caller asks for.
     pub fn registration_policy(mut self, policy: Arc<dyn RegistrationPolicy>) -> Self {
         self.registration_policies.push(policy);
@@ -104,8 +124,10 @@ impl Builder {
             config,
             seams,
             policies,
+            first_policies,
             registration_policies,
             authenticator,
+            rate_limit_store,
         } = self;
         let auth = authenticator.unwrap_or_else(|| {
             // What `[control]` says, its key file read now; a file that cannot be read
@@ -155,7 +177,15 @@ impl Builder {
             seams.connector.clone(),
             addresses.clone(),
         ));
-        let mut request_policies = pipeline::policies::builtin(&config);
+        let rate_limit_cluster = rate_limit_cluster(&config, rate_limit_store, &id, &telemetry);
+        let mut request_policies = first_policies;
+        request_policies.extend(pipeline::policies::builtin(
+            &config,
+            pipeline::policies::Parts {
+                telemetry: &telemetry,
+                rate_limit_cluster: rate_limit_cluster.clone(),
+            },
+        ));
         request_policies.extend(policies);
         let pipeline = Arc::new(Pipeline::new(
             store.clone(),
@@ -188,7 +218,36 @@ impl Builder {
             auth,
             public_tls,
             control_tls,
+            rate_limit_cluster,
         })
+    }
+}
+
+/// The cluster mode of the rate limits: built when a rule asks for it and a store is set.
+fn rate_limit_cluster(
+    config: &Config,
+    store: Option<Arc<dyn CounterStore>>,
+    node_id: &str,
+    telemetry: &Arc<Telemetry>,
+) -> Option<Arc<Cluster>> {
+    let wanted = config
+        .rate_limits
+        .iter()
+        .any(|r| r.mode == RateLimitMode::Cluster);
+    match (wanted, store) {
+        (true, Some(store)) => Some(Arc::new(Cluster::new(
+            store,
+            config.rate_limit_cluster.clone(),
+            node_id,
+            telemetry.clone(),
+        ))),
+        (true, None) => {
+            tracing::warn!(
+                "rate limits with mode = \"cluster\" but no Redis: each gateway counts them alone"
+            );
+            None
+        }
+        (false, _) => None,
     }
 }
 
@@ -203,8 +262,10 @@ impl Node {
             config,
             seams,
             policies: Vec::new(),
+            first_policies: Vec::new(),
             registration_policies: Vec::new(),
             authenticator: None,
+            rate_limit_store: None,
         }
     }
 
@@ -376,6 +437,14 @@ impl Node {
             tokio::spawn(async move { replication.run(stop).await })
         };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        let heartbeat = {
+            let (cluster, stop) = (node.rate_limit_cluster.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(cluster) = cluster {
+                    cluster.run(stop).await;
+                }
+            })
+        };
         // The publisher runs on while the listeners drain (a draining registration may still
         // be published in time for a 200), and stops only when they are done; then the flush.
         let publisher_stop = CancellationToken::new();
@@ -434,6 +503,7 @@ impl Node {
         let _ = tokio::join!(
             replication,
             upkeep,
+            heartbeat,
             exporter,
             key_watcher,
             public_watcher,
