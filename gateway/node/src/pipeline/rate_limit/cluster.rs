@@ -1,7 +1,7 @@
 //! The cluster mode: one count per rule and key for the whole cluster, kept in a store
 //! (Redis) that checks and updates it atomically on its own clock, so that every gateway sees
-//! the same count and reports the same numbers. The key names the rule and the key value,
-//! never the gateway.
+//! the same count and reports the same numbers. A bucket is named by the rule and the key
+//! value (`<rule>:<key>`), never by the gateway.
 //!
 //! When the store cannot answer (down, slow past the client's timeout, its breaker open), the
 //! gateway decides alone with its share of the limit: the rate and the burst divided by the
@@ -22,9 +22,6 @@ use super::gcra::{Decision, Shape};
 use crate::config::RateLimitClusterConfig;
 use crate::sync::BoxFuture;
 use crate::telemetry::Telemetry;
-
-/// The prefix of every key the cluster mode writes.
-pub const KEY_PREFIX: &str = "switchyard:rl:";
 
 /// Why the store did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,13 +47,13 @@ impl StoreError {
 
 /// What the cluster mode needs of its store. An implementation bounds every call in time.
 pub trait CounterStore: Send + Sync + 'static {
-    /// Checks one request against the bucket `key` of `shape`, atomically, on the store's
-    /// clock, and keeps the bucket's new state. Returns whether the request is admitted and
+    /// Checks one request against the bucket `bucket` (`<rule>:<key>`, which the store may
+    /// prefix) of `shape`, atomically, on the store's clock, and keeps the bucket's new state. Returns whether the request is admitted and
     /// how far ahead of now the bucket's TAT then is, in microseconds (see
     /// [`Decision::from_ahead`]).
     fn check<'a>(
         &'a self,
-        key: &'a str,
+        bucket: &'a str,
         shape: Shape,
     ) -> BoxFuture<'a, Result<(bool, u64), StoreError>>;
 
@@ -113,8 +110,8 @@ impl Cluster {
     /// The store's decision on one request of `key` under `rule`, or `None` when the store
     /// did not answer (counted by reason).
     pub async fn check(&self, rule: &str, key: &str, shape: Shape) -> Option<Decision> {
-        let store_key = format!("{KEY_PREFIX}{rule}:{key}");
-        match self.store.check(&store_key, shape).await {
+        let bucket = format!("{rule}:{key}");
+        match self.store.check(&bucket, shape).await {
             Ok((admitted, ahead_us)) => Some(Decision::from_ahead(shape, admitted, ahead_us)),
             Err(error) => {
                 tracing::debug!(%error, rule, "rate limit decided locally: the store did not answer");
