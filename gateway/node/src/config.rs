@@ -17,6 +17,8 @@ use serde::Deserialize;
 mod graphql;
 mod kafka;
 mod rate_limit;
+mod redis;
+mod revocation;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +28,8 @@ pub use kafka::{
     read_sasl_password,
 };
 pub use rate_limit::{RateLimitClusterConfig, RateLimitKey, RateLimitMode, RateLimitRule, RatePer};
+pub use redis::{KEY_PREFIX_BYTES_MAX, RedisConfig};
+pub use revocation::{REVOCATION_ENTRIES_LIMIT, RevocationConfig};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +52,8 @@ pub struct Config {
     pub rate_limits: Vec<RateLimitRule>,
     /// How cluster-mode rate limits count live gateways (`[rate_limit_cluster]`).
     pub rate_limit_cluster: RateLimitClusterConfig,
+    pub redis: RedisConfig,
+    pub revocation: RevocationConfig,
 }
 
 /// The async runtime the `switchyard` binary runs on.
@@ -764,7 +770,7 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 16] = [
     "node_id",
     "seed",
     "public",
@@ -779,6 +785,8 @@ const TOP_LEVEL_KEYS: [&str; 14] = [
     "runtime",
     "rate_limits",
     "rate_limit_cluster",
+    "redis",
+    "revocation",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -1031,6 +1039,8 @@ impl Config {
         self.graphql.validate()?;
         self.telemetry.validate()?;
         rate_limit::validate(&self.rate_limits, &self.rate_limit_cluster)?;
+        self.redis.validate()?;
+        self.revocation.validate()?;
         if self.node_id.len() > 64
             || self
                 .node_id

@@ -15,6 +15,8 @@
 //!   [`registrar`] (register, renew, deregister, evict, and registration policies),
 //!   [`replication`] (bus reader, position, readiness).
 //! * [`auth`]: control credentials (JWT), their keys, and what each may do.
+//! * [`redis`]: the Redis client shared by revocations and cluster-wide limits: one
+//!   connection kept in the background, every command bounded, a breaker in front.
 //! * [`revocation`]: the contract of the list of revoked public credentials.
 //! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
 //!   connect path that applies it), [`outbox`] (changes waiting for the bus),
@@ -40,6 +42,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod probes;
 pub mod public;
+pub mod redis;
 pub mod registrar;
 pub mod replication;
 pub mod respond;

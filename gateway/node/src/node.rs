@@ -24,9 +24,10 @@ use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
 use crate::outbox::Outbox;
-use crate::pipeline::rate_limit::{Cluster, CounterStore};
+use crate::pipeline::rate_limit::{Cluster, CounterStore, RedisStore};
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
+use crate::redis::Redis;
 use crate::registrar::{Registrar, RegistrationPolicy};
 use crate::replication::Replication;
 use crate::seams::Seams;
@@ -51,6 +52,8 @@ pub struct Node {
     status: Arc<Status>,
     addresses: Arc<Addresses>,
     auth: Arc<Authenticator>,
+    /// The Redis client, when `redis.url` names a server.
+    redis: Option<Arc<Redis>>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
     rate_limit_cluster: Option<Arc<Cluster>>,
@@ -106,8 +109,9 @@ impl Builder {
         self
     }
 
-    /// The store of cluster-mode rate limits (`mode = "cluster"`). Without one, such rules
-    /// count on each gateway alone, and the start-up log says so.
+    /// The store of cluster-mode rate limits (`mode = "cluster"`), instead of the Redis that
+    /// `[redis]` names. With neither, such rules count on each gateway alone, and the start-up
+    /// log says so.
     pub fn rate_limit_store(mut self, store: Arc<dyn CounterStore>) -> Self {
         self.rate_limit_store = Some(store);
         self
@@ -152,6 +156,7 @@ impl Builder {
         let store = Arc::new(Store::new(id.clone(), seams.clock.clone()));
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
+        let redis = redis_client(&config, &telemetry);
         let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
@@ -177,6 +182,10 @@ impl Builder {
             seams.connector.clone(),
             addresses.clone(),
         ));
+        let rate_limit_store = rate_limit_store.or_else(|| {
+            let redis = redis.clone()?;
+            Some(Arc::new(RedisStore::new(redis)) as Arc<dyn CounterStore>)
+        });
         let rate_limit_cluster = rate_limit_cluster(&config, rate_limit_store, &id, &telemetry);
         let mut request_policies = first_policies;
         request_policies.extend(pipeline::policies::builtin(
@@ -216,6 +225,7 @@ impl Builder {
             status,
             addresses,
             auth,
+            redis,
             public_tls,
             control_tls,
             rate_limit_cluster,
@@ -243,12 +253,29 @@ fn rate_limit_cluster(
         ))),
         (true, None) => {
             tracing::warn!(
-                "rate limits with mode = \"cluster\" but no Redis: each gateway counts them alone"
+                "rate limits with mode = \"cluster\" but no redis.url: each gateway counts them alone"
             );
             None
         }
         (false, _) => None,
     }
+}
+
+/// The Redis client `[redis]` names, its metrics added to the scrape; `None` without a URL,
+/// or when the section cannot be used (logged: the config check refuses it before a start).
+fn redis_client(config: &Config, telemetry: &Telemetry) -> Option<Arc<Redis>> {
+    let redis = match Redis::from_config(&config.redis) {
+        Ok(redis) => Arc::new(redis?),
+        Err(error) => {
+            tracing::error!(%error, "Redis client not made: revocations stay unknown, limits stay local");
+            return None;
+        }
+    };
+    let scraped = redis.clone();
+    telemetry.add_scraped(Arc::new(move |out: &mut String| {
+        scraped.encode_metrics(out)
+    }));
+    Some(redis)
 }
 
 impl Node {
@@ -310,6 +337,11 @@ impl Node {
     /// The node's counters and histograms.
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         self.telemetry.metrics()
+    }
+
+    /// The Redis client, when `redis.url` names a server.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.redis.as_ref()
     }
 
     /// The registrar: how this node's registry changes.
@@ -445,6 +477,14 @@ impl Node {
                 }
             })
         };
+        let redis = {
+            let (redis, stop) = (node.redis.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(redis) = redis {
+                    redis.run(stop).await;
+                }
+            })
+        };
         // The publisher runs on while the listeners drain (a draining registration may still
         // be published in time for a 200), and stops only when they are done; then the flush.
         let publisher_stop = CancellationToken::new();
@@ -504,6 +544,7 @@ impl Node {
             replication,
             upkeep,
             heartbeat,
+            redis,
             exporter,
             key_watcher,
             public_watcher,

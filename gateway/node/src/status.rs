@@ -238,6 +238,7 @@ impl Status {
         if let Some(exporter) = self.telemetry.exporter() {
             exporter.encode_metrics(&mut out);
         }
+        self.telemetry.encode_scraped(&mut out);
         if let Some(dropped) = crate::telemetry::metrics::log_lines_dropped() {
             crate::telemetry::metrics::counter(
                 &mut out,

@@ -6,6 +6,7 @@
 //! [`Telemetry::request_finished`] is the one place a finished request (REST, or a GraphQL
 //! `call`) is observed: the access log line, the request metrics and the span export.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::Method;
@@ -23,12 +24,26 @@ pub use metrics::{
     WebSocketRefusal,
 };
 
+/// Writes the metrics of an owner that keeps its own counters (Redis, revocations), in the
+/// Prometheus text format, when `/metrics` is scraped.
+pub type ScrapedMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// The node's metrics, span exporter and access-log switch.
-#[derive(Debug)]
 pub struct Telemetry {
     metrics: Metrics,
     exporter: Option<otlp::Exporter>,
     access_log: bool,
+    scraped: RwLock<Vec<ScrapedMetrics>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("metrics", &self.metrics)
+            .field("exporter", &self.exporter)
+            .field("access_log", &self.access_log)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What is known of a request when it finishes.
@@ -59,6 +74,19 @@ impl Telemetry {
             metrics: Metrics::default(),
             exporter: otlp::Exporter::new(&config.telemetry, node_id),
             access_log: config.log.access,
+            scraped: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Adds an owner's metrics to every scrape, after the node's own.
+    pub fn add_scraped(&self, encode: ScrapedMetrics) {
+        crate::sync::write(&self.scraped).push(encode);
+    }
+
+    /// Writes the metrics added with [`Telemetry::add_scraped`], in the order they were added.
+    pub fn encode_scraped(&self, out: &mut String) {
+        for encode in crate::sync::read(&self.scraped).iter() {
+            encode(out);
         }
     }
 

@@ -9,8 +9,9 @@
 //! headers) for each rule asked, computed from the count that decided.
 //!
 //! * [`gcra`]: the bucket arithmetic and the bounded table of this gateway's buckets.
-//! * [`cluster`]: the cluster mode: the count in Redis, the live-gateway count, and the
-//!   fall-back to this gateway's share when Redis cannot answer.
+//! * [`cluster`]: the cluster mode: the count in a shared store, the live-gateway count, and
+//!   the fall-back to this gateway's share when the store cannot answer.
+//! * [`redis_store`]: that store in Redis, on the gateway's Redis client (a Lua script).
 //!
 //! The choices are recorded in docs/decisions/0020-rate-limits.md.
 
@@ -30,9 +31,11 @@ use crate::telemetry::metrics::RateLimitSeries;
 
 pub mod cluster;
 pub mod gcra;
+pub mod redis_store;
 
 pub use cluster::{Cluster, CounterStore, StoreError};
 use gcra::{Buckets, Decision, Shape};
+pub use redis_store::RedisStore;
 
 /// The longest key value (a subject or a header's value) kept as it is; a longer one is kept
 /// as its SHA-256, so a bucket's key is at most this long whatever the client sends.

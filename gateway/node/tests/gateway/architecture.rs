@@ -44,7 +44,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("outbox", 3),
     ("telemetry", 3),
     ("auth", 3),
-    // Keeping the registry: registration and replication.
+    // Keeping the registry: registration and replication; the Redis client (counts through
+    // telemetry's scrape helpers).
+    ("redis", 4),
     ("registrar", 4),
     ("replication", 4),
     // Calling services (evicts through the registrar).
