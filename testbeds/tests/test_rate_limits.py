@@ -190,6 +190,7 @@ def test_three_gateways_share_one_limit_and_their_shares_when_redis_stops(
     up = hammer(gateways, WINDOW_S)
     elapsed = up.last - up.first
     allowed = BURST + RATE_PER_S * elapsed
+    print(f"Redis up: {up.admitted} admitted of {allowed:.0f} allowed in {elapsed:.2f} s ({up})")
     assert up.other == 0, up
     assert up.limited > 0, f"the load did not reach the limit: {up}"
     assert abs(up.admitted - allowed) <= 0.1 * allowed, (
@@ -205,6 +206,7 @@ def test_three_gateways_share_one_limit_and_their_shares_when_redis_stops(
     elapsed = down.last - down.first
     share_burst = BURST // GATEWAYS
     bound = GATEWAYS * (share_burst + RATE_PER_S / GATEWAYS * elapsed)
+    print(f"Redis down: {down.admitted} admitted, the shares allow {bound:.0f} in {elapsed:.2f} s ({down})")
     assert down.other == 0, f"no 5xx while Redis is down: {down}"
     assert down.admitted <= 1.1 * bound, (
         f"admitted {down.admitted} in {elapsed:.2f} s with Redis down; the shares allow {bound:.0f}"
