@@ -6,6 +6,8 @@
 #                                     start, wait until it answers PING; prints redis://addr
 #   testbeds/redis/redis.sh stop      stop it (SHUTDOWN NOSAVE, then SIGKILL after 10 s)
 #   testbeds/redis/redis.sh kill      SIGKILL, at once (a server that dies mid-run)
+#   testbeds/redis/redis.sh pause     SIGSTOP: connections stay open, nothing is answered
+#   testbeds/redis/redis.sh resume    SIGCONT
 #   testbeds/redis/redis.sh restart   stop, then start on the same port
 #   testbeds/redis/redis.sh status    exit 0 if it runs
 #   testbeds/redis/redis.sh wipe      stop and delete its directory
@@ -33,7 +35,10 @@ need() {
   command -v "$1" >/dev/null 2>&1 || { log "$1 is needed: install $2"; exit 1; }
 }
 
-running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# Alive: the process exists and is not a zombie waiting for a parent to reap it.
+alive() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }
+
+running() { [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")"; }
 
 cli() {
   local auth=()
@@ -99,7 +104,7 @@ stop() {
   log "stopping redis-server (pid $pid)"
   cli shutdown nosave >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + 10))
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     if ((SECONDS > deadline)); then
       log "not stopped after 10 s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
@@ -115,7 +120,8 @@ kill_now() {
   local pid
   pid="$(cat "$pidfile")"
   kill -KILL "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+  local deadline=$((SECONDS + 10))
+  while alive "$pid" && ((SECONDS <= deadline)); do sleep 0.02; done
   rm -f "$pidfile"
 }
 
@@ -123,8 +129,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   kill) kill_now ;;
+  pause) if running; then kill -STOP "$(cat "$pidfile")"; fi ;;
+  resume) if running; then kill -CONT "$(cat "$pidfile")"; fi ;;
   restart) stop; start ;;
   status) running ;;
   wipe) stop; rm -rf "$dir" ;;
-  *) echo "usage: $0 start|stop|kill|restart|status|wipe" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|kill|pause|resume|restart|status|wipe" >&2; exit 2 ;;
 esac

@@ -109,3 +109,16 @@ def kafka() -> Iterator["Broker"]:
     finally:
         if broker.restartable:
             broker.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator["RedisServer"]:
+    """A Redis server of its own for one test (see redis_server.py): the tests kill and
+    restart it. Stopped at the end."""
+    from redis_server import RedisServer, session_redis  # noqa: F401 (RedisServer: the type)
+
+    server = session_redis(REPO_ROOT / "testbeds" / ".run" / "redis-e2e")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,23 +4,18 @@ gateway admits its share (the limit divided by the live gateways it last counted
 total stays within the documented bound, and nothing answers with a 5xx.
 
 The limit is keyed by service, so the clients' addresses do not matter: every request to the
-service, through any gateway, takes from one count. The redis-server is this test's own
-(`redis_server`), started on a free loopback port and killed to stop it.
+service, through any gateway, takes from one count. The redis-server is the one the
+`redis_server` fixture starts for this test (redis_server.py); the test kills it.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 
 from harness import (
@@ -32,6 +27,7 @@ from harness import (
     start_rust_service,
     wait_until,
 )
+from redis_server import RedisServer
 
 SERVICE = "limited"
 RATE_PER_S = 40
@@ -55,59 +51,6 @@ mode = "cluster"
 heartbeat_interval_ms = 200
 heartbeat_ttl_ms = 1000
 """
-
-
-@dataclass
-class RedisServer:
-    """A redis-server of this test's own, on loopback, without persistence."""
-
-    proc: subprocess.Popen
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on loopback (redis-server cannot be told port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise AssertionError("redis-server is missing: apt-get install redis-server")
-    port = free_port()
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(tmp_path)]
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(proc, port)
-    try:
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_until(answers, f"redis-server on port {port} to answer PING", 10.0)
-        yield server
-    finally:
-        server.stop()
 
 
 def metric(gateway: Gateway, series: str) -> float:
@@ -205,8 +148,8 @@ def test_three_gateways_share_one_limit_and_their_shares_when_redis_stops(
     policies = {r.headers.get("ratelimit-policy") for r in answered}
     assert policies == {f'"cluster";q={BURST};w=1'}, policies
 
-    # Redis stops: each gateway alone, with a third of the rate and of the burst.
-    redis_server.stop()
+    # Redis dies: each gateway alone, with a third of the rate and of the burst.
+    redis_server.kill()
     down = hammer(gateways, WINDOW_S)
     elapsed = down.last - down.first
     share_burst = BURST // GATEWAYS

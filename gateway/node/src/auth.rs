@@ -383,6 +383,12 @@ impl Grant {
     pub fn may_read(&self) -> bool {
         self.read
     }
+
+    /// Whether it may revoke public tokens: only an operator's credential, one for every
+    /// service (`*`), may; a credential for some services may not.
+    pub fn may_revoke(&self) -> bool {
+        self.patterns.contains(&Pattern::All)
+    }
 }
 
 /// Why a credential was refused. Each has a metric label; none carries the token.

@@ -22,9 +22,12 @@ use switchyard_proto::registry::registration_server::{
     Registration as RegistrationService, RegistrationServer,
 };
 
+mod revocations;
+
 use crate::outbox::Delivery;
 use crate::registrar::{Caller, Registrar, Via};
 use crate::respond::{detailed_error_response, json_response, read_body};
+use crate::revocations::Revocations;
 use crate::seams::ClientAddr;
 use crate::status::Status;
 use crate::tls::PeerCertificate;
@@ -37,9 +40,11 @@ const REGISTRATION_BODY_BYTES_MAX: usize = 64 * 1024;
 pub struct Control {
     pub registrar: Arc<Registrar>,
     pub status: Arc<Status>,
+    /// The revocations of public tokens, when `redis.url` names a store.
+    pub revocations: Option<Arc<Revocations>>,
 }
 
-/// Registration (REST and gRPC), registry views and `/metrics`. The composition root mounts
+/// Registration (REST and gRPC), registry views, revocations and `/metrics`. The composition root mounts
 /// it beside the probes and the GraphQL front.
 pub fn router(control: Arc<Control>) -> Router {
     let grpc = tonic::service::Routes::new(RegistrationServer::new(RegistrationApi {
@@ -49,6 +54,10 @@ pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/revocations",
+            get(revocations::list).post(revocations::revoke),
+        )
         .route("/v1/services", get(list_services))
         .route("/v1/services/{service}", get(get_service))
         .route(

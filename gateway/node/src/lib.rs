@@ -18,6 +18,8 @@
 //! * [`redis`]: the Redis client shared by revocations and cluster-wide limits: one
 //!   connection kept in the background, every command bounded, a breaker in front.
 //! * [`revocation`]: the contract of the list of revoked public credentials.
+//!   [`revocations`]: that list, kept in Redis and copied into every gateway's memory by
+//!   pub/sub and a periodic resync; revoked through the control listener.
 //! * [`store`] (registry, clock, change feed), [`address`] (the address policy and the
 //!   connect path that applies it), [`outbox`] (changes waiting for the bus),
 //!   [`telemetry`] (metrics, span export, access log), [`serve`] (an axum router on any
@@ -47,6 +49,7 @@ pub mod registrar;
 pub mod replication;
 pub mod respond;
 pub mod revocation;
+pub mod revocations;
 pub mod seams;
 pub mod serve;
 pub mod status;

@@ -30,6 +30,7 @@ use crate::public::{self, Rest};
 use crate::redis::Redis;
 use crate::registrar::{Registrar, RegistrationPolicy};
 use crate::replication::Replication;
+use crate::revocations::Revocations;
 use crate::seams::Seams;
 use crate::status::{NodeStatus, Status};
 use crate::store::Store;
@@ -54,6 +55,8 @@ pub struct Node {
     auth: Arc<Authenticator>,
     /// The Redis client, when `redis.url` names a server.
     redis: Option<Arc<Redis>>,
+    /// The revoked public tokens, kept in Redis: with the Redis client only.
+    revocations: Option<Arc<Revocations>>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
     rate_limit_cluster: Option<Arc<Cluster>>,
@@ -157,6 +160,18 @@ impl Builder {
         let outbox = Arc::new(Outbox::new(config.bus.outbox_events_max));
         let telemetry = Arc::new(Telemetry::new(&config, &id));
         let redis = redis_client(&config, &telemetry);
+        let revocations = redis.as_ref().map(|redis| {
+            let revocations = Arc::new(Revocations::new(
+                &config.revocation,
+                redis.clone(),
+                seams.clock.clone(),
+            ));
+            let scraped = revocations.clone();
+            telemetry.add_scraped(Arc::new(move |out: &mut String| {
+                scraped.encode_metrics(out)
+            }));
+            revocations
+        });
         let addresses = Arc::new(Addresses::new(&config.upstream));
         let registrar = Arc::new(Registrar::new(
             &config,
@@ -226,6 +241,7 @@ impl Builder {
             addresses,
             auth,
             redis,
+            revocations,
             public_tls,
             control_tls,
             rate_limit_cluster,
@@ -344,6 +360,12 @@ impl Node {
         self.redis.as_ref()
     }
 
+    /// The list of revoked public tokens, when `redis.url` names a server: what the JWT policy
+    /// checks every verified token against. `None` without Redis: nothing to check.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
+    }
+
     /// The registrar: how this node's registry changes.
     pub fn registrar(&self) -> &Arc<Registrar> {
         &self.registrar
@@ -408,6 +430,7 @@ impl Node {
         let control = Arc::new(Control {
             registrar: self.registrar.clone(),
             status: self.status.clone(),
+            revocations: self.revocations.clone(),
         });
         probes::router(self.status.clone())
             .merge(control::router(control))
@@ -485,6 +508,14 @@ impl Node {
                 }
             })
         };
+        let revocations = {
+            let (revocations, stop) = (node.revocations.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(revocations) = revocations {
+                    revocations.run(stop).await;
+                }
+            })
+        };
         // The publisher runs on while the listeners drain (a draining registration may still
         // be published in time for a 200), and stops only when they are done; then the flush.
         let publisher_stop = CancellationToken::new();
@@ -545,6 +576,7 @@ impl Node {
             upkeep,
             heartbeat,
             redis,
+            revocations,
             exporter,
             key_watcher,
             public_watcher,

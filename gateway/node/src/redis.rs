@@ -334,14 +334,27 @@ impl Redis {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
-        match tokio::time::timeout(
+        let mut connection = match tokio::time::timeout(
             self.connect_timeout,
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
         )
         .await
         {
-            Ok(Ok(connection)) => Ok(connection),
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return Err(RedisError::of(&error)),
+            Err(_) => return Err(RedisError::Timeout),
+        };
+        // A hung server still accepts connections (the kernel does): only an answer proves it
+        // there, and only then may the breaker close.
+        let ping = ::redis::cmd("PING");
+        match tokio::time::timeout(
+            self.command_timeout,
+            ping.query_async::<String>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(connection),
             Ok(Err(error)) => Err(RedisError::of(&error)),
             Err(_) => Err(RedisError::Timeout),
         }

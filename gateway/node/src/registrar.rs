@@ -308,6 +308,31 @@ impl Registrar {
         Err(refusal.to_error())
     }
 
+    /// Checks that a caller on the control listener may revoke public tokens: a credential
+    /// for every service (`--services '*'`), or anyone with `control.auth = "none"`.
+    /// `control.reads = "open"` does not open it. A refusal is counted and logged like a
+    /// change's.
+    pub fn authorize_revocation(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerCertificate>,
+        client_addr: Option<SocketAddr>,
+    ) -> Result<Identity, GatewayError> {
+        let refusal = match self.auth.authenticate(headers, peer, self.store.now_ms()) {
+            Ok(grant) if grant.may_revoke() => return Ok(grant.identity),
+            Ok(grant) => Refusal::NotPermitted {
+                identity: grant.identity,
+                what: "revoking public tokens (it needs services `*`)".to_owned(),
+            },
+            Err(refusal) => refusal,
+        };
+        self.telemetry
+            .metrics()
+            .control_auth_refusal(refusal.label());
+        tracing::warn!(client = ?client_addr, reason = refusal.label(), presented = %refusal.presented(), "revocation refused: credential");
+        Err(refusal.to_error())
+    }
+
     fn check(&self, caller: &mut Caller, change: &Change<'_>) -> Result<(), GatewayError> {
         self.check_caught_up()?;
         for policy in &self.policies {

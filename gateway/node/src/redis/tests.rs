@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +23,11 @@ fn config(url: String, breaker_failures: u32) -> RedisConfig {
     }
 }
 
-/// A server that accepts connections, reads what it is sent and never answers.
-async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+/// A server that accepts connections and answers the first command of each (the client's
+/// `PING` when it connects) with `+PONG`, then reads what it is sent and never answers: a
+/// server that hung after the connection was made. With `answer_first` off it never answers
+/// at all.
+async fn hung_server(answer_first: bool) -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("redis://{}", listener.local_addr().expect("addr"));
     let task = tokio::spawn(async move {
@@ -32,7 +35,13 @@ async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             held.push(tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
-                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                let mut answered = !answer_first;
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                    if !answered {
+                        answered = true;
+                        let _ = socket.write_all(b"+PONG\r\n").await;
+                    }
+                }
             }));
         }
     });
@@ -100,7 +109,7 @@ async fn without_a_connection_calls_fail_at_once_and_the_breaker_opens() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_costs_breaker_failures_timeouts_then_nothing() {
-    let (url, server) = silent_server().await;
+    let (url, server) = hung_server(true).await;
     let redis = Arc::new(
         Redis::from_config(&config(url, 4))
             .expect("config")
@@ -111,7 +120,7 @@ async fn a_server_that_never_answers_costs_breaker_failures_timeouts_then_nothin
         let (redis, stop) = (redis.clone(), stop.clone());
         tokio::spawn(async move { redis.run(stop).await })
     };
-    // The handshake sends nothing the server must answer, so the connection opens.
+    // The connection opens: the server answers the client's first PING.
     until("the connection", || redis.is_up()).await;
     let calls = 40;
     let mut timeouts = 0;
@@ -141,6 +150,39 @@ async fn a_server_that_never_answers_costs_breaker_failures_timeouts_then_nothin
         text.contains("switchyard_redis_failures_total{kind=\"timeout\"} 4"),
         "{text}"
     );
+    stop.cancel();
+    runner.await.expect("runner");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_but_never_answers_is_not_taken_for_up() {
+    let (url, server) = hung_server(false).await;
+    let redis = Arc::new(
+        Redis::from_config(&config(url, 2))
+            .expect("config")
+            .expect("client"),
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let (redis, stop) = (redis.clone(), stop.clone());
+        tokio::spawn(async move { redis.run(stop).await })
+    };
+    // Connecting takes the TCP connection and then waits for the PING's answer in vain.
+    until("a failed connection attempt", || {
+        let mut text = String::new();
+        redis.encode_metrics(&mut text);
+        text.contains("switchyard_redis_connects_total{outcome=\"failed\"} 1")
+    })
+    .await;
+    assert!(!redis.is_up());
+    for _ in 0..2 {
+        let answer = redis.query::<String>(&::redis::cmd("PING")).await;
+        assert_eq!(answer, Err(RedisError::NotConnected));
+    }
+    let answer = redis.query::<String>(&::redis::cmd("PING")).await;
+    assert_eq!(answer, Err(RedisError::BreakerOpen));
+    assert_eq!(redis.failures_of("timeout"), 0, "no call waited");
     stop.cancel();
     runner.await.expect("runner");
     server.abort();

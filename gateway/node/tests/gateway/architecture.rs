@@ -49,8 +49,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("redis", 4),
     ("registrar", 4),
     ("replication", 4),
-    // Calling services (evicts through the registrar).
+    // Calling services (evicts through the registrar); the revocation list on the Redis
+    // client.
     ("forwarding", 5),
+    ("revocations", 5),
     // Handling a request, and what the node reports.
     ("pipeline", 6),
     ("status", 6),

@@ -10,6 +10,8 @@ use clap::{Args, Subcommand};
 use switchyard::auth::{self, AUDIENCE, Claims, SigningKey};
 use switchyard::seams::{Clock as _, SystemClock};
 
+mod revoke;
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Write a new Ed25519 key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.pem.
@@ -20,6 +22,9 @@ pub enum TokenCommand {
     },
     /// Sign a credential and print it (one line, for `authorization: Bearer <token>`).
     Issue(IssueArgs),
+    /// Revoke a public token id or subject on every gateway (through one gateway's control
+    /// listener and Redis); prints the gateway's answer.
+    Revoke(revoke::RevokeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +81,7 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", issue(&args)?);
             Ok(())
         }
+        TokenCommand::Revoke(args) => revoke::run(&args),
     }
 }
 
