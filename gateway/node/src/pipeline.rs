@@ -388,3 +388,39 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policies_leave_at_most_the_bound_of_response_headers() {
+        let mut ctx = RequestContext {
+            front: Front::Rest,
+            request_id: "r".to_owned(),
+            span: None,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            deadline: None,
+            identity: None,
+            method: Method::GET,
+            path: "/s/x".to_owned(),
+            service: None,
+            started: tokio::time::Instant::now(),
+            start_unix_ms: 0,
+            response_headers: Vec::new(),
+        };
+        for i in 0..RESPONSE_HEADERS_MAX + 5 {
+            ctx.add_response_header(
+                http::HeaderName::from_static("x-policy"),
+                http::HeaderValue::from(i),
+            );
+        }
+        assert_eq!(ctx.response_headers().len(), RESPONSE_HEADERS_MAX);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-policy", http::HeaderValue::from_static("service"));
+        ctx.apply_response_headers(&mut headers);
+        let values: Vec<_> = headers.get_all("x-policy").iter().collect();
+        assert_eq!(values.len(), RESPONSE_HEADERS_MAX + 1);
+        assert_eq!(values[0], "service", "the service's own header comes first");
+    }
+}
