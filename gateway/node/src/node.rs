@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::Addresses;
 use crate::auth::{self, Authenticator, KeySet};
-use crate::config::{Config, ControlAuth, ListenerLimits};
+use crate::config::{Config, ControlAuth, ListenerLimits, RateLimitMode};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
 use crate::outbox::Outbox;
+use crate::pipeline::rate_limit::{Cluster, CounterStore, RedisStore};
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
 use crate::redis::Redis;
@@ -58,6 +59,7 @@ pub struct Node {
     revocations: Option<Arc<Revocations>>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
+    rate_limit_cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -74,8 +76,11 @@ pub struct Builder {
     config: Config,
     seams: Seams,
     policies: Vec<Arc<dyn Policy>>,
+    /// Policies run before the built-in ones.
+    first_policies: Vec<Arc<dyn Policy>>,
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
     authenticator: Option<Arc<Authenticator>>,
+    rate_limit_store: Option<Arc<dyn CounterStore>>,
 }
 
 /// The TLS of the two listeners, as loaded from `public.tls` and `control.tls`: `Ok(None)` for
@@ -99,6 +104,22 @@ impl Builder {
         self
     }
 
+    /// Adds a request policy run before the built-in ones: one that establishes who calls
+    /// (`ctx.set_identity`), so that the built-in rate limits can key by its subject (a
+    /// stand-in for an authentication policy, in tests; an embedder's own authentication).
+    pub fn policy_before_builtin(mut self, policy: Arc<dyn Policy>) -> Self {
+        self.first_policies.push(policy);
+        self
+    }
+
+    /// The store of cluster-mode rate limits (`mode = "cluster"`), instead of the Redis that
+    /// `[redis]` names. With neither, such rules count on each gateway alone, and the start-up
+    /// log says so.
+    pub fn rate_limit_store(mut self, store: Arc<dyn CounterStore>) -> Self {
+        self.rate_limit_store = Some(store);
+        self
+    }
+
     /// Adds a registration policy, run on every registry change a caller asks for.
     pub fn registration_policy(mut self, policy: Arc<dyn RegistrationPolicy>) -> Self {
         self.registration_policies.push(policy);
@@ -110,8 +131,10 @@ impl Builder {
             config,
             seams,
             policies,
+            first_policies,
             registration_policies,
             authenticator,
+            rate_limit_store,
         } = self;
         let auth = authenticator.unwrap_or_else(|| {
             // What `[control]` says, its key file read now; a file that cannot be read
@@ -174,7 +197,19 @@ impl Builder {
             seams.connector.clone(),
             addresses.clone(),
         ));
-        let mut request_policies = pipeline::policies::builtin(&config);
+        let rate_limit_store = rate_limit_store.or_else(|| {
+            let redis = redis.clone()?;
+            Some(Arc::new(RedisStore::new(redis)) as Arc<dyn CounterStore>)
+        });
+        let rate_limit_cluster = rate_limit_cluster(&config, rate_limit_store, &id, &telemetry);
+        let mut request_policies = first_policies;
+        request_policies.extend(pipeline::policies::builtin(
+            &config,
+            pipeline::policies::Parts {
+                telemetry: &telemetry,
+                rate_limit_cluster: rate_limit_cluster.clone(),
+            },
+        ));
         request_policies.extend(policies);
         let pipeline = Arc::new(Pipeline::new(
             store.clone(),
@@ -209,7 +244,36 @@ impl Builder {
             revocations,
             public_tls,
             control_tls,
+            rate_limit_cluster,
         })
+    }
+}
+
+/// The cluster mode of the rate limits: built when a rule asks for it and a store is set.
+fn rate_limit_cluster(
+    config: &Config,
+    store: Option<Arc<dyn CounterStore>>,
+    node_id: &str,
+    telemetry: &Arc<Telemetry>,
+) -> Option<Arc<Cluster>> {
+    let wanted = config
+        .rate_limits
+        .iter()
+        .any(|r| r.mode == RateLimitMode::Cluster);
+    match (wanted, store) {
+        (true, Some(store)) => Some(Arc::new(Cluster::new(
+            store,
+            config.rate_limit_cluster.clone(),
+            node_id,
+            telemetry.clone(),
+        ))),
+        (true, None) => {
+            tracing::warn!(
+                "rate limits with mode = \"cluster\" but no redis.url: each gateway counts them alone"
+            );
+            None
+        }
+        (false, _) => None,
     }
 }
 
@@ -241,8 +305,10 @@ impl Node {
             config,
             seams,
             policies: Vec::new(),
+            first_policies: Vec::new(),
             registration_policies: Vec::new(),
             authenticator: None,
+            rate_limit_store: None,
         }
     }
 
@@ -426,6 +492,14 @@ impl Node {
             tokio::spawn(async move { replication.run(stop).await })
         };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        let heartbeat = {
+            let (cluster, stop) = (node.rate_limit_cluster.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(cluster) = cluster {
+                    cluster.run(stop).await;
+                }
+            })
+        };
         let redis = {
             let (redis, stop) = (node.redis.clone(), tasks.clone());
             tokio::spawn(async move {
@@ -500,6 +574,7 @@ impl Node {
         let _ = tokio::join!(
             replication,
             upkeep,
+            heartbeat,
             redis,
             revocations,
             exporter,

@@ -4,11 +4,27 @@
 use std::sync::Arc;
 
 use super::Policy;
+use super::rate_limit::{Cluster, RateLimits};
 use crate::config::Config;
+use crate::telemetry::Telemetry;
 
-/// The policies the configuration turns on, in order. None exist yet: authentication, rate
-/// limits and auditing will be the first.
-pub fn builtin(config: &Config) -> Vec<Arc<dyn Policy>> {
-    let _ = config;
-    Vec::new()
+/// What the built-in policies are made from besides the config.
+#[derive(Debug)]
+pub struct Parts<'a> {
+    pub telemetry: &'a Telemetry,
+    /// The cluster mode of the rate limits, when a rule asks for it and a store is set.
+    pub rate_limit_cluster: Option<Arc<Cluster>>,
+}
+
+/// The policies the configuration turns on, in order: authentication first (the rate limits
+/// may key by the subject it establishes), then the rate limits.
+pub fn builtin(config: &Config, parts: Parts<'_>) -> Vec<Arc<dyn Policy>> {
+    let mut policies: Vec<Arc<dyn Policy>> = Vec::new();
+    let rate_limits = RateLimits::new(
+        &config.rate_limits,
+        parts.telemetry,
+        parts.rate_limit_cluster,
+    );
+    policies.extend(rate_limits.map(|p| Arc::new(p) as Arc<dyn Policy>));
+    policies
 }

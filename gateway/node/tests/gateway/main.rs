@@ -9,6 +9,7 @@ mod hostile;
 mod listener;
 mod outliers;
 mod policy;
+mod rate_limit;
 mod shutdown;
 mod telemetry;
 mod tls;
