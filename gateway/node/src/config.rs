@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod graphql;
 mod jwt;
 mod kafka;
+mod rate_limit;
 mod redis;
 mod revocation;
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub use kafka::{
     KafkaSecurityProtocol, SASL_PASSWORD_BYTES_MAX, SASL_USERNAME_BYTES_MAX, SaslMechanism,
     read_sasl_password,
 };
+pub use rate_limit::{RateLimitClusterConfig, RateLimitKey, RateLimitMode, RateLimitRule, RatePer};
 pub use redis::{KEY_PREFIX_BYTES_MAX, RedisConfig};
 pub use revocation::{REVOCATION_ENTRIES_LIMIT, RevocationConfig};
 
@@ -50,6 +52,10 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub runtime: RuntimeConfig,
+    /// Rate limits on the public front, in the order they apply (`[[rate_limits]]`).
+    pub rate_limits: Vec<RateLimitRule>,
+    /// How cluster-mode rate limits count live gateways (`[rate_limit_cluster]`).
+    pub rate_limit_cluster: RateLimitClusterConfig,
     pub redis: RedisConfig,
     pub revocation: RevocationConfig,
 }
@@ -768,7 +774,7 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 16] = [
     "node_id",
     "seed",
     "public",
@@ -781,6 +787,8 @@ const TOP_LEVEL_KEYS: [&str; 14] = [
     "log",
     "telemetry",
     "runtime",
+    "rate_limits",
+    "rate_limit_cluster",
     "redis",
     "revocation",
 ];
@@ -1051,6 +1059,7 @@ impl Config {
             ));
         }
         self.telemetry.validate()?;
+        rate_limit::validate(&self.rate_limits, &self.rate_limit_cluster)?;
         self.redis.validate()?;
         self.revocation.validate()?;
         if self.node_id.len() > 64

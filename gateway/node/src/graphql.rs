@@ -187,6 +187,30 @@ pub fn null_with_error<T>(
     Ok(None)
 }
 
+/// Fails a `call` field like [`null_with_error`], with the headers the policies left for
+/// the call's answer as extensions too, camel-cased like the error's own headers and with
+/// their values as strings (`ratelimitPolicy`, `ratelimit`): a call has no response headers
+/// of its own, and the carrying HTTP response answers many calls.
+pub fn null_with_call_error<T>(
+    ctx: &async_graphql::Context<'_>,
+    error: &GatewayError,
+    request_id: &str,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+) -> async_graphql::Result<Option<T>> {
+    let mut e = field_error(error, Some(request_id));
+    if let Some(ext) = e.extensions.as_mut() {
+        for (name, value) in headers {
+            ext.set(
+                camel_case(name.as_str()),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            );
+        }
+    }
+    let error = e.into_server_error(ctx.item.pos);
+    ctx.add_error(ctx.set_error_path(error));
+    Ok(None)
+}
+
 /// A gateway error as a whole response's error (before any field ran).
 pub fn server_error(error: &GatewayError, pos: Option<Pos>) -> ServerError {
     let mut e = ServerError::new(error.public_message(), pos);

@@ -19,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::Addresses;
 use crate::auth::{self, Authenticator, KeySet};
-use crate::config::{Config, ControlAuth, ListenerLimits};
+use crate::config::{Config, ControlAuth, ListenerLimits, RateLimitMode};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
 use crate::jwks::Jwks;
 use crate::outbox::Outbox;
+use crate::pipeline::rate_limit::{Cluster, CounterStore, RedisStore};
 use crate::pipeline::{self, Pipeline, Policy};
 use crate::public::{self, Rest};
 use crate::redis::Redis;
@@ -61,6 +62,7 @@ pub struct Node {
     revocations: Option<Arc<Revocations>>,
     public_tls: ListenerTls,
     control_tls: ListenerTls,
+    rate_limit_cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -76,16 +78,21 @@ pub struct Builder {
     config: Config,
     seams: Seams,
     policies: Vec<Arc<dyn Policy>>,
+    /// Policies run before the built-in ones.
+    first_policies: Vec<Arc<dyn Policy>>,
     registration_policies: Vec<Arc<dyn RegistrationPolicy>>,
     authenticator: Option<Arc<Authenticator>>,
     revocations: Option<Arc<dyn RevocationList>>,
+    rate_limit_store: Option<Arc<dyn CounterStore>>,
 }
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builder")
             .field("policies", &self.policies)
+            .field("first_policies", &self.first_policies)
             .field("revocations", &self.revocations.is_some())
+            .field("rate_limit_store", &self.rate_limit_store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +125,22 @@ impl Builder {
         self
     }
 
+    /// Adds a request policy run before the built-in ones: one that establishes who calls
+    /// (`ctx.set_identity`), so that the built-in rate limits can key by its subject (a
+    /// stand-in for an authentication policy, in tests; an embedder's own authentication).
+    pub fn policy_before_builtin(mut self, policy: Arc<dyn Policy>) -> Self {
+        self.first_policies.push(policy);
+        self
+    }
+
+    /// The store of cluster-mode rate limits (`mode = "cluster"`), instead of the Redis that
+    /// `[redis]` names. With neither, such rules count on each gateway alone, and the start-up
+    /// log says so.
+    pub fn rate_limit_store(mut self, store: Arc<dyn CounterStore>) -> Self {
+        self.rate_limit_store = Some(store);
+        self
+    }
+
     /// Adds a registration policy, run on every registry change a caller asks for.
     pub fn registration_policy(mut self, policy: Arc<dyn RegistrationPolicy>) -> Self {
         self.registration_policies.push(policy);
@@ -129,9 +152,11 @@ impl Builder {
             config,
             seams,
             policies,
+            first_policies,
             registration_policies,
             authenticator,
             revocations: revocation_list,
+            rate_limit_store,
         } = self;
         let auth = authenticator.unwrap_or_else(|| {
             // What `[control]` says, its key file read now; a file that cannot be read
@@ -206,12 +231,22 @@ impl Builder {
                 .clone()
                 .map(|list| list as Arc<dyn RevocationList>)
         });
-        let owners = pipeline::policies::Owners {
-            jwks: jwks.clone(),
-            revocations: revocation_list,
-            clock: seams.clock.clone(),
-        };
-        let mut request_policies = pipeline::policies::builtin(&config, &owners);
+        let rate_limit_store = rate_limit_store.or_else(|| {
+            let redis = redis.clone()?;
+            Some(Arc::new(RedisStore::new(redis)) as Arc<dyn CounterStore>)
+        });
+        let rate_limit_cluster = rate_limit_cluster(&config, rate_limit_store, &id, &telemetry);
+        let mut request_policies = first_policies;
+        request_policies.extend(pipeline::policies::builtin(
+            &config,
+            pipeline::policies::Parts {
+                telemetry: &telemetry,
+                rate_limit_cluster: rate_limit_cluster.clone(),
+                jwks: jwks.clone(),
+                revocations: revocation_list,
+                clock: seams.clock.clone(),
+            },
+        ));
         request_policies.extend(policies);
         let pipeline = Arc::new(Pipeline::new(
             store.clone(),
@@ -248,7 +283,36 @@ impl Builder {
             revocations,
             public_tls,
             control_tls,
+            rate_limit_cluster,
         })
+    }
+}
+
+/// The cluster mode of the rate limits: built when a rule asks for it and a store is set.
+fn rate_limit_cluster(
+    config: &Config,
+    store: Option<Arc<dyn CounterStore>>,
+    node_id: &str,
+    telemetry: &Arc<Telemetry>,
+) -> Option<Arc<Cluster>> {
+    let wanted = config
+        .rate_limits
+        .iter()
+        .any(|r| r.mode == RateLimitMode::Cluster);
+    match (wanted, store) {
+        (true, Some(store)) => Some(Arc::new(Cluster::new(
+            store,
+            config.rate_limit_cluster.clone(),
+            node_id,
+            telemetry.clone(),
+        ))),
+        (true, None) => {
+            tracing::warn!(
+                "rate limits with mode = \"cluster\" but no redis.url: each gateway counts them alone"
+            );
+            None
+        }
+        (false, _) => None,
     }
 }
 
@@ -280,9 +344,11 @@ impl Node {
             config,
             seams,
             policies: Vec::new(),
+            first_policies: Vec::new(),
             registration_policies: Vec::new(),
             authenticator: None,
             revocations: None,
+            rate_limit_store: None,
         }
     }
 
@@ -471,6 +537,14 @@ impl Node {
             tokio::spawn(async move { jwks.run(stop).await })
         };
         let upkeep = tokio::spawn(housekeeping_loop(node.clone(), tasks.clone()));
+        let heartbeat = {
+            let (cluster, stop) = (node.rate_limit_cluster.clone(), tasks.clone());
+            tokio::spawn(async move {
+                if let Some(cluster) = cluster {
+                    cluster.run(stop).await;
+                }
+            })
+        };
         let redis = {
             let (redis, stop) = (node.redis.clone(), tasks.clone());
             tokio::spawn(async move {
@@ -546,6 +620,7 @@ impl Node {
             replication,
             jwks,
             upkeep,
+            heartbeat,
             redis,
             revocations,
             exporter,

@@ -17,6 +17,13 @@
 //! * [`policy`]: the [`Policy`] trait, a check that may refuse a request.
 //! * [`policies`]: the built-in policies, in order.
 //! * [`jwt`]: JWT authentication on the public front (`[jwt]`).
+//! * [`rate_limit`]: token buckets by client, subject, service or header, kept on this
+//!   gateway or in Redis (docs/decisions/0020).
+//!
+//! A policy may also leave headers for the client's answer
+//! ([`RequestContext::add_response_header`]): [`Pipeline::forward`] adds them to the
+//! service's answer, and the fronts add them to a refusal (REST to its error response,
+//! GraphQL to the call's error extensions).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,11 +48,15 @@ use crate::telemetry::{Finished, Front, Telemetry, UpstreamErrorKind};
 pub mod jwt;
 pub mod policies;
 pub mod policy;
+pub mod rate_limit;
 
 pub use policy::Policy;
 
 /// Characters of a request path kept for logs, spans and the context.
 pub const PATH_CHARS_MAX: usize = 256;
+
+/// Response headers the policies may leave for one answer; more are dropped (and logged).
+pub const RESPONSE_HEADERS_MAX: usize = 16;
 
 /// Where the gateway's span of a request takes its parent from.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +85,8 @@ pub struct Start<'a> {
 }
 
 /// Everything the gateway knows of one request while it is handled. Policies read it and may
-/// fill in the identity; nothing else in it changes once the request has begun.
+/// fill in the identity and leave headers for the answer; nothing else in it changes once the
+/// request has begun.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     front: Front,
@@ -94,9 +106,34 @@ pub struct RequestContext {
     service: Option<String>,
     started: tokio::time::Instant,
     start_unix_ms: u64,
+    /// Headers for the client's answer, whatever it is: at most [`RESPONSE_HEADERS_MAX`].
+    response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl RequestContext {
+    /// Leaves a header for the client's answer (a rate limit's `RateLimit`, say): added to
+    /// the service's answer, or to the gateway's refusal. Past [`RESPONSE_HEADERS_MAX`] a
+    /// header is dropped and logged.
+    pub fn add_response_header(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        if self.response_headers.len() < RESPONSE_HEADERS_MAX {
+            self.response_headers.push((name, value));
+        } else {
+            tracing::warn!(request_id = %self.request_id, header = %name, "response header dropped: the policies left too many");
+        }
+    }
+
+    /// The headers the policies left for the answer, in the order they were added.
+    pub fn response_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        &self.response_headers
+    }
+
+    /// Appends the headers the policies left to `headers` (after the service's own).
+    pub fn apply_response_headers(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.response_headers {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
     pub fn front(&self) -> Front {
         self.front
     }
@@ -223,6 +260,7 @@ impl Pipeline {
                 .map(|s| s.chars().take(PATH_CHARS_MAX).collect()),
             started: tokio::time::Instant::now(),
             start_unix_ms: self.store.now_ms(),
+            response_headers: Vec::new(),
         };
         Exchange {
             ctx,
@@ -247,21 +285,24 @@ impl Pipeline {
     }
 
     /// Runs the policies in order, forwards the request with the gateway's span as the
-    /// service's parent, and turns the service's answer into an HTTP response. The first
-    /// refusal is the answer.
+    /// service's parent, and turns the service's answer into an HTTP response, with the
+    /// headers the policies left for it. The first refusal is the answer (its headers are the
+    /// front's to add: [`RequestContext::response_headers`]).
     pub async fn forward(
         &self,
         ctx: &mut RequestContext,
         req: ForwardingReq,
     ) -> Result<http::Response<Bytes>, GatewayError> {
         let resp = self.call(ctx, req).await?;
-        translate::to_http_response(resp).map_err(|reason| {
+        let mut response = translate::to_http_response(resp).map_err(|reason| {
             let service = ctx.service_name().unwrap_or_default().to_owned();
             self.telemetry
                 .metrics()
                 .upstream_error(&service, UpstreamErrorKind::BadResponse);
             GatewayError::BadUpstreamResponse { service, reason }
-        })
+        })?;
+        ctx.apply_response_headers(response.headers_mut());
+        Ok(response)
     }
 
     async fn call(
@@ -348,5 +389,41 @@ impl Pipeline {
             Some(s) if self.store.registry().service_entries(s).next().is_some() => s,
             _ => "",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policies_leave_at_most_the_bound_of_response_headers() {
+        let mut ctx = RequestContext {
+            front: Front::Rest,
+            request_id: "r".to_owned(),
+            span: None,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            deadline: None,
+            identity: None,
+            method: Method::GET,
+            path: "/s/x".to_owned(),
+            service: None,
+            started: tokio::time::Instant::now(),
+            start_unix_ms: 0,
+            response_headers: Vec::new(),
+        };
+        for i in 0..RESPONSE_HEADERS_MAX + 5 {
+            ctx.add_response_header(
+                http::HeaderName::from_static("x-policy"),
+                http::HeaderValue::from(i),
+            );
+        }
+        assert_eq!(ctx.response_headers().len(), RESPONSE_HEADERS_MAX);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-policy", http::HeaderValue::from_static("service"));
+        ctx.apply_response_headers(&mut headers);
+        let values: Vec<_> = headers.get_all("x-policy").iter().collect();
+        assert_eq!(values.len(), RESPONSE_HEADERS_MAX + 1);
+        assert_eq!(values[0], "service", "the service's own header comes first");
     }
 }

@@ -57,7 +57,8 @@ async fn forward(
             answer.map(Body::from)
         }
         Err(error) => {
-            let response = error_response(&error, Some(exchange.ctx.request_id()));
+            let mut response = error_response(&error, Some(exchange.ctx.request_id()));
+            exchange.ctx.apply_response_headers(response.headers_mut());
             pipeline.finish(exchange, Err(&error));
             response
         }

@@ -9,7 +9,7 @@ use switchyard_core::GatewayError;
 use switchyard_core::translate::{self, Call};
 
 use super::types::{CallResult, Header, Service};
-use super::{Backend, Carrier, backend, field_error, null_with_error, reader};
+use super::{Backend, Carrier, backend, field_error, null_with_call_error, reader};
 use crate::pipeline::{Parent, RequestContext, Start};
 use crate::status::NodeStatus;
 use crate::telemetry::Front;
@@ -67,8 +67,14 @@ impl Query {
             body,
         };
         match forward_call(backend, carrier, args).await {
-            (_, Ok(answer)) => Ok(Some(answer)),
-            (request_id, Err(error)) => null_with_error(ctx, &error, Some(&request_id)),
+            Forwarded {
+                result: Ok(answer), ..
+            } => Ok(Some(answer)),
+            Forwarded {
+                request_id,
+                response_headers,
+                result: Err(error),
+            } => null_with_call_error(ctx, &error, &request_id, &response_headers),
         }
     }
 
@@ -98,13 +104,16 @@ impl Query {
     }
 }
 
-/// Forwards one call through the request pipeline; returns the request id it went by,
-/// whatever the outcome.
-async fn forward_call(
-    backend: &Arc<Backend>,
-    carrier: &Carrier,
-    args: CallArgs,
-) -> (String, Result<CallResult, GatewayError>) {
+/// A call's outcome, with what its error needs: the request id it went by and the headers
+/// the policies left for its answer (on success they are in the result's headers already).
+struct Forwarded {
+    request_id: String,
+    response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    result: Result<CallResult, GatewayError>,
+}
+
+/// Forwards one call through the request pipeline.
+async fn forward_call(backend: &Arc<Backend>, carrier: &Carrier, args: CallArgs) -> Forwarded {
     let call = Call {
         service: &args.service,
         method: &args.method,
@@ -130,8 +139,16 @@ async fn forward_call(
     });
     let result = send(backend, carrier, call, &mut exchange.ctx).await;
     let request_id = exchange.ctx.request_id().to_owned();
+    let response_headers = match &result {
+        Ok(_) => Vec::new(),
+        Err(_) => exchange.ctx.response_headers().to_vec(),
+    };
     pipeline.finish(exchange, result.as_ref().map(|answer| answer.status));
-    (request_id, result)
+    Forwarded {
+        request_id,
+        response_headers,
+        result,
+    }
 }
 
 async fn send(

@@ -5,14 +5,19 @@ use std::sync::Arc;
 
 use super::Policy;
 use super::jwt::JwtPolicy;
+use super::rate_limit::{Cluster, RateLimits};
 use crate::config::Config;
 use crate::jwks::Jwks;
 use crate::revocation::RevocationList;
 use crate::seams::Clock;
+use crate::telemetry::Telemetry;
 
-/// The owners the built-in policies draw on, built by the composition root.
-#[derive(Clone)]
-pub struct Owners {
+/// What the built-in policies are made from besides the config: the owners the composition
+/// root built for them.
+pub struct Parts<'a> {
+    pub telemetry: &'a Telemetry,
+    /// The cluster mode of the rate limits, when a rule asks for it and a store is set.
+    pub rate_limit_cluster: Option<Arc<Cluster>>,
     /// The keys of the JWT providers.
     pub jwks: Arc<Jwks>,
     /// The revoked public credentials; `None`: nothing is revoked.
@@ -20,24 +25,27 @@ pub struct Owners {
     pub clock: Arc<dyn Clock>,
 }
 
-impl std::fmt::Debug for Owners {
+impl std::fmt::Debug for Parts<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Owners")
+        f.debug_struct("Parts")
+            .field("rate_limit_cluster", &self.rate_limit_cluster)
             .field("jwks", &self.jwks)
             .field("revocations", &self.revocations.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// The policies the configuration turns on, in order.
-pub fn builtin(config: &Config, owners: &Owners) -> Vec<Arc<dyn Policy>> {
+/// The policies the configuration turns on, in order: authentication first (the rate limits
+/// may key by the subject it establishes), then the rate limits.
+pub fn builtin(config: &Config, parts: Parts<'_>) -> Vec<Arc<dyn Policy>> {
     let mut policies: Vec<Arc<dyn Policy>> = Vec::new();
-    let jwt = JwtPolicy::new(
-        &config.jwt,
-        owners.jwks.clone(),
-        owners.revocations.clone(),
-        owners.clock.clone(),
-    );
+    let jwt = JwtPolicy::new(&config.jwt, parts.jwks, parts.revocations, parts.clock);
     policies.extend(jwt.map(|p| Arc::new(p) as Arc<dyn Policy>));
+    let rate_limits = RateLimits::new(
+        &config.rate_limits,
+        parts.telemetry,
+        parts.rate_limit_cluster,
+    );
+    policies.extend(rate_limits.map(|p| Arc::new(p) as Arc<dyn Policy>));
     policies
 }

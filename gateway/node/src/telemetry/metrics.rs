@@ -356,6 +356,32 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RuleOutcomeLabels {
+    rule: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RuleLabels {
+    rule: Arc<str>,
+}
+
+/// The reasons a rate-limit call to Redis failed, as counted.
+pub const RATE_LIMIT_REDIS_ERRORS: [&str; 3] = ["unavailable", "breaker_open", "bad_reply"];
+
+/// One rate-limit rule's series, created once when the rule is built (rules are bounded by
+/// config, so the `rule` label is too).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitSeries {
+    pub admitted: Counter,
+    pub limited: Counter,
+    /// Decisions made by the local fall-back because Redis could not answer.
+    pub fallbacks: Counter,
+    /// Buckets this gateway holds for the rule.
+    pub buckets: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefusalLabels {
     listener: &'static str,
     reason: &'static str,
@@ -409,6 +435,11 @@ pub struct Metrics {
     key_reloads: [Counter; KEY_RELOAD_OUTCOMES.len()],
     control_keys: Gauge,
     tls_reloads: [[Counter; KEY_RELOAD_OUTCOMES.len()]; LISTENERS.len()],
+    rate_limit_decisions: Family<RuleOutcomeLabels, Counter>,
+    rate_limit_fallbacks: Family<RuleLabels, Counter>,
+    rate_limit_buckets: Family<RuleLabels, Gauge>,
+    rate_limit_redis_errors: [Counter; RATE_LIMIT_REDIS_ERRORS.len()],
+    rate_limit_live_gateways: Gauge,
 }
 
 /// Keeps a front's in-flight gauge raised while alive.
@@ -476,6 +507,9 @@ impl Metrics {
                 tls_reloads_family.get_or_create_owned(&ListenerOutcomeLabels { listener, outcome })
             })
         });
+        let redis_errors_family = Family::<ReasonLabels, Counter>::default();
+        let rate_limit_redis_errors = RATE_LIMIT_REDIS_ERRORS
+            .map(|reason| redis_errors_family.get_or_create_owned(&ReasonLabels { reason }));
         let ejections_family = Family::<ReasonLabels, Counter>::default();
         let ejections = EJECTION_REASONS
             .map(|reason| ejections_family.get_or_create_owned(&ReasonLabels { reason }));
@@ -502,6 +536,11 @@ impl Metrics {
             key_reloads,
             control_keys: Gauge::default(),
             tls_reloads,
+            rate_limit_decisions: Family::default(),
+            rate_limit_fallbacks: Family::default(),
+            rate_limit_buckets: Family::default(),
+            rate_limit_redis_errors,
+            rate_limit_live_gateways: Gauge::default(),
         };
         // Counters are registered without `_total`, which the encoder appends; help texts
         // without their full stop, which the registry appends.
@@ -600,7 +639,75 @@ impl Metrics {
             "GraphQL WebSockets refused or closed, and operations refused on one, by listener and reason",
             websocket_refusals_family,
         );
+        m.register(
+            "switchyard_rate_limit_requests",
+            "Requests a rate-limit rule decided on, by rule and outcome (admitted, limited)",
+            m.rate_limit_decisions.clone(),
+        );
+        m.register(
+            "switchyard_rate_limit_fallbacks",
+            "Cluster-mode rate-limit decisions made locally because Redis could not answer, by rule",
+            m.rate_limit_fallbacks.clone(),
+        );
+        m.register(
+            "switchyard_rate_limit_redis_errors",
+            "Rate-limit calls to Redis that failed, by reason",
+            redis_errors_family,
+        );
+        m.register(
+            "switchyard_rate_limit_buckets",
+            "Rate-limit buckets this gateway holds, by rule",
+            m.rate_limit_buckets.clone(),
+        );
+        m.register(
+            "switchyard_rate_limit_live_gateways",
+            "Live gateways as last counted in Redis, which divide a cluster-mode limit when Redis is down",
+            m.rate_limit_live_gateways.clone(),
+        );
         m
+    }
+
+    /// The series of one rate-limit rule, created at zero.
+    pub fn rate_limit_series(&self, rule: &str) -> RateLimitSeries {
+        let rule: Arc<str> = Arc::from(rule);
+        let decision = |outcome| {
+            self.rate_limit_decisions
+                .get_or_create_owned(&RuleOutcomeLabels {
+                    rule: rule.clone(),
+                    outcome,
+                })
+        };
+        RateLimitSeries {
+            admitted: decision("admitted"),
+            limited: decision("limited"),
+            fallbacks: self
+                .rate_limit_fallbacks
+                .get_or_create_owned(&RuleLabels { rule: rule.clone() }),
+            buckets: self
+                .rate_limit_buckets
+                .get_or_create_owned(&RuleLabels { rule }),
+        }
+    }
+
+    /// A rate-limit call to Redis that failed for `reason` (one of
+    /// [`RATE_LIMIT_REDIS_ERRORS`]).
+    pub fn rate_limit_redis_error(&self, reason: &str) {
+        if let Some(i) = RATE_LIMIT_REDIS_ERRORS.iter().position(|r| *r == reason) {
+            self.rate_limit_redis_errors[i].inc();
+        }
+    }
+
+    /// Rate-limit calls to Redis failed so far for `reason` (for tests).
+    pub fn rate_limit_redis_errors_of(&self, reason: &str) -> u64 {
+        RATE_LIMIT_REDIS_ERRORS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.rate_limit_redis_errors[i].get())
+    }
+
+    /// The live gateways last counted in Redis.
+    pub fn set_rate_limit_live_gateways(&self, live: u32) {
+        self.rate_limit_live_gateways.set(i64::from(live));
     }
 
     fn register(&mut self, name: &'static str, help: &'static str, metric: impl Metric) {

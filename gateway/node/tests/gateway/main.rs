@@ -10,6 +10,7 @@ mod listener;
 mod outliers;
 mod policy;
 mod public_jwt;
+mod rate_limit;
 mod shutdown;
 mod telemetry;
 mod tls;

@@ -108,6 +108,11 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_control_keys gauge",
             "# TYPE switchyard_upstream_ejections_total counter",
             "# TYPE switchyard_graphql_websocket_refusals_total counter",
+            "# TYPE switchyard_rate_limit_requests_total counter",
+            "# TYPE switchyard_rate_limit_fallbacks_total counter",
+            "# TYPE switchyard_rate_limit_redis_errors_total counter",
+            "# TYPE switchyard_rate_limit_buckets gauge",
+            "# TYPE switchyard_rate_limit_live_gateways gauge",
         ],
         "{out}"
     );
