@@ -1,12 +1,14 @@
-"""What the public front's JWT check costs per request, and what its verified-token cache saves.
+"""What the public front's JWT check costs per request, what its verified-token cache saves, and the
+cost of JWT and a local rate limit together.
 
     cargo build --release -p switchyard --no-default-features --features demo -p sample-service
     python3 testbeds/bench/jwt_cost.py [--bin-dir target/release] [--requests 20000] [--rounds 3]
 
-Three gateway configurations, in turn within each round so that drift of the machine touches
+Four gateway configurations, in turn within each round so that drift of the machine touches
 them alike: `off` (no [jwt]), `jwt` (a route on the service, one EdDSA provider from a JWKS file,
-`jwt.cache_entries_max = 0`: every request verifies its signature) and `jwt+cache` (the same with
-the default cache: the same token is verified once). Each gets a warm-up and then a fixed count of
+`jwt.cache_entries_max = 0`: every request verifies its signature), `jwt+cache` (the same with
+the default cache: the same token is verified once) and `jwt+cache+limit` (with a local
+`[[rate_limits]]` rule keyed by the JWT subject, whose rate admits every request). Each gets a warm-up and then a fixed count of
 `GET /bench/hello` requests from oha (8 connections, closed loop) with one token. The gateway runs
 pinned to the first core with one worker thread; oha and the Rust sample service share the second.
 CPU per request is the gateway's user + system time (/proc/<pid>/stat) over the requests answered
@@ -30,7 +32,7 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY = re.compile(r"switchyard listening: public=(\S+) control=(\S+)")
 SERVICE_READY = re.compile(r"listening on (\S+) as ")
-CONFIGS = ["off", "jwt", "jwt+cache"]
+CONFIGS = ["off", "jwt", "jwt+cache", "jwt+cache+limit"]
 
 
 def cpu_s(pid: int) -> float:
@@ -81,6 +83,14 @@ algorithms = ["EdDSA"]
 jwks_file = "{work / 'jwks.json'}"
 [[jwt.routes]]
 service = "bench"
+"""
+    if config == "jwt+cache+limit":
+        # A local limit by the JWT subject whose rate admits every request.
+        text += """
+[[rate_limits]]
+name = "per-subject"
+key = "subject"
+rate = 1000000
 """
     toml.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
