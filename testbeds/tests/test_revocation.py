@@ -2,9 +2,9 @@
 a revocation made on one gateway reaches the others, the calls are guarded, a Redis killed
 mid-run makes the copies stale (never slow), and a Redis back is read again by a resync.
 
-Until the JWT policy (branch `jwt`) is merged, the copies are observed through the control
-listener (`GET /v1/revocations`, `/metrics`); `test_revoked_token_refused_on_every_gateway`
-takes the full request path once `JWT_SETTINGS` is filled in."""
+Most tests observe the copies through the control listener (`GET /v1/revocations`,
+`/metrics`); `test_revoked_token_refused_on_every_gateway` takes the full request path, with the
+JWT policy verifying tokens against a JWKS served in the test."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from harness import (
@@ -29,9 +28,15 @@ from harness import (
     child_env,
     operator,
     start_gateway,
+    start_rust_service,
     wait_until,
 )
 from redis_server import RedisServer
+from test_public_jwt import ISSUER as JWT_ISSUER
+from test_public_jwt import SERVICE as JWT_SERVICE
+from test_public_jwt import JwksServer, jwt_config, keygen
+from test_public_jwt import token as jwt_token
+from test_public_jwt import token_id as jwt_token_id
 
 # Short timers, so that staleness and resync show within a test's time.
 FAST = {
@@ -342,48 +347,72 @@ def test_the_password_comes_from_a_file_and_is_never_logged(
         server.stop()
 
 
-# What the full request path needs from the JWT policy (branch `jwt`), filled in at the merge:
-# the `--set` keys of a provider named "test" whose tokens (issuer `JWT_ISSUER`) are verified
-# against a key the test holds, with revoked tokens and an unknown list failing closed, and
-# `issue_public_token`, which signs a token for that provider and returns it with its `jti`.
-JWT_SETTINGS: dict[str, str] | None = None
-JWT_ISSUER = "https://id.test"
+def test_revoked_token_refused_on_every_gateway(
+    launcher: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The full request path: a token revoked through gateway A is refused by A, B and C within
+    the bound; with Redis killed, a token never revoked is refused (the provider fails closed,
+    503 `not_ready`) as soon as the copy is stale, and no faster path waits on Redis."""
+    jwks = JwksServer()
+    try:
+        key = keygen(tmp_path, "idp")
+        jwks.publish(key)
+        config = jwt_config(tmp_path, jwks.url)
+        gateways = [
+            start_gateway(
+                launcher,
+                f"rev-jwt-{n}",
+                f"rev-jwt-{n}",
+                extra=("--config", str(config)),
+                settings={**redis_server.settings(), **FAST},
+            )
+            for n in "abc"
+        ]
+        sample = start_rust_service(launcher, gateways[0], JWT_SERVICE, "s-1")
+        addr = re.search(r"listening on (\S+) as", sample.log_text()).group(1)
+        for gw in gateways[1:]:
+            resp = requests.put(
+                f"{gw.control}/v1/services/{JWT_SERVICE}/instances/s-1",
+                json={"addr": addr, "lease_ms": 60_000},
+                headers={"authorization": f"Bearer {operator().token}"},
+                timeout=HTTP_TIMEOUT_S,
+            )
+            assert resp.status_code == 200, resp.text
+        for gw in gateways:
+            gw.wait_live(JWT_SERVICE, "s-1")
+        wait_current(*gateways)
+        revoked, kept = jwt_token(key, "mallory"), jwt_token(key, "trent")
 
+        def call(gw: Gateway, bearer: str) -> tuple[int, float]:
+            t = time.monotonic()
+            resp = requests.get(
+                f"{gw.public}/{JWT_SERVICE}/echo",
+                headers={"authorization": f"Bearer {bearer}"},
+                timeout=HTTP_TIMEOUT_S,
+            )
+            return resp.status_code, time.monotonic() - t
 
-def issue_public_token() -> tuple[str, str]:
-    raise NotImplementedError("signs a token for JWT_SETTINGS's provider (branch jwt)")
+        for gw in gateways:
+            wait_until(lambda gw=gw: call(gw, revoked)[0] == 200, f"{gw.public} to take the token", 10)
+        baseline = [call(gw, kept)[1] for gw in gateways for _ in range(5)]
+        started = time.monotonic()
+        body = token_body(jwt_token_id(revoked), issuer=JWT_ISSUER)
+        assert revoke(gateways[0], body).status_code == 200
+        for gw in gateways:
+            wait_until(
+                lambda gw=gw: call(gw, revoked)[0] == 401,
+                f"the revoked token refused on {gw.public}",
+                PROPAGATION_BOUND_S,
+                0.005,
+            )
+        print(f"revoked token refused on all three gateways {1000 * (time.monotonic() - started):.0f} ms after the POST was sent")
+        assert all(call(gw, kept)[0] == 200 for gw in gateways)
 
-
-@pytest.mark.skipif(JWT_SETTINGS is None, reason="needs the [jwt] config of branch jwt (merge)")
-def test_revoked_token_refused_on_every_gateway(launcher: Launcher, redis_server: RedisServer) -> None:
-    assert JWT_SETTINGS is not None
-    gateways = [
-        start(launcher, redis_server, f"rev-jwt-{n}", **FAST, **JWT_SETTINGS) for n in "abc"
-    ]
-    wait_current(*gateways)
-    token, token_id = issue_public_token()
-
-    def call(gw: Gateway, bearer: str) -> tuple[int, float]:
-        t = time.monotonic()
-        resp = requests.get(
-            f"{gw.public}/mixed/echo", headers={"authorization": f"Bearer {bearer}"}, timeout=HTTP_TIMEOUT_S
-        )
-        return resp.status_code, time.monotonic() - t
-
-    baseline = [call(gw, token) for gw in gateways]
-    assert all(status == 200 for status, _ in baseline), baseline
-    assert revoke(gateways[0], token_body(token_id, issuer=JWT_ISSUER)).status_code == 200
-    for gw in gateways:
-        wait_until(
-            lambda gw=gw: call(gw, token)[0] == 401,
-            f"the revoked token refused on {gw.public}",
-            PROPAGATION_BOUND_S,
-            0.005,
-        )
-    redis_server.kill()
-    wait_until(lambda: not listing(gateways[1])["current"], "B's copy to go stale", 5.0, 0.01)
-    # Failing closed: a token never revoked is refused once the copy is stale, without a wait.
-    other, _ = issue_public_token()
-    status, elapsed = call(gateways[1], other)
-    assert status == 401, status
-    assert elapsed < 3 * max(e for _, e in baseline) + 0.050, (elapsed, baseline)
+        redis_server.kill()
+        wait_until(lambda: not listing(gateways[1])["current"], "B's copy to go stale", 5.0, 0.01)
+        # Failing closed: a token never revoked is refused once the copy is stale, at once.
+        status, elapsed = call(gateways[1], kept)
+        assert status == 503, status
+        assert elapsed < 3 * max(baseline) + 0.050, (elapsed, max(baseline))
+    finally:
+        jwks.stop()
