@@ -167,9 +167,19 @@ fn demo_credentials(config: &Config) -> io::Result<(Arc<Authenticator>, String)>
 }
 
 /// The demo's public provider: its issuer, audience and the files it made.
+/// The demo's public provider: the directory of its key and JWKS, removed when the demo
+/// ends, and a token it signed.
 struct PublicJwt {
     dir: std::path::PathBuf,
     token: String,
+}
+
+impl Drop for PublicJwt {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the demo's key directory");
+        }
+    }
 }
 
 const DEMO_ISSUER: &str = "switchyard-demo";
