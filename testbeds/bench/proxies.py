@@ -7,6 +7,8 @@ Targets (each answers `POST` with the JSON body it was sent):
   direct            ForwardingService.Send on the Rust sample service, by bench-grpc-load
   switchyard        HTTP/1.1 JSON -> Switchyard -> ForwardingService.Send -> sample service
   switchyard-dflt   the same with Switchyard's default worker count, not pinned
+  switchyard-policies  as switchyard, with a JWT check (EdDSA, a forwarded claim) and a local
+                    rate limit by subject on the service, oha sending a token (issue 15)
   switchyard-tls    as switchyard, with TLS on the public listener (`public.tls`)
   envoy-transcoder  HTTP/1.1 JSON -> Envoy gRPC-JSON transcoder -> typed gRPC Echo service
   envoy             HTTP/1.1 -> Envoy as a plain reverse proxy -> HTTP echo server
@@ -47,7 +49,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = [
-    "direct", "switchyard", "switchyard-dflt", "switchyard-tls", "envoy-transcoder", "envoy", "nginx", "nginx-tls",
+    "direct", "switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", "envoy-transcoder",
+    "envoy", "nginx", "nginx-tls",
 ]
 # Added when --switchyard-baseline names an older build: pinned and loaded like `switchyard`.
 BASELINE = "switchyard-base"
@@ -184,15 +187,17 @@ def reset_peak_rss(pids: list[int]) -> None:
             pass
 
 
-def wait_port_answers(url: str, body: bytes, expect: bytes, cafile: Path | None = None) -> None:
-    """Posts `body` until the answer is 200 with `expect` (bounded); an https URL is verified
-    against `cafile`."""
+def wait_port_answers(
+    url: str, body: bytes, expect: bytes, cafile: Path | None = None, headers: dict[str, str] | None = None
+) -> None:
+    """Posts `body` (with `headers`) until the answer is 200 with `expect` (bounded); an https
+    URL is verified against `cafile`."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     context = None if cafile is None else ssl.create_default_context(cafile=str(cafile))
     last = "no answer"
     while time.monotonic() < deadline:
         req = urllib.request.Request(
-            url, data=body, method="POST", headers={"content-type": "application/json"}
+            url, data=body, method="POST", headers={"content-type": "application/json", **(headers or {})}
         )
         try:
             with urllib.request.urlopen(req, timeout=2, context=context) as resp:
@@ -400,6 +405,80 @@ def make_cert(run_dir: Path) -> Cert:
     return cert
 
 
+# The policies of switchyard-policies: the benchmark's service needs a token of one EdDSA
+# provider (keys from a JWKS file), its subject is forwarded as a header, and a local rate limit
+# keeps one bucket per subject, at a rate no run comes near, so that every request is admitted.
+POLICIES_TOML = """
+[jwt]
+forward_claims = {{ sub = "x-auth-subject" }}
+
+[[jwt.providers]]
+name = "bench"
+issuer = "switchyard-bench"
+audiences = ["bench"]
+algorithms = ["EdDSA"]
+jwks_file = {jwks}
+
+[[jwt.routes]]
+service = "sample"
+
+[[rate_limits]]
+name = "bench-subject"
+key = "subject"
+services = ["sample"]
+rate = 1000000
+per = "second"
+"""
+
+
+@dataclass
+class Policies:
+    config: Path  # the gateway's config file
+    token: str  # what oha sends as its bearer token
+
+
+def make_policies(tools: Tools, run_dir: Path) -> Policies:
+    """A signing key, its JWKS, the config file and a token, with the gateway's own commands."""
+    d = run_dir / "policies"
+    d.mkdir(exist_ok=True)
+    switchyard = str(tools.bin_dir / "switchyard")
+
+    def token_cmd(*args: str) -> str:
+        out = subprocess.run([switchyard, "token", *args], capture_output=True, timeout=30, check=False)
+        if out.returncode != 0:
+            raise Failed(f"switchyard token {args[0]} failed: {out.stderr.decode(errors='replace')[-800:]}")
+        return out.stdout.decode()
+
+    key = d / "bench.key"
+    token_cmd("keygen", "--out", str(d / "bench"))
+    jwks = d / "jwks.json"
+    jwks.write_text(token_cmd("jwks", "--key", str(key)))
+    config = d / "policies.toml"
+    config.write_text(POLICIES_TOML.format(jwks=json.dumps(str(jwks))))
+    token = token_cmd(
+        "issue-public", "--key", str(key), "--issuer", "switchyard-bench", "--audience", "bench",
+        "--subject", "bench-client", "--ttl", "12h",
+    ).strip()
+    return Policies(config, token)
+
+
+def metric_sum(control: str, prefix: str) -> float:
+    """The sum of the gateway's metric samples whose series starts with `prefix` (its /metrics)."""
+    with urllib.request.urlopen(f"http://{control}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def status_of(url: str, body: bytes) -> int:
+    """The status of one POST of `body`, sent without credentials."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def tls_session(url: str, cafile: Path) -> dict:
     """The protocol and cipher suite a TLS target negotiates with a client on OpenSSL's defaults,
     for the report (both servers follow the client's order of cipher suites)."""
@@ -431,6 +510,7 @@ class Tools:
     nginx: str
     baseline: Path | None = None
     cert: Cert | None = None  # made on first use by a TLS target
+    policies: Policies | None = None  # made on first use by switchyard-policies
 
 
 def json_body(size: int) -> bytes:
@@ -445,11 +525,16 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_oha(tools: Tools, url: str, body_file: Path, conns: int, seconds: float, rate: float | None, cpu: str | None) -> dict:
+def run_oha(
+    tools: Tools, url: str, body_file: Path, conns: int, seconds: float, rate: float | None, cpu: str | None,
+    headers: dict[str, str],
+) -> dict:
     argv = [
         tools.oha, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-w", "-c", str(conns),
         "-m", "POST", "-T", "application/json", "-D", str(body_file),
     ]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
     if rate is not None:
         argv += ["-q", str(rate)]
     if url.startswith("https://"):
@@ -480,6 +565,7 @@ def run_oha(tools: Tools, url: str, body_file: Path, conns: int, seconds: float,
     return {
         "requests": ok,
         "errors": errors,
+        "status_codes": codes,
         "first_error": next(iter(report.get("errorDistribution", {})), None),
         "elapsed_s": elapsed,
         "load_cpu_cores": load_cpu_s / elapsed if elapsed > 0 else None,
@@ -536,6 +622,8 @@ class Started:
     url: str  # HTTP(S) URL to load, or the gRPC target for direct
     measured: Proc  # the process whose CPU and memory are reported
     cafile: Path | None = None  # what verifies an https URL
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
+    control: str | None = None  # a gateway's control listener (host:port)
 
 
 # The benchmark measures forwarding: its samples register without credentials, and the echo
@@ -578,7 +666,7 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         line = procs.first_line(svc, "listening on ")
         addr = line.split()[2]
         return Started(f"http://{addr}", svc)
-    if name in ("switchyard", "switchyard-dflt", "switchyard-tls", BASELINE):
+    if name in ("switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", BASELINE):
         pinned = name != "switchyard-dflt"
         gateway = tools.baseline if name == BASELINE else b / "switchyard"
         argv = [
@@ -594,6 +682,12 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
             cert = target_cert(tools, run_dir)
             argv += ["--set", f"public.tls.cert_file={json.dumps(str(cert.cert))}"]
             argv += ["--set", f"public.tls.key_file={json.dumps(str(cert.key))}"]
+        headers = {}
+        if name == "switchyard-policies":
+            if tools.policies is None:
+                tools.policies = make_policies(tools, run_dir)
+            argv += ["--config", str(tools.policies.config)]
+            headers = {"authorization": f"Bearer {tools.policies.token}"}
         argv += open_control_flags(gateway)
         gw = procs.start(name, argv, p_cpu if pinned else None, env={"SWITCHYARD_LOG": "warn"})
         line = procs.first_line(gw, "switchyard listening:")
@@ -608,8 +702,13 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         scheme = "http" if cert is None else "https"
         url = f"{scheme}://{public}/sample/test/echo-body"
         cafile = None if cert is None else cert.ca
-        wait_port_answers(url, probe, probe, cafile)
-        return Started(url, gw, cafile)
+        wait_port_answers(url, probe, probe, cafile, headers)
+        if headers:
+            # The route protects the service: a request without the token is refused.
+            status = status_of(url, probe)
+            if status != 401:
+                raise Failed(f"{name}: a request without a token was answered {status}, not 401")
+        return Started(url, gw, cafile, headers, control)
     backends = procs.start(f"{name}-backends", [str(b / "bench-backends"), "--threads", "1"], l_cpu)
     line = procs.first_line(backends, "backends ")
     addrs = dict(part.split("=", 1) for part in line.split()[1:])
@@ -640,7 +739,9 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
     return Started(url, proxy, cafile)
 
 
-def measure_target(name: str, args, procs: Procs, tools: Tools, layout: Layout, run_dir: Path, sessions: dict) -> dict:
+def measure_target(
+    name: str, args, procs: Procs, tools: Tools, layout: Layout, run_dir: Path, sessions: dict, checks: dict
+) -> dict:
     started = start_target(name, procs, tools, layout, run_dir, json_body(100))
     pids = descendants(started.measured.popen.pid)
     # taskset execs the program, so the pid is the program's own.
@@ -652,12 +753,14 @@ def measure_target(name: str, args, procs: Procs, tools: Tools, layout: Layout, 
         body_file = run_dir / f"body-{size}.json"
         body_file.write_bytes(json_body(size))
         if name != "direct":
-            wait_port_answers(started.url, json_body(size), json_body(size), started.cafile)
+            wait_port_answers(started.url, json_body(size), json_body(size), started.cafile, started.headers)
 
         def load(seconds: float, rate: float | None) -> dict:
             if name == "direct":
                 return run_grpc_load(tools, started.url, size, args.connections, seconds, rate, layout.load_cpu)
-            return run_oha(tools, started.url, body_file, args.connections, seconds, rate, layout.load_cpu)
+            return run_oha(
+                tools, started.url, body_file, args.connections, seconds, rate, layout.load_cpu, started.headers
+            )
 
         log(f"{name} {size} B: warm-up {args.warmup_s} s")
         load(args.warmup_s, None)
@@ -677,8 +780,41 @@ def measure_target(name: str, args, procs: Procs, tools: Tools, layout: Layout, 
         out[str(size)] = {"fixed": fixed, "saturating": sat}
         if started.measured.popen.poll() is not None:
             raise Failed(f"{name} exited during the run; see {started.measured.log_path}")
+    if name == "switchyard-policies":
+        checks[name] = check_policies(started.control, out)
     procs.stop_all()
     return out
+
+
+RATE_LIMIT_SERIES = 'switchyard_rate_limit_requests_total{rule="bench-subject"'
+
+
+def check_policies(control: str, out: dict) -> dict:
+    """The policies were applied to the load and refused nothing: oha saw no 401 or 429, the
+    rate limit admitted requests and limited none, and the JWT check refused only the probe
+    without a token."""
+    seen = {"401": 0, "429": 0}
+    for runs in out.values():
+        for r in runs.values():
+            for code in seen:
+                seen[code] += r["status_codes"].get(code, 0)
+    counts = {
+        "oha_401": seen["401"],
+        "oha_429": seen["429"],
+        "rate_limit_admitted": metric_sum(control, f'{RATE_LIMIT_SERIES},outcome="admitted"}}'),
+        "rate_limit_limited": metric_sum(control, f'{RATE_LIMIT_SERIES},outcome="limited"}}'),
+        "jwt_refusals": metric_sum(control, "switchyard_jwt_refusals_total"),
+    }
+    log(
+        "switchyard-policies: {oha_401} answers 401 and {oha_429} answers 429 seen by oha; the rate limit "
+        "admitted {rate_limit_admitted:.0f} and limited {rate_limit_limited:.0f}; JWT refusals "
+        "{jwt_refusals:.0f} (the probe without a token)".format(**counts)
+    )
+    if seen["401"] or seen["429"] or counts["rate_limit_limited"] or counts["jwt_refusals"] != 1:
+        raise Failed("switchyard-policies refused requests of the load; see the line above")
+    if counts["rate_limit_admitted"] == 0:
+        raise Failed("switchyard-policies: the rate limit saw no request (the rule is not applied)")
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -768,6 +904,12 @@ def tables(results: dict, args) -> str:
         )
         if rows:
             lines += [f"\nWith TLS on the public listener, {size} B:\n", *RATIO_HEAD, *rows]
+        rows = ratio_rows(
+            results, s, [("switchyard-policies", "switchyard", "Switchyard with JWT and a rate limit / Switchyard")]
+        )
+        if rows:
+            title = f"\nWith the JWT check and a local rate limit by subject (issue 15), {size} B:\n"
+            lines += [title, *RATIO_HEAD, *rows]
         costs = []
         for plain, tls, label in (("switchyard", "switchyard-tls", "Switchyard"), ("nginx", "nginx-tls", "nginx")):
             a, b = results.get(plain, {}).get(s), results.get(tls, {}).get(s)
@@ -863,11 +1005,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     results: dict = {}
     sessions: dict = {}  # the TLS targets' negotiated protocol and cipher suite
+    checks: dict = {}  # switchyard-policies: what its policies admitted and refused
     started = time.monotonic()
     try:
         for t in args.targets:
             log(f"target {t}")
-            results[t] = measure_target(t, args, procs, tools, layout, run_dir, sessions)
+            results[t] = measure_target(t, args, procs, tools, layout, run_dir, sessions, checks)
     except Failed as e:
         log(f"FAILED: {e}")
         return 1
@@ -888,6 +1031,7 @@ def main() -> int:
         "bin_dir": str(args.bin_dir),
         "versions": versions(tools),
         "tls": sessions,
+        "policies": checks,
         "elapsed_s": elapsed,
     }
     table = tables(results, args)
@@ -910,6 +1054,13 @@ def main() -> int:
         ),
         table,
     ]
+    if checks:
+        admitted = checks["switchyard-policies"]["rate_limit_admitted"]
+        md.insert(
+            -1,
+            "switchyard-policies: JWT (EdDSA, verified once then cached, `sub` forwarded) and a local rate "
+            f"limit by subject; no 401 or 429 in any load (checked); the limit admitted {admitted:,.0f} requests",
+        )
     (run_dir / "results.md").write_text("\n".join(md))
     print("\n".join(md))
     log(f"results in {run_dir} ({elapsed:.0f} s)")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The proxy benchmark (see proxies.py): Switchyard against the direct gRPC call, Envoy's
 # gRPC-JSON transcoder, and nginx and Envoy as plain reverse proxies, back to back; Switchyard
-# and nginx with TLS on their listener too.
+# and nginx with TLS on their listener too, and Switchyard with a JWT check and a local rate limit.
 #
-#   testbeds/bench/proxies.sh                  the full run (release build), about 12 minutes
+#   testbeds/bench/proxies.sh                  the full run (release build), about 14 minutes
 #   testbeds/bench/proxies.sh --smoke          every target briefly, to check the harness
 #   testbeds/bench/proxies.sh --sat-s 30 --rate-s 30 --sizes 100 --targets switchyard,nginx
 #
