@@ -12,7 +12,11 @@ report gives instructions per request for each binary, the ratio of each to the 
 the top functions by inclusive cost (callgrind_annotate) in the run directory. With `--tls` the
 public listener serves TLS (a P-256 certificate made with openssl, as the proxy benchmark's) and
 oha speaks HTTPS: the counted run includes its 8 handshakes. With `--cache-sim` callgrind also
-simulates the caches and the report gives L1 instruction and data misses per request."""
+simulates the caches and the report gives L1 instruction and data misses per request. With
+`--policies` each binary is profiled twice, plain and with the config of the proxy benchmark's
+`switchyard-policies` target (a JWT check with an EdDSA provider, `sub` forwarded, and a local
+rate limit by subject that admits every request; oha sends a bearer token), and the report gives
+the policies' ratio to the plain run of the same binary (issue 15)."""
 
 from __future__ import annotations
 
@@ -26,16 +30,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxies import ROOT, Cert, Failed, Procs, json_body, log, make_cert, open_control_flags, wait_port_answers  # noqa: E402
+from proxies import (  # noqa: E402
+    RATE_LIMIT_SERIES, ROOT, Cert, Failed, Policies, Procs, json_body, log, make_cert, make_policies, metric_sum,
+    open_control_flags, status_of, wait_port_answers,
+)
 
 CALLGRIND_TIMEOUT_S = 600
 
 
-def oha(oha_bin: str, url: str, body_file: Path, requests: int, cert: Cert | None) -> None:
+def oha(oha_bin: str, url: str, body_file: Path, requests: int, cert: Cert | None, headers: dict[str, str]) -> None:
     argv = [
         oha_bin, "--no-tui", "--output-format", "json", "-n", str(requests), "-c", "8",
         "-m", "POST", "-T", "application/json", "-D", str(body_file),
     ]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
     if cert is not None:
         argv += ["--cacert", str(cert.ca)]
     argv.append(url)
@@ -50,7 +59,7 @@ def oha(oha_bin: str, url: str, body_file: Path, requests: int, cert: Cert | Non
 
 def profile_one(
     gateway: Path, sample: Path, oha_bin: str, requests: int, body_bytes: int, run_dir: Path, tag: str, cert: Cert | None,
-    cache_sim: bool,
+    cache_sim: bool, policies: Policies | None,
 ) -> dict:
     procs = Procs(run_dir)
     out_file = run_dir / f"callgrind.{tag}.out"
@@ -69,6 +78,7 @@ def profile_one(
                 "--set", "log.level=\"warn\"",
                 *open_control_flags(gateway),
                 *tls,
+                *([] if policies is None else ["--config", str(policies.config)]),
             ],
             None,
             env={"SWITCHYARD_LOG": "warn"},
@@ -84,15 +94,27 @@ def profile_one(
         scheme = "http" if cert is None else "https"
         url = f"{scheme}://{fields['public']}/sample/test/echo-body"
         body = json_body(body_bytes)
-        wait_port_answers(url, body, body, None if cert is None else cert.ca)
+        headers = {} if policies is None else {"authorization": f"Bearer {policies.token}"}
+        wait_port_answers(url, body, body, None if cert is None else cert.ca, headers)
+        if policies is not None and cert is None:
+            # The route protects the service: a request without the token is refused.
+            status = status_of(url, body)
+            if status != 401:
+                raise Failed(f"policies: a request without a token was answered {status}, not 401")
         body_file = run_dir / "body.json"
         body_file.write_bytes(body)
-        oha(oha_bin, url, body_file, 300, cert)
+        oha(oha_bin, url, body_file, 300, cert, headers)
         pid = str(gw.popen.pid)
         for cmd in (["-i", "on"], ["-z"]):
             subprocess.run(["callgrind_control", *cmd, pid], check=True, capture_output=True, timeout=120)
-        oha(oha_bin, url, body_file, requests, cert)
+        oha(oha_bin, url, body_file, requests, cert, headers)
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True, timeout=120)
+        if policies is not None:
+            # Every request of the load went through the rate limit, and none was limited.
+            admitted = metric_sum(fields["control"], f'{RATE_LIMIT_SERIES},outcome="admitted"}}')
+            limited = metric_sum(fields["control"], f'{RATE_LIMIT_SERIES},outcome="limited"}}')
+            if admitted < requests or limited:
+                raise Failed(f"policies: the rate limit admitted {admitted:.0f} and limited {limited:.0f}")
     finally:
         procs.stop_all()
     dumps = sorted(run_dir.glob(f"callgrind.{tag}.out*"), key=lambda p: p.stat().st_mtime)
@@ -118,7 +140,7 @@ def profile_one(
         "i1_misses_per_request": best_events.get("I1mr", 0) / requests,
         "d1_misses_per_request": (best_events.get("D1mr", 0) + best_events.get("D1mw", 0)) / requests,
     }
-    return {"binary": str(gateway), "instructions": best_ir, "per_request": best_ir / requests, "dump": str(best), **misses}
+    return {"binary": str(gateway), "config": "plain" if policies is None else "policies", "instructions": best_ir, "per_request": best_ir / requests, "dump": str(best), **misses}
 
 
 def main() -> int:
@@ -132,6 +154,8 @@ def main() -> int:
     ap.add_argument("--body-bytes", type=int, default=100)
     ap.add_argument("--tls", action="store_true", help="TLS on the public listener (builds that have public.tls)")
     ap.add_argument("--cache-sim", action="store_true", help="simulate the caches; report L1 misses per request")
+    ap.add_argument("--policies", action="store_true",
+                    help="profile each binary plain and with the JWT check and a local rate limit (issue 15)")
     args = ap.parse_args()
     if not args.gateways:
         args.gateways = [args.default_gateway]
@@ -142,21 +166,35 @@ def main() -> int:
     rows = []
     try:
         cert = make_cert(run_dir) if args.tls else None
+        # One key, config and token for every binary (made with the first one's commands).
+        policies = make_policies(args.gateways[0], run_dir) if args.policies else None
+        configs = [None] if policies is None else [None, policies]
         for i, gw in enumerate(args.gateways):
-            log(f"callgrind: {gw} ({args.requests} requests of {args.body_bytes} B{', TLS' if cert else ''})")
-            rows.append(
-                profile_one(gw, args.sample, args.oha, args.requests, args.body_bytes, run_dir, str(i), cert, args.cache_sim)
-            )
+            for pol in configs:
+                tag = f"{i}" if pol is None else f"{i}-policies"
+                what = "" if pol is None else ", JWT and rate limit"
+                log(f"callgrind: {gw} ({args.requests} requests of {args.body_bytes} B{', TLS' if cert else ''}{what})")
+                rows.append(profile_one(
+                    gw, args.sample, args.oha, args.requests, args.body_bytes, run_dir, tag, cert, args.cache_sim, pol,
+                ))
     except Failed as e:
         log(f"FAILED: {e}")
         return 1
     base = rows[0]["per_request"]
     print(f"instructions per request ({args.requests} requests, {args.body_bytes} B bodies{', TLS' if args.tls else ''}):")
+    plain = {}
     for r in rows:
         misses = ""
         if args.cache_sim:
             misses = f"  L1 misses: instructions {r['i1_misses_per_request']:,.0f}, data {r['d1_misses_per_request']:,.0f}"
-        print(f"  {r['per_request']:>12,.0f}  ratio {r['per_request'] / base:.3f}  {r['binary']}{misses}")
+        extra = ""
+        if r["config"] == "plain":
+            plain[r["binary"]] = r["per_request"]
+        else:
+            p = plain[r["binary"]]
+            extra = f"  policies/plain {r['per_request'] / p:.3f} (+{r['per_request'] - p:,.0f})"
+        config = f"  {r['config']:<8}" if args.policies else ""
+        print(f"  {r['per_request']:>12,.0f}  ratio {r['per_request'] / base:.3f}{config}  {r['binary']}{extra}{misses}")
     log(f"callgrind dumps and annotations in {run_dir}")
     return 0
 

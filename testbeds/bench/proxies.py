@@ -437,11 +437,12 @@ class Policies:
     token: str  # what oha sends as its bearer token
 
 
-def make_policies(tools: Tools, run_dir: Path) -> Policies:
-    """A signing key, its JWKS, the config file and a token, with the gateway's own commands."""
+def make_policies(gateway: Path, run_dir: Path) -> Policies:
+    """A signing key, its JWKS, the config file and a token, with the gateway's own commands
+    (`gateway` is the switchyard binary; profile.py reuses this for its `--policies`)."""
     d = run_dir / "policies"
     d.mkdir(exist_ok=True)
-    switchyard = str(tools.bin_dir / "switchyard")
+    switchyard = str(gateway)
 
     def token_cmd(*args: str) -> str:
         out = subprocess.run([switchyard, "token", *args], capture_output=True, timeout=30, check=False)
@@ -685,7 +686,7 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         headers = {}
         if name == "switchyard-policies":
             if tools.policies is None:
-                tools.policies = make_policies(tools, run_dir)
+                tools.policies = make_policies(b / "switchyard", run_dir)
             argv += ["--config", str(tools.policies.config)]
             headers = {"authorization": f"Bearer {tools.policies.token}"}
         argv += open_control_flags(gateway)
