@@ -160,7 +160,7 @@ impl JwtPolicy {
             }));
         }
         let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
-        let verified = self.verified(&token, &hash, rule).await?;
+        let verified = self.verified(token, &hash, rule).await?;
         // Verified: whoever it names is who sent it, for the logs of this request whatever
         // happens next.
         ctx.set_identity(Identity {
@@ -293,7 +293,7 @@ impl Policy for JwtPolicy {
 }
 
 /// The token of the one `authorization: Bearer <token>` header.
-fn bearer(req: &ForwardingReq) -> Result<String, Refused> {
+fn bearer(req: &ForwardingReq) -> Result<&str, Refused> {
     let mut values = req
         .headers
         .iter()
@@ -316,7 +316,7 @@ fn bearer(req: &ForwardingReq) -> Result<String, Refused> {
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
-            Ok(token.trim().to_owned())
+            Ok(token.trim())
         }
         _ => Err(malformed),
     }
@@ -324,6 +324,27 @@ fn bearer(req: &ForwardingReq) -> Result<String, Refused> {
 
 /// The route's scopes and claims, checked against a verified token.
 fn check_rule(rule: &Rule, v: &Verified, realm: &str) -> Result<(), GatewayError> {
+    if !rule.scopes.is_empty() {
+        check_scopes(rule, v, realm)?;
+    }
+    for (name, want) in &rule.claims {
+        let matches = match v.claims.get(name) {
+            Some(Value::String(s)) => s == want,
+            Some(Value::Array(list)) => list.iter().any(|x| claim_text(x).as_deref() == Some(want)),
+            Some(other) => claim_text(other).as_deref() == Some(want),
+            None => false,
+        };
+        if !matches {
+            return Err(GatewayError::Forbidden {
+                reason: format!("the token's claim {name:?} does not allow this request"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The route's scopes, all granted by the token's `scope` (or `scp`) claim.
+fn check_scopes(rule: &Rule, v: &Verified, realm: &str) -> Result<(), GatewayError> {
     let granted: Vec<&str> = match (v.claims.get("scope"), v.claims.get("scp")) {
         (Some(Value::String(s)), _) => s.split(' ').filter(|s| !s.is_empty()).collect(),
         (_, Some(Value::Array(list))) => list.iter().filter_map(Value::as_str).collect(),
@@ -338,19 +359,6 @@ fn check_rule(rule: &Rule, v: &Verified, realm: &str) -> Result<(), GatewayError
                 r#"Bearer realm="{realm}", error="insufficient_scope", scope="{wanted}""#
             ),
         });
-    }
-    for (name, want) in &rule.claims {
-        let matches = match v.claims.get(name) {
-            Some(Value::String(s)) => s == want,
-            Some(Value::Array(list)) => list.iter().any(|x| claim_text(x).as_deref() == Some(want)),
-            Some(other) => claim_text(other).as_deref() == Some(want),
-            None => false,
-        };
-        if !matches {
-            return Err(GatewayError::Forbidden {
-                reason: format!("the token's claim {name:?} does not allow this request"),
-            });
-        }
     }
     Ok(())
 }

@@ -15,9 +15,11 @@
 //!
 //! The choices are recorded in docs/decisions/0020-rate-limits.md.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use switchyard_core::GatewayError;
@@ -143,23 +145,30 @@ impl RateLimits {
         ctx: &mut RequestContext,
         req: &ForwardingReq,
     ) -> Result<(), GatewayError> {
-        let mut policies: Vec<String> = Vec::new();
-        let mut states: Vec<String> = Vec::new();
+        // The two headers' values, built as the rules are checked: one item per rule, ", "
+        // between items.
+        let mut policies = String::new();
+        let mut states = String::new();
         let mut refusal = None;
         for rule in self.rules.iter().filter(|r| r.selects(req)) {
             let key = rule.key(ctx, req);
             let (decision, shape) = self.check_rule(rule, &key).await;
-            policies.push(if shape == rule.shape {
-                rule.policy_item.clone()
+            if !policies.is_empty() {
+                policies.push_str(", ");
+                states.push_str(", ");
+            }
+            if shape == rule.shape {
+                policies.push_str(&rule.policy_item);
             } else {
-                policy_item(&rule.name, shape)
-            });
-            states.push(format!(
+                policies.push_str(&policy_item(&rule.name, shape));
+            }
+            let _ = write!(
+                states,
                 "\"{}\";r={};t={}",
                 rule.name,
                 decision.remaining,
                 decision.reset_s()
-            ));
+            );
             if decision.admitted {
                 rule.series.admitted.inc();
             } else {
@@ -173,7 +182,7 @@ impl RateLimits {
         if !policies.is_empty() {
             for (name, items) in [(RATELIMIT_POLICY, policies), (RATELIMIT, states)] {
                 // Rule names are checked tokens, so the value is always a valid header.
-                if let Ok(value) = HeaderValue::from_str(&items.join(", ")) {
+                if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(items)) {
                     ctx.add_response_header(name, value);
                 }
             }
@@ -216,16 +225,16 @@ impl Rule {
             RateLimitKey::ClientAddress => address(),
             RateLimitKey::Subject => match ctx.identity() {
                 Some(identity) if !identity.subject.is_empty() => {
-                    format!("sub:{}", bounded(identity.subject.as_bytes()))
+                    bounded("sub:", identity.subject.as_bytes())
                 }
                 _ => address(),
             },
-            RateLimitKey::Service => format!("svc:{}", bounded(req.service.as_bytes())),
+            RateLimitKey::Service => bounded("svc:", req.service.as_bytes()),
             RateLimitKey::Header => req
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(&c.header))
-                .map_or_else(address, |h| format!("hdr:{}", bounded(&h.value))),
+                .map_or_else(address, |h| bounded("hdr:", &h.value)),
         }
     }
 }
@@ -249,16 +258,23 @@ fn address_key(ip: IpAddr, prefix_bits: u8) -> String {
     }
 }
 
-/// A key value as it is when short and printable, else as `sha256:<hex>`.
-fn bounded(value: &[u8]) -> String {
+/// `kind` and a key value: the value as it is when short and printable, else as
+/// `sha256:<hex>`.
+fn bounded(kind: &str, value: &[u8]) -> String {
     match std::str::from_utf8(value) {
-        Ok(s) if s.len() <= KEY_VALUE_BYTES_MAX && !s.chars().any(char::is_control) => s.to_owned(),
+        Ok(s) if s.len() <= KEY_VALUE_BYTES_MAX && !s.chars().any(char::is_control) => {
+            let mut out = String::with_capacity(kind.len() + s.len());
+            out.push_str(kind);
+            out.push_str(s);
+            out
+        }
         _ => {
             let digest = Sha256::digest(value);
-            let mut out = String::with_capacity(7 + 64);
+            let mut out = String::with_capacity(kind.len() + 7 + 64);
+            out.push_str(kind);
             out.push_str("sha256:");
             for b in digest {
-                out.push_str(&format!("{b:02x}"));
+                let _ = write!(out, "{b:02x}");
             }
             out
         }
@@ -303,11 +319,12 @@ mod tests {
 
     #[test]
     fn long_or_odd_values_are_hashed() {
-        assert_eq!(bounded(b"alice"), "alice");
-        let long = bounded(&[b'a'; KEY_VALUE_BYTES_MAX + 1]);
+        assert_eq!(bounded("", b"alice"), "alice");
+        assert_eq!(bounded("sub:", b"alice"), "sub:alice");
+        let long = bounded("", &[b'a'; KEY_VALUE_BYTES_MAX + 1]);
         assert!(long.starts_with("sha256:") && long.len() == 71, "{long}");
-        assert!(bounded(b"a\nb").starts_with("sha256:"));
-        assert!(bounded(&[0xff, 0xfe]).starts_with("sha256:"));
+        assert!(bounded("", b"a\nb").starts_with("sha256:"));
+        assert!(bounded("", &[0xff, 0xfe]).starts_with("sha256:"));
     }
 
     #[test]

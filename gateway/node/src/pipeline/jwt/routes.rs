@@ -10,6 +10,7 @@
 //! segment, an empty segment — is refused on a service with routes: otherwise `/public/../admin`
 //! could match a public prefix and reach `/admin`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::config::{JwtConfig, JwtRoute};
@@ -112,9 +113,33 @@ fn covers(prefix: &[u8], path: &[u8]) -> bool {
     path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
 }
 
-/// The path percent-decoded, or `None` if it is ambiguous.
-fn decoded(path: &str) -> Option<Vec<u8>> {
+/// The path percent-decoded, or `None` if it is ambiguous; borrowed when it has no escape.
+fn decoded(path: &str) -> Option<Cow<'_, [u8]>> {
     let bytes = path.as_bytes();
+    let out = if bytes.contains(&b'%') {
+        Cow::Owned(unescaped(bytes)?)
+    } else if bytes.contains(&b'\\') {
+        return None;
+    } else {
+        Cow::Borrowed(bytes)
+    };
+    // Every segment after the leading `/` must be non-empty and not `.` or `..`; a trailing
+    // `/` is allowed.
+    let body = out.strip_prefix(b"/")?;
+    let body = body.strip_suffix(b"/").unwrap_or(body);
+    if !body.is_empty()
+        && body
+            .split(|&b| b == b'/')
+            .any(|s| s.is_empty() || s == b"." || s == b"..")
+    {
+        return None;
+    }
+    Some(out)
+}
+
+/// `bytes` with every `%XX` decoded, or `None` for a bad escape, an encoded `/`, `\` or `%`,
+/// or a `\`.
+fn unescaped(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -134,17 +159,6 @@ fn decoded(path: &str) -> Option<Vec<u8>> {
             out.push(b);
             i += 1;
         }
-    }
-    // Every segment after the leading `/` must be non-empty and not `.` or `..`; a trailing
-    // `/` is allowed.
-    let body = out.strip_prefix(b"/")?;
-    let body = body.strip_suffix(b"/").unwrap_or(body);
-    if !body.is_empty()
-        && body
-            .split(|&b| b == b'/')
-            .any(|s| s.is_empty() || s == b"." || s == b"..")
-    {
-        return None;
     }
     Some(out)
 }
