@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "switchyard/forwarding/v1/forwarding.proto",
         "switchyard/registry/v1/registry.proto",
+        "switchyard/audit/v1/audit.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -4,6 +4,7 @@
 //!   `ForwardingReq` / `ForwardingResp` messages.
 //! * [`registry`]: the registry events replicated over the bus and the `Registration` service
 //!   through which instances register, renew and deregister.
+//! * [`audit`]: the audit records published on the audit topics.
 //!
 //! By default the modules hold only the prost message types. The `grpc` feature adds the
 //! tonic clients and servers (`forwarding_service_client`, `forwarding_service_server`,
@@ -22,4 +23,10 @@ pub mod forwarding {
 pub mod registry {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/switchyard.registry.v1.rs"));
+}
+
+/// `switchyard.audit.v1`: the audit records.
+pub mod audit {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/switchyard.audit.v1.rs"));
 }

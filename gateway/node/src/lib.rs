@@ -35,6 +35,7 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod address;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod config;

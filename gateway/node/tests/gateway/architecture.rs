@@ -44,6 +44,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("outbox", 3),
     ("telemetry", 3),
     ("auth", 3),
+    // The auditor keeps its own counters (the node adds them to every scrape), so the
+    // registrar and the pipeline can both hand it records.
+    ("audit", 3),
     // Keeping the registry: registration and replication; the Redis client (counts through
     // telemetry's scrape helpers).
     ("redis", 4),
