@@ -38,7 +38,9 @@ mod security;
 
 use crate::sync::BoxFuture;
 pub use security::BusContext;
-use security::{creation_error, security, warn_if_exposed};
+// The audit sink and `switchyard audit tail` use the same security settings and reports.
+use security::warn_if_exposed;
+pub use security::{creation_error, security};
 
 const PARTITION: i32 = 0;
 

@@ -1,7 +1,7 @@
 //! The `switchyard` binary: `serve` runs a gateway node, `demo` runs one with two sample
 //! instances, `check-config` validates a configuration and prints it in full, and
-//! `graphql-schema` prints the GraphQL schema (`docs/schema.graphql`), and `token` makes
-//! signing keys and control credentials.
+//! `graphql-schema` prints the GraphQL schema (`docs/schema.graphql`), `token` makes
+//! signing keys and control credentials, and `audit tail` reads the audit topics.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
 use tokio_util::sync::CancellationToken;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
+mod audit;
 #[cfg(feature = "demo")]
 mod demo;
 mod token;
@@ -57,6 +58,9 @@ enum Command {
     /// Control credentials: make a signing key, issue a token.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Audit records: read the audit topics.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(command) => token::run(command),
+        Command::Audit(command) => audit::run(command),
         Command::CheckConfig(args) => {
             let config = args.load()?;
             let auth = Authenticator::load(&config.control)?;

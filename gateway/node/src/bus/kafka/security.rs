@@ -27,7 +27,7 @@ pub const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 pub const REPEAT_KINDS_MAX: usize = 64;
 
 /// The security settings of all three clients, from `[bus.kafka]` (validated at load).
-pub(super) fn security(config: &KafkaConfig, client: &mut ClientConfig) -> Result<(), BusError> {
+pub fn security(config: &KafkaConfig, client: &mut ClientConfig) -> Result<(), BusError> {
     let protocol = config.security_protocol;
     client.set("security.protocol", protocol.librdkafka());
     if protocol.tls() {
@@ -60,7 +60,7 @@ pub(super) fn security(config: &KafkaConfig, client: &mut ClientConfig) -> Resul
 
 /// An error from making a client. librdkafka's text for a refused setting holds the value,
 /// which may be the password: only the key is kept.
-pub(super) fn creation_error(e: KafkaError) -> BusError {
+pub fn creation_error(e: KafkaError) -> BusError {
     match e {
         KafkaError::ClientConfig(_, _, key, _) => {
             BusError::Unavailable(format!("librdkafka refused the setting {key}"))
