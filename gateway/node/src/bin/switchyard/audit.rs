@@ -4,8 +4,8 @@
 //! the brokers; without `--follow` it stops at the end of what the topic held when it began.
 //!
 //! Bounded: records are printed as they come, one at a time; librdkafka's prefetch is capped
-//! at [`PREFETCH_KBYTES_MAX`]; a topic with more than [`PARTITIONS_MAX`] partitions is
-//! refused; without `--follow`, [`IDLE_POLLS_MAX`] empty polls in a row before the end is
+//! (`read::PREFETCH_KBYTES_MAX`); a topic with more partitions than `read::PARTITIONS_MAX` is
+//! refused; without `--follow`, `read::IDLE_POLLS_MAX` empty polls in a row before the end is
 //! reached is an error rather than a wait forever. A record that does not decode, or whose
 //! version is not 1, is reported on stderr and skipped.
 
@@ -14,27 +14,16 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 mod filter;
+#[cfg(feature = "kafka")]
 mod format;
 #[cfg(feature = "kafka")]
 mod read;
-#[cfg(test)]
+#[cfg(all(test, feature = "kafka"))]
 mod tests;
 
-pub use filter::{Filter, StatusFilter, parse_since, parse_status};
-
-/// The topics' names when no `--config` gives them: `[audit]`'s defaults.
-pub const TOPIC_REQUESTS: &str = "switchyard.audit.requests";
-pub const TOPIC_REGISTRY: &str = "switchyard.audit.registry";
-/// librdkafka's `queued.max.messages.kbytes`: what the reader fetches ahead of printing.
-pub const PREFETCH_KBYTES_MAX: usize = 16 * 1024;
-/// The most partitions read.
-pub const PARTITIONS_MAX: usize = 1024;
-/// How long one poll waits, ms.
-pub const POLL_MS: u64 = 500;
-/// Without `--follow`: empty polls in a row (of [`POLL_MS`]) after which the end is given up.
-pub const IDLE_POLLS_MAX: u32 = 60;
-/// Broker requests (metadata, offsets for times, watermarks), ms.
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+#[cfg(feature = "kafka")]
+pub use filter::Filter;
+pub use filter::{StatusFilter, parse_since, parse_status};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -75,14 +64,11 @@ pub struct TailArgs {
 }
 
 impl TailArgs {
-    fn filter(&self) -> anyhow::Result<Filter> {
+    fn check(&self) -> anyhow::Result<()> {
         if self.registry && self.status.is_some() {
             anyhow::bail!("--status applies to requests; registry records have no status");
         }
-        Ok(Filter {
-            service: self.service.clone(),
-            status: self.status,
-        })
+        Ok(())
     }
 }
 
@@ -94,13 +80,17 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
 
 #[cfg(feature = "kafka")]
 fn tail(args: &TailArgs) -> anyhow::Result<()> {
-    let filter = args.filter()?;
+    args.check()?;
+    let filter = Filter {
+        service: args.service.clone(),
+        status: args.status,
+    };
     read::tail(args, &filter)
 }
 
 #[cfg(not(feature = "kafka"))]
 fn tail(args: &TailArgs) -> anyhow::Result<()> {
-    args.filter()?;
+    args.check()?;
     anyhow::bail!(
         "switchyard audit tail reads Kafka: this binary was built without the kafka feature"
     )

@@ -1,6 +1,7 @@
 //! What `switchyard audit tail` is asked to show: the parsers of `--status` and `--since`,
 //! and the filter a decoded record passes or not.
 
+#[cfg(feature = "kafka")]
 use switchyard_proto::audit::{AuditRecord, audit_record::Kind};
 
 /// The longest `--since`: a year. Kafka keeps less than that in practice; the bound is for
@@ -15,6 +16,7 @@ pub enum StatusFilter {
     Code(u32),
 }
 
+#[cfg(feature = "kafka")]
 impl StatusFilter {
     pub fn matches(self, status: u32) -> bool {
         match self {
@@ -73,12 +75,14 @@ pub fn parse_since(text: &str) -> Result<u64, String> {
 }
 
 /// What a record must be to be shown.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub service: Option<String>,
     pub status: Option<StatusFilter>,
 }
 
+#[cfg(feature = "kafka")]
 impl Filter {
     pub fn admits(&self, record: &AuditRecord) -> bool {
         let (service, status) = match &record.kind {

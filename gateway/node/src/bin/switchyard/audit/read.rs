@@ -17,10 +17,21 @@ use switchyard::seams::{Clock as _, SystemClock};
 use switchyard_proto::audit::AuditRecord;
 
 use super::format::{self, Position};
-use super::{
-    Filter, IDLE_POLLS_MAX, PARTITIONS_MAX, POLL_MS, PREFETCH_KBYTES_MAX, REQUEST_TIMEOUT_MS,
-    TOPIC_REGISTRY, TOPIC_REQUESTS, TailArgs,
-};
+use super::{Filter, TailArgs};
+
+/// The topics' names when no `--config` gives them: `[audit]`'s defaults.
+pub const TOPIC_REQUESTS: &str = "switchyard.audit.requests";
+pub const TOPIC_REGISTRY: &str = "switchyard.audit.registry";
+/// librdkafka's `queued.max.messages.kbytes`: what the reader fetches ahead of printing.
+pub const PREFETCH_KBYTES_MAX: usize = 16 * 1024;
+/// The most partitions read.
+pub const PARTITIONS_MAX: usize = 1024;
+/// How long one poll waits, ms.
+pub const POLL_MS: u64 = 500;
+/// Without `--follow`: empty polls in a row (of [`POLL_MS`]) after which the end is given up.
+pub const IDLE_POLLS_MAX: u32 = 60;
+/// Broker requests (metadata, offsets for times, watermarks), ms.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// The version of the record format this reader knows.
 pub const VERSION: u32 = 1;
