@@ -185,9 +185,11 @@ impl Auditor {
         });
     }
 
-    /// Records a registry change or refusal; a renewal only with `registry_renewals`.
+    /// Records a registry change or refusal; an applied renewal only with
+    /// `registry_renewals` (a refused one always: it is what an audit is for).
     pub fn registry(&self, facts: RegistryFacts<'_>) {
-        if facts.action == RegistryAction::Renew && !self.registry_renewals {
+        let applied = facts.error_code.is_none();
+        if facts.action == RegistryAction::Renew && applied && !self.registry_renewals {
             return;
         }
         let key = facts.key();

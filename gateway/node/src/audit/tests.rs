@@ -247,7 +247,7 @@ fn the_metrics_name_every_stream_and_reason() {
 }
 
 #[test]
-fn renewals_are_recorded_only_when_asked_for() {
+fn applied_renewals_are_recorded_only_when_asked_for_and_refused_ones_always() {
     let facts = |action| RegistryFacts {
         time_unix_ms: 1,
         action,
@@ -261,7 +261,7 @@ fn renewals_are_recorded_only_when_asked_for() {
         stamp: Some("1.0.gw".to_owned()),
         lease_ms: 10_000,
     };
-    for (renewals, queued) in [(false, 1), (true, 2)] {
+    for (renewals, queued) in [(false, 2), (true, 3)] {
         let auditor = Auditor::new(
             &config(|c| c.registry_renewals = renewals),
             "gw",
@@ -269,6 +269,10 @@ fn renewals_are_recorded_only_when_asked_for() {
         );
         auditor.registry(facts(RegistryAction::Renew));
         auditor.registry(facts(RegistryAction::Register));
+        auditor.registry(RegistryFacts {
+            error_code: Some("forbidden".to_owned()),
+            ..facts(RegistryAction::Renew)
+        });
         assert_eq!(auditor.queued(), queued, "registry_renewals = {renewals}");
     }
 }
