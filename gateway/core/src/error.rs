@@ -83,6 +83,13 @@ pub enum GatewayError {
     /// stamped here now could be older than one already on the bus and lose to it.
     #[error("this gateway is not ready: {detail}; try again, or another gateway")]
     NotReady { detail: String },
+    /// The service's audit mode is `required` and the gateway cannot audit the request now
+    /// (the audit sink is unavailable, or the audit queue is more than three quarters full):
+    /// the request is refused rather than served unaudited.
+    #[error(
+        "service {service:?} is served only when audited, and audit records cannot be delivered now; try again later"
+    )]
+    AuditUnavailable { service: String },
     #[error("internal error: {detail}")]
     Internal { detail: String },
     /// The request came back to a gateway it had passed, or passed more proxies than
@@ -125,6 +132,7 @@ impl GatewayError {
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::BusUnavailable { .. } => "bus_unavailable",
             Self::NotReady { .. } => "not_ready",
+            Self::AuditUnavailable { .. } => "audit_unavailable",
             Self::Internal { .. } => "internal",
             Self::LoopDetected { .. } => "loop_detected",
         }
@@ -153,6 +161,7 @@ impl GatewayError {
             Self::QuotaExceeded { .. } => 429,
             Self::BusUnavailable { .. } => 503,
             Self::NotReady { .. } => 503,
+            Self::AuditUnavailable { .. } => 503,
             Self::Internal { .. } => 500,
             Self::LoopDetected { .. } => 508,
         }
@@ -182,7 +191,8 @@ impl GatewayError {
             | Self::UpstreamReset { .. }
             | Self::Overloaded { .. }
             | Self::BusUnavailable { .. }
-            | Self::NotReady { .. } => code::UNAVAILABLE,
+            | Self::NotReady { .. }
+            | Self::AuditUnavailable { .. } => code::UNAVAILABLE,
             Self::BadUpstreamResponse { .. } | Self::Internal { .. } => code::INTERNAL,
         }
     }
@@ -212,6 +222,7 @@ impl GatewayError {
             Self::Overloaded { .. }
             | Self::BusUnavailable { .. }
             | Self::NotReady { .. }
+            | Self::AuditUnavailable { .. }
             | Self::Internal { .. } => Fault::Internal,
         }
     }
@@ -286,7 +297,8 @@ impl GatewayError {
             | Self::InsufficientScope { .. }
             | Self::RateLimited { .. }
             | Self::SubscriptionLagged { .. }
-            | Self::QuotaExceeded { .. } => self.to_string(),
+            | Self::QuotaExceeded { .. }
+            | Self::AuditUnavailable { .. } => self.to_string(),
         }
     }
 
@@ -566,6 +578,9 @@ mod tests {
             },
             GatewayError::BusUnavailable { detail: s() },
             GatewayError::NotReady { detail: s() },
+            GatewayError::AuditUnavailable {
+                service: "orders".into(),
+            },
             GatewayError::Internal { detail: s() },
             GatewayError::LoopDetected { reason: s() },
         ];
@@ -593,6 +608,7 @@ mod tests {
                 | GatewayError::QuotaExceeded { .. }
                 | GatewayError::BusUnavailable { .. }
                 | GatewayError::NotReady { .. }
+                | GatewayError::AuditUnavailable { .. }
                 | GatewayError::Internal { .. }
                 | GatewayError::LoopDetected { .. } => {}
             }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod audit;
 mod graphql;
 mod jwt;
 mod kafka;
@@ -23,6 +24,10 @@ mod revocation;
 #[cfg(test)]
 mod tests;
 
+pub use audit::{
+    ALWAYS_REDACTED_HEADERS, AUDIT_BODY_BYTES_LIMIT, AUDIT_REDACTIONS_MAX, AUDIT_SERVICES_MAX,
+    AuditCompression, AuditConfig, AuditMode, AuditPolicy, AuditServiceConfig,
+};
 pub use graphql::{CALLS_MAX_LIMIT, GraphqlConfig};
 pub use jwt::{ALGORITHMS as JWT_ALGORITHMS, JwtConfig, JwtProvider, JwtRoute, RevocationFailMode};
 pub use kafka::{
@@ -58,6 +63,9 @@ pub struct Config {
     pub rate_limit_cluster: RateLimitClusterConfig,
     pub redis: RedisConfig,
     pub revocation: RevocationConfig,
+    /// Auditing of requests and registry changes (`[audit]`, `[audit.default]`,
+    /// `[[audit.services]]`).
+    pub audit: AuditConfig,
 }
 
 /// The async runtime the `switchyard` binary runs on.
@@ -774,7 +782,7 @@ pub struct Override {
 
 /// Top-level keys and sections of [`Config`], for telling the gateway's environment variables
 /// from other tools' that share the prefix.
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "node_id",
     "seed",
     "public",
@@ -791,6 +799,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "rate_limit_cluster",
     "redis",
     "revocation",
+    "audit",
 ];
 
 /// The overrides found in the environment (see the module docs for the naming rule).
@@ -1062,6 +1071,7 @@ impl Config {
         rate_limit::validate(&self.rate_limits, &self.rate_limit_cluster)?;
         self.redis.validate()?;
         self.revocation.validate()?;
+        self.audit.validate(&self.bus.kafka.topic)?;
         if self.node_id.len() > 64
             || self
                 .node_id

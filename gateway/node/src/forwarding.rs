@@ -42,6 +42,13 @@ struct Choice {
     others_untried: bool,
 }
 
+/// A service's answer, and the instance that gave it.
+#[derive(Debug)]
+pub struct Answered {
+    pub resp: ForwardingResp,
+    pub instance: InstanceKey,
+}
+
 /// The balancer, the channel pool and the attempts.
 pub struct Forwarder {
     store: Arc<Store>,
@@ -141,13 +148,13 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// Sends `req` to an instance of `req.service` and returns its answer, every attempt
-    /// within `deadline`.
+    /// Sends `req` to an instance of `req.service` and returns its answer and the instance
+    /// that gave it, every attempt within `deadline`.
     pub async fn forward(
         &self,
         req: ForwardingReq,
         deadline: tokio::time::Instant,
-    ) -> Result<ForwardingResp, GatewayError> {
+    ) -> Result<Answered, GatewayError> {
         let service = req.service.clone();
         let result = self.forward_with_retries(req, &service, deadline).await;
         if let Err(GatewayError::NoLiveInstance { .. }) = &result {
@@ -163,7 +170,7 @@ impl Forwarder {
         req: ForwardingReq,
         service: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<ForwardingResp, GatewayError> {
+    ) -> Result<Answered, GatewayError> {
         let mut req = Some(req);
         let mut tried = BTreeSet::new();
         let mut last_error = None;
@@ -191,7 +198,14 @@ impl Forwarder {
                 self.evict_if_all_unreachable(service);
             }
             match result {
-                Ok(resp) => return Ok(resp),
+                // The key was copied when the instance was chosen; it moves into the answer
+                // instead of being dropped here, so reporting it costs nothing.
+                Ok(resp) => {
+                    return Ok(Answered {
+                        resp,
+                        instance: key,
+                    });
+                }
                 Err(error) if !last && self.retry_policy.should_retry(&error, attempt) => {
                     tracing::debug!(service = %service, instance = %key.instance_id, %error, attempt, "retrying on another instance");
                     tried.insert(key);

@@ -18,8 +18,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::Addresses;
+use crate::audit::{AuditSink, Auditor};
 use crate::auth::{self, Authenticator, KeySet};
-use crate::config::{Config, ControlAuth, ListenerLimits, RateLimitMode};
+use crate::config::{BusKind, Config, ControlAuth, ListenerLimits, RateLimitMode};
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
@@ -63,6 +64,9 @@ pub struct Node {
     public_tls: ListenerTls,
     control_tls: ListenerTls,
     rate_limit_cluster: Option<Arc<Cluster>>,
+    /// The auditor when `audit.enabled`; `Err` when auditing is asked for and has no sink
+    /// (the node then does not serve).
+    audit: Result<Option<Arc<Auditor>>, String>,
 }
 
 impl std::fmt::Debug for Node {
@@ -84,6 +88,9 @@ pub struct Builder {
     authenticator: Option<Arc<Authenticator>>,
     revocations: Option<Arc<dyn RevocationList>>,
     rate_limit_store: Option<Arc<dyn CounterStore>>,
+    /// Where audit records go, instead of the Kafka sink `[bus.kafka]` gives (tests, the
+    /// simulation).
+    audit_sink: Option<Arc<dyn AuditSink>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -93,6 +100,7 @@ impl std::fmt::Debug for Builder {
             .field("first_policies", &self.first_policies)
             .field("revocations", &self.revocations.is_some())
             .field("rate_limit_store", &self.rate_limit_store.is_some())
+            .field("audit_sink", &self.audit_sink.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +149,13 @@ impl Builder {
         self
     }
 
+    /// The audit sink, used when `audit.enabled` (an embedder's, or a test's
+    /// [`crate::audit::MemorySink`]). Without one, auditing needs `[bus.kafka]`.
+    pub fn audit_sink(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit_sink = Some(sink);
+        self
+    }
+
     /// Adds a registration policy, run on every registry change a caller asks for.
     pub fn registration_policy(mut self, policy: Arc<dyn RegistrationPolicy>) -> Self {
         self.registration_policies.push(policy);
@@ -157,6 +172,7 @@ impl Builder {
             authenticator,
             revocations: revocation_list,
             rate_limit_store,
+            audit_sink,
         } = self;
         let auth = authenticator.unwrap_or_else(|| {
             // What `[control]` says, its key file read now; a file that cannot be read
@@ -194,16 +210,27 @@ impl Builder {
             }));
             revocations
         });
+        let audit = auditor(&config, audit_sink, &id);
+        let auditor = audit.as_ref().ok().cloned().flatten();
+        if let Some(auditor) = &auditor {
+            let scraped = auditor.clone();
+            telemetry.add_scraped(Arc::new(move |out: &mut String| {
+                scraped.encode_metrics(out)
+            }));
+        }
         let addresses = Arc::new(Addresses::new(&config.upstream));
-        let registrar = Arc::new(Registrar::new(
-            &config,
-            store.clone(),
-            outbox.clone(),
-            telemetry.clone(),
-            addresses.clone(),
-            auth.clone(),
-            registration_policies,
-        ));
+        let registrar = Arc::new(
+            Registrar::new(
+                &config,
+                store.clone(),
+                outbox.clone(),
+                telemetry.clone(),
+                addresses.clone(),
+                auth.clone(),
+                registration_policies,
+            )
+            .with_auditor(auditor.clone()),
+        );
         let replication = Arc::new(Replication::new(
             &config.registry,
             store.clone(),
@@ -245,6 +272,7 @@ impl Builder {
                 jwks: jwks.clone(),
                 revocations: revocation_list,
                 clock: seams.clock.clone(),
+                auditor: auditor.clone(),
             },
         ));
         request_policies.extend(policies);
@@ -254,6 +282,7 @@ impl Builder {
             telemetry.clone(),
             rng,
             request_policies,
+            auditor,
         ));
         let status = Arc::new(Status::new(
             store.clone(),
@@ -284,7 +313,58 @@ impl Builder {
             public_tls,
             control_tls,
             rate_limit_cluster,
+            audit,
         })
+    }
+}
+
+/// The auditor `[audit]` asks for, with the sink the embedder gave, else the Kafka sink of
+/// `[bus.kafka]`; `Ok(None)` when auditing is off, `Err` when it has no sink.
+fn auditor(
+    config: &Config,
+    given: Option<Arc<dyn AuditSink>>,
+    node_id: &str,
+) -> Result<Option<Arc<Auditor>>, String> {
+    if !config.audit.enabled {
+        return Ok(None);
+    }
+    let sink = match given {
+        Some(sink) => sink,
+        None => kafka_audit_sink(config)?,
+    };
+    Ok(Some(Arc::new(Auditor::new(&config.audit, node_id, sink))))
+}
+
+/// The Kafka audit sink (`audit/kafka.rs`), made from `[bus.kafka]` (brokers, security) and
+/// `[audit]` (topics, partitions, delivery timeout, compression). Its probe (`run`) is
+/// spawned by `serve` with the auditor's other tasks.
+fn kafka_audit_sink(config: &Config) -> Result<Arc<dyn AuditSink>, String> {
+    if config.bus.kind != BusKind::Kafka {
+        return Err("auditing needs [bus.kafka]".to_owned());
+    }
+    #[cfg(feature = "kafka")]
+    {
+        use crate::audit::kafka::{KafkaSink, KafkaSinkSettings};
+        let audit = &config.audit;
+        let settings = KafkaSinkSettings {
+            topic_requests: audit.topic_requests.clone(),
+            topic_registry: audit.topic_registry.clone(),
+            partitions: i32::try_from(audit.partitions)
+                .map_err(|_| "audit.partitions: too large".to_owned())?,
+            delivery_timeout: Duration::from_millis(audit.delivery_timeout_ms),
+            compression: audit.compression.label().to_owned(),
+        };
+        let sink = KafkaSink::new(&config.bus.kafka, settings)?;
+        tracing::info!(
+            topic_requests = %audit.topic_requests,
+            topic_registry = %audit.topic_registry,
+            "audit sink: Kafka"
+        );
+        Ok(Arc::new(sink))
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        Err("auditing on Kafka needs a build with the kafka feature".to_owned())
     }
 }
 
@@ -349,6 +429,7 @@ impl Node {
             authenticator: None,
             revocations: None,
             rate_limit_store: None,
+            audit_sink: None,
         }
     }
 
@@ -405,6 +486,11 @@ impl Node {
     /// checks every verified token against. `None` without Redis: nothing to check.
     pub fn revocations(&self) -> Option<&Arc<Revocations>> {
         self.revocations.as_ref()
+    }
+
+    /// The auditor, when `audit.enabled` and a sink was found for it.
+    pub fn auditor(&self) -> Option<&Arc<Auditor>> {
+        self.audit.as_ref().ok().and_then(Option::as_ref)
     }
 
     /// The registrar: how this node's registry changes.
@@ -502,6 +588,10 @@ impl Node {
             Ok(tls) => Ok(tls.clone()),
             Err(error) => Err(io::Error::other(format!("{key}: {error}"))),
         };
+        let auditor = match &node.audit {
+            Ok(auditor) => auditor.clone(),
+            Err(error) => return Err(io::Error::other(format!("audit.enabled: {error}"))),
+        };
         let public_tls = tls_of(&node.public_tls, "public.tls")?;
         let control_tls = tls_of(&node.control_tls, "control.tls")?;
         // The address policy refuses registrations at the node's own listeners.
@@ -569,6 +659,26 @@ impl Node {
             let stop = publisher_stop.clone();
             tokio::spawn(async move { outbox.run(&*bus, stop).await })
         };
+        // The auditor drains until the listeners are done (their last requests are audited
+        // too), then flushes within its bound; its sink's own work stops after that.
+        let audit_stop = CancellationToken::new();
+        let sink_stop = CancellationToken::new();
+        let audit_sink = {
+            let (auditor, stop) = (auditor.clone(), sink_stop.clone());
+            tokio::spawn(async move {
+                if let Some(auditor) = auditor {
+                    auditor.sink().run(stop).await;
+                }
+            })
+        };
+        let audit_drain = {
+            let (auditor, stop) = (auditor.clone(), audit_stop.clone());
+            tokio::spawn(async move {
+                if let Some(auditor) = auditor {
+                    auditor.run(stop).await;
+                }
+            })
+        };
         let exporter = {
             let (telemetry, stop) = (node.telemetry.clone(), tasks.clone());
             tokio::spawn(async move { telemetry.run(stop).await })
@@ -612,9 +722,16 @@ impl Node {
             .unwrap_or_else(|_| tokio::time::Instant::now());
         tasks.cancel();
         publisher_stop.cancel();
+        audit_stop.cancel();
         let _ = publisher.await;
         // The drain timeout bounds the whole shutdown: the flush gets what draining left.
-        node.outbox.flush(&*node.seams.bus, asked + drain).await;
+        // The audit flush runs beside it, within its own bound.
+        let (_, _) = tokio::join!(
+            node.outbox.flush(&*node.seams.bus, asked + drain),
+            audit_drain
+        );
+        sink_stop.cancel();
+        let _ = audit_sink.await;
         let [public_watcher, control_watcher] = tls_watchers;
         let _ = tokio::join!(
             replication,

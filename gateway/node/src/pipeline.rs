@@ -5,7 +5,7 @@
 //! front ──begin──► RequestContext (request id, span, client, in-flight)
 //!       ──translate (the front's own)──► ForwardingReq
 //!       ──forward──► policies in order ──► Forwarder (choose, call, retry)
-//!       ──finish──► Telemetry (access log, metrics, span export)
+//!       ──finish──► Telemetry (access log, metrics, span export), Auditor (when on)
 //! ```
 //!
 //! A front calls [`Pipeline::begin`] first, so a request refused at any later step — by the
@@ -15,6 +15,8 @@
 //! outcome. The fronts add no routing, balancing, retry or policy of their own.
 //!
 //! * [`policy`]: the [`Policy`] trait, a check that may refuse a request.
+//! * [`audit_required`]: refuses the requests of services in `required` audit mode while
+//!   they cannot be audited.
 //! * [`policies`]: the built-in policies, in order.
 //! * [`jwt`]: JWT authentication on the public front (`[jwt]`).
 //! * [`rate_limit`]: token buckets by client, subject, service or header, kept on this
@@ -39,12 +41,15 @@ use switchyard_core::trace::{self, Span};
 use switchyard_core::translate::{self, ForwardContext};
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 
-use crate::forwarding::Forwarder;
+use crate::audit::redact::QUERY_CHARS_MAX;
+use crate::audit::{Auditor, RequestFacts, RequestNotes};
+use crate::forwarding::{Answered, Forwarder};
 use crate::store::Store;
 use crate::sync::SharedRng;
 use crate::telemetry::metrics::InFlightGuard;
 use crate::telemetry::{Finished, Front, Telemetry, UpstreamErrorKind};
 
+pub mod audit_required;
 pub mod jwt;
 pub mod policies;
 pub mod policy;
@@ -82,6 +87,8 @@ pub struct Start<'a> {
     pub path: &'a str,
     /// The service the request names, when the front knows it before translation.
     pub service: Option<&'a str>,
+    /// The query string (without `?`), kept for the audit record only while auditing is on.
+    pub query: Option<&'a str>,
 }
 
 /// Everything the gateway knows of one request while it is handled. Policies read it and may
@@ -108,6 +115,9 @@ pub struct RequestContext {
     start_unix_ms: u64,
     /// Headers for the client's answer, whatever it is: at most [`RESPONSE_HEADERS_MAX`].
     response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the audit record needs beyond the rest; `None` while auditing is off, so that
+    /// nothing of it costs anything then.
+    audit: Option<Box<RequestNotes>>,
 }
 
 impl RequestContext {
@@ -198,6 +208,7 @@ pub struct Pipeline {
     policies: Vec<Arc<dyn Policy>>,
     /// This gateway's name in `Via`.
     via_name: String,
+    auditor: Option<Arc<Auditor>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -216,6 +227,7 @@ impl Pipeline {
         telemetry: Arc<Telemetry>,
         rng: Arc<SharedRng>,
         policies: Vec<Arc<dyn Policy>>,
+        auditor: Option<Arc<Auditor>>,
     ) -> Self {
         let via_name = hops::pseudonym(store.node_id());
         Self {
@@ -225,6 +237,7 @@ impl Pipeline {
             rng,
             policies,
             via_name,
+            auditor,
         }
     }
 
@@ -261,6 +274,15 @@ impl Pipeline {
             started: tokio::time::Instant::now(),
             start_unix_ms: self.store.now_ms(),
             response_headers: Vec::new(),
+            audit: self.auditor.as_ref().map(|_| {
+                Box::new(RequestNotes {
+                    query: start
+                        .query
+                        .filter(|q| !q.is_empty())
+                        .map(|q| q.chars().take(QUERY_CHARS_MAX).collect()),
+                    ..RequestNotes::default()
+                })
+            }),
         };
         Exchange {
             ctx,
@@ -294,6 +316,17 @@ impl Pipeline {
         req: ForwardingReq,
     ) -> Result<http::Response<Bytes>, GatewayError> {
         let resp = self.call(ctx, req).await?;
+        if let Some(auditor) = &self.auditor {
+            let rules = auditor.rules(ctx.service_name().unwrap_or_default());
+            let capture = rules.bodies.then(|| {
+                let headers = resp.headers.iter().map(|h| (h.name.as_str(), &h.value[..]));
+                rules.redaction.capture(headers, &resp.body)
+            });
+            if let Some(notes) = ctx.audit.as_deref_mut() {
+                notes.bytes_out = resp.body.len() as u64;
+                notes.response_capture = capture;
+            }
+        }
         let mut response = translate::to_http_response(resp).map_err(|reason| {
             let service = ctx.service_name().unwrap_or_default().to_owned();
             self.telemetry
@@ -324,11 +357,23 @@ impl Pipeline {
         let deadline = ctx.deadline.unwrap_or_else(|| {
             tokio::time::Instant::now() + Duration::from_millis(self.forwarder.timeout_ms())
         });
+        if let (Some(notes), Some(auditor)) = (ctx.audit.as_deref_mut(), &self.auditor) {
+            notes.bytes_in = req.body.len() as u64;
+            let rules = auditor.rules(&req.service);
+            if rules.bodies {
+                let headers = req.headers.iter().map(|h| (h.name.as_str(), &h.value[..]));
+                notes.request_capture = Some(rules.redaction.capture(headers, &req.body));
+            }
+        }
         if !self.policies.is_empty() {
             self.police(ctx, &mut req).await?;
         }
         trace::set_parent(&mut req, &span);
-        self.forwarder.forward(req, deadline).await
+        let Answered { resp, instance } = self.forwarder.forward(req, deadline).await?;
+        if let Some(notes) = ctx.audit.as_deref_mut() {
+            notes.instance_id = instance.instance_id;
+        }
+        Ok(resp)
     }
 
     /// Runs the policies in order; the first refusal is the answer. A policy may add or strip
@@ -359,7 +404,10 @@ impl Pipeline {
 
     /// Finishes a request with its answer's status, or the gateway's error: the one place
     /// where requests are logged, counted and their spans exported.
-    pub fn finish(&self, exchange: Exchange<'_>, outcome: Result<u16, &GatewayError>) {
+    pub fn finish(&self, mut exchange: Exchange<'_>, outcome: Result<u16, &GatewayError>) {
+        if let Some(auditor) = &self.auditor {
+            self.audit(auditor, &mut exchange.ctx, outcome);
+        }
         let ctx = &exchange.ctx;
         let (status, error) = match outcome {
             Ok(status) => (status, None),
@@ -379,6 +427,41 @@ impl Pipeline {
             identity: ctx.identity.as_ref(),
             start_unix_ms: ctx.start_unix_ms,
             elapsed: ctx.started.elapsed(),
+        });
+    }
+
+    /// Hands the finished request to the auditor.
+    fn audit(
+        &self,
+        auditor: &Auditor,
+        ctx: &mut RequestContext,
+        outcome: Result<u16, &GatewayError>,
+    ) {
+        let (status, error_code) = match outcome {
+            Ok(status) => (status, None),
+            Err(error) => (error.http_status(), Some(error.code())),
+        };
+        let notes = ctx.audit.take().map(|n| *n).unwrap_or_default();
+        let front = match ctx.front {
+            Front::Rest => switchyard_proto::audit::Front::Rest,
+            Front::GraphqlCall => switchyard_proto::audit::Front::GraphqlCall,
+            Front::Graphql => switchyard_proto::audit::Front::Unspecified,
+        };
+        let trace_id = ctx.span.map(|s| s.trace_id_hex()).unwrap_or_default();
+        auditor.request(RequestFacts {
+            time_unix_ms: self.store.now_ms(),
+            request_id: &ctx.request_id,
+            trace_id: &trace_id,
+            front,
+            client_addr: ctx.client_addr,
+            identity: ctx.identity.as_ref(),
+            method: ctx.method.as_str(),
+            service: ctx.service_name().unwrap_or_default(),
+            path: &ctx.path,
+            status,
+            error_code,
+            latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            notes,
         });
     }
 
@@ -411,6 +494,7 @@ mod tests {
             started: tokio::time::Instant::now(),
             start_unix_ms: 0,
             response_headers: Vec::new(),
+            audit: None,
         };
         for i in 0..RESPONSE_HEADERS_MAX + 5 {
             ctx.add_response_header(

@@ -49,6 +49,7 @@ async fn forward(
         method: request.method(),
         path: request.uri().path(),
         service: None,
+        query: request.uri().query(),
     });
     let request_id = HeaderValue::from_str(exchange.ctx.request_id()).ok();
     let mut response = match handle(&rest, &mut exchange.ctx, request).await {

@@ -22,10 +22,12 @@ use switchyard_core::event::{Event, EventKind};
 use switchyard_core::identity::Identity;
 use switchyard_core::planted::{self, Bug};
 use switchyard_core::registration::{LeaseBounds, Registration, ValidRegistration};
-use switchyard_core::registry::Entry;
+use switchyard_core::registry::{Entry, EntryState};
 use switchyard_core::{GatewayError, InstanceKey, Stamp, names};
+use switchyard_proto::audit::RegistryAction;
 
 use crate::address::Addresses;
+use crate::audit::{Auditor, RegistryFacts};
 use crate::auth::{Authenticator, Refusal};
 use crate::config::{Config, ControlReads};
 use crate::outbox::{Delivery, Outbox, Ticket};
@@ -57,6 +59,18 @@ pub struct Caller {
     pub identity: Option<Identity>,
     /// The client certificate the listener verified on the caller's connection, if any.
     pub peer: Option<Arc<PeerCertificate>>,
+}
+
+impl Via {
+    /// The name an audit record gives it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Rest => "rest",
+            Via::Grpc => "grpc",
+            Via::Graphql => "graphql",
+            Via::Gateway => "gateway",
+        }
+    }
 }
 
 impl Caller {
@@ -166,6 +180,8 @@ pub struct Registrar {
     /// Whether reads on the control listener need a credential (`control.reads`).
     reads: ControlReads,
     policies: Vec<Arc<dyn RegistrationPolicy>>,
+    /// The auditor, when `audit.enabled`: every change and refusal is handed to it.
+    auditor: Option<Arc<Auditor>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -209,7 +225,14 @@ impl Registrar {
             auth,
             reads: config.control.reads,
             policies,
+            auditor: None,
         }
+    }
+
+    /// The same registrar, handing every change and refusal to `auditor`.
+    pub fn with_auditor(mut self, auditor: Option<Arc<Auditor>>) -> Self {
+        self.auditor = auditor;
+        self
     }
 
     /// Registry changes accepted here that the bus has not acknowledged yet.
@@ -268,10 +291,14 @@ impl Registrar {
                 caller.identity = Some(grant.identity);
                 return Ok(());
             }
-            Ok(grant) => Refusal::NotPermitted {
-                identity: grant.identity,
-                what: format!("changing service {service:?}"),
-            },
+            Ok(grant) => {
+                // Who was refused, for the audit record.
+                caller.identity = Some(grant.identity.clone());
+                Refusal::NotPermitted {
+                    identity: grant.identity,
+                    what: format!("changing service {service:?}"),
+                }
+            }
             Err(refusal) => refusal,
         };
         self.telemetry
@@ -390,7 +417,53 @@ impl Registrar {
 
     /// Registers (or renews) an instance: validates, applies locally at once, and queues the
     /// event for the bus; answers once the bus acknowledged it or `bus.publish_wait_ms` passed.
+    /// The change, or its refusal, is audited.
     pub async fn register(
+        &self,
+        caller: &mut Caller,
+        registration: Registration,
+        kind: EventKind,
+    ) -> Result<Registered, GatewayError> {
+        let Some(auditor) = self.auditor.clone() else {
+            return self.register_checked(caller, registration, kind).await;
+        };
+        let asked = (
+            registration.service.clone(),
+            registration.instance_id.clone(),
+            registration.addr.clone(),
+        );
+        let result = self.register_checked(caller, registration, kind).await;
+        let action = match kind {
+            EventKind::Renew => RegistryAction::Renew,
+            _ => RegistryAction::Register,
+        };
+        let (stamp, lease_ms) = match &result {
+            Ok(done) => {
+                let lease_ms = match &done.entry.state {
+                    EntryState::Alive { lease_ms, .. } => *lease_ms,
+                    EntryState::Removed(_) => 0,
+                };
+                (Some(&done.entry.stamp), lease_ms)
+            }
+            Err(_) => (None, 0),
+        };
+        auditor.registry(RegistryFacts {
+            time_unix_ms: self.store.now_ms(),
+            action,
+            service: &asked.0,
+            instance_id: &asked.1,
+            addr: &asked.2,
+            via: caller.via.label(),
+            client_addr: caller.client_addr,
+            identity: caller.identity.as_ref(),
+            error_code: result.as_ref().err().map(GatewayError::code),
+            stamp: stamp.map(stamp_text),
+            lease_ms,
+        });
+        result
+    }
+
+    async fn register_checked(
         &self,
         caller: &mut Caller,
         registration: Registration,
@@ -433,7 +506,33 @@ impl Registrar {
 
     /// Deregisters an instance. Succeeds for unknown instances too (the tombstone still
     /// guards against a late registration event); reports whether the instance was live.
+    /// The change, or its refusal, is audited.
     pub async fn deregister(
+        &self,
+        caller: &mut Caller,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<Deregistered, GatewayError> {
+        let result = self.deregister_checked(caller, service, instance_id).await;
+        if let Some(auditor) = &self.auditor {
+            auditor.registry(RegistryFacts {
+                time_unix_ms: self.store.now_ms(),
+                action: RegistryAction::Deregister,
+                service,
+                instance_id,
+                addr: "",
+                via: caller.via.label(),
+                client_addr: caller.client_addr,
+                identity: caller.identity.as_ref(),
+                error_code: result.as_ref().err().map(GatewayError::code),
+                stamp: result.as_ref().ok().map(|d| stamp_text(&d.stamp)),
+                lease_ms: 0,
+            });
+        }
+        result
+    }
+
+    async fn deregister_checked(
         &self,
         caller: &mut Caller,
         service: &str,
@@ -466,10 +565,31 @@ impl Registrar {
     /// lack the renewal that keeps the instance alive, and the tombstone's stamp could be older
     /// than records still unread.
     pub fn evict(&self, key: &InstanceKey) -> Result<(), GatewayError> {
+        let result = self.evict_now(key);
+        if let Some(auditor) = &self.auditor {
+            auditor.registry(RegistryFacts {
+                time_unix_ms: self.store.now_ms(),
+                action: RegistryAction::Evict,
+                service: &key.service,
+                instance_id: &key.instance_id,
+                addr: "",
+                via: Via::Gateway.label(),
+                client_addr: None,
+                identity: None,
+                error_code: result.as_ref().err().map(GatewayError::code),
+                stamp: result.as_ref().ok().map(stamp_text),
+                lease_ms: 0,
+            });
+        }
+        result.map(|_| ())
+    }
+
+    fn evict_now(&self, key: &InstanceKey) -> Result<Stamp, GatewayError> {
         self.check_caught_up()?;
-        self.enqueue_and_apply(&self.tombstone(key.clone(), EventKind::Evict))?;
+        let tombstone = self.tombstone(key.clone(), EventKind::Evict);
+        self.enqueue_and_apply(&tombstone)?;
         self.telemetry.metrics().change(ChangeOp::Evict);
-        Ok(())
+        Ok(tombstone.stamp)
     }
 
     fn tombstone(&self, key: InstanceKey, kind: EventKind) -> Event {
@@ -501,4 +621,9 @@ impl Registrar {
         tracing::info!(key = %event.bus_key(), kind = ?event.kind, addr = %event.addr, ?delivery, "registry change accepted");
         Ok(delivery)
     }
+}
+
+/// A stamp as audit records write it: `physical_ms.logical.node`.
+fn stamp_text(stamp: &Stamp) -> String {
+    format!("{}.{}.{}", stamp.physical_ms, stamp.logical, stamp.node_id)
 }

@@ -394,3 +394,113 @@ fn redis_and_revocation_keys_are_checked_and_name_the_key() {
     assert_eq!(c.redis.command_timeout_ms, 50);
     assert_eq!(c.revocation.stale_after_ms, 3_000);
 }
+
+#[test]
+fn audit_is_off_by_default_and_its_settings_are_checked_by_key() {
+    let c = Config::load(None, &[]).unwrap();
+    assert!(!c.audit.enabled);
+    assert_eq!(c.audit.default.mode, AuditMode::BestEffort);
+    assert!(!c.audit.default.bodies && !c.audit.default.query);
+    let env = env_overrides([("SWITCHYARD_AUDIT__ENABLED".to_owned(), "true".to_owned())]);
+    assert!(Config::load(None, &env).unwrap().audit.enabled);
+    let cases = [
+        ("audit.queue_records_max=0", "audit.queue_records_max"),
+        ("audit.queue_bytes_max=10", "audit.queue_bytes_max"),
+        ("audit.record_bytes_max=2000000", "audit.record_bytes_max"),
+        ("audit.batch_records_max=20000", "audit.batch_records_max"),
+        ("audit.partitions=0", "audit.partitions"),
+        ("audit.delivery_timeout_ms=1", "audit.delivery_timeout_ms"),
+        ("audit.compression=\"zstd-max\"", "audit.compression"),
+        ("audit.topic_requests=\"a b\"", "audit.topic_requests"),
+        (
+            "audit.topic_registry=\"switchyard.registry\"",
+            "audit.topic_registry",
+        ),
+        (
+            "audit.topic_registry=\"switchyard.audit.requests\"",
+            "audit.topic_registry",
+        ),
+        ("audit.default.mode=\"sometimes\"", "audit.default.mode"),
+        (
+            "audit.default.sample_successes=1.5",
+            "audit.default.sample_successes",
+        ),
+        (
+            "audit.default.sample_successes=-0.1",
+            "audit.default.sample_successes",
+        ),
+        (
+            "audit.default.body_bytes_max=65537",
+            "audit.default.body_bytes_max",
+        ),
+        (
+            "audit.default.redact_headers=[\"bad header\"]",
+            "audit.default.redact_headers",
+        ),
+        (
+            "audit.default.redact_query_params=[\"a=b\"]",
+            "audit.default.redact_query_params",
+        ),
+        (
+            "audit.default.redact_json_fields=[\"\"]",
+            "audit.default.redact_json_fields",
+        ),
+        ("audit.default.typo=1", "audit.default.typo"),
+        ("audit.typo=1", "audit.typo"),
+    ];
+    for (set, key) in cases {
+        let err = Config::load(None, &[parse_set_flag(set).unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}`")), "{set}: {err}");
+    }
+}
+
+#[test]
+fn audit_services_take_the_defaults_and_are_named_once() {
+    let f = write(
+        "[audit.default]\nbodies = true\nredact_headers = [\"x-key\"]\n\
+         [[audit.services]]\nservice = \"orders\"\nmode = \"required\"\n\
+         [[audit.services]]\nservice = \"users\"\nbodies = false\nsample_successes = 0.5\n",
+    );
+    let c = Config::load(Some(f.path()), &[]).unwrap();
+    let policies = c.audit.service_policies();
+    let orders = &policies["orders"];
+    assert_eq!(orders.mode, AuditMode::Required);
+    assert!(
+        orders.bodies,
+        "a key not given takes [audit.default]'s value"
+    );
+    assert_eq!(orders.redact_headers, ["x-key"]);
+    let users = &policies["users"];
+    assert_eq!((users.bodies, users.sample_successes), (false, 0.5));
+    assert_eq!(users.mode, AuditMode::BestEffort);
+    assert!(c.audit.any_required());
+    let refused = [
+        (
+            "[[audit.services]]\nservice = \"a\"\n[[audit.services]]\nservice = \"a\"\n",
+            "named twice",
+        ),
+        ("[[audit.services]]\nservice = \"a/b\"\n", "service \"a/b\""),
+        (
+            "[[audit.services]]\nservice = \"a\"\nsample_successes = 2.0\n",
+            "sample_successes",
+        ),
+        (
+            "[[audit.services]]\nservice = \"a\"\nbody_bytes_max = 100000\n",
+            "body_bytes_max",
+        ),
+        (
+            "[[audit.services]]\nservice = \"a\"\nbodys = true\n",
+            "bodys",
+        ),
+    ];
+    for (text, says) in refused {
+        let f = write(text);
+        let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("audit.services") && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+}

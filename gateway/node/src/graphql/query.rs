@@ -136,6 +136,7 @@ async fn forward_call(backend: &Arc<Backend>, carrier: &Carrier, args: CallArgs)
         method: &method,
         path: &args.path,
         service: Some(&args.service),
+        query: Some(&args.query),
     });
     let result = send(backend, carrier, call, &mut exchange.ctx).await;
     let request_id = exchange.ctx.request_id().to_owned();

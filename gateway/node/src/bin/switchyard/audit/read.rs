@@ -101,8 +101,11 @@ fn source(args: &TailArgs) -> anyhow::Result<(KafkaConfig, String)> {
 }
 
 /// The audit topics a configuration names.
-fn topics(_config: &Config) -> (String, String) {
-    (TOPIC_REQUESTS.to_owned(), TOPIC_REGISTRY.to_owned())
+fn topics(config: &Config) -> (String, String) {
+    (
+        config.audit.topic_requests.clone(),
+        config.audit.topic_registry.clone(),
+    )
 }
 
 fn consumer(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer<BusContext>> {
