@@ -16,6 +16,7 @@ import itertools
 import json
 import re
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -346,6 +347,7 @@ def test_a_broker_restart_mid_burst_loses_only_what_is_counted(launcher: Launche
     counts = requests_by_id(config) or Counter()
     assert all(counts[rid] <= 1 for rid in sent), {rid: counts[rid] for rid in sent if counts[rid] > 1}
     assert received + dropped == len(sent), (received, dropped, metrics(gw))
+    print(f"broker restart mid-burst: {received} of {len(sent)} records received, {dropped:.0f} dropped")
     assert dropped > 0, "the outage dropped nothing: the test did not test the outage"
     assert all(counts[rid] == 1 for rid in sent if not rid.startswith("during-"))
 
@@ -403,6 +405,7 @@ mode = "required"
         assert series_sum(metrics(gw), "switchyard_audit_sink_available") == 0
     finally:
         kafka.start()
+    back = time.monotonic()
     # With no request meanwhile, only the sink's probe can find the broker again.
     wait_until(
         lambda: series_sum(metrics(gw), "switchyard_audit_sink_available") == 1,
@@ -410,6 +413,8 @@ mode = "required"
         60,
         0.2,
     )
+    # A figure for the report, not a bound (pytest -s shows it).
+    print(f"sink available {time.monotonic() - back:.2f} s after the broker answered again")
     served = wait_until(
         lambda: (r := call("strict")).status_code == 200 and r,
         "the strict service served again after the broker is back",

@@ -9,8 +9,9 @@
 //!   [`QUEUE_KBYTES_MAX`] KiB. A record it cannot take fails at once as `queue_full`; a
 //!   record over [`MESSAGE_BYTES_MAX`] as `too_large`.
 //! * The two topics are created on first use if missing (partitions from the settings,
-//!   `cleanup.policy=delete`), unless `bus.kafka.create_topic` is off; a topic that cannot be
-//!   created or does not exist fails the batch as `unavailable`.
+//!   `bus.kafka.replication_factor`, `cleanup.policy=delete`), unless `bus.kafka.create_topic`
+//!   is off; a topic that cannot be created or does not exist fails the batch as
+//!   `unavailable`.
 //! * The security settings and the logging of librdkafka's errors are the bus's
 //!   (`bus::kafka`): the same TLS, the same SASL password file, the same rate-limited lines.
 //! * [`AuditSink::available`] goes false when librdkafka reports every broker down, when a
