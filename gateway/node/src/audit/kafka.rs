@@ -226,6 +226,12 @@ fn available_after(before: bool, results: &[Result<(), DropReason>]) -> bool {
     }
 }
 
+/// Why a probe failed.
+enum Probe {
+    Unreachable(String),
+    TopicMissing(String),
+}
+
 /// Whether the sink can deliver, as the producer's context and the sink both see it.
 #[derive(Debug, Default)]
 struct Health {
@@ -381,6 +387,7 @@ impl KafkaSink {
     }
 
     /// Whether a broker answers for both topics now: their metadata, on a blocking thread.
+    /// A topic found missing (deleted since it was made) is made again by the next probe.
     async fn probe(&self) -> Result<(), String> {
         self.ensure_topics().await?;
         let producer = read(&self.producer).clone();
@@ -394,21 +401,33 @@ impl KafkaSink {
                 let metadata = producer
                     .client()
                     .fetch_metadata(Some(topic), timeout)
-                    .map_err(|e| format!("no Kafka broker answers: {e}"))?;
+                    .map_err(|e| Probe::Unreachable(format!("no Kafka broker answers: {e}")))?;
                 if metadata.brokers().is_empty() {
-                    return Err("the Kafka metadata names no broker".to_owned());
+                    return Err(Probe::Unreachable(
+                        "the Kafka metadata names no broker".to_owned(),
+                    ));
                 }
                 match metadata.topics().iter().find(|t| t.name() == topic) {
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
-                    _ => return Err(format!("the audit topic {topic} is not available")),
+                    _ => return Err(Probe::TopicMissing(topic.clone())),
                 }
             }
             Ok(())
         });
-        tokio::time::timeout(timeout * 2 + REPORT_GRACE, probe)
+        let result = tokio::time::timeout(timeout * 2 + REPORT_GRACE, probe)
             .await
             .map_err(|_| "the Kafka probe timed out".to_owned())?
-            .map_err(|e| format!("the Kafka probe failed: {e}"))?
+            .map_err(|e| format!("the Kafka probe failed: {e}"))?;
+        match result {
+            Ok(()) => Ok(()),
+            Err(Probe::Unreachable(why)) => Err(why),
+            Err(Probe::TopicMissing(topic)) => {
+                if self.config.create_topic {
+                    self.topics_ready.store(false, Ordering::Release);
+                }
+                Err(format!("the audit topic {topic} does not exist"))
+            }
+        }
     }
 
     /// Replaces a producer that had a fatal error.
@@ -479,7 +498,7 @@ impl AuditSink for KafkaSink {
             let after = available_after(before, &results);
             if after != before {
                 self.health()
-                    .set(after, "an audit record was not delivered in time");
+                    .set(after, "an audit record could not be delivered");
             }
             results
         })
