@@ -24,6 +24,7 @@ from harness import (
     child_env,
     start_gateway,
     start_rust_service,
+    wait_until,
 )
 from kafka_broker import SecureBroker, secure_broker
 
@@ -187,3 +188,65 @@ def test_the_ssl_listener_takes_a_gateway_by_its_client_certificate(
     gw2.wait_live("billing", "b-1", timeout_s=30)
     # The broker ends the handshake with an alert when no certificate comes.
     assert_refused(refused, gw1, r"TLS with a Kafka broker failed.*alert bad certificate")
+
+
+def test_audit_records_travel_over_sasl_ssl_and_tail_reads_them(
+    launcher: Launcher, secure_kafka, tmp_path: Path
+) -> None:
+    """The audit sink and `switchyard audit tail` use the security settings of [bus.kafka]:
+    a request through an audited gateway on the SASL_SSL listener is read back with the
+    same configuration file."""
+    name = fresh_topic()
+    config = tmp_path / "audited.toml"
+    config.write_text(
+        f"""
+[bus]
+kind = "kafka"
+
+[bus.kafka]
+brokers = "{secure_kafka.bootstrap}"
+topic = "{name}"
+security_protocol = "sasl_ssl"
+sasl_username = "{secure_kafka.username}"
+sasl_password_file = "{secure_kafka.password_file}"
+ssl_ca_file = "{secure_kafka.tls / 'ca.pem'}"
+
+[audit]
+enabled = true
+topic_requests = "{name}.audit-requests"
+topic_registry = "{name}.audit-registry"
+partitions = 2
+"""
+    )
+    gw = start_gateway(launcher, "gw-audit", node_id="gw-audit", extra=("--config", str(config)))
+    start_rust_service(launcher, gw, "orders", "orders-1")
+    gw.wait_live("orders", "orders-1")
+    request_id = f"secure-{uuid.uuid4().hex[:8]}"
+    resp = requests.get(
+        f"{gw.public}/orders/hello", headers={"x-request-id": request_id}, timeout=HTTP_TIMEOUT_S
+    )
+    assert resp.status_code == 200, resp.text
+
+    def read() -> list[str]:
+        done = subprocess.run(
+            [
+                str(binary("SWITCHYARD_BIN", "target/debug/switchyard")),
+                "audit", "tail", "--config", str(config), "--json", "--service", "orders",
+            ],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout.splitlines() if done.returncode == 0 else []
+
+    lines = wait_until(
+        lambda: [line for line in read() if request_id in line] or None,
+        "the request's audit record over SASL_SSL",
+        30,
+        0.5,
+    )
+    assert len(lines) == 1, lines
+    assert '"status":200' in lines[0] and '"instance_id":"orders-1"' in lines[0], lines[0]
+    password = secure_kafka.password_file.read_text().strip()
+    assert password not in gw.proc.log_text()
