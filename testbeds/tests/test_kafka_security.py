@@ -2,7 +2,8 @@
 KAFKA_SECURITY=sasl_ssl): two gateways authenticated with SCRAM share one registry; a gateway
 with a wrong password, one that does not trust the broker's CA, and one without the client
 certificate the SSL listener asks for never become ready, and their logs say why without
-showing a password. The broker is this module's own, started only when these tests run."""
+showing a password; audit records travel over the same settings. The broker is this module's
+own, started only when these tests run."""
 
 from __future__ import annotations
 
