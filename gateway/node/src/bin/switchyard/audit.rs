@@ -3,8 +3,8 @@
 //! `--since` ago, with no consumer group and no committed offsets, so it changes nothing on
 //! the brokers; without `--follow` it stops at the end of what the topic held when it began.
 //!
-//! Bounded: records are printed as they come, one at a time; librdkafka's prefetch is capped
-//! (`read::PREFETCH_KBYTES_MAX`); a topic with more partitions than `read::PARTITIONS_MAX` is
+//! Bounded: records are printed as they come, one at a time; librdkafka's prefetch and each
+//! fetch are capped (`read::PREFETCH_KBYTES_MAX`, `read::FETCH_BYTES_MAX`); a topic with more partitions than `read::PARTITIONS_MAX` is
 //! refused; without `--follow`, `read::IDLE_POLLS_MAX` empty polls in a row before the end is
 //! reached is an error rather than a wait forever. A record that does not decode, or whose
 //! version is not 1, is reported on stderr and skipped.

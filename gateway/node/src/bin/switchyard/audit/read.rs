@@ -24,6 +24,8 @@ pub const TOPIC_REQUESTS: &str = "switchyard.audit.requests";
 pub const TOPIC_REGISTRY: &str = "switchyard.audit.registry";
 /// librdkafka's `queued.max.messages.kbytes`: what the reader fetches ahead of printing.
 pub const PREFETCH_KBYTES_MAX: usize = 16 * 1024;
+/// librdkafka's `fetch.max.bytes`: the most one fetch response brings.
+pub const FETCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// The most partitions read.
 pub const PARTITIONS_MAX: usize = 1024;
 /// How long one poll waits, ms.
@@ -125,6 +127,12 @@ fn consumer(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer<BusContext>> {
         .set(
             "queued.max.messages.kbytes",
             PREFETCH_KBYTES_MAX.to_string(),
+        )
+        .set("fetch.max.bytes", FETCH_BYTES_MAX.to_string())
+        // librdkafka wants room for a response's framing beyond its fetch bound.
+        .set(
+            "receive.message.max.bytes",
+            (FETCH_BYTES_MAX + 1024 * 1024).to_string(),
         );
     security(kafka, &mut client)?;
     client
