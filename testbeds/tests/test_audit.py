@@ -234,6 +234,29 @@ def test_every_request_of_a_burst_is_on_the_topic_once_with_its_fields(audited) 
     assert sorted(errors) == sorted(f"rest-{run}-{i}" for i in range(15, 18)), errors
 
 
+def test_tail_follows_new_records_and_stops_at_its_limit(audited) -> None:
+    gw, config = audited
+    service = fresh("follow")
+    follower = subprocess.Popen(
+        [str(binary("SWITCHYARD_BIN", "target/debug/switchyard")), "audit", "tail", "--config", str(config),
+         "--follow", "--service", service, "--limit", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        # A service nobody registered: refused 404, and recorded under the name asked for.
+        assert rest(gw, f"{service}-1", f"/{service}/x").status_code == 404
+        out, err = follower.communicate(timeout=TAIL_TIMEOUT_S)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 and f" {service}-1 GET {service} /{service}/x 404 " in lines[0], out
+    assert "error=service_not_found" in lines[0], lines[0]
+
+
 def test_registrations_are_on_the_registry_topic_with_who_made_them(audited) -> None:
     gw, config = audited
     instance = fresh("reg")

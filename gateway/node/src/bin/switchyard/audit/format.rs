@@ -109,7 +109,7 @@ fn request_line(out: &mut String, r: &RequestAudit) {
     };
     let _ = write!(
         out,
-        " {} {} {} /{}{}{} {} {:.1}ms",
+        " {} {} {} {} {}{} {} {:.1}ms",
         front(r.front),
         safe(&r.request_id),
         safe(&r.method),

@@ -144,7 +144,7 @@ fn a_readable_line_names_the_request_and_escapes_control_characters() {
     let line = format::line(&record);
     assert_eq!(
         line,
-        "2025-11-30T21:00:30.123Z gw-1 rest req-1 GET /sample/a\\u{1b}[31mred\\n?x=1 502 1.5ms \
+        "2025-11-30T21:00:30.123Z gw-1 rest req-1 GET sample /a\\u{1b}[31mred\\n?x=1 502 1.5ms \
          error=upstream_unavailable instance=s-1 in=0B out=12B client=127.0.0.1:5000 \
          subject=alice credential=jti-1"
     );
