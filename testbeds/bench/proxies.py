@@ -10,6 +10,10 @@ Targets (each answers `POST` with the JSON body it was sent):
   switchyard-policies  as switchyard, with a JWT check (EdDSA, a forwarded claim) and a local
                     rate limit by subject on the service, oha sending a token (issue 15)
   switchyard-tls    as switchyard, with TLS on the public listener (`public.tls`)
+  switchyard-kafka  as switchyard, with its registry on a Kafka broker the run starts (auditing off)
+  switchyard-audit  as switchyard-kafka, with auditing on (`audit.enabled`, no bodies): every
+                    request's audit record goes to the broker (issue 16); compared with
+                    switchyard-kafka, so that the broker and the bus reader cost both alike
   envoy-transcoder  HTTP/1.1 JSON -> Envoy gRPC-JSON transcoder -> typed gRPC Echo service
   envoy             HTTP/1.1 -> Envoy as a plain reverse proxy -> HTTP echo server
   nginx             HTTP/1.1 -> nginx as a plain reverse proxy -> HTTP echo server
@@ -25,6 +29,9 @@ closed-loop run (throughput, CPU per request from /proc/<pid>/stat, peak RSS fro
 proxy's processes, the load generator's CPU from its rusage). With two or more cores, the proxy
 (or, for `direct`, the service) is pinned to the first core with one worker; the load generator
 and the backend share the second core.
+
+The two Kafka targets share one broker (testbeds/kafka/kafka.sh, its state in
+testbeds/.run/bench/kafka, wiped first), started on the second core when the first of them is measured and stopped at the end.
 
 Writes results.json and results.md to testbeds/.run/bench/<time>/ and prints the tables.
 Exits non-zero if a target fails to start, answers wrongly, or (with --smoke) serves no request
@@ -49,9 +56,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = [
-    "direct", "switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", "envoy-transcoder",
-    "envoy", "nginx", "nginx-tls",
+    "direct", "switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", "switchyard-kafka",
+    "switchyard-audit", "envoy-transcoder", "envoy", "nginx", "nginx-tls",
 ]
+KAFKA_TARGETS = ("switchyard-kafka", "switchyard-audit")
+KAFKA_SH = ROOT / "testbeds/kafka/kafka.sh"
 # Added when --switchyard-baseline names an older build: pinned and loaded like `switchyard`.
 BASELINE = "switchyard-base"
 STARTUP_TIMEOUT_S = 30.0
@@ -512,6 +521,8 @@ class Tools:
     baseline: Path | None = None
     cert: Cert | None = None  # made on first use by a TLS target
     policies: Policies | None = None  # made on first use by switchyard-policies
+    kafka: str | None = None  # the broker's bootstrap address, once a Kafka target started it
+    kafka_dir: Path | None = None
 
 
 def json_body(size: int) -> bytes:
@@ -667,7 +678,7 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         line = procs.first_line(svc, "listening on ")
         addr = line.split()[2]
         return Started(f"http://{addr}", svc)
-    if name in ("switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", BASELINE):
+    if name in ("switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", *KAFKA_TARGETS, BASELINE):
         pinned = name != "switchyard-dflt"
         gateway = tools.baseline if name == BASELINE else b / "switchyard"
         argv = [
@@ -689,6 +700,14 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
                 tools.policies = make_policies(b / "switchyard", run_dir)
             argv += ["--config", str(tools.policies.config)]
             headers = {"authorization": f"Bearer {tools.policies.token}"}
+        if name in KAFKA_TARGETS:
+            bootstrap = start_kafka(tools, run_dir, l_cpu)
+            argv += [
+                "--set", "bus.kind=kafka", "--set", f"bus.kafka.brokers={bootstrap}",
+                "--set", "bus.kafka.topic=bench-registry",
+            ]
+            if name == "switchyard-audit":
+                argv += ["--set", "audit.enabled=true"]
         argv += open_control_flags(gateway)
         gw = procs.start(name, argv, p_cpu if pinned else None, env={"SWITCHYARD_LOG": "warn"})
         line = procs.first_line(gw, "switchyard listening:")
@@ -740,6 +759,38 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
     return Started(url, proxy, cafile)
 
 
+def start_kafka(tools: Tools, run_dir: Path, cpu: str | None) -> str:
+    """The run's Kafka broker (started on `cpu` on first use): its bootstrap address."""
+    if tools.kafka is not None:
+        return tools.kafka
+    # Beside the runs, not in this one: the jars stay from run to run; the storage is wiped.
+    tools.kafka_dir = run_dir.parent / "kafka"
+    env = dict(
+        os.environ,
+        KAFKA_DIR=str(tools.kafka_dir),
+        KAFKA_PORT=str(free_port()),
+        KAFKA_CONTROLLER_PORT=str(free_port()),
+    )
+    subprocess.run([str(KAFKA_SH), "wipe"], env=env, capture_output=True, timeout=120, check=False)
+    argv = [str(KAFKA_SH), "start"]
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu, *argv]
+    log("starting a Kafka broker for the Kafka targets")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise Failed(f"kafka.sh start failed:\n{done.stderr[-2000:]}")
+    tools.kafka = done.stdout.strip().splitlines()[-1]
+    return tools.kafka
+
+
+def stop_kafka(tools: Tools) -> None:
+    if tools.kafka_dir is None:
+        return
+    env = dict(os.environ, KAFKA_DIR=str(tools.kafka_dir), KAFKA_PORT=tools.kafka.rsplit(":", 1)[1])
+    subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True, timeout=120, check=False)
+    tools.kafka = tools.kafka_dir = None
+
+
 def measure_target(
     name: str, args, procs: Procs, tools: Tools, layout: Layout, run_dir: Path, sessions: dict, checks: dict
 ) -> dict:
@@ -783,6 +834,8 @@ def measure_target(
             raise Failed(f"{name} exited during the run; see {started.measured.log_path}")
     if name == "switchyard-policies":
         checks[name] = check_policies(started.control, out)
+    if name == "switchyard-audit":
+        checks[name] = check_audit(started.control, out)
     procs.stop_all()
     return out
 
@@ -815,6 +868,24 @@ def check_policies(control: str, out: dict) -> dict:
         raise Failed("switchyard-policies refused requests of the load; see the line above")
     if counts["rate_limit_admitted"] == 0:
         raise Failed("switchyard-policies: the rate limit saw no request (the rule is not applied)")
+    return counts
+
+
+def check_audit(control: str, out: dict) -> dict:
+    """Auditing was on for the load: the gateway delivered audit records to the broker for the
+    requests, and dropped none."""
+    answered = sum(r["requests"] for runs in out.values() for r in runs.values())
+    counts = {
+        "answered": answered,
+        "records_delivered": metric_sum(control, 'switchyard_audit_records_total{stream="requests"'),
+        "records_dropped": metric_sum(control, "switchyard_audit_dropped_total"),
+    }
+    log(
+        "switchyard-audit: {answered} requests answered to the load generator; {records_delivered:.0f} "
+        "request records delivered to Kafka, {records_dropped:.0f} dropped".format(**counts)
+    )
+    if counts["records_delivered"] == 0:
+        raise Failed("switchyard-audit: no audit record reached Kafka (is auditing applied?)")
     return counts
 
 
@@ -910,6 +981,12 @@ def tables(results: dict, args) -> str:
         )
         if rows:
             title = f"\nWith the JWT check and a local rate limit by subject (issue 15), {size} B:\n"
+            lines += [title, *RATIO_HEAD, *rows]
+        rows = ratio_rows(
+            results, s, [("switchyard-audit", "switchyard-kafka", "Switchyard auditing to Kafka / not auditing")]
+        )
+        if rows:
+            title = f"\nWith auditing on, every request's record to Kafka, no bodies (issue 16), {size} B:\n"
             lines += [title, *RATIO_HEAD, *rows]
         costs = []
         for plain, tls, label in (("switchyard", "switchyard-tls", "Switchyard"), ("nginx", "nginx-tls", "nginx")):
@@ -1017,6 +1094,7 @@ def main() -> int:
         return 1
     finally:
         procs.stop_all()
+        stop_kafka(tools)
     elapsed = time.monotonic() - started
 
     meta = {
@@ -1055,7 +1133,14 @@ def main() -> int:
         ),
         table,
     ]
-    if checks:
+    if "switchyard-audit" in checks:
+        audit = checks["switchyard-audit"]
+        md.insert(
+            -1,
+            f"switchyard-audit: {audit['records_delivered']:,.0f} request records delivered to Kafka, "
+            f"{audit['records_dropped']:,.0f} dropped (from its /metrics)",
+        )
+    if "switchyard-policies" in checks:
         admitted = checks["switchyard-policies"]["rate_limit_admitted"]
         md.insert(
             -1,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The proxy benchmark (see proxies.py): Switchyard against the direct gRPC call, Envoy's
 # gRPC-JSON transcoder, and nginx and Envoy as plain reverse proxies, back to back; Switchyard
-# and nginx with TLS on their listener too, and Switchyard with a JWT check and a local rate limit.
+# and nginx with TLS on their listener too, Switchyard with a JWT check and a local rate limit, and
+# Switchyard with its registry on Kafka, auditing off and on (a broker from testbeds/kafka/kafka.sh).
 #
 #   testbeds/bench/proxies.sh                  the full run (release build), about 14 minutes
 #   testbeds/bench/proxies.sh --smoke          every target briefly, to check the harness

@@ -114,6 +114,7 @@ write_cluster_json() {
   "prometheus": "http://127.0.0.1:$prometheus_port",
   "kafka": "127.0.0.1:$kafka_port",
   "topic": "$topic",
+  "gateway_bin": "$gateway_bin",
   "evict_after_ms": $evict_after_ms,
   "lease_ms": $lease_ms,
   "gateways": [$gateways],
@@ -345,6 +346,8 @@ start_gateway() {
   # graphql.websockets_per_client_max: every client reaches the gateway from HAProxy's
   # address, so the per-address bound is the listener's. upstream.allow_addresses: the
   # sample instances listen on loopback, which the address policy refuses unless allowed.
+  # audit.enabled: every request and registry change is audited on the broker's audit topics;
+  # the scenarios count the records against the load generator's own counts.
   launch "$name" "$gateway_bin" serve --node-id "$name" \
     --public-listen "$public" --control-listen "$control" \
     --set bus.kind=kafka --set "bus.kafka.brokers=127.0.0.1:$kafka_port" \
@@ -354,7 +357,8 @@ start_gateway() {
     --set shutdown.drain_timeout_ms=2000 --set log.access=true \
     --set graphql.websockets_per_client_max=1024 \
     --set "control.jwt_keys_file=$(keys_dir)/operator.pub.pem" \
-    --set 'upstream.allow_addresses=["127.0.0.0/8"]'
+    --set 'upstream.allow_addresses=["127.0.0.0/8"]' \
+    --set audit.enabled=true
   await "$name" "answer on /healthz" "$START_WAIT_S" http_ok "http://$control/healthz"
 }
 

@@ -5,7 +5,9 @@ It sends GET requests at a fixed rate, for at most a fixed time, to the paths gi
 in turn, with a fixed number of worker threads on keep-alive connections, and counts what came
 back in one-second buckets: status codes, Switchyard error codes (the `error.code` of a JSON
 error body), transport errors (no HTTP answer at all) and which gateway answered (the
-`x-switchyard-gateway` header HAProxy adds). It writes the counts as JSON to --out every second
+`x-switchyard-gateway` header HAProxy adds). With --request-id-prefix, request number i carries
+`x-request-id: PREFIX<i>` (eight digits), so the gateways' audit records of the run can be told
+from any other's and counted against these counts. It writes the counts as JSON to --out every second
 (atomically, so a reader never sees half a file) and once more at the end. SIGTERM or SIGINT
 ends the run early, after the requests in flight.
 
@@ -82,6 +84,7 @@ class Recorder:
                 "rate": args.rate,
                 "duration_s": args.duration,
                 "workers": args.workers,
+                "request_id_prefix": args.request_id_prefix,
                 "started_unix": self.started_unix,
                 "done": done,
                 "max_lag_ms": round(self.max_lag_ms, 1),
@@ -98,14 +101,18 @@ def write_json(path: Path, value: dict) -> None:
 
 
 def one_request(
-    conn: http.client.HTTPConnection | None, host: str, port: int, path: str, timeout_s: float
+    conn: http.client.HTTPConnection | None, host: str, port: int, path: str, timeout_s: float,
+    request_id: str | None = None,
 ) -> tuple[http.client.HTTPConnection | None, list[str], dict | None]:
     """Sends one GET; returns the connection to reuse (None after an error), the counter keys
     and, for a failure, a sample describing it."""
     if conn is None:
         conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    headers = {"accept": "application/json"}
+    if request_id is not None:
+        headers["x-request-id"] = request_id
     try:
-        conn.request("GET", path, headers={"accept": "application/json"})
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
     except (OSError, http.client.HTTPException) as err:
@@ -168,7 +175,10 @@ def run(args: argparse.Namespace) -> dict:
             path = args.path[i % len(args.path)]
             second = int(due - started)
             sent_at = time.time()
-            conn, keys, sample = one_request(conn, base.hostname, base.port, path, args.timeout)
+            request_id = f"{args.request_id_prefix}{i:08d}" if args.request_id_prefix else None
+            conn, keys, sample = one_request(
+                conn, base.hostname, base.port, path, args.timeout, request_id
+            )
             if sample is not None:
                 sample.update(path=path, unix=round(sent_at, 3), second=second)
             recorder.record(second, path, keys, sample)
@@ -212,7 +222,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=positive(WORKERS_MAX, int), default=16)
     parser.add_argument("--timeout", type=positive(60.0), default=5.0, help="per request, seconds")
     parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.add_argument(
+        "--request-id-prefix",
+        default="",
+        help="send x-request-id PREFIX<i>: visible ASCII, at most 100 characters",
+    )
     args = parser.parse_args(argv)
+    prefix = args.request_id_prefix
+    if len(prefix) > 100 or not all(33 <= ord(c) <= 126 for c in prefix):
+        parser.error("--request-id-prefix must be at most 100 visible ASCII characters")
     for path in args.path:
         if not path.startswith("/"):
             parser.error(f"--path {path!r} must start with /")

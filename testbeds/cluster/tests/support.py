@@ -1,6 +1,6 @@
 """What the cluster scenarios share: the load generator run as a second process and the
-reading of its report, the results file, Prometheus text-format parsing, and the wait for a
-whole cluster."""
+reading of its report, the results file, Prometheus text-format parsing, the count of the
+audit records of a load against its own counts, and the wait for a whole cluster."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -70,8 +72,14 @@ class Load:
         self.out = RUN_DIR / f"load-{name}.json"
         self.out.unlink(missing_ok=True)
         self.log = RUN_DIR / "logs" / f"load-{name}.log"
+        # The run's requests carry ids with this prefix, so that its audit records can be
+        # told from every other's (check_audit).
+        self.request_id_prefix = f"{name}-{uuid.uuid4().hex[:8]}-"
+        self.started_unix = time.time()
+        self.dropped_before = audit_dropped(cluster)
         argv = [sys.executable, str(LOADGEN), "--base", cluster.public, "--rate", str(rate),
-                "--duration", str(duration_s), "--out", str(self.out)]
+                "--duration", str(duration_s), "--out", str(self.out),
+                "--request-id-prefix", self.request_id_prefix]
         for path in paths:
             argv += ["--path", path]
         with open(self.log, "ab") as log:
@@ -176,3 +184,90 @@ def metric_sum(samples, name: str, **labels: str) -> float:
         if n == name and all(l.get(k) == v for k, v in labels.items())
     )
 
+
+
+# --- audit records --------------------------------------------------------------------------
+
+# How long the audit records of a finished load may take to reach the topic: the gateways'
+# queues drain in batches, and after a broker restart librdkafka's own retries come first.
+AUDIT_SETTLE_S = 30.0
+
+
+def audit_dropped(cluster: Cluster) -> dict[str, float]:
+    """switchyard_audit_dropped_total{stream="requests"} of each gateway that answers."""
+    dropped = {}
+    for gw in cluster.gateways:
+        status, body = http_get(f"{gw.control}/metrics", headers=control_headers())
+        if status == 200:
+            samples = parse_metrics(body.decode())
+            dropped[gw.name] = metric_sum(samples, "switchyard_audit_dropped_total", stream="requests")
+    return dropped
+
+
+def audit_requests(cluster: Cluster, prefix: str, since_unix: float) -> list[dict]:
+    """The request audit records on the cluster's broker whose request id starts with
+    `prefix`, written since `since_unix`, read with `switchyard audit tail --json`."""
+    since_s = int(time.time() - since_unix) + 60
+    argv = [cluster.info["gateway_bin"], "audit", "tail", "--brokers", cluster.info["kafka"],
+            "--since", f"{since_s}s", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(argv)} failed: {done.stderr[-2000:]}"
+    records = []
+    for line in done.stdout.splitlines():
+        record = json.loads(line)
+        request = record.get("request") or {}
+        if str(request.get("request_id", "")).startswith(prefix):
+            records.append({"gateway_node": record.get("gateway_node", ""), **request})
+    return records
+
+
+def check_audit(
+    cluster: Cluster, load: Load, report: dict, scenario: str, killed: tuple[str, ...] = ()
+) -> dict:
+    """Counts the load's audit records against the load generator's own counts, per gateway:
+    a gateway audits every request it answered (HAProxy names it in `x-switchyard-gateway`),
+    once: at most what it answered, and at least that less what its drop counter reports —
+    except a gateway in `killed` (SIGKILL), whose queue died with it: at most, then. Records
+    the figures as `<scenario>_audit` and returns them."""
+    servers = {gw.server: gw.name for gw in cluster.gateways}
+    answered_by: Counter = Counter()
+    for totals in report["totals"].values():
+        for key, n in totals.items():
+            if key.startswith("gateway:") and key[len("gateway:"):] in servers:
+                answered_by[servers[key[len("gateway:"):]]] += n
+
+    def dropped_since() -> dict[str, float]:
+        after = audit_dropped(cluster)
+        return {name: after.get(name, 0.0) - load.dropped_before.get(name, 0.0) for name in after}
+
+    records: list[dict] = []
+
+    def settled() -> bool:
+        nonlocal records
+        records = audit_requests(cluster, load.request_id_prefix, load.started_unix)
+        by_gateway = Counter(r["gateway_node"] for r in records)
+        dropped = dropped_since()
+        return all(
+            by_gateway[name] >= answered_by[name] - dropped.get(name, 0.0)
+            for name in answered_by if name not in killed
+        )
+
+    settle_began = time.time()
+    try:
+        wait_until(settled, "the load's audit records on the requests topic", AUDIT_SETTLE_S)
+    finally:
+        by_gateway = Counter(r["gateway_node"] for r in records)
+        ids = Counter(r["request_id"] for r in records)
+        dropped = dropped_since()
+        figures = {
+            "audit_answered_by_gateway": dict(answered_by),
+            "audit_records_by_gateway": dict(by_gateway),
+            "audit_dropped_by_gateway": {k: int(v) for k, v in dropped.items()},
+            "audit_duplicates": sum(n - 1 for n in ids.values() if n > 1),
+            "audit_settle_s": round(time.time() - settle_began, 3),
+        }
+        record_results(f"{scenario}_audit", figures)
+    assert figures["audit_duplicates"] == 0, f"request ids audited more than once: {figures}"
+    for name, n in by_gateway.items():
+        assert n <= answered_by[name], f"{name} audited more requests than it answered: {figures}"
+    return figures

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from support import (
+    check_audit,
     Cluster,
     answered,
     ensure_running,
@@ -118,3 +119,5 @@ def test_kill_one_gateway_under_load(healthy: Cluster, load_factory) -> None:
     # The other two took the whole load while gw2 was away.
     assert dead_window["gateway:gw1"] > 0 and dead_window["gateway:gw3"] > 0, dead_window
     assert figures["restart_to_haproxy_up_s"] <= REJOIN_MAX_S, figures
+    # Every request a gateway answered is audited once (testbeds/cluster/tests/support.py).
+    check_audit(cluster, load, report, "gateway_failover", killed=(VICTIM,))

@@ -8,6 +8,7 @@ import time
 
 import requests
 from support import (
+    check_audit,
     Cluster,
     answered,
     control_headers,
@@ -119,3 +120,5 @@ def test_stop_and_restart_kafka_under_load(healthy: Cluster, load_factory) -> No
     assert sum(n or 0 for n in outbox_during.values()) >= len(IDS), outbox_during
     # A gateway that was ready stays ready: HAProxy keeps sending to all three.
     assert all(ready_during.values()), ready_during
+    # Every request a gateway answered is audited once (testbeds/cluster/tests/support.py).
+    check_audit(cluster, load, report, "kafka_outage")

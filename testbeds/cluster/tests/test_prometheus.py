@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import requests
-from support import Cluster, answered, control_headers, record_results, wait_until, window
+from support import Cluster, answered, check_audit, control_headers, record_results, wait_until, window
 
 RATE = 100.0
 DURATION_S = 5.0
@@ -107,3 +107,5 @@ def test_prometheus_sees_what_the_load_sent(healthy: Cluster, load_factory) -> N
     assert instances == {"gw-1": live, "gw-2": live, "gw-3": live}, figures
     assert ready == caught_up == {"gw-1": 1.0, "gw-2": 1.0, "gw-3": 1.0}, (ready, caught_up)
     assert all(v == 0 for v in lag.values()), lag
+    # Every request a gateway answered is audited once (testbeds/cluster/tests/support.py).
+    check_audit(cluster, load, report, "prometheus")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from support import Cluster, answered, ensure_running, failures, record_results, wait_until, window
+from support import Cluster, answered, check_audit, ensure_running, failures, record_results, wait_until, window
 
 RATE = 100.0
 VICTIM = "python-sample"
@@ -122,3 +122,5 @@ def test_kill_every_instance_of_a_service(healthy: Cluster, load_factory) -> Non
     assert figures["kill_to_evicted_every_gateway_s"] <= EVICT_MAX_S, figures
     # Eviction waits for evict_after_ms of failures: not earlier.
     assert figures["kill_to_evicted_first_gateway_s"] >= cluster.info["evict_after_ms"] / 1000, figures
+    # Every request a gateway answered is audited once (testbeds/cluster/tests/support.py).
+    check_audit(cluster, load, report, "service_eviction")
