@@ -2,6 +2,7 @@
 
 mod addresses;
 mod architecture;
+mod console;
 mod control_auth;
 mod graphql;
 mod harness;

@@ -1,0 +1,114 @@
+// A subscription over GraphQL on a WebSocket (`graphql-transport-ws`), to the listener that
+// served the console. A browser cannot put an `authorization` header on a WebSocket, so the
+// token travels in `connection_init`'s payload, which the gateway reads as that header.
+
+import { getToken, type GraphqlError } from "./api";
+
+/** Reconnection waits double from the first to the last, then stay there. */
+export const RECONNECT_FIRST_MS = 1_000;
+export const RECONNECT_MAX_MS = 30_000;
+/** Failed connections in a row before the console stops trying and asks the person. */
+export const RECONNECT_ATTEMPTS_MAX = 12;
+
+export type Link = "connecting" | "live" | "retrying" | "stopped";
+
+export interface Handlers<T> {
+  next(data: T): void;
+  /** A refusal or a failure; `fatal` when the console will not retry by itself. */
+  error(error: GraphqlError, fatal: boolean): void;
+  link(state: Link): void;
+}
+
+function socketUrl(): string {
+  const url = new URL("../graphql", document.baseURI);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.toString();
+}
+
+/** Starts the subscription; the function returned ends it. */
+export function subscribe<T>(query: string, variables: Record<string, unknown>, on: Handlers<T>): () => void {
+  let socket: WebSocket | undefined;
+  let timer: number | undefined;
+  let failures = 0;
+  let ended = false;
+
+  const retry = () => {
+    if (ended) return;
+    failures += 1;
+    if (failures > RECONNECT_ATTEMPTS_MAX) {
+      on.link("stopped");
+      on.error({ message: `the gateway did not answer after ${RECONNECT_ATTEMPTS_MAX} attempts; reload to try again` }, true);
+      return;
+    }
+    on.link("retrying");
+    const wait = Math.min(RECONNECT_FIRST_MS * 2 ** (failures - 1), RECONNECT_MAX_MS);
+    timer = window.setTimeout(open, wait);
+  };
+
+  function open() {
+    if (ended) return;
+    on.link("connecting");
+    const ws = new WebSocket(socketUrl(), "graphql-transport-ws");
+    socket = ws;
+    let refused = false;
+    ws.onopen = () => {
+      const token = getToken();
+      const payload = token ? { authorization: `Bearer ${token}` } : {};
+      ws.send(JSON.stringify({ type: "connection_init", payload }));
+    };
+    ws.onmessage = (event) => {
+      let message: { type?: string; id?: string; payload?: any };
+      try {
+        message = JSON.parse(String(event.data));
+      } catch {
+        return;
+      }
+      switch (message.type) {
+        case "connection_ack":
+          failures = 0;
+          on.link("live");
+          ws.send(JSON.stringify({ id: "1", type: "subscribe", payload: { query, variables } }));
+          break;
+        case "next":
+          if (message.payload?.errors?.length) {
+            on.error(message.payload.errors[0], false);
+          }
+          if (message.payload?.data) on.next(message.payload.data as T);
+          break;
+        case "error": {
+          const errors: GraphqlError[] = Array.isArray(message.payload) ? message.payload : [message.payload];
+          const first = errors[0] ?? { message: "the subscription was refused" };
+          const code = first.extensions?.code;
+          // A refused credential will be refused again: wait for the person to fix it.
+          refused = code === "unauthenticated" || code === "forbidden";
+          on.error(first, refused);
+          if (refused) on.link("stopped");
+          ws.close(1000);
+          break;
+        }
+        case "complete":
+          ws.close(1000);
+          break;
+        case "ping":
+          ws.send(JSON.stringify({ type: "pong" }));
+          break;
+      }
+    };
+    ws.onclose = (event) => {
+      if (ended || refused) return;
+      if (event.code === 4403 || event.code === 4401) {
+        on.link("stopped");
+        on.error({ message: `the gateway closed the subscription: ${event.reason || event.code}`, extensions: { code: "unauthenticated" } }, true);
+        return;
+      }
+      retry();
+    };
+  }
+
+  open();
+  return () => {
+    ended = true;
+    window.clearTimeout(timer);
+    socket?.close(1000);
+  };
+}
