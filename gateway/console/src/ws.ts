@@ -56,6 +56,14 @@ export function subscribe<T>(query: string, variables: Record<string, unknown>, 
       const payload = token ? { authorization: `Bearer ${token}` } : {};
       ws.send(JSON.stringify({ type: "connection_init", payload }));
     };
+    // A refused credential will be refused again: the console waits for the person to fix it
+    // rather than retry.
+    const refuse = (error: GraphqlError) => {
+      const code = error.extensions?.code;
+      refused = refused || code === "unauthenticated" || code === "forbidden";
+      on.error(error, refused);
+      if (refused) on.link("stopped");
+    };
     ws.onmessage = (event) => {
       let message: { type?: string; id?: string; payload?: any };
       try {
@@ -70,19 +78,12 @@ export function subscribe<T>(query: string, variables: Record<string, unknown>, 
           ws.send(JSON.stringify({ id: "1", type: "subscribe", payload: { query, variables } }));
           break;
         case "next":
-          if (message.payload?.errors?.length) {
-            on.error(message.payload.errors[0], false);
-          }
+          if (message.payload?.errors?.length) refuse(message.payload.errors[0]);
           if (message.payload?.data) on.next(message.payload.data as T);
           break;
         case "error": {
           const errors: GraphqlError[] = Array.isArray(message.payload) ? message.payload : [message.payload];
-          const first = errors[0] ?? { message: "the subscription was refused" };
-          const code = first.extensions?.code;
-          // A refused credential will be refused again: wait for the person to fix it.
-          refused = code === "unauthenticated" || code === "forbidden";
-          on.error(first, refused);
-          if (refused) on.link("stopped");
+          refuse(errors[0] ?? { message: "the subscription was refused" });
           ws.close(1000);
           break;
         }
@@ -96,9 +97,11 @@ export function subscribe<T>(query: string, variables: Record<string, unknown>, 
     };
     ws.onclose = (event) => {
       if (ended || refused) return;
-      if (event.code === 4403 || event.code === 4401) {
+      // Closed for what the console sent (a refused connection_init): sending it again
+      // would be refused again.
+      if (event.code === 4403 || event.code === 4401 || event.code === 1002) {
         on.link("stopped");
-        on.error({ message: `the gateway closed the subscription: ${event.reason || event.code}`, extensions: { code: "unauthenticated" } }, true);
+        on.error({ message: `the gateway closed the subscription: ${event.reason || event.code}` }, true);
         return;
       }
       retry();

@@ -3,7 +3,7 @@
 // the console ever reaching the public listener (docs/decisions/0022). The answer, what the
 // service received (the sample services echo it at /echo), and a history in this browser.
 import { useState } from "preact/hooks";
-import { explain, graphql, graphqlError } from "../api";
+import { explain, graphql, type GraphqlError } from "../api";
 import { Alert } from "./common";
 
 const HISTORY_KEY = "switchyard.console.history";
@@ -104,6 +104,18 @@ function graphqlDocument(form: Form, headers: Header[]): string {
   return `{\n  call(${args.join(", ")}) {\n    status\n    headers { name value }\n    body\n    requestId\n  }\n}`;
 }
 
+/** A refused call in words. A call runs the public front's policies whatever the control
+ * token, so its `unauthenticated` is the JWT check on the service's route. */
+function callRefusal(error: GraphqlError): string {
+  const code = error.extensions?.code ?? "error";
+  const status = error.extensions?.status;
+  const id = error.extensions?.requestId ? ` (request id ${error.extensions.requestId})` : "";
+  const head = `${status ? status + " " : ""}${code}: ${error.message}${id}`;
+  return code === "unauthenticated"
+    ? `${head}. The service's route needs a public token: add an "authorization: Bearer …" header.`
+    : head;
+}
+
 /** The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`). */
 function traceId(traceparent: unknown): string | undefined {
   return typeof traceparent === "string" ? traceparent.split("-")[1] : undefined;
@@ -139,7 +151,7 @@ export function TryIt() {
       const got = await graphql<{ call: CallResult | null }>(CALL, { ...form, headers });
       const ms = performance.now() - started;
       const failure = got.errors?.[0];
-      const next: Answer = got.data?.call ? { result: got.data.call, ms } : { error: failure ? explain(graphqlError(failure)) : "no answer", ms };
+      const next: Answer = got.data?.call ? { result: got.data.call, ms } : { error: failure ? callRefusal(failure) : "no answer", ms };
       setAnswer(next);
       setHistory(keep({ at: Date.now(), form, status: next.result?.status ?? (failure?.extensions?.code ?? "error"), ms }, history));
     } catch (error) {
@@ -192,18 +204,26 @@ export function TryIt() {
       {mode === "form" ? (
         <form class="try" onSubmit={send}>
           <div class="row">
-            <label for="try-method">Method</label>
-            <select id="try-method" value={form.method} onChange={(e) => setForm({ ...form, method: (e.target as HTMLSelectElement).value })}>
-              {METHODS.map((m) => (
-                <option key={m}>{m}</option>
-              ))}
-            </select>
-            <label for="try-service">Service</label>
-            <input {...field("service")} required spellcheck={false} />
-            <label for="try-path">Path</label>
-            <input {...field("path")} spellcheck={false} />
-            <label for="try-query">Query</label>
-            <input {...field("query")} spellcheck={false} placeholder="a=1&b=2" />
+            <div class="field">
+              <label for="try-method">Method</label>
+              <select id="try-method" value={form.method} onChange={(e) => setForm({ ...form, method: (e.target as HTMLSelectElement).value })}>
+                {METHODS.map((m) => (
+                  <option key={m}>{m}</option>
+                ))}
+              </select>
+            </div>
+            <div class="field">
+              <label for="try-service">Service</label>
+              <input {...field("service")} required spellcheck={false} />
+            </div>
+            <div class="field grow">
+              <label for="try-path">Path</label>
+              <input {...field("path")} spellcheck={false} />
+            </div>
+            <div class="field grow">
+              <label for="try-query">Query</label>
+              <input {...field("query")} spellcheck={false} placeholder="a=1&b=2" />
+            </div>
           </div>
           <label for="try-headers">Headers, one "name: value" a line</label>
           <textarea {...field("headers")} rows={3} spellcheck={false} />

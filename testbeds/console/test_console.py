@@ -1,0 +1,257 @@
+"""The web console in a real browser (Debian's Chromium, headless, driven by Playwright) against
+a real gateway and the Rust sample service: what issue 17's "Done when" asks, one test each,
+and the screenshots of every page in docs/console/.
+
+The gateway runs with credentials required for reads too (`control.reads` not open), so every
+page works only with the operator's token pasted in, as in production.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from harness import (
+    HTTP_TIMEOUT_S,
+    REPO_ROOT,
+    Gateway,
+    Launcher,
+    SERVICE_READY,
+    operator,
+    start_gateway,
+    start_rust_service,
+)
+
+SCREENSHOTS = REPO_ROOT / "docs" / "console"
+# Waits in the browser, in ms: each is a bound on a condition, not a sleep.
+WAIT_MS = 15_000
+LAPTOP = {"width": 1100, "height": 720}
+PHONE = {"width": 390, "height": 844}
+SERVICE = "sample"
+INSTANCE = "s-1"
+
+
+@pytest.fixture(scope="module")
+def gateway(launcher: Launcher) -> Gateway:
+    # keys_file given: reads need a credential too (the harness opens them otherwise).
+    return start_gateway(launcher, "gw-console", "gw-console", keys_file=operator().keys_file)
+
+
+@pytest.fixture(scope="module")
+def sample(launcher: Launcher, gateway: Gateway) -> str:
+    """The sample service's instance; returns its address."""
+    proc = start_rust_service(launcher, gateway, SERVICE, INSTANCE, lease_ms=30_000)
+    match = SERVICE_READY.search(proc.log_text())
+    assert match, proc.log_tail()
+    return match["addr"]
+
+
+@pytest.fixture
+def page(browser, gateway: Gateway) -> Iterator[object]:
+    """A fresh browser tab (its own session storage) on the console, at laptop width, that
+    fails the test on any Content-Security-Policy violation or script error."""
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on(
+        "console",
+        lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    page.set_default_timeout(WAIT_MS)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+def open_console(page, gateway: Gateway, where: str, token: str | None) -> None:
+    page.goto(f"{gateway.control}/console/#/{where}")
+    if token is not None:
+        page.get_by_label("Control token").fill(token)
+        page.get_by_role("button", name="Use").click()
+        page.get_by_text("Token held in this tab's session storage.").wait_for()
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the page for docs/console/ (PNG, the viewport only, to stay small)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled")
+
+
+def control_api(method: str, gateway: Gateway, path: str, **kw) -> requests.Response:
+    return requests.request(
+        method,
+        f"{gateway.control}{path}",
+        headers=operator().headers(),
+        timeout=HTTP_TIMEOUT_S,
+        **kw,
+    )
+
+
+def test_a_bad_token_is_refused_with_a_visible_message(page, gateway: Gateway) -> None:
+    open_console(page, gateway, "cluster", "not-a-token")
+    alert = page.get_by_role("alert").filter(has_text="refused the control token")
+    alert.wait_for()
+    assert "401 unauthenticated" in alert.inner_text()
+    # The subscription is refused the same way, over its WebSocket.
+    page.get_by_role("link", name="Services").click()
+    page.get_by_role("alert").filter(has_text="refused the control token").wait_for()
+    page.get_by_text("Registry changes: stopped").wait_for()
+    shot(page, "bad-token")
+
+
+def test_an_instance_registered_through_the_control_api_appears_and_goes_without_a_reload(
+    page, gateway: Gateway, sample: str
+) -> None:
+    open_console(page, gateway, "services", operator().token)
+    page.get_by_text("Registry changes: live").wait_for()
+    page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    put = control_api(
+        "PUT",
+        gateway,
+        f"/v1/services/{SERVICE}/instances/manual-1",
+        json={"addr": sample, "metadata": {"zone": "eu-1", "team": "console"}, "lease_ms": 60_000},
+    )
+    assert put.status_code in (200, 202), put.text
+    row = page.locator(f'tr[data-instance="{SERVICE}/manual-1"]')
+    row.wait_for()
+    assert "zone=eu-1" in row.inner_text()
+    assert "gw-console" in row.inner_text(), "the origin gateway"
+    assert re.search(r"\b\d+ s\b|min", row.inner_text()), "a lease countdown"
+    assert "changed" in (row.get_attribute("class") or ""), "a change arriving is highlighted"
+    shot(page, "services")
+
+    gone = control_api("DELETE", gateway, f"/v1/services/{SERVICE}/instances/manual-1")
+    assert gone.status_code in (200, 202), gone.text
+    row.wait_for(state="detached")
+    page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
+    assert navigations == [], f"the page reloaded: {navigations}"
+
+
+def test_try_it_shows_the_services_echo_and_what_it_received(
+    page, gateway: Gateway, sample: str
+) -> None:
+    open_console(page, gateway, "try", operator().token)
+    page.get_by_label("Service").fill(SERVICE)
+    page.get_by_label("Method").select_option("POST")
+    page.get_by_label("Path").fill("/echo")
+    page.get_by_label("Query").fill("from=console")
+    page.get_by_label('Headers, one "name: value" a line').fill("x-console-test: yes")
+    page.get_by_label("Body").fill('{"hello": "service"}')
+    page.get_by_role("button", name="Send").click()
+    page.locator('[data-field="status"]').filter(has_text="200").wait_for()
+    assert page.locator('[data-field="instance"]').inner_text() == INSTANCE
+    request_id = page.locator('[data-field="request-id"]').inner_text()
+    assert request_id.strip(), "a request id"
+    assert re.fullmatch(r"[0-9a-f]{32}", page.locator('[data-field="trace-id"]').inner_text())
+    received = page.locator('[data-field="received"]').inner_text()
+    for expected in ("x-console-test", '{"hello": "service"}', "from=console", request_id, "POST"):
+        assert expected in received, f"{expected!r} not in what the service received:\n{received}"
+    # Kept in this browser's history.
+    page.get_by_role("button", name="POST /sample/echo → 200").wait_for()
+    shot(page, "try-it")
+    page.locator('[data-field="received"]').scroll_into_view_if_needed()
+    shot(page, "try-it-answer")
+
+
+def test_a_graphql_call_shows_the_same_echo(page, gateway: Gateway, sample: str) -> None:
+    open_console(page, gateway, "try", operator().token)
+    page.get_by_label("Service").fill(SERVICE)
+    page.get_by_label("Path").fill("/echo")
+    page.get_by_role("tab", name="GraphQL").click()
+    operation = page.get_by_label("GraphQL operation (sent to this gateway's /graphql)")
+    assert "call(service: \"sample\"" in operation.input_value()
+    page.get_by_role("button", name="Run").click()
+    answer = page.locator('[data-field="graphql-answer"]')
+    answer.filter(has_text='"status": 200').wait_for()
+    text = answer.inner_text()
+    assert f'\\"instance\\":\\"{INSTANCE}\\"' in text, text
+    assert '"requestId"' in text
+    shot(page, "graphql")
+
+
+def test_the_cluster_page_shows_this_gateway(page, gateway: Gateway) -> None:
+    open_console(page, gateway, "cluster", operator().token)
+    page.locator('[data-field="node-id"]').filter(has_text="gw-console").wait_for()
+    digest = control_api("GET", gateway, "/v1/cluster").json()["registry_digest"]
+    page.locator('[data-field="digest"]').filter(has_text=digest).wait_for()
+    assert "yes (/readyz 200)" in page.locator("dl.facts").inner_text()
+    shot(page, "cluster")
+
+
+def test_the_charts_show_traffic_after_a_burst(page, gateway: Gateway, sample: str) -> None:
+    open_console(page, gateway, "traffic", operator().token)
+    # Two readings of /metrics make the first rates.
+    page.get_by_text("the first rates come with the second reading").wait_for(state="detached")
+    url = f"{gateway.public}/{SERVICE}/hello"
+    with requests.Session() as session:
+        for _ in range(200):
+            assert session.get(url, timeout=HTTP_TIMEOUT_S).status_code == 200
+    chart = page.locator(f'article[data-service="{SERVICE}"] svg').first
+    chart.wait_for()
+
+    # The chart's label says its highest point over the window: above zero once the burst
+    # falls between two readings.
+    page.wait_for_function(
+        """(selector) => {
+            const svg = document.querySelector(selector);
+            const m = svg && /highest ([0-9.]+)/.exec(svg.getAttribute("aria-label") || "");
+            return m !== null && Number(m[1]) > 0;
+        }""",
+        arg=f'article[data-service="{SERVICE}"] svg',
+        timeout=WAIT_MS,
+    )
+    p99 = page.locator(f'article[data-service="{SERVICE}"] [data-field="p99"]').inner_text()
+    assert p99.endswith("ms") or p99.endswith(" s"), p99
+    # And back to zero once a reading falls after it: the chart shows the burst as a peak.
+    page.locator(f'article[data-service="{SERVICE}"] [data-field="requests/s"]').filter(
+        has_text=re.compile(r"^0\.0$")
+    ).wait_for()
+    shot(page, "traffic")
+
+
+def test_keyboard_and_phone_width(page, gateway: Gateway, sample: str) -> None:
+    open_console(page, gateway, "services", operator().token)
+    page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
+    # From the top: the skip link, then the pages, each reachable by Tab and opened by Enter.
+    page.reload()  # the token stays: session storage is the tab's
+    page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Try it"
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Try it").wait_for()
+    # Every form control has a label.
+    unlabeled = page.evaluate(
+        """[...document.querySelectorAll('input, select, textarea')]
+             .filter(e => !e.labels || e.labels.length === 0).map(e => e.id || e.name)"""
+    )
+    assert unlabeled == [], unlabeled
+    # At a phone's width nothing makes the page scroll sideways.
+    page.set_viewport_size(PHONE)
+    page.get_by_role("link", name="Services").click()
+    page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
+    width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page is {width[0]} px wide in a {width[1]} px window"
+    shot(page, "services-phone")
+
+
+def test_the_screenshots_are_small_pngs() -> None:
+    """Run last (pytest keeps file order): every page's screenshot exists and stays small."""
+    names = ["bad-token", "services", "try-it", "try-it-answer", "graphql", "cluster", "traffic", "services-phone"]
+    for name in names:
+        path: Path = SCREENSHOTS / f"{name}.png"
+        assert path.is_file(), path
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert len(data) < 150_000, f"{path} is {len(data)} bytes"
