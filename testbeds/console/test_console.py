@@ -178,6 +178,29 @@ def test_a_graphql_call_shows_the_same_echo(page, gateway: Gateway, sample: str)
     shot(page, "graphql")
 
 
+def test_the_history_is_bounded_and_keeps_no_credential(page, gateway: Gateway, sample: str) -> None:
+    open_console(page, gateway, "try", operator().token)
+    # More entries than the bound, as an older page (or another tab) might have left them.
+    page.evaluate(
+        """localStorage.setItem("switchyard.console.history", JSON.stringify(
+             Array.from({length: 25}, (_, i) => ({at: i + 1, status: 200, ms: 1,
+               form: {service: "old", method: "GET", path: "/" + i, query: "", headers: "", body: ""}}))))"""
+    )
+    page.reload()
+    history = page.locator("ol.history > li")
+    history.first.wait_for()
+    assert history.count() == 20
+    page.get_by_label("Service").fill(SERVICE)
+    page.get_by_label("Path").fill("/hello")
+    page.get_by_label('Headers, one "name: value" a line').fill("authorization: Bearer secret-1")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("button", name="GET /sample/hello → 200").wait_for()
+    assert history.count() == 20, "the newest in, the oldest out"
+    stored = page.evaluate('localStorage.getItem("switchyard.console.history")')
+    assert "secret-1" not in stored
+    assert "authorization: (not kept)" in stored
+
+
 def test_the_cluster_page_shows_this_gateway(page, gateway: Gateway) -> None:
     open_console(page, gateway, "cluster", operator().token)
     page.locator('[data-field="node-id"]').filter(has_text="gw-console").wait_for()
