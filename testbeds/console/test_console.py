@@ -178,13 +178,16 @@ def test_a_graphql_call_shows_the_same_echo(page, gateway: Gateway, sample: str)
     shot(page, "graphql")
 
 
-def test_the_history_is_bounded_and_keeps_no_credential(page, gateway: Gateway, sample: str) -> None:
+def test_the_history_is_bounded_and_keeps_no_credential(
+    page, gateway: Gateway, sample: str
+) -> None:
     open_console(page, gateway, "try", operator().token)
     # More entries than the bound, as an older page (or another tab) might have left them.
     page.evaluate(
         """localStorage.setItem("switchyard.console.history", JSON.stringify(
              Array.from({length: 25}, (_, i) => ({at: i + 1, status: 200, ms: 1,
-               form: {service: "old", method: "GET", path: "/" + i, query: "", headers: "", body: ""}}))))"""
+               form: {service: "old", method: "GET", path: "/" + i, query: "",
+                      headers: "", body: ""}}))))"""
     )
     page.reload()
     history = page.locator("ol.history > li")
@@ -208,6 +211,33 @@ def test_the_cluster_page_shows_this_gateway(page, gateway: Gateway) -> None:
     page.locator('[data-field="digest"]').filter(has_text=digest).wait_for()
     assert "yes (/readyz 200)" in page.locator("dl.facts").inner_text()
     shot(page, "cluster")
+
+
+def test_the_cluster_page_puts_peers_side_by_side_and_marks_a_diverged_digest(
+    page, gateway: Gateway
+) -> None:
+    # A gateway serves no peers.json; a proxy in front of several does (the cluster testbed's
+    # nginx, tested there). Here the browser is handed one naming a second gateway whose
+    # registry differs.
+    page.route(
+        "**/console/peers.json",
+        lambda route: route.fulfill(json=[{"name": "gw-other", "base": "gw/other/"}]),
+    )
+    other = {
+        "node_id": "gw-other", "ready": True, "shutting_down": False, "bus_position": 7,
+        "catch_up_target": 7, "registry_entries": 1, "registry_digest": "00000000deadbeef",
+        "events_applied": 7, "events_rejected": 0, "outbox_pending": 0,
+    }
+    page.route("**/gw/other/v1/cluster", lambda route: route.fulfill(json=other))
+    page.route("**/gw/other/readyz", lambda route: route.fulfill(json={"ready": True}))
+    open_console(page, gateway, "cluster", operator().token)
+    page.get_by_text("The registry digests differ").wait_for()
+    rows = page.locator("table tbody tr")
+    assert rows.count() == 2
+    assert "gw-console" in rows.nth(0).inner_text()
+    assert "00000000deadbeef (differs)" in rows.nth(1).inner_text()
+    assert "diverged" in (rows.nth(1).get_attribute("class") or "")
+    shot(page, "cluster-diverged")
 
 
 def test_the_charts_show_traffic_after_a_burst(page, gateway: Gateway, sample: str) -> None:
@@ -271,7 +301,10 @@ def test_keyboard_and_phone_width(page, gateway: Gateway, sample: str) -> None:
 
 def test_the_screenshots_are_small_pngs() -> None:
     """Run last (pytest keeps file order): every page's screenshot exists and stays small."""
-    names = ["bad-token", "services", "try-it", "try-it-answer", "graphql", "cluster", "traffic", "services-phone"]
+    names = [
+        "bad-token", "services", "try-it", "try-it-answer", "graphql", "cluster",
+        "cluster-diverged", "traffic", "services-phone",
+    ]
     for name in names:
         path: Path = SCREENSHOTS / f"{name}.png"
         assert path.is_file(), path

@@ -41,7 +41,7 @@ fn read_token(key: &SigningKey) -> String {
 async fn guarded() -> (Gateway, SigningKey) {
     let (private, _) = auth::generate_key().unwrap();
     let key = SigningKey::from_pem(&private).unwrap();
-    let keys = KeySet::from_pem(&key.public_pem()).unwrap();
+    let keys = KeySet::from_pem(key.public_pem()).unwrap();
     let authenticator = Authenticator::new(auth::Mode::Required, keys, 30_000);
     let gw = Gateway::start_built(
         MemoryBus::new(),
