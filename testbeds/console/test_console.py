@@ -20,6 +20,8 @@ from harness import (
     Gateway,
     Launcher,
     SERVICE_READY,
+    binary,
+    child_env,
     operator,
     start_gateway,
     start_rust_service,
@@ -297,6 +299,17 @@ def test_keyboard_and_phone_width(page, gateway: Gateway, sample: str) -> None:
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the page is {width[0]} px wide in a {width[1]} px window"
     shot(page, "services-phone")
+
+
+def test_the_demo_prints_the_consoles_address_and_serves_it(launcher: Launcher) -> None:
+    exe = binary("SWITCHYARD_BIN", "target/debug/switchyard")
+    argv = [str(exe), "demo", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"]
+    console_line = re.compile(r"console\s+(?P<url>http://\S+/console/)")
+    proc = launcher.start("demo", argv, console_line, child_env())
+    url = proc.wait_ready()["url"]
+    page = requests.get(url, timeout=HTTP_TIMEOUT_S)
+    assert page.status_code == 200
+    assert "./assets/console.js" in page.text
 
 
 def test_the_screenshots_are_small_pngs() -> None:
