@@ -9,6 +9,7 @@ page works only with the operator's token pasted in, as in production.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,55 @@ def test_an_instance_registered_through_the_control_api_appears_and_goes_without
     row.wait_for(state="detached")
     page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
     assert navigations == [], f"the page reloaded: {navigations}"
+
+
+def test_a_removal_missed_while_disconnected_is_gone_after_reconnecting(
+    page, gateway: Gateway, sample: str
+) -> None:
+    # The browser's WebSocket goes through Playwright, which loses the one message that says
+    # missed-1 was deregistered, then drops the connection: the console reconnects, and the
+    # new snapshot must replace what it showed.
+    lost: list[str] = []
+    routes: list = []
+
+    def route(ws) -> None:
+        server = ws.connect_to_server()
+        routes.append(ws)
+        if len(routes) > 1:
+            return  # later connections pass everything
+
+        def from_server(message) -> None:
+            text = message if isinstance(message, str) else message.decode()
+            if "DEREGISTER" in text and "missed-1" in text:
+                lost.append(text)
+                return
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    put = control_api(
+        "PUT", gateway, f"/v1/services/{SERVICE}/instances/missed-1", json={"addr": sample}
+    )
+    assert put.status_code in (200, 202), put.text
+    # The token first, on a page without a socket; then the socket, routed.
+    open_console(page, gateway, "cluster", operator().token)
+    page.route_web_socket(re.compile(r".*/graphql$"), route)
+    page.get_by_role("link", name="Services").click()
+    row = page.locator(f'tr[data-instance="{SERVICE}/missed-1"]')
+    row.wait_for()
+    gone = control_api("DELETE", gateway, f"/v1/services/{SERVICE}/instances/missed-1")
+    assert gone.status_code in (200, 202), gone.text
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not lost and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets Playwright deliver the socket's messages to `route`
+    assert lost, "the deregistration never came over the socket"
+    assert row.is_visible(), "shown while the removal is missed"
+    routes[0].close(code=1001, reason="test: connection lost")
+    page.get_by_text("Registry changes: retrying").wait_for()
+    page.get_by_text("Registry changes: live").wait_for()
+    row.wait_for(state="detached")
+    page.locator(f'tr[data-instance="{SERVICE}/{INSTANCE}"]').wait_for()
+    assert len(routes) == 2
 
 
 def test_try_it_shows_the_services_echo_and_what_it_received(

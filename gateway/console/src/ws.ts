@@ -17,6 +17,9 @@ export interface Handlers<T> {
   /** A refusal or a failure; `fatal` when the console will not retry by itself. */
   error(error: GraphqlError, fatal: boolean): void;
   link(state: Link): void;
+  /** A (re)connection is about to resend everything a subscription with a snapshot sends:
+   * what was shown before may be stale (a removal missed while disconnected). */
+  reset(): void;
 }
 
 function socketUrl(): string {
@@ -74,6 +77,7 @@ export function subscribe<T>(query: string, variables: Record<string, unknown>, 
       switch (message.type) {
         case "connection_ack":
           failures = 0;
+          on.reset();
           on.link("live");
           ws.send(JSON.stringify({ id: "1", type: "subscribe", payload: { query, variables } }));
           break;

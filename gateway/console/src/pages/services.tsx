@@ -72,6 +72,7 @@ export function Services() {
     () =>
       subscribe<{ registryChanges: Change }>(QUERY, {}, {
         link: setLink,
+        reset: () => setRows(new Map()),
         error: (e) => setError(explain(graphqlError(e))),
         next: ({ registryChanges: change }) => {
           setError("");
