@@ -188,6 +188,33 @@ def test_a_removal_missed_while_disconnected_is_gone_after_reconnecting(
     assert len(routes) == 2
 
 
+def test_the_subscription_gives_up_after_its_bounded_retries(page, gateway: Gateway) -> None:
+    # Every connection is refused at once, and the page's clock is Playwright's, advanced by
+    # hand: 1 s doubling to 30 s between attempts, and after 12 failures in a row it stops.
+    attempts_max = 12
+    page.clock.install()
+    open_console(page, gateway, "cluster", operator().token)
+    routes: list = []
+
+    def refuse(ws) -> None:
+        routes.append(ws)
+        ws.close(code=1011, reason="test: the gateway is unreachable")
+
+    page.route_web_socket(re.compile(r".*/graphql$"), refuse)
+    page.get_by_role("link", name="Services").click()
+    stopped = page.get_by_text("Registry changes: stopped")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not stopped.is_visible() and time.monotonic() < deadline:
+        seen = len(routes)
+        page.clock.fast_forward(31_000)
+        # Each retry opens a socket (the route sees it) unless the page has stopped.
+        while len(routes) == seen and not stopped.is_visible() and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+    assert stopped.is_visible(), f"still retrying after {len(routes)} connections"
+    assert len(routes) == 1 + attempts_max, len(routes)
+    page.get_by_role("alert").filter(has_text=f"after {attempts_max} attempts").wait_for()
+
+
 def test_try_it_shows_the_services_echo_and_what_it_received(
     page, gateway: Gateway, sample: str
 ) -> None:
