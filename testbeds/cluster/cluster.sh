@@ -21,14 +21,15 @@
 #   testbeds/cluster/cluster.sh pid COMPONENT                its pid, if it runs
 #
 # Components: kafka gw-1 gw-2 gw-3 haproxy rust-sample-1 rust-sample-2 python-sample-1
-# python-sample-2 prometheus. `up` on a running cluster prints its endpoints and exits 0; on a
+# python-sample-2 prometheus nginx. `up` on a running cluster prints its endpoints and exits 0; on a
 # partly running one it fails and says to run `down` first. State, pids and logs live in
 # testbeds/.run/cluster/ (logs/COMPONENT.log; each start appends to its component's log).
 #
 # Environment (read by `up`, which saves the resolved values in cluster.env for the other
 # commands): SWITCHYARD_BIN, SAMPLE_SERVICE_BIN (prebuilt binaries; default: build them with
 # `cargo build --release`), CLUSTER_PUBLIC_PORT (18080), CLUSTER_CONTROL_PORT (18081),
-# CLUSTER_STATS_PORT (18082), CLUSTER_PROMETHEUS_PORT (18090), CLUSTER_GW_PUBLIC_BASE (18180:
+# CLUSTER_STATS_PORT (18082), CLUSTER_CONSOLE_PORT (18083: nginx, the web console),
+# CLUSTER_PROMETHEUS_PORT (18090), CLUSTER_GW_PUBLIC_BASE (18180:
 # gw-i gets base+i), CLUSTER_GW_CONTROL_BASE (18190), CLUSTER_KAFKA_PORT (19292),
 # CLUSTER_KAFKA_CONTROLLER_PORT (19293), CLUSTER_EVICT_AFTER_MS (2000), CLUSTER_LEASE_MS
 # (60000), CLUSTER_RUN_DIR (testbeds/.run/cluster), PYTHON (for the virtualenv).
@@ -44,7 +45,7 @@ venv="$testbeds/.venv"
 env_file="$run/cluster.env"
 
 COMPONENTS=(kafka gw-1 gw-2 gw-3 haproxy rust-sample-1 rust-sample-2 python-sample-1
-  python-sample-2 prometheus)
+  python-sample-2 prometheus nginx)
 GATEWAYS=(gw-1 gw-2 gw-3)
 RUST_INSTANCES=(rust-sample-1 rust-sample-2)
 PYTHON_INSTANCES=(python-sample-1 python-sample-2)
@@ -69,6 +70,7 @@ settings() {
   public_port="${CLUSTER_PUBLIC_PORT:-18080}"
   control_port="${CLUSTER_CONTROL_PORT:-18081}"
   stats_port="${CLUSTER_STATS_PORT:-18082}"
+  console_port="${CLUSTER_CONSOLE_PORT:-18083}"
   prometheus_port="${CLUSTER_PROMETHEUS_PORT:-18090}"
   gw_public_base="${CLUSTER_GW_PUBLIC_BASE:-18180}"
   gw_control_base="${CLUSTER_GW_CONTROL_BASE:-18190}"
@@ -87,7 +89,7 @@ save_settings() {
   mkdir -p "$run"
   local name
   : >"$env_file.tmp"
-  for name in public_port control_port stats_port prometheus_port gw_public_base \
+  for name in public_port control_port stats_port console_port prometheus_port gw_public_base \
     gw_control_base kafka_port kafka_controller_port evict_after_ms lease_ms gateway_bin \
     sample_bin topic; do
     printf '%s=%q\n' "$name" "${!name}" >>"$env_file.tmp"
@@ -112,6 +114,7 @@ write_cluster_json() {
   "stats": "http://127.0.0.1:$stats_port/stats",
   "haproxy_socket": "$run/haproxy.sock",
   "prometheus": "http://127.0.0.1:$prometheus_port",
+  "console": "http://127.0.0.1:$console_port/console/",
   "kafka": "127.0.0.1:$kafka_port",
   "topic": "$topic",
   "gateway_bin": "$gateway_bin",
@@ -151,7 +154,7 @@ apt_install() {
 
 install_missing() {
   local missing=() cmd pkg
-  for pair in haproxy:haproxy prometheus:prometheus curl:curl setsid:util-linux; do
+  for pair in haproxy:haproxy prometheus:prometheus nginx:nginx curl:curl setsid:util-linux; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
@@ -426,6 +429,91 @@ YAML
   await prometheus "readiness" "$START_WAIT_S" http_ok "http://127.0.0.1:$prometheus_port/-/ready"
 }
 
+# nginx serves the web console as the original design has it: the files the gateways embed,
+# from gateway/console/dist, and beside them a peers.json naming each gateway under
+# /gw/<i>/, a same-origin path nginx proxies to that gateway's control listener (so the
+# Cluster page shows the three digests side by side). Everything else (/v1, /graphql, /metrics,
+# /readyz) goes to HAProxy's control front, like any operator's call. Host is passed on, so a
+# gateway sees the WebSocket's Origin as its own.
+start_nginx() {
+  need_port_free nginx "$console_port"
+  local d="$run/nginx" gw i peers="" sep="" locations=""
+  mkdir -p "$d"
+  for gw in "${GATEWAYS[@]}"; do
+    i="$(gw_index "$gw")"
+    peers+="$sep{\"name\": \"$gw\", \"base\": \"gw/$i/\"}"
+    sep=", "
+    locations+="
+        location /gw/$i/ {
+            proxy_pass http://$(gw_control "$gw")/;
+            include $d/proxy.conf;
+        }"
+  done
+  printf '[%s]\n' "$peers" >"$d/peers.json"
+  cat >"$d/proxy.conf" <<NGINX
+proxy_http_version 1.1;
+proxy_set_header Host \$http_host;
+proxy_set_header Upgrade \$http_upgrade;
+proxy_set_header Connection \$connection_upgrade;
+proxy_read_timeout 1h;
+proxy_buffering off;
+NGINX
+  cat >"$d/nginx.conf" <<NGINX
+# Written by testbeds/cluster/cluster.sh up.
+daemon off;
+worker_processes 1;
+pid $d/nginx.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $d/body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+    client_max_body_size 1m;
+    server_tokens off;
+    types {
+        text/html html;
+        text/javascript js;
+        text/css css;
+        application/json json;
+    }
+    charset utf-8;
+    charset_types text/css text/javascript application/json;
+    map \$http_upgrade \$connection_upgrade { default upgrade; "" close; }
+    server {
+        listen 127.0.0.1:$console_port;
+        location = /console { return 308 /console/; }
+        location /console/ {
+            alias $root/gateway/console/dist/;
+            index index.html;
+            etag on;
+            add_header Cache-Control "no-cache" always;
+            add_header Content-Security-Policy "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'" always;
+            add_header X-Content-Type-Options nosniff always;
+            add_header X-Frame-Options DENY always;
+            add_header Referrer-Policy no-referrer always;
+            limit_except GET { deny all; }
+        }
+        location = /console/peers.json {
+            alias $d/peers.json;
+            add_header Cache-Control "no-cache" always;
+            add_header X-Content-Type-Options nosniff always;
+        }$locations
+        location / {
+            proxy_pass http://127.0.0.1:$control_port;
+            include $d/proxy.conf;
+        }
+    }
+}
+NGINX
+  nginx -t -q -e stderr -c "$d/nginx.conf" || die "nginx rejected $d/nginx.conf"
+  launch nginx nginx -e stderr -c "$d/nginx.conf"
+  await nginx "the console" "$START_WAIT_S" http_ok "http://127.0.0.1:$console_port/console/"
+}
+
 start_component() {
   make_credentials
   case "$1" in
@@ -434,6 +522,7 @@ start_component() {
     haproxy) start_haproxy ;;
     rust-sample-[12] | python-sample-[12]) start_service "$1" ;;
     prometheus) start_prometheus ;;
+    nginx) start_nginx ;;
     *) die "unknown component $1 (one of: ${COMPONENTS[*]})" ;;
   esac
 }
@@ -468,6 +557,7 @@ Switchyard cluster testbed is up (state and logs: $run)
   public   http://127.0.0.1:$public_port    HAProxy -> gw-1..3: REST /{service}/{path}, GraphQL /graphql
   control  http://127.0.0.1:$control_port    HAProxy -> gw-1..3: registration (gRPC, REST /v1/services)
   stats    http://127.0.0.1:$stats_port/stats   HAProxy's servers; its metrics at /metrics
+  console  http://127.0.0.1:$console_port/console/   nginx: the web console, the gateways side by side (token: $(keys_dir)/operator.token)
   Prometheus http://127.0.0.1:$prometheus_port
   gateways $(for gw in "${GATEWAYS[@]}"; do printf '%s public %s control %s; ' "$gw" "$(gw_public "$gw")" "$(gw_control "$gw")"; done)
   Kafka    127.0.0.1:$kafka_port, topic $topic
@@ -534,6 +624,8 @@ cmd_up() {
   "$py" "$here/cluster.py" wait-live python-sample "${PYTHON_INSTANCES[@]}" --timeout "$READY_WAIT_S"
   log "starting Prometheus"
   start_prometheus
+  log "starting nginx (the web console)"
+  start_nginx
   trap - EXIT
   print_endpoints
 }

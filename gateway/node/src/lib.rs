@@ -7,7 +7,8 @@
 //!   spawns their tasks, serves the two listeners and drains. Nothing imports it.
 //! * Fronts: [`public`] (REST forwarding), [`graphql`] (calls, registry queries, mutations,
 //!   subscriptions), [`control`] (registration by REST and gRPC, registry views, `/metrics`),
-//!   [`probes`] (`/healthz`, `/readyz`).
+//!   [`probes`] (`/healthz`, `/readyz`), [`console`] (the web console's embedded files at
+//!   `/console/` on the control listener).
 //! * [`pipeline`]: the one path of every forwarded request, REST or GraphQL `call`: request
 //!   context, policies, forwarding, and the observers around it. [`status`]: what the node
 //!   reports about itself. [`respond`]: HTTP answers shared by the fronts.
@@ -39,6 +40,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod forwarding;
 pub mod graphql;

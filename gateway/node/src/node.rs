@@ -21,6 +21,7 @@ use crate::address::Addresses;
 use crate::audit::{AuditSink, Auditor};
 use crate::auth::{self, Authenticator, KeySet};
 use crate::config::{BusKind, Config, ControlAuth, ListenerLimits, RateLimitMode};
+use crate::console;
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
 use crate::graphql::{self, Backend, Front};
@@ -551,8 +552,8 @@ impl Node {
         })
     }
 
-    /// The control listener: the probes, registration (REST, gRPC, GraphQL), registry views
-    /// and `/metrics`.
+    /// The control listener: the probes, registration (REST, gRPC, GraphQL), registry views,
+    /// `/metrics` and the web console.
     fn control_router(&self, backend: &Arc<Backend>) -> Router {
         let control = Arc::new(Control {
             registrar: self.registrar.clone(),
@@ -562,6 +563,7 @@ impl Node {
         probes::router(self.status.clone())
             .merge(control::router(control))
             .merge(graphql::router(backend.clone(), Front::Control))
+            .merge(console::router())
             .fallback(respond::route_not_found)
     }
 

@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols};
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
@@ -332,15 +331,14 @@ async fn get_graphql(
         .get::<Shutdown>()
         .map(|s| s.0.clone())
         .unwrap_or_else(CancellationToken::new);
-    let mut data = Data::default();
-    data.insert(Carrier {
+    let carrier = Carrier {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
         peer: parts.extensions.get::<Arc<PeerCertificate>>().cloned(),
         headers: parts.headers,
         client,
-    });
+    };
     let schema = endpoint.schema.clone();
     let message_bytes_max = backend.config.body_bytes_max;
     let limits = SocketLimits {
@@ -357,6 +355,6 @@ async fn get_graphql(
         .max_frame_size(message_bytes_max)
         .on_upgrade(move |socket| async move {
             let _held = (permit, client_slot);
-            websocket::serve(socket, schema, protocol, data, limits, counted, shutdown).await;
+            websocket::serve(socket, schema, protocol, carrier, limits, counted, shutdown).await;
         })
 }

@@ -19,6 +19,11 @@
 //!   `graphql.websocket_init_timeout_ms`. The older protocol prescribes nothing; it gets the
 //!   same close.
 //!
+//! A browser cannot set headers on a WebSocket, so the credential of the control listener
+//! may also come in `connection_init`'s payload, `{"authorization": "Bearer …"}`
+//! ([`with_init_credential`]): it is then the socket's `authorization` header, checked as one
+//! by every field that needs it, exactly as if the upgrade request had carried it.
+//!
 //! Why an `error` message, not a close, for one operation too many: neither protocol has a
 //! close code for it (4429 is for repeated `connection_init`), and closing would end the
 //! client's other operations for a fault of the newest one. `error` ends exactly that
@@ -44,7 +49,7 @@ use switchyard_core::GatewayError;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, PollSender};
 
-use super::{SwitchyardSchema, server_error};
+use super::{Carrier, SwitchyardSchema, server_error};
 use crate::sync::lock;
 use crate::telemetry::{ListenerLabel, Telemetry, WebSocketRefusal};
 
@@ -93,7 +98,7 @@ pub async fn serve(
     socket: WebSocket,
     schema: SwitchyardSchema,
     protocol: WebSocketProtocols,
-    data: Data,
+    carrier: Carrier,
     limits: SocketLimits,
     counted: Counted,
     shutdown: CancellationToken,
@@ -120,7 +125,19 @@ pub async fn serve(
         operations_max: limits.operations_max,
         counted: counted.clone(),
     };
-    let mut messages = ProtocolStream::new(schema, inbound, protocol).connection_data(data);
+    let mut data = Data::default();
+    data.insert(carrier.clone());
+    let mut messages = ProtocolStream::new(schema, inbound, protocol)
+        .connection_data(data)
+        .on_connection_init(move |payload| async move {
+            let carrier = with_init_credential(carrier, &payload).map_err(|error| {
+                tracing::debug!(%error, "graphql websocket: connection_init refused");
+                async_graphql::Error::new(error.public_message())
+            })?;
+            let mut data = Data::default();
+            data.insert(carrier);
+            Ok(data)
+        });
     let init_deadline = tokio::time::sleep(limits.init_timeout);
     tokio::pin!(init_deadline);
     let mut unflushed = 0usize;
@@ -176,6 +193,48 @@ pub async fn serve(
             unflushed = 0;
         }
     }
+}
+
+/// The key of `connection_init`'s payload that carries a credential.
+pub const INIT_AUTHORIZATION: &str = "authorization";
+
+/// The socket's carrier with the credential `connection_init`'s payload carries, if any, as
+/// its `authorization` header. A payload that is not an object, or has no such key, leaves
+/// the carrier as it is. Refused: a value that is not a string or not a valid header value,
+/// and a credential in both the upgrade request and the payload (which one would count is
+/// not for the gateway to guess).
+pub fn with_init_credential(
+    mut carrier: Carrier,
+    payload: &serde_json::Value,
+) -> Result<Carrier, GatewayError> {
+    let Some(object) = payload.as_object() else {
+        return Ok(carrier);
+    };
+    let mut found = object
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(INIT_AUTHORIZATION));
+    let Some((_, value)) = found.next() else {
+        return Ok(carrier);
+    };
+    let invalid = |reason: &str| GatewayError::InvalidArgument {
+        field: "connection_init.payload.authorization",
+        reason: reason.to_owned(),
+    };
+    if found.next().is_some() {
+        return Err(invalid("given more than once"));
+    }
+    let Some(text) = value.as_str() else {
+        return Err(invalid("expected a string, \"Bearer <token>\""));
+    };
+    let value =
+        http::HeaderValue::from_str(text).map_err(|_| invalid("not a valid header value"))?;
+    if carrier.headers.contains_key(http::header::AUTHORIZATION) {
+        return Err(invalid(
+            "the upgrade request carried an authorization header already",
+        ));
+    }
+    carrier.headers.insert(http::header::AUTHORIZATION, value);
+    Ok(carrier)
 }
 
 /// What the two directions of one socket share.

@@ -64,6 +64,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The listeners' fronts.
     ("public", 7),
     ("control", 7),
+    ("console", 7),
     ("graphql", 7),
     ("probes", 7),
     // The composition root.

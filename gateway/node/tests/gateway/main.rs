@@ -3,6 +3,7 @@
 mod addresses;
 mod architecture;
 mod audit;
+mod console;
 mod control_auth;
 mod graphql;
 mod harness;

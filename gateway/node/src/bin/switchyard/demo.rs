@@ -277,7 +277,8 @@ fn print_banner(
     println!(
         "\nSwitchyard demo: gateway {id} with the in-memory bus and {instances} instances of the Rust sample service \"{DEMO_SERVICE}\".\n\
          \n  public   http://{public}    REST forwarding: /{{service}}/{{path}}, GraphQL: /graphql (GraphiQL in a browser), /healthz, /readyz\
-         \n  control  http://{control}    registration: /v1/services (REST), gRPC switchyard.registry.v1.Registration, GraphQL /graphql\n\
+         \n  control  http://{control}    registration: /v1/services (REST), gRPC switchyard.registry.v1.Registration, GraphQL /graphql\
+         \n  console  http://{control}/console/    the web console: cluster, services live, try it, traffic (paste the credential below)\n\
          \nThe demo admits loopback instance addresses ({DEMO_ALLOWED_ADDRESSES}, upstream.allow_addresses), which a gateway refuses by default.\n\
          \nTry:\
          \n  curl -s http://{public}/{DEMO_SERVICE}/hello\

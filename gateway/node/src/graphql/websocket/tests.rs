@@ -81,3 +81,63 @@ fn the_refusal_is_an_error_message_for_the_operation_in_each_protocol() {
         "{refusal}"
     );
 }
+
+fn carrier(headers: http::HeaderMap) -> Carrier {
+    Carrier {
+        method: http::Method::GET,
+        uri: http::Uri::from_static("/graphql"),
+        version: http::Version::HTTP_11,
+        headers,
+        client: "192.0.2.1:4000".parse().unwrap(),
+        peer: None,
+    }
+}
+
+#[test]
+fn a_credential_in_connection_init_becomes_the_sockets_authorization_header() {
+    let payload = serde_json::json!({ "authorization": "Bearer abc" });
+    let got = with_init_credential(carrier(http::HeaderMap::new()), &payload).unwrap();
+    assert_eq!(got.headers[http::header::AUTHORIZATION], "Bearer abc");
+    // The key in any case; other keys are the client's business.
+    let payload = serde_json::json!({ "Authorization": "Bearer x", "other": 1 });
+    let got = with_init_credential(carrier(http::HeaderMap::new()), &payload).unwrap();
+    assert_eq!(got.headers[http::header::AUTHORIZATION], "Bearer x");
+    // No payload, or none of ours: nothing changes.
+    for payload in [
+        serde_json::Value::Null,
+        serde_json::json!({}),
+        serde_json::json!([1]),
+    ] {
+        let got = with_init_credential(carrier(http::HeaderMap::new()), &payload).unwrap();
+        assert!(!got.headers.contains_key(http::header::AUTHORIZATION));
+    }
+}
+
+#[test]
+fn a_credential_in_connection_init_that_cannot_be_one_is_refused() {
+    let refused = |payload: serde_json::Value, headers: http::HeaderMap| {
+        let error = with_init_credential(carrier(headers), &payload).unwrap_err();
+        assert_eq!(error.code(), "invalid_argument", "{payload}: {error}");
+    };
+    refused(
+        serde_json::json!({ "authorization": 42 }),
+        http::HeaderMap::new(),
+    );
+    refused(
+        serde_json::json!({ "authorization": "Bearer a\r\nx: y" }),
+        http::HeaderMap::new(),
+    );
+    refused(
+        serde_json::json!({ "authorization": "Bearer a", "AUTHORIZATION": "Bearer b" }),
+        http::HeaderMap::new(),
+    );
+    let mut upgrade = http::HeaderMap::new();
+    upgrade.insert(http::header::AUTHORIZATION, "Bearer first".parse().unwrap());
+    refused(
+        serde_json::json!({ "authorization": "Bearer second" }),
+        upgrade.clone(),
+    );
+    // The upgrade's own credential stands when the payload brings none.
+    let got = with_init_credential(carrier(upgrade), &serde_json::json!({})).unwrap();
+    assert_eq!(got.headers[http::header::AUTHORIZATION], "Bearer first");
+}
