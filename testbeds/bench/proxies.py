@@ -15,6 +15,8 @@ Targets (each answers `POST` with the JSON body it was sent):
                     request's audit record goes to the broker (issue 16); compared with
                     switchyard-kafka, so that the broker and the bus reader cost both alike
   envoy-transcoder  HTTP/1.1 JSON -> Envoy gRPC-JSON transcoder -> typed gRPC Echo service
+  grpc-gateway      HTTP/1.1 JSON -> grpc-gateway v2 (Go, testbeds/bench/grpc-gateway, GOMAXPROCS=1)
+                    -> the same typed gRPC Echo service
   envoy             HTTP/1.1 -> Envoy as a plain reverse proxy -> HTTP echo server
   nginx             HTTP/1.1 -> nginx as a plain reverse proxy -> HTTP echo server
   nginx-tls         as nginx, with an `ssl` listener
@@ -33,7 +35,9 @@ and the backend share the second core.
 The two Kafka targets share one broker (testbeds/kafka/kafka.sh, its state in
 testbeds/.run/bench/kafka, wiped first), started on the second core when the first of them is measured and stopped at the end.
 
-Writes results.json and results.md to testbeds/.run/bench/<time>/ and prints the tables.
+Writes results.json and results.md to testbeds/.run/bench/<time>/ and prints the tables, and
+draws them as SVG charts into charts/ beside them (charts.py; docs/bench/ holds those of the
+run in docs/benchmarks.md).
 Exits non-zero if a target fails to start, answers wrongly, or (with --smoke) serves no request
 or any error. Every process it starts is killed on exit."""
 
@@ -54,12 +58,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import charts  # beside this file
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = [
     "direct", "switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", "switchyard-kafka",
-    "switchyard-audit", "envoy-transcoder", "envoy", "nginx", "nginx-tls",
+    "switchyard-audit", "envoy-transcoder", "grpc-gateway", "envoy", "nginx", "nginx-tls",
 ]
 KAFKA_TARGETS = ("switchyard-kafka", "switchyard-audit")
+# The Go program proxies.sh builds from testbeds/bench/grpc-gateway into the bin dir.
+GRPC_GATEWAY_BIN = "bench-grpc-gateway"
 KAFKA_SH = ROOT / "testbeds/kafka/kafka.sh"
 # Added when --switchyard-baseline names an older build: pinned and loaded like `switchyard`.
 BASELINE = "switchyard-base"
@@ -739,6 +747,16 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
     if name in ("nginx", "nginx-tls"):
         conf = nginx_conf(run_dir, name, port, f"127.0.0.1:{http_port}", cert)
         proxy = procs.start(name, [tools.nginx, "-e", "stderr", "-c", str(conf)], p_cpu)
+    elif name == "grpc-gateway":
+        # One P for Go's scheduler, as Envoy gets one worker and nginx one worker process.
+        proxy = procs.start(
+            name,
+            [str(b / GRPC_GATEWAY_BIN), "-listen", "127.0.0.1:0", "-backend", f"127.0.0.1:{grpc_port}"],
+            p_cpu,
+            env={"GOMAXPROCS": "1"},
+        )
+        line = procs.first_line(proxy, "grpc-gateway listening on ")
+        port = int(line.rsplit(":", 1)[1])
     else:
         descriptor = None
         upstream = http_port
@@ -956,6 +974,7 @@ def tables(results: dict, args) -> str:
             s,
             [
                 ("switchyard", "envoy-transcoder", "Switchyard / Envoy transcoder"),
+                ("switchyard", "grpc-gateway", "Switchyard / grpc-gateway"),
                 ("switchyard", "direct", "Switchyard / direct"),
                 ("switchyard", "nginx", "Switchyard / nginx"),
                 ("switchyard", "envoy", "Switchyard / Envoy plain"),
@@ -1019,6 +1038,11 @@ def versions(tools: Tools) -> dict:
         "oha": first([tools.oha, "--version"]),
         "envoy": first([tools.envoy, "--version"]),
         "nginx": first([tools.nginx, "-v"]),
+        **(
+            {"grpc-gateway": first([str(tools.bin_dir / GRPC_GATEWAY_BIN), "-version"])}
+            if (tools.bin_dir / GRPC_GATEWAY_BIN).exists()
+            else {}
+        ),
         "switchyard": first([str(tools.bin_dir / "switchyard"), "--version"]),
         **({"switchyard-base": str(tools.baseline)} if tools.baseline is not None else {}),
         "openssl": first(["openssl", "version"]),
@@ -1085,6 +1109,9 @@ def main() -> int:
     sessions: dict = {}  # the TLS targets' negotiated protocol and cipher suite
     checks: dict = {}  # switchyard-policies: what its policies admitted and refused
     started = time.monotonic()
+    # How busy the machine was (1-, 5- and 15-minute load averages), for the report: other
+    # processes on the same cores depress and scatter every figure.
+    loadavg_start = os.getloadavg()
     try:
         for t in args.targets:
             log(f"target {t}")
@@ -1112,6 +1139,8 @@ def main() -> int:
         "tls": sessions,
         "policies": checks,
         "elapsed_s": elapsed,
+        "loadavg_start": loadavg_start,
+        "loadavg_end": os.getloadavg(),
     }
     table = tables(results, args)
     (run_dir / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
@@ -1119,6 +1148,9 @@ def main() -> int:
         "# Proxy benchmark",
         "",
         f"{meta['date']}; pinning: {meta['pinning']}.",
+        "Load average (1, 5, 15 min) at the start: {}; at the end: {}.".format(
+            ", ".join(f"{v:.2f}" for v in meta["loadavg_start"]), ", ".join(f"{v:.2f}" for v in meta["loadavg_end"])
+        ),
         f"Saturating: {args.connections} connections, closed loop, {args.sat_s} s. "
         f"Fixed rate: {args.rate:g} req/s over {args.connections} connections, {args.rate_s} s. Warm-up {args.warmup_s} s.",
         "",
@@ -1149,6 +1181,12 @@ def main() -> int:
         )
     (run_dir / "results.md").write_text("\n".join(md))
     print("\n".join(md))
+    try:
+        drawn = charts.write_charts(run_dir / "results.json", run_dir / "charts")
+    except (OSError, ValueError, charts.ChartError) as e:
+        log(f"FAILED to draw the charts: {e}")
+        return 1
+    log(f"charts: {', '.join(p.name for p in drawn)} in {run_dir / 'charts'}")
     log(f"results in {run_dir} ({elapsed:.0f} s)")
     if args.smoke:
         bad = [
