@@ -8,6 +8,9 @@
 //!   reverse proxies.
 //! * [`json_body`], [`Latencies`]: the request body of a given size, and the latency summary
 //!   the gRPC load client reports in the same shape as the HTTP load generator's.
+//! * [`histogram`]: a fixed-size latency histogram (HdrHistogram's bucketing, 1/128 relative
+//!   precision), and [`open_loop`]: the open-loop HTTP/1.1 load generator of the tail-latency
+//!   benchmark, corrected for coordinated omission (`bench-open-loop`, `testbeds/bench/tails.sh`).
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -18,6 +21,9 @@ use axum::routing::post;
 use bytes::Bytes;
 use serde::Serialize;
 use tonic::{Request, Status};
+
+pub mod histogram;
+pub mod open_loop;
 
 /// `switchyard.bench.v1`: the typed Echo service.
 pub mod echo {
@@ -46,9 +52,21 @@ impl echo::echo_server::Echo for TypedEcho {
     }
 }
 
-/// `POST /echo` answers with the request body and its content type.
+/// `POST /echo` answers with the request body and its content type; `GET /sleep/{ms}`
+/// answers after `ms` milliseconds (at most [`SLEEP_MS_MAX`]), the requests in flight of the
+/// memory benchmark.
 pub fn http_echo_router() -> Router {
-    Router::new().route("/echo", post(http_echo))
+    Router::new()
+        .route("/echo", post(http_echo))
+        .route("/sleep/{ms}", axum::routing::get(http_sleep))
+}
+
+/// The longest `GET /sleep/{ms}` holds a request.
+pub const SLEEP_MS_MAX: u64 = 60_000;
+
+async fn http_sleep(axum::extract::Path(ms): axum::extract::Path<u64>) -> &'static str {
+    tokio::time::sleep(std::time::Duration::from_millis(ms.min(SLEEP_MS_MAX))).await;
+    "slept"
 }
 
 async fn http_echo(headers: HeaderMap, body: Bytes) -> Response {

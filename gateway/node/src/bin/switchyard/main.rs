@@ -23,7 +23,9 @@ mod token;
 
 /// mimalloc instead of the system allocator: a request allocates about a hundred small blocks
 /// (hyper, h2, tonic, the translation), and glibc's malloc and free took more than a quarter
-/// of the instructions per request (docs/benchmarks.md).
+/// of the instructions per request (docs/benchmarks.md). Built without the `mimalloc` feature,
+/// the binary uses the system allocator; issue 18's section of docs/benchmarks.md measures both.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
