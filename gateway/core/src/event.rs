@@ -143,6 +143,25 @@ impl Event {
         }
     }
 
+    /// The key and the entry this event produces, moved out of the event (what
+    /// [`Event::entry`] copies).
+    pub fn into_parts(self) -> (InstanceKey, Entry) {
+        let state = match self.kind {
+            EventKind::Register | EventKind::Renew => EntryState::Alive {
+                addr: self.addr,
+                metadata: self.metadata,
+                lease_ms: self.lease_ms,
+            },
+            EventKind::Deregister => EntryState::Removed(Removal::Deregistered),
+            EventKind::Evict => EntryState::Removed(Removal::Evicted),
+        };
+        let entry = Entry {
+            stamp: self.stamp,
+            state,
+        };
+        (self.key, entry)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let kind = match self.kind {
             EventKind::Register => pb::EventKind::Register,
@@ -273,6 +292,7 @@ mod tests {
                     ..live.clone()
                 }
             };
+            assert_eq!(ev.clone().into_parts(), (ev.key.clone(), ev.entry()));
             let again = Event::of_entry(ev.key.clone(), ev.entry(), "gw-2".into());
             assert_eq!(again.entry(), ev.entry());
             assert_eq!(again.origin_node, "gw-2");

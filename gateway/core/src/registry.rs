@@ -7,6 +7,9 @@
 //! same registry, whatever the order, duplication or redelivery of those events.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map;
+
+use sha2::{Digest as _, Sha256};
 
 use crate::Stamp;
 use crate::event::Event;
@@ -32,6 +35,14 @@ impl InstanceKey {
 
     pub fn bus_key(&self) -> String {
         format!("{}/{}", self.service, self.instance_id)
+    }
+
+    /// Whether `bus_key` is this key's [`InstanceKey::bus_key`], without building it.
+    pub fn is_bus_key(&self, bus_key: &str) -> bool {
+        bus_key
+            .strip_prefix(self.service.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|id| id == self.instance_id)
     }
 }
 
@@ -111,13 +122,21 @@ pub enum Lookup<'a> {
 /// costs nothing however large the registry: the number of entries per service and the digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
-    entries: BTreeMap<InstanceKey, Entry>,
+    entries: BTreeMap<InstanceKey, Held>,
     /// Entries held per service (tombstones and expired leases included); a service with
     /// none has no key here.
     per_service: BTreeMap<String, usize>,
-    /// The wrapping sum of [`entry_hash`] over the entries: independent of their order, and
-    /// updated by subtracting the old entry's hash and adding the new one's.
-    digest: u64,
+    /// The sum modulo 2^128 of [`entry_hash`] over the entries: independent of their order,
+    /// and updated by subtracting the old entry's hash and adding the new one's.
+    digest: u128,
+}
+
+/// An entry as the map holds it: with its share of the digest, so that replacing or removing
+/// it needs no second hash of the old entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    entry: Entry,
+    hash: u128,
 }
 
 /// An entry that may be deleted from the bus for good, and its key: what
@@ -135,22 +154,32 @@ impl Registry {
 
     /// Keeps the greater of the held entry and `entry`.
     pub fn apply(&mut self, key: InstanceKey, entry: Entry) -> Applied {
-        match self.entries.get_mut(&key) {
-            None => {
-                self.digest = self.digest.wrapping_add(entry_hash(&key, &entry));
-                *self.per_service.entry(key.service.clone()).or_default() += 1;
-                self.entries.insert(key, entry);
+        // One search of the map whatever happens; the key is moved in, never copied, and the
+        // service name is copied only for the first entry of a service.
+        match self.entries.entry(key) {
+            btree_map::Entry::Vacant(slot) => {
+                let hash = entry_hash(slot.key(), &entry);
+                self.digest = self.digest.wrapping_add(hash);
+                let service = &slot.key().service;
+                match self.per_service.get_mut(service) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.per_service.insert(service.clone(), 1);
+                    }
+                }
+                slot.insert(Held { entry, hash });
                 Applied::Inserted
             }
-            Some(held) if entry > *held || planted::active(Bug::IncomingWins) => {
-                self.digest = self
-                    .digest
-                    .wrapping_sub(entry_hash(&key, held))
-                    .wrapping_add(entry_hash(&key, &entry));
-                *held = entry;
+            btree_map::Entry::Occupied(mut slot)
+                if entry > slot.get().entry || planted::active(Bug::IncomingWins) =>
+            {
+                let hash = entry_hash(slot.key(), &entry);
+                let held = slot.get_mut();
+                self.digest = self.digest.wrapping_sub(held.hash).wrapping_add(hash);
+                *held = Held { entry, hash };
                 Applied::Replaced
             }
-            Some(_) => Applied::Unchanged,
+            btree_map::Entry::Occupied(_) => Applied::Unchanged,
         }
     }
 
@@ -159,7 +188,7 @@ impl Registry {
     /// again meanwhile) stays. Returns whether an entry was removed.
     pub fn remove_covered(&mut self, key: &InstanceKey, covered: &Entry) -> bool {
         match self.entries.get(key) {
-            Some(held) if held <= covered => {
+            Some(held) if held.entry <= *covered => {
                 self.remove(key);
                 true
             }
@@ -171,7 +200,7 @@ impl Registry {
         let Some(held) = self.entries.remove(key) else {
             return;
         };
-        self.digest = self.digest.wrapping_sub(entry_hash(key, &held));
+        self.digest = self.digest.wrapping_sub(held.hash);
         if let Some(n) = self.per_service.get_mut(&key.service) {
             *n -= 1;
             if *n == 0 {
@@ -184,15 +213,22 @@ impl Registry {
         self.apply(event.key.clone(), event.entry())
     }
 
+    /// [`Registry::apply_event`] for an event the caller no longer needs: its names and
+    /// content move into the registry instead of being copied.
+    pub fn apply_owned(&mut self, event: Event) -> Applied {
+        let (key, entry) = event.into_parts();
+        self.apply(key, entry)
+    }
+
     /// Folds another registry into this one.
     pub fn merge(&mut self, other: &Registry) {
-        for (key, entry) in &other.entries {
-            self.apply(key.clone(), entry.clone());
+        for (key, held) in &other.entries {
+            self.apply(key.clone(), held.entry.clone());
         }
     }
 
     pub fn get(&self, key: &InstanceKey) -> Option<&Entry> {
-        self.entries.get(key)
+        self.entries.get(key).map(|held| &held.entry)
     }
 
     pub fn len(&self) -> usize {
@@ -204,7 +240,7 @@ impl Registry {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&InstanceKey, &Entry)> {
-        self.entries.iter()
+        self.entries.iter().map(|(key, held)| (key, &held.entry))
     }
 
     /// The entries of one service, tombstones included, in instance-id order.
@@ -215,6 +251,7 @@ impl Registry {
         self.entries
             .range(InstanceKey::new(service, "")..)
             .take_while(move |(k, _)| k.service == service)
+            .map(|(key, held)| (key, &held.entry))
     }
 
     /// The distinct service names that have at least one entry, in order.
@@ -281,8 +318,7 @@ impl Registry {
         limit: usize,
         due: impl Fn(&Stamp) -> bool,
     ) -> Vec<Collectable> {
-        self.entries
-            .iter()
+        self.entries()
             .filter(|(_, entry)| !entry.is_live(now_ms) && due(&entry.stamp))
             .take(limit)
             .map(|(key, entry)| Collectable {
@@ -292,18 +328,29 @@ impl Registry {
             .collect()
     }
 
-    /// A 64-bit digest of the entries. Two registries with the same entries have the same
-    /// digest, whatever the order they were applied in. Kept up to date by every change, so
-    /// reading it is free.
-    pub fn digest(&self) -> u64 {
+    /// A 128-bit digest of the entries: the sum modulo 2^128 of each entry's
+    /// [`entry_hash`]. Two registries with the same entries have the same digest, whatever the
+    /// order they were applied in. Kept up to date by every change, so reading it is free
+    /// (docs/decisions/0023).
+    pub fn digest(&self) -> u128 {
         self.digest
+    }
+
+    /// The digest as `/v1/cluster` and the simulation show it: 32 hex digits.
+    pub fn digest_hex(&self) -> String {
+        format!("{:032x}", self.digest)
     }
 }
 
-/// One entry's share of the digest: FNV-1a over its key and content, every field
-/// length-prefixed or fixed-width.
-fn entry_hash(key: &InstanceKey, entry: &Entry) -> u64 {
-    let mut h = Fnv64::new();
+/// What [`entry_hash`] hashes first, so that no other use of SHA-256 in the gateway can
+/// produce an entry's share by accident, and a change to the encoding below changes the name.
+const ENTRY_HASH_DOMAIN: &[u8] = b"switchyard registry entry v2\0";
+
+/// One entry's share of the digest: the first 128 bits of SHA-256 over its key and content,
+/// every field length-prefixed or fixed-width, read as a little-endian number.
+fn entry_hash(key: &InstanceKey, entry: &Entry) -> u128 {
+    let mut h = EntryHasher(Sha256::new());
+    h.0.update(ENTRY_HASH_DOMAIN);
     h.str(&key.service);
     h.str(&key.instance_id);
     h.u64(entry.stamp.physical_ms);
@@ -327,37 +374,23 @@ fn entry_hash(key: &InstanceKey, entry: &Entry) -> u64 {
         EntryState::Removed(Removal::Deregistered) => h.u64(1),
         EntryState::Removed(Removal::Evicted) => h.u64(2),
     }
-    h.finish()
+    let out = h.0.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&out[..16]);
+    u128::from_le_bytes(first)
 }
 
-/// FNV-1a, 64 bit: small, stable across platforms and releases, and enough to tell
-/// registries apart in convergence checks (it is not a defence against an adversary, and the
-/// sum of entries' hashes is not either).
-struct Fnv64(u64);
+/// Feeds fields to SHA-256 so that no two different sequences of fields give the same bytes.
+struct EntryHasher(Sha256);
 
-impl Fnv64 {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
+impl EntryHasher {
     fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
+        self.0.update(v.to_le_bytes());
     }
 
     /// Length-prefixed, so that ("ab", "c") and ("a", "bc") hash differently.
     fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);
-        self.bytes(s.as_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
+        self.0.update(s.as_bytes());
     }
 }

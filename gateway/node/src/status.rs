@@ -119,7 +119,7 @@ impl Status {
             bus_position: self.replication.position(),
             catch_up_target: self.replication.catch_up_target(),
             registry_entries: registry.len(),
-            registry_digest: format!("{:016x}", registry.digest()),
+            registry_digest: registry.digest_hex(),
             events_applied: self.replication.events_applied(),
             events_rejected: self.replication.events_rejected(),
             outbox_pending: self.registrar.pending(),

@@ -81,6 +81,34 @@ impl Store {
         applied
     }
 
+    /// Applies `events` in order under one hold of the write lock, announcing each change to
+    /// watchers; returns how many changed the registry. The caller bounds how many it passes
+    /// (readers wait for the lock meanwhile). With no watcher, each event's names and content
+    /// move into the registry instead of being copied. A watcher that subscribes meanwhile
+    /// either finds a change in the registry when it reads it (after this returns) or in its
+    /// feed, as with [`Store::apply`].
+    pub fn apply_all(&self, events: impl IntoIterator<Item = Event>) -> usize {
+        let mut registry = write(&self.registry);
+        let watched = self.changes.receiver_count() > 0;
+        let mut changed = 0;
+        for event in events {
+            let applied = if watched {
+                let applied = registry.apply_event(&event);
+                if applied != Applied::Unchanged {
+                    // No watcher left is not an error.
+                    let _ = self.changes.send(event);
+                }
+                applied
+            } else {
+                registry.apply_owned(event)
+            };
+            if applied != Applied::Unchanged {
+                changed += 1;
+            }
+        }
+        changed
+    }
+
     /// A new stamp for a change made here, greater than every stamp seen.
     pub fn tick(&self) -> Stamp {
         lock(&self.hlc).tick(self.now_ms())

@@ -102,9 +102,9 @@ pub(super) fn digests(
     log: &MemoryBus,
     quarantined: &BTreeSet<u64>,
 ) -> String {
-    let mut out = format!("reference={:016x}", reference(log, quarantined).digest());
+    let mut out = format!("reference={}", reference(log, quarantined).digest_hex());
     for (name, node) in nodes {
-        out.push_str(&format!(" {name}={:016x}", node.registry().digest()));
+        out.push_str(&format!(" {name}={}", node.registry().digest_hex()));
     }
     out
 }

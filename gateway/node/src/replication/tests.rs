@@ -1,15 +1,21 @@
-//! Replication stops at once when asked, whatever its retry loop is waiting for.
+//! Replication stops at once when asked, whatever its retry loop is waiting for; it applies
+//! records in bounded runs, in topic order, and fetches more at once while catching up.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use switchyard_core::event::{Event, EventKind};
+use switchyard_core::{InstanceKey, Registry, Stamp};
 use tokio_util::sync::CancellationToken;
 
-use super::Replication;
-use crate::bus::{GatedBus, MemoryBus};
+use super::{APPLY_RUN_MAX, CATCH_UP_FETCH_RECORDS_MAX, FETCH_RECORDS_MAX, Replication, Runs};
+use crate::bus::{Bus, BusError, GatedBus, MemoryBus, Record};
 use crate::config::Config;
-use crate::seams::SystemClock;
+use crate::seams::{Clock, SystemClock};
 use crate::store::Store;
+use crate::sync::BoxFuture;
 use crate::telemetry::Telemetry;
 
 fn replication(bus: GatedBus<MemoryBus>) -> Arc<Replication> {
@@ -70,5 +76,159 @@ async fn a_bus_whose_reads_fail_does_not_hold_shutdown() {
         asked.elapsed(),
         Duration::ZERO,
         "the stop waited out a retry pause"
+    );
+}
+
+/// A registration of `service/id` stamped at `ms` by `gw-a`, as a bus record at `offset`.
+fn registration(offset: u64, id: &str, ms: u64) -> (Event, Record) {
+    let event = Event {
+        kind: EventKind::Register,
+        key: InstanceKey::new("orders", id),
+        addr: "http://127.0.0.1:7001".into(),
+        metadata: BTreeMap::new(),
+        lease_ms: 1_000,
+        stamp: Stamp::new(ms, 0, "gw-a"),
+        origin_node: "gw-a".into(),
+    };
+    let record = Record {
+        offset,
+        key: event.bus_key(),
+        payload: Bytes::from(event.encode()),
+        delete: false,
+    };
+    (event, record)
+}
+
+/// A delete marker for the entry `event` produces.
+fn marker(offset: u64, event: &Event) -> Record {
+    Record {
+        offset,
+        key: event.bus_key(),
+        payload: Bytes::from(event.encode()),
+        delete: true,
+    }
+}
+
+#[test]
+fn records_are_applied_in_runs_of_at_most_the_bound() {
+    let replication = replication(GatedBus::new(MemoryBus::new()));
+    let now = SystemClock.now_ms();
+    let n = 3 * APPLY_RUN_MAX + 10;
+    // Stamped just behind the wall clock, all admissible.
+    let (events, records): (Vec<_>, Vec<_>) = (0..n)
+        .map(|i| registration(i as u64, &format!("i-{i}"), now - 1_000 + i as u64))
+        .unzip();
+    let runs = replication.apply_records(&records);
+    assert_eq!(
+        runs,
+        Runs {
+            runs: 4,
+            events: n,
+            changed: n
+        }
+    );
+    let mut reference = Registry::new();
+    for e in &events {
+        reference.apply_event(e);
+    }
+    let store = &replication.store;
+    assert_eq!(store.registry().digest(), reference.digest());
+    assert_eq!(*store.registry(), reference);
+    assert_eq!(replication.events_applied(), n as u64);
+    // The clock has observed the greatest stamp of every run: a local stamp is greater.
+    assert!(store.tick() > events.last().unwrap().stamp);
+    // Read again (a redelivery), nothing changes.
+    let again = replication.apply_records(&records);
+    assert_eq!((again.events, again.changed), (n, 0));
+}
+
+#[test]
+fn a_delete_marker_is_applied_in_its_place_among_the_events() {
+    // Stamped two hours ago, so a marker for it is not early (leases of at most an hour).
+    let old = SystemClock.now_ms() - 2 * 3_600_000;
+    let (a, reg_a) = registration(0, "a", old);
+    let (_, reg_b) = registration(2, "b", old);
+    // Registration, its marker, another registration: the marker removes the first.
+    let first = replication(GatedBus::new(MemoryBus::new()));
+    let runs = first.apply_records(&[reg_a.clone(), marker(1, &a), reg_b.clone()]);
+    assert_eq!(runs.runs, 2, "the marker ends a run");
+    assert!(first.store.registry().get(&a.key).is_none());
+    assert_eq!(first.store.registry().len(), 1);
+    // The marker first: it finds nothing to remove, and the registration after it stays.
+    let second = replication(GatedBus::new(MemoryBus::new()));
+    second.apply_records(&[marker(0, &a), reg_a, reg_b]);
+    assert_eq!(second.store.registry().len(), 2);
+}
+
+/// A bus that remembers how many records each fetch asked for.
+#[derive(Clone, Default)]
+struct Asking {
+    inner: MemoryBus,
+    asked: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Bus for Asking {
+    fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        self.inner.publish(key, payload)
+    }
+
+    fn delete(&self, key: String, deletes: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        self.inner.delete(key, deletes)
+    }
+
+    fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>> {
+        self.inner.high_water_mark()
+    }
+
+    fn fetch(
+        &self,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
+        self.asked.lock().unwrap().push(max);
+        self.inner.fetch(from, max, wait)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn catch_up_fetches_more_records_at_once_within_its_bound() {
+    let bus = Asking::default();
+    let now = SystemClock.now_ms();
+    let n = CATCH_UP_FETCH_RECORDS_MAX + 1;
+    for i in 0..n {
+        let (_, record) = registration(0, &format!("i-{i}"), now - 1_000);
+        bus.publish(record.key, record.payload).await.unwrap();
+    }
+    let store = Arc::new(Store::new("gw-test".into(), Arc::new(SystemClock)));
+    let config = Config::default();
+    let telemetry = Arc::new(Telemetry::new(&config, "gw-test"));
+    let replication = Arc::new(Replication::new(
+        &config.registry,
+        store.clone(),
+        Arc::new(bus.clone()),
+        telemetry,
+    ));
+    let stop = CancellationToken::new();
+    let task = {
+        let (replication, stop) = (replication.clone(), stop.clone());
+        tokio::spawn(async move { replication.run(stop).await })
+    };
+    // Caught up after two fetches; the next one waits on the empty tail of the log.
+    while bus.asked.lock().unwrap().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert!(replication.is_ready());
+    assert_eq!(store.registry().len(), n);
+    let asked = bus.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked[..3],
+        [
+            CATCH_UP_FETCH_RECORDS_MAX,
+            CATCH_UP_FETCH_RECORDS_MAX,
+            FETCH_RECORDS_MAX
+        ]
     );
 }

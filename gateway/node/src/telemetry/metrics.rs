@@ -788,8 +788,14 @@ impl Metrics {
         self.retries.get_or_create(&ServiceLabels { service }).inc();
     }
 
-    pub fn event_applied(&self, own: bool) {
-        self.events_applied[usize::from(!own)].inc();
+    /// Counts `own` events of this node's and `others` of other nodes', applied from the bus.
+    pub fn events_applied(&self, own: u64, others: u64) {
+        if own > 0 {
+            self.events_applied[0].inc_by(own);
+        }
+        if others > 0 {
+            self.events_applied[1].inc_by(others);
+        }
     }
 
     pub fn event_quarantined(&self, reason: QuarantineReason) {

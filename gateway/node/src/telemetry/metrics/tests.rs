@@ -258,7 +258,7 @@ fn output_is_sorted_so_equal_states_encode_byte_equal() {
 #[test]
 fn counters_are_suffixed_once_and_help_ends_in_one_stop() {
     let m = fill(0..20);
-    m.event_applied(true);
+    m.events_applied(1, 0);
     m.change(ChangeOp::Evict);
     m.eviction();
     let out = encoded(&m);
