@@ -34,7 +34,8 @@ struct Common {
     #[arg(long, value_parser = Faults::parse)]
     faults: Option<Faults>,
     /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp, RouteExpired,
-    /// CollectEarly, QuarantineOff, ScopeIgnored).
+    /// CollectEarly, QuarantineOff, ScopeIgnored, FrontSkipsBus, CallOkOnError,
+    /// AuditDropUncounted, SubscriptionGap).
     #[arg(long, value_parser = parse_bug)]
     plant: Option<Bug>,
     /// Simulated milliseconds of faults before the heal.

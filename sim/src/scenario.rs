@@ -50,9 +50,11 @@ const CLOCK_SKEW_MS_MAX: i64 = 800;
 const LATER_DRAWS: u64 = 0x4057_11e5;
 
 mod checks;
+mod fronts;
 mod routing;
 mod workload;
 
+pub use fronts::FrontCounts;
 pub use routing::RoutingCounts;
 
 use checks::{
@@ -117,6 +119,9 @@ pub struct Outcome {
     /// them the gateways had to apply (the rest they had to quarantine).
     pub hostile_records: usize,
     pub hostile_admissible: usize,
+    /// What the checkers of the fronts and policies judged (`scenario/fronts.rs`).
+    #[serde(default)]
+    pub fronts: FrontCounts,
     pub trace_hash: u64,
     #[serde(skip)]
     pub trace: Vec<String>,
@@ -236,6 +241,7 @@ fn simulate(options: &Options) -> Outcome {
     let skews: Shared<BTreeMap<String, i64>> = Rc::default();
     // Gateway incarnations started during the last step, with their change feeds.
     let started: Shared<Vec<Incarnation>> = Rc::default();
+    let sinks: fronts::audit::SharedSinks = Rc::default();
     let mut add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str, index: usize| {
         let skew_ms = if faults.clock_skew {
             rng.random_range(-CLOCK_SKEW_MS_MAX..=CLOCK_SKEW_MS_MAX)
@@ -243,10 +249,11 @@ fn simulate(options: &Options) -> Outcome {
             0
         };
         skews.borrow_mut().insert(name.to_owned(), skew_ms);
-        let (nodes, started) = (nodes.clone(), started.clone());
+        let (nodes, started, sinks) = (nodes.clone(), started.clone(), sinks.clone());
         let (name_owned, seed) = (name.to_owned(), options.seed);
         sim.host(name, move || {
             let (nodes, started, name) = (nodes.clone(), started.clone(), name_owned.clone());
+            let sinks = sinks.clone();
             async move {
                 let config = Config {
                     node_id: name.clone(),
@@ -258,6 +265,9 @@ fn simulate(options: &Options) -> Outcome {
                 // Leases and the drift bound short enough that tombstones are collected (delete
                 // markers written and applied) within a run.
                 config.registry = registry_config();
+                fronts::audit::configure(&mut config);
+                let started_ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64);
+                let sink = sinks.borrow_mut().sink_for(&name, started_ms);
                 let seams = Seams {
                     connector: Arc::new(SimConnector),
                     clock: Arc::new(SimClock { skew_ms }),
@@ -266,12 +276,15 @@ fn simulate(options: &Options) -> Outcome {
                 };
                 let node = Node::builder(config, seams)
                     .authenticator(crate::authenticator())
+                    .audit_sink(sink)
                     .build();
+                sinks.borrow_mut().node_built(&name, node.clone());
                 // Subscribed before the node applies anything.
                 started.borrow_mut().push(Incarnation {
                     name: name.clone(),
                     skew_ms,
                     feed: node.watch(),
+                    fronts_feed: node.watch(),
                     node: node.clone(),
                 });
                 nodes.borrow_mut().insert(name, node.clone());
@@ -300,6 +313,7 @@ fn simulate(options: &Options) -> Outcome {
     let mut routing = routing::Routing::new(EPOCH_S * 1_000, UPSTREAM_TIMEOUT_MS);
 
     let acks: Shared<Vec<Ack>> = Rc::default();
+    let front_log: fronts::SharedLog = Rc::default();
     let stop = Rc::new(std::cell::Cell::new(false));
     sim.client(
         "client",
@@ -311,8 +325,21 @@ fn simulate(options: &Options) -> Outcome {
             late: late.clone(),
             seed: options.seed,
             fault_ms: options.fault_ms,
+            fronts: front_log.clone(),
         }),
     );
+    let watched: fronts::subscriptions::SharedWatched = Rc::default();
+    sim.client(
+        "watcher",
+        fronts::subscriptions::watcher(
+            fronts::subscriptions::watched_gateways(options.seed, &gateways),
+            watched.clone(),
+            stop.clone(),
+        ),
+    );
+    let mut feeds: Vec<fronts::subscriptions::Feed> = Vec::new();
+    let outages = fronts::audit::outages(options.seed, &present, options.fault_ms);
+    let mut next_outage = 0;
 
     let registry_config = registry_config();
     let leases = Leases {
@@ -377,6 +404,16 @@ fn simulate(options: &Options) -> Outcome {
             }
             next += 1;
         }
+        while let Some((at_ms, gw, out)) = outages.get(next_outage)
+            && *at_ms <= now_ms
+        {
+            let what = if *out { "out" } else { "back" };
+            trace
+                .borrow_mut()
+                .push(format!("{at_ms:>6} ms audit sink of {gw} {what}"));
+            sinks.borrow_mut().set_out(gw, *out);
+            next_outage += 1;
+        }
         if let Some(name) = &late
             && !nodes.borrow().contains_key(name)
             && now_ms >= options.fault_ms / 2
@@ -428,9 +465,17 @@ fn simulate(options: &Options) -> Outcome {
         }
         let stepped_ms = sim.elapsed().as_millis() as u64;
         for inc in started.borrow_mut().drain(..) {
+            feeds.push(fronts::subscriptions::Feed::new(
+                &inc.name,
+                now_ms,
+                inc.fronts_feed,
+            ));
             routing.started(&inc.name, inc.skew_ms, inc.node, inc.feed, now_ms);
         }
         routing.drain(now_ms, stepped_ms);
+        for feed in &mut feeds {
+            feed.drain(stepped_ms);
+        }
     }
     stop.set(true);
     let simulated_ms = sim.elapsed().as_millis() as u64;
@@ -453,6 +498,15 @@ fn simulate(options: &Options) -> Outcome {
     routing.finish(simulated_ms);
     let (served, unkept) = served.take();
     let routing = routing.check(&served, ROUTING_VIOLATIONS_SHOWN, &mut violations);
+    let fronts = fronts::check(
+        &front_log.borrow(),
+        &served,
+        &sinks.borrow(),
+        &watched.borrow(),
+        &feeds,
+        simulated_ms,
+        &mut violations,
+    );
     if unkept > 0 {
         violations.push(format!(
             "{unkept} served requests were not kept for the routing checker"
@@ -468,6 +522,7 @@ fn simulate(options: &Options) -> Outcome {
         "routing: {} requests checked, {} not judged, {} violations",
         routing.checked, routing.unjudged, routing.violations
     ));
+    trace.push(format!("fronts: {fronts:?}"));
     for v in &violations {
         trace.push(format!("violation {v}"));
     }
@@ -483,6 +538,7 @@ fn simulate(options: &Options) -> Outcome {
         routing,
         hostile_records: hostile.len(),
         hostile_admissible: hostile.len() - quarantined.len(),
+        fronts,
         trace_hash,
         trace,
     }
@@ -521,6 +577,8 @@ struct Incarnation {
     skew_ms: i64,
     node: Arc<Node>,
     feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
+    /// A second subscription, for the `registryChanges` check (`fronts::subscriptions`).
+    fronts_feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String>) {

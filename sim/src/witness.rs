@@ -27,6 +27,9 @@ pub struct Served {
     pub deadline_unix_ms: u64,
     /// Simulated milliseconds since the start of the run when the request arrived.
     pub received_ms: u64,
+    /// `ForwardingReq.request_id`: what the client's answer carries as `x-request-id` (or a
+    /// GraphQL `call`'s `requestId`).
+    pub request_id: String,
 }
 
 /// The requests every witnessed instance received, shared by all of them (an instance that
@@ -87,6 +90,7 @@ impl ForwardingService for Witness {
             gateway_node: req.gateway_node.clone(),
             deadline_unix_ms: req.deadline_unix_ms,
             received_ms: turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64),
+            request_id: req.request_id.clone(),
         });
         self.inner.send(request).await
     }

@@ -26,10 +26,21 @@ pub enum Bug {
     /// A control credential's service scope is not checked: any valid credential may
     /// register, renew and deregister any service.
     ScopeIgnored,
+    /// A registration through the GraphQL front is applied on its gateway and answered as
+    /// published, but never handed to the bus.
+    FrontSkipsBus,
+    /// A GraphQL `call` that fails at the gateway (no instance, no answer) is answered as a
+    /// service's empty 200 instead of an error: "200 on error".
+    CallOkOnError,
+    /// Audit records that the sink fails to deliver are dropped without being counted.
+    AuditDropUncounted,
+    /// A `registryChanges` subscription silently skips renewals, as if a renewal changed
+    /// nothing a subscriber needs to know: a gap with no `subscription_lagged` error.
+    SubscriptionGap,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 11] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
@@ -37,6 +48,10 @@ impl Bug {
         Bug::CollectEarly,
         Bug::QuarantineOff,
         Bug::ScopeIgnored,
+        Bug::FrontSkipsBus,
+        Bug::CallOkOnError,
+        Bug::AuditDropUncounted,
+        Bug::SubscriptionGap,
     ];
 }
 

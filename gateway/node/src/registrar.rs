@@ -494,7 +494,13 @@ impl Registrar {
             stamp: self.store.tick(),
             origin_node: self.store.node_id().to_owned(),
         };
-        let delivery = self.commit(&event).await?;
+        let delivery = if planted::active(Bug::FrontSkipsBus) && matches!(caller.via, Via::Graphql)
+        {
+            self.store.apply(&event);
+            Delivery::Published
+        } else {
+            self.commit(&event).await?
+        };
         self.telemetry.metrics().change(ChangeOp::Register);
         Ok(Registered {
             entry: event.entry(),

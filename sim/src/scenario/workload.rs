@@ -9,8 +9,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchyard_core::{InstanceKey, Stamp};
 
+use super::fronts::calls;
+use super::fronts::register::{self, Change, Front};
+use super::fronts::{CallFront, FRONT_DRAWS, SharedLog};
 use super::{LEASE_MAX_MS, SAMPLE};
-use crate::{CONTROL_PORT, PUBLIC_PORT, http_get, http_send, http_send_as, intruder_credentials};
+use crate::{CONTROL_PORT, http_send_as, intruder_credentials};
 
 /// The service the client registers and deregisters (addresses where nothing listens; the
 /// client never sends requests to it).
@@ -36,6 +39,8 @@ pub struct Client {
     pub late: Option<String>,
     pub seed: u64,
     pub fault_ms: u64,
+    /// Where the calls' answers are kept for the fronts' checks.
+    pub fronts: SharedLog,
 }
 
 /// The client's two workloads at once: [`changes_and_calls`], and an [`intruder`] with its own
@@ -82,7 +87,8 @@ async fn intruder(
 
 /// Every 50-250 ms during the fault window: register (40 %) or deregister (20 %) a ghost
 /// instance, or call the sample service (40 %), through a random gateway. Then idles until
-/// the run stops it.
+/// the run stops it. Each change goes through REST, gRPC or GraphQL, each call through REST or
+/// a GraphQL `call` fan-out, drawn from a generator of their own (`fronts`).
 async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let Client {
         acks,
@@ -92,8 +98,10 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         late,
         seed,
         fault_ms,
+        fronts,
     } = c;
     let mut crng = SmallRng::seed_from_u64(seed ^ 0x5eed);
+    let mut frng = SmallRng::seed_from_u64(seed ^ FRONT_DRAWS);
     let started = tokio::time::Instant::now();
     while started.elapsed() < Duration::from_millis(fault_ms) {
         tokio::time::sleep(Duration::from_millis(crng.random_range(50..250))).await;
@@ -106,20 +114,36 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         let gw = candidates[crng.random_range(0..candidates.len())].clone();
         let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
         let roll = crng.random_range(0..100);
-        let line = if roll < 40 {
-            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{GHOST_LEASE_MS}}}"#);
-            let path = format!("/v1/services/{GHOST}/instances/{id}");
-            let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
-            record_ack(&acks, GHOST, &id, reply)
-        } else if roll < 60 {
-            let path = format!("/v1/services/{GHOST}/instances/{id}");
-            let reply = http_send(&gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await;
-            record_ack(&acks, GHOST, &id, reply)
+        let line = if roll < 60 {
+            let change = if roll < 40 {
+                Change::Register {
+                    service: GHOST,
+                    id: &id,
+                    addr: "nowhere:1",
+                    lease_ms: GHOST_LEASE_MS,
+                }
+            } else {
+                Change::Deregister {
+                    service: GHOST,
+                    id: &id,
+                }
+            };
+            let front = Front::draw(&mut frng);
+            *fronts
+                .borrow_mut()
+                .changes_by_front
+                .entry(front.name())
+                .or_default() += 1;
+            let reply = register::send(front, &gw, change).await;
+            format!("{} {}", front.name(), record_ack(&acks, GHOST, &id, reply))
         } else {
-            match http_get(&gw, PUBLIC_PORT, &format!("/{SAMPLE}/hello")).await {
-                Ok((status, _)) => format!("GET {SAMPLE} via {gw}: {status}"),
-                Err(e) => format!("GET {SAMPLE} via {gw}: {}", e.kind()),
-            }
+            let front = if frng.random_bool(0.5) {
+                CallFront::Rest
+            } else {
+                CallFront::GraphqlCall
+            };
+            let elapsed = || turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64);
+            calls::call(front, &gw, SAMPLE, &fronts, elapsed).await
         };
         trace
             .borrow_mut()

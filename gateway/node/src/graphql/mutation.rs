@@ -8,6 +8,7 @@ use async_graphql::{Context, InputObject, Object, SimpleObject};
 use futures_util::stream::{self, Stream, StreamExt};
 use switchyard_core::GatewayError;
 use switchyard_core::event::{Event, EventKind};
+use switchyard_core::planted::{self, Bug};
 use switchyard_core::registry::{EntryState, Removal};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
@@ -189,6 +190,11 @@ async fn next_change(
     loop {
         match changes.recv().await {
             Ok(event) if service.as_ref().is_some_and(|s| *s != event.key.service) => continue,
+            Ok(event)
+                if planted::active(Bug::SubscriptionGap) && event.kind == EventKind::Renew =>
+            {
+                continue;
+            }
             Ok(event) => {
                 let status = &backend.status;
                 let change = RegistryChange::from_event(status, &event, status.now_ms());

@@ -1,0 +1,192 @@
+//! Auditing inside the simulation: every gateway incarnation audits into a memory sink of its
+//! own (`Node::builder(..).audit_sink`), which a drawn schedule makes unavailable now and
+//! then; at the end, every call the client saw answered must have been audited exactly once by
+//! the incarnation that answered it, or its record's loss counted (decision 0021's rule: a
+//! record is delivered, or dropped and counted by reason, never lost silently).
+//!
+//! A sink per incarnation, not per gateway: a restarted gateway draws the same request ids as
+//! before its crash (its generator is seeded alike), so only the incarnation tells two
+//! requests with one id apart.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use switchyard::Config;
+use switchyard::Node;
+use switchyard::audit::{DropReason, MemorySink, Stream};
+
+use super::{AUDIT_DRAWS, Answered};
+
+/// How many records a memory sink keeps: far above what a run audits (a few thousand), so
+/// that the sink never forgets one the check looks for. A sink that reaches it fails the run
+/// (`check`), rather than a record silently falling out.
+const SINK_RECORDS_MAX: usize = 200_000;
+/// The auditor's queue in the simulation: small, so that a sink outage fills it and records
+/// are dropped as `queue_full` as well as `unavailable`.
+const QUEUE_RECORDS_MAX: usize = 32;
+
+/// Turns auditing on in a simulated gateway's config: every request recorded, a small queue.
+pub fn configure(config: &mut Config) {
+    config.audit.enabled = true;
+    config.audit.queue_records_max = QUEUE_RECORDS_MAX;
+    config.audit.default.sample_successes = 1.0;
+}
+
+/// One incarnation's sink and node, from the moment it started.
+struct Audited {
+    gateway: String,
+    started_ms: u64,
+    sink: MemorySink,
+    node: Option<Arc<Node>>,
+}
+
+/// The sinks of every incarnation, and which gateways' sinks are out now.
+#[derive(Default)]
+pub struct Sinks {
+    audited: Vec<Audited>,
+    out: BTreeSet<String>,
+}
+
+pub type SharedSinks = Rc<RefCell<Sinks>>;
+
+impl Sinks {
+    /// A sink for an incarnation of `gateway` starting now; out if its gateway's sink is.
+    pub fn sink_for(&mut self, gateway: &str, started_ms: u64) -> Arc<MemorySink> {
+        let sink = MemorySink::new(SINK_RECORDS_MAX);
+        sink.set_available(!self.out.contains(gateway));
+        self.audited.push(Audited {
+            gateway: gateway.to_owned(),
+            started_ms,
+            sink: sink.clone(),
+            node: None,
+        });
+        Arc::new(sink)
+    }
+
+    /// The node of the incarnation of `gateway` started last, once it is built.
+    pub fn node_built(&mut self, gateway: &str, node: Arc<Node>) {
+        if let Some(a) = self.audited.iter_mut().rev().find(|a| a.gateway == gateway) {
+            a.node = Some(node);
+        }
+    }
+
+    /// Makes `gateway`'s current sink unavailable (`out`) or available again.
+    pub fn set_out(&mut self, gateway: &str, out: bool) {
+        if out {
+            self.out.insert(gateway.to_owned());
+        } else {
+            self.out.remove(gateway);
+        }
+        if let Some(a) = self.audited.iter().rev().find(|a| a.gateway == gateway) {
+            a.sink.set_available(!out);
+        }
+    }
+}
+
+/// Sink outages drawn for a run: `(at_ms, gateway, out)`, in time order. Half the seeds have
+/// none; the others 1-3 outages of 0.2-3 s each on a random gateway in the fault window.
+pub fn outages(seed: u64, gateways: &[String], fault_ms: u64) -> Vec<(u64, String, bool)> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ AUDIT_DRAWS);
+    let mut steps = Vec::new();
+    if gateways.is_empty() || fault_ms <= 1_000 || !rng.random_bool(0.5) {
+        return steps;
+    }
+    for _ in 0..rng.random_range(1..=3) {
+        let gw = gateways[rng.random_range(0..gateways.len())].clone();
+        let at = rng.random_range(1_000..fault_ms);
+        let len = rng.random_range(200..3_000);
+        steps.push((at, gw.clone(), true));
+        steps.push(((at + len).min(fault_ms), gw, false));
+    }
+    steps.sort_by_key(|(at, _, _)| *at);
+    steps
+}
+
+/// What the audit check counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditCounts {
+    /// Answered calls looked for.
+    pub answered: usize,
+    /// Of them, found audited once.
+    pub audited: usize,
+    /// Not found, within the incarnation's counted drops (and records still queued).
+    pub missing_counted: usize,
+    /// Drops the auditors counted, any reason, requests stream.
+    pub dropped: u64,
+}
+
+/// Every answered call audited exactly once by the incarnation that answered it, or missing
+/// within what that incarnation counted as dropped (or still held queued when it crashed or
+/// the run ended); no request id audited twice by one incarnation.
+pub fn check(sinks: &Sinks, answered: &[Answered], violations: &mut Vec<String>) -> AuditCounts {
+    let mut counts = AuditCounts::default();
+    // Each incarnation's request records by request id.
+    let mut held: Vec<BTreeMap<String, usize>> = Vec::new();
+    for a in &sinks.audited {
+        let records = a.sink.records();
+        if records.len() >= SINK_RECORDS_MAX {
+            violations.push(format!(
+                "the audit sink of {} (started {} ms) reached its bound of {SINK_RECORDS_MAX} records: the audit check cannot judge it",
+                a.gateway, a.started_ms
+            ));
+        }
+        let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+        for r in records.into_iter().filter(|r| r.stream == Stream::Requests) {
+            *by_id.entry(r.key).or_default() += 1;
+        }
+        for (id, n) in by_id.iter().filter(|(_, n)| **n > 1) {
+            violations.push(format!(
+                "{} (started {} ms) audited request {id:?} {n} times",
+                a.gateway, a.started_ms
+            ));
+        }
+        held.push(by_id);
+    }
+    let mut missing = vec![0u64; sinks.audited.len()];
+    for call in answered.iter().filter(|c| !c.request_id.is_empty()) {
+        counts.answered += 1;
+        // The incarnation that answered: the last of its gateway started by then.
+        let Some(i) = sinks
+            .audited
+            .iter()
+            .rposition(|a| a.gateway == call.gateway && a.started_ms <= call.at_ms)
+        else {
+            violations.push(format!(
+                "{} answered request {:?} at {} ms before it started",
+                call.gateway, call.request_id, call.at_ms
+            ));
+            continue;
+        };
+        match held[i].get(&call.request_id) {
+            Some(_) => counts.audited += 1,
+            None => missing[i] += 1,
+        }
+    }
+    for (i, a) in sinks.audited.iter().enumerate() {
+        let (dropped, queued) =
+            a.node
+                .as_ref()
+                .and_then(|n| n.auditor())
+                .map_or((0, 0), |auditor| {
+                    let dropped: u64 = DropReason::ALL
+                        .into_iter()
+                        .map(|r| auditor.dropped_count(Stream::Requests, r))
+                        .sum();
+                    (dropped, auditor.queued() as u64)
+                });
+        counts.dropped += dropped;
+        if missing[i] > dropped + queued {
+            violations.push(format!(
+                "{} (started {} ms) answered {} requests it never audited, but counted only {dropped} dropped and holds {queued} queued: audit records lost silently",
+                a.gateway, a.started_ms, missing[i]
+            ));
+        } else {
+            counts.missing_counted += missing[i] as usize;
+        }
+    }
+    counts
+}
