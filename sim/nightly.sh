@@ -8,7 +8,8 @@
 # 1. Builds switchyard-sim in release with `--cfg tokio_unstable` (bit-for-bit replays; see
 #    docs/simulation.md), in $CARGO_TARGET_DIR, default target/sim, as testbeds/test-all does.
 # 2. Runs `explore --seeds FIRST..FIRST+SEEDS --jobs JOBS --summary FILE`, bounded by
-#    SIM_NIGHTLY_TIMEOUT_S seconds of wall time (default 14400: four hours); no progress line,
+#    SIM_NIGHTLY_TIMEOUT_S seconds of wall time (default 28800: eight hours, room for a
+#    machine shared with builds); no progress line,
 #    as CI is set for it.
 # 3. Leaves the summary in $SIM_NIGHTLY_DIR (default target/sim-nightly) as
 #    summary-FIRST-LAST.txt, with the replay command of every failed seed (up to 20).
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 seeds="${SIM_NIGHTLY_SEEDS:-10000}"
 first="${SIM_NIGHTLY_FIRST:-0}"
 jobs="${SIM_NIGHTLY_JOBS:-2}"
-timeout_s="${SIM_NIGHTLY_TIMEOUT_S:-14400}"
+timeout_s="${SIM_NIGHTLY_TIMEOUT_S:-28800}"
 out_dir="${SIM_NIGHTLY_DIR:-target/sim-nightly}"
 for value in "$seeds" "$first" "$jobs" "$timeout_s"; do
   if ! [[ "$value" =~ ^[0-9]+$ ]] || [ "${#value}" -gt 12 ]; then
