@@ -55,6 +55,7 @@ pub fn run_args(options: &Options) -> Result<Vec<String>, String> {
         ("--fault-ms", options.fault_ms, defaults.fault_ms),
         ("--settle-ms", options.settle_ms, defaults.settle_ms),
         ("--lease-ms", options.lease_ms, defaults.lease_ms),
+        ("--tick-ms", options.tick_ms, defaults.tick_ms),
     ] {
         if value != default {
             args.push(flag.into());
@@ -166,6 +167,18 @@ pub fn explore(
     jobs: usize,
     exe: &Path,
 ) -> Vec<Outcome> {
+    explore_with(seeds, template, jobs, exe, &|_| {})
+}
+
+/// [`explore`], calling `seed_done` with each outcome as its seed finishes (from the thread
+/// that ran it): what the progress line counts.
+pub fn explore_with(
+    seeds: std::ops::Range<u64>,
+    template: &Options,
+    jobs: usize,
+    exe: &Path,
+    seed_done: &(dyn Fn(&Outcome) + Sync),
+) -> Vec<Outcome> {
     let seeds: Vec<u64> = seeds.collect();
     let jobs = jobs.clamp(1, 64).min(seeds.len().max(1));
     let chunks: Vec<Vec<u64>> = (0..jobs)
@@ -179,13 +192,15 @@ pub fn explore(
                     chunk
                         .into_iter()
                         .map(|seed| {
-                            run_in_child(
+                            let outcome = run_in_child(
                                 exe,
                                 &Options {
                                     seed,
                                     ..template.clone()
                                 },
-                            )
+                            );
+                            seed_done(&outcome);
+                            outcome
                         })
                         .collect::<Vec<_>>()
                 })

@@ -272,7 +272,11 @@ pub fn steps(
     out
 }
 
-/// Draws 2 to 8 episodes of the enabled kinds within `[1000, fault_ms)`. Hosts that join late
+/// The stretch of fault window that draws 2 to 8 episodes.
+pub const EPISODE_WINDOW_MS: u64 = 15_000;
+
+/// Draws 2 to 8 episodes of the enabled kinds per [`EPISODE_WINDOW_MS`] (started) of
+/// `[1000, fault_ms)`, at most 16 such stretches. Hosts that join late
 /// are never targets (they do not exist yet when most faults happen); `gateways` holds only
 /// those present from the start. Half the partitions cut a gateway off the broker: the
 /// partition the registry's replication has to survive most often in production.
@@ -300,7 +304,9 @@ pub fn schedule(
         return Vec::new();
     }
     let hosts = 2 + gateways.len() + services.len();
-    let episodes: Vec<Episode> = (0..rng.random_range(2..=8))
+    // 2 to 8 episodes per 15 s of fault window, so a longer window is as busy as a short one.
+    let per_window = fault_ms.div_ceil(EPISODE_WINDOW_MS).clamp(1, 16);
+    let episodes: Vec<Episode> = (0..rng.random_range(2 * per_window..=8 * per_window))
         .map(|_| {
             let at_ms = rng.random_range(1_000..fault_ms - 500);
             let len_ms = rng.random_range(200..4_000);

@@ -8,6 +8,7 @@
 //! * [`hostile`]: hostile bus records, written straight into the broker's log.
 //! * [`scenario`]: one run: cluster, workload, faults, invariant checkers, trace hash.
 //! * [`explore`]: many seeds, the summary, and the replay command for failures.
+//! * [`progress`]: `explore`'s progress line, drawn only at a terminal outside CI.
 //! * [`witness`]: a sample instance that records which gateway sent it each request.
 //! * [`gateway_host`], [`service_host`], [`witnessed_service_host`]: host bodies that run a
 //!   gateway node or a sample instance.
@@ -114,6 +115,7 @@ pub mod broker;
 pub mod explore;
 pub mod faults;
 pub mod hostile;
+pub mod progress;
 pub mod scenario;
 pub mod witness;
 

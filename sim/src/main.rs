@@ -14,9 +14,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard_core::planted::Bug;
-use switchyard_sim::explore::{RESULT_PREFIX, explore, replay_command, summary};
+use switchyard_sim::explore::{RESULT_PREFIX, explore_with, replay_command, summary};
 use switchyard_sim::faults::Faults;
-use switchyard_sim::scenario::{LEASE_MAX_MS, Options, run};
+use switchyard_sim::progress::{self, Progress};
+use switchyard_sim::scenario::{LEASE_MAX_MS, Options, TICK_MS, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,11 +40,15 @@ struct Common {
     #[arg(long, value_parser = parse_bug)]
     plant: Option<Bug>,
     /// Simulated milliseconds of faults before the heal.
-    #[arg(long, default_value_t = 15_000)]
+    #[arg(long, default_value_t = Options::new(0).fault_ms)]
     fault_ms: u64,
     /// Simulated milliseconds allowed for convergence after the heal.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = Options::new(0).settle_ms)]
     settle_ms: u64,
+    /// Simulated milliseconds per simulation step, 1..=10: the granularity of message
+    /// delivery between hosts (a larger step runs faster and coarser).
+    #[arg(long, default_value_t = TICK_MS, value_parser = clap::value_parser!(u64).range(1..=10))]
+    tick_ms: u64,
     /// The lease the sample instances register with, in milliseconds (at least 1000, at
     /// most the gateways' `registry.lease_max_ms`, 6000).
     #[arg(long, default_value_t = LEASE_MAX_MS, value_parser = clap::value_parser!(u64).range(1_000..=LEASE_MAX_MS))]
@@ -72,6 +77,9 @@ enum Command {
         seeds: std::ops::Range<u64>,
         #[arg(long, default_value_t = 2)]
         jobs: usize,
+        /// Also write the summary to this file (what the nightly run keeps).
+        #[arg(long)]
+        summary: Option<std::path::PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -103,6 +111,7 @@ fn options(seed: u64, common: &Common) -> Options {
         settle_ms: common.settle_ms,
         bug: common.plant,
         lease_ms: common.lease_ms,
+        tick_ms: common.tick_ms,
         ..Options::new(seed)
     }
 }
@@ -162,6 +171,7 @@ fn main() -> ExitCode {
         Command::Explore {
             seeds,
             jobs,
+            summary: summary_file,
             common,
         } => {
             let template = options(0, &common);
@@ -173,11 +183,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let outcomes = explore(seeds, &template, jobs, &exe);
-            print!(
-                "{}",
-                summary(&outcomes, &template, started.elapsed().as_secs_f64())
-            );
+            let progress = Progress::new(seeds.clone().count(), progress::wanted_here());
+            let outcomes = explore_with(seeds, &template, jobs, &exe, &|o| progress.seed_done(o));
+            progress.finish();
+            let report = summary(&outcomes, &template, started.elapsed().as_secs_f64());
+            print!("{report}");
+            if let Some(path) = summary_file
+                && let Err(e) = std::fs::write(&path, &report)
+            {
+                eprintln!("cannot write the summary to {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
             if outcomes.iter().all(|o| o.violations.is_empty()) {
                 ExitCode::SUCCESS
             } else {

@@ -81,20 +81,27 @@ pub struct Options {
     pub episodes: Option<Vec<Episode>>,
     /// The lease the sample instances register with (they renew every third of it).
     pub lease_ms: u64,
+    /// Simulated time one turmoil step advances every host by (see docs/simulation.md,
+    /// "Speed"): the granularity of message delivery between hosts.
+    pub tick_ms: u64,
 }
+
+/// The default step of simulated time; see [`Options::tick_ms`].
+pub const TICK_MS: u64 = 5;
 
 impl Options {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
-            gateways: 3,
+            gateways: 5,
             services: 2,
             faults: None,
-            fault_ms: 15_000,
+            fault_ms: 60_000,
             settle_ms: 30_000,
             bug: None,
             episodes: None,
             lease_ms: LEASE_MAX_MS,
+            tick_ms: TICK_MS,
         }
     }
 }
@@ -221,6 +228,7 @@ fn simulate(options: &Options) -> Outcome {
         .simulation_duration(Duration::from_millis(
             options.fault_ms + options.settle_ms + 5_000,
         ))
+        .tick_duration(Duration::from_millis(options.tick_ms.clamp(1, 10)))
         .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_S))
         .rng_seed(options.seed)
         .build();
