@@ -65,6 +65,8 @@ pub struct Progress {
     draw: bool,
 }
 
+// The wall time of the harness itself (explore's driver process), never of a simulated run.
+#[allow(clippy::disallowed_types)]
 #[derive(Debug)]
 struct State {
     counts: Counts,
