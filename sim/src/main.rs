@@ -34,7 +34,8 @@ struct Common {
     #[arg(long, value_parser = Faults::parse)]
     faults: Option<Faults>,
     /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp, RouteExpired,
-    /// CollectEarly, QuarantineOff, ScopeIgnored).
+    /// CollectEarly, QuarantineOff, ScopeIgnored, ObserveIgnored, TickRepeats,
+    /// RemovalAlwaysWins, TargetShort).
     #[arg(long, value_parser = parse_bug)]
     plant: Option<Bug>,
     /// Simulated milliseconds of faults before the heal.
@@ -47,6 +48,10 @@ struct Common {
     /// most the gateways' `registry.lease_max_ms`, 6000).
     #[arg(long, default_value_t = LEASE_MAX_MS, value_parser = clap::value_parser!(u64).range(1_000..=LEASE_MAX_MS))]
     lease_ms: u64,
+    /// Liveness mode: after the heal the cluster must converge and serve every live service
+    /// within a bound; `explore` reports the bound's quantiles per fault kind.
+    #[arg(long)]
+    liveness: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +107,7 @@ fn options(seed: u64, common: &Common) -> Options {
         settle_ms: common.settle_ms,
         bug: common.plant,
         lease_ms: common.lease_ms,
+        liveness: common.liveness,
         ..Options::new(seed)
     }
 }
@@ -177,6 +183,9 @@ fn main() -> ExitCode {
                 "{}",
                 summary(&outcomes, &template, started.elapsed().as_secs_f64())
             );
+            if template.liveness {
+                print!("{}", switchyard_sim::scenario::liveness::report(&outcomes));
+            }
             if outcomes.iter().all(|o| o.violations.is_empty()) {
                 ExitCode::SUCCESS
             } else {

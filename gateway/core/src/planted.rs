@@ -26,10 +26,25 @@ pub enum Bug {
     /// A control credential's service scope is not checked: any valid credential may
     /// register, renew and deregister any service.
     ScopeIgnored,
+    /// The hybrid logical clock ignores the stamps it observes: a change made after one read
+    /// from the bus may carry a smaller stamp.
+    ObserveIgnored,
+    /// The hybrid logical clock issues the same stamp again within one millisecond instead of
+    /// counting up.
+    TickRepeats,
+    /// Registry merge lets a removal replace a live entry whatever their stamps (a bug in the
+    /// merge every gateway shares).
+    RemovalAlwaysWins,
+    /// A gateway takes the high-water mark it saw at start minus one as its catch-up target,
+    /// so it reports ready one record early (and its status agrees with itself).
+    TargetShort,
+    /// Replication sets its position from the last record fetched even when a redelivered
+    /// record is earlier than the position (the bug fixed for issue 19), so it moves back.
+    PositionBack,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 12] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
@@ -37,6 +52,11 @@ impl Bug {
         Bug::CollectEarly,
         Bug::QuarantineOff,
         Bug::ScopeIgnored,
+        Bug::ObserveIgnored,
+        Bug::TickRepeats,
+        Bug::RemovalAlwaysWins,
+        Bug::TargetShort,
+        Bug::PositionBack,
     ];
 }
 

@@ -142,7 +142,13 @@ impl Registry {
                 self.entries.insert(key, entry);
                 Applied::Inserted
             }
-            Some(held) if entry > *held || planted::active(Bug::IncomingWins) => {
+            Some(held)
+                if entry > *held
+                    || planted::active(Bug::IncomingWins)
+                    || (planted::active(Bug::RemovalAlwaysWins)
+                        && matches!(entry.state, EntryState::Removed(_))
+                        && matches!(held.state, EntryState::Alive { .. })) =>
+            {
                 self.digest = self
                     .digest
                     .wrapping_sub(entry_hash(&key, held))

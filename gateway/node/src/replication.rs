@@ -187,6 +187,7 @@ impl Replication {
                 result = self.bus.high_water_mark() => result,
             };
             match result {
+                Ok(hwm) if planted::active(Bug::TargetShort) => break hwm.saturating_sub(1),
                 Ok(hwm) => break hwm,
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -216,9 +217,20 @@ impl Replication {
                     backoff.reset();
                     for record in &records {
                         self.apply_record(record);
-                        position = record.offset + 1;
+                        // Only forward: a redelivered record (a fetch that starts before the
+                        // offset asked for) must not move the position back, or the node
+                        // would report, and read from, an offset it had already passed.
+                        position = if planted::active(Bug::PositionBack) {
+                            record.offset.saturating_add(1)
+                        } else {
+                            position.max(record.offset.saturating_add(1))
+                        };
                     }
-                    self.position.store(position, Ordering::Release);
+                    if planted::active(Bug::PositionBack) {
+                        self.position.store(position, Ordering::Release);
+                    } else {
+                        self.position.fetch_max(position, Ordering::AcqRel);
+                    }
                     if !caught_up && position >= target {
                         caught_up = true;
                         self.mark_caught_up();

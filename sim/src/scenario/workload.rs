@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use switchyard_core::registry::EntryState;
 use switchyard_core::{InstanceKey, Stamp};
 
 use super::{LEASE_MAX_MS, SAMPLE};
@@ -23,8 +24,56 @@ pub const GHOST_LEASE_MS: u64 = LEASE_MAX_MS;
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub key: InstanceKey,
+    pub op: Op,
     pub status: u16,
     pub stamp: Option<Stamp>,
+    /// The gateway it went through, and the simulated time it was sent at.
+    pub gateway: String,
+    pub sent_ms: u64,
+}
+
+/// The change a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Register,
+    Deregister,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Register => "registration",
+            Op::Deregister => "deregistration",
+        }
+    }
+
+    /// Whether `state` is what this change produces.
+    pub fn matches(self, state: &EntryState) -> bool {
+        matches!(
+            (self, state),
+            (Op::Register, EntryState::Alive { .. }) | (Op::Deregister, EntryState::Removed(_))
+        )
+    }
+}
+
+/// Simulated time now, in ms, as a host sees it.
+pub fn sim_now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Registers (`Op::Register`, with the ghosts' lease and address) or deregisters one instance
+/// of `service` through `gw`, and records the answer; returns the trace line.
+pub async fn change(acks: &RefCell<Vec<Ack>>, gw: &str, op: Op, service: &str, id: &str) -> String {
+    let path = format!("/v1/services/{service}/instances/{id}");
+    let sent_ms = sim_now_ms();
+    let reply = match op {
+        Op::Register => {
+            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{GHOST_LEASE_MS}}}"#);
+            http_send(gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await
+        }
+        Op::Deregister => http_send(gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await,
+    };
+    record_ack(acks, service, id, op, gw, sent_ms, reply)
 }
 
 pub struct Client {
@@ -36,13 +85,30 @@ pub struct Client {
     pub late: Option<String>,
     pub seed: u64,
     pub fault_ms: u64,
+    /// Sends bursts of changes to one key at once ([`super::corners::bursts`]).
+    pub bursts: bool,
+    /// The sample instances, whose deregistrations the bursts race with their renewals.
+    pub services: Vec<String>,
+    /// The liveness prober, in liveness mode.
+    pub probe: Option<super::liveness::Probe>,
 }
 
 /// The client's two workloads at once: [`changes_and_calls`], and an [`intruder`] with its own
 /// generator (so the other's draws are not disturbed).
-pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
-    let (result, ()) = tokio::join!(changes_and_calls(c), intruding);
+    let bursting = super::corners::bursts(super::corners::Bursts {
+        on: c.bursts,
+        acks: c.acks.clone(),
+        trace: c.trace.clone(),
+        gateways: c.gateways.clone(),
+        late: c.late.clone(),
+        services: c.services.clone(),
+        seed: c.seed,
+        fault_ms: c.fault_ms,
+    });
+    let probing = super::liveness::probe(c.probe.take());
+    let (result, (), (), ()) = tokio::join!(changes_and_calls(c), intruding, bursting, probing);
     result
 }
 
@@ -92,6 +158,7 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         late,
         seed,
         fault_ms,
+        ..
     } = c;
     let mut crng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let started = tokio::time::Instant::now();
@@ -107,14 +174,9 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
         let roll = crng.random_range(0..100);
         let line = if roll < 40 {
-            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{GHOST_LEASE_MS}}}"#);
-            let path = format!("/v1/services/{GHOST}/instances/{id}");
-            let reply = http_send(&gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await;
-            record_ack(&acks, GHOST, &id, reply)
+            change(&acks, &gw, Op::Register, GHOST, &id).await
         } else if roll < 60 {
-            let path = format!("/v1/services/{GHOST}/instances/{id}");
-            let reply = http_send(&gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await;
-            record_ack(&acks, GHOST, &id, reply)
+            change(&acks, &gw, Op::Deregister, GHOST, &id).await
         } else {
             match http_get(&gw, PUBLIC_PORT, &format!("/{SAMPLE}/hello")).await {
                 Ok((status, _)) => format!("GET {SAMPLE} via {gw}: {status}"),
@@ -144,6 +206,9 @@ fn record_ack(
     acks: &RefCell<Vec<Ack>>,
     service: &str,
     id: &str,
+    op: Op,
+    gateway: &str,
+    sent_ms: u64,
     reply: std::io::Result<(u16, bytes::Bytes)>,
 ) -> String {
     match reply {
@@ -152,8 +217,11 @@ fn record_ack(
             let stamp = stamp_of(&json);
             acks.borrow_mut().push(Ack {
                 key: InstanceKey::new(service, id),
+                op,
                 status,
                 stamp: stamp.clone(),
+                gateway: gateway.to_owned(),
+                sent_ms,
             });
             format!("{service}/{id}: {status} {stamp:?}")
         }
