@@ -42,6 +42,14 @@ pub struct BrokerFaults {
     pub delay_ms_max: u64,
     /// Probability that a fetch starts up to 5 records before the offset asked for.
     pub redeliver_probability: f64,
+    /// The most records one fetch returns, whatever the reader asks for (as Kafka's fetch
+    /// size limits do); 0: as many as asked (at most 1,024).
+    pub fetch_records_max: usize,
+    /// Probability that a write is appended to the log and its acknowledgement then lost (the
+    /// writer sees an error, retries, and the log holds the record twice).
+    pub lost_ack_probability: f64,
+    /// Probability that a fetch starts again at the log's first offset.
+    pub deep_redeliver_probability: f64,
 }
 
 #[derive(Clone)]
@@ -140,6 +148,14 @@ async fn publish(State(state): State<BrokerState>, body: Bytes) -> Reply {
         state.log.publish(body.key, payload).await
     }
     .map_err(bad)?;
+    let lost = state.faults.lost_ack_probability > 0.0
+        && state.roll(|r| r.random_bool(state.faults.lost_ack_probability.min(1.0)));
+    if lost {
+        return Err((
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("appended at offset {offset}, acknowledgement lost"),
+        ));
+    }
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
 
@@ -158,10 +174,17 @@ async fn fetch(State(state): State<BrokerState>, Query(q): Query<FetchQuery>) ->
     } else {
         q.from
     };
+    let deep = state.faults.deep_redeliver_probability > 0.0
+        && state.roll(|r| r.random_bool(state.faults.deep_redeliver_probability.min(1.0)));
+    let from = if deep { 0 } else { from };
+    let max = match state.faults.fetch_records_max {
+        0 => q.max,
+        cap => q.max.min(cap),
+    };
     let wait = Duration::from_millis(q.wait_ms.min(1_000));
     let records = state
         .log
-        .fetch(from, q.max.min(1_024), wait)
+        .fetch(from, max.min(1_024), wait)
         .await
         .map_err(bad)?;
     let records: Vec<WireRecord> = records

@@ -62,6 +62,9 @@ pub fn run_args(options: &Options) -> Result<Vec<String>, String> {
             args.push(value.to_string());
         }
     }
+    if options.liveness {
+        args.push("--liveness".into());
+    }
     if let Some(bug) = options.bug {
         args.push("--plant".into());
         args.push(format!("{bug:?}"));

@@ -32,10 +32,29 @@ pub struct Faults {
     /// beyond the drift bound or at the top of the range, leases beyond the bound, payloads that
     /// do not decode, keys that disagree with their payload (see [`crate::hostile`]).
     pub hostile_records: bool,
+    /// The broker appends a record and then loses its acknowledgement (the producer retries,
+    /// and the log holds the record twice). Drawn, like the kinds below, from a third
+    /// generator ([`Faults::corners`]).
+    #[serde(default)]
+    pub lost_acks: bool,
+    /// Some fetches start again far back (at the log's first offset), so records older than
+    /// tombstones already collected are read again.
+    #[serde(default)]
+    pub deep_redelivery: bool,
+    /// The client sends several changes to one key at once: through one gateway, through
+    /// several (within the clock skew), and deregistrations of sample instances racing their
+    /// renewals.
+    #[serde(default)]
+    pub bursts: bool,
+    /// Tombstones are collected by any gateway after `registry.tombstone_retention_ms` at its
+    /// lowest (the lease bound plus the drift bound), and one gateway is cut off from the
+    /// broker for longer than that.
+    #[serde(default)]
+    pub short_retention: bool,
 }
 
 impl Faults {
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 13] = [
         "partitions",
         "gateway_crashes",
         "service_crashes",
@@ -45,9 +64,13 @@ impl Faults {
         "clock_skew",
         "late_join",
         "hostile_records",
+        "lost_acks",
+        "deep_redelivery",
+        "bursts",
+        "short_retention",
     ];
 
-    fn flags(&self) -> [bool; 9] {
+    fn flags(&self) -> [bool; 13] {
         [
             self.partitions,
             self.gateway_crashes,
@@ -58,14 +81,18 @@ impl Faults {
             self.clock_skew,
             self.late_join,
             self.hostile_records,
+            self.lost_acks,
+            self.deep_redelivery,
+            self.bursts,
+            self.short_retention,
         ]
     }
 
     pub fn all() -> Self {
-        Self::from_flags([true; 9])
+        Self::from_flags([true; 13])
     }
 
-    fn from_flags(f: [bool; 9]) -> Self {
+    fn from_flags(f: [bool; 13]) -> Self {
         Self {
             partitions: f[0],
             gateway_crashes: f[1],
@@ -76,6 +103,10 @@ impl Faults {
             clock_skew: f[6],
             late_join: f[7],
             hostile_records: f[8],
+            lost_acks: f[9],
+            deep_redelivery: f[10],
+            bursts: f[11],
+            short_retention: f[12],
         }
     }
 
@@ -84,14 +115,24 @@ impl Faults {
     /// adding a kind left the draw of the others, and every later draw from `rng`, unchanged:
     /// a seed that does not switch a later kind on runs as it did before that kind existed.
     pub fn swarm(rng: &mut SmallRng, later: &mut SmallRng) -> Self {
-        let mut flags: [bool; 9] = std::array::from_fn(|_| false);
+        let mut flags: [bool; 13] = std::array::from_fn(|_| false);
         for flag in &mut flags[..8] {
             *flag = rng.random_bool(0.5);
         }
-        for flag in &mut flags[8..] {
+        for flag in &mut flags[8..9] {
             *flag = later.random_bool(0.5);
         }
         Self::from_flags(flags)
+    }
+
+    /// Switches each of the corner kinds (`lost_acks` and after) on with probability one
+    /// half, drawn from `corners`, a third generator seeded from the run's seed: `swarm` and
+    /// every draw from its two generators stay as they were before these kinds existed.
+    pub fn corners(&mut self, corners: &mut SmallRng) {
+        self.lost_acks = corners.random_bool(0.5);
+        self.deep_redelivery = corners.random_bool(0.5);
+        self.bursts = corners.random_bool(0.5);
+        self.short_retention = corners.random_bool(0.5);
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -109,7 +150,7 @@ impl Faults {
             "none" | "" => return Ok(Self::default()),
             _ => {}
         }
-        let mut flags = [false; 9];
+        let mut flags = [false; 13];
         for name in list.split(',') {
             let i = Self::KINDS
                 .iter()
@@ -133,6 +174,27 @@ pub enum Action {
     Restart(String),
     /// A burst of hostile records written into the broker's log, drawn from this seed.
     Hostile(u64),
+}
+
+/// Cuts one gateway present from the start off the broker for `len_ms` (longer than the
+/// tombstone retention under `short_retention`), starting at 1 s; drawn from `corners`.
+pub fn long_partition(
+    corners: &mut SmallRng,
+    gateways: &[String],
+    len_ms: u64,
+    fault_ms: u64,
+) -> Vec<Step> {
+    if gateways.is_empty() || fault_ms <= 1_500 {
+        return Vec::new();
+    }
+    let episode = Episode {
+        at_ms: 1_000,
+        len_ms,
+        kind: EpisodeKind::GatewayBroker {
+            gateway: corners.random_range(0..gateways.len()),
+        },
+    };
+    steps(&[episode], gateways, &[], fault_ms)
 }
 
 impl fmt::Display for Action {

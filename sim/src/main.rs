@@ -36,7 +36,8 @@ struct Common {
     faults: Option<Faults>,
     /// Plant a known bug (IncomingWins, SkipOwnEvents, ReadyBeforeCatchUp, RouteExpired,
     /// CollectEarly, QuarantineOff, ScopeIgnored, FrontSkipsBus, CallOkOnError,
-    /// AuditDropUncounted, SubscriptionGap).
+    /// AuditDropUncounted, SubscriptionGap, ObserveIgnored, TickRepeats, RemovalAlwaysWins,
+    /// TargetShort, PositionBack).
     #[arg(long, value_parser = parse_bug)]
     plant: Option<Bug>,
     /// Simulated milliseconds of faults before the heal.
@@ -53,6 +54,10 @@ struct Common {
     /// most the gateways' `registry.lease_max_ms`, 6000).
     #[arg(long, default_value_t = LEASE_MAX_MS, value_parser = clap::value_parser!(u64).range(1_000..=LEASE_MAX_MS))]
     lease_ms: u64,
+    /// Liveness mode: after the heal the cluster must converge and serve every live service
+    /// within a bound; `explore` reports the bound's quantiles per fault kind.
+    #[arg(long)]
+    liveness: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +117,7 @@ fn options(seed: u64, common: &Common) -> Options {
         bug: common.plant,
         lease_ms: common.lease_ms,
         tick_ms: common.tick_ms,
+        liveness: common.liveness,
         ..Options::new(seed)
     }
 }
@@ -186,7 +192,10 @@ fn main() -> ExitCode {
             let progress = Progress::new(seeds.clone().count(), progress::wanted_here());
             let outcomes = explore_with(seeds, &template, jobs, &exe, &|o| progress.seed_done(o));
             progress.finish();
-            let report = summary(&outcomes, &template, started.elapsed().as_secs_f64());
+            let mut report = summary(&outcomes, &template, started.elapsed().as_secs_f64());
+            if template.liveness {
+                report.push_str(&switchyard_sim::scenario::liveness::report(&outcomes).to_string());
+            }
             print!("{report}");
             if let Some(path) = summary_file
                 && let Err(e) = std::fs::write(&path, &report)

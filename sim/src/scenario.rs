@@ -50,7 +50,12 @@ const CLOCK_SKEW_MS_MAX: i64 = 800;
 const LATER_DRAWS: u64 = 0x4057_11e5;
 
 mod checks;
+mod clock;
+mod corners;
 mod fronts;
+pub mod liveness;
+mod readiness;
+mod reference;
 mod routing;
 mod workload;
 
@@ -59,8 +64,7 @@ pub use routing::RoutingCounts;
 
 use checks::{
     Leases, Live, Reported, check_acknowledged, check_clock_within_drift, check_hostile_absent,
-    check_no_phantoms, check_not_pinned, check_ready_implies_caught_up, collected, converged,
-    digests, reference, trace_hash,
+    check_no_phantoms, check_not_pinned, converged, digests, reference, trace_hash,
 };
 pub use workload::GHOST;
 use workload::{Ack, GHOST_IDS, GHOST_LEASE_MS};
@@ -84,6 +88,9 @@ pub struct Options {
     /// Simulated time one turmoil step advances every host by (see docs/simulation.md,
     /// "Speed"): the granularity of message delivery between hosts.
     pub tick_ms: u64,
+    /// Liveness mode: after the heal the cluster must converge and serve every live service
+    /// within `liveness::BOUND_MS` (see `scenario/liveness.rs`).
+    pub liveness: bool,
 }
 
 /// The default step of simulated time; see [`Options::tick_ms`].
@@ -102,6 +109,7 @@ impl Options {
             episodes: None,
             lease_ms: LEASE_MAX_MS,
             tick_ms: TICK_MS,
+            liveness: false,
         }
     }
 }
@@ -115,6 +123,10 @@ pub struct Outcome {
     pub violations: Vec<String>,
     /// Simulated time from the last heal until every gateway matched the reference.
     pub convergence_ms: Option<u64>,
+    /// Liveness mode: simulated time from the heal until every gateway had answered a call of
+    /// the sample service with 200.
+    #[serde(default)]
+    pub served_ms: Option<u64>,
     pub simulated_ms: u64,
     pub acknowledged: usize,
     /// Delete markers on the log at the end: tombstones and expired entries collected.
@@ -129,6 +141,15 @@ pub struct Outcome {
     /// What the checkers of the fronts and policies judged (`scenario/fronts.rs`).
     #[serde(default)]
     pub fronts: FrontCounts,
+    /// The most records one fetch from the broker returned in this run (drawn per seed).
+    #[serde(default)]
+    pub fetch_records_max: usize,
+    /// Changes the clock's promise judged, and gateway incarnations judged at their first
+    /// ready answer.
+    #[serde(default)]
+    pub clock_judged: usize,
+    #[serde(default)]
+    pub ready_judged: usize,
     pub trace_hash: u64,
     #[serde(skip)]
     pub trace: Vec<String>,
@@ -141,14 +162,22 @@ fn gateway_names(n: usize) -> Vec<String> {
 }
 
 /// Every gateway's `[registry]`: leases and the drift bound short enough that tombstones are
-/// collected (delete markers written and applied) within a run, housekeeping every second.
-fn registry_config() -> RegistryConfig {
+/// collected (delete markers written and applied) within a run, housekeeping every second;
+/// with `short_retention`, any gateway collects any tombstone as early as the configuration
+/// allows (the lease bound plus the drift bound).
+fn registry_config(short_retention: bool) -> RegistryConfig {
+    let default = Config::default().registry;
     RegistryConfig {
         lease_max_ms: LEASE_MAX_MS,
         lease_default_ms: LEASE_MAX_MS,
         clock_drift_max_ms: CLOCK_DRIFT_MAX_MS,
         housekeeping_interval_ms: HOUSEKEEPING_INTERVAL_MS,
-        ..Config::default().registry
+        tombstone_retention_ms: if short_retention {
+            LEASE_MAX_MS + CLOCK_DRIFT_MAX_MS
+        } else {
+            default.tombstone_retention_ms
+        },
+        ..default
     }
 }
 
@@ -196,9 +225,14 @@ fn align_task_ids() {
 fn simulate(options: &Options) -> Outcome {
     let mut rng = SmallRng::seed_from_u64(options.seed);
     let mut later = SmallRng::seed_from_u64(options.seed ^ LATER_DRAWS);
-    let faults = options
-        .faults
-        .unwrap_or_else(|| Faults::swarm(&mut rng, &mut later));
+    // The third generator: the fetch size for every run, the corner kinds when drawn.
+    let mut corner_rng = SmallRng::seed_from_u64(options.seed ^ corners::CORNER_DRAWS);
+    let fetch_records_max = corners::fetch_records_max(&mut corner_rng);
+    let faults = options.faults.unwrap_or_else(|| {
+        let mut faults = Faults::swarm(&mut rng, &mut later);
+        faults.corners(&mut corner_rng);
+        faults
+    });
     let gateways = gateway_names(options.gateways);
     let services: Vec<String> = (1..=options.services).map(|i| format!("svc-{i}")).collect();
     let late = faults.late_join.then(|| gateways.last().cloned()).flatten();
@@ -215,11 +249,20 @@ fn simulate(options: &Options) -> Outcome {
     if options.episodes.is_none() {
         // Appended, then sorted stably: the other steps keep their order.
         plan.extend(hostile_bursts(&mut later, &faults, options.fault_ms));
+        if faults.short_retention {
+            let len_ms = registry_config(true).tombstone_retention_ms + 1_000;
+            plan.extend(crate::faults::long_partition(
+                &mut corner_rng,
+                &present,
+                len_ms,
+                options.fault_ms,
+            ));
+        }
         plan.sort_by_key(|s| s.at_ms);
     }
     let trace: Shared<Vec<String>> = Rc::default();
     trace.borrow_mut().push(format!(
-        "seed {} faults {}",
+        "seed {} faults {} fetch batch {fetch_records_max}",
         options.seed,
         faults.names().join(",")
     ));
@@ -237,6 +280,17 @@ fn simulate(options: &Options) -> Outcome {
     let broker_faults = BrokerFaults {
         delay_ms_max: if faults.broker_delays { 50 } else { 0 },
         redeliver_probability: if faults.redelivery { 0.2 } else { 0.0 },
+        fetch_records_max,
+        lost_ack_probability: if faults.lost_acks {
+            corners::LOST_ACK_PROBABILITY
+        } else {
+            0.0
+        },
+        deep_redeliver_probability: if faults.deep_redelivery {
+            corners::DEEP_REDELIVER_PROBABILITY
+        } else {
+            0.0
+        },
     };
     {
         let (log, seed) = (log.clone(), options.seed);
@@ -257,6 +311,7 @@ fn simulate(options: &Options) -> Outcome {
             0
         };
         skews.borrow_mut().insert(name.to_owned(), skew_ms);
+        let short_retention = faults.short_retention;
         let (nodes, started, sinks) = (nodes.clone(), started.clone(), sinks.clone());
         let (name_owned, seed) = (name.to_owned(), options.seed);
         sim.host(name, move || {
@@ -272,7 +327,7 @@ fn simulate(options: &Options) -> Outcome {
                 config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
                 // Leases and the drift bound short enough that tombstones are collected (delete
                 // markers written and applied) within a run.
-                config.registry = registry_config();
+                config.registry = registry_config(short_retention);
                 fronts::audit::configure(&mut config);
                 let started_ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64);
                 let sink = sinks.borrow_mut().sink_for(&name, started_ms);
@@ -293,6 +348,7 @@ fn simulate(options: &Options) -> Outcome {
                     skew_ms,
                     feed: node.watch(),
                     fronts_feed: node.watch(),
+                    clock_feed: node.watch(),
                     node: node.clone(),
                 });
                 nodes.borrow_mut().insert(name, node.clone());
@@ -323,6 +379,7 @@ fn simulate(options: &Options) -> Outcome {
     let acks: Shared<Vec<Ack>> = Rc::default();
     let front_log: fronts::SharedLog = Rc::default();
     let stop = Rc::new(std::cell::Cell::new(false));
+    let served_at_ms: Rc<std::cell::Cell<Option<u64>>> = Rc::default();
     sim.client(
         "client",
         workload::client(workload::Client {
@@ -334,6 +391,14 @@ fn simulate(options: &Options) -> Outcome {
             seed: options.seed,
             fault_ms: options.fault_ms,
             fronts: front_log.clone(),
+            bursts: faults.bursts,
+            services: services.clone(),
+            probe: options.liveness.then(|| liveness::Probe {
+                gateways: gateways.clone(),
+                fault_ms: options.fault_ms,
+                settle_ms: options.settle_ms,
+                served_at_ms: served_at_ms.clone(),
+            }),
         }),
     );
     let watched: fronts::subscriptions::SharedWatched = Rc::default();
@@ -349,7 +414,7 @@ fn simulate(options: &Options) -> Outcome {
     let outages = fronts::audit::outages(options.seed, &present, options.fault_ms);
     let mut next_outage = 0;
 
-    let registry_config = registry_config();
+    let registry_config = registry_config(faults.short_retention);
     let leases = Leases {
         sample_ms: options.lease_ms,
         ghost_ms: GHOST_LEASE_MS,
@@ -380,6 +445,8 @@ fn simulate(options: &Options) -> Outcome {
     let mut hostile: Vec<(u64, Hostile)> = Vec::new();
     let mut quarantined: BTreeSet<u64> = BTreeSet::new();
     let mut reported = Reported::default();
+    let mut clock = clock::ClockPromise::default();
+    let mut readiness = readiness::Readiness::default();
 
     let mut violations = Vec::new();
     let mut next = 0;
@@ -438,7 +505,6 @@ fn simulate(options: &Options) -> Outcome {
         }
         if now_ms >= last_check + 10 {
             last_check = now_ms;
-            check_ready_implies_caught_up(&nodes.borrow(), &down, now_ms, &mut violations);
             let (nodes_now, skews_now) = (nodes.borrow(), skews.borrow());
             let live = Live {
                 nodes: &nodes_now,
@@ -464,9 +530,11 @@ fn simulate(options: &Options) -> Outcome {
                 trace.borrow_mut().push(format!("{now_ms:>6} ms converged"));
             }
         }
-        if convergence_ms.is_some() || now_ms >= deadline_ms || violations.len() > 20 {
+        let done = convergence_ms.is_some() && (!options.liveness || served_at_ms.get().is_some());
+        if done || now_ms >= deadline_ms || violations.len() > 20 {
             break;
         }
+        let floor = readiness::high_water(&log);
         if let Err(error) = sim.step() {
             violations.push(format!("simulation error at {now_ms} ms: {error}"));
             break;
@@ -478,12 +546,23 @@ fn simulate(options: &Options) -> Outcome {
                 now_ms,
                 inc.fronts_feed,
             ));
+            readiness.started(&inc.name, inc.node.clone(), floor);
+            clock.started(&inc.name, inc.clock_feed, now_ms);
             routing.started(&inc.name, inc.skew_ms, inc.node, inc.feed, now_ms);
         }
         routing.drain(now_ms, stepped_ms);
         for feed in &mut feeds {
             feed.drain(stepped_ms);
         }
+        clock.drain(stepped_ms);
+        readiness.step(
+            stepped_ms,
+            &log,
+            &quarantined,
+            &down,
+            &mut reported,
+            &mut violations,
+        );
     }
     stop.set(true);
     let simulated_ms = sim.elapsed().as_millis() as u64;
@@ -494,14 +573,14 @@ fn simulate(options: &Options) -> Outcome {
             digests(&nodes.borrow(), &log, &quarantined)
         ));
     }
+    let served_ms = served_at_ms.get().map(|at| at.saturating_sub(heal_ms));
+    if options.liveness {
+        liveness::judge(convergence_ms, served_ms, &mut violations);
+    }
     let reference = reference(&log, &quarantined);
     let acks = acks.borrow();
-    check_acknowledged(
-        &reference,
-        &collected(&log, &quarantined),
-        &acks,
-        &mut violations,
-    );
+    check_acknowledged(&reference, &acks, &mut violations);
+    let clock_judged = clock.check(&acks, &mut violations);
     check_no_phantoms(&reference, &services, &mut violations);
     routing.finish(simulated_ms);
     let (served, unkept) = served.take();
@@ -540,6 +619,7 @@ fn simulate(options: &Options) -> Outcome {
         faults,
         violations,
         convergence_ms,
+        served_ms,
         simulated_ms,
         acknowledged: acks.iter().filter(|a| a.status == 200).count(),
         delete_markers: log.snapshot().iter().filter(|r| r.delete).count(),
@@ -547,6 +627,9 @@ fn simulate(options: &Options) -> Outcome {
         hostile_records: hostile.len(),
         hostile_admissible: hostile.len() - quarantined.len(),
         fronts,
+        fetch_records_max,
+        clock_judged,
+        ready_judged: readiness.judged,
         trace_hash,
         trace,
     }
@@ -587,6 +670,8 @@ struct Incarnation {
     feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
     /// A second subscription, for the `registryChanges` check (`fronts::subscriptions`).
     fronts_feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
+    /// A second subscription, for the clock's promise.
+    clock_feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String>) {

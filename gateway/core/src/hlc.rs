@@ -107,7 +107,7 @@ impl Hlc {
         if wall_ms > self.physical_ms {
             self.physical_ms = wall_ms;
             self.logical = 0;
-        } else {
+        } else if !crate::planted::active(crate::planted::Bug::TickRepeats) {
             self.bump_logical();
         }
         self.stamp()
@@ -115,6 +115,9 @@ impl Hlc {
 
     /// Takes a remote stamp into account, so later local stamps are greater than it.
     pub fn observe(&mut self, remote: &Stamp, wall_ms: u64) {
+        if crate::planted::active(crate::planted::Bug::ObserveIgnored) {
+            return;
+        }
         let physical_ms = wall_ms.max(self.physical_ms).max(remote.physical_ms);
         let logical = match (
             physical_ms == self.physical_ms,

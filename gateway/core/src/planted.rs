@@ -37,10 +37,25 @@ pub enum Bug {
     /// A `registryChanges` subscription silently skips renewals, as if a renewal changed
     /// nothing a subscriber needs to know: a gap with no `subscription_lagged` error.
     SubscriptionGap,
+    /// The hybrid logical clock ignores the stamps it observes: a change made after one read
+    /// from the bus may carry a smaller stamp.
+    ObserveIgnored,
+    /// The hybrid logical clock issues the same stamp again within one millisecond instead of
+    /// counting up.
+    TickRepeats,
+    /// Registry merge lets a removal replace a live entry whatever their stamps (a bug in the
+    /// merge every gateway shares).
+    RemovalAlwaysWins,
+    /// A gateway takes the high-water mark it saw at start minus one as its catch-up target,
+    /// so it reports ready one record early (and its status agrees with itself).
+    TargetShort,
+    /// Replication sets its position from the last record fetched even when a redelivered
+    /// record is earlier than the position (the bug fixed for issue 19), so it moves back.
+    PositionBack,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 16] = [
         Bug::IncomingWins,
         Bug::SkipOwnEvents,
         Bug::ReadyBeforeCatchUp,
@@ -52,6 +67,11 @@ impl Bug {
         Bug::CallOkOnError,
         Bug::AuditDropUncounted,
         Bug::SubscriptionGap,
+        Bug::ObserveIgnored,
+        Bug::TickRepeats,
+        Bug::RemovalAlwaysWins,
+        Bug::TargetShort,
+        Bug::PositionBack,
     ];
 }
 

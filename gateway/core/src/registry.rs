@@ -171,7 +171,11 @@ impl Registry {
                 Applied::Inserted
             }
             btree_map::Entry::Occupied(mut slot)
-                if entry > slot.get().entry || planted::active(Bug::IncomingWins) =>
+                if entry > slot.get().entry
+                    || planted::active(Bug::IncomingWins)
+                    || (planted::active(Bug::RemovalAlwaysWins)
+                        && matches!(entry.state, EntryState::Removed(_))
+                        && matches!(slot.get().entry.state, EntryState::Alive { .. })) =>
             {
                 let hash = entry_hash(slot.key(), &entry);
                 let held = slot.get_mut();

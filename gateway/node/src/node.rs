@@ -473,6 +473,12 @@ impl Node {
         self.status.node()
     }
 
+    /// What `/readyz` answers now (ready, bus position, catch-up target), without touching
+    /// the registry: cheap enough for a harness to read after every step.
+    pub fn readiness(&self) -> crate::status::Readiness {
+        self.status.readiness()
+    }
+
     /// The node's counters and histograms.
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         self.telemetry.metrics()

@@ -193,6 +193,7 @@ impl Replication {
                 result = self.bus.high_water_mark() => result,
             };
             match result {
+                Ok(hwm) if planted::active(Bug::TargetShort) => break hwm.saturating_sub(1),
                 Ok(hwm) => break hwm,
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -221,10 +222,20 @@ impl Replication {
                 Ok(records) => {
                     backoff.reset();
                     self.apply_records(&records);
-                    if let Some(last) = records.last() {
-                        position = last.offset + 1;
+                    if planted::active(Bug::PositionBack) {
+                        if let Some(last) = records.last() {
+                            position = last.offset.saturating_add(1);
+                        }
+                        self.position.store(position, Ordering::Release);
+                    } else {
+                        // Only forward: a redelivered record (a fetch that starts before the
+                        // offset asked for) must not move the position back, or the node
+                        // would report, and read from, an offset it had already passed.
+                        if let Some(furthest) = records.iter().map(|record| record.offset).max() {
+                            position = position.max(furthest.saturating_add(1));
+                        }
+                        self.position.fetch_max(position, Ordering::AcqRel);
                     }
-                    self.position.store(position, Ordering::Release);
                     if !caught_up && position >= target {
                         caught_up = true;
                         self.mark_caught_up();

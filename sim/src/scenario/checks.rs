@@ -3,83 +3,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use std::cmp::Ordering;
 use switchyard::Node;
 use switchyard::bus::MemoryBus;
-use switchyard_core::event::Event;
-use switchyard_core::planted::{self, Bug};
+
+use switchyard_core::Stamp;
 use switchyard_core::registry::Entry;
-use switchyard_core::{InstanceKey, Registry};
 
 use super::SAMPLE;
+use super::reference::{Reference, describe};
 use super::workload::{Ack, GHOST, GHOST_IDS};
 use crate::hostile::Hostile;
 
-/// The registry folded from everything on the log but the records the run wrote there as
-/// hostile ones that a gateway must quarantine (`quarantined`, by offset), with the correct
-/// merge (a planted bug is lifted while the reference is computed): events applied, delete
-/// markers removing what they cover. The reference does not ask the gateways' own
-/// admissibility check: it knows which records were hostile because it wrote them, so a
-/// gateway that admits one, or quarantines an honest one, diverges from it.
-pub(super) fn reference(log: &MemoryBus, quarantined: &BTreeSet<u64>) -> Registry {
-    fold(log, quarantined).0
-}
-
-/// For each key, the newest entry a delete marker on the log removed.
-pub(super) fn collected(
-    log: &MemoryBus,
-    quarantined: &BTreeSet<u64>,
-) -> BTreeMap<InstanceKey, Entry> {
-    fold(log, quarantined).1
-}
-
-fn fold(log: &MemoryBus, quarantined: &BTreeSet<u64>) -> (Registry, BTreeMap<InstanceKey, Entry>) {
-    let planted_bug = Bug::ALL.into_iter().find(|b| planted::active(*b));
-    planted::plant(None);
-    let mut registry = Registry::new();
-    let mut collected: BTreeMap<InstanceKey, Entry> = BTreeMap::new();
-    for record in log.snapshot() {
-        if quarantined.contains(&record.offset) {
-            continue;
-        }
-        let Ok(event) = Event::decode(&record.payload) else {
-            continue;
-        };
-        if record.delete {
-            let covered = event.entry();
-            registry.remove_covered(&event.key, &covered);
-            let newest = collected
-                .entry(event.key)
-                .or_insert_with(|| covered.clone());
-            if covered > *newest {
-                *newest = covered;
-            }
-        } else {
-            registry.apply_event(&event);
-        }
-    }
-    planted::plant(planted_bug);
-    (registry, collected)
-}
-
-/// A gateway that reports ready must have read the bus up to the target it saw at start.
-pub(super) fn check_ready_implies_caught_up(
-    nodes: &BTreeMap<String, Arc<Node>>,
-    down: &BTreeSet<String>,
-    now_ms: u64,
-    violations: &mut Vec<String>,
-) {
-    for (name, node) in nodes {
-        if down.contains(name) {
-            continue;
-        }
-        let s = node.status();
-        if s.ready && s.bus_position < s.catch_up_target {
-            violations.push(format!(
-                "{name} reported ready at {now_ms} ms at bus position {} before its catch-up target {}",
-                s.bus_position, s.catch_up_target
-            ));
-        }
-    }
+/// The reference: everything on the log but the records the run wrote there as hostile ones
+/// that a gateway must quarantine (`quarantined`, by offset), folded with the simulation's own
+/// merge (`reference.rs`), not the gateways' registry code: events applied, delete markers
+/// removing what they cover. It does not ask the gateways' own admissibility check either: it
+/// knows which records were hostile because it wrote them, so a gateway that admits one, or
+/// quarantines an honest one, diverges from it.
+pub(super) fn reference(log: &MemoryBus, quarantined: &BTreeSet<u64>) -> Reference {
+    super::reference::fold(&log.snapshot(), quarantined)
 }
 
 pub(super) fn converged(
@@ -88,35 +31,45 @@ pub(super) fn converged(
     quarantined: &BTreeSet<u64>,
     gateways: &[String],
 ) -> bool {
-    let want = reference(log, quarantined).digest();
+    let want = reference(log, quarantined);
     gateways.iter().all(|g| {
         nodes.get(g).is_some_and(|n| {
             let s = n.status();
-            s.ready && s.outbox_pending == 0 && n.registry().digest() == want
+            s.ready && s.outbox_pending == 0 && want.differs(&n.registry()).is_none()
         })
     })
 }
 
+/// The reference's digest and each gateway's, then the first difference of each gateway from
+/// the reference entry by entry.
 pub(super) fn digests(
     nodes: &BTreeMap<String, Arc<Node>>,
     log: &MemoryBus,
     quarantined: &BTreeSet<u64>,
 ) -> String {
-    let mut out = format!("reference={}", reference(log, quarantined).digest_hex());
+    let reference = reference(log, quarantined);
+    let mut out = format!("reference={}", reference.as_registry().digest_hex());
     for (name, node) in nodes {
         out.push_str(&format!(" {name}={}", node.registry().digest_hex()));
+    }
+    for (name, node) in nodes {
+        if let Some(difference) = reference.differs(&node.registry()) {
+            out.push_str(&format!(
+                "; {name} differs from the independent reference: {difference}"
+            ));
+        }
     }
     out
 }
 
-/// No acknowledged change is lost: for every change answered 200 (on the bus), the
-/// reference holds an entry for that instance at least as new, or a delete marker removed one
-/// at least as new (the change ran its course and was collected). A registration can be
-/// covered only by a later change, and a deregistration cannot be undone by an older
-/// registration.
+/// No acknowledged change is lost, strictly: for every change answered 200 (on the bus), the
+/// reference holds that very change (its stamp and the state it asked for) or an entry with a
+/// strictly greater stamp, or a delete marker removed such an entry (the change ran its course
+/// and was collected). An entry with the change's own stamp but another state is a change that
+/// lost to an equal stamp, and is reported: a change is only ever covered by a later one, and a
+/// deregistered instance cannot come back from an older event.
 pub(super) fn check_acknowledged(
-    reference: &Registry,
-    collected: &BTreeMap<InstanceKey, Entry>,
+    reference: &Reference,
     acks: &[Ack],
     violations: &mut Vec<String>,
 ) {
@@ -128,31 +81,55 @@ pub(super) fn check_acknowledged(
             ));
             continue;
         };
-        if collected.get(&ack.key).is_some_and(|e| e.stamp >= *stamp) {
+        let holds = |entry: &Entry| match stamp_cmp(&entry.stamp, stamp) {
+            Ordering::Greater => true,
+            Ordering::Equal => ack.op.matches(&entry.state),
+            Ordering::Less => false,
+        };
+        if reference.collected.get(&ack.key).is_some_and(holds) {
             continue;
         }
-        match reference.get(&ack.key) {
-            Some(entry) if entry.stamp >= *stamp => {}
+        match reference.entries.get(&ack.key) {
+            Some(entry) if holds(entry) => {}
             Some(entry) => violations.push(format!(
-                "acknowledged change of {}/{} at {stamp:?} lost: the log ends at {:?}",
-                ack.key.service, ack.key.instance_id, entry.stamp
+                "acknowledged {} of {}/{} at {}.{}@{} (via {} at {} ms) lost: the log ends with it {}",
+                ack.op.name(),
+                ack.key.service,
+                ack.key.instance_id,
+                stamp.physical_ms,
+                stamp.logical,
+                stamp.node_id,
+                ack.gateway,
+                ack.sent_ms,
+                describe(entry)
             )),
             None => violations.push(format!(
-                "acknowledged change of {}/{} at {stamp:?} is not on the log",
-                ack.key.service, ack.key.instance_id
+                "acknowledged {} of {}/{} at {stamp:?} is not on the log",
+                ack.op.name(),
+                ack.key.service,
+                ack.key.instance_id
             )),
         }
     }
 }
 
+/// Stamps compared field by field, apart from the core's derived order.
+fn stamp_cmp(a: &Stamp, b: &Stamp) -> Ordering {
+    (a.physical_ms, a.logical, a.node_id.as_str()).cmp(&(
+        b.physical_ms,
+        b.logical,
+        b.node_id.as_str(),
+    ))
+}
+
 /// Nothing appears that no one registered.
 pub(super) fn check_no_phantoms(
-    reference: &Registry,
+    reference: &Reference,
     services: &[String],
     violations: &mut Vec<String>,
 ) {
     let ghosts: BTreeSet<String> = (0..GHOST_IDS).map(|i| format!("g-{i}")).collect();
-    for (key, _) in reference.entries() {
+    for key in reference.entries.keys() {
         let known = (key.service == GHOST && ghosts.contains(&key.instance_id))
             || (key.service == SAMPLE && services.contains(&key.instance_id));
         if !known {
@@ -194,7 +171,7 @@ impl Live<'_> {
 pub(super) struct Reported(BTreeSet<(&'static str, String)>);
 
 impl Reported {
-    fn once(
+    pub(super) fn once(
         &mut self,
         check: &'static str,
         gateway: &str,

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use switchyard_core::registry::EntryState;
 use switchyard_core::{InstanceKey, Stamp};
 
 use super::fronts::calls;
 use super::fronts::register::{self, Change, Front};
 use super::fronts::{CallFront, FRONT_DRAWS, SharedLog};
 use super::{LEASE_MAX_MS, SAMPLE};
-use crate::{CONTROL_PORT, http_send_as, intruder_credentials};
+use crate::{CONTROL_PORT, http_send, http_send_as, intruder_credentials};
 
 /// The service the client registers and deregisters (addresses where nothing listens; the
 /// client never sends requests to it).
@@ -26,8 +27,56 @@ pub const GHOST_LEASE_MS: u64 = LEASE_MAX_MS;
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub key: InstanceKey,
+    pub op: Op,
     pub status: u16,
     pub stamp: Option<Stamp>,
+    /// The gateway it went through, and the simulated time it was sent at.
+    pub gateway: String,
+    pub sent_ms: u64,
+}
+
+/// The change a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Register,
+    Deregister,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Register => "registration",
+            Op::Deregister => "deregistration",
+        }
+    }
+
+    /// Whether `state` is what this change produces.
+    pub fn matches(self, state: &EntryState) -> bool {
+        matches!(
+            (self, state),
+            (Op::Register, EntryState::Alive { .. }) | (Op::Deregister, EntryState::Removed(_))
+        )
+    }
+}
+
+/// Simulated time now, in ms, as a host sees it.
+pub fn sim_now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Registers (`Op::Register`, with the ghosts' lease and address) or deregisters one instance
+/// of `service` through `gw`, and records the answer; returns the trace line.
+pub async fn change(acks: &RefCell<Vec<Ack>>, gw: &str, op: Op, service: &str, id: &str) -> String {
+    let path = format!("/v1/services/{service}/instances/{id}");
+    let sent_ms = sim_now_ms();
+    let reply = match op {
+        Op::Register => {
+            let body = format!(r#"{{"addr":"nowhere:1","lease_ms":{GHOST_LEASE_MS}}}"#);
+            http_send(gw, CONTROL_PORT, "PUT", &path, body.into_bytes()).await
+        }
+        Op::Deregister => http_send(gw, CONTROL_PORT, "DELETE", &path, Vec::new()).await,
+    };
+    record_ack(acks, service, id, op, gw, sent_ms, reply)
 }
 
 pub struct Client {
@@ -41,13 +90,30 @@ pub struct Client {
     pub fault_ms: u64,
     /// Where the calls' answers are kept for the fronts' checks.
     pub fronts: SharedLog,
+    /// Sends bursts of changes to one key at once ([`super::corners::bursts`]).
+    pub bursts: bool,
+    /// The sample instances, whose deregistrations the bursts race with their renewals.
+    pub services: Vec<String>,
+    /// The liveness prober, in liveness mode.
+    pub probe: Option<super::liveness::Probe>,
 }
 
 /// The client's two workloads at once: [`changes_and_calls`], and an [`intruder`] with its own
 /// generator (so the other's draws are not disturbed).
-pub async fn client(c: Client) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
-    let (result, ()) = tokio::join!(changes_and_calls(c), intruding);
+    let bursting = super::corners::bursts(super::corners::Bursts {
+        on: c.bursts,
+        acks: c.acks.clone(),
+        trace: c.trace.clone(),
+        gateways: c.gateways.clone(),
+        late: c.late.clone(),
+        services: c.services.clone(),
+        seed: c.seed,
+        fault_ms: c.fault_ms,
+    });
+    let probing = super::liveness::probe(c.probe.take());
+    let (result, (), (), ()) = tokio::join!(changes_and_calls(c), intruding, bursting, probing);
     result
 }
 
@@ -99,6 +165,7 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         seed,
         fault_ms,
         fronts,
+        ..
     } = c;
     let mut crng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let mut frng = SmallRng::seed_from_u64(seed ^ FRONT_DRAWS);
@@ -115,18 +182,22 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         let id = format!("g-{}", crng.random_range(0..GHOST_IDS));
         let roll = crng.random_range(0..100);
         let line = if roll < 60 {
-            let change = if roll < 40 {
-                Change::Register {
+            let op = if roll < 40 {
+                Op::Register
+            } else {
+                Op::Deregister
+            };
+            let change = match op {
+                Op::Register => Change::Register {
                     service: GHOST,
                     id: &id,
                     addr: "nowhere:1",
                     lease_ms: GHOST_LEASE_MS,
-                }
-            } else {
-                Change::Deregister {
+                },
+                Op::Deregister => Change::Deregister {
                     service: GHOST,
                     id: &id,
-                }
+                },
             };
             let front = Front::draw(&mut frng);
             *fronts
@@ -134,8 +205,10 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
                 .changes_by_front
                 .entry(front.name())
                 .or_default() += 1;
+            let sent_ms = sim_now_ms();
             let reply = register::send(front, &gw, change).await;
-            format!("{} {}", front.name(), record_ack(&acks, GHOST, &id, reply))
+            let line = record_ack(&acks, GHOST, &id, op, &gw, sent_ms, reply);
+            format!("{} {line}", front.name())
         } else {
             let front = if frng.random_bool(0.5) {
                 CallFront::Rest
@@ -168,6 +241,9 @@ fn record_ack(
     acks: &RefCell<Vec<Ack>>,
     service: &str,
     id: &str,
+    op: Op,
+    gateway: &str,
+    sent_ms: u64,
     reply: std::io::Result<(u16, bytes::Bytes)>,
 ) -> String {
     match reply {
@@ -176,8 +252,11 @@ fn record_ack(
             let stamp = stamp_of(&json);
             acks.borrow_mut().push(Ack {
                 key: InstanceKey::new(service, id),
+                op,
                 status,
                 stamp: stamp.clone(),
+                gateway: gateway.to_owned(),
+                sent_ms,
             });
             format!("{service}/{id}: {status} {stamp:?}")
         }

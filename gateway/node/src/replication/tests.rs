@@ -232,3 +232,147 @@ async fn catch_up_fetches_more_records_at_once_within_its_bound() {
         ]
     );
 }
+
+/// A bus that hands out one record per fetch and, every other fetch, starts two records
+/// before the offset asked for (a redelivery, as Kafka may after a rebalance or a retry). It
+/// keeps every offset it was asked to read from.
+struct Redelivering {
+    inner: MemoryBus,
+    fetches: std::sync::Mutex<Vec<u64>>,
+}
+
+impl crate::bus::Bus for Redelivering {
+    fn publish(
+        &self,
+        key: String,
+        payload: bytes::Bytes,
+    ) -> crate::sync::BoxFuture<'_, Result<u64, crate::bus::BusError>> {
+        self.inner.publish(key, payload)
+    }
+
+    fn delete(
+        &self,
+        key: String,
+        deletes: bytes::Bytes,
+    ) -> crate::sync::BoxFuture<'_, Result<u64, crate::bus::BusError>> {
+        self.inner.delete(key, deletes)
+    }
+
+    fn high_water_mark(&self) -> crate::sync::BoxFuture<'_, Result<u64, crate::bus::BusError>> {
+        self.inner.high_water_mark()
+    }
+
+    fn fetch(
+        &self,
+        from: u64,
+        _max: usize,
+        wait: Duration,
+    ) -> crate::sync::BoxFuture<'_, Result<Vec<crate::bus::Record>, crate::bus::BusError>> {
+        let start = {
+            let mut fetches = crate::sync::lock(&self.fetches);
+            fetches.push(from);
+            if fetches.len().is_multiple_of(2) {
+                from.saturating_sub(2)
+            } else {
+                from
+            }
+        };
+        Box::pin(async move {
+            // As a network bus does, let other tasks run between fetches: a reader that never
+            // gets past the redelivered records would otherwise hold the test's thread.
+            tokio::task::yield_now().await;
+            self.inner.fetch(start, 1, wait).await
+        })
+    }
+}
+
+/// Replication over a bus of [`Redelivering`] 8 records, until its position reaches the end
+/// or 100 rounds pass: the positions it reported after each round, and the offsets it asked
+/// to read from.
+async fn read_with_redeliveries() -> (Vec<u64>, Vec<u64>, Arc<Replication>) {
+    use crate::bus::Bus as _;
+    use crate::seams::Clock as _;
+    use switchyard_core::event::{Event, EventKind};
+    use switchyard_core::{InstanceKey, Stamp};
+
+    let inner = MemoryBus::new();
+    let now_ms = SystemClock.now_ms();
+    for i in 0..RECORDS {
+        let event = Event {
+            kind: EventKind::Register,
+            key: InstanceKey::new("s", format!("i-{i}")),
+            addr: "http://h:1".into(),
+            metadata: Default::default(),
+            lease_ms: 1_000,
+            stamp: Stamp::new(now_ms, 0, "gw-other"),
+            origin_node: "gw-other".into(),
+        };
+        inner
+            .publish(event.bus_key(), bytes::Bytes::from(event.encode()))
+            .await
+            .unwrap();
+    }
+    let bus = Arc::new(Redelivering {
+        inner,
+        fetches: Default::default(),
+    });
+    let store = Arc::new(Store::new("gw-test".into(), Arc::new(SystemClock)));
+    let config = Config::default();
+    let telemetry = Arc::new(Telemetry::new(&config, "gw-test"));
+    let replication = Arc::new(Replication::new(
+        &config.registry,
+        store,
+        bus.clone(),
+        telemetry,
+    ));
+    let stop = CancellationToken::new();
+    let task = {
+        let (replication, stop) = (replication.clone(), stop.clone());
+        tokio::spawn(async move { replication.run(stop).await })
+    };
+    // Bounded: every fetch answers at once while records remain, so 100 rounds are plenty.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.push(replication.position());
+        if replication.position() >= RECORDS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let fetches = crate::sync::lock(&bus.fetches).clone();
+    (seen, fetches, replication)
+}
+
+const RECORDS: u64 = 8;
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_record_never_moves_the_position_back() {
+    let (seen, fetches, replication) = read_with_redeliveries().await;
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "the reported position went back: {seen:?}"
+    );
+    assert!(
+        fetches.windows(2).all(|w| w[0] <= w[1]),
+        "replication asked for an offset below one it had passed: {fetches:?}"
+    );
+    assert_eq!(replication.position(), RECORDS, "fetches: {fetches:?}");
+    assert!(replication.caught_up());
+}
+
+/// The test above fails without the fix: with the old assignment planted, the position goes
+/// back (and replication never gets past the redelivered records).
+#[cfg(feature = "planted-bugs")]
+#[tokio::test(start_paused = true)]
+async fn without_the_fix_the_position_goes_back() {
+    use switchyard_core::planted::{self, Bug};
+    planted::plant(Some(Bug::PositionBack));
+    let (seen, fetches, _) = read_with_redeliveries().await;
+    planted::plant(None);
+    assert!(
+        seen.windows(2).any(|w| w[0] > w[1]) || fetches.windows(2).any(|w| w[0] > w[1]),
+        "the planted bug should move the position back: {seen:?} {fetches:?}"
+    );
+}

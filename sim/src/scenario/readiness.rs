@@ -1,0 +1,151 @@
+//! Readiness and the replication position, read after every simulation step (the only moments
+//! they can change), from what `/readyz` answers (`Node::readiness`).
+//!
+//! * **Ready means caught up**, at every step: a gateway that answers ready has read the log up
+//!   to the catch-up target it reports.
+//! * **Ready is judged against the log as it stood** at the step in which `/readyz` first
+//!   answers 200 for a gateway incarnation. Its position must have reached the log's high-water
+//!   mark as it was before the step in which the incarnation started (the node reads the mark
+//!   after it starts, so its own target is at least that), and its registry must hold, for
+//!   every key the log below that mark folds to (with the simulation's own merge), that entry
+//!   or a newer one; or hold nothing for the key while a delete marker on the log covers it.
+//!   A gateway whose own target is short agrees with itself and passes the first check alone.
+//! * **The position never moves back**: the offset a gateway incarnation reports as its next
+//!   read never decreases (a redelivered record must not set it to an earlier offset).
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use switchyard::Node;
+use switchyard::bus::MemoryBus;
+
+use super::checks::Reported;
+use super::reference::{describe, fold, newer};
+
+struct Watched {
+    name: String,
+    node: Arc<Node>,
+    /// The log's high-water mark before the step in which this incarnation started.
+    floor: u64,
+    ready_seen: bool,
+    last_position: u64,
+}
+
+/// The live gateway incarnations, newest per name.
+#[derive(Default)]
+pub(super) struct Readiness {
+    watched: Vec<Watched>,
+    /// Incarnations judged at their first ready answer.
+    pub judged: usize,
+}
+
+/// The log's high-water mark now (the in-memory log answers at once).
+pub(super) fn high_water(log: &MemoryBus) -> u64 {
+    use switchyard::bus::Bus as _;
+    let mut future = std::pin::pin!(log.high_water_mark());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(hwm)) => hwm,
+        _ => log.snapshot().last().map_or(0, |r| r.offset + 1),
+    }
+}
+
+impl Readiness {
+    /// A gateway incarnation started during the step that began with the log at `floor`.
+    pub fn started(&mut self, name: &str, node: Arc<Node>, floor: u64) {
+        self.watched.retain(|w| w.name != name);
+        self.watched.push(Watched {
+            name: name.to_owned(),
+            node,
+            floor,
+            ready_seen: false,
+            last_position: 0,
+        });
+    }
+
+    /// Reads every incarnation that is up after a step ending at `now_ms`.
+    pub fn step(
+        &mut self,
+        now_ms: u64,
+        log: &MemoryBus,
+        quarantined: &BTreeSet<u64>,
+        down: &BTreeSet<String>,
+        reported: &mut Reported,
+        violations: &mut Vec<String>,
+    ) {
+        for w in &mut self.watched {
+            if down.contains(&w.name) {
+                continue;
+            }
+            let r = w.node.readiness();
+            let name = w.name.as_str();
+            if r.bus_position < w.last_position {
+                let last = w.last_position;
+                reported.once("position", name, violations, || {
+                    format!(
+                        "{name}'s replication position went back from {last} to {} at {now_ms} ms",
+                        r.bus_position
+                    )
+                });
+            }
+            w.last_position = r.bus_position;
+            if r.ready && r.bus_position < r.catch_up_target {
+                violations.push(format!(
+                    "{name} reported ready at {now_ms} ms at bus position {} before its catch-up target {}",
+                    r.bus_position, r.catch_up_target
+                ));
+            }
+            if r.ready && !w.ready_seen {
+                w.ready_seen = true;
+                self.judged += 1;
+                if let Some(why) = judge_first_ready(w, r.bus_position, log, quarantined) {
+                    violations.push(format!("{name} first answered ready at {now_ms} ms {why}"));
+                }
+            }
+        }
+    }
+}
+
+/// What is wrong with an incarnation's registry at its first ready answer, if anything.
+fn judge_first_ready(
+    w: &Watched,
+    position: u64,
+    log: &MemoryBus,
+    quarantined: &BTreeSet<u64>,
+) -> Option<String> {
+    if position < w.floor {
+        return Some(format!(
+            "at bus position {position}, below the log's high-water mark {} when it started",
+            w.floor
+        ));
+    }
+    let records = log.snapshot();
+    let below: Vec<_> = records
+        .iter()
+        .filter(|r| r.offset < w.floor)
+        .cloned()
+        .collect();
+    let want = fold(&below, quarantined);
+    let collected = fold(&records, quarantined).collected;
+    let registry = w.node.registry();
+    for (key, entry) in &want.entries {
+        let covered = match registry.get(key) {
+            Some(held) => newer(held, entry) != Ordering::Less,
+            None => collected
+                .get(key)
+                .is_some_and(|c| newer(c, entry) != Ordering::Less),
+        };
+        if !covered {
+            return Some(format!(
+                "without {}/{} {}, which the log held below the mark {} it started at (it holds {})",
+                key.service,
+                key.instance_id,
+                describe(entry),
+                w.floor,
+                registry.get(key).map_or("nothing".to_owned(), describe)
+            ));
+        }
+    }
+    None
+}

@@ -1,0 +1,199 @@
+//! The reference registry, folded from the log with a merge written here, apart from the
+//! gateways' registry code (`switchyard_core::registry`). A bug in the shared merge (the
+//! order it keeps, how a delete marker covers an entry) then makes the gateways differ from
+//! the reference instead of agreeing with a reference that has the same bug.
+//!
+//! Only the codec is shared (`Event::decode`, and `Event::entry`, which maps an event's kind to
+//! the state it produces): the reference must read what the gateways read.
+//!
+//! The order, stated here on its own: an entry is newer than another if its stamp is
+//! (physical ms, then logical counter, then node id); at equal stamps (which honest nodes never
+//! issue twice) a removal beats a live entry, an eviction beats a deregistration, and two live
+//! entries compare by address, metadata and lease. A delete marker removes the entry held for
+//! its key if that entry is the one the marker carries or older.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+use switchyard::bus::Record;
+use switchyard_core::event::Event;
+use switchyard_core::registry::{Entry, EntryState, Removal};
+use switchyard_core::{InstanceKey, Registry, Stamp};
+
+/// What the log holds once folded: the entry of each key, and for each key the newest entry
+/// a delete marker removed.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Reference {
+    pub entries: BTreeMap<InstanceKey, Entry>,
+    pub collected: BTreeMap<InstanceKey, Entry>,
+}
+
+fn stamp_order(a: &Stamp, b: &Stamp) -> Ordering {
+    (a.physical_ms, a.logical, a.node_id.as_str()).cmp(&(
+        b.physical_ms,
+        b.logical,
+        b.node_id.as_str(),
+    ))
+}
+
+fn state_rank(state: &EntryState) -> u8 {
+    match state {
+        EntryState::Alive { .. } => 0,
+        EntryState::Removed(Removal::Deregistered) => 1,
+        EntryState::Removed(Removal::Evicted) => 2,
+    }
+}
+
+/// Which of two entries for one key the registry must keep (see the module's order).
+pub(super) fn newer(a: &Entry, b: &Entry) -> Ordering {
+    stamp_order(&a.stamp, &b.stamp)
+        .then_with(|| state_rank(&a.state).cmp(&state_rank(&b.state)))
+        .then_with(|| match (&a.state, &b.state) {
+            (
+                EntryState::Alive {
+                    addr: aa,
+                    metadata: am,
+                    lease_ms: al,
+                },
+                EntryState::Alive {
+                    addr: ba,
+                    metadata: bm,
+                    lease_ms: bl,
+                },
+            ) => (aa, am, al).cmp(&(ba, bm, bl)),
+            _ => Ordering::Equal,
+        })
+}
+
+/// Folds `records` (the log, in offset order) leaving out the offsets in `quarantined`.
+pub(super) fn fold(records: &[Record], quarantined: &BTreeSet<u64>) -> Reference {
+    let mut out = Reference::default();
+    for record in records {
+        if quarantined.contains(&record.offset) {
+            continue;
+        }
+        let Ok(event) = Event::decode(&record.payload) else {
+            continue;
+        };
+        let entry = event.entry();
+        if record.delete {
+            if out
+                .entries
+                .get(&event.key)
+                .is_some_and(|held| newer(held, &entry) != Ordering::Greater)
+            {
+                out.entries.remove(&event.key);
+            }
+            let newest = out
+                .collected
+                .entry(event.key)
+                .or_insert_with(|| entry.clone());
+            if newer(&entry, newest) == Ordering::Greater {
+                *newest = entry;
+            }
+        } else {
+            match out.entries.get_mut(&event.key) {
+                Some(held) if newer(&entry, held) != Ordering::Greater => {}
+                Some(held) => *held = entry,
+                None => {
+                    out.entries.insert(event.key, entry);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Reference {
+    /// The reference as a gateway registry, for its digest in the trace only (each key is
+    /// inserted once, so no merge decides anything).
+    pub fn as_registry(&self) -> Registry {
+        let mut registry = Registry::new();
+        for (key, entry) in &self.entries {
+            registry.apply(key.clone(), entry.clone());
+        }
+        registry
+    }
+
+    /// The first difference between `registry` and the reference, or `None` if they hold the
+    /// same entries.
+    pub fn differs(&self, registry: &Registry) -> Option<String> {
+        for (key, entry) in registry.entries() {
+            match self.entries.get(key) {
+                Some(want) if want == entry => {}
+                Some(want) => {
+                    return Some(format!(
+                        "{}/{} is {} there and {} in the reference",
+                        key.service,
+                        key.instance_id,
+                        describe(entry),
+                        describe(want)
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "{}/{} is {} there and absent from the reference",
+                        key.service,
+                        key.instance_id,
+                        describe(entry)
+                    ));
+                }
+            }
+        }
+        self.entries
+            .iter()
+            .find(|(key, _)| registry.get(key).is_none())
+            .map(|(key, want)| {
+                format!(
+                    "{}/{} is absent there and {} in the reference",
+                    key.service,
+                    key.instance_id,
+                    describe(want)
+                )
+            })
+    }
+}
+
+/// An entry in a sentence: `live at 1800000001234.0@gw-1`.
+pub(super) fn describe(entry: &Entry) -> String {
+    let state = match &entry.state {
+        EntryState::Alive { .. } => "live",
+        EntryState::Removed(Removal::Deregistered) => "deregistered",
+        EntryState::Removed(Removal::Evicted) => "evicted",
+    };
+    format!(
+        "{state} at {}.{}@{}",
+        entry.stamp.physical_ms, entry.stamp.logical, entry.stamp.node_id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(ms: u64, node: &str) -> Entry {
+        Entry {
+            stamp: Stamp::new(ms, 0, node),
+            state: EntryState::Alive {
+                addr: "a".into(),
+                metadata: BTreeMap::new(),
+                lease_ms: 1,
+            },
+        }
+    }
+
+    fn removed(ms: u64, node: &str) -> Entry {
+        Entry {
+            stamp: Stamp::new(ms, 0, node),
+            state: EntryState::Removed(Removal::Deregistered),
+        }
+    }
+
+    #[test]
+    fn the_order_is_stamp_then_removal() {
+        assert_eq!(newer(&alive(2, "a"), &removed(1, "z")), Ordering::Greater);
+        assert_eq!(newer(&alive(1, "b"), &alive(1, "a")), Ordering::Greater);
+        assert_eq!(newer(&removed(1, "a"), &alive(1, "a")), Ordering::Greater);
+        assert_eq!(newer(&alive(1, "a"), &alive(1, "a")), Ordering::Equal);
+    }
+}
