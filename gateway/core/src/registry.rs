@@ -333,7 +333,7 @@ impl Registry {
     }
 
     /// A 128-bit digest of the entries: the sum modulo 2^128 of each entry's
-    /// [`entry_hash`]. Two registries with the same entries have the same digest, whatever the
+    /// `entry_hash`. Two registries with the same entries have the same digest, whatever the
     /// order they were applied in. Kept up to date by every change, so reading it is free
     /// (docs/decisions/0023).
     pub fn digest(&self) -> u128 {

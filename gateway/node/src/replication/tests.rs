@@ -359,6 +359,11 @@ async fn a_redelivered_record_never_moves_the_position_back() {
         "replication asked for an offset below one it had passed: {fetches:?}"
     );
     assert_eq!(replication.position(), RECORDS, "fetches: {fetches:?}");
+    assert_eq!(
+        replication.events_applied(),
+        RECORDS,
+        "a redelivered record below the position was applied again (fetches: {fetches:?})"
+    );
     assert!(replication.caught_up());
 }
 

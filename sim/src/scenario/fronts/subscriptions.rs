@@ -165,6 +165,9 @@ async fn session(gateway: &str, index: usize, watched: &SharedWatched) -> End {
         Ok(Err(e)) => return fail("upgrade", &e),
         Err(e) => return fail("upgrade", &e),
     };
+    // The session belongs to the incarnation that accepted it: a connection begun while the
+    // gateway was down completes only once it has restarted, so the time is taken here.
+    watched.borrow_mut().sessions[index].opened_ms = elapsed_ms();
     let token = credential("sim-watcher", &["*"]);
     let init = serde_json::json!({
         "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") },
