@@ -61,7 +61,7 @@ fn every_front_is_exercised_and_no_front_checker_fires() {
 #[test]
 fn the_front_checkers_find_each_planted_bug() {
     for (bug, within, checker) in [
-        (Bug::FrontSkipsBus, 20, "acknowledged change"),
+        (Bug::FrontSkipsBus, 20, "acknowledged registration"),
         (Bug::CallOkOnError, 20, "no instance ever received"),
         (Bug::AuditDropUncounted, 20, "audit records lost silently"),
         (Bug::SubscriptionGap, 10, "silent gap"),
