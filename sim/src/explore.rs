@@ -218,6 +218,36 @@ pub fn explore_with(
     outcomes
 }
 
+/// The first seed below `within` at which a run with `template` (its `bug` planted) reports
+/// a violation containing `checker` (any violation when `checker` is empty), each seed in a
+/// fresh process of `exe` as `explore` runs them: how the suites prove that a planted bug is
+/// found, and by its own checker. The error says what the last seed reported.
+pub fn find_planted(
+    exe: &Path,
+    template: &Options,
+    within: u64,
+    checker: &str,
+) -> Result<Outcome, String> {
+    let mut last = Vec::new();
+    for seed in 0..within {
+        let outcome = run_in_child(
+            exe,
+            &Options {
+                seed,
+                ..template.clone()
+            },
+        );
+        if outcome.violations.iter().any(|v| v.contains(checker)) {
+            return Ok(outcome);
+        }
+        last = outcome.violations;
+    }
+    Err(format!(
+        "{:?} not found by {checker:?} within {within} seeds (the last seed reported {last:?})",
+        template.bug
+    ))
+}
+
 /// The command that replays one seed.
 pub fn replay_command(outcome: &Outcome, template: &Options) -> String {
     let options = Options {

@@ -160,14 +160,31 @@ fn a_delete_marker_is_applied_in_its_place_among_the_events() {
     assert_eq!(second.store.registry().len(), 2);
 }
 
-/// A bus that remembers how many records each fetch asked for.
-#[derive(Clone, Default)]
-struct Asking {
+/// A [`MemoryBus`] that keeps every fetch it was asked for (the offset and the number of
+/// records) and lets a test rewrite where each fetch starts and how much it reads.
+struct Watched {
     inner: MemoryBus,
-    asked: Arc<Mutex<Vec<usize>>>,
+    fetches: Mutex<Vec<(u64, usize)>>,
+    /// Given the fetch's number (from 1), the offset asked for and the records asked for:
+    /// the offset and records the inner bus is asked for.
+    rewrite: fn(usize, u64, usize) -> (u64, usize),
 }
 
-impl Bus for Asking {
+impl Watched {
+    fn new(inner: MemoryBus, rewrite: fn(usize, u64, usize) -> (u64, usize)) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fetches: Mutex::default(),
+            rewrite,
+        })
+    }
+
+    fn fetches(&self) -> Vec<(u64, usize)> {
+        crate::sync::lock(&self.fetches).clone()
+    }
+}
+
+impl Bus for Watched {
     fn publish(&self, key: String, payload: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
         self.inner.publish(key, payload)
     }
@@ -186,27 +203,37 @@ impl Bus for Asking {
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
-        self.asked.lock().unwrap().push(max);
-        self.inner.fetch(from, max, wait)
+        let (start, records) = {
+            let mut fetches = crate::sync::lock(&self.fetches);
+            fetches.push((from, max));
+            (self.rewrite)(fetches.len(), from, max)
+        };
+        Box::pin(async move {
+            // As a network bus does, let other tasks run between fetches: a reader that never
+            // gets past redelivered records would otherwise hold the test's thread.
+            tokio::task::yield_now().await;
+            self.inner.fetch(start, records, wait).await
+        })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn catch_up_fetches_more_records_at_once_within_its_bound() {
-    let bus = Asking::default();
+    let inner = MemoryBus::new();
     let now = SystemClock.now_ms();
     let n = CATCH_UP_FETCH_RECORDS_MAX + 1;
     for i in 0..n {
         let (_, record) = registration(0, &format!("i-{i}"), now - 1_000);
-        bus.publish(record.key, record.payload).await.unwrap();
+        inner.publish(record.key, record.payload).await.unwrap();
     }
+    let bus = Watched::new(inner, |_, from, max| (from, max));
     let store = Arc::new(Store::new("gw-test".into(), Arc::new(SystemClock)));
     let config = Config::default();
     let telemetry = Arc::new(Telemetry::new(&config, "gw-test"));
     let replication = Arc::new(Replication::new(
         &config.registry,
         store.clone(),
-        Arc::new(bus.clone()),
+        bus.clone(),
         telemetry,
     ));
     let stop = CancellationToken::new();
@@ -214,15 +241,20 @@ async fn catch_up_fetches_more_records_at_once_within_its_bound() {
         let (replication, stop) = (replication.clone(), stop.clone());
         tokio::spawn(async move { replication.run(stop).await })
     };
-    // Caught up after two fetches; the next one waits on the empty tail of the log.
-    while bus.asked.lock().unwrap().len() < 3 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Caught up after two fetches; the next one waits on the empty tail of the log. Bounded
+    // in (paused) time, so a replication that stops fetching fails here instead of hanging.
+    let third_fetch = tokio::time::timeout(Duration::from_secs(60), async {
+        while bus.fetches().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     stop.cancel();
     task.await.unwrap();
+    assert!(third_fetch.is_ok(), "fetches: {:?}", bus.fetches());
     assert!(replication.is_ready());
     assert_eq!(store.registry().len(), n);
-    let asked = bus.asked.lock().unwrap().clone();
+    let asked: Vec<usize> = bus.fetches().iter().map(|&(_, max)| max).collect();
     assert_eq!(
         asked[..3],
         [
@@ -233,68 +265,20 @@ async fn catch_up_fetches_more_records_at_once_within_its_bound() {
     );
 }
 
-/// A bus that hands out one record per fetch and, every other fetch, starts two records
-/// before the offset asked for (a redelivery, as Kafka may after a rebalance or a retry). It
-/// keeps every offset it was asked to read from.
-struct Redelivering {
-    inner: MemoryBus,
-    fetches: std::sync::Mutex<Vec<u64>>,
-}
-
-impl crate::bus::Bus for Redelivering {
-    fn publish(
-        &self,
-        key: String,
-        payload: bytes::Bytes,
-    ) -> crate::sync::BoxFuture<'_, Result<u64, crate::bus::BusError>> {
-        self.inner.publish(key, payload)
-    }
-
-    fn delete(
-        &self,
-        key: String,
-        deletes: bytes::Bytes,
-    ) -> crate::sync::BoxFuture<'_, Result<u64, crate::bus::BusError>> {
-        self.inner.delete(key, deletes)
-    }
-
-    fn high_water_mark(&self) -> crate::sync::BoxFuture<'_, Result<u64, crate::bus::BusError>> {
-        self.inner.high_water_mark()
-    }
-
-    fn fetch(
-        &self,
-        from: u64,
-        _max: usize,
-        wait: Duration,
-    ) -> crate::sync::BoxFuture<'_, Result<Vec<crate::bus::Record>, crate::bus::BusError>> {
-        let start = {
-            let mut fetches = crate::sync::lock(&self.fetches);
-            fetches.push(from);
-            if fetches.len().is_multiple_of(2) {
-                from.saturating_sub(2)
-            } else {
-                from
-            }
-        };
-        Box::pin(async move {
-            // As a network bus does, let other tasks run between fetches: a reader that never
-            // gets past the redelivered records would otherwise hold the test's thread.
-            tokio::task::yield_now().await;
-            self.inner.fetch(start, 1, wait).await
-        })
+/// Every other fetch starts two records before the offset asked for (a redelivery, as Kafka
+/// may after a rebalance or a retry), and every fetch hands out one record.
+fn redeliver(fetch: usize, from: u64, _max: usize) -> (u64, usize) {
+    if fetch.is_multiple_of(2) {
+        (from.saturating_sub(2), 1)
+    } else {
+        (from, 1)
     }
 }
 
-/// Replication over a bus of [`Redelivering`] 8 records, until its position reaches the end
+/// Replication over a bus of 8 records that [`redeliver`]s, until its position reaches the end
 /// or 100 rounds pass: the positions it reported after each round, and the offsets it asked
 /// to read from.
 async fn read_with_redeliveries() -> (Vec<u64>, Vec<u64>, Arc<Replication>) {
-    use crate::bus::Bus as _;
-    use crate::seams::Clock as _;
-    use switchyard_core::event::{Event, EventKind};
-    use switchyard_core::{InstanceKey, Stamp};
-
     let inner = MemoryBus::new();
     let now_ms = SystemClock.now_ms();
     for i in 0..RECORDS {
@@ -312,10 +296,7 @@ async fn read_with_redeliveries() -> (Vec<u64>, Vec<u64>, Arc<Replication>) {
             .await
             .unwrap();
     }
-    let bus = Arc::new(Redelivering {
-        inner,
-        fetches: Default::default(),
-    });
+    let bus = Watched::new(inner, redeliver);
     let store = Arc::new(Store::new("gw-test".into(), Arc::new(SystemClock)));
     let config = Config::default();
     let telemetry = Arc::new(Telemetry::new(&config, "gw-test"));
@@ -341,7 +322,7 @@ async fn read_with_redeliveries() -> (Vec<u64>, Vec<u64>, Arc<Replication>) {
     }
     stop.cancel();
     task.await.unwrap();
-    let fetches = crate::sync::lock(&bus.fetches).clone();
+    let fetches = bus.fetches().iter().map(|&(from, _)| from).collect();
     (seen, fetches, replication)
 }
 
