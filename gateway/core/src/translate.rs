@@ -161,6 +161,20 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// [`connection_tokens`] of a service's response fields, before they are checked: the tokens
+/// of every `Connection` field (any case), lowercased.
+fn connection_tokens_of(headers: &[Header]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| std::str::from_utf8(t).ok())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
 fn version_str(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -319,32 +333,19 @@ pub fn to_http_response(resp: ForwardingResp) -> Result<http::Response<Bytes>, S
         ));
     }
 
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in &resp.headers {
+    // One pass into the response's map: every field is checked, and the hop-by-hop ones, those
+    // the service's `Connection` names, and its Content-Length (recomputed from the body: a
+    // service's own could be wrong) are left out.
+    let named = connection_tokens_of(&resp.headers);
+    let mut out = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| format!("header name {:?} is not a valid HTTP field name", h.name))?;
-        let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+        // The value's bytes are shared with the decoded message, not copied.
+        let value = HeaderValue::from_maybe_shared(h.value).map_err(|_| {
             format!("header {name} has a value that is not a valid HTTP field value")
         })?;
-        headers.append(name, value);
-    }
-    let named = connection_tokens(&headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
-    let mut last_name: Option<HeaderName> = None;
-    for (name, value) in headers {
-        // HeaderMap's owning iterator yields the name only on its first value.
-        let name = match name {
-            Some(n) => {
-                last_name = Some(n.clone());
-                n
-            }
-            None => match &last_name {
-                Some(n) => n.clone(),
-                None => continue,
-            },
-        };
         let s = name.as_str();
-        // Content-Length is recomputed from the body; a service's own could be wrong.
         if is_hop_by_hop(s) || named.iter().any(|t| t == s) || name == header::CONTENT_LENGTH {
             continue;
         }
