@@ -521,6 +521,7 @@ fn simulate(options: &Options) -> Outcome {
                 &mut violations,
             );
             check_hostile_absent(&live, &hostile, &mut reported, &mut violations);
+            clock.check_lead(&live, &mut reported, &mut violations);
             drop((nodes_now, skews_now));
             if healed
                 && convergence_ms.is_none()

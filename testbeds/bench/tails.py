@@ -483,7 +483,7 @@ def main() -> int:
     args.loads = [int(x) for x in args.loads.split(",") if x]
     if args.smoke:
         args.targets = [t for t in args.targets if t in ("switchyard", "nginx")]
-        args.repeats, args.rate_s, args.sat_s, args.warmup_s = 1, 1.0, 1.0, 0.5
+        args.repeats, args.rate_s, args.sat_s, args.warmup_s = 1, 0.5, 0.5, 0.2
         args.idle_connections, args.in_flight, args.hold_ms = 200, 50, 2_000
         args.parts = [p for p in args.parts if p != "scaling"]
     for name, v, lo, hi in (

@@ -4,7 +4,8 @@
 //! another always wins over it.
 //!
 //! A remote stamp is only observed if it is admissible: at most a drift bound ahead of the
-//! local wall clock ([`admissible`], [`Hlc::observe_bounded`]). Otherwise one record stamped
+//! local wall clock ([`admissible`], which replication checks before [`Hlc::observe`]; a
+//! record that fails it is quarantined and moves no clock). Otherwise one record stamped
 //! far in the future would move every clock that reads it, and with it every lease stamped
 //! afterwards. The arithmetic is total whatever is observed: it saturates at the top of the
 //! range instead of overflowing. A clock at `(u64::MAX, u32::MAX)` cannot issue a greater
@@ -133,18 +134,6 @@ impl Hlc {
         // The next tick adds one; an observation alone issues no stamp.
     }
 
-    /// [`Hlc::observe`] if `remote` is [`admissible`]; otherwise the clock is left as it was.
-    pub fn observe_bounded(
-        &mut self,
-        remote: &Stamp,
-        wall_ms: u64,
-        drift_max_ms: u64,
-    ) -> Result<(), StampTooFarAhead> {
-        admissible(remote, wall_ms, drift_max_ms)?;
-        self.observe(remote, wall_ms);
-        Ok(())
-    }
-
     fn bump_logical(&mut self) {
         match self.logical.checked_add(1) {
             Some(l) => self.logical = l,
@@ -168,6 +157,19 @@ impl Hlc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What replication does with a stamp read from the bus: [`Hlc::observe`] if it is
+    /// [`admissible`]; otherwise the clock is left as it was.
+    fn observe_bounded(
+        hlc: &mut Hlc,
+        remote: &Stamp,
+        wall_ms: u64,
+        drift_max_ms: u64,
+    ) -> Result<(), StampTooFarAhead> {
+        admissible(remote, wall_ms, drift_max_ms)?;
+        hlc.observe(remote, wall_ms);
+        Ok(())
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -232,7 +234,7 @@ mod tests {
             Stamp::new(61_001, 0, "b"),
             Stamp::new(u64::MAX, u32::MAX, "b"),
         ] {
-            let err = hlc.observe_bounded(&remote, 1_000, 60_000).unwrap_err();
+            let err = observe_bounded(&mut hlc, &remote, 1_000, 60_000).unwrap_err();
             assert_eq!(err.drift_max_ms, 60_000);
             assert_eq!(err.ahead_ms, remote.physical_ms - 1_000);
             assert_eq!(hlc.ahead_of_ms(1_000), 0, "the clock moved");
@@ -248,7 +250,7 @@ mod tests {
         let remote = Stamp::new(61_000, 7, "b");
         let mut bounded = Hlc::new("a");
         let mut plain = Hlc::new("a");
-        bounded.observe_bounded(&remote, 1_000, 60_000).unwrap();
+        observe_bounded(&mut bounded, &remote, 1_000, 60_000).unwrap();
         plain.observe(&remote, 1_000);
         assert_eq!(bounded.ahead_of_ms(1_000), 60_000);
         assert_eq!(bounded.tick(1_000), plain.tick(1_000));
@@ -270,7 +272,7 @@ mod tests {
             for (wall, remote_ms, remote_logical, drift) in steps {
                 wall_max = wall_max.max(wall);
                 let remote = Stamp::new(remote_ms, remote_logical, "r");
-                let admitted = hlc.observe_bounded(&remote, wall, drift).is_ok();
+                let admitted = observe_bounded(&mut hlc, &remote, wall, drift).is_ok();
                 prop_assert_eq!(admitted, remote_ms.saturating_sub(wall) <= drift);
                 let s = hlc.tick(wall);
                 if let Some(prev) = &last {

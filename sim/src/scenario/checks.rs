@@ -153,7 +153,7 @@ pub(super) struct Live<'a> {
 
 impl Live<'_> {
     /// Each gateway that is up, with its wall clock now (Unix ms).
-    fn each(&self) -> impl Iterator<Item = (&String, &Arc<Node>, u64)> {
+    pub(super) fn each(&self) -> impl Iterator<Item = (&String, &Arc<Node>, u64)> {
         self.nodes
             .iter()
             .filter(|(name, _)| !self.down.contains(*name))

@@ -16,6 +16,7 @@ use switchyard_core::Stamp;
 use switchyard_core::event::Event;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
+use super::checks::{Live, Reported};
 use super::workload::Ack;
 
 /// The most violations described (all are counted).
@@ -69,6 +70,38 @@ impl ClockPromise {
             }
             if greatest != before {
                 history.push((at_ms, greatest));
+            }
+        }
+    }
+
+    /// Judges the lead each gateway that is up reports against the greatest stamp it has
+    /// applied (known after the last step): the clock has moved past that stamp, so it runs at
+    /// least `stamp.physical_ms - wall` ahead. A gauge stuck at 0 while the gateway follows a
+    /// clock that runs ahead breaks this.
+    pub fn check_lead(
+        &self,
+        live: &Live<'_>,
+        reported: &mut Reported,
+        violations: &mut Vec<String>,
+    ) {
+        for (name, node, wall) in live.each() {
+            let Some(greatest) = self
+                .greatest
+                .get(name)
+                .and_then(|history| history.last())
+                .and_then(|(_, s)| s.as_ref())
+            else {
+                continue;
+            };
+            let shown_ms = greatest.physical_ms.saturating_sub(wall);
+            let reported_ms = node.hlc_ahead_of_ms(wall);
+            if reported_ms < shown_ms {
+                reported.once("lead", name, violations, || {
+                    format!(
+                        "{name} reports its clock {reported_ms} ms ahead of its wall clock at {} ms, but it applied {}.{}@{}, {shown_ms} ms ahead: the reported lead is wrong",
+                        live.now_ms, greatest.physical_ms, greatest.logical, greatest.node_id
+                    )
+                });
             }
         }
     }
