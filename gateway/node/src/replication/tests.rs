@@ -276,7 +276,7 @@ fn redeliver(fetch: usize, from: u64, _max: usize) -> (u64, usize) {
 }
 
 /// Replication over a bus of 8 records that [`redeliver`]s, until its position reaches the end
-/// or 100 rounds pass: the positions it reported after each round, and the offsets it asked
+/// or 1,000 rounds pass: the positions it reported after each round, and the offsets it asked
 /// to read from.
 async fn read_with_redeliveries() -> (Vec<u64>, Vec<u64>, Arc<Replication>) {
     let inner = MemoryBus::new();
@@ -311,14 +311,17 @@ async fn read_with_redeliveries() -> (Vec<u64>, Vec<u64>, Arc<Replication>) {
         let (replication, stop) = (replication.clone(), stop.clone());
         tokio::spawn(async move { replication.run(stop).await })
     };
-    // Bounded: every fetch answers at once while records remain, so 100 rounds are plenty.
+    // Bounded in rounds, not in (paused) time: a replication stuck among redelivered records
+    // never lets the runtime idle, so paused time would never advance to end a sleep. Each
+    // round yields once; every fetch answers at once while records remain, so 1,000 rounds
+    // are plenty for 8 records.
     let mut seen = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..1_000 {
         seen.push(replication.position());
         if replication.position() >= RECORDS {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
     }
     stop.cancel();
     task.await.unwrap();
