@@ -150,10 +150,19 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// is split as bytes: a token that is not ASCII names no field, but it must not hide the
 /// other tokens of the same value (a whole-value `to_str` would).
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    list_tokens(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The comma-separated tokens of some field values, trimmed, lowercased, empty ones and those
+/// that are not UTF-8 left out.
+fn list_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
         .filter_map(|t| std::str::from_utf8(t).ok())
@@ -164,15 +173,12 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 /// [`connection_tokens`] of a service's response fields, before they are checked: the tokens
 /// of every `Connection` field (any case), lowercased.
 fn connection_tokens_of(headers: &[Header]) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| h.value.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .filter_map(|t| std::str::from_utf8(t).ok())
-        .map(str::to_ascii_lowercase)
-        .collect()
+    list_tokens(
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| &h.value[..]),
+    )
 }
 
 fn version_str(version: Version) -> &'static str {
