@@ -325,13 +325,40 @@ impl Instance {
         self.received.load(Ordering::SeqCst)
     }
 
-    /// Stops serving and closes the port, so new connections are refused.
+    /// Stops serving and closes the port.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             handle.await.unwrap().unwrap();
         }
     }
+
+    /// Stops serving, so new connections are refused, and keeps the port bound without a
+    /// listener for as long as the returned guard lives: with many tests binding ports at
+    /// once, another test's listener could otherwise take the port and answer where a
+    /// refusal is expected.
+    pub async fn stop_refusing(self) -> Refusing {
+        let addr = self.addr.clone();
+        self.stop().await;
+        let addr: SocketAddr = addr
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an instance address is a socket address");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // Connections the instance accepted may linger in TIME_WAIT on this port.
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(addr)
+            .unwrap_or_else(|e| panic!("holding the stopped instance's port {addr}: {e}"));
+        Refusing { _socket: socket }
+    }
+}
+
+/// A stopped instance's port, bound and not listening: connections to it are refused and no
+/// other listener can take it.
+#[must_use = "the port is free for any listener once this is dropped"]
+pub struct Refusing {
+    _socket: tokio::net::TcpSocket,
 }
 
 impl Drop for Instance {

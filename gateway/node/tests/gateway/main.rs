@@ -198,7 +198,7 @@ async fn every_gateway_error_has_its_status_and_code() {
     // A service whose every instance is gone: 503, and the request was tried, not dropped.
     let dead = Instance::start("gone", "g-1").await;
     gw.register("gone", "g-1", &dead.addr, 10_000).await;
-    dead.stop().await;
+    let _dead = dead.stop_refusing().await;
     expect_error(
         &format!("{base}/gone/hello"),
         503,
@@ -553,7 +553,7 @@ async fn a_service_unreachable_everywhere_is_evicted_cluster_wide_and_renewal_br
     let inst = Instance::start("fragile", "f-1").await;
     let addr = inst.addr.clone();
     a.register("fragile", "f-1", &addr, 30_000).await;
-    inst.stop().await;
+    let _gone = inst.stop_refusing().await;
 
     // Requests through A fail to connect; once the instance has been unreachable for the
     // eviction wait, A evicts it, and B learns it from the bus.
@@ -604,7 +604,7 @@ async fn one_reachable_instance_prevents_eviction() {
     let dead = Instance::start("half", "dead").await;
     gw.register("half", "alive", &alive.addr, 30_000).await;
     gw.register("half", "dead", &dead.addr, 30_000).await;
-    dead.stop().await;
+    let _dead = dead.stop_refusing().await;
     let url = format!("{}/half/hello", gw.public_url());
     let started = tokio::time::Instant::now();
     let mut requests = 0;
