@@ -238,7 +238,7 @@ impl Status {
             (
                 "switchyard_hlc_ahead_ms",
                 "How far this node's hybrid logical clock runs ahead of its wall clock, in ms.",
-                self.store.hlc_ahead_ms(),
+                self.store.hlc_ahead_of_ms(self.store.now_ms()),
             ),
             (
                 "switchyard_outbox_events",

@@ -132,12 +132,8 @@ impl Store {
         self.caught_up.store(true, Ordering::Release);
     }
 
-    /// How far the clock runs ahead of the wall clock now, in ms (`switchyard_hlc_ahead_ms`).
-    pub fn hlc_ahead_ms(&self) -> u64 {
-        self.hlc_ahead_of_ms(self.now_ms())
-    }
-
-    /// How far the clock runs ahead of `wall_ms`, in ms.
+    /// How far the clock runs ahead of `wall_ms`, in ms. With [`Store::now_ms`], the gauge
+    /// `switchyard_hlc_ahead_ms`; the simulation's checkers pass the wall time they computed.
     pub fn hlc_ahead_of_ms(&self, wall_ms: u64) -> u64 {
         lock(&self.hlc).ahead_of_ms(wall_ms)
     }

@@ -3,15 +3,11 @@
 //! planted bug within a stated number of seeds, each seed run in a fresh process as `explore`
 //! does (so the seed the message names replays exactly).
 
-use std::path::Path;
-
 use switchyard_core::planted::Bug;
 use switchyard_sim::explore::{explore, find_planted, replay_command, summary};
 use switchyard_sim::scenario::Options;
 
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_switchyard-sim"))
-}
+use super::exe;
 
 /// Seeds the clean run takes: fewer in a debug build.
 fn seeds() -> u64 {

@@ -1,7 +1,11 @@
 //! The simulation suite: many seeds of a five-gateway cluster under swarm-chosen faults, the
 //! determinism check, proof that the checkers catch planted bugs, and proptest over explicit
 //! fault schedules. CI runs it in release with `--cfg tokio_unstable` (see testbeds/test-all);
-//! a debug `cargo test` runs fewer seeds. `SIM_SEEDS=N` overrides the count.
+//! a debug `cargo test` runs fewer seeds. `SIM_SEEDS=N` overrides the count. The fronts'
+//! tests are a module of this binary rather than a binary of their own: each test binary is
+//! one more release link of the whole gateway in CI's simulation stage.
+
+mod fronts;
 
 use proptest::prelude::*;
 use std::path::Path;
@@ -24,9 +28,10 @@ fn seeds() -> u64 {
         .unwrap_or(default)
 }
 
-/// The fault window of the suite's main exploration: 15 s, a quarter of the default world's
-/// 60 s, so that CI runs 500 seeds of five gateways in the time 300 seeds of three took (see
-/// docs/simulation.md, "Speed"); the nightly run (`sim/nightly.sh`) runs the full window.
+/// The fault window of the suite's explorations (the main one, short leases, liveness): 15 s,
+/// a quarter of the default world's 60 s, so that CI runs 500 seeds of five gateways in the
+/// time 300 seeds of three took (see docs/simulation.md, "Speed"); the nightly run
+/// (`sim/nightly.sh`) runs the full window.
 /// `SIM_FAULT_MS=N` changes it (at least 2000, at most 600000).
 fn suite_fault_ms() -> u64 {
     std::env::var("SIM_FAULT_MS")
@@ -180,6 +185,7 @@ fn the_checkers_find_each_planted_bug() {
 fn the_routing_checker_accepts_correct_routing_with_short_leases() {
     let template = Options {
         lease_ms: SHORT_LEASE_MS,
+        fault_ms: suite_fault_ms(),
         ..Options::new(0)
     };
     let outcomes = explore(1_000..1_000 + seeds() / 10, &template, 2, exe());
@@ -198,6 +204,7 @@ fn the_routing_checker_accepts_correct_routing_with_short_leases() {
 fn the_cluster_converges_and_serves_within_the_bound_after_the_faults() {
     let template = Options {
         liveness: true,
+        fault_ms: suite_fault_ms(),
         ..Options::new(0)
     };
     let outcomes = explore(2_000..2_000 + seeds() / 10, &template, 2, exe());
