@@ -55,7 +55,7 @@ mod corners;
 mod fronts;
 pub mod liveness;
 mod readiness;
-mod reference;
+pub mod reference;
 mod routing;
 mod workload;
 

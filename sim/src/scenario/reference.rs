@@ -45,7 +45,7 @@ fn state_rank(state: &EntryState) -> u8 {
 }
 
 /// Which of two entries for one key the registry must keep (see the module's order).
-pub(super) fn newer(a: &Entry, b: &Entry) -> Ordering {
+pub fn newer(a: &Entry, b: &Entry) -> Ordering {
     stamp_order(&a.stamp, &b.stamp)
         .then_with(|| state_rank(&a.state).cmp(&state_rank(&b.state)))
         .then_with(|| match (&a.state, &b.state) {
@@ -165,35 +165,4 @@ pub(super) fn describe(entry: &Entry) -> String {
         "{state} at {}.{}@{}",
         entry.stamp.physical_ms, entry.stamp.logical, entry.stamp.node_id
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn alive(ms: u64, node: &str) -> Entry {
-        Entry {
-            stamp: Stamp::new(ms, 0, node),
-            state: EntryState::Alive {
-                addr: "a".into(),
-                metadata: BTreeMap::new(),
-                lease_ms: 1,
-            },
-        }
-    }
-
-    fn removed(ms: u64, node: &str) -> Entry {
-        Entry {
-            stamp: Stamp::new(ms, 0, node),
-            state: EntryState::Removed(Removal::Deregistered),
-        }
-    }
-
-    #[test]
-    fn the_order_is_stamp_then_removal() {
-        assert_eq!(newer(&alive(2, "a"), &removed(1, "z")), Ordering::Greater);
-        assert_eq!(newer(&alive(1, "b"), &alive(1, "a")), Ordering::Greater);
-        assert_eq!(newer(&removed(1, "a"), &alive(1, "a")), Ordering::Greater);
-        assert_eq!(newer(&alive(1, "a"), &alive(1, "a")), Ordering::Equal);
-    }
 }

@@ -6,6 +6,7 @@
 //! one more release link of the whole gateway in CI's simulation stage.
 
 mod fronts;
+mod units;
 
 use proptest::prelude::*;
 use std::path::Path;
