@@ -4,10 +4,10 @@
 //! does (so the seed the message names replays exactly).
 
 use switchyard_core::planted::Bug;
-use switchyard_sim::explore::{explore, find_planted, replay_command, summary};
+use switchyard_sim::explore::{explore, summary};
 use switchyard_sim::scenario::Options;
 
-use super::exe;
+use super::{exe, find_and_show};
 
 /// Seeds the clean run takes: fewer in a debug build.
 fn seeds() -> u64 {
@@ -62,17 +62,13 @@ fn the_front_checkers_find_each_planted_bug() {
         (Bug::AuditDropUncounted, 20, "audit records lost silently"),
         (Bug::SubscriptionGap, 10, "silent gap"),
     ] {
-        let template = Options {
-            bug: Some(bug),
-            ..Options::new(0)
-        };
-        let outcome =
-            find_planted(exe(), &template, within, checker).unwrap_or_else(|e| panic!("{e}"));
-        println!(
-            "{bug:?}: found at seed {}: {}\n  replay: {}",
-            outcome.seed,
-            outcome.violations[0],
-            replay_command(&outcome, &template)
+        find_and_show(
+            Options {
+                bug: Some(bug),
+                ..Options::new(0)
+            },
+            within,
+            checker,
         );
     }
 }

@@ -162,22 +162,30 @@ fn the_checkers_find_each_planted_bug() {
         (Bug::TargetShort, LEASE_MAX_MS, 20, "first answered ready"),
         (Bug::PositionBack, LEASE_MAX_MS, 40, "position went back"),
     ] {
-        let template = Options {
-            bug: Some(bug),
-            lease_ms,
-            ..Options::new(0)
-        };
-        // The first seed at which the bug's own checker reports it (any violation for the
-        // rows that name none).
-        let outcome =
-            find_planted(exe(), &template, within, checker).unwrap_or_else(|e| panic!("{e}"));
-        println!(
-            "{bug:?}: found at seed {}: {}\n  replay: {}",
-            outcome.seed,
-            outcome.violations[0],
-            replay_command(&outcome, &template)
+        find_and_show(
+            Options {
+                bug: Some(bug),
+                lease_ms,
+                ..Options::new(0)
+            },
+            within,
+            checker,
         );
     }
+}
+
+/// Finds the planted bug of `template` within `within` seeds: the first seed at which the
+/// checker whose message contains `checker` reports it (any violation when `checker` is
+/// empty). Prints the seed, the violation and the replay command; panics if none is found.
+fn find_and_show(template: Options, within: u64, checker: &str) {
+    let bug = template.bug.expect("a template with a planted bug");
+    let outcome = find_planted(exe(), &template, within, checker).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "{bug:?}: found at seed {}: {}\n  replay: {}",
+        outcome.seed,
+        outcome.violations[0],
+        replay_command(&outcome, &template)
+    );
 }
 
 /// With leases that run out during partitions, clock skew and crashes, the correct routing
