@@ -10,8 +10,11 @@
 //! decode, a payload whose key disagrees with the record's key. The last kind is admissible
 //! and must be applied like any record: a removal of an instance the workload owns, stamped
 //! now with the largest logical counter, so that a gateway that observes it must borrow the
-//! next millisecond rather than wrap its clock. Targets are the run's real instance keys as
-//! well as fresh ones, and the forged origins are the run's gateway ids as well as a stranger.
+//! next millisecond rather than wrap its clock. Two more kinds aim at the size bound
+//! ([`EVENT_BYTES_MAX`]): a valid event padded with an unknown field to exactly the bound, which
+//! must be applied, and one padded beyond it, which must be quarantined though every field of it
+//! is valid. Targets are the run's real instance keys as well as fresh ones, and the forged
+//! origins are the run's gateway ids as well as a stranger.
 
 use std::task::{Context, Poll, Waker};
 
@@ -62,16 +65,23 @@ pub enum Kind {
     KeyMismatch,
     /// Admissible: a removal stamped now with logical `u32::MAX`.
     TopLogical,
+    /// Admissible: a registration of a `hostile` instance padded to exactly
+    /// [`EVENT_BYTES_MAX`] bytes.
+    AtBound,
+    /// A valid, admissible registration padded beyond [`EVENT_BYTES_MAX`] (by 1 to 1,024 bytes).
+    Oversized,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::FarFuture,
         Kind::TopOfRange,
         Kind::HugeLease,
         Kind::Undecodable,
         Kind::KeyMismatch,
         Kind::TopLogical,
+        Kind::AtBound,
+        Kind::Oversized,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,12 +92,39 @@ impl Kind {
             Kind::Undecodable => "undecodable",
             Kind::KeyMismatch => "key_mismatch",
             Kind::TopLogical => "top_logical",
+            Kind::AtBound => "at_bound",
+            Kind::Oversized => "oversized",
         }
     }
 
     /// Whether a gateway must apply a record of this kind (the others it must quarantine).
     pub fn admissible(self) -> bool {
-        self == Kind::TopLogical
+        matches!(self, Kind::TopLogical | Kind::AtBound)
+    }
+}
+
+/// Why a gateway quarantines a record, as its metric `switchyard_bus_events_quarantined_total`
+/// labels it, stated here apart from the gateway's code: the payload must decode (within the
+/// size bound), then its key must be its event's, then a live instance's lease must be within
+/// `1..=lease_max_ms`, then its stamp within the drift bound. `None`: it must be applied.
+pub fn quarantine_reason(record: &Hostile, bounds: &EventBounds) -> Option<&'static str> {
+    match record.kind {
+        Kind::TopLogical | Kind::AtBound => None,
+        Kind::Undecodable | Kind::Oversized => Some("undecodable"),
+        Kind::KeyMismatch => Some("key_mismatch"),
+        Kind::HugeLease => Some("lease_out_of_bounds"),
+        Kind::FarFuture | Kind::TopOfRange => {
+            let alive = record
+                .event
+                .as_ref()
+                .is_some_and(|e| matches!(e.kind, EventKind::Register | EventKind::Renew));
+            let lease_ms = record.event.as_ref().map_or(0, |e| e.lease_ms);
+            if alive && !(1..=bounds.lease_max_ms).contains(&lease_ms) {
+                Some("lease_out_of_bounds")
+            } else {
+                Some("stamp_ahead")
+            }
+        }
     }
 }
 
@@ -192,7 +229,70 @@ fn record(kind: Kind, rng: &mut SmallRng, s: &Setting) -> Hostile {
             };
             encoded(kind, ev, None)
         }
+        Kind::AtBound | Kind::Oversized => {
+            let key = InstanceKey::new("hostile", format!("b-{}", rng.random_range(0..4)));
+            let stamp = Stamp::new(now, rng.random_range(1..1_000), origin.clone());
+            let ev = Event {
+                lease_ms: s.bounds.lease_max_ms.min(10_000),
+                ..alive(rng, s, key, stamp, origin)
+            };
+            let len = if kind == Kind::AtBound {
+                EVENT_BYTES_MAX
+            } else {
+                EVENT_BYTES_MAX + rng.random_range(1..=1_024)
+            };
+            let mut hostile = encoded(kind, ev, None);
+            hostile.payload = Bytes::from(padded(&hostile.payload, len));
+            hostile
+        }
     }
+}
+
+/// Field 1000 of a `RegistryEvent`, length-delimited: a field no version of the schema has,
+/// which the decoder skips.
+const PAD_TAG: [u8; 2] = [0xc2, 0x3e];
+/// Field 1001, a varint of value 0: three bytes, for the lengths one padding field cannot make
+/// (where the field's length would need one more byte of varint than the room leaves).
+const PAD_SHIM: [u8; 3] = [0xc8, 0x3e, 0x00];
+
+/// `encoded` with unknown fields appended, `len` bytes in all; `len` must leave room for a
+/// field's tag and length (else the result is longer than `len`).
+pub fn padded(encoded: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(encoded);
+    let mut room = len.saturating_sub(encoded.len() + PAD_TAG.len());
+    // The filler that fills the room exactly with its length's varint, if there is one.
+    let fits = |room: usize| {
+        (1..=5)
+            .map(|varint| room.saturating_sub(varint))
+            .find(|&n| varint_len(n) + n == room)
+    };
+    let filler = match fits(room) {
+        Some(n) => n,
+        None => {
+            out.extend_from_slice(&PAD_SHIM);
+            room = room.saturating_sub(PAD_SHIM.len());
+            fits(room).unwrap_or(0)
+        }
+    };
+    out.extend_from_slice(&PAD_TAG);
+    let mut n = filler as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.resize(out.len() + filler, b'p');
+    out
+}
+
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.max(1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 fn encoded(kind: Kind, event: Event, under: Option<String>) -> Hostile {

@@ -53,6 +53,8 @@ mod checks;
 mod clock;
 mod corners;
 mod fronts;
+/// The subscriptions' check, public for its unit tests (`sim/tests/explore/units.rs`).
+pub use fronts::subscriptions;
 pub mod liveness;
 mod readiness;
 pub mod reference;
@@ -64,7 +66,8 @@ pub use routing::RoutingCounts;
 
 use checks::{
     Leases, Live, Reported, check_acknowledged, check_clock_within_drift, check_hostile_absent,
-    check_no_phantoms, check_not_pinned, converged, digests, reference, trace_hash,
+    check_no_phantoms, check_not_pinned, check_quarantine_counts, check_readable, converged,
+    digests, reference, trace_hash,
 };
 pub use workload::GHOST;
 use workload::{Ack, GHOST_IDS, GHOST_LEASE_MS};
@@ -567,7 +570,10 @@ fn simulate(options: &Options) -> Outcome {
     }
     stop.set(true);
     let simulated_ms = sim.elapsed().as_millis() as u64;
-    if convergence_ms.is_none() && violations.is_empty() {
+    // Not converging is a violation of its own, beside any other: other checkers may fire on
+    // the way to a divergence this one alone states. Not judged when the run stopped before
+    // its deadline (more than 20 violations, or a simulation error).
+    if convergence_ms.is_none() && simulated_ms >= deadline_ms {
         violations.push(format!(
             "no convergence within {} ms after the heal: {}",
             options.settle_ms,
@@ -582,7 +588,15 @@ fn simulate(options: &Options) -> Outcome {
     let acks = acks.borrow();
     check_acknowledged(&reference, &acks, &mut violations);
     let clock_judged = clock.check(&acks, &mut violations);
-    check_no_phantoms(&reference, &services, &mut violations);
+    check_no_phantoms(&reference, &services, &hostile, &mut violations);
+    check_readable(&log, &quarantined, &mut violations);
+    check_quarantine_counts(
+        &nodes.borrow(),
+        &hostile,
+        &log,
+        &hostile_setting.bounds,
+        &mut violations,
+    );
     routing.finish(simulated_ms);
     let (served, unkept) = served.take();
     let routing = routing.check(&served, ROUTING_VIOLATIONS_SHOWN, &mut violations);

@@ -350,12 +350,10 @@ impl Replication {
     }
 
     fn quarantine_inadmissible(&self, record: &Record, event: &Event, why: Inadmissible) {
-        self.quarantine(match why {
-            Inadmissible::StampAhead(_) => QuarantineReason::StampAhead,
-            Inadmissible::LeaseOutOfBounds { .. } => QuarantineReason::LeaseOutOfBounds,
-        });
+        let reason = QuarantineReason::from(&why);
+        self.quarantine(reason);
         let own = event.origin_node == self.store.node_id();
-        tracing::warn!(offset = record.offset, key = %record.key, origin = %event.origin_node, own, delete = record.delete, reason = why.reason(), error = %why, "quarantined bus record out of bounds; publish a replacement for its key to repair the topic");
+        tracing::warn!(offset = record.offset, key = %record.key, origin = %event.origin_node, own, delete = record.delete, reason = reason.label(), error = %why, "quarantined bus record out of bounds; publish a replacement for its key to repair the topic");
     }
 
     /// Applies a delete marker: removes the entry held for its key if it is the one the marker

@@ -21,8 +21,8 @@ pub mod metrics;
 pub mod otlp;
 
 pub use metrics::{
-    AddressStage, ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, UpstreamErrorKind,
-    WebSocketRefusal,
+    AddressStage, ChangeOp, EjectionReason, Front, ListenerLabel, Metrics, QuarantineReason,
+    UpstreamErrorKind, WebSocketRefusal,
 };
 
 /// Writes the metrics of an owner that keeps its own counters (Redis, revocations), in the

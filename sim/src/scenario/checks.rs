@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::cmp::Ordering;
 use switchyard::Node;
 use switchyard::bus::MemoryBus;
+use switchyard::telemetry::QuarantineReason;
 
-use switchyard_core::Stamp;
+use switchyard_core::event::{Event, EventBounds};
 use switchyard_core::registry::Entry;
+use switchyard_core::{InstanceKey, Stamp};
 
 use super::SAMPLE;
 use super::reference::{Reference, describe};
 use super::workload::{Ack, GHOST, GHOST_IDS};
-use crate::hostile::Hostile;
+use crate::hostile::{Hostile, quarantine_reason};
 
 /// The reference: everything on the log but the records the run wrote there as hostile ones
 /// that a gateway must quarantine (`quarantined`, by offset), folded with the simulation's own
@@ -122,16 +124,93 @@ fn stamp_cmp(a: &Stamp, b: &Stamp) -> Ordering {
     ))
 }
 
-/// Nothing appears that no one registered.
+/// Every record the gateways must apply can be read: each record of the final log that the
+/// run did not write as one to quarantine decodes (the honest records, the largest
+/// registrations among them, and the hostile records written to be applied, one of them exactly
+/// at the size bound). The reference skips a record it cannot read, as a gateway does; without
+/// this check a codec that refused valid records would leave both agreeing on a registry
+/// without them.
+pub(super) fn check_readable(
+    log: &MemoryBus,
+    quarantined: &BTreeSet<u64>,
+    violations: &mut Vec<String>,
+) {
+    let unreadable: Vec<String> = log
+        .snapshot()
+        .iter()
+        .filter(|r| !quarantined.contains(&r.offset))
+        .filter_map(|r| {
+            Event::decode(&r.payload).err().map(|e| {
+                format!(
+                    "offset {} ({}, {} bytes): {e}",
+                    r.offset,
+                    r.key,
+                    r.payload.len()
+                )
+            })
+        })
+        .collect();
+    if let Some(first) = unreadable.first() {
+        violations.push(format!(
+            "{} records that must be applied do not decode; the first: {first}",
+            unreadable.len()
+        ));
+    }
+}
+
+/// Each gateway counts what it quarantined under the right reason: for every reason of
+/// `switchyard_bus_events_quarantined_total`, the count of this incarnation (which read the log
+/// from its start up to its position) lies between the hostile records of that reason below
+/// its position that are still in the log (it read them all) and those ever written there
+/// (compaction may have dropped some before it read them). Honest records are never
+/// quarantined, so reasons no hostile record has count zero.
+pub(super) fn check_quarantine_counts(
+    nodes: &BTreeMap<String, Arc<Node>>,
+    hostile: &[(u64, Hostile)],
+    log: &MemoryBus,
+    bounds: &EventBounds,
+    violations: &mut Vec<String>,
+) {
+    let kept: BTreeSet<u64> = log.snapshot().iter().map(|r| r.offset).collect();
+    for (name, node) in nodes {
+        let position = node.readiness().bus_position;
+        for reason in QuarantineReason::ALL {
+            let label = reason.label();
+            let (mut least, mut most) = (0u64, 0u64);
+            for (offset, record) in hostile {
+                if *offset < position && quarantine_reason(record, bounds) == Some(label) {
+                    most += 1;
+                    least += u64::from(kept.contains(offset));
+                }
+            }
+            let counted = node.metrics().events_quarantined(reason);
+            if !(least..=most).contains(&counted) {
+                violations.push(format!(
+                    "{name} counts {counted} records quarantined as {label}; the hostile records of that reason below its position {position}: {least} still in the log, {most} written"
+                ));
+            }
+        }
+    }
+}
+
+/// Nothing appears that no one registered: every entry is a sample instance, a ghost, or the
+/// instance of a hostile record written to be applied.
 pub(super) fn check_no_phantoms(
     reference: &Reference,
     services: &[String],
+    hostile: &[(u64, Hostile)],
     violations: &mut Vec<String>,
 ) {
     let ghosts: BTreeSet<String> = (0..GHOST_IDS).map(|i| format!("g-{i}")).collect();
+    let admitted: BTreeSet<&InstanceKey> = hostile
+        .iter()
+        .filter(|(_, record)| record.kind.admissible())
+        .filter_map(|(_, record)| record.event.as_ref().map(|e| &e.key))
+        .collect();
     for key in reference.entries.keys() {
         let known = (key.service == GHOST && ghosts.contains(&key.instance_id))
-            || (key.service == SAMPLE && services.contains(&key.instance_id));
+            || (key.service == SAMPLE && services.contains(&key.instance_id))
+            || admitted.contains(key);
         if !known {
             violations.push(format!(
                 "{}/{} was never registered",

@@ -2,11 +2,13 @@
 //! recorded with its stamp.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use switchyard_core::names::{METADATA_BYTES_MAX, METADATA_ENTRIES_MAX};
 use switchyard_core::registry::EntryState;
 use switchyard_core::{InstanceKey, Stamp};
 
@@ -187,12 +189,14 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
             } else {
                 Op::Deregister
             };
+            let metadata = ghost_metadata(&id);
             let change = match op {
                 Op::Register => Change::Register {
                     service: GHOST,
                     id: &id,
                     addr: "nowhere:1",
                     lease_ms: GHOST_LEASE_MS,
+                    metadata: &metadata,
                 },
                 Op::Deregister => Change::Deregister {
                     service: GHOST,
@@ -226,6 +230,22 @@ async fn changes_and_calls(c: Client) -> Result<(), Box<dyn std::error::Error>> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// The metadata a ghost registers with: none, but `g-0` carries the most the gateways accept
+/// (32 entries, keys and values of 512 bytes: events of about 33 KiB, half the bus's bound), so
+/// that the largest registrations cross every front, the bus and the codec in every run. Not
+/// drawn from a generator: the run's draws stay as they were.
+fn ghost_metadata(id: &str) -> BTreeMap<String, String> {
+    if id != "g-0" {
+        return BTreeMap::new();
+    }
+    (0..METADATA_ENTRIES_MAX)
+        .map(|i| {
+            let key = format!("k{i:02}-{}", "k".repeat(METADATA_BYTES_MAX - 4));
+            (key, "v".repeat(METADATA_BYTES_MAX))
+        })
+        .collect()
 }
 
 fn stamp_of(json: &serde_json::Value) -> Option<Stamp> {

@@ -156,7 +156,7 @@ fn the_checkers_find_each_planted_bug() {
         (
             Bug::RemovalAlwaysWins,
             LEASE_MAX_MS,
-            20,
+            40,
             "differs from the independent reference",
         ),
         (Bug::TargetShort, LEASE_MAX_MS, 20, "first answered ready"),

@@ -6,7 +6,7 @@
 mod hostile {
     use switchyard::bus::MemoryBus;
     use switchyard_core::InstanceKey;
-    use switchyard_core::event::{Event, EventBounds};
+    use switchyard_core::event::{EVENT_BYTES_MAX, Event, EventBounds, EventError, Inadmissible};
     use switchyard_sim::hostile::*;
 
     fn setting() -> Setting {
@@ -51,10 +51,96 @@ mod hostile {
                     match (&r.event, decoded) {
                         (Some(event), Ok(decoded)) => assert_eq!(*event, decoded),
                         (None, Err(_)) => {}
+                        (Some(_), Err(EventError::TooLarge(n)))
+                            if r.kind == Kind::Oversized && n == r.payload.len() => {}
                         (event, decoded) => panic!("seed {seed}: {event:?} vs {decoded:?}"),
                     }
                 }
             }
+        }
+    }
+
+    /// The reason the simulation expects for each record is the one the gateway's checks give,
+    /// in their order (decode, key, admissibility), for a reader at any moment until the horizon.
+    #[test]
+    fn the_expected_reason_is_the_first_check_a_record_fails() {
+        let s = setting();
+        let short_leases = Setting {
+            bounds: EventBounds {
+                lease_max_ms: 6_000,
+                ..s.bounds
+            },
+            ..setting()
+        };
+        let mut reasons = std::collections::BTreeSet::new();
+        for s in [s, short_leases] {
+            for seed in 0..200 {
+                for r in burst(seed, &s) {
+                    let reader_ms = s.now_ms + s.horizon_ms;
+                    let got = match Event::decode(&r.payload) {
+                        Err(_) => Some("undecodable"),
+                        Ok(e) if e.bus_key() != r.key => Some("key_mismatch"),
+                        Ok(e) => match e.admissible(reader_ms, &s.bounds) {
+                            Err(Inadmissible::LeaseOutOfBounds { .. }) => {
+                                Some("lease_out_of_bounds")
+                            }
+                            Err(Inadmissible::StampAhead(_)) => Some("stamp_ahead"),
+                            Ok(()) => None,
+                        },
+                    };
+                    assert_eq!(
+                        quarantine_reason(&r, &s.bounds),
+                        got,
+                        "seed {seed}: {}",
+                        r.describe()
+                    );
+                    reasons.insert(got);
+                }
+            }
+        }
+        assert_eq!(reasons.len(), 5, "every reason and admissible: {reasons:?}");
+    }
+
+    /// The records around the size bound are exactly at it, or beyond it by 1 to 1,024 bytes.
+    #[test]
+    fn records_at_the_size_bound_are_sized_to_the_byte() {
+        let s = setting();
+        let mut over = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            for r in burst(seed, &s) {
+                match r.kind {
+                    Kind::AtBound => assert_eq!(r.payload.len(), EVENT_BYTES_MAX),
+                    Kind::Oversized => {
+                        assert!(
+                            (EVENT_BYTES_MAX + 1..=EVENT_BYTES_MAX + 1_024)
+                                .contains(&r.payload.len()),
+                            "{}",
+                            r.payload.len()
+                        );
+                        over.insert(r.payload.len() - EVENT_BYTES_MAX);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(over.contains(&1) || over.len() > 100, "{over:?}");
+    }
+
+    /// Padding reaches every length it is asked for, across the widths of the length's varint,
+    /// and the padded bytes decode to the same event.
+    #[test]
+    fn padding_is_exact_and_skipped_by_the_decoder() {
+        let r = burst(3, &setting())
+            .into_iter()
+            .find(|r| r.kind == Kind::TopLogical)
+            .expect("a burst has one of each kind");
+        let event = r.event.expect("an admissible record carries its event");
+        let encoded = event.encode();
+        let base = encoded.len() + 3;
+        for len in (base..base + 300).chain([16_500, 16_386, 16_387, 16_388, EVENT_BYTES_MAX]) {
+            let bytes = padded(&encoded, len);
+            assert_eq!(bytes.len(), len);
+            assert_eq!(Event::decode(&bytes).as_ref(), Ok(&event), "{len}");
         }
     }
 
@@ -173,5 +259,86 @@ mod broker {
         for bad in ["a", "abc", "0g", "+f", " 1", "é0"] {
             assert_eq!(unhex(bad), None, "{bad:?}");
         }
+    }
+}
+
+mod subscriptions {
+    use switchyard_core::event::{Event, EventKind};
+    use switchyard_core::{InstanceKey, Stamp};
+    use switchyard_sim::scenario::subscriptions::{Change, Feed, Session, Watched, check};
+    use tokio::sync::broadcast;
+
+    fn event(id: &str, ms: u64) -> Event {
+        Event {
+            kind: EventKind::Register,
+            key: InstanceKey::new("ghost", id),
+            addr: "http://nowhere:1".into(),
+            metadata: Default::default(),
+            lease_ms: 6_000,
+            stamp: Stamp::new(ms, 0, "gw-1"),
+            origin_node: "gw-1".into(),
+        }
+    }
+
+    fn change(id: &str, ms: u64) -> Change {
+        Change {
+            service: "ghost".into(),
+            instance_id: id.into(),
+            stamp: (ms, 0, "gw-1".into()),
+        }
+    }
+
+    /// The incarnation's feed: `g-1`@100 applied at 200 ms and again at 1,200 ms (a
+    /// duplicate record read after a delete marker collected the first), `g-2`@150 between,
+    /// `g-3`@1,100 after.
+    fn feed() -> Feed {
+        let (tx, rx) = broadcast::channel(16);
+        let mut feed = Feed::new("gw-1", 0, rx);
+        for (e, at) in [
+            (event("g-1", 100), 200),
+            (event("g-2", 150), 300),
+            (event("g-1", 100), 1_200),
+            (event("g-3", 1_100), 1_250),
+        ] {
+            tx.send(e).expect("the feed's receiver is open");
+            feed.drain(at);
+        }
+        feed
+    }
+
+    fn judge(opened_ms: u64, seen: Vec<Change>) -> Vec<String> {
+        let watched = Watched {
+            sessions: vec![Session {
+                gateway: "gw-1".into(),
+                opened_ms,
+                seen,
+                end: None,
+            }],
+            seen_total: 0,
+        };
+        let mut violations = Vec::new();
+        check(&watched, &[feed()], 1_400, &mut violations);
+        violations
+    }
+
+    /// Nightly seed 3764: a session opened after the first application of a change that the
+    /// gateway applied twice starts at the second; matching the first reported a gap.
+    #[test]
+    fn a_change_applied_twice_is_matched_where_the_session_could_see_it() {
+        let seen = vec![change("g-1", 100), change("g-3", 1_100)];
+        assert_eq!(judge(1_000, seen), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_skipped_change_is_a_gap_and_a_change_from_before_the_session_is_not_its() {
+        let skipped = judge(100, vec![change("g-1", 100), change("g-1", 100)]);
+        assert!(skipped[0].contains("silent gap"), "{skipped:?}");
+        let before = judge(350, vec![change("g-2", 150)]);
+        assert!(
+            before[0].contains("never applied after the session opened"),
+            "{before:?}"
+        );
+        let missed = judge(1_000, vec![change("g-1", 100)]);
+        assert!(missed[0].contains("never received ghost/g-3"), "{missed:?}");
     }
 }

@@ -33,6 +33,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 use switchyard_core::GatewayError;
 use switchyard_core::address::Forbidden;
+use switchyard_core::event::Inadmissible;
 
 #[cfg(test)]
 mod tests;
@@ -196,8 +197,27 @@ const QUARANTINE_REASONS: [&str; 5] = [
 ];
 
 impl QuarantineReason {
+    pub const ALL: [QuarantineReason; QUARANTINE_REASONS.len()] = [
+        QuarantineReason::StampAhead,
+        QuarantineReason::LeaseOutOfBounds,
+        QuarantineReason::Undecodable,
+        QuarantineReason::KeyMismatch,
+        QuarantineReason::MarkerEarly,
+    ];
+
+    /// The metric's label, which the quarantine's log line carries too.
     pub fn label(self) -> &'static str {
         QUARANTINE_REASONS[self as usize]
+    }
+}
+
+/// The one place that names why a decoded record is inadmissible, for the metric and the log.
+impl From<&Inadmissible> for QuarantineReason {
+    fn from(why: &Inadmissible) -> Self {
+        match why {
+            Inadmissible::StampAhead(_) => QuarantineReason::StampAhead,
+            Inadmissible::LeaseOutOfBounds { .. } => QuarantineReason::LeaseOutOfBounds,
+        }
     }
 }
 
@@ -800,6 +820,11 @@ impl Metrics {
 
     pub fn event_quarantined(&self, reason: QuarantineReason) {
         self.events_quarantined[reason as usize].inc();
+    }
+
+    /// Bus records quarantined for `reason` since this node started.
+    pub fn events_quarantined(&self, reason: QuarantineReason) -> u64 {
+        self.events_quarantined[reason as usize].get()
     }
 
     pub fn change(&self, op: ChangeOp) {

@@ -3,6 +3,7 @@
 //! listener with the operator's credential. The answer is given back in REST's shape (status
 //! and a JSON body with the stamp) so that the workload records every front's answers alike.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,7 @@ pub enum Change<'a> {
         id: &'a str,
         addr: &'a str,
         lease_ms: u64,
+        metadata: &'a BTreeMap<String, String>,
     },
     Deregister {
         service: &'a str,
@@ -85,8 +87,10 @@ async fn rest(gateway: &str, change: Change<'_>) -> io::Result<(u16, Bytes)> {
             id,
             addr,
             lease_ms,
+            metadata,
         } => {
-            let body = serde_json::json!({ "addr": addr, "lease_ms": lease_ms });
+            let body =
+                serde_json::json!({ "addr": addr, "lease_ms": lease_ms, "metadata": metadata });
             let path = format!("/v1/services/{service}/instances/{id}");
             http_send(
                 gateway,
@@ -156,12 +160,13 @@ async fn grpc(gateway: &str, change: Change<'_>) -> io::Result<(u16, Bytes)> {
             id,
             addr,
             lease_ms,
+            metadata,
         } => {
             let mut request = tonic::Request::new(RegisterRequest {
                 service: service.to_owned(),
                 instance_id: id.to_owned(),
                 addr: addr.to_owned(),
-                metadata: Default::default(),
+                metadata: metadata.clone().into_iter().collect(),
                 lease_ms,
             });
             request.metadata_mut().insert("authorization", bearer);
@@ -206,10 +211,15 @@ async fn graphql(gateway: &str, change: Change<'_>) -> io::Result<(u16, Bytes)> 
             id,
             addr,
             lease_ms,
+            metadata,
         } => serde_json::json!({
             "query": REGISTER,
             "variables": { "i": {
                 "service": service, "instanceId": id, "addr": addr, "leaseMs": lease_ms,
+                "metadata": metadata
+                    .iter()
+                    .map(|(key, value)| serde_json::json!({ "key": key, "value": value }))
+                    .collect::<Vec<_>>(),
             } },
         }),
         Change::Deregister { service, id } => serde_json::json!({

@@ -230,6 +230,7 @@ async fn session(gateway: &str, index: usize, watched: &SharedWatched) -> End {
 }
 
 /// One gateway incarnation's own change feed, drained after every step.
+#[derive(Debug)]
 pub struct Feed {
     pub gateway: String,
     pub started_ms: u64,
@@ -295,16 +296,31 @@ pub fn check(
             counts.unjudged += 1;
             continue;
         }
-        let Some(first) = feed.applied.iter().position(|(_, c)| *c == s.seen[0]) else {
+        // Where the session's run starts in the feed: at a change applied after the session
+        // opened (the gateway subscribes only when the `subscribe` message arrives). One
+        // incarnation may apply the same change twice (a duplicate record read after a delete
+        // marker collected the first), so every such place is tried, the first from which
+        // everything received follows contiguously winning.
+        let starts: Vec<usize> = (feed.applied.iter().enumerate())
+            .filter(|(_, (at, c))| *at >= s.opened_ms && *c == s.seen[0])
+            .map(|(i, _)| i)
+            .collect();
+        let Some(&first) = starts.first() else {
             violations.push(format!(
-                "a subscriber to {} (from {} ms) received {}, which that gateway never applied",
+                "a subscriber to {} (from {} ms) received {}, which that gateway never applied after the session opened",
                 s.gateway,
                 s.opened_ms,
                 s.seen[0].describe()
             ));
             continue;
         };
-        let mut next = first;
+        let contiguous = |start: usize| {
+            feed.applied.len() - start >= s.seen.len()
+                && (feed.applied[start..].iter())
+                    .zip(&s.seen)
+                    .all(|((_, want), got)| want == got)
+        };
+        let mut next = starts.into_iter().find(|&i| contiguous(i)).unwrap_or(first);
         let mut broken = false;
         for got in &s.seen {
             match feed.applied.get(next) {
