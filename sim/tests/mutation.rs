@@ -14,6 +14,9 @@
 //! * `SIM_MUTANTS_SEEDS` (default `0..50`): seeds with the suite's defaults (6 s leases).
 //! * `SIM_MUTANTS_SHORT_LEASE_SEEDS` (default `0..10`): seeds with 1 s leases for the sample
 //!   instances, as the suite runs 30 (lease expiry then happens during the faults).
+//! * `SIM_MUTANTS_LIVENESS_SEEDS` (default `0..5`): seeds in liveness mode, with the suite's
+//!   15 s fault window: after the heal every gateway must serve the sample service within the
+//!   bound (a gateway that routes nothing breaks no safety invariant; this is what sees it).
 //! * `SIM_MUTANTS_JOBS` (default 2, at most 8): seeds run at once.
 //! * `SIM_MUTANTS_PLANT`: a planted bug (`--plant` of `switchyard-sim`), to show that the
 //!   command fails when the simulation finds something.
@@ -26,6 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchyard_core::planted::Bug;
 use switchyard_sim::explore::{replay_command, run_in_child};
 use switchyard_sim::scenario::{Options, Outcome};
+
+/// The liveness seeds' fault window, the suite's (sim/tests/explore/main.rs).
+const LIVENESS_FAULT_MS: u64 = 15_000;
 
 /// At most this many seeds in one set: a profile is meant to be fast.
 const SEEDS_MAX: u64 = 10_000;
@@ -107,6 +113,7 @@ fn first_failure(cases: &[Options], jobs: usize) -> (Option<(Options, Outcome)>,
 fn the_simulation_passes_the_mutation_profile() {
     let seeds = range_from_env("SIM_MUTANTS_SEEDS", 0..50);
     let short = range_from_env("SIM_MUTANTS_SHORT_LEASE_SEEDS", 0..10);
+    let liveness = range_from_env("SIM_MUTANTS_LIVENESS_SEEDS", 0..5);
     let jobs = jobs_from_env();
     let bug = plant_from_env();
     let long_cases = seeds.map(|seed| Options {
@@ -118,7 +125,16 @@ fn the_simulation_passes_the_mutation_profile() {
         lease_ms: SHORT_LEASE_MS,
         ..Options::new(seed)
     });
-    let cases: Vec<Options> = long_cases.chain(short_cases).collect();
+    let liveness_cases = liveness.map(|seed| Options {
+        bug,
+        liveness: true,
+        fault_ms: LIVENESS_FAULT_MS,
+        ..Options::new(seed)
+    });
+    let cases: Vec<Options> = long_cases
+        .chain(short_cases)
+        .chain(liveness_cases)
+        .collect();
     assert!(!cases.is_empty(), "the profile holds no seed");
     let (failure, ran) = first_failure(&cases, jobs);
     println!("mutation profile: {ran} of {} cases run", cases.len());

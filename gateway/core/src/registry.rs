@@ -291,14 +291,15 @@ impl Registry {
                     lease_ms,
                 } => {
                     known = true;
-                    let expires_ms = entry.stamp.physical_ms.saturating_add(*lease_ms);
-                    if now_ms < expires_ms || planted::active(Bug::RouteExpired) {
+                    // The one rule of liveness (`Entry::is_live`), as views, status and
+                    // collection read it.
+                    if entry.is_live(now_ms) || planted::active(Bug::RouteExpired) {
                         live.push(LiveInstance {
                             key,
                             addr,
                             metadata,
                             lease_ms: *lease_ms,
-                            expires_ms,
+                            expires_ms: entry.stamp.physical_ms.saturating_add(*lease_ms),
                             stamp: &entry.stamp,
                         });
                     }
