@@ -140,7 +140,8 @@ impl Reference {
                 }
             }
         }
-        self.entries
+        let absent = self
+            .entries
             .iter()
             .find(|(key, _)| registry.get(key).is_none())
             .map(|(key, want)| {
@@ -149,6 +150,43 @@ impl Reference {
                     key.service,
                     key.instance_id,
                     describe(want)
+                )
+            });
+        absent.or_else(|| self.index_differs(registry))
+    }
+
+    /// What the registry says of itself beside its entries (their number, its services and
+    /// each service's count, which listings, metrics and the entry quota read) against the
+    /// reference's entries, once the entries agree.
+    fn index_differs(&self, registry: &Registry) -> Option<String> {
+        let mut per_service: BTreeMap<&str, usize> = BTreeMap::new();
+        for key in self.entries.keys() {
+            *per_service.entry(&key.service).or_default() += 1;
+        }
+        let services: Vec<&str> = per_service.keys().copied().collect();
+        if registry.len() != self.entries.len() {
+            return Some(format!(
+                "it counts {} entries and holds {}",
+                registry.len(),
+                self.entries.len()
+            ));
+        }
+        if registry.services() != services || registry.service_count() != services.len() {
+            return Some(format!(
+                "its services are {:?} ({} counted), the entries' {services:?}",
+                registry.services(),
+                registry.service_count()
+            ));
+        }
+        per_service
+            .into_iter()
+            .find(|&(service, n)| {
+                registry.entries_of(service) != n || !registry.knows_service(service)
+            })
+            .map(|(service, n)| {
+                format!(
+                    "it counts {} entries of {service}, which has {n}",
+                    registry.entries_of(service)
                 )
             })
     }
