@@ -19,6 +19,7 @@
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -113,18 +114,15 @@ pub fn quarantine_reason(record: &Hostile, bounds: &EventBounds) -> Option<&'sta
         Kind::Undecodable | Kind::Oversized => Some("undecodable"),
         Kind::KeyMismatch => Some("key_mismatch"),
         Kind::HugeLease => Some("lease_out_of_bounds"),
-        Kind::FarFuture | Kind::TopOfRange => {
-            let alive = record
-                .event
-                .as_ref()
-                .is_some_and(|e| matches!(e.kind, EventKind::Register | EventKind::Renew));
-            let lease_ms = record.event.as_ref().map_or(0, |e| e.lease_ms);
-            if alive && !(1..=bounds.lease_max_ms).contains(&lease_ms) {
+        Kind::FarFuture | Kind::TopOfRange => match &record.event {
+            Some(e)
+                if matches!(e.kind, EventKind::Register | EventKind::Renew)
+                    && !(1..=bounds.lease_max_ms).contains(&e.lease_ms) =>
+            {
                 Some("lease_out_of_bounds")
-            } else {
-                Some("stamp_ahead")
             }
-        }
+            _ => Some("stamp_ahead"),
+        },
     }
 }
 
@@ -265,7 +263,7 @@ pub fn padded(encoded: &[u8], len: usize) -> Vec<u8> {
     let fits = |room: usize| {
         (1..=5)
             .map(|varint| room.saturating_sub(varint))
-            .find(|&n| varint_len(n) + n == room)
+            .find(|&n| encoded_len_varint(n as u64) + n == room)
     };
     let filler = match fits(room) {
         Some(n) => n,
@@ -276,23 +274,9 @@ pub fn padded(encoded: &[u8], len: usize) -> Vec<u8> {
         }
     };
     out.extend_from_slice(&PAD_TAG);
-    let mut n = filler as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
+    encode_varint(filler as u64, &mut out);
     out.resize(out.len() + filler, b'p');
     out
-}
-
-fn varint_len(n: usize) -> usize {
-    let bits = usize::BITS - n.max(1).leading_zeros();
-    bits.div_ceil(7) as usize
 }
 
 fn encoded(kind: Kind, event: Event, under: Option<String>) -> Hostile {
