@@ -15,6 +15,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
+use sha2::{Digest, Sha256};
 use switchyard::bus::Record;
 use switchyard_core::event::Event;
 use switchyard_core::registry::{Entry, EntryState, Removal};
@@ -164,9 +165,10 @@ impl Reference {
             *per_service.entry(&key.service).or_default() += 1;
         }
         let services: Vec<&str> = per_service.keys().copied().collect();
-        if registry.len() != self.entries.len() {
+        let listed = registry.entries().count();
+        if registry.len() != self.entries.len() || listed != self.entries.len() {
             return Some(format!(
-                "it counts {} entries and holds {}",
+                "it counts {} entries and lists {listed}, and holds {}",
                 registry.len(),
                 self.entries.len()
             ));
@@ -178,18 +180,79 @@ impl Reference {
                 registry.service_count()
             ));
         }
-        per_service
-            .into_iter()
-            .find(|&(service, n)| {
-                registry.entries_of(service) != n || !registry.knows_service(service)
-            })
-            .map(|(service, n)| {
-                format!(
-                    "it counts {} entries of {service}, which has {n}",
-                    registry.entries_of(service)
-                )
-            })
+        // A name no service can have (names are never empty): the quota on services and the
+        // clean-up of per-service metrics ask the registry about services it does not hold.
+        if registry.knows_service("") || registry.entries_of("") != 0 {
+            return Some("it claims a service it holds no entry of".to_string());
+        }
+        let counted = per_service.into_iter().find(|&(service, n)| {
+            registry.entries_of(service) != n || !registry.knows_service(service)
+        });
+        if let Some((service, n)) = counted {
+            return Some(format!(
+                "it counts {} entries of {service}, which has {n}",
+                registry.entries_of(service)
+            ));
+        }
+        let want = spec_digest(self.entries.iter());
+        (registry.digest_hex() != want).then(|| {
+            format!(
+                "its digest is {}, its entries' {want}",
+                registry.digest_hex()
+            )
+        })
     }
+}
+
+/// The registry digest of `entries` as docs/ARCHITECTURE.md states it, computed here apart from
+/// the gateway's code: the sum modulo 2^128 of each entry's share, the first 16 bytes
+/// (read little-endian) of SHA-256 over a domain name, then the key and the content, each
+/// number as 8 little-endian bytes and each string as its length so written, then its bytes.
+/// Operators and the console compare gateways by this value (docs/operations.md), so it must be
+/// this function of the entries and nothing else: not zero, not a count, not blind to a field.
+pub(super) fn spec_digest<'a>(
+    entries: impl Iterator<Item = (&'a InstanceKey, &'a Entry)>,
+) -> String {
+    fn num(h: &mut Sha256, v: u64) {
+        h.update(v.to_le_bytes());
+    }
+    fn text(h: &mut Sha256, s: &str) {
+        num(h, s.len() as u64);
+        h.update(s.as_bytes());
+    }
+    let mut sum = 0u128;
+    for (key, entry) in entries {
+        let mut h = Sha256::new();
+        h.update(b"switchyard registry entry v2\0");
+        text(&mut h, &key.service);
+        text(&mut h, &key.instance_id);
+        num(&mut h, entry.stamp.physical_ms);
+        num(&mut h, u64::from(entry.stamp.logical));
+        text(&mut h, &entry.stamp.node_id);
+        match &entry.state {
+            EntryState::Alive {
+                addr,
+                metadata,
+                lease_ms,
+            } => {
+                num(&mut h, 0);
+                text(&mut h, addr);
+                num(&mut h, *lease_ms);
+                num(&mut h, metadata.len() as u64);
+                for (k, v) in metadata {
+                    text(&mut h, k);
+                    text(&mut h, v);
+                }
+            }
+            EntryState::Removed(Removal::Deregistered) => num(&mut h, 1),
+            EntryState::Removed(Removal::Evicted) => num(&mut h, 2),
+        }
+        let out = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&out[..16]);
+        sum = sum.wrapping_add(u128::from_le_bytes(first));
+    }
+    format!("{sum:032x}")
 }
 
 /// An entry in a sentence: `live at 1800000001234.0@gw-1`.
