@@ -316,6 +316,14 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
         routing(|o| o.routing.unjudged),
         routing(|o| o.routing.violations)
     );
+    let _ = writeln!(
+        out,
+        "balancing checks     {} requests delivered ({} more than once), {} calls unreached ({} with an instance in reach)",
+        routing(|o| o.balancing.delivered),
+        routing(|o| o.balancing.duplicated),
+        routing(|o| o.balancing.unreached),
+        routing(|o| o.balancing.unreached_wrongly)
+    );
     let hostile = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
     let _ = writeln!(
         out,

@@ -49,6 +49,7 @@ const CLOCK_SKEW_MS_MAX: i64 = 800;
 /// A second generator for draws added after the first eight fault kinds (see `Faults::swarm`).
 const LATER_DRAWS: u64 = 0x4057_11e5;
 
+mod balancing;
 mod checks;
 mod clock;
 mod corners;
@@ -61,6 +62,7 @@ pub mod reference;
 mod routing;
 mod workload;
 
+pub use balancing::BalancingCounts;
 pub use fronts::FrontCounts;
 pub use routing::RoutingCounts;
 
@@ -144,6 +146,9 @@ pub struct Outcome {
     /// What the checkers of the fronts and policies judged (`scenario/fronts.rs`).
     #[serde(default)]
     pub fronts: FrontCounts,
+    /// What the balancing checks judged (`scenario/balancing.rs`).
+    #[serde(default)]
+    pub balancing: BalancingCounts,
     /// The most records one fetch from the broker returned in this run (drawn per seed).
     #[serde(default)]
     pub fetch_records_max: usize,
@@ -317,9 +322,15 @@ fn simulate(options: &Options) -> Outcome {
         let short_retention = faults.short_retention;
         let (nodes, started, sinks) = (nodes.clone(), started.clone(), sinks.clone());
         let (name_owned, seed) = (name.to_owned(), options.seed);
+        // Each start of the host is an incarnation with a generator of its own, as a
+        // production gateway seeded by the operating system has at each start: its request ids
+        // never repeat an earlier incarnation's. The first keeps the seed it always had.
+        let starts = Rc::new(std::cell::Cell::new(0u64));
         sim.host(name, move || {
             let (nodes, started, name) = (nodes.clone(), started.clone(), name_owned.clone());
             let sinks = sinks.clone();
+            let incarnation = starts.get();
+            starts.set(incarnation + 1);
             async move {
                 let config = Config {
                     node_id: name.clone(),
@@ -338,7 +349,9 @@ fn simulate(options: &Options) -> Outcome {
                     connector: Arc::new(SimConnector),
                     clock: Arc::new(SimClock { skew_ms }),
                     bus: Arc::new(SimBus::default()),
-                    seed: seed.wrapping_add(index as u64),
+                    seed: seed
+                        .wrapping_add(index as u64)
+                        .wrapping_add(incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
                 };
                 let node = Node::builder(config, seams)
                     .authenticator(crate::authenticator())
@@ -378,6 +391,7 @@ fn simulate(options: &Options) -> Outcome {
         });
     }
     let mut routing = routing::Routing::new(EPOCH_S * 1_000, UPSTREAM_TIMEOUT_MS);
+    let mut links = balancing::Links::default();
 
     let acks: Shared<Vec<Ack>> = Rc::default();
     let front_log: fronts::SharedLog = Rc::default();
@@ -477,6 +491,7 @@ fn simulate(options: &Options) -> Outcome {
                 }
             }
             apply(&mut sim, &step.action, &mut down);
+            links.apply(now_ms, &step.action);
             if let Action::Crash(host) = &step.action {
                 routing.crashed(host, now_ms);
             }
@@ -505,6 +520,7 @@ fn simulate(options: &Options) -> Outcome {
             healed = true;
             trace.borrow_mut().push(format!("{now_ms:>6} ms heal"));
             heal(&mut sim, &gateways, &services, &mut down);
+            links.heal(now_ms);
         }
         if now_ms >= last_check + 10 {
             last_check = now_ms;
@@ -599,7 +615,8 @@ fn simulate(options: &Options) -> Outcome {
     );
     routing.finish(simulated_ms);
     let (served, unkept) = served.take();
-    let routing = routing.check(&served, ROUTING_VIOLATIONS_SHOWN, &mut violations);
+    let routing_view = routing;
+    let routing = routing_view.check(&served, ROUTING_VIOLATIONS_SHOWN, &mut violations);
     let fronts = fronts::check(
         &front_log.borrow(),
         &served,
@@ -607,6 +624,14 @@ fn simulate(options: &Options) -> Outcome {
         &watched.borrow(),
         &feeds,
         simulated_ms,
+        &mut violations,
+    );
+    let balancing = balancing::check(
+        &front_log.borrow().answered,
+        &served,
+        &routing_view,
+        &links,
+        &services,
         &mut violations,
     );
     if unkept > 0 {
@@ -625,6 +650,7 @@ fn simulate(options: &Options) -> Outcome {
         routing.checked, routing.unjudged, routing.violations
     ));
     trace.push(format!("fronts: {fronts:?}"));
+    trace.push(format!("balancing: {balancing:?}"));
     for v in &violations {
         trace.push(format!("violation {v}"));
     }
@@ -642,6 +668,7 @@ fn simulate(options: &Options) -> Outcome {
         hostile_records: hostile.len(),
         hostile_admissible: hostile.len() - quarantined.len(),
         fronts,
+        balancing,
         fetch_records_max,
         clock_judged,
         ready_judged: readiness.judged,

@@ -51,6 +51,11 @@ pub struct Answered {
     /// rather than `null` with an error. Always `status == 200` for REST answers from a
     /// service; REST cannot tell a service's error from the gateway's, so only 200 counts.
     pub from_service: bool,
+    /// The gateway's error code when the gateway answered rather than a service (REST: the
+    /// body's `error.code`; GraphQL: the error's `extensions.code`), else empty.
+    pub code: String,
+    /// Simulated ms when the client sent the call, and when the answer arrived.
+    pub sent_ms: u64,
     pub at_ms: u64,
 }
 

@@ -142,6 +142,29 @@ impl View {
         })
     }
 
+    /// Whether `instance` was routable at every moment of [from, to], with the rounding of
+    /// the intervals' ends taken against it (call after `finish`).
+    fn covered(&self, instance: &str, from: u64, to: u64) -> bool {
+        let Some(intervals) = self.routable.get(instance) else {
+            return false;
+        };
+        let mut spans = intervals.clone();
+        spans.sort_unstable();
+        // The intervals start up to a step early and end up to a step late: shrink the claim.
+        let mut reached = from.saturating_sub(SLACK_MS);
+        let end = to + SLACK_MS;
+        for (a, b) in spans {
+            if a > reached {
+                break;
+            }
+            reached = reached.max(b);
+            if reached >= end {
+                return true;
+            }
+        }
+        false
+    }
+
     fn blind_during(&self, from: u64, to: u64) -> bool {
         self.blind.iter().any(|&(a, b)| a <= to && from <= b)
     }
@@ -241,6 +264,20 @@ impl Routing {
         for view in self.gateways.values_mut() {
             view.close_all(now, epoch_ms);
         }
+    }
+
+    /// Whether `gateway` held `instance` of the sample service as routable at every moment of
+    /// [from, to], with nothing of its feed missed meanwhile (call after `finish`).
+    pub(super) fn routable_throughout(
+        &self,
+        gateway: &str,
+        instance: &str,
+        from: u64,
+        to: u64,
+    ) -> bool {
+        self.gateways
+            .get(gateway)
+            .is_some_and(|view| !view.blind_during(from, to) && view.covered(instance, from, to))
     }
 
     /// Judges every served request; pushes a sentence per violation (at most `max`).

@@ -4,9 +4,10 @@
 //! the incarnation that answered it, or its record's loss counted (decision 0021's rule: a
 //! record is delivered, or dropped and counted by reason, never lost silently).
 //!
-//! A sink per incarnation, not per gateway: a restarted gateway draws the same request ids as
-//! before its crash (its generator is seeded alike), so only the incarnation tells two
-//! requests with one id apart.
+//! A sink per incarnation, not per gateway: the records an incarnation queued and lost in its
+//! crash are its own to count, and a request is judged against the incarnation that answered
+//! it. (Each incarnation draws its request ids from a generator of its own, so ids do not
+//! repeat across restarts; `scenario/balancing.rs` relies on that.)
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

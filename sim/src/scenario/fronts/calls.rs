@@ -34,6 +34,7 @@ pub async fn call(
 }
 
 async fn rest(gateway: &str, service: &str, log: &SharedLog, now_ms: impl Fn() -> u64) -> String {
+    let sent_ms = now_ms();
     let request = http::Request::builder()
         .method("GET")
         .uri(format!("/{service}/hello"))
@@ -44,13 +45,23 @@ async fn rest(gateway: &str, service: &str, log: &SharedLog, now_ms: impl Fn() -
         Err(e) => Err(std::io::Error::other(e)),
     };
     match reply {
-        Ok((status, request_id, _)) => {
+        Ok((status, request_id, body)) => {
+            let code = if status == 200 {
+                String::new()
+            } else {
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            };
             log.borrow_mut().answered(Answered {
                 gateway: gateway.to_owned(),
                 front: CallFront::Rest,
                 request_id,
                 status,
                 from_service: status == 200,
+                code,
+                sent_ms,
                 at_ms: now_ms(),
             });
             format!("GET {service} via {gateway}: {status}")
@@ -60,6 +71,7 @@ async fn rest(gateway: &str, service: &str, log: &SharedLog, now_ms: impl Fn() -
 }
 
 async fn fan_out(gateway: &str, log: &SharedLog, now_ms: impl Fn() -> u64) -> String {
+    let sent_ms = now_ms();
     let body = serde_json::json!({ "query": FAN_OUT });
     let (status, _, json) = match super::graphql(gateway, PUBLIC_PORT, &body, None).await {
         Ok(answer) => answer,
@@ -72,7 +84,7 @@ async fn fan_out(gateway: &str, log: &SharedLog, now_ms: impl Fn() -> u64) -> St
             let status = field["status"].as_u64().unwrap_or(0) as u16;
             field["requestId"]
                 .as_str()
-                .map(|id| (id.to_owned(), status, true))
+                .map(|id| (id.to_owned(), status, true, String::new()))
         } else {
             // A failed call: its error names the field in `path` and carries its request id.
             json["errors"]
@@ -82,10 +94,16 @@ async fn fan_out(gateway: &str, log: &SharedLog, now_ms: impl Fn() -> u64) -> St
                 .find(|e| e["path"][0].as_str() == Some(alias))
                 .and_then(|e| {
                     let id = e["extensions"]["requestId"].as_str()?;
-                    Some((id.to_owned(), super::error_status(e), false))
+                    let code = e["extensions"]["code"].as_str().unwrap_or_default();
+                    Some((
+                        id.to_owned(),
+                        super::error_status(e),
+                        false,
+                        code.to_owned(),
+                    ))
                 })
         };
-        if let Some((request_id, status, from_service)) = answered {
+        if let Some((request_id, status, from_service, code)) = answered {
             statuses.push(status);
             log.borrow_mut().answered(Answered {
                 gateway: gateway.to_owned(),
@@ -93,6 +111,8 @@ async fn fan_out(gateway: &str, log: &SharedLog, now_ms: impl Fn() -> u64) -> St
                 request_id,
                 status,
                 from_service,
+                code,
+                sent_ms,
                 at_ms: now_ms(),
             });
         }
