@@ -324,6 +324,19 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
         routing(|o| o.balancing.unreached),
         routing(|o| o.balancing.unreached_wrongly)
     );
+    let _ = writeln!(
+        out,
+        "ejections            {} failed connections to instances, {} judged, {} broken",
+        routing(|o| o.balancing.connects_failed),
+        routing(|o| o.balancing.ejections_judged),
+        routing(|o| o.balancing.ejections_broken)
+    );
+    let _ = writeln!(
+        out,
+        "evictions            {} of sample instances, {} of instances in reach",
+        routing(|o| o.balancing.evictions),
+        routing(|o| o.balancing.evictions_wrong)
+    );
     let hostile = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
     let _ = writeln!(
         out,

@@ -21,8 +21,7 @@ use crate::faults::{Action, Episode, Faults, hostile_bursts, schedule, steps};
 use crate::hostile::{self, Hostile};
 use crate::witness::ServedLog;
 use crate::{
-    CONTROL_PORT, PUBLIC_PORT, SERVICE_PORT, SimClock, SimConnector, SimListener,
-    witnessed_service_host,
+    CONTROL_PORT, PUBLIC_PORT, SERVICE_PORT, SimClock, SimListener, witnessed_service_host,
 };
 use switchyard_core::InstanceKey;
 use switchyard_core::event::EventBounds;
@@ -312,6 +311,7 @@ fn simulate(options: &Options) -> Outcome {
     // Gateway incarnations started during the last step, with their change feeds.
     let started: Shared<Vec<Incarnation>> = Rc::default();
     let sinks: fronts::audit::SharedSinks = Rc::default();
+    let connects = balancing::Connects::default();
     let mut add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str, index: usize| {
         let skew_ms = if faults.clock_skew {
             rng.random_range(-CLOCK_SKEW_MS_MAX..=CLOCK_SKEW_MS_MAX)
@@ -321,6 +321,7 @@ fn simulate(options: &Options) -> Outcome {
         skews.borrow_mut().insert(name.to_owned(), skew_ms);
         let short_retention = faults.short_retention;
         let (nodes, started, sinks) = (nodes.clone(), started.clone(), sinks.clone());
+        let (connects, services) = (connects.clone(), services.clone());
         let (name_owned, seed) = (name.to_owned(), options.seed);
         // Each start of the host is an incarnation with a generator of its own, as a
         // production gateway seeded by the operating system has at each start: its request ids
@@ -328,7 +329,7 @@ fn simulate(options: &Options) -> Outcome {
         let starts = Rc::new(std::cell::Cell::new(0u64));
         sim.host(name, move || {
             let (nodes, started, name) = (nodes.clone(), started.clone(), name_owned.clone());
-            let sinks = sinks.clone();
+            let (sinks, connects, services) = (sinks.clone(), connects.clone(), services.clone());
             let incarnation = starts.get();
             starts.set(incarnation + 1);
             async move {
@@ -339,6 +340,7 @@ fn simulate(options: &Options) -> Outcome {
                 let mut config = config;
                 config.bus.publish_wait_ms = 500;
                 config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
+                config.upstream.ejection_base_ms = balancing::EJECTION_MIN_MS;
                 // Leases and the drift bound short enough that tombstones are collected (delete
                 // markers written and applied) within a run.
                 config.registry = registry_config(short_retention);
@@ -346,7 +348,7 @@ fn simulate(options: &Options) -> Outcome {
                 let started_ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64);
                 let sink = sinks.borrow_mut().sink_for(&name, started_ms);
                 let seams = Seams {
-                    connector: Arc::new(SimConnector),
+                    connector: Arc::new(connects.connector(&name, incarnation, &services)),
                     clock: Arc::new(SimClock { skew_ms }),
                     bus: Arc::new(SimBus::default()),
                     seed: seed
@@ -392,6 +394,7 @@ fn simulate(options: &Options) -> Outcome {
     }
     let mut routing = routing::Routing::new(EPOCH_S * 1_000, UPSTREAM_TIMEOUT_MS);
     let mut links = balancing::Links::default();
+    let mut gateway_starts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
 
     let acks: Shared<Vec<Ack>> = Rc::default();
     let front_log: fronts::SharedLog = Rc::default();
@@ -561,6 +564,10 @@ fn simulate(options: &Options) -> Outcome {
         }
         let stepped_ms = sim.elapsed().as_millis() as u64;
         for inc in started.borrow_mut().drain(..) {
+            gateway_starts
+                .entry(inc.name.clone())
+                .or_default()
+                .push(now_ms);
             feeds.push(fronts::subscriptions::Feed::new(
                 &inc.name,
                 now_ms,
@@ -626,14 +633,33 @@ fn simulate(options: &Options) -> Outcome {
         simulated_ms,
         &mut violations,
     );
+    let (connect_log, connects_unkept) = connects.take();
+    let hostile_offsets: BTreeSet<u64> = hostile.iter().map(|(offset, _)| *offset).collect();
+    let evictions = balancing::evictions(
+        &log.snapshot(),
+        &hostile_offsets,
+        SAMPLE,
+        &skews.borrow(),
+        EPOCH_S * 1_000,
+    );
     let balancing = balancing::check(
-        &front_log.borrow().answered,
-        &served,
-        &routing_view,
-        &links,
-        &services,
+        &balancing::Records {
+            answered: &front_log.borrow().answered,
+            evictions: &evictions,
+            starts: &gateway_starts,
+            served: &served,
+            connects: &connect_log,
+            routing: &routing_view,
+            links: &links,
+            instances: &services,
+        },
         &mut violations,
     );
+    if connects_unkept > 0 {
+        violations.push(format!(
+            "{connects_unkept} connections to instances were not kept for the balancing checks"
+        ));
+    }
     if unkept > 0 {
         violations.push(format!(
             "{unkept} served requests were not kept for the routing checker"

@@ -17,20 +17,61 @@
 //!   The quiet time outlasts a connection that died during an earlier fault and is found dead
 //!   only by keep-alive (10 s interval, 5 s timeout), so an attempt on it cannot fail.
 //!
-//! Both judge the gateway's code that decides: the balancer's pick among the untried
+//! * **An instance that cannot be reached is left alone for a while.** A connection to an
+//!   instance that cannot be opened ejects it (`upstream.failures_to_eject` = 1) for at least
+//!   `upstream.ejection_base_ms` ([`EJECTION_MIN_MS`] here): while another instance is fit to try, no new request
+//!   goes to it. Seen from outside, through the gateways' connector ([`Connects`], which logs
+//!   every connection a gateway incarnation opens to an instance, and how it ended): after a
+//!   failed connection from a gateway to an instance, the same incarnation opens no other to
+//!   it from [`GRACE_MS`] later until the ejection's end, if some other instance was routable
+//!   there and left alone throughout (as above) and no connection of that gateway to it had
+//!   failed in the longest ejection before. The grace covers requests that chose the
+//!   instance before the failure and connect just after it.
+//!
+//! * **Only what cannot be reached is evicted.** A gateway evicts the instances of a service
+//!   cluster-wide only when every one of them has failed every connection for the eviction
+//!   wait since its last answer. So every instance it evicts was disturbed for it (its link
+//!   to the gateway, or itself) at some moment of that incarnation's life before the
+//!   eviction, and one of each batch, the one whose failed connection set it off, within
+//!   [`EVICTION_TRIGGER_MS`] of it. The evictions are read from the log (the gateway's own
+//!   stamp dates each, its skew taken off).
+//!
+//! All four judge the gateway's code that decides: the balancer's pick among the untried
 //! instances, the retry rule, and the passive health that orders them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use switchyard::seams::{BoxFuture, Connector, Io};
 
 use super::fronts::Answered;
 use super::routing::Routing;
 use crate::faults::Action;
 use crate::witness::Served;
+use crate::{SERVICE_PORT, SimConnector};
 
 /// How long an instance and its link to a gateway must have been left alone before a call for
 /// the gateway to be blamed for not reaching it: keep-alive's interval and timeout (15 s, the
 /// longest a dead connection can look alive) and 5 s more.
 pub const QUIET_MS: u64 = 20_000;
+
+/// After a failed connection, how long requests that chose the instance before it may still
+/// open one.
+pub const GRACE_MS: u64 = 100;
+/// The shortest ejection (`upstream.ejection_base_ms`, which the simulation sets: 3 s, three
+/// times the default, so that a run's calls fall into ejections often enough to judge them)
+/// and the longest (`upstream.ejection_max_ms`, the default).
+pub const EJECTION_MIN_MS: u64 = 3_000;
+const EJECTION_MAX_MS: u64 = 30_000;
+/// How long before an eviction the failed connection that set it off may have begun: the
+/// connection timeout (1 s) and the upstream timeout (2 s) of the attempt it ended.
+pub const EVICTION_TRIGGER_MS: u64 = 3_000;
+/// Evictions a gateway writes within this many ms of each other are one batch.
+const BATCH_MS: u64 = 50;
+/// The most connections logged in one run (a run opens a few hundred).
+const CONNECTS_MAX: usize = 100_000;
 
 /// The error codes of a call no instance answered because none could be reached.
 const UNREACHED: [&str; 2] = ["upstream_connect_failed", "no_live_instance"];
@@ -50,6 +91,199 @@ pub struct BalancingCounts {
     /// Of those, calls for which some instance was routable and left alone throughout, so the
     /// gateway had one to reach.
     pub unreached_wrongly: usize,
+    /// Connections from gateways to instances that failed, and of those, the ones after which
+    /// another instance was fit to try throughout the ejection (judged).
+    pub connects_failed: usize,
+    pub ejections_judged: usize,
+    /// Connections opened to an instance during its ejection while another was fit.
+    pub ejections_broken: usize,
+    /// Evictions of sample instances on the log, and those of instances not disturbed for
+    /// the gateway that evicted them.
+    #[serde(default)]
+    pub evictions: usize,
+    #[serde(default)]
+    pub evictions_wrong: usize,
+}
+
+/// One eviction a gateway wrote: which gateway, which instance, when (simulated ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    pub gateway: String,
+    pub instance: String,
+    pub at_ms: u64,
+}
+
+/// The evictions of `service`'s instances among `records` (leaving out `hostile` offsets),
+/// each dated by its stamp on the clock of the gateway that wrote it.
+pub fn evictions(
+    records: &[switchyard::bus::Record],
+    hostile: &BTreeSet<u64>,
+    service: &str,
+    skews: &BTreeMap<String, i64>,
+    epoch_ms: u64,
+) -> Vec<Eviction> {
+    use switchyard_core::registry::{EntryState, Removal};
+    let mut out = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| !r.delete && !hostile.contains(&r.offset))
+    {
+        let Ok(event) = switchyard_core::event::Event::decode(&r.payload) else {
+            continue;
+        };
+        let entry = event.entry();
+        let (EntryState::Removed(Removal::Evicted), true) =
+            (&entry.state, event.key.service == service)
+        else {
+            continue;
+        };
+        let Some(&skew) = skews.get(&entry.stamp.node_id) else {
+            continue;
+        };
+        let at = i128::from(entry.stamp.physical_ms) - i128::from(epoch_ms) - i128::from(skew);
+        let eviction = Eviction {
+            gateway: entry.stamp.node_id.clone(),
+            instance: event.key.instance_id.clone(),
+            at_ms: u64::try_from(at.max(0)).unwrap_or(0),
+        };
+        // A duplicate record (a producer's retry) is the same eviction.
+        if !out.contains(&eviction) {
+            out.push(eviction);
+        }
+    }
+    out
+}
+
+/// One connection a gateway incarnation began to open to a sample instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub gateway: String,
+    pub incarnation: u64,
+    pub instance: String,
+    pub started_ms: u64,
+    /// When it ended, and whether it opened; a connection given up (its timeout) ends failed
+    /// when it is dropped. `None`: still pending at the end of the run.
+    pub ended: Option<(u64, bool)>,
+}
+
+/// Every connection the gateways began to open to sample instances, shared by their
+/// connectors.
+#[derive(Debug, Clone, Default)]
+pub struct Connects {
+    inner: Arc<Mutex<ConnectsInner>>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectsInner {
+    log: Vec<Connect>,
+    unkept: usize,
+    /// The address each sample instance's name resolved to.
+    hosts: BTreeMap<SocketAddr, String>,
+}
+
+impl Connects {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectsInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log and how many connections were not kept.
+    pub fn take(&self) -> (Vec<Connect>, usize) {
+        let mut inner = self.lock();
+        (std::mem::take(&mut inner.log), inner.unkept)
+    }
+
+    /// The connector of one gateway incarnation: the simulation's, logging every connection
+    /// to an instance of `instances`.
+    pub fn connector(&self, gateway: &str, incarnation: u64, instances: &[String]) -> Recording {
+        Recording {
+            gateway: gateway.to_owned(),
+            incarnation,
+            instances: instances.to_vec(),
+            log: self.clone(),
+        }
+    }
+}
+
+fn sim_now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A gateway's connector in the simulation ([`SimConnector`]) that logs in [`Connects`].
+pub struct Recording {
+    gateway: String,
+    incarnation: u64,
+    instances: Vec<String>,
+    log: Connects,
+}
+
+/// Marks its connection ended when dropped, failed unless it opened.
+struct Ending {
+    log: Connects,
+    index: Option<usize>,
+    opened: bool,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(i) = self.index {
+            let mut inner = self.log.lock();
+            if let Some(c) = inner.log.get_mut(i) {
+                c.ended.get_or_insert((sim_now_ms(), self.opened));
+            }
+        }
+    }
+}
+
+impl Connector for Recording {
+    fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
+        let instance = authority
+            .parse::<SocketAddr>()
+            .ok()
+            .and_then(|addr| self.log.lock().hosts.get(&addr).cloned());
+        let index = instance.map(|instance| {
+            let mut inner = self.log.lock();
+            if inner.log.len() >= CONNECTS_MAX {
+                inner.unkept += 1;
+                return None;
+            }
+            inner.log.push(Connect {
+                gateway: self.gateway.clone(),
+                incarnation: self.incarnation,
+                instance,
+                started_ms: sim_now_ms(),
+                ended: None,
+            });
+            Some(inner.log.len() - 1)
+        });
+        let mut ending = Ending {
+            log: self.log.clone(),
+            index: index.flatten(),
+            opened: false,
+        };
+        let connect = SimConnector.connect(authority);
+        Box::pin(async move {
+            let result = connect.await;
+            ending.opened = result.is_ok();
+            drop(ending);
+            result
+        })
+    }
+
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let resolve = SimConnector.resolve(host, port);
+        let watched = (port == SERVICE_PORT && self.instances.iter().any(|i| i == host))
+            .then(|| (host.to_owned(), self.log.clone()));
+        Box::pin(async move {
+            let addrs = resolve.await?;
+            if let Some((host, log)) = watched {
+                let mut inner = log.lock();
+                for addr in &addrs {
+                    inner.hosts.insert(*addr, host.clone());
+                }
+            }
+            Ok(addrs)
+        })
+    }
 }
 
 /// When each host and each link between two hosts was disturbed: cut, held, or (a host)
@@ -130,15 +364,32 @@ impl Links {
     }
 }
 
-/// Runs both checks at the end of a run; `instances` are the sample service's instance ids.
-pub(super) fn check(
-    answered: &[Answered],
-    served: &[Served],
-    routing: &Routing,
-    links: &Links,
-    instances: &[String],
-    violations: &mut Vec<String>,
-) -> BalancingCounts {
+/// The run's records, for [`check`].
+pub(super) struct Records<'a> {
+    pub answered: &'a [Answered],
+    pub evictions: &'a [Eviction],
+    /// When each gateway incarnation started (simulated ms), in order, by gateway.
+    pub starts: &'a BTreeMap<String, Vec<u64>>,
+    pub served: &'a [Served],
+    pub connects: &'a [Connect],
+    pub routing: &'a Routing,
+    pub links: &'a Links,
+    /// The sample service's instance ids (and host names).
+    pub instances: &'a [String],
+}
+
+/// Runs the three checks at the end of a run.
+pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> BalancingCounts {
+    let Records {
+        answered,
+        evictions,
+        starts,
+        served,
+        connects,
+        routing,
+        links,
+        instances,
+    } = *records;
     let mut counts = BalancingCounts::default();
     let mut received: BTreeMap<&str, Vec<&Served>> = BTreeMap::new();
     for s in served.iter().filter(|s| !s.request_id.is_empty()) {
@@ -191,7 +442,146 @@ pub(super) fn check(
             ));
         }
     }
+    check_ejections(connects, routing, links, instances, &mut counts, violations);
+    check_evictions(evictions, starts, links, &mut counts, violations);
     counts
+}
+
+/// The eviction promise (see the module's documentation).
+fn check_evictions(
+    evictions: &[Eviction],
+    starts: &BTreeMap<String, Vec<u64>>,
+    links: &Links,
+    counts: &mut BalancingCounts,
+    violations: &mut Vec<String>,
+) {
+    counts.evictions = evictions.len();
+    let mut shown = 0;
+    let mut wrong = |violation: String, counts: &mut BalancingCounts| {
+        counts.evictions_wrong += 1;
+        shown += 1;
+        if shown <= SHOWN_MAX {
+            violations.push(violation);
+        }
+    };
+    for e in evictions {
+        // The incarnation that wrote it started at the latest start before it.
+        let born = starts
+            .get(&e.gateway)
+            .and_then(|s| s.iter().copied().filter(|&at| at <= e.at_ms).max())
+            .unwrap_or(0);
+        if links.quiet(&e.gateway, &e.instance, born, e.at_ms) {
+            wrong(
+                format!(
+                    "{} evicted {} at {} ms, though neither it nor its link to {} was disturbed since that gateway started at {born} ms",
+                    e.gateway, e.instance, e.at_ms, e.gateway
+                ),
+                counts,
+            );
+        }
+    }
+    // Batches: one gateway's evictions close together; one of each must have been set off.
+    let mut done = vec![false; evictions.len()];
+    for i in 0..evictions.len() {
+        if done[i] {
+            continue;
+        }
+        let first = &evictions[i];
+        let batch: Vec<usize> = (i..evictions.len())
+            .filter(|&j| {
+                evictions[j].gateway == first.gateway
+                    && evictions[j].at_ms.abs_diff(first.at_ms) <= BATCH_MS
+            })
+            .collect();
+        for &j in &batch {
+            done[j] = true;
+        }
+        let set_off = batch.iter().any(|&j| {
+            let e = &evictions[j];
+            !links.quiet(
+                &e.gateway,
+                &e.instance,
+                e.at_ms.saturating_sub(EVICTION_TRIGGER_MS),
+                e.at_ms + BATCH_MS,
+            )
+        });
+        if !set_off {
+            let names: Vec<&str> = batch
+                .iter()
+                .map(|&j| evictions[j].instance.as_str())
+                .collect();
+            wrong(
+                format!(
+                    "{} evicted {names:?} at {} ms, though none of them nor their links to it was disturbed in the {EVICTION_TRIGGER_MS} ms before",
+                    first.gateway, first.at_ms
+                ),
+                counts,
+            );
+        }
+    }
+}
+
+/// The ejection promise (see the module's documentation).
+fn check_ejections(
+    connects: &[Connect],
+    routing: &Routing,
+    links: &Links,
+    instances: &[String],
+    counts: &mut BalancingCounts,
+    violations: &mut Vec<String>,
+) {
+    // Each incarnation's connections to each instance, in the order they began.
+    let mut by: BTreeMap<(&str, u64, &str), Vec<&Connect>> = BTreeMap::new();
+    for c in connects {
+        by.entry((&c.gateway, c.incarnation, &c.instance))
+            .or_default()
+            .push(c);
+    }
+    let failed_at = |c: &Connect| match c.ended {
+        Some((at, false)) => Some(at),
+        _ => None,
+    };
+    let mut shown = 0;
+    for (&(gateway, incarnation, instance), list) in &by {
+        for failed in list.iter().filter_map(|c| failed_at(c)) {
+            counts.connects_failed += 1;
+            let (from, to) = (failed + GRACE_MS, failed + EJECTION_MIN_MS - GRACE_MS);
+            // Another instance fit to try throughout: routable, left alone, and none of this
+            // incarnation's connections to it failed within the longest ejection before.
+            let fit = instances
+                .iter()
+                .filter(|&other| other != instance)
+                .find(|&other| {
+                    routing.routable_throughout(gateway, other, failed, to)
+                        && links.quiet(gateway, other, failed.saturating_sub(QUIET_MS), to)
+                        && by
+                            .get(&(gateway, incarnation, other.as_str()))
+                            .is_none_or(|l| {
+                                l.iter()
+                                    .filter_map(|c| failed_at(c))
+                                    .all(|at| at + EJECTION_MAX_MS < failed || at > to)
+                            })
+                });
+            let Some(other) = fit else {
+                continue;
+            };
+            counts.ejections_judged += 1;
+            let Some(broken) = list
+                .iter()
+                .find(|c| from < c.started_ms && c.started_ms < to)
+            else {
+                continue;
+            };
+            counts.ejections_broken += 1;
+            shown += 1;
+            if shown <= SHOWN_MAX {
+                violations.push(format!(
+                    "{gateway} (incarnation {incarnation}) could not connect to {instance} at {failed} ms, and connected to it again at {} ms, within the ejection ({EJECTION_MIN_MS} ms at least), while {other} was routable there and fit to try",
+                    broken.started_ms
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
