@@ -43,7 +43,9 @@ pub use revocation::{REVOCATION_ENTRIES_LIMIT, RevocationConfig};
 pub struct Config {
     /// This gateway's id in HLC stamps and bus events. Empty: a random id at each start.
     pub node_id: String,
-    /// Seed for request ids and load balancing. Absent: from the operating system.
+    /// Seed for request ids and load balancing. Absent (the default): from the operating
+    /// system at each start. A fixed seed repeats the same ids at every start (logged as a
+    /// warning): for tests only.
     pub seed: Option<u64>,
     pub public: PublicConfig,
     pub control: ControlConfig,

@@ -218,6 +218,12 @@ async fn serve(config: Config, auth: Arc<Authenticator>) -> anyhow::Result<()> {
             Arc::new(kafka)
         }
     };
+    if let Some(seed) = config.seed {
+        tracing::warn!(
+            seed,
+            "a fixed seed (seed): request ids and balancing choices repeat at every start, so ids of requests before and after a restart collide in logs and audit records; leave it unset outside tests"
+        );
+    }
     let seams = Seams {
         connector: Arc::new(TokioConnector),
         clock: Arc::new(SystemClock),
