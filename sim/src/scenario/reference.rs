@@ -195,12 +195,9 @@ impl Reference {
             ));
         }
         let want = spec_digest(self.entries.iter());
-        (registry.digest_hex() != want).then(|| {
-            format!(
-                "its digest is {}, its entries' {want}",
-                registry.digest_hex()
-            )
-        })
+        let (hex, value) = (registry.digest_hex(), format!("{:032x}", registry.digest()));
+        (hex != want || value != want)
+            .then(|| format!("its digest is {hex} (as a number {value}), its entries' {want}"))
     }
 }
 
