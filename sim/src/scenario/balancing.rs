@@ -378,7 +378,7 @@ pub(super) struct Records<'a> {
     pub instances: &'a [String],
 }
 
-/// Runs the three checks at the end of a run.
+/// Runs the four checks at the end of a run.
 pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> BalancingCounts {
     let Records {
         answered,
