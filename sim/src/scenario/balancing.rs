@@ -236,12 +236,9 @@ impl Drop for Ending {
 
 impl Connector for Recording {
     fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
-        let instance = authority
-            .parse::<SocketAddr>()
-            .ok()
-            .and_then(|addr| self.log.lock().hosts.get(&addr).cloned());
-        let index = instance.map(|instance| {
+        let index = authority.parse::<SocketAddr>().ok().and_then(|addr| {
             let mut inner = self.log.lock();
+            let instance = inner.hosts.get(&addr).cloned()?;
             if inner.log.len() >= CONNECTS_MAX {
                 inner.unkept += 1;
                 return None;
@@ -257,7 +254,7 @@ impl Connector for Recording {
         });
         let mut ending = Ending {
             log: self.log.clone(),
-            index: index.flatten(),
+            index,
             opened: false,
         };
         let connect = SimConnector.connect(authority);
@@ -415,7 +412,6 @@ pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> Bala
             ));
         }
     }
-    let mut shown = 0;
     for a in answered
         .iter()
         .filter(|a| UNREACHED.contains(&a.code.as_str()))
@@ -434,8 +430,7 @@ pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> Bala
             continue;
         }
         counts.unreached_wrongly += 1;
-        shown += 1;
-        if shown <= SHOWN_MAX {
+        if counts.unreached_wrongly <= SHOWN_MAX {
             violations.push(format!(
                 "{} answered a {:?} call {} (sent at {} ms, answered at {} ms, request id {:?}) while {reachable:?} was routable there throughout and neither it nor its link to {} was disturbed from {from} ms on",
                 a.gateway, a.front, a.code, a.sent_ms, a.at_ms, a.request_id, a.gateway
@@ -456,11 +451,9 @@ fn check_evictions(
     violations: &mut Vec<String>,
 ) {
     counts.evictions = evictions.len();
-    let mut shown = 0;
     let mut wrong = |violation: String, counts: &mut BalancingCounts| {
         counts.evictions_wrong += 1;
-        shown += 1;
-        if shown <= SHOWN_MAX {
+        if counts.evictions_wrong <= SHOWN_MAX {
             violations.push(violation);
         }
     };
@@ -541,7 +534,6 @@ fn check_ejections(
         Some((at, false)) => Some(at),
         _ => None,
     };
-    let mut shown = 0;
     for (&(gateway, incarnation, instance), list) in &by {
         for failed in list.iter().filter_map(|c| failed_at(c)) {
             counts.connects_failed += 1;
@@ -573,8 +565,7 @@ fn check_ejections(
                 continue;
             };
             counts.ejections_broken += 1;
-            shown += 1;
-            if shown <= SHOWN_MAX {
+            if counts.ejections_broken <= SHOWN_MAX {
                 violations.push(format!(
                     "{gateway} (incarnation {incarnation}) could not connect to {instance} at {failed} ms, and connected to it again at {} ms, within the ejection ({EJECTION_MIN_MS} ms at least), while {other} was routable there and fit to try",
                     broken.started_ms
