@@ -447,22 +447,28 @@ impl Forwarder {
     }
 
     /// Drops the channels and balancer slots of instances the registry no longer lists as
-    /// live (a slot with a request in flight stays until the request ends).
+    /// live. A slot stays while a request to it is in flight, and while this gateway's
+    /// evictions of the instance count (no answer since) and the registry still holds the
+    /// instance (its tombstone): a renewal that brings it back, still unreachable, must find
+    /// the doubled wait, not start again at the base one. Bounded by the registry's entries.
     pub fn housekeeping(&self) {
         let now = self.store.now_ms();
-        let (live_addrs, keys): (BTreeSet<String>, BTreeSet<InstanceKey>) = {
-            let registry = self.store.registry();
-            registry
-                .entries()
-                .filter_map(|(k, e)| match &e.state {
-                    EntryState::Alive { addr, .. } if e.is_live(now) => {
-                        Some((addr.clone(), k.clone()))
-                    }
-                    _ => None,
-                })
-                .unzip()
-        };
+        let registry = self.store.registry();
+        let (live_addrs, keys): (BTreeSet<String>, BTreeSet<InstanceKey>) = registry
+            .entries()
+            .filter_map(|(k, e)| match &e.state {
+                EntryState::Alive { addr, .. } if e.is_live(now) => Some((addr.clone(), k.clone())),
+                _ => None,
+            })
+            .unzip();
+        // The registry's guard is held across the balancer's lock, in the order
+        // `evict_if_all_unreachable` takes them.
+        lock(&self.balancer).retain(|k, slot| {
+            keys.contains(k)
+                || slot.in_flight > 0
+                || (slot.evictions > 0 && registry.get(k).is_some())
+        });
+        drop(registry);
         lock(&self.pool).retain(|addr, _| live_addrs.contains(addr));
-        lock(&self.balancer).retain(|k, slot| keys.contains(k) || slot.in_flight > 0);
     }
 }

@@ -591,6 +591,43 @@ async fn a_service_unreachable_everywhere_is_evicted_cluster_wide_and_renewal_br
 }
 
 #[tokio::test]
+async fn an_instance_evicted_again_without_an_answer_waits_twice_as_long() {
+    // Housekeeping runs every 100 ms, while the instance is gone from the registry between
+    // its eviction and its renewal: the gateway must not forget that it evicted it.
+    let gw = Gateway::start(|c| {
+        c.upstream.evict_after_ms = 1_000;
+        c.registry.housekeeping_interval_ms = 100;
+    })
+    .await;
+    let inst = Instance::start("fragile", "f-1").await;
+    let addr = inst.addr.clone();
+    gw.register("fragile", "f-1", &addr, 30_000).await;
+    let _gone = inst.stop_refusing().await;
+    let url = format!("{}/fragile/hello", gw.public_url());
+    let state = || async {
+        let (_, _, body) = http("GET", &format!("{}/v1/services/fragile", gw.control_url())).await;
+        serde_json::from_slice::<Value>(&body).unwrap()["instances"][0]["state"].clone()
+    };
+    let evicted = || async {
+        http("GET", &url).await;
+        state().await == "evicted"
+    };
+    harness::eventually(Duration::from_secs(10), evicted).await;
+    let first = tokio::time::Instant::now();
+    // The instance stays out of the registry for a few housekeeping rounds (part of the
+    // scenario, not a wait for a condition), then renews, still unreachable.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.register("fragile", "f-1", &addr, 30_000).await;
+    assert_eq!(state().await, "live");
+    harness::eventually(Duration::from_secs(10), evicted).await;
+    let gap = first.elapsed();
+    assert!(
+        gap >= Duration::from_millis(2_000),
+        "evicted again {gap:?} after the first eviction, with no answer between: the wait must have doubled to 2 s"
+    );
+}
+
+#[tokio::test]
 async fn one_reachable_instance_prevents_eviction() {
     // Ejections end at once, so the dead instance keeps being tried (and failing) well past
     // the eviction wait.
