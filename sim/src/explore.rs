@@ -333,9 +333,22 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
-        "evictions            {} of sample instances, {} of instances in reach",
+        "evictions            {} of sample instances, {} of instances in reach, {} before the wait",
         routing(|o| o.balancing.evictions),
-        routing(|o| o.balancing.evictions_wrong)
+        routing(|o| o.balancing.evictions_wrong),
+        routing(|o| o.balancing.evictions_early)
+    );
+    let _ = writeln!(
+        out,
+        "timeouts             {} runs of three on a stalled instance judged, {} followed by a request within the ejection",
+        routing(|o| o.balancing.timeouts_judged),
+        routing(|o| o.balancing.timeouts_broken)
+    );
+    let _ = writeln!(
+        out,
+        "cutoffs              {} gateways cut off from every instance judged, {} without an eviction",
+        routing(|o| o.balancing.cutoffs_judged),
+        routing(|o| o.balancing.cutoffs_unevicted)
     );
     let hostile = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
     let _ = writeln!(

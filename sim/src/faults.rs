@@ -51,10 +51,19 @@ pub struct Faults {
     /// broker for longer than that.
     #[serde(default)]
     pub short_retention: bool,
+    /// A sample instance stalls for a while: it takes every request and answers none before
+    /// the gateway's deadline, while a prober sends calls through one gateway. Drawn, like
+    /// `cutoffs`, from a fourth generator ([`Faults::balance_corners`]).
+    #[serde(default)]
+    pub stalls: bool,
+    /// One gateway is cut off from every sample instance for longer than the eviction wait,
+    /// while a prober sends calls through it.
+    #[serde(default)]
+    pub cutoffs: bool,
 }
 
 impl Faults {
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 15] = [
         "partitions",
         "gateway_crashes",
         "service_crashes",
@@ -68,9 +77,11 @@ impl Faults {
         "deep_redelivery",
         "bursts",
         "short_retention",
+        "stalls",
+        "cutoffs",
     ];
 
-    fn flags(&self) -> [bool; 13] {
+    fn flags(&self) -> [bool; 15] {
         [
             self.partitions,
             self.gateway_crashes,
@@ -85,14 +96,16 @@ impl Faults {
             self.deep_redelivery,
             self.bursts,
             self.short_retention,
+            self.stalls,
+            self.cutoffs,
         ]
     }
 
     pub fn all() -> Self {
-        Self::from_flags([true; 13])
+        Self::from_flags([true; 15])
     }
 
-    fn from_flags(f: [bool; 13]) -> Self {
+    fn from_flags(f: [bool; 15]) -> Self {
         Self {
             partitions: f[0],
             gateway_crashes: f[1],
@@ -107,6 +120,8 @@ impl Faults {
             deep_redelivery: f[10],
             bursts: f[11],
             short_retention: f[12],
+            stalls: f[13],
+            cutoffs: f[14],
         }
     }
 
@@ -115,7 +130,7 @@ impl Faults {
     /// adding a kind left the draw of the others, and every later draw from `rng`, unchanged:
     /// a seed that does not switch a later kind on runs as it did before that kind existed.
     pub fn swarm(rng: &mut SmallRng, later: &mut SmallRng) -> Self {
-        let mut flags: [bool; 13] = std::array::from_fn(|_| false);
+        let mut flags: [bool; 15] = std::array::from_fn(|_| false);
         for flag in &mut flags[..8] {
             *flag = rng.random_bool(0.5);
         }
@@ -135,6 +150,13 @@ impl Faults {
         self.short_retention = corners.random_bool(0.5);
     }
 
+    /// Switches `stalls` and `cutoffs` on, each with probability one half, drawn from
+    /// `balance`, a fourth generator: every earlier draw stays as it was.
+    pub fn balance_corners(&mut self, balance: &mut SmallRng) {
+        self.stalls = balance.random_bool(0.5);
+        self.cutoffs = balance.random_bool(0.5);
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         Self::KINDS
             .into_iter()
@@ -150,7 +172,7 @@ impl Faults {
             "none" | "" => return Ok(Self::default()),
             _ => {}
         }
-        let mut flags = [false; 13];
+        let mut flags = [false; 15];
         for name in list.split(',') {
             let i = Self::KINDS
                 .iter()
@@ -174,6 +196,9 @@ pub enum Action {
     Restart(String),
     /// A burst of hostile records written into the broker's log, drawn from this seed.
     Hostile(u64),
+    /// A sample instance takes requests and answers none in time, until `Unstall`.
+    Stall(String),
+    Unstall(String),
 }
 
 /// Cuts one gateway present from the start off the broker for `len_ms` (longer than the
@@ -207,6 +232,8 @@ impl fmt::Display for Action {
             Self::Crash(h) => write!(f, "crash {h}"),
             Self::Restart(h) => write!(f, "restart {h}"),
             Self::Hostile(seed) => write!(f, "hostile records (burst {seed:016x})"),
+            Self::Stall(h) => write!(f, "stall {h}"),
+            Self::Unstall(h) => write!(f, "unstall {h}"),
         }
     }
 }

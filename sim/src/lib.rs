@@ -241,7 +241,8 @@ pub async fn service_host(
 }
 
 /// The body of a witnessed service host: the sample service, recording every request it
-/// receives in `log`, registered through `gateway` with a lease of `lease_ms`.
+/// receives in `log`, registered through `gateway` with a lease of `lease_ms`, and stalled
+/// while `stalls` names `instance_id`.
 pub async fn witnessed_service_host(
     service: &str,
     instance_id: &str,
@@ -249,10 +250,12 @@ pub async fn witnessed_service_host(
     gateway: &str,
     lease_ms: u64,
     log: witness::ServedLog,
+    stalls: witness::Stalls,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let witness = witness::Witness {
         inner: Sample::new(service, instance_id),
         log,
+        stalls,
     };
     let routes = tonic::service::Routes::new(witness.into_server()).into_axum_router();
     serve_instance(routes, service, instance_id, host_name, gateway, lease_ms).await

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BROKER_HOST, BrokerFaults, SimBus, broker_host};
 use crate::faults::{Action, Episode, Faults, hostile_bursts, schedule, steps};
 use crate::hostile::{self, Hostile};
-use crate::witness::ServedLog;
+use crate::witness::{ServedLog, Stalls};
 use crate::{
     CONTROL_PORT, PUBLIC_PORT, SERVICE_PORT, SimClock, SimListener, witnessed_service_host,
 };
@@ -56,6 +56,7 @@ mod fronts;
 /// The subscriptions' check, public for its unit tests (`sim/tests/explore/units.rs`).
 pub use fronts::subscriptions;
 pub mod liveness;
+mod probing;
 mod readiness;
 pub mod reference;
 mod routing;
@@ -235,9 +236,12 @@ fn simulate(options: &Options) -> Outcome {
     // The third generator: the fetch size for every run, the corner kinds when drawn.
     let mut corner_rng = SmallRng::seed_from_u64(options.seed ^ corners::CORNER_DRAWS);
     let fetch_records_max = corners::fetch_records_max(&mut corner_rng);
+    // The fourth: the balancer's corner kinds and their episodes.
+    let mut balance_rng = SmallRng::seed_from_u64(options.seed ^ probing::BALANCE_DRAWS);
     let faults = options.faults.unwrap_or_else(|| {
         let mut faults = Faults::swarm(&mut rng, &mut later);
         faults.corners(&mut corner_rng);
+        faults.balance_corners(&mut balance_rng);
         faults
     });
     let gateways = gateway_names(options.gateways);
@@ -253,6 +257,7 @@ fn simulate(options: &Options) -> Outcome {
         Some(episodes) => steps(episodes, &present, &services, options.fault_ms),
         None => schedule(&mut rng, &faults, &present, &services, options.fault_ms),
     };
+    let mut probes = Vec::new();
     if options.episodes.is_none() {
         // Appended, then sorted stably: the other steps keep their order.
         plan.extend(hostile_bursts(&mut later, &faults, options.fault_ms));
@@ -265,6 +270,15 @@ fn simulate(options: &Options) -> Outcome {
                 options.fault_ms,
             ));
         }
+        let (steps, windows) = probing::draw(
+            &mut balance_rng,
+            &faults,
+            &present,
+            &services,
+            options.fault_ms,
+        );
+        plan.extend(steps);
+        probes = windows;
         plan.sort_by_key(|s| s.at_ms);
     }
     let trace: Shared<Vec<String>> = Rc::default();
@@ -384,12 +398,17 @@ fn simulate(options: &Options) -> Outcome {
         }
     }
     let served = ServedLog::default();
+    let stalls = Stalls::default();
     for (i, svc) in services.iter().enumerate() {
         let gw = present[i % present.len()].clone();
         let (svc, served, lease_ms) = (svc.clone(), served.clone(), options.lease_ms);
+        let stalls = stalls.clone();
         sim.host(svc.clone(), move || {
             let (svc, gw, served) = (svc.clone(), gw.clone(), served.clone());
-            async move { witnessed_service_host(SAMPLE, &svc, &svc, &gw, lease_ms, served).await }
+            let stalls = stalls.clone();
+            async move {
+                witnessed_service_host(SAMPLE, &svc, &svc, &gw, lease_ms, served, stalls).await
+            }
         });
     }
     let mut routing = routing::Routing::new(EPOCH_S * 1_000, UPSTREAM_TIMEOUT_MS);
@@ -419,6 +438,7 @@ fn simulate(options: &Options) -> Outcome {
                 settle_ms: options.settle_ms,
                 served_at_ms: served_at_ms.clone(),
             }),
+            probes: probes.clone(),
         }),
     );
     let watched: fronts::subscriptions::SharedWatched = Rc::default();
@@ -493,7 +513,7 @@ fn simulate(options: &Options) -> Outcome {
                     hostile.push((offset, record));
                 }
             }
-            apply(&mut sim, &step.action, &mut down);
+            apply(&mut sim, &step.action, &mut down, &stalls);
             links.apply(now_ms, &step.action);
             if let Action::Crash(host) = &step.action {
                 routing.crashed(host, now_ms);
@@ -523,6 +543,7 @@ fn simulate(options: &Options) -> Outcome {
             healed = true;
             trace.borrow_mut().push(format!("{now_ms:>6} ms heal"));
             heal(&mut sim, &gateways, &services, &mut down);
+            stalls.clear();
             links.heal(now_ms);
         }
         if now_ms >= last_check + 10 {
@@ -652,6 +673,8 @@ fn simulate(options: &Options) -> Outcome {
             routing: &routing_view,
             links: &links,
             instances: &services,
+            skews: &skews.borrow(),
+            epoch_ms: EPOCH_S * 1_000,
         },
         &mut violations,
     );
@@ -742,7 +765,12 @@ struct Incarnation {
     clock_feed: tokio::sync::broadcast::Receiver<switchyard_core::event::Event>,
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String>) {
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    action: &Action,
+    down: &mut BTreeSet<String>,
+    stalls: &Stalls,
+) {
     match action {
         Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
         Action::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
@@ -760,6 +788,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, down: &mut BTreeSet<String
         }
         // Written into the log by the step loop, which keeps what the checkers need.
         Action::Hostile(_) => {}
+        Action::Stall(h) => stalls.set(h, true),
+        Action::Unstall(h) => stalls.set(h, false),
     }
 }
 

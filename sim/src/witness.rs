@@ -1,9 +1,12 @@
 //! The service instance as witness: a `ForwardingService` that serves like the sample service
 //! and records, for every request it receives, which gateway sent it and when. The routing
 //! checker (`scenario::routing`) compares these records with what each gateway's registry
-//! listed.
+//! listed. A witness can also be stalled ([`Stalls`]): it then takes requests and answers
+//! none before the gateway's deadline (the `stalls` fault kind).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use switchyard_proto::forwarding::forwarding_service_server::{
     ForwardingService, ForwardingServiceServer,
@@ -14,6 +17,41 @@ use tonic::{Request, Response, Status};
 /// The most requests one log keeps; later ones are counted but not kept. The client sends at
 /// most one request every 50 ms, so a run stays far below it.
 pub const SERVED_MAX: usize = 100_000;
+
+/// How long a stalled instance holds each request it received while stalled before it
+/// answers: longer than the gateways' upstream timeout in the simulation (2 s), so every such
+/// request times out at its gateway, and bounded, so a stall never holds a request forever.
+pub const STALL_HOLD_MS: u64 = 3_000;
+
+/// The instances stalled now, by instance id (the host's name), shared by the step loop that
+/// stalls and unstalls them and the witnesses that read it.
+#[derive(Debug, Clone, Default)]
+pub struct Stalls {
+    inner: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Stalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set(&self, instance: &str, stalled: bool) {
+        if stalled {
+            self.lock().insert(instance.to_owned());
+        } else {
+            self.lock().remove(instance);
+        }
+    }
+
+    /// Ends every stall (the heal).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn is_stalled(&self, instance: &str) -> bool {
+        self.lock().contains(instance)
+    }
+}
 
 /// One request as the instance that served it saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +68,9 @@ pub struct Served {
     /// `ForwardingReq.request_id`: what the client's answer carries as `x-request-id` (or a
     /// GraphQL `call`'s `requestId`).
     pub request_id: String,
+    /// Received while the instance was stalled: held for [`STALL_HOLD_MS`], past the
+    /// gateway's deadline, before it was answered.
+    pub stalled: bool,
 }
 
 /// The requests every witnessed instance received, shared by all of them (an instance that
@@ -62,11 +103,13 @@ impl ServedLog {
     }
 }
 
-/// Serves as `inner` does, after recording each request in `log`.
+/// Serves as `inner` does, after recording each request in `log`; while `stalls` names it,
+/// only after holding the request for [`STALL_HOLD_MS`].
 #[derive(Debug, Clone)]
 pub struct Witness {
     pub inner: sample_service::Sample,
     pub log: ServedLog,
+    pub stalls: Stalls,
 }
 
 impl Witness {
@@ -85,13 +128,18 @@ impl ForwardingService for Witness {
         request: Request<ForwardingReq>,
     ) -> Result<Response<ForwardingResp>, Status> {
         let req = request.get_ref();
+        let stalled = self.stalls.is_stalled(&self.inner.instance_id);
         self.log.push(Served {
             instance_id: self.inner.instance_id.clone(),
             gateway_node: req.gateway_node.clone(),
             deadline_unix_ms: req.deadline_unix_ms,
             received_ms: turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64),
             request_id: req.request_id.clone(),
+            stalled,
         });
+        if stalled {
+            tokio::time::sleep(Duration::from_millis(STALL_HOLD_MS)).await;
+        }
         self.inner.send(request).await
     }
 }

@@ -48,6 +48,7 @@ use switchyard::seams::{BoxFuture, Connector, Io};
 
 use super::fronts::Answered;
 use super::routing::Routing;
+use crate::broker::BROKER_HOST;
 use crate::faults::Action;
 use crate::witness::Served;
 use crate::{SERVICE_PORT, SimConnector};
@@ -79,6 +80,23 @@ const UNREACHED: [&str; 2] = ["upstream_connect_failed", "no_live_instance"];
 /// The most violations of each check described in one run (all are counted).
 const SHOWN_MAX: usize = 5;
 
+/// Timeouts in a row that eject an instance (`upstream.timeouts_to_eject`, the default).
+const TIMEOUTS_TO_EJECT: usize = 3;
+/// How long after an instance received a request its answer may take to reach the gateway
+/// (the simulated network's latency is at most 100 ms), and so how late a request chosen
+/// before an ejection may still arrive.
+const ANSWER_MS: u64 = 200;
+/// The eviction wait (`upstream.evict_after_ms`, the default); each eviction in a row doubles
+/// it.
+pub const EVICT_AFTER_MS: u64 = 5_000;
+/// How much later than the moment it was written an eviction's date, read from its stamp, may
+/// be: a gateway's clock runs at its peers' highest stamp when that is ahead of its own, and
+/// the clocks differ by twice the largest skew at most (±800 ms).
+const STAMP_LATE_MS: u64 = 1_700;
+/// The shortest stretch of a gateway cut off from every instance judged by the cutoff check:
+/// the eviction wait, a connection attempt (1 s) on each side, and a margin.
+const CUTOFF_JUDGED_MS: u64 = 8_000;
+
 /// What the balancing checks judged in one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalancingCounts {
@@ -103,6 +121,23 @@ pub struct BalancingCounts {
     pub evictions: usize,
     #[serde(default)]
     pub evictions_wrong: usize,
+    /// Three timeouts in a row from one gateway on a stalled instance, after which another
+    /// instance was fit to try throughout the ejection (judged); and of those, the ones after
+    /// which the gateway sent the stalled instance a request within the ejection.
+    #[serde(default)]
+    pub timeouts_judged: usize,
+    #[serde(default)]
+    pub timeouts_broken: usize,
+    /// Evictions dated before every connection to the instance had failed for the eviction
+    /// wait, or (a repeated eviction) for twice the wait after the one before.
+    #[serde(default)]
+    pub evictions_early: usize,
+    /// Stretches in which a gateway was cut off from every instance long enough that it had
+    /// to evict (judged), and of those, the ones without an eviction by it.
+    #[serde(default)]
+    pub cutoffs_judged: usize,
+    #[serde(default)]
+    pub cutoffs_unevicted: usize,
 }
 
 /// One eviction a gateway wrote: which gateway, which instance, when (simulated ms).
@@ -284,7 +319,8 @@ impl Connector for Recording {
 }
 
 /// When each host and each link between two hosts was disturbed: cut, held, or (a host)
-/// crashed, from the step that began it to the one that ended it.
+/// crashed or stalled, from the step that began it to the one that ended it. A stall is not a
+/// disturbance of the network: [`Links::quiet`] leaves it out, [`Links::stalled`] asks.
 #[derive(Debug, Default)]
 pub struct Links {
     /// Open disturbances: what, and since when.
@@ -298,6 +334,7 @@ enum Touch {
     Cut(String, String),
     Held(String, String),
     Down(String),
+    Stalled(String),
 }
 
 /// A disturbance of the link between `a` and `b`, whichever way round they are named.
@@ -319,6 +356,8 @@ impl Links {
             Action::Release(a, b) => self.end(&link(Touch::Held, a, b), at_ms),
             Action::Crash(h) => self.begin(Touch::Down(h.clone()), at_ms),
             Action::Restart(h) => self.end(&Touch::Down(h.clone()), at_ms),
+            Action::Stall(h) => self.begin(Touch::Stalled(h.clone()), at_ms),
+            Action::Unstall(h) => self.end(&Touch::Stalled(h.clone()), at_ms),
             Action::Hostile(_) => {}
         }
     }
@@ -352,12 +391,52 @@ impl Links {
             Touch::Down(host.to_owned()),
         ]
         .iter()
-        .all(|touch| {
-            self.closed
-                .get(touch)
-                .is_none_or(|spans| spans.iter().all(|&(x, y)| y < from || to < x))
-                && self.open.get(touch).is_none_or(|&since| to < since)
-        })
+        .all(|touch| self.untouched(touch, from, to))
+    }
+
+    /// Whether `host` was stalled at some moment of [from, to].
+    pub fn stalled(&self, host: &str, from: u64, to: u64) -> bool {
+        !self.untouched(&Touch::Stalled(host.to_owned()), from, to)
+    }
+
+    fn untouched(&self, touch: &Touch, from: u64, to: u64) -> bool {
+        self.closed
+            .get(touch)
+            .is_none_or(|spans| spans.iter().all(|&(x, y)| y < from || to < x))
+            && self.open.get(touch).is_none_or(|&since| to < since)
+    }
+
+    /// The stretches of [from, to] during which `gateway` was cut off from every one of
+    /// `instances` (partitions only: held messages arrive later), each at least `min_ms`
+    /// long.
+    pub fn cut_off(&self, gateway: &str, instances: &[String], min_ms: u64) -> Vec<(u64, u64)> {
+        let mut common: Option<Vec<(u64, u64)>> = None;
+        for instance in instances {
+            let touch = link(Touch::Cut, gateway, instance);
+            let mut spans: Vec<(u64, u64)> = self.closed.get(&touch).cloned().unwrap_or_default();
+            if let Some(&since) = self.open.get(&touch) {
+                spans.push((since, u64::MAX));
+            }
+            common = Some(match common {
+                None => spans,
+                Some(before) => before
+                    .iter()
+                    .flat_map(|&(a, b)| {
+                        spans.iter().filter_map(move |&(x, y)| {
+                            let (from, to) = (a.max(x), b.min(y));
+                            (from < to).then_some((from, to))
+                        })
+                    })
+                    .collect(),
+            });
+        }
+        let mut out: Vec<(u64, u64)> = common
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&(a, b)| b - a >= min_ms)
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 
@@ -373,6 +452,10 @@ pub(super) struct Records<'a> {
     pub links: &'a Links,
     /// The sample service's instance ids (and host names).
     pub instances: &'a [String],
+    /// Each gateway's clock skew, and the simulated epoch, to read the deadlines the gateways
+    /// wrote into their requests on the simulation's clock.
+    pub skews: &'a BTreeMap<String, i64>,
+    pub epoch_ms: u64,
 }
 
 /// Runs the four checks at the end of a run.
@@ -386,6 +469,7 @@ pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> Bala
         routing,
         links,
         instances,
+        ..
     } = *records;
     let mut counts = BalancingCounts::default();
     let mut received: BTreeMap<&str, Vec<&Served>> = BTreeMap::new();
@@ -439,6 +523,9 @@ pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> Bala
     }
     check_ejections(connects, routing, links, instances, &mut counts, violations);
     check_evictions(evictions, starts, links, &mut counts, violations);
+    check_timeouts(records, &mut counts, violations);
+    check_eviction_waits(records, &mut counts, violations);
+    check_cutoffs(records, &mut counts, violations);
     counts
 }
 
@@ -546,6 +633,8 @@ fn check_ejections(
                 .find(|&other| {
                     routing.routable_throughout(gateway, other, failed, to)
                         && links.quiet(gateway, other, failed.saturating_sub(QUIET_MS), to)
+                        // A stalled instance may be ejected for its timeouts.
+                        && !links.stalled(other, failed.saturating_sub(EJECTION_MAX_MS), to)
                         && by
                             .get(&(gateway, incarnation, other.as_str()))
                             .is_none_or(|l| {
@@ -569,6 +658,339 @@ fn check_ejections(
                 violations.push(format!(
                     "{gateway} (incarnation {incarnation}) could not connect to {instance} at {failed} ms, and connected to it again at {} ms, within the ejection ({EJECTION_MIN_MS} ms at least), while {other} was routable there and fit to try",
                     broken.started_ms
+                ));
+            }
+        }
+    }
+}
+
+/// The incarnation of `gateway` alive at `at_ms`: its index (as the connector numbers it)
+/// and when it started.
+fn incarnation_at(
+    starts: &BTreeMap<String, Vec<u64>>,
+    gateway: &str,
+    at_ms: u64,
+) -> Option<(u64, u64)> {
+    let list = starts.get(gateway)?;
+    let index = list.iter().rposition(|&born| born <= at_ms)?;
+    Some((index as u64, list[index]))
+}
+
+/// When the gateway that sent `s` gave up on it: the deadline it wrote into the request, on the
+/// simulation's clock.
+fn deadline_ms(s: &Served, skews: &BTreeMap<String, i64>, epoch_ms: u64) -> u64 {
+    let skew = skews.get(&s.gateway_node).copied().unwrap_or(0);
+    let at = i128::from(s.deadline_unix_ms) - i128::from(epoch_ms) - i128::from(skew);
+    u64::try_from(at.max(0)).unwrap_or(0)
+}
+
+/// Whether the answer to `s` surely reached its gateway: the instance was not stalled, the
+/// deadline was still ahead, and nothing disturbed the instance or its link to the gateway
+/// while the answer travelled.
+fn answered(s: &Served, links: &Links, skews: &BTreeMap<String, i64>, epoch_ms: u64) -> bool {
+    !s.stalled
+        && deadline_ms(s, skews, epoch_ms) > s.received_ms + ANSWER_MS
+        && links.quiet(
+            &s.gateway_node,
+            &s.instance_id,
+            s.received_ms,
+            s.received_ms + ANSWER_MS,
+        )
+}
+
+/// The end times of the failed connections of one gateway incarnation, by instance.
+fn failures(connects: &[Connect]) -> BTreeMap<(&str, u64, &str), Vec<u64>> {
+    let mut out: BTreeMap<(&str, u64, &str), Vec<u64>> = BTreeMap::new();
+    for c in connects {
+        if let Some((at, false)) = c.ended {
+            out.entry((&c.gateway, c.incarnation, &c.instance))
+                .or_default()
+                .push(at);
+        }
+    }
+    out
+}
+
+/// The timeout-ejection promise: after [`TIMEOUTS_TO_EJECT`] timeouts in a row on an instance,
+/// with no answer between them, a gateway sends it no request for the ejection
+/// ([`EJECTION_MIN_MS`] at least) while another instance is fit to try.
+///
+/// Judged from the stalled instances' records: an answered request (or the start of a gateway
+/// incarnation that had sent the instance nothing yet), then three requests received while
+/// the instance was stalled (each timed out at the deadline its gateway wrote into it), from
+/// one gateway incarnation; nothing else that could reach the instance's record in between (no
+/// other timeout, no failed connection, no disturbance of the instance or its link). The
+/// answer (or the start) cleared the instance's record, so the third timeout ejects it for
+/// exactly the base length; no request of that incarnation may arrive from [`ANSWER_MS`] after it until the
+/// ejection's end, if another instance was routable, left alone, not stalled and not failing
+/// throughout.
+fn check_timeouts(
+    records: &Records<'_>,
+    counts: &mut BalancingCounts,
+    violations: &mut Vec<String>,
+) {
+    let Records {
+        served,
+        connects,
+        routing,
+        links,
+        instances,
+        starts,
+        skews,
+        epoch_ms,
+        ..
+    } = *records;
+    let mut by: BTreeMap<(&str, u64, &str), Vec<&Served>> = BTreeMap::new();
+    for s in served {
+        if let Some((incarnation, _)) = incarnation_at(starts, &s.gateway_node, s.received_ms) {
+            by.entry((&s.gateway_node, incarnation, &s.instance_id))
+                .or_default()
+                .push(s);
+        }
+    }
+    let failed = failures(connects);
+    let failed_of = |g: &str, i: u64, x: &str| -> Vec<u64> {
+        failed.get(&(g, i, x)).cloned().unwrap_or_default()
+    };
+    for (&(gateway, incarnation, instance), list) in &by {
+        let Some((_, born)) = incarnation_at(starts, gateway, list[0].received_ms) else {
+            continue;
+        };
+        // Each run of three stalled requests, with what cleared the record before it: an
+        // answer, or (the incarnation's first requests to the instance) the start.
+        for i in 0..list.len().saturating_sub(TIMEOUTS_TO_EJECT - 1) {
+            let stalled = &list[i..i + TIMEOUTS_TO_EJECT];
+            let from = match i.checked_sub(1).map(|j| list[j]) {
+                Some(answer) if answered(answer, links, skews, epoch_ms) => answer.received_ms,
+                Some(_) => continue,
+                None => born,
+            };
+            if !stalled.iter().all(|s| s.stalled) {
+                continue;
+            }
+            let deadlines: Vec<u64> = stalled
+                .iter()
+                .map(|s| deadline_ms(s, skews, epoch_ms))
+                .collect();
+            let (Some(&first), Some(&third)) = (deadlines.iter().min(), deadlines.iter().max())
+            else {
+                continue;
+            };
+            let end = third + EJECTION_MIN_MS;
+            if from + ANSWER_MS >= first {
+                continue;
+            }
+            // No other timeout between the answer and the third one.
+            let others = list.iter().any(|s| {
+                s.stalled
+                    && !stalled.iter().any(|t| std::ptr::eq(*t, *s))
+                    && (from..=third).contains(&deadline_ms(s, skews, epoch_ms))
+            });
+            // The instance stayed in the registry throughout, from the answer (or the first
+            // stalled request, when nothing came before): else housekeeping drops its record,
+            // ejection and all, and one that comes back starts afresh.
+            let kept_from = if i == 0 { stalled[0].received_ms } else { from };
+            if others
+                || !routing.routable_throughout(gateway, instance, kept_from, end)
+                || !links.quiet(gateway, instance, from, end)
+                || failed_of(gateway, incarnation, instance)
+                    .iter()
+                    .any(|&at| from <= at + GRACE_MS && at <= end)
+            {
+                continue;
+            }
+            let fit = instances.iter().filter(|&o| o != instance).find(|&other| {
+                routing.routable_throughout(gateway, other, third, end)
+                    && links.quiet(gateway, other, third.saturating_sub(QUIET_MS), end)
+                    && !links.stalled(other, third.saturating_sub(EJECTION_MAX_MS), end)
+                    && failed_of(gateway, incarnation, other)
+                        .iter()
+                        .all(|&at| at + EJECTION_MAX_MS < third || at > end)
+            });
+            let Some(other) = fit else {
+                continue;
+            };
+            counts.timeouts_judged += 1;
+            let Some(broken) = list
+                .iter()
+                .find(|s| third + ANSWER_MS < s.received_ms && s.received_ms < end)
+            else {
+                continue;
+            };
+            counts.timeouts_broken += 1;
+            if counts.timeouts_broken <= SHOWN_MAX {
+                violations.push(format!(
+                    "{gateway} (incarnation {incarnation}) timed out on {instance} {TIMEOUTS_TO_EJECT} times in a row (request ids {:?}, the last at {third} ms) after an answer at {from} ms, and sent it request {:?} at {} ms, within the ejection ({EJECTION_MIN_MS} ms), while {other} was routable there and fit to try",
+                    stalled.iter().map(|s| s.request_id.as_str()).collect::<Vec<_>>(),
+                    broken.request_id,
+                    broken.received_ms
+                ));
+            }
+        }
+    }
+}
+
+/// The eviction wait: a gateway evicts an instance only after every connection to it has
+/// failed for [`EVICT_AFTER_MS`] since its last answer (since the incarnation started, if it
+/// never answered), and evicts it again, with no answer between, only after twice that since
+/// the eviction before. Each eviction's date may be late by [`STAMP_LATE_MS`] (never early),
+/// so the first is judged by its date and the second by the distance between two dates less
+/// that margin; an eviction with an answer within the margin before its date is not judged.
+fn check_eviction_waits(
+    records: &Records<'_>,
+    counts: &mut BalancingCounts,
+    violations: &mut Vec<String>,
+) {
+    let Records {
+        evictions,
+        served,
+        connects,
+        links,
+        starts,
+        skews,
+        epoch_ms,
+        ..
+    } = *records;
+    let failed = failures(connects);
+    for e in evictions {
+        let Some((incarnation, born)) = incarnation_at(starts, &e.gateway, e.at_ms) else {
+            continue;
+        };
+        let answers: Vec<u64> = served
+            .iter()
+            .filter(|s| {
+                s.gateway_node == e.gateway
+                    && s.instance_id == e.instance
+                    && s.received_ms >= born
+                    && s.received_ms <= e.at_ms
+                    && answered(s, links, skews, epoch_ms)
+            })
+            .map(|s| s.received_ms)
+            .collect();
+        if answers.iter().any(|&r| r + STAMP_LATE_MS >= e.at_ms) {
+            continue;
+        }
+        let since = answers.iter().copied().max().unwrap_or(born).max(born);
+        let before = evictions
+            .iter()
+            .filter(|p| {
+                p.gateway == e.gateway
+                    && p.instance == e.instance
+                    && since <= p.at_ms
+                    && p.at_ms < e.at_ms
+            })
+            .map(|p| p.at_ms)
+            .max();
+        let early = match before {
+            Some(p) => (e.at_ms - p < 2 * EVICT_AFTER_MS - STAMP_LATE_MS).then(|| {
+                format!(
+                    "evicted it at {p} ms before, with no answer between, so it had to wait {} ms",
+                    2 * EVICT_AFTER_MS
+                )
+            }),
+            None => {
+                let failing = failed
+                    .get(&(e.gateway.as_str(), incarnation, e.instance.as_str()))
+                    .is_some_and(|list| {
+                        list.iter()
+                            .any(|&at| since <= at && at + EVICT_AFTER_MS <= e.at_ms + BATCH_MS)
+                    });
+                (!failing).then(|| {
+                    format!(
+                        "no connection to it had failed from {since} ms (its last answer, or the gateway's start) until {EVICT_AFTER_MS} ms before"
+                    )
+                })
+            }
+        };
+        if let Some(why) = early {
+            counts.evictions_early += 1;
+            if counts.evictions_early <= SHOWN_MAX {
+                violations.push(format!(
+                    "{} (incarnation {incarnation}) evicted {} at {} ms too early: it {why}",
+                    e.gateway, e.instance, e.at_ms
+                ));
+            }
+        }
+    }
+}
+
+/// The eviction itself: a gateway cut off from every instance of the service, while it keeps
+/// trying them, must evict them once every connection has failed for the wait. Judged for
+/// each stretch of at least [`CUTOFF_JUDGED_MS`] in which the gateway was cut off from every
+/// sample instance (any partition; the `cutoffs` fault kind makes them), if the gateway
+/// reached the broker throughout its incarnation until then (its eviction must be written),
+/// had evicted nothing before in that incarnation (the wait is the base one), and failed to
+/// connect to every instance early enough that three more failed connections came after the
+/// wait. Then an eviction by it must be dated within the stretch (or [`STAMP_LATE_MS`] after
+/// it); if none is, and every instance stayed routable there throughout (no one else evicted
+/// them and their leases held), the gateway did not evict when it had to.
+fn check_cutoffs(
+    records: &Records<'_>,
+    counts: &mut BalancingCounts,
+    violations: &mut Vec<String>,
+) {
+    let Records {
+        evictions,
+        connects,
+        routing,
+        links,
+        instances,
+        starts,
+        ..
+    } = *records;
+    let failed = failures(connects);
+    for gateway in starts.keys() {
+        for (a, b) in links.cut_off(gateway, instances, CUTOFF_JUDGED_MS) {
+            let Some((incarnation, born)) = incarnation_at(starts, gateway, a) else {
+                continue;
+            };
+            let tail = b + STAMP_LATE_MS + 1_000;
+            if !links.quiet(gateway, BROKER_HOST, born, tail)
+                || !links.quiet(BROKER_HOST, gateway, born, tail)
+                || evictions
+                    .iter()
+                    .any(|e| &e.gateway == gateway && born <= e.at_ms && e.at_ms < a)
+            {
+                continue;
+            }
+            let first: Option<Vec<u64>> = instances
+                .iter()
+                .map(|i| {
+                    failed
+                        .get(&(gateway.as_str(), incarnation, i.as_str()))
+                        .and_then(|l| l.iter().copied().filter(|&at| a <= at && at <= b).min())
+                })
+                .collect();
+            let Some(last_first) = first.and_then(|f| f.into_iter().max()) else {
+                continue;
+            };
+            let after_wait = instances
+                .iter()
+                .filter_map(|i| failed.get(&(gateway.as_str(), incarnation, i.as_str())))
+                .flatten()
+                .filter(|&&at| last_first + EVICT_AFTER_MS + GRACE_MS <= at && at + 1_000 <= b)
+                .count();
+            if after_wait < 3 {
+                continue;
+            }
+            if evictions
+                .iter()
+                .any(|e| &e.gateway == gateway && a <= e.at_ms && e.at_ms <= tail)
+            {
+                counts.cutoffs_judged += 1;
+                continue;
+            }
+            if !instances
+                .iter()
+                .all(|i| routing.routable_throughout(gateway, i, a, b))
+            {
+                continue;
+            }
+            counts.cutoffs_judged += 1;
+            counts.cutoffs_unevicted += 1;
+            if counts.cutoffs_unevicted <= SHOWN_MAX {
+                violations.push(format!(
+                    "{gateway} (incarnation {incarnation}) was cut off from every instance from {a} ms to {b} ms; every connection to each had failed since {last_first} ms, {after_wait} more failed after the eviction wait ({EVICT_AFTER_MS} ms), and it evicted none, while they stayed routable there"
                 ));
             }
         }
@@ -602,5 +1024,37 @@ mod tests {
         links.heal(15_000);
         assert!(links.quiet("gw-1", "svc-2", 15_001, 60_000));
         assert!(!links.quiet("gw-2", "svc-1", 14_000, 20_000));
+    }
+
+    #[test]
+    fn a_stall_is_not_a_network_disturbance_and_cutoffs_need_every_link_cut() {
+        let mut links = Links::default();
+        links.apply(1_000, &Action::Stall(s("svc-1")));
+        links.apply(4_000, &Action::Unstall(s("svc-1")));
+        assert!(links.quiet("gw-1", "svc-1", 0, 10_000));
+        assert!(links.stalled("svc-1", 3_999, 5_000));
+        assert!(!links.stalled("svc-1", 4_001, 5_000));
+        assert!(!links.stalled("svc-2", 0, 5_000));
+
+        let instances = [s("svc-1"), s("svc-2")];
+        links.apply(10_000, &Action::Partition(s("gw-1"), s("svc-1")));
+        links.apply(12_000, &Action::Partition(s("svc-2"), s("gw-1")));
+        links.apply(20_000, &Action::Repair(s("gw-1"), s("svc-2")));
+        links.apply(30_000, &Action::Partition(s("gw-1"), s("svc-2")));
+        // Both cut from 12 s to 20 s, and from 30 s on (until the heal at 45 s).
+        assert_eq!(
+            links.cut_off("gw-1", &instances, 1_000),
+            vec![(12_000, 20_000), (30_000, u64::MAX)]
+        );
+        links.heal(45_000);
+        assert_eq!(
+            links.cut_off("gw-1", &instances, 8_000),
+            vec![(12_000, 20_000), (30_000, 45_000)]
+        );
+        assert_eq!(
+            links.cut_off("gw-1", &instances, 9_000),
+            vec![(30_000, 45_000)]
+        );
+        assert!(links.cut_off("gw-2", &instances, 0).is_empty());
     }
 }

@@ -98,10 +98,14 @@ pub struct Client {
     pub services: Vec<String>,
     /// The liveness prober, in liveness mode.
     pub probe: Option<super::liveness::Probe>,
+    /// The windows of the balancer's corner faults, each with its prober's calls
+    /// ([`super::probing::prober`]).
+    pub probes: Vec<super::probing::Window>,
 }
 
-/// The client's two workloads at once: [`changes_and_calls`], and an [`intruder`] with its own
-/// generator (so the other's draws are not disturbed).
+/// The client's workloads at once: [`changes_and_calls`], an [`intruder`] with its own
+/// generator (so the other's draws are not disturbed), the bursts, the liveness prober and
+/// the balancer's prober.
 pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
     let bursting = super::corners::bursts(super::corners::Bursts {
@@ -115,7 +119,18 @@ pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
         fault_ms: c.fault_ms,
     });
     let probing = super::liveness::probe(c.probe.take());
-    let (result, (), (), ()) = tokio::join!(changes_and_calls(c), intruding, bursting, probing);
+    let balance_probing = super::probing::prober(
+        std::mem::take(&mut c.probes),
+        c.fronts.clone(),
+        c.trace.clone(),
+    );
+    let (result, (), (), (), ()) = tokio::join!(
+        changes_and_calls(c),
+        intruding,
+        bursting,
+        probing,
+        balance_probing
+    );
     result
 }
 
