@@ -94,7 +94,22 @@ pub fn intruder_credentials() -> [String; 3] {
     ]
 }
 
+/// A valid credential for `services` that does not allow reading the registry (`read` off).
+pub fn credential_without_read(subject: &str, services: &[&str]) -> String {
+    sign_with(
+        operator_key(),
+        subject,
+        services,
+        u64::from(u32::MAX),
+        false,
+    )
+}
+
 fn sign(key: &SigningKey, subject: &str, services: &[&str], exp: u64) -> String {
+    sign_with(key, subject, services, exp, true)
+}
+
+fn sign_with(key: &SigningKey, subject: &str, services: &[&str], exp: u64, read: bool) -> String {
     let claims = Claims {
         aud: auth::AUDIENCE.to_owned(),
         sub: subject.to_owned(),
@@ -103,7 +118,7 @@ fn sign(key: &SigningKey, subject: &str, services: &[&str], exp: u64) -> String 
         exp,
         nbf: None,
         services: services.iter().map(|s| (*s).to_owned()).collect(),
-        read: true,
+        read,
     };
     match auth::issue(key, &claims) {
         Ok(token) => token,

@@ -68,6 +68,10 @@ pub struct FrontLog {
     pub changes_by_front: BTreeMap<&'static str, usize>,
     /// Calls not kept because the log was full.
     pub unkept: usize,
+    /// What the trespasser tried ([`super::workload`]'s `trespasser`) and got an answer to,
+    /// and the answers that let it through.
+    pub trespasses: usize,
+    pub trespasses_admitted: Vec<String>,
 }
 
 /// The most answers a run keeps.
@@ -168,6 +172,12 @@ pub struct FrontCounts {
     pub answered_not_served: usize,
     pub audit: audit::AuditCounts,
     pub subscriptions: subscriptions::SubscriptionCounts,
+    /// Reads, revocations and refused registrations the trespasser had answered, and the
+    /// answers that let one through.
+    #[serde(default)]
+    pub trespasses: usize,
+    #[serde(default)]
+    pub trespasses_admitted: usize,
 }
 
 /// Runs the fronts' checks at the end of a run.
@@ -187,6 +197,7 @@ pub fn check(
         ));
     }
     let count = |front| log.answered.iter().filter(|a| a.front == front).count();
+    violations.extend(log.trespasses_admitted.iter().take(SHOWN_MAX).cloned());
     FrontCounts {
         changes_by_front: log
             .changes_by_front
@@ -203,5 +214,7 @@ pub fn check(
         ),
         audit: audit::check(sinks, &log.answered, violations),
         subscriptions: subscriptions::check(watched, feeds, end_ms, violations),
+        trespasses: log.trespasses,
+        trespasses_admitted: log.trespasses_admitted.len(),
     }
 }

@@ -108,6 +108,13 @@ pub struct Client {
 /// the balancer's prober.
 pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
+    let trespassing = trespasser(
+        c.gateways.clone(),
+        c.seed,
+        c.fault_ms,
+        c.trace.clone(),
+        c.fronts.clone(),
+    );
     let bursting = super::corners::bursts(super::corners::Bursts {
         on: c.bursts,
         acks: c.acks.clone(),
@@ -124,9 +131,10 @@ pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
         c.fronts.clone(),
         c.trace.clone(),
     );
-    let (result, (), (), (), ()) = tokio::join!(
+    let (result, (), (), (), (), ()) = tokio::join!(
         changes_and_calls(c),
         intruding,
+        trespassing,
         bursting,
         probing,
         balance_probing
@@ -165,6 +173,130 @@ async fn intruder(
         trace
             .borrow_mut()
             .push(format!("{:>6} ms {line}", started.elapsed().as_millis()));
+    }
+}
+
+/// XORed into the seed for the trespasser's generator.
+const TRESPASS_DRAWS: u64 = 0x7e55_9a55;
+
+/// Addresses the gateways' address policy refuses at registration (IP literals it never
+/// admits, and https with no CA to verify the instance).
+const REFUSED_ADDRS: [&str; 5] = [
+    "http://127.0.0.1:9",
+    "http://169.254.169.254:80",
+    "http://0.0.0.0:9",
+    "http://[::1]:9",
+    "https://nowhere:1",
+];
+
+/// Every 300-900 ms during the fault window, through a random gateway's control listener, one
+/// of what no one may do there, each of which must be refused:
+///
+/// * read the registry (`GET /v1/services/ghost`) with no credential, one signed by a key no
+///   gateway holds, an expired one, or a valid one without `read`: answered 401 or 403;
+/// * revoke a public token (`POST /v1/revocations`) with a credential that is not for every
+///   service, or one of the above: answered 401 or 403 (authorization comes first, before the
+///   gateway finds it has no revocation store);
+/// * register `ghost/y-N` with a valid credential for `ghost` at an address the address policy
+///   refuses ([`REFUSED_ADDRS`]): never answered 2xx (400; 503 while the gateway catches up),
+///   and the phantom check sees that it never reaches a registry.
+///
+/// An answer that lets one through is a violation (kept in the fronts' log); transport errors
+/// (partitions, crashes) are not judged. Its own generator: every other draw stays as it was.
+async fn trespasser(
+    gateways: Vec<String>,
+    seed: u64,
+    fault_ms: u64,
+    trace: Rc<RefCell<Vec<String>>>,
+    log: SharedLog,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ TRESPASS_DRAWS);
+    let [other_service, foreign, expired] = intruder_credentials();
+    let unreadable = crate::credential_without_read("trespasser", &["*"]);
+    let ghost_only = crate::credential("trespasser", &[GHOST]);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(fault_ms) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
+        let gw = &gateways[rng.random_range(0..gateways.len())];
+        let (what, method, path, body, token, refused): (
+            String,
+            _,
+            _,
+            Vec<u8>,
+            _,
+            fn(u16) -> bool,
+        ) = match rng.random_range(0..3) {
+            0 => {
+                let (name, token) = [
+                    ("no credential", None),
+                    ("a credential signed by a foreign key", Some(&foreign)),
+                    ("an expired credential", Some(&expired)),
+                    ("a credential without read", Some(&unreadable)),
+                ][rng.random_range(0..4)];
+                (
+                    format!("a registry read with {name}"),
+                    "GET",
+                    format!("/v1/services/{GHOST}"),
+                    Vec::new(),
+                    token,
+                    |status| matches!(status, 401 | 403),
+                )
+            }
+            1 => {
+                let (name, token) = [
+                    ("no credential", None),
+                    ("a credential for one service", Some(&other_service)),
+                    ("a credential for ghost only", Some(&ghost_only)),
+                    ("a credential signed by a foreign key", Some(&foreign)),
+                ][rng.random_range(0..4)];
+                (
+                    format!("a revocation with {name}"),
+                    "POST",
+                    "/v1/revocations".to_owned(),
+                    br#"{"issuer":"sim","subject":"someone","expires_at":4000000000}"#.to_vec(),
+                    token,
+                    |status| matches!(status, 401 | 403),
+                )
+            }
+            _ => {
+                let addr = REFUSED_ADDRS[rng.random_range(0..REFUSED_ADDRS.len())];
+                (
+                    format!("a registration at {addr}"),
+                    "PUT",
+                    format!(
+                        "/v1/services/{GHOST}/instances/y-{}",
+                        rng.random_range(0..4)
+                    ),
+                    format!(r#"{{"addr":"{addr}"}}"#).into_bytes(),
+                    Some(&ghost_only),
+                    |status| !(200..300).contains(&status),
+                )
+            }
+        };
+        let reply = http_send_as(
+            gw,
+            CONTROL_PORT,
+            method,
+            &path,
+            body,
+            token.map(String::as_str),
+        )
+        .await;
+        let at_ms = started.elapsed().as_millis();
+        let line = match reply {
+            Ok((status, _)) => {
+                let mut log = log.borrow_mut();
+                log.trespasses += 1;
+                if !refused(status) {
+                    log.trespasses_admitted.push(format!(
+                        "{gw} answered {what} ({method} {path}) {status} at {at_ms} ms: it must refuse it"
+                    ));
+                }
+                format!("trespasser via {gw}: {what}: {status}")
+            }
+            Err(e) => format!("trespasser via {gw}: {what}: {}", e.kind()),
+        };
+        trace.borrow_mut().push(format!("{at_ms:>6} ms {line}"));
     }
 }
 
