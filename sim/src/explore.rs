@@ -340,6 +340,11 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
+        "outbox               {} changes answered 202 judged against their gateway's pending count",
+        routing(|o| o.pending_judged)
+    );
+    let _ = writeln!(
+        out,
         "timeouts             {} runs of three on a stalled instance judged, {} followed by a request within the ejection",
         routing(|o| o.balancing.timeouts_judged),
         routing(|o| o.balancing.timeouts_broken)

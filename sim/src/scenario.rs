@@ -158,6 +158,10 @@ pub struct Outcome {
     pub clock_judged: usize,
     #[serde(default)]
     pub ready_judged: usize,
+    /// Changes answered 202 whose gateway's pending count was judged while the log lacked
+    /// them.
+    #[serde(default)]
+    pub pending_judged: usize,
     pub trace_hash: u64,
     #[serde(skip)]
     pub trace: Vec<String>,
@@ -487,6 +491,7 @@ fn simulate(options: &Options) -> Outcome {
     let mut reported = Reported::default();
     let mut clock = clock::ClockPromise::default();
     let mut readiness = readiness::Readiness::default();
+    let mut pending = checks::PendingCheck::default();
 
     let mut violations = Vec::new();
     let mut next = 0;
@@ -565,6 +570,14 @@ fn simulate(options: &Options) -> Outcome {
             );
             check_hostile_absent(&live, &hostile, &mut reported, &mut violations);
             clock.check_lead(&live, &mut reported, &mut violations);
+            pending.step(
+                &acks.borrow(),
+                &live,
+                &gateway_starts,
+                &log,
+                &mut reported,
+                &mut violations,
+            );
             drop((nodes_now, skews_now));
             if healed
                 && convergence_ms.is_none()
@@ -721,6 +734,7 @@ fn simulate(options: &Options) -> Outcome {
         fetch_records_max,
         clock_judged,
         ready_judged: readiness.judged,
+        pending_judged: pending.judged,
         trace_hash,
         trace,
     }

@@ -374,3 +374,85 @@ pub(super) fn trace_hash(trace: &[String]) -> u64 {
     }
     h
 }
+
+/// The outbox's count, as `/v1/cluster` (`outbox_pending`) and the metrics report it: a change
+/// a gateway answered 202 (accepted, not yet on the log) waits in that gateway's outbox until
+/// the log holds it, so while the incarnation that answered is up and the log holds neither it
+/// nor a later change to its key, that gateway reports at least one change pending. Judged at
+/// every check step from the moment the answer is seen; an incarnation that crashed since lost
+/// its outbox, and is not judged.
+#[derive(Default)]
+pub(super) struct PendingCheck {
+    /// Acknowledgements read so far.
+    seen: usize,
+    /// 202 answers whose change the log did not hold yet: the ack, and the start of the
+    /// incarnation that answered.
+    waiting: Vec<(Ack, u64)>,
+    /// 202 answers judged at least once.
+    pub judged: usize,
+    judged_keys: BTreeSet<(String, String, Stamp)>,
+}
+
+impl PendingCheck {
+    pub(super) fn step(
+        &mut self,
+        acks: &[Ack],
+        live: &Live<'_>,
+        starts: &BTreeMap<String, Vec<u64>>,
+        log: &MemoryBus,
+        reported: &mut Reported,
+        violations: &mut Vec<String>,
+    ) {
+        let born_of = |gw: &str| starts.get(gw).and_then(|s| s.last().copied());
+        for ack in acks.iter().skip(self.seen) {
+            if let (202, Some(_), Some(born)) = (ack.status, &ack.stamp, born_of(&ack.gateway))
+                && born <= ack.sent_ms
+            {
+                self.waiting.push((ack.clone(), born));
+            }
+        }
+        self.seen = acks.len();
+        if self.waiting.is_empty() {
+            return;
+        }
+        let records = log.snapshot();
+        let on_log = |ack: &Ack| {
+            records.iter().filter(|r| !r.delete).any(|r| {
+                Event::decode(&r.payload).is_ok_and(|e| {
+                    e.key == ack.key && ack.stamp.as_ref().is_some_and(|s| e.entry().stamp >= *s)
+                })
+            })
+        };
+        self.waiting.retain(|(ack, born)| {
+            !on_log(ack)
+                && !live.down.contains(&ack.gateway)
+                && born_of(&ack.gateway) == Some(*born)
+        });
+        for (ack, _) in &self.waiting {
+            let Some(node) = live.nodes.get(&ack.gateway) else {
+                continue;
+            };
+            let stamp = ack.stamp.clone().unwrap_or_default();
+            let key = format!("{}/{}", ack.key.service, ack.key.instance_id);
+            if self
+                .judged_keys
+                .insert((ack.gateway.clone(), key.clone(), stamp.clone()))
+            {
+                self.judged += 1;
+            }
+            if node.registrar().pending() == 0 {
+                reported.once("pending", &ack.gateway, violations, || {
+                    format!(
+                        "at {} ms {} reports no change pending, though it answered 202 to a {:?} of {key} (stamp {}.{}.{}) and the log holds neither it nor a later change to that key",
+                        live.now_ms,
+                        ack.gateway,
+                        ack.op,
+                        stamp.physical_ms,
+                        stamp.logical,
+                        stamp.node_id
+                    )
+                });
+            }
+        }
+    }
+}

@@ -118,6 +118,10 @@ pub struct AuditCounts {
     pub missing_counted: usize,
     /// Drops the auditors counted, any reason, requests stream.
     pub dropped: u64,
+    /// Registry records delivered (changes asked of a gateway, applied or refused, and its
+    /// evictions), each checked for its form ([`check_registry_records`]).
+    #[serde(default)]
+    pub registry_records: usize,
 }
 
 /// Every answered call audited exactly once by the incarnation that answered it, or missing
@@ -147,6 +151,7 @@ pub fn check(sinks: &Sinks, answered: &[Answered], violations: &mut Vec<String>)
         }
         held.push(by_id);
     }
+    counts.registry_records = check_registry_records(sinks, violations);
     let mut missing = vec![0u64; sinks.audited.len()];
     for call in answered.iter().filter(|c| !c.request_id.is_empty()) {
         counts.answered += 1;
@@ -190,4 +195,75 @@ pub fn check(sinks: &Sinks, answered: &[Answered], violations: &mut Vec<String>)
         }
     }
     counts
+}
+
+/// The fronts a registry record may name, by `via`.
+const VIAS: [&str; 4] = ["rest", "grpc", "graphql", "gateway"];
+
+/// The most malformed registry records described in one run (any one fails it).
+const REGISTRY_SHOWN_MAX: usize = 5;
+
+/// Every registry record a sink received is well formed: it decodes; it names the front the
+/// change came through (`rest`, `grpc`, `graphql`), or `gateway` for a change the gateway made
+/// itself (an eviction is always one); and a change applied carries the stamp it was applied
+/// with, written `physical.logical.node` with the node that wrote the record (a gateway stamps
+/// the changes it takes), while a refused one carries an error code and no stamp. Returns how
+/// many records were judged.
+fn check_registry_records(sinks: &Sinks, violations: &mut Vec<String>) -> usize {
+    use prost::Message;
+    use switchyard_proto::audit::{AuditRecord, RegistryAction, audit_record::Kind};
+    let mut judged = 0;
+    let mut wrong = 0;
+    for a in &sinks.audited {
+        for r in a
+            .sink
+            .records()
+            .into_iter()
+            .filter(|r| r.stream == Stream::Registry)
+        {
+            judged += 1;
+            let problem = match AuditRecord::decode(r.payload.as_ref()) {
+                Err(e) => Some(format!("does not decode ({e})")),
+                Ok(AuditRecord {
+                    kind: Some(Kind::Registry(reg)),
+                    gateway_node,
+                    ..
+                }) => {
+                    let evict = reg.action == RegistryAction::Evict as i32;
+                    let stamp_node = reg.stamp.splitn(3, '.').nth(2);
+                    let stamp_ok = reg
+                        .stamp
+                        .splitn(3, '.')
+                        .take(2)
+                        .all(|n| n.parse::<u64>().is_ok())
+                        && stamp_node == Some(gateway_node.as_str());
+                    if !VIAS.contains(&reg.via.as_str()) {
+                        Some(format!("names the front {:?}", reg.via))
+                    } else if evict && reg.via != "gateway" {
+                        Some(format!("is an eviction through {:?}", reg.via))
+                    } else if reg.error_code.is_empty() && !stamp_ok {
+                        Some(format!("was applied with the stamp {:?}", reg.stamp))
+                    } else if !reg.error_code.is_empty() && !reg.stamp.is_empty() {
+                        Some(format!(
+                            "was refused ({}) but carries the stamp {:?}",
+                            reg.error_code, reg.stamp
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                Ok(other) => Some(format!("is not a registry record ({:?})", other.kind)),
+            };
+            if let Some(problem) = problem {
+                wrong += 1;
+                if wrong <= REGISTRY_SHOWN_MAX {
+                    violations.push(format!(
+                        "{} (started {} ms) audited a registry change ({}) that {problem}",
+                        a.gateway, a.started_ms, r.key
+                    ));
+                }
+            }
+        }
+    }
+    judged
 }
