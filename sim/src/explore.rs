@@ -345,6 +345,11 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
+        "catch-up             {} changes sent to a gateway while it caught up, refused",
+        routing(|o| o.catching_up_refused)
+    );
+    let _ = writeln!(
+        out,
         "timeouts             {} runs of three on a stalled instance judged, {} followed by a request within the ejection",
         routing(|o| o.balancing.timeouts_judged),
         routing(|o| o.balancing.timeouts_broken)

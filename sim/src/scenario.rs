@@ -162,6 +162,9 @@ pub struct Outcome {
     /// them.
     #[serde(default)]
     pub pending_judged: usize,
+    /// Changes sent to a gateway incarnation while it was catching up, and refused 503.
+    #[serde(default)]
+    pub catching_up_refused: usize,
     pub trace_hash: u64,
     #[serde(skip)]
     pub trace: Vec<String>,
@@ -607,7 +610,7 @@ fn simulate(options: &Options) -> Outcome {
                 now_ms,
                 inc.fronts_feed,
             ));
-            readiness.started(&inc.name, inc.node.clone(), floor);
+            readiness.started(&inc.name, inc.node.clone(), floor, now_ms);
             clock.started(&inc.name, inc.clock_feed, now_ms);
             routing.started(&inc.name, inc.skew_ms, inc.node, inc.feed, now_ms);
         }
@@ -644,6 +647,13 @@ fn simulate(options: &Options) -> Outcome {
     let reference = reference(&log, &quarantined);
     let acks = acks.borrow();
     check_acknowledged(&reference, &acks, &mut violations);
+    let catching_up_refused = checks::check_no_change_before_catch_up(
+        &acks,
+        &readiness.catch_ups,
+        &skews.borrow(),
+        EPOCH_S * 1_000,
+        &mut violations,
+    );
     let clock_judged = clock.check(&acks, &mut violations);
     check_no_phantoms(&reference, &services, &hostile, &mut violations);
     check_readable(&log, &quarantined, &mut violations);
@@ -735,6 +745,7 @@ fn simulate(options: &Options) -> Outcome {
         clock_judged,
         ready_judged: readiness.judged,
         pending_judged: pending.judged,
+        catching_up_refused,
         trace_hash,
         trace,
     }

@@ -456,3 +456,66 @@ impl PendingCheck {
         }
     }
 }
+
+/// No change accepted before catch-up: a gateway that has not read the log up to the mark it
+/// saw at start refuses every change (503 `not_ready`), since a change it stamped could lose
+/// to an older one already on the log. Each change answered 200 or 202 was stamped by the
+/// gateway that took it; its stamp, less that gateway's skew, is never earlier than the moment
+/// it was taken (a clock runs at its wall time or ahead). So a stamp dated within an
+/// incarnation's life, no later than a step after which that incarnation was seen not ready
+/// (not caught up, in the simulation), is a change it accepted before it caught up. Returns
+/// how many changes were sent to an incarnation while it was catching up and refused 503.
+pub(super) fn check_no_change_before_catch_up(
+    acks: &[Ack],
+    catch_ups: &[super::readiness::CatchUp],
+    skews: &BTreeMap<String, i64>,
+    epoch_ms: u64,
+    violations: &mut Vec<String>,
+) -> usize {
+    let refused = acks
+        .iter()
+        .filter(|a| {
+            a.status == 503
+                && catch_ups.iter().any(|c| {
+                    c.name == a.gateway
+                        && c.born_ms <= a.sent_ms
+                        && c.not_caught_up_at_ms
+                            .is_some_and(|until| a.sent_ms <= until)
+                })
+        })
+        .count();
+    let mut shown = 0;
+    for ack in acks.iter().filter(|a| matches!(a.status, 200 | 202)) {
+        let Some(stamp) = ack.stamp.as_ref().filter(|s| s.node_id == ack.gateway) else {
+            continue;
+        };
+        let skew = skews.get(&ack.gateway).copied().unwrap_or(0);
+        let at = i128::from(stamp.physical_ms) - i128::from(epoch_ms) - i128::from(skew);
+        let Ok(at) = u64::try_from(at) else {
+            continue;
+        };
+        let Some(incarnation) = catch_ups
+            .iter()
+            .rfind(|c| c.name == ack.gateway && c.born_ms <= at)
+        else {
+            continue;
+        };
+        if let Some(until) = incarnation.not_caught_up_at_ms
+            && at <= until
+        {
+            shown += 1;
+            if shown <= 5 {
+                violations.push(format!(
+                    "{} accepted a {:?} of {}/{} (answered {}, stamped at {at} ms) before it caught up: the incarnation that started at {} ms was not ready at {until} ms",
+                    ack.gateway,
+                    ack.op,
+                    ack.key.service,
+                    ack.key.instance_id,
+                    ack.status,
+                    incarnation.born_ms
+                ));
+            }
+        }
+    }
+    refused
+}

@@ -25,6 +25,8 @@ use super::reference::{describe, fold, newer};
 
 struct Watched {
     name: String,
+    /// Index of this incarnation in [`Readiness::catch_ups`].
+    index: usize,
     node: Arc<Node>,
     /// The log's high-water mark before the step in which this incarnation started.
     floor: u64,
@@ -38,6 +40,21 @@ pub(super) struct Readiness {
     watched: Vec<Watched>,
     /// Incarnations judged at their first ready answer.
     pub judged: usize,
+    /// Every incarnation, in the order they started, with how long it was seen not caught up.
+    pub catch_ups: Vec<CatchUp>,
+}
+
+/// One gateway incarnation's catch-up as the steps saw it. In the simulation a gateway is
+/// ready exactly when it has caught up (no JWT providers, no shutdown), so `/readyz`'s answer
+/// tells when the registrar begins to accept changes.
+#[derive(Debug, Clone)]
+pub(super) struct CatchUp {
+    pub name: String,
+    /// The simulated ms at which the step it started in began.
+    pub born_ms: u64,
+    /// The end of the last step after which it was not ready, before its first ready answer:
+    /// until then it had not caught up, so it had to refuse every change.
+    pub not_caught_up_at_ms: Option<u64>,
 }
 
 /// The log's high-water mark now (the in-memory log answers at once).
@@ -53,10 +70,17 @@ pub(super) fn high_water(log: &MemoryBus) -> u64 {
 
 impl Readiness {
     /// A gateway incarnation started during the step that began with the log at `floor`.
-    pub fn started(&mut self, name: &str, node: Arc<Node>, floor: u64) {
+    /// Also notes when it started: `born_ms`.
+    pub fn started(&mut self, name: &str, node: Arc<Node>, floor: u64, born_ms: u64) {
         self.watched.retain(|w| w.name != name);
+        self.catch_ups.push(CatchUp {
+            name: name.to_owned(),
+            born_ms,
+            not_caught_up_at_ms: None,
+        });
         self.watched.push(Watched {
             name: name.to_owned(),
+            index: self.catch_ups.len() - 1,
             node,
             floor,
             ready_seen: false,
@@ -95,6 +119,12 @@ impl Readiness {
                     "{name} reported ready at {now_ms} ms at bus position {} before its catch-up target {}",
                     r.bus_position, r.catch_up_target
                 ));
+            }
+            if !r.ready
+                && !w.ready_seen
+                && let Some(c) = self.catch_ups.get_mut(w.index)
+            {
+                c.not_caught_up_at_ms = Some(now_ms);
             }
             if r.ready && !w.ready_seen {
                 w.ready_seen = true;
