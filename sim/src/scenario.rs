@@ -620,7 +620,7 @@ fn simulate(options: &Options) -> Outcome {
         }
         clock.drain(stepped_ms);
         readiness.step(
-            stepped_ms,
+            (now_ms, stepped_ms),
             &log,
             &quarantined,
             &down,

@@ -622,8 +622,20 @@ fn check_ejections(
         _ => None,
     };
     for (&(gateway, incarnation, instance), list) in &by {
-        for failed in list.iter().filter_map(|c| failed_at(c)) {
+        let failures: Vec<u64> = list.iter().filter_map(|c| failed_at(c)).collect();
+        for &failed in &failures {
             counts.connects_failed += 1;
+            // Judged only if the instance was not ejected already: a failure during an
+            // ejection neither counts nor extends it, so that one may end sooner. Not after
+            // another failure within the longest ejection, nor after a stall (its timeouts
+            // may have ejected it).
+            if failures
+                .iter()
+                .any(|&at| at < failed && failed <= at + EJECTION_MAX_MS)
+                || links.stalled(instance, failed.saturating_sub(EJECTION_MAX_MS), failed)
+            {
+                continue;
+            }
             let (from, to) = (failed + GRACE_MS, failed + EJECTION_MIN_MS - GRACE_MS);
             // Another instance fit to try throughout: routable, left alone, and none of this
             // incarnation's connections to it failed within the longest ejection before.

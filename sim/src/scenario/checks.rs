@@ -461,9 +461,9 @@ impl PendingCheck {
 /// saw at start refuses every change (503 `not_ready`), since a change it stamped could lose
 /// to an older one already on the log. Each change answered 200 or 202 was stamped by the
 /// gateway that took it; its stamp, less that gateway's skew, is never earlier than the moment
-/// it was taken (a clock runs at its wall time or ahead). So a stamp dated within an
-/// incarnation's life, no later than a step after which that incarnation was seen not ready
-/// (not caught up, in the simulation), is a change it accepted before it caught up. Returns
+/// it was taken (a clock runs at its wall time or ahead). So a change sent to an incarnation
+/// whose stamp is dated no later than the start of a step after which that incarnation was
+/// seen not ready (not caught up, in the simulation) was accepted before it caught up. Returns
 /// how many changes were sent to an incarnation while it was catching up and refused 503.
 pub(super) fn check_no_change_before_catch_up(
     acks: &[Ack],
@@ -494,9 +494,11 @@ pub(super) fn check_no_change_before_catch_up(
         let Ok(at) = u64::try_from(at) else {
             continue;
         };
+        // The incarnation the change was sent to: the stamp may be dated up to the clocks'
+        // spread after the change was taken, past a restart, so it does not tell.
         let Some(incarnation) = catch_ups
             .iter()
-            .rfind(|c| c.name == ack.gateway && c.born_ms <= at)
+            .rfind(|c| c.name == ack.gateway && c.born_ms <= ack.sent_ms)
         else {
             continue;
         };

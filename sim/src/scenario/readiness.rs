@@ -52,8 +52,9 @@ pub(super) struct CatchUp {
     pub name: String,
     /// The simulated ms at which the step it started in began.
     pub born_ms: u64,
-    /// The end of the last step after which it was not ready, before its first ready answer:
-    /// until then it had not caught up, so it had to refuse every change.
+    /// The start of the last step after which it was not ready, before its first ready
+    /// answer: until then it had not caught up, so it had to refuse every change. (The start,
+    /// not the end: a host's clock may read either during the step.)
     pub not_caught_up_at_ms: Option<u64>,
 }
 
@@ -88,10 +89,10 @@ impl Readiness {
         });
     }
 
-    /// Reads every incarnation that is up after a step ending at `now_ms`.
+    /// Reads every incarnation that is up after a step from `from_ms` to `now_ms`.
     pub fn step(
         &mut self,
-        now_ms: u64,
+        (from_ms, now_ms): (u64, u64),
         log: &MemoryBus,
         quarantined: &BTreeSet<u64>,
         down: &BTreeSet<String>,
@@ -124,7 +125,7 @@ impl Readiness {
                 && !w.ready_seen
                 && let Some(c) = self.catch_ups.get_mut(w.index)
             {
-                c.not_caught_up_at_ms = Some(now_ms);
+                c.not_caught_up_at_ms = Some(from_ms);
             }
             if r.ready && !w.ready_seen {
                 w.ready_seen = true;

@@ -201,7 +201,10 @@ const REFUSED_ADDRS: [&str; 5] = [
 ///   refuses ([`REFUSED_ADDRS`]): never answered 2xx (400; 503 while the gateway catches up),
 ///   and the phantom check sees that it never reaches a registry.
 ///
-/// An answer that lets one through is a violation (kept in the fronts' log); transport errors
+/// Beside them, as controls, the same read and revocation with a credential that allows them:
+/// answered 200 (404 while the gateway knows no ghost), and 503 (past the check, the
+/// simulated gateways keep no revocation store).
+/// An unexpected answer is a violation (kept in the fronts' log); transport errors
 /// (partitions, crashes) are not judged. Its own generator: every other draw stays as it was.
 async fn trespasser(
     gateways: Vec<String>,
@@ -214,11 +217,12 @@ async fn trespasser(
     let [other_service, foreign, expired] = intruder_credentials();
     let unreadable = crate::credential_without_read("trespasser", &["*"]);
     let ghost_only = crate::credential("trespasser", &[GHOST]);
+    let operator = crate::credential("operator", &["*"]);
     let started = tokio::time::Instant::now();
     while started.elapsed() < Duration::from_millis(fault_ms) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
         let gw = &gateways[rng.random_range(0..gateways.len())];
-        let (what, method, path, body, token, refused): (
+        let (what, method, path, body, token, expected): (
             String,
             _,
             _,
@@ -227,35 +231,63 @@ async fn trespasser(
             fn(u16) -> bool,
         ) = match rng.random_range(0..3) {
             0 => {
-                let (name, token) = [
-                    ("no credential", None),
-                    ("a credential signed by a foreign key", Some(&foreign)),
-                    ("an expired credential", Some(&expired)),
-                    ("a credential without read", Some(&unreadable)),
-                ][rng.random_range(0..4)];
+                let refused: fn(u16) -> bool = |status| matches!(status, 401 | 403);
+                let (name, token, expected) = [
+                    ("no credential", None, refused),
+                    (
+                        "a credential signed by a foreign key",
+                        Some(&foreign),
+                        refused,
+                    ),
+                    ("an expired credential", Some(&expired), refused),
+                    ("a credential without read", Some(&unreadable), refused),
+                    // The control: a credential that allows it reads (404 while that gateway
+                    // knows no ghost).
+                    (
+                        "a credential that allows reading",
+                        Some(&operator),
+                        |status| matches!(status, 200 | 404),
+                    ),
+                ][rng.random_range(0..5)];
                 (
                     format!("a registry read with {name}"),
                     "GET",
                     format!("/v1/services/{GHOST}"),
                     Vec::new(),
                     token,
-                    |status| matches!(status, 401 | 403),
+                    expected,
                 )
             }
             1 => {
-                let (name, token) = [
-                    ("no credential", None),
-                    ("a credential for one service", Some(&other_service)),
-                    ("a credential for ghost only", Some(&ghost_only)),
-                    ("a credential signed by a foreign key", Some(&foreign)),
-                ][rng.random_range(0..4)];
+                let refused: fn(u16) -> bool = |status| matches!(status, 401 | 403);
+                let (name, token, expected) = [
+                    ("no credential", None, refused),
+                    (
+                        "a credential for one service",
+                        Some(&other_service),
+                        refused,
+                    ),
+                    ("a credential for ghost only", Some(&ghost_only), refused),
+                    (
+                        "a credential signed by a foreign key",
+                        Some(&foreign),
+                        refused,
+                    ),
+                    // The control: a credential for every service may revoke; the simulated
+                    // gateways keep no revocation store, so they answer 503 past the check.
+                    (
+                        "a credential for every service",
+                        Some(&operator),
+                        |status| status == 503,
+                    ),
+                ][rng.random_range(0..5)];
                 (
                     format!("a revocation with {name}"),
                     "POST",
                     "/v1/revocations".to_owned(),
                     br#"{"issuer":"sim","subject":"someone","expires_at":4000000000}"#.to_vec(),
                     token,
-                    |status| matches!(status, 401 | 403),
+                    expected,
                 )
             }
             _ => {
@@ -287,9 +319,9 @@ async fn trespasser(
             Ok((status, _)) => {
                 let mut log = log.borrow_mut();
                 log.trespasses += 1;
-                if !refused(status) {
+                if !expected(status) {
                     log.trespasses_admitted.push(format!(
-                        "{gw} answered {what} ({method} {path}) {status} at {at_ms} ms: it must refuse it"
+                        "{gw} answered {what} ({method} {path}) {status} at {at_ms} ms: it must refuse it (or, the control, let it through)"
                     ));
                 }
                 format!("trespasser via {gw}: {what}: {status}")
