@@ -677,6 +677,13 @@ fn simulate(options: &Options) -> Outcome {
         simulated_ms,
         &mut violations,
     );
+    fronts::audit::check_renewals_audited_as_such(
+        &sinks.borrow(),
+        &skews.borrow(),
+        EPOCH_S * 1_000,
+        |gateway, instance, from, to| links.quiet(gateway, instance, from, to),
+        &mut violations,
+    );
     let (connect_log, connects_unkept) = connects.take();
     let hostile_offsets: BTreeSet<u64> = hostile.iter().map(|(offset, _)| *offset).collect();
     let evictions = balancing::evictions(

@@ -267,3 +267,82 @@ fn check_registry_records(sinks: &Sinks, violations: &mut Vec<String>) -> usize 
     }
     judged
 }
+
+/// A renewal is audited as one, not as a registration. The sample instances register once and
+/// then renew (gRPC `Renew`), registering again only after a call failed; with
+/// `audit.registry_renewals` off (the default, which the simulation runs) a renewal leaves no
+/// record, and a failed one leaves a refused `Renew` record if the gateway answered it. So two
+/// applied registrations of one sample instance in one gateway incarnation's sink, with neither
+/// a refused record of it nor a disturbance of it or its link to the gateway between them
+/// (`undisturbed`: whether the instance and its link to the gateway were left alone during a
+/// span of simulated ms), mean a renewal was audited as a registration. Returns how many
+/// applied registrations of sample instances the sinks hold.
+pub fn check_renewals_audited_as_such(
+    sinks: &Sinks,
+    skews: &BTreeMap<String, i64>,
+    epoch_ms: u64,
+    undisturbed: impl Fn(&str, &str, u64, u64) -> bool,
+    violations: &mut Vec<String>,
+) -> usize {
+    use prost::Message;
+    use switchyard_proto::audit::{AuditRecord, RegistryAction, audit_record::Kind};
+    let mut judged = 0;
+    for a in &sinks.audited {
+        let skew = skews.get(&a.gateway).copied().unwrap_or(0);
+        // Each sample instance's records in this sink, in order: (simulated ms, applied
+        // registration, refused anything).
+        let mut by_instance: BTreeMap<String, Vec<(u64, bool, bool)>> = BTreeMap::new();
+        for r in a
+            .sink
+            .records()
+            .into_iter()
+            .filter(|r| r.stream == Stream::Registry)
+        {
+            let Ok(AuditRecord {
+                kind: Some(Kind::Registry(reg)),
+                time_unix_ms,
+                ..
+            }) = AuditRecord::decode(r.payload.as_ref())
+            else {
+                continue;
+            };
+            if reg.service != super::super::SAMPLE {
+                continue;
+            }
+            let at = i128::from(time_unix_ms) - i128::from(epoch_ms) - i128::from(skew);
+            let at = u64::try_from(at.max(0)).unwrap_or(0);
+            let applied_registration =
+                reg.action == RegistryAction::Register as i32 && reg.error_code.is_empty();
+            judged += usize::from(applied_registration);
+            by_instance.entry(reg.instance_id).or_default().push((
+                at,
+                applied_registration,
+                !reg.error_code.is_empty(),
+            ));
+        }
+        for (instance, records) in &by_instance {
+            let registrations: Vec<(usize, u64)> = records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.1)
+                .map(|(i, r)| (i, r.0))
+                .collect();
+            for pair in registrations.windows(2) {
+                let ((i, from), (j, to)) = (pair[0], pair[1]);
+                if records[i + 1..j].iter().any(|r| r.2)
+                    || !undisturbed(&a.gateway, instance, from, to)
+                {
+                    continue;
+                }
+                violations.push(format!(
+                    "{} (started {} ms) audited registrations of {}/{instance} at {from} ms and {to} ms with nothing between that could have failed a renewal: a renewal was audited as a registration",
+                    a.gateway,
+                    a.started_ms,
+                    super::super::SAMPLE
+                ));
+                break;
+            }
+        }
+    }
+    judged
+}
