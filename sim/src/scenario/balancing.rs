@@ -36,8 +36,12 @@
 //!   [`EVICTION_TRIGGER_MS`] of it. The evictions are read from the log (the gateway's own
 //!   stamp dates each, its skew taken off).
 //!
-//! All four judge the gateway's code that decides: the balancer's pick among the untried
-//! instances, the retry rule, and the passive health that orders them.
+//! * **A hung instance is ejected**, **evictions wait**, and **a gateway cut off evicts**: the
+//!   checks of the `stalls` and `cutoffs` fault kinds ([`check_timeouts`],
+//!   [`check_eviction_waits`], [`check_cutoffs`]; `scenario::probing` makes the episodes).
+//!
+//! All of them judge the gateway's code that decides: the balancer's pick among the untried
+//! instances, the retry rule, the passive health that orders them, and eviction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -733,9 +737,9 @@ fn failures(connects: &[Connect]) -> BTreeMap<(&str, u64, &str), Vec<u64>> {
 /// one gateway incarnation; nothing else that could reach the instance's record in between (no
 /// other timeout, no failed connection, no disturbance of the instance or its link). The
 /// answer (or the start) cleared the instance's record, so the third timeout ejects it for
-/// exactly the base length; no request of that incarnation may arrive from [`ANSWER_MS`] after it until the
-/// ejection's end, if another instance was routable, left alone, not stalled and not failing
-/// throughout.
+/// exactly the base length; no request of that incarnation may arrive from [`ANSWER_MS`]
+/// after it until the ejection's end, if another instance was routable, left alone, not
+/// stalled and not failing throughout.
 fn check_timeouts(
     records: &Records<'_>,
     counts: &mut BalancingCounts,
