@@ -727,6 +727,18 @@ fn failures(connects: &[Connect]) -> BTreeMap<(&str, u64, &str), Vec<u64>> {
     out
 }
 
+/// The failures of one gateway incarnation's connections to `instance`, from [`failures`].
+fn failed_at<'a, 'k>(
+    failed: &'a BTreeMap<(&'k str, u64, &'k str), Vec<u64>>,
+    gateway: &'k str,
+    incarnation: u64,
+    instance: &'k str,
+) -> &'a [u64] {
+    failed
+        .get(&(gateway, incarnation, instance))
+        .map_or(&[], Vec::as_slice)
+}
+
 /// The timeout-ejection promise: after [`TIMEOUTS_TO_EJECT`] timeouts in a row on an instance,
 /// with no answer between them, a gateway sends it no request for the ejection
 /// ([`EJECTION_MIN_MS`] at least) while another instance is fit to try.
@@ -765,9 +777,6 @@ fn check_timeouts(
         }
     }
     let failed = failures(connects);
-    let failed_of = |g: &str, i: u64, x: &str| -> Vec<u64> {
-        failed.get(&(g, i, x)).cloned().unwrap_or_default()
-    };
     for (&(gateway, incarnation, instance), list) in &by {
         let Some((_, born)) = incarnation_at(starts, gateway, list[0].received_ms) else {
             continue;
@@ -809,7 +818,7 @@ fn check_timeouts(
             if others
                 || !routing.routable_throughout(gateway, instance, kept_from, end)
                 || !links.quiet(gateway, instance, from, end)
-                || failed_of(gateway, incarnation, instance)
+                || failed_at(&failed, gateway, incarnation, instance)
                     .iter()
                     .any(|&at| from <= at + GRACE_MS && at <= end)
             {
@@ -819,7 +828,7 @@ fn check_timeouts(
                 routing.routable_throughout(gateway, other, third, end)
                     && links.quiet(gateway, other, third.saturating_sub(QUIET_MS), end)
                     && !links.stalled(other, third.saturating_sub(EJECTION_MAX_MS), end)
-                    && failed_of(gateway, incarnation, other)
+                    && failed_at(&failed, gateway, incarnation, other)
                         .iter()
                         .all(|&at| at + EJECTION_MAX_MS < third || at > end)
             });
