@@ -360,6 +360,14 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
         routing(|o| o.balancing.cutoffs_judged),
         routing(|o| o.balancing.cutoffs_unevicted)
     );
+    let _ = writeln!(
+        out,
+        "forwarding edges     {} edge calls answered, {} refused as loops, {} answers at the body bound passed whole; via mark judged on {} requests",
+        routing(|o| o.fronts.edges.answered),
+        routing(|o| o.fronts.edges.loops_refused),
+        routing(|o| o.fronts.edges.at_bound_whole),
+        routing(|o| o.fronts.edges.via_judged)
+    );
     let hostile = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
     let _ = writeln!(
         out,

@@ -362,6 +362,7 @@ fn simulate(options: &Options) -> Outcome {
                 config.bus.publish_wait_ms = 500;
                 config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
                 config.upstream.ejection_base_ms = balancing::EJECTION_MIN_MS;
+                config.upstream.response_body_bytes_max = fronts::edges::RESPONSE_BODY_MAX;
                 // Leases and the drift bound short enough that tombstones are collected (delete
                 // markers written and applied) within a run.
                 config.registry = registry_config(short_retention);

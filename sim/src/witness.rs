@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard_proto::forwarding::forwarding_service_server::{
     ForwardingService, ForwardingServiceServer,
 };
-use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp, Header};
 use tonic::{Request, Response, Status};
 
 /// The most requests one log keeps; later ones are counted but not kept. The client sends at
@@ -71,6 +71,11 @@ pub struct Served {
     /// Received while the instance was stalled: held for [`STALL_HOLD_MS`], past the
     /// gateway's deadline, before it was answered.
     pub stalled: bool,
+    /// The value of the `via` field of `ForwardingReq.headers` (the last, if several), and of
+    /// the `via` metadata of the `Send` call itself: the forwarding gateway's mark, which
+    /// `scenario::fronts::edges` checks.
+    pub via_forwarded: Option<Vec<u8>>,
+    pub via_metadata: Option<Vec<u8>>,
 }
 
 /// The requests every witnessed instance received, shared by all of them (an instance that
@@ -136,10 +141,47 @@ impl ForwardingService for Witness {
             received_ms: turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64),
             request_id: req.request_id.clone(),
             stalled,
+            via_forwarded: req
+                .headers
+                .iter()
+                .rev()
+                .find(|h| h.name == "via")
+                .map(|h| h.value.to_vec()),
+            via_metadata: request.metadata().get("via").map(|v| v.as_bytes().to_vec()),
         });
         if stalled {
             tokio::time::sleep(Duration::from_millis(STALL_HOLD_MS)).await;
         }
+        if let Some(answer) = sized_answer(&req.path) {
+            return Ok(Response::new(answer));
+        }
         self.inner.send(request).await
     }
+}
+
+/// The path of a call that asks the witness for an answer of a given size:
+/// `/sim/answer/<body bytes>/<header fields>`, each field [`ANSWER_FIELD_BYTES`] of value.
+pub const ANSWER_PATH: &str = "/sim/answer/";
+/// The value bytes of each header field of a sized answer.
+pub const ANSWER_FIELD_BYTES: usize = 4_000;
+/// The largest body and the most fields a sized answer has, whatever the path asks.
+const ANSWER_BODY_MAX: usize = 1024 * 1024;
+const ANSWER_FIELDS_MAX: usize = 32;
+
+/// The answer a `/sim/answer/..` path asks for, `None` for any other path (served by the
+/// sample service) or one that does not parse.
+fn sized_answer(path: &str) -> Option<ForwardingResp> {
+    let (body, fields) = path.strip_prefix(ANSWER_PATH)?.split_once('/')?;
+    let body: usize = body.parse().ok()?;
+    let fields: usize = fields.parse().ok()?;
+    Some(ForwardingResp {
+        status: 200,
+        headers: (0..fields.min(ANSWER_FIELDS_MAX))
+            .map(|i| Header {
+                name: format!("x-sim-pad-{i}"),
+                value: vec![b'h'; ANSWER_FIELD_BYTES].into(),
+            })
+            .collect(),
+        body: vec![b'b'; body.min(ANSWER_BODY_MAX)].into(),
+    })
 }

@@ -30,6 +30,15 @@ use crate::sync::{SharedRng, lock};
 use crate::telemetry::{AddressStage, EjectionReason, Telemetry, UpstreamErrorKind};
 use crate::tls;
 
+/// The most a valid `ForwardingResp` adds to its body's bytes, so that the decoding limit
+/// (`upstream.response_body_bytes_max` plus this) refuses no response that keeps the rules of
+/// `translate::to_http_response`: headers of at most 64 KiB counted as name + value + 4 each,
+/// at most 256 of them, each with up to 8 bytes more of protobuf tags and lengths, and the
+/// status and the body's own tag and length.
+const RESPONSE_ENVELOPE_BYTES_MAX: usize = switchyard_core::translate::RESPONSE_HEADER_BYTES_MAX
+    + switchyard_core::translate::RESPONSE_HEADERS_MAX * 8
+    + 32;
+
 pub mod channel;
 
 pub use channel::{lazy_channel, upstream_channel};
@@ -331,7 +340,11 @@ impl Forwarder {
             response_body_bytes_max: self.config.response_body_bytes_max,
         };
         let mut client = ForwardingServiceClient::new(self.channel(addr)?)
-            .max_decoding_message_size(limits.response_body_bytes_max + 64 * 1024)
+            .max_decoding_message_size(
+                limits
+                    .response_body_bytes_max
+                    .saturating_add(RESPONSE_ENVELOPE_BYTES_MAX),
+            )
             .max_encoding_message_size(usize::MAX);
         // The request's Via mark travels on the call itself too: an instance that is a
         // gateway's public listener reads the call's headers, not the ForwardingReq's.
@@ -361,7 +374,15 @@ impl Forwarder {
                 service: key.service.clone(),
                 timeout_ms: limits.timeout_ms,
             }),
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                // The decoding limit leaves room for the headers; the body's own bound is
+                // exact.
+                if resp.body.len() > limits.response_body_bytes_max {
+                    return Err(channel::too_large(key, limits));
+                }
+                Ok(resp)
+            }
             Ok(Err(status)) => Err(channel::classify(&status, key, addr, limits)),
         }
     }

@@ -6,6 +6,8 @@
 //! * [`calls`]: calls through the public front (REST or a GraphQL `call` fan-out), each
 //!   answer kept with the request id it carried; the check that a call answered by a service
 //!   reached a service.
+//! * [`edges`]: calls at the forwarding's edges (`Via` entries, answers at the response body
+//!   bound) and the check of the mark every forwarded request carries.
 //! * [`audit`]: the memory audit sink of each gateway, audit-sink outages, and the check that
 //!   every answered request is audited once, or its absence counted.
 //! * [`subscriptions`]: a watcher host subscribed to `registryChanges` on some gateways, and
@@ -24,6 +26,7 @@ use hyper_util::rt::TokioIo;
 
 pub mod audit;
 pub mod calls;
+pub mod edges;
 pub mod register;
 pub mod subscriptions;
 
@@ -72,6 +75,8 @@ pub struct FrontLog {
     /// and the answers that let it through.
     pub trespasses: usize,
     pub trespasses_admitted: Vec<String>,
+    /// What the edge caller ([`edges::caller`]) sent and saw.
+    pub edges: edges::EdgeLog,
 }
 
 /// The most answers a run keeps.
@@ -178,6 +183,9 @@ pub struct FrontCounts {
     pub trespasses: usize,
     #[serde(default)]
     pub trespasses_admitted: usize,
+    /// What the forwarding's edge checks judged ([`edges`]).
+    #[serde(default)]
+    pub edges: edges::EdgeCounts,
 }
 
 /// Runs the fronts' checks at the end of a run.
@@ -216,5 +224,6 @@ pub fn check(
         subscriptions: subscriptions::check(watched, feeds, end_ms, violations),
         trespasses: log.trespasses,
         trespasses_admitted: log.trespasses_admitted.len(),
+        edges: edges::check(&log.edges, served, violations),
     }
 }

@@ -104,8 +104,8 @@ pub struct Client {
 }
 
 /// The client's workloads at once: [`changes_and_calls`], an [`intruder`] with its own
-/// generator (so the other's draws are not disturbed), the bursts, the liveness prober and
-/// the balancer's prober.
+/// generator (so the other's draws are not disturbed), the trespasser, the edge caller
+/// ([`super::fronts::edges`]), the bursts, the liveness prober and the balancer's prober.
 pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
     let trespassing = trespasser(
@@ -125,16 +125,24 @@ pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
         seed: c.seed,
         fault_ms: c.fault_ms,
     });
+    let edging = super::fronts::edges::caller(
+        c.gateways.clone(),
+        c.seed,
+        c.fault_ms,
+        c.trace.clone(),
+        c.fronts.clone(),
+    );
     let probing = super::liveness::probe(c.probe.take());
     let balance_probing = super::probing::prober(
         std::mem::take(&mut c.probes),
         c.fronts.clone(),
         c.trace.clone(),
     );
-    let (result, (), (), (), (), ()) = tokio::join!(
+    let (result, (), (), (), (), (), ()) = tokio::join!(
         changes_and_calls(c),
         intruding,
         trespassing,
+        edging,
         bursting,
         probing,
         balance_probing

@@ -198,6 +198,19 @@ pub struct AttemptLimits {
     pub response_body_bytes_max: usize,
 }
 
+/// The gateway's error for an answer of instance `key` whose body is larger than
+/// `upstream.response_body_bytes_max`, whether the decoding limit refused the message or the
+/// body was measured after it.
+pub fn too_large(key: &InstanceKey, limits: AttemptLimits) -> GatewayError {
+    GatewayError::BadUpstreamResponse {
+        service: key.service.clone(),
+        reason: format!(
+            "the response is larger than upstream.response_body_bytes_max ({} bytes)",
+            limits.response_body_bytes_max
+        ),
+    }
+}
+
 /// The gateway's error for a call to instance `key` at `addr` that ended in `status`.
 pub fn classify(
     status: &tonic::Status,
@@ -248,13 +261,7 @@ pub fn classify(
     if status.code() == tonic::Code::OutOfRange
         && status.message().starts_with(TONIC_DECODE_LIMIT_MESSAGE)
     {
-        return GatewayError::BadUpstreamResponse {
-            service,
-            reason: format!(
-                "the response is larger than upstream.response_body_bytes_max ({} bytes)",
-                limits.response_body_bytes_max
-            ),
-        };
+        return too_large(key, limits);
     }
     // A status the transport made because the connection broke (the instance died, or reset
     // the connection) is not the service's answer.

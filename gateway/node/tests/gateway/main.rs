@@ -694,6 +694,19 @@ async fn a_response_past_the_limit_is_a_bad_upstream_response() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // The bound is the body's, exact: the decoding limit's room for headers is not room for
+    // a longer body. The raw echo answers with the request's body as its own.
+    let echo_body = format!("{}/orders/test/echo-body", gw.public_url());
+    let (status, _, body) = http_with("POST", &echo_body, &[], vec![b'y'; 64 * 1024]).await;
+    assert_eq!(status, StatusCode::OK, "a body of exactly the limit passes");
+    assert_eq!(body.len(), 64 * 1024);
+    let (status, _, body) = http_with("POST", &echo_body, &[], vec![b'y'; 64 * 1024 + 1]).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "one byte past the limit: {} bytes answered",
+        body.len()
+    );
     gw.stop().await;
     inst.stop().await;
 }
