@@ -362,6 +362,12 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
+        "readiness            {} incarnations judged at their first ready answer, {} event counts judged at the end",
+        routing(|o| o.ready_judged),
+        routing(|o| o.counts_judged)
+    );
+    let _ = writeln!(
+        out,
         "forwarding edges     {} edge calls answered, {} refused as loops, {} answers at the body bound passed whole; via mark judged on {} requests",
         routing(|o| o.fronts.edges.answered),
         routing(|o| o.fronts.edges.loops_refused),

@@ -158,6 +158,10 @@ pub struct Outcome {
     pub clock_judged: usize,
     #[serde(default)]
     pub ready_judged: usize,
+    /// Gateway incarnations up at the end whose event counts were judged against their
+    /// position (`readiness.rs`).
+    #[serde(default)]
+    pub counts_judged: usize,
     /// Changes answered 202 whose gateway's pending count was judged while the log lacked
     /// them.
     #[serde(default)]
@@ -645,6 +649,7 @@ fn simulate(options: &Options) -> Outcome {
     if options.liveness {
         liveness::judge(convergence_ms, served_ms, &mut violations);
     }
+    let counts_judged = readiness.finish(&log, &down, &mut violations);
     let reference = reference(&log, &quarantined);
     let acks = acks.borrow();
     check_acknowledged(&reference, &acks, &mut violations);
@@ -752,6 +757,7 @@ fn simulate(options: &Options) -> Outcome {
         fetch_records_max,
         clock_judged,
         ready_judged: readiness.judged,
+        counts_judged,
         pending_judged: pending.judged,
         catching_up_refused,
         trace_hash,

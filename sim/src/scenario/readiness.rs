@@ -12,6 +12,9 @@
 //!   A gateway whose own target is short agrees with itself and passes the first check alone.
 //! * **The position never moves back**: the offset a gateway incarnation reports as its next
 //!   read never decreases (a redelivered record must not set it to an earlier offset).
+//! * **The reported catch-up target** of a ready incarnation is at least the log's high-water
+//!   mark before it started, and at the end each incarnation up counts every record it read
+//!   once, as applied or rejected ([`Readiness::finish`]).
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -121,6 +124,16 @@ impl Readiness {
                     r.bus_position, r.catch_up_target
                 ));
             }
+            // The target it reports is the mark it read after it started, so never below the
+            // mark before that step.
+            if r.ready && r.catch_up_target < w.floor {
+                let (target, floor) = (r.catch_up_target, w.floor);
+                reported.once("target", name, violations, || {
+                    format!(
+                        "{name} reported ready at {now_ms} ms with a catch-up target {target} below the log's high-water mark {floor} before it started"
+                    )
+                });
+            }
             if !r.ready
                 && !w.ready_seen
                 && let Some(c) = self.catch_ups.get_mut(w.index)
@@ -135,6 +148,39 @@ impl Readiness {
                 }
             }
         }
+    }
+}
+
+impl Readiness {
+    /// At the end of the run, for every incarnation up: the events it reports applied and
+    /// rejected (`events_applied`, `events_rejected` of `/v1/cluster`) are the records it
+    /// read, each once, so they are at most its position, and at least the registrations the
+    /// log still holds below it (compaction only removes; a delete marker is counted only
+    /// when quarantined). Returns the incarnations judged.
+    pub fn finish(
+        &self,
+        log: &MemoryBus,
+        down: &BTreeSet<String>,
+        violations: &mut Vec<String>,
+    ) -> usize {
+        let records = log.snapshot();
+        let mut judged = 0;
+        for w in self.watched.iter().filter(|w| !down.contains(&w.name)) {
+            judged += 1;
+            let s = w.node.status();
+            let counted = s.events_applied + s.events_rejected;
+            let held = records
+                .iter()
+                .filter(|r| !r.delete && r.offset < s.bus_position)
+                .count() as u64;
+            if counted > s.bus_position || counted < held {
+                violations.push(format!(
+                    "{} reports {} events applied and {} rejected at bus position {}, where the log still holds {held} registry events below that position: each record read is counted once",
+                    w.name, s.events_applied, s.events_rejected, s.bus_position
+                ));
+            }
+        }
+        judged
     }
 }
 
