@@ -60,10 +60,15 @@ pub struct Faults {
     /// while a prober sends calls through it.
     #[serde(default)]
     pub cutoffs: bool,
+    /// A gateway is stopped gracefully (its shutdown asked, as an orchestrator does before a
+    /// rolling restart) and started again 2-4 s later. Drawn from a fifth generator
+    /// ([`Faults::drains`]).
+    #[serde(default)]
+    pub drains: bool,
 }
 
 impl Faults {
-    pub const KINDS: [&'static str; 15] = [
+    pub const KINDS: [&'static str; 16] = [
         "partitions",
         "gateway_crashes",
         "service_crashes",
@@ -79,9 +84,10 @@ impl Faults {
         "short_retention",
         "stalls",
         "cutoffs",
+        "drains",
     ];
 
-    fn flags(&self) -> [bool; 15] {
+    fn flags(&self) -> [bool; 16] {
         [
             self.partitions,
             self.gateway_crashes,
@@ -98,14 +104,15 @@ impl Faults {
             self.short_retention,
             self.stalls,
             self.cutoffs,
+            self.drains,
         ]
     }
 
     pub fn all() -> Self {
-        Self::from_flags([true; 15])
+        Self::from_flags([true; 16])
     }
 
-    fn from_flags(f: [bool; 15]) -> Self {
+    fn from_flags(f: [bool; 16]) -> Self {
         Self {
             partitions: f[0],
             gateway_crashes: f[1],
@@ -122,6 +129,7 @@ impl Faults {
             short_retention: f[12],
             stalls: f[13],
             cutoffs: f[14],
+            drains: f[15],
         }
     }
 
@@ -130,7 +138,7 @@ impl Faults {
     /// adding a kind left the draw of the others, and every later draw from `rng`, unchanged:
     /// a seed that does not switch a later kind on runs as it did before that kind existed.
     pub fn swarm(rng: &mut SmallRng, later: &mut SmallRng) -> Self {
-        let mut flags: [bool; 15] = std::array::from_fn(|_| false);
+        let mut flags: [bool; 16] = std::array::from_fn(|_| false);
         for flag in &mut flags[..8] {
             *flag = rng.random_bool(0.5);
         }
@@ -157,6 +165,12 @@ impl Faults {
         self.cutoffs = balance.random_bool(0.5);
     }
 
+    /// Switches `drains` on with probability one half, drawn from `drains`, a fifth
+    /// generator: every earlier draw stays as it was.
+    pub fn drains(&mut self, drains: &mut SmallRng) {
+        self.drains = drains.random_bool(0.5);
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         Self::KINDS
             .into_iter()
@@ -172,7 +186,7 @@ impl Faults {
             "none" | "" => return Ok(Self::default()),
             _ => {}
         }
-        let mut flags = [false; 15];
+        let mut flags = [false; 16];
         for name in list.split(',') {
             let i = Self::KINDS
                 .iter()
@@ -199,6 +213,34 @@ pub enum Action {
     /// A sample instance takes requests and answers none in time, until `Unstall`.
     Stall(String),
     Unstall(String),
+    /// A gateway's shutdown is asked: it stops accepting, reports not ready, finishes what it
+    /// holds, flushes its outbox and stops; `Restart` starts it again.
+    Drain(String),
+}
+
+/// One or two graceful stops (one per [`EPISODE_WINDOW_MS`] started, at most two) of a
+/// gateway present from the start, each followed by its restart 2-4 s later, within
+/// `[1000, fault_ms)`.
+pub fn drain_steps(drains: &mut SmallRng, gateways: &[String], fault_ms: u64) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if gateways.is_empty() || fault_ms <= 5_000 {
+        return steps;
+    }
+    let most = fault_ms.div_ceil(EPISODE_WINDOW_MS).clamp(1, 2);
+    for _ in 0..drains.random_range(1..=most) {
+        let gateway = gateways[drains.random_range(0..gateways.len())].clone();
+        let at_ms = drains.random_range(1_000..fault_ms - 4_000);
+        let back_ms = at_ms + drains.random_range(2_000..4_000);
+        steps.push(Step {
+            at_ms,
+            action: Action::Drain(gateway.clone()),
+        });
+        steps.push(Step {
+            at_ms: back_ms,
+            action: Action::Restart(gateway),
+        });
+    }
+    steps
 }
 
 /// Cuts one gateway present from the start off the broker for `len_ms` (longer than the
@@ -234,6 +276,7 @@ impl fmt::Display for Action {
             Self::Hostile(seed) => write!(f, "hostile records (burst {seed:016x})"),
             Self::Stall(h) => write!(f, "stall {h}"),
             Self::Unstall(h) => write!(f, "unstall {h}"),
+            Self::Drain(h) => write!(f, "drain {h}"),
         }
     }
 }

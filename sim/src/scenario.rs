@@ -47,6 +47,8 @@ const ROUTING_VIOLATIONS_SHOWN: usize = 5;
 const CLOCK_SKEW_MS_MAX: i64 = 800;
 /// A second generator for draws added after the first eight fault kinds (see `Faults::swarm`).
 const LATER_DRAWS: u64 = 0x4057_11e5;
+/// XORed into the seed for the fifth generator: the `drains` kind and its episodes.
+const DRAIN_DRAWS: u64 = 0x00d2_a125;
 
 mod balancing;
 mod checks;
@@ -249,10 +251,13 @@ fn simulate(options: &Options) -> Outcome {
     let fetch_records_max = corners::fetch_records_max(&mut corner_rng);
     // The fourth: the balancer's corner kinds and their episodes.
     let mut balance_rng = SmallRng::seed_from_u64(options.seed ^ probing::BALANCE_DRAWS);
+    // The fifth: graceful stops.
+    let mut drain_rng = SmallRng::seed_from_u64(options.seed ^ DRAIN_DRAWS);
     let faults = options.faults.unwrap_or_else(|| {
         let mut faults = Faults::swarm(&mut rng, &mut later);
         faults.corners(&mut corner_rng);
         faults.balance_corners(&mut balance_rng);
+        faults.drains(&mut drain_rng);
         faults
     });
     let gateways = gateway_names(options.gateways);
@@ -290,6 +295,13 @@ fn simulate(options: &Options) -> Outcome {
         );
         plan.extend(steps);
         probes = windows;
+        if faults.drains {
+            plan.extend(crate::faults::drain_steps(
+                &mut drain_rng,
+                &present,
+                options.fault_ms,
+            ));
+        }
         plan.sort_by_key(|s| s.at_ms);
     }
     let trace: Shared<Vec<String>> = Rc::default();
@@ -337,6 +349,8 @@ fn simulate(options: &Options) -> Outcome {
     let started: Shared<Vec<Incarnation>> = Rc::default();
     let sinks: fronts::audit::SharedSinks = Rc::default();
     let connects = balancing::Connects::default();
+    // Each gateway's current incarnation's shutdown token.
+    let shutdowns: Shared<BTreeMap<String, CancellationToken>> = Rc::default();
     let mut add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str, index: usize| {
         let skew_ms = if faults.clock_skew {
             rng.random_range(-CLOCK_SKEW_MS_MAX..=CLOCK_SKEW_MS_MAX)
@@ -347,6 +361,7 @@ fn simulate(options: &Options) -> Outcome {
         let short_retention = faults.short_retention;
         let (nodes, started, sinks) = (nodes.clone(), started.clone(), sinks.clone());
         let (connects, services) = (connects.clone(), services.clone());
+        let shutdowns = shutdowns.clone();
         let (name_owned, seed) = (name.to_owned(), options.seed);
         // Each start of the host is an incarnation with a generator of its own, as a
         // production gateway seeded by the operating system has at each start: its request ids
@@ -355,6 +370,7 @@ fn simulate(options: &Options) -> Outcome {
         sim.host(name, move || {
             let (nodes, started, name) = (nodes.clone(), started.clone(), name_owned.clone());
             let (sinks, connects, services) = (sinks.clone(), connects.clone(), services.clone());
+            let shutdowns = shutdowns.clone();
             let incarnation = starts.get();
             starts.set(incarnation + 1);
             async move {
@@ -398,8 +414,12 @@ fn simulate(options: &Options) -> Outcome {
                 nodes.borrow_mut().insert(name, node.clone());
                 let public = SimListener::bind(PUBLIC_PORT).await?;
                 let control = SimListener::bind(CONTROL_PORT).await?;
-                node.serve(public, control, CancellationToken::new())
-                    .await?;
+                // The incarnation's shutdown, which a `drains` step asks for.
+                let shutdown = CancellationToken::new();
+                shutdowns
+                    .borrow_mut()
+                    .insert(node.id().to_owned(), shutdown.clone());
+                node.serve(public, control, shutdown).await?;
                 Ok(())
             }
         });
@@ -525,6 +545,15 @@ fn simulate(options: &Options) -> Outcome {
                     }
                     hostile.push((offset, record));
                 }
+            }
+            if let Action::Drain(host) = &step.action
+                && !down.contains(host)
+            {
+                if let Some(shutdown) = shutdowns.borrow().get(host) {
+                    shutdown.cancel();
+                }
+                down.insert(host.clone());
+                readiness.drain_asked(host, now_ms);
             }
             apply(&mut sim, &step.action, &mut down, &stalls);
             links.apply(now_ms, &step.action);
@@ -829,6 +858,8 @@ fn apply(
         Action::Hostile(_) => {}
         Action::Stall(h) => stalls.set(h, true),
         Action::Unstall(h) => stalls.set(h, false),
+        // Asked by the step loop, which keeps the shutdown tokens; `Restart` starts it again.
+        Action::Drain(_) => {}
     }
 }
 

@@ -358,7 +358,7 @@ impl Links {
             Action::Repair(a, b) => self.end(&link(Touch::Cut, a, b), at_ms),
             Action::Hold(a, b) => self.begin(link(Touch::Held, a, b), at_ms),
             Action::Release(a, b) => self.end(&link(Touch::Held, a, b), at_ms),
-            Action::Crash(h) => self.begin(Touch::Down(h.clone()), at_ms),
+            Action::Crash(h) | Action::Drain(h) => self.begin(Touch::Down(h.clone()), at_ms),
             Action::Restart(h) => self.end(&Touch::Down(h.clone()), at_ms),
             Action::Stall(h) => self.begin(Touch::Stalled(h.clone()), at_ms),
             Action::Unstall(h) => self.end(&Touch::Stalled(h.clone()), at_ms),
@@ -663,10 +663,15 @@ fn check_ejections(
                 continue;
             };
             counts.ejections_judged += 1;
-            let Some(broken) = list
-                .iter()
-                .find(|c| from < c.started_ms && c.started_ms < to)
-            else {
+            // A connection within the ejection breaks it only while the instance stayed in
+            // the gateway's registry: once its lease ran out there, the gateway forgets what
+            // it knew of it (housekeeping drops the record), and a renewal brings it back as
+            // new.
+            let Some(broken) = list.iter().find(|c| {
+                from < c.started_ms
+                    && c.started_ms < to
+                    && routing.routable_throughout(gateway, instance, failed, c.started_ms)
+            }) else {
                 continue;
             };
             counts.ejections_broken += 1;

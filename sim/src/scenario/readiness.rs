@@ -35,6 +35,8 @@ struct Watched {
     floor: u64,
     ready_seen: bool,
     last_position: u64,
+    /// When its shutdown was asked (the `drains` fault kind), if it was.
+    drain_asked_ms: Option<u64>,
 }
 
 /// The live gateway incarnations, newest per name.
@@ -89,7 +91,16 @@ impl Readiness {
             floor,
             ready_seen: false,
             last_position: 0,
+            drain_asked_ms: None,
         });
+    }
+
+    /// The shutdown of `name`'s incarnation was asked at `at_ms`: from the next step until it
+    /// starts again, it must report not ready and shutting down.
+    pub fn drain_asked(&mut self, name: &str, at_ms: u64) {
+        if let Some(w) = self.watched.iter_mut().find(|w| w.name == name) {
+            w.drain_asked_ms = Some(at_ms);
+        }
     }
 
     /// Reads every incarnation that is up after a step from `from_ms` to `now_ms`.
@@ -103,6 +114,21 @@ impl Readiness {
         violations: &mut Vec<String>,
     ) {
         for w in &mut self.watched {
+            if let Some(asked) = w.drain_asked_ms {
+                // Stopping gracefully: not ready from the step after the one it was asked in,
+                // so that load balancers stop sending it traffic while it drains.
+                let r = w.node.readiness();
+                if from_ms > asked && (r.ready || !r.shutting_down) {
+                    let name = w.name.as_str();
+                    reported.once("drain", name, violations, || {
+                        format!(
+                            "{name} was asked to shut down at {asked} ms and at {now_ms} ms still reported ready {} and shutting down {}",
+                            r.ready, r.shutting_down
+                        )
+                    });
+                }
+                continue;
+            }
             if down.contains(&w.name) {
                 continue;
             }
