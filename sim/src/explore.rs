@@ -368,6 +368,12 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
+        "drains               {} graceful stops judged for their outbox's flush, {} changes answered 202 judged there",
+        routing(|o| o.drains_judged),
+        routing(|o| o.drain_acks_judged)
+    );
+    let _ = writeln!(
+        out,
         "forwarding edges     {} edge calls answered, {} refused as loops, {} answers at the body bound passed whole; via mark judged on {} requests",
         routing(|o| o.fronts.edges.answered),
         routing(|o| o.fronts.edges.loops_refused),

@@ -220,7 +220,7 @@ pub enum Action {
 
 /// One or two graceful stops (one per [`EPISODE_WINDOW_MS`] started, at most two) of a
 /// gateway present from the start, each followed by its restart 2-4 s later, within
-/// `[1000, fault_ms)`.
+/// `[1000, fault_ms)`; half of them with the gateway cut off from the broker just before.
 pub fn drain_steps(drains: &mut SmallRng, gateways: &[String], fault_ms: u64) -> Vec<Step> {
     let mut steps = Vec::new();
     if gateways.is_empty() || fault_ms <= 5_000 {
@@ -231,6 +231,23 @@ pub fn drain_steps(drains: &mut SmallRng, gateways: &[String], fault_ms: u64) ->
         let gateway = gateways[drains.random_range(0..gateways.len())].clone();
         let at_ms = drains.random_range(1_000..fault_ms - 4_000);
         let back_ms = at_ms + drains.random_range(2_000..4_000);
+        // Half the time the gateway has been cut off from the broker for 1-2 s when its
+        // shutdown is asked, and gets it back 0.2-1 s later: changes it answered 202 meanwhile
+        // wait in its outbox, which the stop must flush.
+        if drains.random_bool(0.5) {
+            let cut_ms = at_ms
+                .saturating_sub(drains.random_range(1_000..2_000))
+                .max(500);
+            let repair_ms = at_ms + drains.random_range(200..1_000);
+            steps.push(Step {
+                at_ms: cut_ms,
+                action: Action::Partition(gateway.clone(), BROKER_HOST.to_owned()),
+            });
+            steps.push(Step {
+                at_ms: repair_ms,
+                action: Action::Repair(gateway.clone(), BROKER_HOST.to_owned()),
+            });
+        }
         steps.push(Step {
             at_ms,
             action: Action::Drain(gateway.clone()),

@@ -164,6 +164,11 @@ pub struct Outcome {
     /// position (`readiness.rs`).
     #[serde(default)]
     pub counts_judged: usize,
+    /// Graceful stops judged for their outbox's flush, and the 202 answers judged there.
+    #[serde(default)]
+    pub drains_judged: usize,
+    #[serde(default)]
+    pub drain_acks_judged: usize,
     /// Changes answered 202 whose gateway's pending count was judged while the log lacked
     /// them.
     #[serde(default)]
@@ -524,6 +529,10 @@ fn simulate(options: &Options) -> Outcome {
     let mut violations = Vec::new();
     let mut next = 0;
     let mut down: BTreeSet<String> = BTreeSet::new();
+    // Gateways whose shutdown was asked, and when, until they start again; the stops judged
+    // for their outbox's flush, and the 202 answers judged there.
+    let mut drained: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut drains_judged, mut drain_acks_judged) = (0usize, 0usize);
     let heal_ms = options.fault_ms;
     let deadline_ms = options.fault_ms + options.settle_ms;
     let mut healed = false;
@@ -554,6 +563,25 @@ fn simulate(options: &Options) -> Outcome {
                 }
                 down.insert(host.clone());
                 readiness.drain_asked(host, now_ms);
+                drained.insert(host.clone(), now_ms);
+            }
+            if let Action::Restart(host) = &step.action
+                && let Some(asked_ms) = drained.remove(host)
+                && !sim.is_host_running(host.as_str())
+                && let Some(&born_ms) = gateway_starts.get(host).and_then(|s| s.last())
+            {
+                drains_judged += 1;
+                drain_acks_judged += checks::check_drain_flushed(
+                    &checks::Drained {
+                        gateway: host,
+                        born_ms,
+                        asked_ms,
+                        now_ms,
+                    },
+                    &acks.borrow(),
+                    &log,
+                    &mut violations,
+                );
             }
             apply(&mut sim, &step.action, &mut down, &stalls);
             links.apply(now_ms, &step.action);
@@ -787,6 +815,8 @@ fn simulate(options: &Options) -> Outcome {
         clock_judged,
         ready_judged: readiness.judged,
         counts_judged,
+        drains_judged,
+        drain_acks_judged,
         pending_judged: pending.judged,
         catching_up_refused,
         trace_hash,

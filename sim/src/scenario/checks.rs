@@ -457,6 +457,63 @@ impl PendingCheck {
     }
 }
 
+/// A gateway incarnation stopped gracefully (the `drains` kind) between `asked_ms` and
+/// `now_ms`, started at `born_ms`.
+pub(super) struct Drained<'a> {
+    pub gateway: &'a str,
+    pub born_ms: u64,
+    pub asked_ms: u64,
+    pub now_ms: u64,
+}
+
+/// A graceful stop flushes the outbox: every change the incarnation answered 202 (accepted,
+/// not yet on the log) is on the log when it has stopped, or a later change to its key is.
+/// The caller judges only an incarnation that stopped by itself before it was started again:
+/// its flush retries until the queue is empty or the drain timeout (10 s) has passed since its
+/// shutdown was asked, and a restart comes 2-4 s after, so one that stopped had emptied its
+/// queue (unless the flush gave up early). Returns the 202 answers judged.
+pub(super) fn check_drain_flushed(
+    d: &Drained<'_>,
+    acks: &[Ack],
+    log: &MemoryBus,
+    violations: &mut Vec<String>,
+) -> usize {
+    let held: Vec<&Ack> = acks
+        .iter()
+        .filter(|a| {
+            a.status == 202
+                && a.stamp.is_some()
+                && a.gateway == d.gateway
+                && d.born_ms <= a.sent_ms
+                && a.sent_ms <= d.now_ms
+        })
+        .collect();
+    if held.is_empty() {
+        return 0;
+    }
+    let records = log.snapshot();
+    for ack in &held {
+        let on_log = records.iter().filter(|r| !r.delete).any(|r| {
+            Event::decode(&r.payload).is_ok_and(|e| {
+                e.key == ack.key && ack.stamp.as_ref().is_some_and(|s| e.entry().stamp >= *s)
+            })
+        });
+        if !on_log {
+            violations.push(format!(
+                "{} stopped gracefully (asked at {} ms) without publishing a {:?} of {}/{} it answered 202 at {} ms: the log holds neither it nor a later change to that key at {} ms",
+                d.gateway,
+                d.asked_ms,
+                ack.op,
+                ack.key.service,
+                ack.key.instance_id,
+                ack.sent_ms,
+                d.now_ms
+            ));
+        }
+    }
+    held.len()
+}
+
 /// No change accepted before catch-up: a gateway that has not read the log up to the mark it
 /// saw at start refuses every change (503 `not_ready`), since a change it stamped could lose
 /// to an older one already on the log. Each change answered 200 or 202 was stamped by the
