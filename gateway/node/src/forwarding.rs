@@ -355,12 +355,19 @@ impl Forwarder {
             .find(|h| h.name == switchyard_core::hops::VIA_HEADER)
             .and_then(|h| {
                 use tonic::metadata::AsciiMetadataValue as Value;
-                // Bytes a client sent that metadata cannot carry: the gateway's own entry,
+                // gRPC metadata values are printable ASCII (`ASCII-Value` of the gRPC HTTP/2
+                // protocol); tonic would also send the obs-text bytes HTTP admits, which a
+                // strict peer refuses. When a client sent such bytes, the gateway's own entry,
                 // the last, still goes.
-                Value::try_from(h.value.as_ref()).ok().or_else(|| {
-                    let own = h.value.rsplit(|b| *b == b',').next()?;
-                    Value::try_from(own.trim_ascii()).ok()
-                })
+                let printable = |v: &[u8]| v.iter().all(|b| (0x20..=0x7e).contains(b));
+                let value = if printable(&h.value) {
+                    &h.value[..]
+                } else {
+                    h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
+                };
+                printable(value)
+                    .then(|| Value::try_from(value).ok())
+                    .flatten()
             });
         let mut request = tonic::Request::new(req);
         if let Some(via) = via {

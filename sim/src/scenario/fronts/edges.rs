@@ -291,8 +291,9 @@ pub fn check(log: &EdgeLog, served: &[Served], violations: &mut Vec<String>) -> 
 }
 
 /// Why a served request lacks its gateway's mark on the call, if it does: the `via` metadata
-/// must end with the gateway's own entry, the last of `ForwardingReq`'s `Via`, and be either
-/// that whole value or (when the value cannot be metadata) the entry alone.
+/// must be printable ASCII (gRPC's `ASCII-Value`), end with the gateway's own entry, the last
+/// of `ForwardingReq`'s `Via`, and be either that whole value or (when the value is not
+/// printable ASCII) the entry alone.
 fn unmarked_because(s: &Served) -> Option<String> {
     let Some(forwarded) = &s.via_forwarded else {
         return Some("without a Via field in ForwardingReq.headers".to_owned());
@@ -308,6 +309,12 @@ fn unmarked_because(s: &Served) -> Option<String> {
     let Some(meta) = &s.via_metadata else {
         return Some("without its mark on the call's via metadata".to_owned());
     };
+    if !meta.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Some(format!(
+            "with via metadata {:?}, not printable ASCII as gRPC metadata must be",
+            String::from_utf8_lossy(meta)
+        ));
+    }
     if meta != forwarded && meta.as_slice() != own {
         return Some(format!(
             "with via metadata {:?}: neither its Via {:?} nor the gateway's entry",
