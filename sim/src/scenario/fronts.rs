@@ -75,7 +75,7 @@ pub struct FrontLog {
     /// and the answers that let it through.
     pub trespasses: usize,
     pub trespasses_admitted: Vec<String>,
-    /// What the edge caller ([`edges::caller`]) sent and saw.
+    /// What the edge caller (`edges::caller`) sent and saw.
     pub edges: edges::EdgeLog,
 }
 
@@ -183,7 +183,7 @@ pub struct FrontCounts {
     pub trespasses: usize,
     #[serde(default)]
     pub trespasses_admitted: usize,
-    /// What the forwarding's edge checks judged ([`edges`]).
+    /// What the forwarding's edge checks judged (`scenario/fronts/edges.rs`).
     #[serde(default)]
     pub edges: edges::EdgeCounts,
 }
