@@ -366,8 +366,8 @@ impl Forwarder {
                     h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
                 };
                 printable(value)
-                    .then(|| Value::try_from(value).ok())
-                    .flatten()
+                    .then_some(value)
+                    .and_then(|v| Value::try_from(v).ok())
             });
         let mut request = tonic::Request::new(req);
         if let Some(via) = via {

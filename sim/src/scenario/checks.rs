@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::cmp::Ordering;
 use switchyard::Node;
-use switchyard::bus::MemoryBus;
+use switchyard::bus::{MemoryBus, Record};
 use switchyard::telemetry::QuarantineReason;
 
 use switchyard_core::event::{Event, EventBounds};
@@ -416,15 +416,8 @@ impl PendingCheck {
             return;
         }
         let records = log.snapshot();
-        let on_log = |ack: &Ack| {
-            records.iter().filter(|r| !r.delete).any(|r| {
-                Event::decode(&r.payload).is_ok_and(|e| {
-                    e.key == ack.key && ack.stamp.as_ref().is_some_and(|s| e.entry().stamp >= *s)
-                })
-            })
-        };
         self.waiting.retain(|(ack, born)| {
-            !on_log(ack)
+            !on_log(&records, ack)
                 && !live.down.contains(&ack.gateway)
                 && born_of(&ack.gateway) == Some(*born)
         });
@@ -455,6 +448,15 @@ impl PendingCheck {
             }
         }
     }
+}
+
+/// Whether `records` hold the change `ack` answered, or a later change to its key.
+fn on_log(records: &[Record], ack: &Ack) -> bool {
+    records.iter().filter(|r| !r.delete).any(|r| {
+        Event::decode(&r.payload).is_ok_and(|e| {
+            e.key == ack.key && ack.stamp.as_ref().is_some_and(|s| e.entry().stamp >= *s)
+        })
+    })
 }
 
 /// A gateway incarnation stopped gracefully (the `drains` kind) between `asked_ms` and
@@ -493,12 +495,7 @@ pub(super) fn check_drain_flushed(
     }
     let records = log.snapshot();
     for ack in &held {
-        let on_log = records.iter().filter(|r| !r.delete).any(|r| {
-            Event::decode(&r.payload).is_ok_and(|e| {
-                e.key == ack.key && ack.stamp.as_ref().is_some_and(|s| e.entry().stamp >= *s)
-            })
-        });
-        if !on_log {
+        if !on_log(&records, ack) {
             violations.push(format!(
                 "{} stopped gracefully (asked at {} ms) without publishing a {:?} of {}/{} it answered 202 at {} ms: the log holds neither it nor a later change to that key at {} ms",
                 d.gateway,
