@@ -40,6 +40,13 @@ pub const CONTROL_PORT: u16 = 8081;
 /// Port every simulated service instance listens on.
 pub const SERVICE_PORT: u16 = 7000;
 
+/// How long every HTTP/2 client in the simulation, the gateways' included, remembers a
+/// stream it reset: h2 times this on the machine's clock, which turmoil cannot move, so a
+/// stream forgotten after a real second made a seed's trace depend on the machine's load.
+/// Held past any run's wall time, only the count (50 per connection) decides (decision 0025).
+pub const RESET_STREAM_HOLD: Duration =
+    Duration::from_millis(switchyard::config::RESET_STREAM_HOLD_MS_MAX);
+
 /// The simulation's operator key: an Ed25519 key made from 32 fixed bytes, so every run signs
 /// the same credentials (Ed25519 signatures are deterministic).
 fn operator_key() -> &'static SigningKey {
@@ -290,6 +297,7 @@ async fn serve_instance(
         Arc::new(SimConnector),
         &format!("http://{gateway}:{CONTROL_PORT}"),
         Duration::from_secs(1),
+        RESET_STREAM_HOLD,
     )?;
     tokio::spawn(keep_registered(
         RegistrationClient::new(registration),

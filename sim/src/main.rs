@@ -73,6 +73,10 @@ enum Command {
         /// `explore` reads it from the process it runs each seed in.
         #[arg(long)]
         json: bool,
+        /// Sleep this many microseconds on the machine's clock after every step (at most
+        /// 10000), as a loaded machine stretches a run: the trace must not change.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+        wall_drag_us: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -133,9 +137,13 @@ fn main() -> ExitCode {
             seed,
             trace,
             json,
+            wall_drag_us,
             common,
         } => {
-            let opts = options(seed, &common);
+            let opts = Options {
+                wall_drag: std::time::Duration::from_micros(wall_drag_us),
+                ..options(seed, &common)
+            };
             let outcome = run(&opts);
             if trace {
                 for line in &outcome.trace {

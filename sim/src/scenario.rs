@@ -98,6 +98,10 @@ pub struct Options {
     /// Liveness mode: after the heal the cluster must converge and serve every live service
     /// within `liveness::BOUND_MS` (see `scenario/liveness.rs`).
     pub liveness: bool,
+    /// Time slept on the machine's clock after every step, as a loaded machine stretches a
+    /// run: a seed whose trace changes with it depends on the machine's clock somewhere
+    /// (the determinism test replays with it). Zero by default.
+    pub wall_drag: Duration,
 }
 
 /// The default step of simulated time; see [`Options::tick_ms`].
@@ -117,6 +121,7 @@ impl Options {
             lease_ms: LEASE_MAX_MS,
             tick_ms: TICK_MS,
             liveness: false,
+            wall_drag: Duration::ZERO,
         }
     }
 }
@@ -388,6 +393,7 @@ fn simulate(options: &Options) -> Outcome {
                 config.upstream.timeout_ms = UPSTREAM_TIMEOUT_MS;
                 config.upstream.ejection_base_ms = balancing::EJECTION_MIN_MS;
                 config.upstream.response_body_bytes_max = fronts::edges::RESPONSE_BODY_MAX;
+                config.upstream.reset_stream_hold_ms = crate::RESET_STREAM_HOLD.as_millis() as u64;
                 // Leases and the drift bound short enough that tombstones are collected (delete
                 // markers written and applied) within a run.
                 config.registry = registry_config(short_retention);
@@ -660,6 +666,9 @@ fn simulate(options: &Options) -> Outcome {
         if let Err(error) = sim.step() {
             violations.push(format!("simulation error at {now_ms} ms: {error}"));
             break;
+        }
+        if !options.wall_drag.is_zero() {
+            std::thread::sleep(options.wall_drag);
         }
         let stepped_ms = sim.elapsed().as_millis() as u64;
         for inc in started.borrow_mut().drain(..) {

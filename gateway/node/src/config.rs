@@ -359,6 +359,10 @@ macro_rules! validate_limits {
     }};
 }
 
+/// The longest `upstream.reset_stream_hold_ms`: an hour, longer than any simulated run takes
+/// on the machine's clock.
+pub const RESET_STREAM_HOLD_MS_MAX: u64 = 3_600_000;
+
 /// The most connections one listener may be allowed.
 pub const CONNECTIONS_MAX_LIMIT: u32 = 1_000_000;
 
@@ -394,6 +398,14 @@ pub struct UpstreamConfig {
     /// How long to wait for the ping's acknowledgement before closing the connection (the
     /// calls on it fail as `upstream_reset`).
     pub keepalive_timeout_ms: u64,
+    /// How long a call the gateway cancelled (its deadline passed, or its client left) stays
+    /// remembered on the HTTP/2 connection, so the instance's late frames for it are dropped
+    /// quietly; at most 50 are remembered per connection. A late frame for a call no longer
+    /// remembered is answered with RST_STREAM and counts towards the 1024 such resets a
+    /// connection is allowed before the gateway closes it. h2 measures this on the machine's
+    /// clock, which a simulation cannot move: the simulation sets the bound, an hour, so
+    /// only the count decides (decision 0025).
+    pub reset_stream_hold_ms: u64,
     /// Networks, each optionally with a port or port range, whose instance addresses the
     /// address policy admits although they are loopback, link-local, unspecified,
     /// multicast, broadcast or (with a port named) this gateway's own listeners:
@@ -695,6 +707,7 @@ impl Default for UpstreamConfig {
             in_flight_per_instance_max: 1_024,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 5_000,
+            reset_stream_hold_ms: 1_000,
             allow_addresses: Vec::new(),
             hops_max: 8,
             tls: UpstreamTlsConfig::default(),
@@ -936,6 +949,12 @@ impl Config {
             return Err((
                 "upstream.keepalive_timeout_ms",
                 "must be greater than 0 while upstream.keepalive_interval_ms is".to_owned(),
+            ));
+        }
+        if self.upstream.reset_stream_hold_ms > RESET_STREAM_HOLD_MS_MAX {
+            return Err((
+                "upstream.reset_stream_hold_ms",
+                format!("must be at most {RESET_STREAM_HOLD_MS_MAX}"),
             ));
         }
         if self.upstream.evict_after_max_ms < self.upstream.evict_after_ms {

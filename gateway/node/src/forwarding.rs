@@ -312,11 +312,15 @@ impl Forwarder {
             .starts_with("https://")
             .then(|| self.tls.clone())
             .flatten();
+        let http2 = channel::Http2 {
+            keep_alive,
+            reset_stream_hold: Duration::from_millis(self.config.reset_stream_hold_ms),
+        };
         let channel = upstream_channel(
             self.connector.clone(),
             addr,
             Duration::from_millis(self.config.connect_timeout_ms),
-            keep_alive,
+            http2,
             Some(policed),
             tls,
         )?;

@@ -119,6 +119,10 @@ fn validation_names_the_key() {
             "upstream.keepalive_timeout_ms=0",
             "upstream.keepalive_timeout_ms",
         ),
+        (
+            "upstream.reset_stream_hold_ms=3600001",
+            "upstream.reset_stream_hold_ms",
+        ),
         ("control.listen=\"127.0.0.1:8080\"", "control.listen"),
         ("node_id=\"a b\"", "node_id"),
         ("graphql.calls_max=0", "graphql.calls_max"),

@@ -97,18 +97,33 @@ pub struct KeepAlive {
     pub timeout: Duration,
 }
 
+/// The HTTP/2 settings of a channel that the gateway chooses rather than h2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    /// Keep-alive pings, or none.
+    pub keep_alive: Option<KeepAlive>,
+    /// How long a stream this side reset stays remembered (at most 50 per connection), so
+    /// the peer's late frames on it are dropped quietly (`upstream.reset_stream_hold_ms`).
+    pub reset_stream_hold: Duration,
+}
+
 /// A channel to `addr` that connects on first use and reconnects after failures, through
-/// `connector`, with no address policy: for the gateway's own clients (a demo's or a
-/// simulation's registrations to a control listener), not for instances.
+/// `connector`, with no address policy and no pings: for the gateway's own clients (a demo's
+/// or a simulation's registrations to a control listener), not for instances.
 pub fn lazy_channel(
     connector: Arc<dyn Connector>,
     addr: &str,
     connect_timeout: Duration,
+    reset_stream_hold: Duration,
 ) -> Result<Channel, GatewayError> {
-    upstream_channel(connector, addr, connect_timeout, None, None, None)
+    let http2 = Http2 {
+        keep_alive: None,
+        reset_stream_hold,
+    };
+    upstream_channel(connector, addr, connect_timeout, http2, None, None)
 }
 
-/// [`lazy_channel`] with HTTP/2 keep-alive pings when `keep_alive` is given, every
+/// [`lazy_channel`] with HTTP/2 keep-alive pings when `http2` has them, every
 /// connection made through the address policy when `policed` is given (each connection
 /// resolves the host again and dials only admitted addresses), and TLS over the connection
 /// (ALPN h2, the certificate checked against the address's host) when `tls` is given. Pings are sent only while
@@ -118,7 +133,7 @@ pub fn upstream_channel(
     connector: Arc<dyn Connector>,
     addr: &str,
     connect_timeout: Duration,
-    keep_alive: Option<KeepAlive>,
+    http2: Http2,
     policed: Option<Policed>,
     tls: Option<ClientTlsConfig>,
 ) -> Result<Channel, GatewayError> {
@@ -133,7 +148,8 @@ pub fn upstream_channel(
                 detail: format!("TLS to {addr:?}: {e}"),
             })?;
     }
-    if let Some(keep_alive) = keep_alive {
+    endpoint = endpoint.http2_reset_stream_duration(http2.reset_stream_hold);
+    if let Some(keep_alive) = http2.keep_alive {
         endpoint = endpoint
             .http2_keep_alive_interval(keep_alive.interval)
             .keep_alive_timeout(keep_alive.timeout)

@@ -147,6 +147,7 @@ async fn grpc(gateway: &str, change: Change<'_>) -> io::Result<(u16, Bytes)> {
         Arc::new(SimConnector),
         &format!("http://{gateway}:{CONTROL_PORT}"),
         Duration::from_secs(1),
+        crate::RESET_STREAM_HOLD,
     )
     .map_err(io::Error::other)?;
     let mut client = RegistrationClient::new(channel);

@@ -67,6 +67,7 @@ pub async fn run(
         seed: config.seed.unwrap_or_else(os_seed),
     };
     let drain = Duration::from_millis(config.shutdown.drain_timeout_ms);
+    let reset_stream_hold = Duration::from_millis(config.upstream.reset_stream_hold_ms);
     let node = Node::builder(config, seams).authenticator(auth).build();
     let gateway = tokio::spawn(node.clone().serve(public, control, shutdown.clone()));
 
@@ -74,6 +75,7 @@ pub async fn run(
         Arc::new(TokioConnector),
         &format!("http://{control_addr}"),
         Duration::from_secs(1),
+        reset_stream_hold,
     )
     .map_err(|e| io::Error::other(e.to_string()))?;
     let mut services = Vec::new();
