@@ -264,10 +264,13 @@ impl Slot {
     }
 
     /// Whether this instance has been unreachable long enough to evict under `policy`: every
-    /// connect has failed for at least [`EvictionPolicy::wait_ms`]. Never when eviction is
-    /// off.
+    /// connect has failed for at least [`EvictionPolicy::wait_ms`], and it is still ejected,
+    /// so its latest failure is recent. An instance whose ejection ended with no attempt
+    /// since has not been shown unreachable since then (it may have come back): it is tried
+    /// again before it can be evicted. Never when eviction is off.
     pub fn evictable(&self, now_ms: u64, policy: &EvictionPolicy) -> bool {
         policy.enabled()
+            && self.health.is_ejected(now_ms)
             && self
                 .failing_since_ms
                 .is_some_and(|since| now_ms.saturating_sub(since) >= policy.wait_ms(self.evictions))

@@ -230,10 +230,18 @@ fn the_eviction_wait_doubles_is_capped_and_can_be_off() {
     let mut slot = Slot {
         failing_since_ms: Some(10_000),
         evictions: 1,
+        health: InstanceHealth {
+            ejected_until_ms: 30_000,
+            ..InstanceHealth::default()
+        },
         ..Slot::default()
     };
     assert!(!slot.evictable(11_999, &policy));
     assert!(slot.evictable(12_000, &policy));
+    assert!(
+        !slot.evictable(30_000, &policy),
+        "its ejection over and not tried since, it has not been shown unreachable since"
+    );
     assert!(
         !Slot::default().evictable(u64::MAX, &policy),
         "never failed"
