@@ -139,6 +139,10 @@ pub struct Outcome {
     /// the sample service with 200.
     #[serde(default)]
     pub served_ms: Option<u64>,
+    /// Liveness mode: simulated time from the heal until the log held no entry a gateway had
+    /// stamped before the heal (every such entry collected, or replaced by a newer one).
+    #[serde(default)]
+    pub collected_ms: Option<u64>,
     pub simulated_ms: u64,
     pub acknowledged: usize,
     /// Delete markers on the log at the end: tombstones and expired entries collected.
@@ -544,6 +548,10 @@ fn simulate(options: &Options) -> Outcome {
     let mut healed = false;
     let mut convergence_ms = None;
     let mut last_check = 0u64;
+    // Liveness mode: when the entries stamped before the heal were all gone from the log's
+    // fold, and the first one left at the last look.
+    let (mut collected_ms, mut last_collect_check) = (None, 0u64);
+    let mut uncollected: Option<String> = None;
     loop {
         let now_ms = sim.elapsed().as_millis() as u64;
         while next < plan.len() && plan[next].at_ms <= now_ms {
@@ -657,8 +665,22 @@ fn simulate(options: &Options) -> Outcome {
                 convergence_ms = Some(now_ms - heal_ms);
                 trace.borrow_mut().push(format!("{now_ms:>6} ms converged"));
             }
+            if options.liveness
+                && healed
+                && collected_ms.is_none()
+                && now_ms >= last_collect_check + liveness::COLLECT_CHECK_EVERY_MS
+            {
+                last_collect_check = now_ms;
+                let held = reference(&log, &quarantined);
+                uncollected = liveness::uncollected(&held, &gateways, EPOCH_S * 1_000 + heal_ms);
+                if uncollected.is_none() {
+                    collected_ms = Some(now_ms - heal_ms);
+                    trace.borrow_mut().push(format!("{now_ms:>6} ms collected"));
+                }
+            }
         }
-        let done = convergence_ms.is_some() && (!options.liveness || served_at_ms.get().is_some());
+        let done = convergence_ms.is_some()
+            && (!options.liveness || (served_at_ms.get().is_some() && collected_ms.is_some()));
         if done || now_ms >= deadline_ms || violations.len() > 20 {
             break;
         }
@@ -714,6 +736,7 @@ fn simulate(options: &Options) -> Outcome {
     let served_ms = served_at_ms.get().map(|at| at.saturating_sub(heal_ms));
     if options.liveness {
         liveness::judge(convergence_ms, served_ms, &mut violations);
+        liveness::judge_collection(collected_ms, uncollected.as_deref(), &mut violations);
     }
     let counts_judged = readiness.finish(&log, &down, &mut violations);
     let reference = reference(&log, &quarantined);
@@ -729,6 +752,10 @@ fn simulate(options: &Options) -> Outcome {
     let clock_judged = clock.check(&acks, &mut violations);
     check_no_phantoms(&reference, &services, &hostile, &mut violations);
     check_readable(&log, &quarantined, &mut violations);
+    let hostile_offsets: BTreeSet<u64> = hostile.iter().map(|(offset, _)| *offset).collect();
+    if !faults.short_retention {
+        checks::check_markers_by_their_stamper(&log, &hostile_offsets, &mut violations);
+    }
     check_quarantine_counts(
         &nodes.borrow(),
         &hostile,
@@ -757,7 +784,6 @@ fn simulate(options: &Options) -> Outcome {
         &mut violations,
     );
     let (connect_log, connects_unkept) = connects.take();
-    let hostile_offsets: BTreeSet<u64> = hostile.iter().map(|(offset, _)| *offset).collect();
     let evictions = balancing::evictions(
         &log.snapshot(),
         &hostile_offsets,
@@ -812,6 +838,7 @@ fn simulate(options: &Options) -> Outcome {
         violations,
         convergence_ms,
         served_ms,
+        collected_ms,
         simulated_ms,
         acknowledged: acks.iter().filter(|a| a.status == 200).count(),
         delete_markers: log.snapshot().iter().filter(|r| r.delete).count(),

@@ -810,11 +810,18 @@ fn check_timeouts(
             if from + ANSWER_MS >= first {
                 continue;
             }
-            // No other timeout between the answer and the third one.
+            // No other timeout between the answer and the third one, and no request the
+            // instance received unstalled before the third one's deadline: counted in the
+            // order of their ends, its answer may have come between two of the three (a
+            // request sent after the unstall answered before a stalled one's deadline), and
+            // an answer clears the count (seed 2129 with --liveness, fault window 15 s).
             let others = list.iter().any(|s| {
-                s.stalled
-                    && !stalled.iter().any(|t| std::ptr::eq(*t, *s))
-                    && (from..=third).contains(&deadline_ms(s, skews, epoch_ms))
+                !stalled.iter().any(|t| std::ptr::eq(*t, *s))
+                    && if s.stalled {
+                        (from..=third).contains(&deadline_ms(s, skews, epoch_ms))
+                    } else {
+                        from < s.received_ms && s.received_ms <= third
+                    }
             });
             // The instance stayed in the registry throughout, from the answer (or the first
             // stalled request, when nothing came before): else housekeeping drops its record,

@@ -130,6 +130,37 @@ fn stamp_cmp(a: &Stamp, b: &Stamp) -> Ordering {
 /// at the size bound). The reference skips a record it cannot read, as a gateway does; without
 /// this check a codec that refused valid records would leave both agreeing on a registry
 /// without them.
+/// Outside `short_retention` a gateway collects only the entries it stamped itself: another
+/// gateway's tombstone waits for `registry.tombstone_retention_ms` (a day, far beyond a run)
+/// before anyone may delete it, in case its writer's change is still on its way. So every
+/// delete marker on the log, hostile records aside, names as its writer (the event's origin)
+/// the node that stamped the entry it covers.
+pub(super) fn check_markers_by_their_stamper(
+    log: &MemoryBus,
+    hostile: &BTreeSet<u64>,
+    violations: &mut Vec<String>,
+) {
+    let foreign: Vec<String> = log
+        .snapshot()
+        .iter()
+        .filter(|r| r.delete && !hostile.contains(&r.offset))
+        .filter_map(|r| Event::decode(&r.payload).ok().map(|e| (r.offset, e)))
+        .filter(|(_, e)| e.origin_node != e.stamp.node_id)
+        .map(|(offset, e)| {
+            format!(
+                "offset {offset}: {} wrote a delete marker for {}/{} stamped by {}",
+                e.origin_node, e.key.service, e.key.instance_id, e.stamp.node_id
+            )
+        })
+        .collect();
+    if let Some(first) = foreign.first() {
+        violations.push(format!(
+            "{} delete markers for entries another gateway stamped, before the tombstone retention (a day) had passed; the first: {first}",
+            foreign.len()
+        ));
+    }
+}
+
 pub(super) fn check_readable(
     log: &MemoryBus,
     quarantined: &BTreeSet<u64>,

@@ -6,12 +6,22 @@
 //! convergence until then (or the settle time ends). The time from the heal to the last first
 //! 200 is the run's `served_ms`; `explore --liveness` reports its quantiles, and those of the
 //! convergence time, per fault kind.
+//!
+//! Collection is judged the same way: every entry a gateway stamped before the heal is, within
+//! the bound, gone from the log's fold, because the gateway that stamped it wrote a delete
+//! marker for it (it is no longer live: a removal, or a lease that ran out) or because a newer
+//! change replaced it (a renewal). Safety alone cannot see a gateway that never collects: the
+//! tombstones it keeps break no invariant. The time from the heal until none is left is the
+//! run's `collected_ms`. An entry stamped before the heal is due by the heal plus
+//! `registry.lease_max_ms` plus `registry.clock_drift_max_ms` (8 s in the simulation), plus
+//! a round of housekeeping (1 s) and the clock skew; the run goes on until then.
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::reference::{Reference, describe};
 use super::{Outcome, SAMPLE};
 use crate::PUBLIC_PORT;
 use crate::faults::Faults;
@@ -23,6 +33,8 @@ use crate::faults::Faults;
 pub const BOUND_MS: u64 = 15_000;
 /// Pause between two rounds of probes.
 const PROBE_EVERY_MS: u64 = 100;
+/// How often, in simulated time, the log is folded to see whether collection is done.
+pub const COLLECT_CHECK_EVERY_MS: u64 = 250;
 
 #[derive(Debug)]
 pub struct Probe {
@@ -74,6 +86,43 @@ pub fn judge(convergence_ms: Option<u64>, served_ms: Option<u64>, violations: &m
     }
 }
 
+/// The first entry of `held` (the log's fold) that a gateway of the run stamped at or before
+/// `heal_epoch_ms`, described, or `None` when there is none left. Entries of origins that
+/// are not the run's gateways (a stranger's forged records) are left out: a gateway collects
+/// another's entries only after the tombstone retention, a day, outside `short_retention`.
+pub(super) fn uncollected(
+    held: &Reference,
+    gateways: &[String],
+    heal_epoch_ms: u64,
+) -> Option<String> {
+    held.entries
+        .iter()
+        .find(|(_, entry)| {
+            entry.stamp.physical_ms <= heal_epoch_ms
+                && gateways.contains(&entry.stamp.node_id)
+        })
+        .map(|(key, entry)| format!("{}/{} {}", key.service, key.instance_id, describe(entry)))
+}
+
+/// The violation of a liveness run whose entries stamped before the heal were not all
+/// collected (or replaced) within the bound.
+pub fn judge_collection(
+    collected_ms: Option<u64>,
+    uncollected: Option<&str>,
+    violations: &mut Vec<String>,
+) {
+    match collected_ms {
+        Some(ms) if ms <= BOUND_MS => {}
+        Some(ms) => violations.push(format!(
+            "liveness: the entries stamped before the heal were collected {ms} ms after it, beyond the bound of {BOUND_MS} ms"
+        )),
+        None => violations.push(format!(
+            "liveness: an entry stamped before the heal was neither collected nor replaced after it (bound {BOUND_MS} ms): {}",
+            uncollected.unwrap_or("none named")
+        )),
+    }
+}
+
 fn quantiles(mut values: Vec<u64>) -> String {
     if values.is_empty() {
         return "no run".into();
@@ -107,8 +156,10 @@ pub fn report(outcomes: &[Outcome]) -> String {
     for (kind, runs) in rows {
         let converged = runs.iter().filter_map(|o| o.convergence_ms).collect();
         let served = runs.iter().filter_map(|o| o.served_ms).collect();
+        let collected = runs.iter().filter_map(|o| o.collected_ms).collect();
         let _ = writeln!(out, "  {kind:<16} converge {}", quantiles(converged));
         let _ = writeln!(out, "  {:<16} serve    {}", "", quantiles(served));
+        let _ = writeln!(out, "  {:<16} collect  {}", "", quantiles(collected));
     }
     out
 }
