@@ -362,9 +362,10 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
-        "readiness            {} incarnations judged at their first ready answer, {} event counts judged at the end",
+        "readiness            {} incarnations judged at their first ready answer, {} event counts judged at the end ({} split by origin)",
         routing(|o| o.ready_judged),
-        routing(|o| o.counts_judged)
+        routing(|o| o.counts_judged),
+        routing(|o| o.origins_judged)
     );
     let _ = writeln!(
         out,

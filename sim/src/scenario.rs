@@ -173,6 +173,9 @@ pub struct Outcome {
     /// position (`readiness.rs`).
     #[serde(default)]
     pub counts_judged: usize,
+    /// Of those, the incarnations whose events applied by origin were judged against the log.
+    #[serde(default)]
+    pub origins_judged: usize,
     /// Graceful stops judged for their outbox's flush, and the 202 answers judged there.
     #[serde(default)]
     pub drains_judged: usize,
@@ -738,7 +741,8 @@ fn simulate(options: &Options) -> Outcome {
         liveness::judge(convergence_ms, served_ms, &mut violations);
         liveness::judge_collection(collected_ms, uncollected.as_deref(), &mut violations);
     }
-    let counts_judged = readiness.finish(&log, &down, &mut violations);
+    let (counts_judged, origins_judged) =
+        readiness.finish(&log, &quarantined, &down, &mut violations);
     let reference = reference(&log, &quarantined);
     let acks = acks.borrow();
     check_acknowledged(&reference, &acks, &mut violations);
@@ -851,6 +855,7 @@ fn simulate(options: &Options) -> Outcome {
         clock_judged,
         ready_judged: readiness.judged,
         counts_judged,
+        origins_judged,
         drains_judged,
         drain_acks_judged,
         pending_judged: pending.judged,

@@ -98,8 +98,7 @@ pub(super) fn uncollected(
     held.entries
         .iter()
         .find(|(_, entry)| {
-            entry.stamp.physical_ms <= heal_epoch_ms
-                && gateways.contains(&entry.stamp.node_id)
+            entry.stamp.physical_ms <= heal_epoch_ms && gateways.contains(&entry.stamp.node_id)
         })
         .map(|(key, entry)| format!("{}/{} {}", key.service, key.instance_id, describe(entry)))
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use switchyard::Node;
 use switchyard::bus::MemoryBus;
+use switchyard_core::event::Event;
 
 use super::checks::Reported;
 use super::reference::{describe, fold, newer};
@@ -182,15 +183,20 @@ impl Readiness {
     /// rejected (`events_applied`, `events_rejected` of `/v1/cluster`) are the records it
     /// read, each once, so they are at most its position, and at least the registrations the
     /// log still holds below it (compaction only removes; a delete marker is counted only
-    /// when quarantined). Returns the incarnations judged.
+    /// when quarantined). Its metric of events applied by origin
+    /// (`switchyard_bus_events_applied_total{origin}`) adds up to the events applied, and,
+    /// when it rejected exactly the hostile records it had to, splits them as the log does:
+    /// own, the registrations below its position that it stamped (or that were forged in its
+    /// name), and others'. Returns the incarnations judged, and those whose split was.
     pub fn finish(
         &self,
         log: &MemoryBus,
+        quarantined: &BTreeSet<u64>,
         down: &BTreeSet<String>,
         violations: &mut Vec<String>,
-    ) -> usize {
+    ) -> (usize, usize) {
         let records = log.snapshot();
-        let mut judged = 0;
+        let (mut judged, mut split_judged) = (0, 0);
         for w in self.watched.iter().filter(|w| !down.contains(&w.name)) {
             judged += 1;
             let s = w.node.status();
@@ -205,8 +211,43 @@ impl Readiness {
                     w.name, s.events_applied, s.events_rejected, s.bus_position
                 ));
             }
+            let (own, others) = w.node.metrics().events_applied_by_origin();
+            if own + others != s.events_applied {
+                violations.push(format!(
+                    "{} counts {own} own and {others} others' events applied in its metrics, and {} applied in its status",
+                    w.name, s.events_applied
+                ));
+                continue;
+            }
+            let below = records.iter().filter(|r| r.offset < s.bus_position);
+            let rejected = below
+                .clone()
+                .filter(|r| !r.delete && quarantined.contains(&r.offset))
+                .count() as u64;
+            // Compaction may have removed records it applied: only a whole log judges the split.
+            let whole = records.len() as u64 >= s.bus_position
+                && records
+                    .iter()
+                    .enumerate()
+                    .all(|(i, r)| r.offset == i as u64);
+            if !whole || rejected != s.events_rejected {
+                continue;
+            }
+            let origins: Vec<String> = below
+                .filter(|r| !r.delete && !quarantined.contains(&r.offset))
+                .filter_map(|r| Event::decode(&r.payload).ok().map(|e| e.origin_node))
+                .collect();
+            split_judged += 1;
+            let own_on_log = origins.iter().filter(|o| **o == w.name).count() as u64;
+            let others_on_log = origins.len() as u64 - own_on_log;
+            if (own, others) != (own_on_log, others_on_log) {
+                violations.push(format!(
+                    "{} counts {own} own and {others} others' events applied in its metrics; the log below its position {} holds {own_on_log} of its own and {others_on_log} of others",
+                    w.name, s.bus_position
+                ));
+            }
         }
-        judged
+        (judged, split_judged)
     }
 }
 

@@ -827,6 +827,12 @@ impl Metrics {
         self.events_quarantined[reason as usize].get()
     }
 
+    /// Registry events applied so far, this node's own and others', as
+    /// `switchyard_bus_events_applied_total` counts them (for a harness reading the node).
+    pub fn events_applied_by_origin(&self) -> (u64, u64) {
+        (self.events_applied[0].get(), self.events_applied[1].get())
+    }
+
     pub fn change(&self, op: ChangeOp) {
         self.changes[op as usize].inc();
     }
