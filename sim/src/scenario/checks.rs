@@ -124,12 +124,6 @@ fn stamp_cmp(a: &Stamp, b: &Stamp) -> Ordering {
     ))
 }
 
-/// Every record the gateways must apply can be read: each record of the final log that the
-/// run did not write as one to quarantine decodes (the honest records, the largest
-/// registrations among them, and the hostile records written to be applied, one of them exactly
-/// at the size bound). The reference skips a record it cannot read, as a gateway does; without
-/// this check a codec that refused valid records would leave both agreeing on a registry
-/// without them.
 /// Outside `short_retention` a gateway collects only the entries it stamped itself: another
 /// gateway's tombstone waits for `registry.tombstone_retention_ms` (a day, far beyond a run)
 /// before anyone may delete it, in case its writer's change is still on its way. So every
@@ -161,6 +155,12 @@ pub(super) fn check_markers_by_their_stamper(
     }
 }
 
+/// Every record the gateways must apply can be read: each record of the final log that the
+/// run did not write as one to quarantine decodes (the honest records, the largest
+/// registrations among them, and the hostile records written to be applied, one of them exactly
+/// at the size bound). The reference skips a record it cannot read, as a gateway does; without
+/// this check a codec that refused valid records would leave both agreeing on a registry
+/// without them.
 pub(super) fn check_readable(
     log: &MemoryBus,
     quarantined: &BTreeSet<u64>,

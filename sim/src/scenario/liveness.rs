@@ -139,7 +139,7 @@ fn quantiles(mut values: Vec<u64>) -> String {
 }
 
 /// Per fault kind, over the runs that injected it: the quantiles of the time from the heal to
-/// convergence and to serving through every gateway.
+/// convergence, to serving through every gateway, and to collection.
 pub fn report(outcomes: &[Outcome]) -> String {
     let mut out = format!("liveness (bound {BOUND_MS} ms after the heal)\n");
     let mut rows: Vec<(&str, Vec<&Outcome>)> = vec![("any", outcomes.iter().collect())];
