@@ -196,6 +196,12 @@ impl Readiness {
         violations: &mut Vec<String>,
     ) -> (usize, usize) {
         let records = log.snapshot();
+        // Compaction may have removed records a gateway applied: only a whole log (every
+        // offset from 0 on) judges the split by origin.
+        let whole = records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.offset == i as u64);
         let (mut judged, mut split_judged) = (0, 0);
         for w in self.watched.iter().filter(|w| !down.contains(&w.name)) {
             judged += 1;
@@ -224,22 +230,21 @@ impl Readiness {
                 .clone()
                 .filter(|r| !r.delete && quarantined.contains(&r.offset))
                 .count() as u64;
-            // Compaction may have removed records it applied: only a whole log judges the split.
-            let whole = records.len() as u64 >= s.bus_position
-                && records
-                    .iter()
-                    .enumerate()
-                    .all(|(i, r)| r.offset == i as u64);
-            if !whole || rejected != s.events_rejected {
+            if !whole || records.len() < s.bus_position as usize || rejected != s.events_rejected {
                 continue;
             }
-            let origins: Vec<String> = below
-                .filter(|r| !r.delete && !quarantined.contains(&r.offset))
-                .filter_map(|r| Event::decode(&r.payload).ok().map(|e| e.origin_node))
-                .collect();
             split_judged += 1;
-            let own_on_log = origins.iter().filter(|o| **o == w.name).count() as u64;
-            let others_on_log = origins.len() as u64 - own_on_log;
+            let (mut own_on_log, mut others_on_log) = (0u64, 0u64);
+            for e in below
+                .filter(|r| !r.delete && !quarantined.contains(&r.offset))
+                .filter_map(|r| Event::decode(&r.payload).ok())
+            {
+                if e.origin_node == w.name {
+                    own_on_log += 1;
+                } else {
+                    others_on_log += 1;
+                }
+            }
             if (own, others) != (own_on_log, others_on_log) {
                 violations.push(format!(
                     "{} counts {own} own and {others} others' events applied in its metrics; the log below its position {} holds {own_on_log} of its own and {others_on_log} of others",
