@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_core::event::{Event, EventBounds, Inadmissible};
+use switchyard_core::event::{Event, EventBounds, EventError, Inadmissible};
 use switchyard_core::planted::{self, Bug};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,14 @@ pub const CATCH_UP_FETCH_RECORDS_MAX: usize = 2_048;
 /// Events applied under one hold of the registry's write lock: routing reads wait for the lock
 /// meanwhile, for about 100 µs at this bound.
 pub const APPLY_RUN_MAX: usize = 256;
+/// Batches of at least this many records are decoded ahead on a second thread
+/// ([`Replication::apply_records`]); smaller ones, as read once caught up, on the calling one.
+pub const DECODE_AHEAD_MIN: usize = 1_024;
+/// Records decoded ahead per chunk, and chunks decoded ahead of the one being applied at most:
+/// the memory held by decoding ahead is bounded by `(DECODED_CHUNKS_AHEAD + 2) * DECODE_CHUNK`
+/// events.
+const DECODE_CHUNK: usize = 256;
+const DECODED_CHUNKS_AHEAD: usize = 2;
 /// How long one fetch waits for new records before returning empty.
 pub const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// The first and the longest wait between attempts while the bus fails.
@@ -275,12 +283,49 @@ impl Replication {
     /// of the run: later local stamps are then greater than every stamp of the run, as they
     /// would be had the clock observed each. A delete marker ends a run and is applied in its
     /// place. Admissibility is judged against the wall clock read once per call.
+    ///
+    /// A batch of at least [`DECODE_AHEAD_MIN`] records (catch-up reads 2,048 at a time) is
+    /// decoded ahead on a second thread, in chunks of 256 records, while this one applies
+    /// the chunks already decoded; both threads end before this returns. Decoding is a pure
+    /// function of each record, and everything else (quarantine, the clock, the registry) is
+    /// done here in the records' order, so the outcome does not depend on which thread
+    /// decoded what or when.
     pub fn apply_records(&self, records: &[Record]) -> Runs {
+        if records.len() < DECODE_AHEAD_MIN || !decode_ahead_possible() {
+            return self.apply_decoded(
+                records
+                    .iter()
+                    .map(|record| (record, Event::decode(&record.payload))),
+            );
+        }
+        std::thread::scope(|scope| {
+            let (chunks, decoded) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
+            scope.spawn(move || {
+                for chunk in records.chunks(DECODE_CHUNK) {
+                    let events: Vec<_> = chunk
+                        .iter()
+                        .map(|record| Event::decode(&record.payload))
+                        .collect();
+                    // The receiver is gone only if this thread's caller panicked.
+                    if chunks.send(events).is_err() {
+                        return;
+                    }
+                }
+            });
+            self.apply_decoded(records.iter().zip(decoded.into_iter().flatten()))
+        })
+    }
+
+    /// [`Replication::apply_records`] once each record's payload has been decoded.
+    fn apply_decoded<'r>(
+        &self,
+        records: impl Iterator<Item = (&'r Record, Result<Event, EventError>)>,
+    ) -> Runs {
         let now = self.store.now_ms();
         let mut runs = Runs::default();
-        let mut run = Vec::with_capacity(records.len().min(APPLY_RUN_MAX));
-        for record in records {
-            let Some(event) = self.decode(record) else {
+        let mut run = Vec::with_capacity(APPLY_RUN_MAX);
+        for (record, decoded) in records {
+            let Some(event) = self.admit_decoded(record, decoded) else {
                 continue;
             };
             if record.delete {
@@ -329,8 +374,8 @@ impl Replication {
 
     /// The event a record carries (for a delete marker, the event of the entry it deletes), or
     /// `None` after quarantining a record that does not decode or whose key is not its event's.
-    fn decode(&self, record: &Record) -> Option<Event> {
-        match Event::decode(&record.payload) {
+    fn admit_decoded(&self, record: &Record, decoded: Result<Event, EventError>) -> Option<Event> {
+        match decoded {
             Ok(event)
                 if event.key.is_bus_key(&record.key) || planted::active(Bug::QuarantineOff) =>
             {
@@ -453,6 +498,12 @@ pub struct Runs {
 }
 
 /// How many records one fetch asks for: more while catching up.
+/// Whether a second thread can decode ahead: the process may run on more than one core.
+fn decode_ahead_possible() -> bool {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
+}
+
 fn fetch_max(caught_up: bool) -> usize {
     if caught_up {
         FETCH_RECORDS_MAX

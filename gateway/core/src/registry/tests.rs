@@ -307,10 +307,72 @@ proptest! {
             prop_assert_eq!(&r.per_service, &per_service);
             prop_assert_eq!(r.service_count(), per_service.len());
             for (key, held) in &r.entries {
-                prop_assert_eq!(held.hash, entry_hash(key, &held.entry));
+                prop_assert_eq!(held.hash, entry_hash(&key.key, &held.entry));
             }
         }
     }
+}
+
+/// A name for the order test: short or long, sharing long prefixes, with zero bytes (a
+/// registry does not assume that names were validated).
+fn arb_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ab\\x00]{0,20}",
+        "[a-z0-9.-]{0,40}",
+        "aaaaaaaaaaaaaaa[ab\\x00]{0,4}",
+        "aaaaaaaaaaaaaaaa[ab\\x00]{0,4}",
+    ]
+}
+
+proptest! {
+    /// The map orders keys as `InstanceKey` does (what its `Borrow` relies on), whatever the
+    /// names: the prefixes decide only where the names themselves would.
+    #[test]
+    fn the_map_orders_keys_as_instance_keys_do(
+        a in (arb_name(), arb_name()),
+        b in (arb_name(), arb_name()),
+    ) {
+        let a = InstanceKey::new(a.0, a.1);
+        let b = InstanceKey::new(b.0, b.1);
+        let (ma, mb) = (MapKey::new(a.clone()), MapKey::new(b.clone()));
+        prop_assert_eq!(ma.cmp(&mb), a.cmp(&b));
+        prop_assert_eq!(ma == mb, a == b);
+    }
+}
+
+#[test]
+fn names_that_differ_past_their_prefix_or_by_zero_bytes_keep_their_order() {
+    let keys = [
+        ("s", ""),
+        ("s", "\0"),
+        ("s", "aaaaaaaaaaaaaaaa"),
+        ("s", "aaaaaaaaaaaaaaaa\0"),
+        ("s", "aaaaaaaaaaaaaaaaa"),
+        ("s", "aaaaaaaaaaaaaaab"),
+        ("s\0", ""),
+        ("sa", ""),
+    ];
+    let mut r = Registry::new();
+    for (i, (service, id)) in keys.iter().enumerate().rev() {
+        r.apply(
+            InstanceKey::new(*service, *id),
+            alive(10 + i as u64, "a", "http://h:1"),
+        );
+    }
+    let listed: Vec<(&str, &str)> = r
+        .entries()
+        .map(|(k, _)| (k.service.as_str(), k.instance_id.as_str()))
+        .collect();
+    assert_eq!(listed, keys);
+    assert_eq!(r.service_entries("s").count(), 6);
+    assert!(
+        r.get(&InstanceKey::new("s", "aaaaaaaaaaaaaaaa\0"))
+            .is_some()
+    );
+    assert!(
+        r.get(&InstanceKey::new("s", "aaaaaaaaaaaaaaaa\0\0"))
+            .is_none()
+    );
 }
 
 /// The digest's value is part of what gateways of different versions compare: a change to

@@ -10,7 +10,10 @@ use switchyard_core::event::{Event, EventKind};
 use switchyard_core::{InstanceKey, Registry, Stamp};
 use tokio_util::sync::CancellationToken;
 
-use super::{APPLY_RUN_MAX, CATCH_UP_FETCH_RECORDS_MAX, FETCH_RECORDS_MAX, Replication, Runs};
+use super::{
+    APPLY_RUN_MAX, CATCH_UP_FETCH_RECORDS_MAX, DECODE_AHEAD_MIN, FETCH_RECORDS_MAX, Replication,
+    Runs,
+};
 use crate::bus::{Bus, BusError, GatedBus, MemoryBus, Record};
 use crate::config::Config;
 use crate::seams::{Clock, SystemClock};
@@ -158,6 +161,68 @@ fn a_delete_marker_is_applied_in_its_place_among_the_events() {
     let second = replication(GatedBus::new(MemoryBus::new()));
     second.apply_records(&[marker(0, &a), reg_a, reg_b]);
     assert_eq!(second.store.registry().len(), 2);
+}
+
+/// A batch large enough to be decoded ahead on a second thread gives what the same records
+/// give read in batches too small for it: the same registry, the same counts of applied and
+/// quarantined records, whatever lies among them (bad payloads, keys that are not their
+/// event's, leases out of bounds, delete markers, several changes to one key).
+#[test]
+fn a_batch_decoded_ahead_is_applied_as_small_batches_are() {
+    let now = SystemClock.now_ms();
+    let old = now - 2 * 3_600_000;
+    let n = 3 * DECODE_AHEAD_MIN + 7;
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            let offset = i as u64;
+            // Forty keys, each changed many times, so later records replace earlier ones.
+            let id = format!("i-{}", i % 40);
+            match i % 11 {
+                0 => Record {
+                    offset,
+                    key: format!("orders/{id}"),
+                    payload: Bytes::from_static(b"\xff not an event"),
+                    delete: false,
+                },
+                1 => Record {
+                    key: "orders/someone-else".into(),
+                    ..registration(offset, &id, now - 500).1
+                },
+                2 => {
+                    let (mut event, _) = registration(offset, &id, now - 400);
+                    event.lease_ms = u64::MAX;
+                    Record {
+                        offset,
+                        key: event.bus_key(),
+                        payload: Bytes::from(event.encode()),
+                        delete: false,
+                    }
+                }
+                3 => marker(offset, &registration(offset, &id, old).0),
+                _ => registration(offset, &id, now - 5_000 + (i as u64 % 977)).1,
+            }
+        })
+        .collect();
+    let whole = replication(GatedBus::new(MemoryBus::new()));
+    let at_once = whole.apply_records(&records);
+    let pieces = replication(GatedBus::new(MemoryBus::new()));
+    let (mut events, mut changed) = (0, 0);
+    for chunk in records.chunks(DECODE_AHEAD_MIN / 10) {
+        let runs = pieces.apply_records(chunk);
+        events += runs.events;
+        changed += runs.changed;
+    }
+    assert_eq!((at_once.events, at_once.changed), (events, changed));
+    assert_eq!(*whole.store.registry(), *pieces.store.registry());
+    assert_eq!(whole.events_applied(), pieces.events_applied());
+    assert_eq!(whole.events_rejected(), pieces.events_rejected());
+    // Three kinds of bad record, each 1 in 11, were quarantined; the rest applied or were
+    // markers.
+    let bad = (0..n).filter(|i| matches!(i % 11, 0..=2)).count() as u64;
+    assert_eq!(whole.events_rejected(), bad);
+    let markers = (0..n).filter(|i| i % 11 == 3).count() as u64;
+    assert_eq!(whole.events_applied(), n as u64 - bad - markers);
+    assert_eq!(whole.store.registry().len(), 40);
 }
 
 /// A [`MemoryBus`] that keeps every fetch it was asked for (the offset and the number of

@@ -24,6 +24,11 @@ use switchyard_core::{Event, EventKind, Hlc, InstanceKey, Registry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The gateway binary's allocator (the `mimalloc` feature, on by default), so that catch-up and
+/// the core's apply are measured as a gateway runs them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The most events one run may generate (about 1 GiB of registry and bus at this bound).
 const EVENTS_MAX: usize = 5_000_000;
 /// How long catch-up may take before the run gives up.
