@@ -323,7 +323,7 @@ impl Replication {
     ) -> Runs {
         let now = self.store.now_ms();
         let mut runs = Runs::default();
-        let mut run = Vec::with_capacity(APPLY_RUN_MAX);
+        let mut run = Vec::with_capacity(records.size_hint().0.min(APPLY_RUN_MAX));
         for (record, decoded) in records {
             let Some(event) = self.admit_decoded(record, decoded) else {
                 continue;
@@ -497,13 +497,13 @@ pub struct Runs {
     pub changed: usize,
 }
 
-/// How many records one fetch asks for: more while catching up.
 /// Whether a second thread can decode ahead: the process may run on more than one core.
 fn decode_ahead_possible() -> bool {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
 }
 
+/// How many records one fetch asks for: more while catching up.
 fn fetch_max(caught_up: bool) -> usize {
     if caught_up {
         FETCH_RECORDS_MAX
