@@ -803,10 +803,17 @@ def begin_kafka(tools: Tools, run_dir: Path, cpu: str | None) -> None:
 def start_kafka(tools: Tools, run_dir: Path, cpu: str | None) -> str:
     """The run's Kafka broker (started on `cpu` on first use, or begun ahead): its bootstrap
     address."""
-    if tools.kafka is not None:
-        return tools.kafka
-    begin_kafka(tools, run_dir, cpu)
+    if tools.kafka is None:
+        begin_kafka(tools, run_dir, cpu)
+        finish_kafka_start(tools)
+    return tools.kafka
+
+
+def finish_kafka_start(tools: Tools) -> None:
+    """Waits for the start `begin_kafka` began and keeps the broker's bootstrap address."""
     starting, tools.kafka_starting = tools.kafka_starting, None
+    if starting is None:
+        return
     try:
         out, err = starting.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -816,20 +823,14 @@ def start_kafka(tools: Tools, run_dir: Path, cpu: str | None) -> str:
     if starting.returncode != 0:
         raise Failed(f"kafka.sh start failed:\n{err[-2000:]}")
     tools.kafka = out.strip().splitlines()[-1]
-    return tools.kafka
 
 
 def stop_kafka(tools: Tools) -> None:
-    if tools.kafka_starting is not None:
-        # Begun ahead and never waited for (the run failed first): let it finish, then stop it.
-        try:
-            out, _ = tools.kafka_starting.communicate(timeout=300)
-            if tools.kafka_starting.returncode == 0 and out.strip():
-                tools.kafka = out.strip().splitlines()[-1]
-        except subprocess.TimeoutExpired:
-            tools.kafka_starting.kill()
-            tools.kafka_starting.communicate()
-        tools.kafka_starting = None
+    # Begun ahead and never waited for (the run failed first): let it finish, then stop it.
+    try:
+        finish_kafka_start(tools)
+    except Failed:
+        pass
     if tools.kafka_dir is None or tools.kafka is None:
         return
     env = dict(os.environ, KAFKA_DIR=str(tools.kafka_dir), KAFKA_PORT=tools.kafka.rsplit(":", 1)[1])
