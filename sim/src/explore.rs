@@ -362,6 +362,13 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
+        "shortages            {} calls through a gateway short of file descriptors judged, {} answered overloaded, {} answers or evictions that blamed an instance",
+        routing(|o| o.balancing.shortage_calls),
+        routing(|o| o.balancing.shortage_overloaded),
+        routing(|o| o.balancing.shortage_blamed)
+    );
+    let _ = writeln!(
+        out,
         "readiness            {} incarnations judged at their first ready answer, {} event counts judged at the end ({} split by origin)",
         routing(|o| o.ready_judged),
         routing(|o| o.counts_judged),
@@ -375,11 +382,17 @@ pub fn summary(outcomes: &[Outcome], template: &Options, wall_s: f64) -> String 
     );
     let _ = writeln!(
         out,
-        "forwarding edges     {} edge calls answered, {} refused as loops, {} answers at the body bound passed whole; via mark judged on {} requests",
+        "forwarding edges     {} edge calls answered, {} refused as loops, {} answers at the body bound passed whole, {} instances' statuses answered as theirs; via mark judged on {} requests",
         routing(|o| o.fronts.edges.answered),
         routing(|o| o.fronts.edges.loops_refused),
         routing(|o| o.fronts.edges.at_bound_whole),
+        routing(|o| o.fronts.edges.statuses_kept),
         routing(|o| o.fronts.edges.via_judged)
+    );
+    let _ = writeln!(
+        out,
+        "metrics scrapes      {} /metrics answers' bus gauges judged",
+        routing(|o| o.fronts.scrapes_judged)
     );
     let hostile = |f: fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
     let _ = writeln!(

@@ -65,10 +65,15 @@ pub struct Faults {
     /// ([`Faults::drains`]).
     #[serde(default)]
     pub drains: bool,
+    /// A gateway restarts short of its own resources: for 8-10 s every connection it opens to
+    /// an instance fails with EMFILE (out of file descriptors), while a prober sends calls
+    /// through it. Drawn from a sixth generator ([`Faults::shortages`]).
+    #[serde(default)]
+    pub shortages: bool,
 }
 
 impl Faults {
-    pub const KINDS: [&'static str; 16] = [
+    pub const KINDS: [&'static str; 17] = [
         "partitions",
         "gateway_crashes",
         "service_crashes",
@@ -85,9 +90,10 @@ impl Faults {
         "stalls",
         "cutoffs",
         "drains",
+        "shortages",
     ];
 
-    fn flags(&self) -> [bool; 16] {
+    fn flags(&self) -> [bool; 17] {
         [
             self.partitions,
             self.gateway_crashes,
@@ -105,14 +111,15 @@ impl Faults {
             self.stalls,
             self.cutoffs,
             self.drains,
+            self.shortages,
         ]
     }
 
     pub fn all() -> Self {
-        Self::from_flags([true; 16])
+        Self::from_flags([true; 17])
     }
 
-    fn from_flags(f: [bool; 16]) -> Self {
+    fn from_flags(f: [bool; 17]) -> Self {
         Self {
             partitions: f[0],
             gateway_crashes: f[1],
@@ -130,6 +137,7 @@ impl Faults {
             stalls: f[13],
             cutoffs: f[14],
             drains: f[15],
+            shortages: f[16],
         }
     }
 
@@ -138,7 +146,7 @@ impl Faults {
     /// adding a kind left the draw of the others, and every later draw from `rng`, unchanged:
     /// a seed that does not switch a later kind on runs as it did before that kind existed.
     pub fn swarm(rng: &mut SmallRng, later: &mut SmallRng) -> Self {
-        let mut flags: [bool; 16] = std::array::from_fn(|_| false);
+        let mut flags: [bool; 17] = std::array::from_fn(|_| false);
         for flag in &mut flags[..8] {
             *flag = rng.random_bool(0.5);
         }
@@ -171,6 +179,12 @@ impl Faults {
         self.drains = drains.random_bool(0.5);
     }
 
+    /// Switches `shortages` on with probability one half, drawn from `shortages`, a sixth
+    /// generator: every earlier draw stays as it was.
+    pub fn shortages(&mut self, shortages: &mut SmallRng) {
+        self.shortages = shortages.random_bool(0.5);
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         Self::KINDS
             .into_iter()
@@ -186,7 +200,7 @@ impl Faults {
             "none" | "" => return Ok(Self::default()),
             _ => {}
         }
-        let mut flags = [false; 16];
+        let mut flags = [false; 17];
         for name in list.split(',') {
             let i = Self::KINDS
                 .iter()
@@ -216,6 +230,9 @@ pub enum Action {
     /// A gateway's shutdown is asked: it stops accepting, reports not ready, finishes what it
     /// holds, flushes its outbox and stops; `Restart` starts it again.
     Drain(String),
+    /// Every connection a gateway opens to an instance fails with EMFILE, until `Supply`.
+    Shortage(String),
+    Supply(String),
 }
 
 /// One or two graceful stops (one per [`EPISODE_WINDOW_MS`] started, at most two) of a
@@ -294,6 +311,8 @@ impl fmt::Display for Action {
             Self::Stall(h) => write!(f, "stall {h}"),
             Self::Unstall(h) => write!(f, "unstall {h}"),
             Self::Drain(h) => write!(f, "drain {h}"),
+            Self::Shortage(h) => write!(f, "shortage of file descriptors on {h}"),
+            Self::Supply(h) => write!(f, "file descriptors back on {h}"),
         }
     }
 }

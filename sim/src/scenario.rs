@@ -31,7 +31,7 @@ const EPOCH_S: u64 = 1_800_000_000;
 /// The service whose instances are real sample-service hosts.
 pub const SAMPLE: &str = "sample";
 /// Every gateway's `upstream.timeout_ms`; the routing checker's tolerance derives from it.
-const UPSTREAM_TIMEOUT_MS: u64 = 2_000;
+pub const UPSTREAM_TIMEOUT_MS: u64 = 2_000;
 /// Every gateway's `registry.lease_max_ms` and the sample instances' lease: short, so that
 /// tombstones are collected (delete markers written after this plus the drift bound, and
 /// applied) many times within a run, during the faults as well as after.
@@ -49,6 +49,8 @@ const CLOCK_SKEW_MS_MAX: i64 = 800;
 const LATER_DRAWS: u64 = 0x4057_11e5;
 /// XORed into the seed for the fifth generator: the `drains` kind and its episodes.
 const DRAIN_DRAWS: u64 = 0x00d2_a125;
+/// XORed into the seed for the sixth generator: shortages of file descriptors.
+const SHORTAGE_DRAWS: u64 = 0x005a_0127_ed00;
 
 mod balancing;
 mod checks;
@@ -270,11 +272,14 @@ fn simulate(options: &Options) -> Outcome {
     let mut balance_rng = SmallRng::seed_from_u64(options.seed ^ probing::BALANCE_DRAWS);
     // The fifth: graceful stops.
     let mut drain_rng = SmallRng::seed_from_u64(options.seed ^ DRAIN_DRAWS);
+    // The sixth: shortages of file descriptors.
+    let mut shortage_rng = SmallRng::seed_from_u64(options.seed ^ SHORTAGE_DRAWS);
     let faults = options.faults.unwrap_or_else(|| {
         let mut faults = Faults::swarm(&mut rng, &mut later);
         faults.corners(&mut corner_rng);
         faults.balance_corners(&mut balance_rng);
         faults.drains(&mut drain_rng);
+        faults.shortages(&mut shortage_rng);
         faults
     });
     let gateways = gateway_names(options.gateways);
@@ -291,6 +296,8 @@ fn simulate(options: &Options) -> Outcome {
         None => schedule(&mut rng, &faults, &present, &services, options.fault_ms),
     };
     let mut probes = Vec::new();
+    // The windows of the shortages of file descriptors, for their check.
+    let mut shortages = Vec::new();
     if options.episodes.is_none() {
         // Appended, then sorted stably: the other steps keep their order.
         plan.extend(hostile_bursts(&mut later, &faults, options.fault_ms));
@@ -318,6 +325,14 @@ fn simulate(options: &Options) -> Outcome {
                 &present,
                 options.fault_ms,
             ));
+        }
+        if faults.shortages
+            && let Some((steps, window)) =
+                probing::shortage(&mut shortage_rng, &present, options.fault_ms)
+        {
+            plan.extend(steps);
+            probes.push(window.clone());
+            shortages.push(window);
         }
         plan.sort_by_key(|s| s.at_ms);
     }
@@ -480,6 +495,7 @@ fn simulate(options: &Options) -> Outcome {
             seed: options.seed,
             fault_ms: options.fault_ms,
             fronts: front_log.clone(),
+            bus: log.clone(),
             bursts: faults.bursts,
             services: services.clone(),
             probe: options.liveness.then(|| liveness::Probe {
@@ -600,7 +616,7 @@ fn simulate(options: &Options) -> Outcome {
                     &mut violations,
                 );
             }
-            apply(&mut sim, &step.action, &mut down, &stalls);
+            apply(&mut sim, &step.action, &mut down, &stalls, &connects);
             links.apply(now_ms, &step.action);
             if let Action::Crash(host) = &step.action {
                 routing.crashed(host, now_ms);
@@ -631,6 +647,7 @@ fn simulate(options: &Options) -> Outcome {
             trace.borrow_mut().push(format!("{now_ms:>6} ms heal"));
             heal(&mut sim, &gateways, &services, &mut down);
             stalls.clear();
+            connects.supply_all();
             links.heal(now_ms);
         }
         if now_ms >= last_check + 10 {
@@ -805,6 +822,7 @@ fn simulate(options: &Options) -> Outcome {
             routing: &routing_view,
             links: &links,
             instances: &services,
+            shortages: &shortages,
             skews: &skews.borrow(),
             epoch_ms: EPOCH_S * 1_000,
         },
@@ -909,6 +927,7 @@ fn apply(
     action: &Action,
     down: &mut BTreeSet<String>,
     stalls: &Stalls,
+    connects: &balancing::Connects,
 ) {
     match action {
         Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
@@ -931,6 +950,8 @@ fn apply(
         Action::Unstall(h) => stalls.set(h, false),
         // Asked by the step loop, which keeps the shutdown tokens; `Restart` starts it again.
         Action::Drain(_) => {}
+        Action::Shortage(h) => connects.set_short(h, true),
+        Action::Supply(h) => connects.set_short(h, false),
     }
 }
 

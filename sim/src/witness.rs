@@ -155,6 +155,9 @@ impl ForwardingService for Witness {
         if let Some(answer) = sized_answer(&req.path) {
             return Ok(Response::new(answer));
         }
+        if let Some(status) = status_answer(&req.path) {
+            return Err(status);
+        }
         self.inner.send(request).await
     }
 }
@@ -167,6 +170,58 @@ pub const ANSWER_FIELD_BYTES: usize = 4_000;
 /// The largest body and the most fields a sized answer has, whatever the path asks.
 const ANSWER_BODY_MAX: usize = 1024 * 1024;
 const ANSWER_FIELDS_MAX: usize = 32;
+
+/// The path of a call that asks the witness to fail it with a gRPC status:
+/// `/sim/status/<code>/<message>`, the message one of [`StatusMessage`]'s words.
+pub const STATUS_PATH: &str = "/sim/status/";
+
+/// The message of a status a `/sim/status/..` path asks for: chosen so that a status is taken
+/// for something else only by a gateway that reads one of its parts alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMessage {
+    /// A message of the service's own.
+    Plain,
+    /// The message with which a gateway refuses a call as a loop
+    /// ([`switchyard_core::hops::LOOP_GRPC_MESSAGE`]).
+    Loop,
+    /// How tonic's own refusal of an answer past the decoding limit begins.
+    DecodeLimit,
+}
+
+impl StatusMessage {
+    pub const ALL: [StatusMessage; 3] = [Self::Plain, Self::Loop, Self::DecodeLimit];
+
+    /// The word for it in a path.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Loop => "loop",
+            Self::DecodeLimit => "limit",
+        }
+    }
+
+    /// The status message itself.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Plain => "the witness fails this call as asked",
+            Self::Loop => switchyard_core::hops::LOOP_GRPC_MESSAGE,
+            // tonic 0.14's wording (`codec/decode.rs`), which the gateway's classification
+            // pins in a test of its own.
+            Self::DecodeLimit => {
+                "Error, decoded message length too large: found 1 bytes, the limit is: 0 bytes"
+            }
+        }
+    }
+}
+
+/// The status a `/sim/status/..` path asks for, `None` for any other path or one that does
+/// not parse.
+fn status_answer(path: &str) -> Option<Status> {
+    let (code, word) = path.strip_prefix(STATUS_PATH)?.split_once('/')?;
+    let code = tonic::Code::from_i32(code.parse().ok()?);
+    let message = StatusMessage::ALL.into_iter().find(|m| m.word() == word)?;
+    Some(Status::new(code, message.text()))
+}
 
 /// The answer a `/sim/answer/..` path asks for, `None` for any other path (served by the
 /// sample service) or one that does not parse.

@@ -204,7 +204,7 @@ impl Forwarder {
                 self.telemetry.metrics().upstream_error(service, kind);
             }
             if matches!(result, Err(GatewayError::UpstreamConnect { .. })) {
-                self.evict_if_all_unreachable(service);
+                self.evict_if_all_unreachable(service, &key);
             }
             match result {
                 // The key was copied when the instance was chosen; it moves into the answer
@@ -435,7 +435,12 @@ impl Forwarder {
     /// unreachable from here for the eviction wait. One reachable instance is enough to evict
     /// none: a single dead instance is only ejected locally and left to its lease, so a
     /// gateway that is cut off from part of the network cannot empty the registry for all.
-    fn evict_if_all_unreachable(&self, service: &str) {
+    ///
+    /// Set off by `failed`, the instance whose connection just failed: nothing is evicted
+    /// unless it is among the live instances, so an eviction always rests on a fresh failure
+    /// of one of the instances it removes. (An instance whose lease ran out here during the
+    /// attempt must not set off the eviction of the others on older evidence.)
+    fn evict_if_all_unreachable(&self, service: &str, failed: &InstanceKey) {
         let policy = &self.eviction_policy;
         if !policy.enabled() {
             return;
@@ -446,6 +451,9 @@ impl Forwarder {
             let Lookup::Live(live) = registry.lookup(service, now) else {
                 return;
             };
+            if !live.iter().any(|inst| inst.key == failed) {
+                return;
+            }
             let mut balancer = lock(&self.balancer);
             let all = live.iter().all(|inst| {
                 balancer

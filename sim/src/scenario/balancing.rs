@@ -78,6 +78,9 @@ const BATCH_MS: u64 = 50;
 /// The most connections logged in one run (a run opens a few hundred).
 const CONNECTS_MAX: usize = 100_000;
 
+/// Linux's number for "too many open files" (`asm-generic/errno-base.h`).
+const EMFILE: i32 = 24;
+
 /// The error codes of a call no instance answered because none could be reached.
 const UNREACHED: [&str; 2] = ["upstream_connect_failed", "no_live_instance"];
 
@@ -142,6 +145,14 @@ pub struct BalancingCounts {
     pub cutoffs_judged: usize,
     #[serde(default)]
     pub cutoffs_unevicted: usize,
+    /// Calls a gateway answered within a shortage of its own file descriptors, those answered
+    /// `overloaded`, and the answers and evictions that blamed an instance for it.
+    #[serde(default)]
+    pub shortage_calls: usize,
+    #[serde(default)]
+    pub shortage_overloaded: usize,
+    #[serde(default)]
+    pub shortage_blamed: usize,
 }
 
 /// One eviction a gateway wrote: which gateway, which instance, when (simulated ms).
@@ -218,6 +229,8 @@ struct ConnectsInner {
     unkept: usize,
     /// The address each sample instance's name resolved to.
     hosts: BTreeMap<SocketAddr, String>,
+    /// Gateways short of file descriptors now (the `shortages` fault kind).
+    short: BTreeSet<String>,
 }
 
 impl Connects {
@@ -229,6 +242,23 @@ impl Connects {
     pub fn take(&self) -> (Vec<Connect>, usize) {
         let mut inner = self.lock();
         (std::mem::take(&mut inner.log), inner.unkept)
+    }
+
+    /// Starts or ends a gateway's shortage of file descriptors: while it lasts, every
+    /// connection the gateway opens to an instance fails at once with EMFILE, as `connect(2)`
+    /// does in a process out of descriptors, and is not logged (nothing left the host).
+    pub fn set_short(&self, gateway: &str, short: bool) {
+        let mut inner = self.lock();
+        if short {
+            inner.short.insert(gateway.to_owned());
+        } else {
+            inner.short.remove(gateway);
+        }
+    }
+
+    /// Ends every shortage (the heal).
+    pub fn supply_all(&self) {
+        self.lock().short.clear();
     }
 
     /// The connector of one gateway incarnation: the simulation's, logging every connection
@@ -275,7 +305,16 @@ impl Drop for Ending {
 
 impl Connector for Recording {
     fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
-        let index = authority.parse::<SocketAddr>().ok().and_then(|addr| {
+        let addr = authority.parse::<SocketAddr>().ok();
+        {
+            let inner = self.log.lock();
+            if inner.short.contains(&self.gateway)
+                && addr.is_some_and(|addr| inner.hosts.contains_key(&addr))
+            {
+                return Box::pin(async { Err(io::Error::from_raw_os_error(EMFILE)) });
+            }
+        }
+        let index = addr.and_then(|addr| {
             let mut inner = self.log.lock();
             let instance = inner.hosts.get(&addr).cloned()?;
             if inner.log.len() >= CONNECTS_MAX {
@@ -362,7 +401,9 @@ impl Links {
             Action::Restart(h) => self.end(&Touch::Down(h.clone()), at_ms),
             Action::Stall(h) => self.begin(Touch::Stalled(h.clone()), at_ms),
             Action::Unstall(h) => self.end(&Touch::Stalled(h.clone()), at_ms),
-            Action::Hostile(_) => {}
+            // A gateway's own shortage disturbs no instance and no link: nothing it does
+            // during one is excused by it.
+            Action::Hostile(_) | Action::Shortage(_) | Action::Supply(_) => {}
         }
     }
 
@@ -456,6 +497,8 @@ pub(super) struct Records<'a> {
     pub links: &'a Links,
     /// The sample service's instance ids (and host names).
     pub instances: &'a [String],
+    /// The shortages of file descriptors: each restarted gateway's window in one.
+    pub shortages: &'a [super::probing::Window],
     /// Each gateway's clock skew, and the simulated epoch, to read the deadlines the gateways
     /// wrote into their requests on the simulation's clock.
     pub skews: &'a BTreeMap<String, i64>,
@@ -530,7 +573,58 @@ pub(super) fn check(records: &Records<'_>, violations: &mut Vec<String>) -> Bala
     check_timeouts(records, &mut counts, violations);
     check_eviction_waits(records, &mut counts, violations);
     check_cutoffs(records, &mut counts, violations);
+    check_shortages(records, &mut counts, violations);
     counts
+}
+
+/// A gateway short of its own resources blames no instance: every call it answers within a
+/// shortage of file descriptors (sent after its restart, answered before the shortage ended)
+/// is answered otherwise than `upstream_connect_failed`, the answer when an instance cannot
+/// be reached (the promise is `overloaded`, 503), and it evicts nothing in that time (an
+/// eviction dated within it, later than the stamp's lateness after its start, so not one
+/// the incarnation before wrote).
+fn check_shortages(
+    records: &Records<'_>,
+    counts: &mut BalancingCounts,
+    violations: &mut Vec<String>,
+) {
+    let Records {
+        answered,
+        evictions,
+        shortages,
+        ..
+    } = *records;
+    for w in shortages {
+        for a in answered
+            .iter()
+            .filter(|a| a.gateway == w.gateway && w.from_ms <= a.sent_ms && a.at_ms <= w.to_ms)
+        {
+            counts.shortage_calls += 1;
+            if a.code == "overloaded" {
+                counts.shortage_overloaded += 1;
+            }
+            if a.code == "upstream_connect_failed" {
+                counts.shortage_blamed += 1;
+                if counts.shortage_blamed <= SHOWN_MAX {
+                    violations.push(format!(
+                        "{} answered a {:?} call upstream_connect_failed (sent at {} ms, answered at {} ms, request id {:?}) while every connection it opened failed for want of its own file descriptors ({} to {} ms): the shortage is the gateway's, not an instance's",
+                        a.gateway, a.front, a.sent_ms, a.at_ms, a.request_id, w.from_ms, w.to_ms
+                    ));
+                }
+            }
+        }
+        for e in evictions.iter().filter(|e| {
+            e.gateway == w.gateway && w.from_ms + STAMP_LATE_MS <= e.at_ms && e.at_ms <= w.to_ms
+        }) {
+            counts.shortage_blamed += 1;
+            if counts.shortage_blamed <= SHOWN_MAX {
+                violations.push(format!(
+                    "{} evicted {} at {} ms while every connection it opened failed for want of its own file descriptors ({} to {} ms)",
+                    e.gateway, e.instance, e.at_ms, w.from_ms, w.to_ms
+                ));
+            }
+        }
+    }
 }
 
 /// The eviction promise (see the module's documentation).

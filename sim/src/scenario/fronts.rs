@@ -10,6 +10,7 @@
 //!   bound) and the check of the mark every forwarded request carries.
 //! * [`audit`]: the memory audit sink of each gateway, audit-sink outages, and the check that
 //!   every answered request is audited once, or its absence counted.
+//! * [`scrapes`]: a metrics scraper and the check of the bus gauges it reads.
 //! * [`subscriptions`]: a watcher host subscribed to `registryChanges` on some gateways, and
 //!   the check against each gateway's own change feed: no silent gap.
 //!
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod calls;
 pub mod edges;
 pub mod register;
+pub mod scrapes;
 pub mod subscriptions;
 
 /// Salts of the generators this module draws from (each XORed with the seed).
@@ -77,6 +79,8 @@ pub struct FrontLog {
     pub trespasses_admitted: Vec<String>,
     /// What the edge caller (`edges::caller`) sent and saw.
     pub edges: edges::EdgeLog,
+    /// What the metrics scraper (`scrapes::scraper`) judged.
+    pub scrapes: scrapes::ScrapeLog,
 }
 
 /// The most answers a run keeps.
@@ -186,6 +190,9 @@ pub struct FrontCounts {
     /// What the forwarding's edge checks judged (`scenario/fronts/edges.rs`).
     #[serde(default)]
     pub edges: edges::EdgeCounts,
+    /// `/metrics` answers whose bus gauges were judged (`scenario/fronts/scrapes.rs`).
+    #[serde(default)]
+    pub scrapes_judged: usize,
 }
 
 /// Runs the fronts' checks at the end of a run.
@@ -225,5 +232,6 @@ pub fn check(
         trespasses: log.trespasses,
         trespasses_admitted: log.trespasses_admitted.len(),
         edges: edges::check(&log.edges, served, violations),
+        scrapes_judged: scrapes::check(&log.scrapes, violations),
     }
 }

@@ -6,6 +6,11 @@
 //!   on it three times in a row must eject it, and must never send a timed-out request again.
 //! * `cutoffs`: one gateway is cut off from every sample instance for [`CUTOFF_MS`], longer
 //!   than the eviction wait (5 s): it must evict them, and not before the wait.
+//! * `shortages` (from a generator of its own, [`shortage`]): one gateway restarts short of
+//!   file descriptors for [`SHORTAGE_MS`], longer than the eviction wait: every connection it
+//!   opens to an instance fails with EMFILE. The shortage is the gateway's, not the
+//!   instances': it must answer its calls `overloaded` (503), never blame an instance
+//!   (`upstream_connect_failed`), and evict nothing.
 //!
 //! The client's own calls go one at a time to a random gateway, about one every 0.3 s over
 //! all of them, too few for one gateway to meet three timeouts in a stall. So during each
@@ -35,6 +40,11 @@ pub const AFTER_STALL_MS: u64 = 3_500;
 /// How long a cutoff lasts: longer than keep-alive (15 s), the eviction wait (5 s) and the
 /// connection attempts that find it (1 s each).
 pub const CUTOFF_MS: Range<u64> = 24_000..28_000;
+/// How long a shortage of file descriptors lasts: longer than the eviction wait (5 s) and an
+/// ejection (3 s) together, so that a gateway that took it for the instances' failure would
+/// have ejected and evicted them.
+pub const SHORTAGE_MS: Range<u64> = 8_000..10_000;
+
 /// How often the prober calls during an episode.
 pub const PROBE_EVERY_MS: u64 = 250;
 
@@ -116,6 +126,50 @@ pub fn draw(
         }
     }
     (steps, windows)
+}
+
+/// One shortage of file descriptors, within `[1000, fault_ms)`: a gateway present from the
+/// start crashes, restarts 200-500 ms later (so it holds no connection that was opened
+/// before), and every connection it opens to an instance fails with EMFILE until the end of
+/// the shortage; the window is the restarted gateway's part of it. `None` when the fault
+/// window is too short.
+pub fn shortage(
+    rng: &mut SmallRng,
+    gateways: &[String],
+    fault_ms: u64,
+) -> Option<(Vec<Step>, Window)> {
+    let len_ms = rng.random_range(SHORTAGE_MS);
+    let back_after_ms = rng.random_range(200..500);
+    let latest = fault_ms.saturating_sub(len_ms + 500);
+    if gateways.is_empty() || latest <= 1_000 {
+        return None;
+    }
+    let gateway = gateways[rng.random_range(0..gateways.len())].clone();
+    let at_ms = rng.random_range(1_000..latest);
+    let steps = vec![
+        Step {
+            at_ms,
+            action: Action::Shortage(gateway.clone()),
+        },
+        Step {
+            at_ms,
+            action: Action::Crash(gateway.clone()),
+        },
+        Step {
+            at_ms: at_ms + back_after_ms,
+            action: Action::Restart(gateway.clone()),
+        },
+        Step {
+            at_ms: at_ms + len_ms,
+            action: Action::Supply(gateway.clone()),
+        },
+    ];
+    let window = Window {
+        gateway,
+        from_ms: at_ms + back_after_ms,
+        to_ms: at_ms + len_ms,
+    };
+    Some((steps, window))
 }
 
 /// Sends a REST call to the sample service through each window's gateway every

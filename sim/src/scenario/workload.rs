@@ -92,6 +92,8 @@ pub struct Client {
     pub fault_ms: u64,
     /// Where the calls' answers are kept for the fronts' checks.
     pub fronts: SharedLog,
+    /// The broker's log, which the metrics scraper compares the gateways' gauges with.
+    pub bus: switchyard::bus::MemoryBus,
     /// Sends bursts of changes to one key at once ([`super::corners::bursts`]).
     pub bursts: bool,
     /// The sample instances, whose deregistrations the bursts race with their renewals.
@@ -105,7 +107,7 @@ pub struct Client {
 
 /// The client's workloads at once: [`changes_and_calls`], an [`intruder`] with its own
 /// generator (so the other's draws are not disturbed), the trespasser, the edge caller
-/// ([`super::fronts::edges`]), the bursts, the liveness prober and the balancer's prober.
+/// ([`super::fronts::edges`]), the metrics scraper ([`super::fronts::scrapes`]), the bursts, the liveness prober and the balancer's prober.
 pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
     let intruding = intruder(c.gateways.clone(), c.seed, c.fault_ms, c.trace.clone());
     let trespassing = trespasser(
@@ -132,17 +134,25 @@ pub async fn client(mut c: Client) -> Result<(), Box<dyn std::error::Error>> {
         c.trace.clone(),
         c.fronts.clone(),
     );
+    let scraping = super::fronts::scrapes::scraper(
+        c.gateways.clone(),
+        c.bus.clone(),
+        c.seed,
+        c.fault_ms,
+        c.fronts.clone(),
+    );
     let probing = super::liveness::probe(c.probe.take());
     let balance_probing = super::probing::prober(
         std::mem::take(&mut c.probes),
         c.fronts.clone(),
         c.trace.clone(),
     );
-    let (result, (), (), (), (), (), ()) = tokio::join!(
+    let (result, (), (), (), (), (), (), ()) = tokio::join!(
         changes_and_calls(c),
         intruding,
         trespassing,
         edging,
+        scraping,
         bursting,
         probing,
         balance_probing

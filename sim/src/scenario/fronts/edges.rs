@@ -12,10 +12,20 @@
 //!   ([`RESPONSE_BODY_MAX`]) with [`AT_BOUND_FIELDS`] header fields (about 59 KiB, within the
 //!   64 KiB a response may carry): never refused as a bad upstream response, and when
 //!   answered 200, with the whole body;
-//! * a call for an answer one byte longer: never answered 200.
+//! * a call for an answer one byte longer, or longer than the decoding limit with any room
+//!   for headers (more than 68 KiB past the bound, so tonic refuses it before the gateway
+//!   measures it): never answered 200, and never as if the service had failed the call with a
+//!   status of its own;
+//! * a call that the instance fails with a gRPC status ([`STATUS_PATH`]): answered as that
+//!   status (`upstream_<code>`, at its HTTP status), whatever the message, unless it is
+//!   exactly the refusal of a loop by a gateway on the way (`FAILED_PRECONDITION` with
+//!   [`hops::LOOP_GRPC_MESSAGE`]), which is answered 508 `loop_detected`. The code and the
+//!   message are drawn so that a gateway that reads only one of them, or reads a status as
+//!   tonic's refusal of a long answer, answers otherwise.
 //!
 //! Faults may answer any of them otherwise (no live instance, a timeout, a partition): only
-//! what breaks the promise is judged. And every request an instance received, whatever sent
+//! what breaks the promise is judged. Of every edge call, an answer `upstream_timeout` sooner
+//! than `upstream.timeout_ms` after the call was sent breaks the promise too. And every request an instance received, whatever sent
 //! it, must carry the forwarding gateway's mark on the `Send` call's own metadata as well as
 //! in `ForwardingReq.headers`: the `via` metadata ends with the gateway's entry, so an
 //! instance that is another gateway's public listener can refuse a loop.
@@ -31,12 +41,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use switchyard_core::hops;
+use switchyard_core::{hops, status, translate};
 
 use super::SharedLog;
 use crate::PUBLIC_PORT;
-use crate::scenario::SAMPLE;
-use crate::witness::{ANSWER_PATH, Served};
+use crate::scenario::{SAMPLE, UPSTREAM_TIMEOUT_MS};
+use crate::witness::{ANSWER_PATH, STATUS_PATH, Served, StatusMessage};
 
 /// XORed into the seed for the edge caller's generator.
 pub const EDGE_DRAWS: u64 = 0x00ed_9e5e_ed00;
@@ -49,6 +59,26 @@ pub const RESPONSE_BODY_MAX: usize = 96 * 1024;
 /// The header fields of an answer at the bound (each 4,000 bytes of value): about 59 KiB,
 /// within the 64 KiB a response may carry.
 pub const AT_BOUND_FIELDS: usize = 15;
+/// How far past [`RESPONSE_BODY_MAX`] the body of an answer beyond the decoding limit is at
+/// least: beyond the room a valid response's headers need (64 KiB of fields, 256 fields' tags
+/// and lengths, and the status: under 68 KiB), so the decoding limit refuses it.
+pub const PAST_ENVELOPE_BYTES: usize =
+    translate::RESPONSE_HEADER_BYTES_MAX + translate::RESPONSE_HEADERS_MAX * 8 + 1024;
+/// The gRPC codes an instance fails a status edge with besides `FAILED_PRECONDITION` and
+/// `OUT_OF_RANGE` (which the gateway reads twice: the loop's refusal, tonic's refusal):
+/// every code a service may send of its own, except `CANCELLED` and `UNAVAILABLE`.
+const OTHER_CODES: [tonic::Code; 10] = [
+    tonic::Code::InvalidArgument,
+    tonic::Code::NotFound,
+    tonic::Code::AlreadyExists,
+    tonic::Code::PermissionDenied,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::Aborted,
+    tonic::Code::Unimplemented,
+    tonic::Code::Internal,
+    tonic::Code::DataLoss,
+    tonic::Code::Unauthenticated,
+];
 /// The most violations of one kind described in one run (all are counted).
 const SHOWN_MAX: usize = 5;
 
@@ -61,6 +91,8 @@ pub struct EdgeLog {
     /// whole body: the promises seen kept.
     pub loops_refused: usize,
     pub at_bound_whole: usize,
+    /// Instances' statuses answered as promised.
+    pub statuses_kept: usize,
     /// Answers that broke a promise, described.
     pub wrong: Vec<String>,
     /// Calls that must never reach an instance: gateway, request id (`x-request-id`), when.
@@ -79,18 +111,54 @@ enum Edge {
     /// An answer of exactly the bound, or one byte more.
     AtBound,
     PastBound,
+    /// An answer past the bound by [`PAST_ENVELOPE_BYTES`] and this many bytes more.
+    PastEnvelope(usize),
+    /// The instance fails the call with this status.
+    Status(tonic::Code, StatusMessage),
 }
 
 impl Edge {
     fn draw(rng: &mut SmallRng) -> Self {
-        match rng.random_range(0..6) {
+        match rng.random_range(0..8) {
             0 => Self::Hops(rng.random_range(1..=HOPS_MAX), false),
             1 => Self::Hops(rng.random_range(1..=3), true),
             2 => Self::TooManyHops(rng.random_range(HOPS_MAX + 1..=HOPS_MAX + 3)),
             3 => Self::Own,
             4 => Self::AtBound,
-            _ => Self::PastBound,
+            5 => Self::PastBound,
+            6 => Self::PastEnvelope(rng.random_range(0..4096)),
+            _ => {
+                let code = match rng.random_range(0..3) {
+                    0 => tonic::Code::FailedPrecondition,
+                    1 => tonic::Code::OutOfRange,
+                    _ => OTHER_CODES[rng.random_range(0..OTHER_CODES.len())],
+                };
+                let message = StatusMessage::ALL[rng.random_range(0..StatusMessage::ALL.len())];
+                // tonic's own refusal, exactly: the gateway cannot tell a service that sends
+                // it from tonic, and takes it for an answer past the limit (docs/protocol.md).
+                if code == tonic::Code::OutOfRange && message == StatusMessage::DecodeLimit {
+                    Self::Status(code, StatusMessage::Plain)
+                } else {
+                    Self::Status(code, message)
+                }
+            }
         }
+    }
+
+    /// For a status edge, the answer the gateway promises when the instance's status reaches
+    /// it: HTTP status and error code.
+    fn expected(&self) -> Option<(u16, String)> {
+        let Self::Status(code, message) = *self else {
+            return None;
+        };
+        if code == tonic::Code::FailedPrecondition && message == StatusMessage::Loop {
+            return Some((508, "loop_detected".to_owned()));
+        }
+        let code = code as i32;
+        Some((
+            status::http_status_for_grpc(code),
+            format!("upstream_{}", status::grpc_code_name(code)),
+        ))
     }
 
     /// The `Via` value the call carries, if any.
@@ -109,7 +177,7 @@ impl Edge {
             Self::Own => {
                 Some(format!("1.1 proxy-0, 1.1 {}", hops::pseudonym(gateway)).into_bytes())
             }
-            Self::AtBound | Self::PastBound => None,
+            Self::AtBound | Self::PastBound | Self::PastEnvelope(_) | Self::Status(..) => None,
         }
     }
 
@@ -117,6 +185,13 @@ impl Edge {
         match self {
             Self::AtBound => format!("/{SAMPLE}{ANSWER_PATH}{RESPONSE_BODY_MAX}/{AT_BOUND_FIELDS}"),
             Self::PastBound => format!("/{SAMPLE}{ANSWER_PATH}{}/0", RESPONSE_BODY_MAX + 1),
+            Self::PastEnvelope(more) => format!(
+                "/{SAMPLE}{ANSWER_PATH}{}/0",
+                RESPONSE_BODY_MAX + PAST_ENVELOPE_BYTES + more
+            ),
+            Self::Status(code, message) => {
+                format!("/{SAMPLE}{STATUS_PATH}{}/{}", *code as i32, message.word())
+            }
             _ => format!("/{SAMPLE}/hello"),
         }
     }
@@ -143,11 +218,13 @@ pub async fn caller(
         if let Some(via) = edge.via(gw) {
             request = request.header(http::header::VIA, via);
         }
+        let sent = tokio::time::Instant::now();
         let reply = match request.body(Full::new(Bytes::new())) {
             Ok(request) => super::send(gw, PUBLIC_PORT, request).await,
             Err(e) => Err(std::io::Error::other(e)),
         };
         let at_ms = started.elapsed().as_millis() as u64;
+        let took_ms = sent.elapsed().as_millis() as u64;
         let line = match reply {
             Ok((status, request_id, body)) => {
                 let code = serde_json::from_slice::<serde_json::Value>(&body)
@@ -164,6 +241,7 @@ pub async fn caller(
                         body_len: body.len(),
                         request_id,
                         at_ms,
+                        took_ms,
                     },
                 );
                 format!("edge {edge:?} via {gw}: {status} {code}")
@@ -182,6 +260,17 @@ struct Judged<'a> {
     body_len: usize,
     request_id: String,
     at_ms: u64,
+    /// From the call's sending to its answer.
+    took_ms: u64,
+}
+
+/// Whether an error code is one the gateway gives only after reading an instance's answer:
+/// a status of the service's (`upstream_<code>`), a loop's refusal or an invalid answer. The
+/// others (no live instance, a timeout, a reset, a failed connect, ...) come from faults.
+fn read_from_answer(code: &str) -> bool {
+    code == "loop_detected"
+        || code == "bad_upstream_response"
+        || (0..=16).any(|c| code.strip_prefix("upstream_") == Some(status::grpc_code_name(c)))
 }
 
 fn judge(log: &mut EdgeLog, edge: &Edge, a: Judged<'_>) {
@@ -192,9 +281,13 @@ fn judge(log: &mut EdgeLog, edge: &Edge, a: Judged<'_>) {
         code,
         body_len,
         at_ms,
+        took_ms,
         ..
     } = a;
-    let wrong = match edge {
+    let early_timeout = (code == "upstream_timeout" && took_ms < UPSTREAM_TIMEOUT_MS).then(|| {
+        format!("answered upstream_timeout {took_ms} ms after it was sent: upstream.timeout_ms is {UPSTREAM_TIMEOUT_MS}")
+    });
+    let wrong = early_timeout.or_else(|| match edge {
         Edge::Hops(..) => (code == "loop_detected").then(|| {
             format!("refused it as a loop ({status}): it passed at most {HOPS_MAX} proxies, none of them this gateway")
         }),
@@ -222,12 +315,29 @@ fn judge(log: &mut EdgeLog, edge: &Edge, a: Judged<'_>) {
                 None
             }
         }
-        Edge::PastBound => (status == 200).then(|| {
-            format!(
-                "answered 200 with a body of {body_len} bytes: upstream.response_body_bytes_max is {RESPONSE_BODY_MAX}"
-            )
-        }),
-    };
+        Edge::PastBound | Edge::PastEnvelope(_) => {
+            if status == 200 {
+                Some(format!(
+                    "answered 200 with a body of {body_len} bytes: upstream.response_body_bytes_max is {RESPONSE_BODY_MAX}"
+                ))
+            } else if read_from_answer(code) && code != "bad_upstream_response" {
+                Some(format!(
+                    "answered {status} {code}: the instance answered, too long, and failed nothing (bad_upstream_response)"
+                ))
+            } else {
+                None
+            }
+        }
+        Edge::Status(..) => {
+            let (want_status, want_code) = edge.expected()?;
+            if code == want_code {
+                log.statuses_kept += 1;
+            }
+            ((read_from_answer(code) || status == 200)
+                && (code != want_code || status != want_status))
+                .then(|| format!("answered {status} {code:?}: the instance's status is answered {want_status} {want_code}"))
+        }
+    });
     if let Some(what) = wrong {
         log.wrong.push(format!(
             "{gateway} at {at_ms} ms, a call {edge:?} (request id {:?}): {what}",
@@ -243,6 +353,9 @@ pub struct EdgeCounts {
     pub answered: usize,
     pub loops_refused: usize,
     pub at_bound_whole: usize,
+    /// Instances' statuses answered as promised.
+    #[serde(default)]
+    pub statuses_kept: usize,
     /// Requests whose `via` metadata was judged.
     pub via_judged: usize,
 }
@@ -286,6 +399,7 @@ pub fn check(log: &EdgeLog, served: &[Served], violations: &mut Vec<String>) -> 
         answered: log.answered,
         loops_refused: log.loops_refused,
         at_bound_whole: log.at_bound_whole,
+        statuses_kept: log.statuses_kept,
         via_judged,
     }
 }
