@@ -608,12 +608,17 @@ async fn an_instance_evicted_again_without_an_answer_waits_twice_as_long() {
         let (_, _, body) = http("GET", &format!("{}/v1/services/fragile", gw.control_url())).await;
         serde_json::from_slice::<Value>(&body).unwrap()["instances"][0]["state"].clone()
     };
+    // Each poll's own call is what fails and sets the eviction off, so the first eviction
+    // came after the start of the poll that saw it: the gap is measured from there, which a
+    // slow observation of the first eviction cannot shorten.
+    let poll_started = std::cell::Cell::new(tokio::time::Instant::now());
     let evicted = || async {
+        poll_started.set(tokio::time::Instant::now());
         http("GET", &url).await;
         state().await == "evicted"
     };
     harness::eventually(Duration::from_secs(10), evicted).await;
-    let first = tokio::time::Instant::now();
+    let first = poll_started.get();
     // The instance stays out of the registry for a few housekeeping rounds (part of the
     // scenario, not a wait for a condition), then renews, still unreachable.
     tokio::time::sleep(Duration::from_millis(300)).await;
