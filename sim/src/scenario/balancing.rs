@@ -305,31 +305,33 @@ impl Drop for Ending {
 
 impl Connector for Recording {
     fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
-        let addr = authority.parse::<SocketAddr>().ok();
-        {
-            let inner = self.log.lock();
-            if inner.short.contains(&self.gateway)
-                && addr.is_some_and(|addr| inner.hosts.contains_key(&addr))
-            {
+        let index = {
+            let mut inner = self.log.lock();
+            let instance = authority
+                .parse::<SocketAddr>()
+                .ok()
+                .and_then(|addr| inner.hosts.get(&addr).cloned());
+            if instance.is_some() && inner.short.contains(&self.gateway) {
                 return Box::pin(async { Err(io::Error::from_raw_os_error(EMFILE)) });
             }
-        }
-        let index = addr.and_then(|addr| {
-            let mut inner = self.log.lock();
-            let instance = inner.hosts.get(&addr).cloned()?;
-            if inner.log.len() >= CONNECTS_MAX {
-                inner.unkept += 1;
-                return None;
+            match instance {
+                Some(_) if inner.log.len() >= CONNECTS_MAX => {
+                    inner.unkept += 1;
+                    None
+                }
+                Some(instance) => {
+                    inner.log.push(Connect {
+                        gateway: self.gateway.clone(),
+                        incarnation: self.incarnation,
+                        instance,
+                        started_ms: sim_now_ms(),
+                        ended: None,
+                    });
+                    Some(inner.log.len() - 1)
+                }
+                None => None,
             }
-            inner.log.push(Connect {
-                gateway: self.gateway.clone(),
-                incarnation: self.incarnation,
-                instance,
-                started_ms: sim_now_ms(),
-                ended: None,
-            });
-            Some(inner.log.len() - 1)
-        });
+        };
         let mut ending = Ending {
             log: self.log.clone(),
             index,

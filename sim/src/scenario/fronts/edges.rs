@@ -25,8 +25,8 @@
 //!
 //! Faults may answer any of them otherwise (no live instance, a timeout, a partition): only
 //! what breaks the promise is judged. Of every edge call, an answer `upstream_timeout` sooner
-//! than `upstream.timeout_ms` after the call was sent breaks the promise too. And every request an instance received, whatever sent
-//! it, must carry the forwarding gateway's mark on the `Send` call's own metadata as well as
+//! than `upstream.timeout_ms` after the call was sent breaks the promise too. And every
+//! request an instance received, whatever sent it, must carry the forwarding gateway's mark on the `Send` call's own metadata as well as
 //! in `ForwardingReq.headers`: the `via` metadata ends with the gateway's entry, so an
 //! instance that is another gateway's public listener can refuse a loop.
 //!
@@ -41,7 +41,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use switchyard_core::{hops, status, translate};
+use switchyard_core::{GatewayError, hops, translate};
 
 use super::SharedLog;
 use crate::PUBLIC_PORT;
@@ -135,7 +135,7 @@ impl Edge {
                 };
                 let message = StatusMessage::ALL[rng.random_range(0..StatusMessage::ALL.len())];
                 // tonic's own refusal, exactly: the gateway cannot tell a service that sends
-                // it from tonic, and takes it for an answer past the limit (docs/protocol.md).
+                // it from tonic, and takes it for an answer past the limit; not drawn.
                 if code == tonic::Code::OutOfRange && message == StatusMessage::DecodeLimit {
                     Self::Status(code, StatusMessage::Plain)
                 } else {
@@ -151,14 +151,15 @@ impl Edge {
         let Self::Status(code, message) = *self else {
             return None;
         };
-        if code == tonic::Code::FailedPrecondition && message == StatusMessage::Loop {
-            return Some((508, "loop_detected".to_owned()));
-        }
-        let code = code as i32;
-        Some((
-            status::http_status_for_grpc(code),
-            format!("upstream_{}", status::grpc_code_name(code)),
-        ))
+        let promised = if code == tonic::Code::FailedPrecondition && message == StatusMessage::Loop
+        {
+            GatewayError::LoopDetected {
+                reason: String::new(),
+            }
+        } else {
+            service_status(code as i32)
+        };
+        Some((promised.http_status(), promised.code()))
     }
 
     /// The `Via` value the call carries, if any.
@@ -270,7 +271,16 @@ struct Judged<'a> {
 fn read_from_answer(code: &str) -> bool {
     code == "loop_detected"
         || code == "bad_upstream_response"
-        || (0..=16).any(|c| code.strip_prefix("upstream_") == Some(status::grpc_code_name(c)))
+        || (0..=16).any(|c| code == service_status(c).code())
+}
+
+/// The gateway's error for an instance that failed a call with gRPC status `code`.
+fn service_status(code: i32) -> GatewayError {
+    GatewayError::UpstreamStatus {
+        service: SAMPLE.to_owned(),
+        grpc_code: code,
+        message: String::new(),
+    }
 }
 
 fn judge(log: &mut EdgeLog, edge: &Edge, a: Judged<'_>) {

@@ -30,9 +30,8 @@ const SHOWN_MAX: usize = 5;
 pub struct ScrapeLog {
     /// Answers with the three bus gauges, judged.
     pub judged: usize,
-    /// Answers that broke a promise, described, and how many there were.
+    /// Answers that broke a promise, described.
     pub wrong: Vec<String>,
-    pub wrong_count: usize,
 }
 
 /// Scrapes until the fault window ends; keeps what it judged in `log`.
@@ -64,8 +63,7 @@ pub async fn scraper(
         let log_mark = super::super::readiness::high_water(&bus);
         let text = String::from_utf8_lossy(&body);
         let at_ms = started.elapsed().as_millis() as u64;
-        let mut scrapes = log.borrow_mut();
-        judge(&mut scrapes.scrapes, gw, at_ms, &text, log_mark);
+        judge(&mut log.borrow_mut().scrapes, gw, at_ms, &text, log_mark);
     }
 }
 
@@ -82,12 +80,9 @@ fn judge(log: &mut ScrapeLog, gw: &str, at_ms: u64, text: &str, log_mark: u64) {
         gauge(text, "switchyard_bus_high_water"),
         gauge(text, "switchyard_bus_lag_events"),
     ) else {
-        log.wrong_count += 1;
-        if log.wrong.len() < SHOWN_MAX {
-            log.wrong.push(format!(
-                "{gw}'s /metrics at {at_ms} ms lacks one of the bus gauges (position, high water, lag)"
-            ));
-        }
+        log.wrong.push(format!(
+            "{gw}'s /metrics at {at_ms} ms lacks one of the bus gauges (position, high water, lag)"
+        ));
         return;
     };
     log.judged += 1;
@@ -107,22 +102,19 @@ fn judge(log: &mut ScrapeLog, gw: &str, at_ms: u64, text: &str, log_mark: u64) {
         None
     };
     if let Some(what) = wrong {
-        log.wrong_count += 1;
-        if log.wrong.len() < SHOWN_MAX {
-            log.wrong
-                .push(format!("{gw}'s /metrics at {at_ms} ms {what}"));
-        }
+        log.wrong
+            .push(format!("{gw}'s /metrics at {at_ms} ms {what}"));
     }
 }
 
 /// The check at the end of a run: the answers [`judge`] found wrong. Returns the answers
 /// judged.
 pub fn check(log: &ScrapeLog, violations: &mut Vec<String>) -> usize {
-    violations.extend(log.wrong.iter().cloned());
-    if log.wrong_count > log.wrong.len() {
+    violations.extend(log.wrong.iter().take(SHOWN_MAX).cloned());
+    if log.wrong.len() > SHOWN_MAX {
         violations.push(format!(
             "{} more /metrics answers broke the bus gauges' promise",
-            log.wrong_count - log.wrong.len()
+            log.wrong.len() - SHOWN_MAX
         ));
     }
     log.judged
@@ -148,10 +140,10 @@ mod tests {
         };
         let mut log = ScrapeLog::default();
         judge(&mut log, "gw-0", 1, &text(4, 6, 2), 6);
-        assert_eq!((log.judged, log.wrong_count), (1, 0));
+        assert_eq!((log.judged, log.wrong.len()), (1, 0));
         judge(&mut log, "gw-0", 2, &text(4, 1, 0), 6);
         judge(&mut log, "gw-0", 3, &text(4, 7, 3), 6);
         judge(&mut log, "gw-0", 4, &text(4, 6, 1), 6);
-        assert_eq!((log.judged, log.wrong_count), (4, 3), "{:?}", log.wrong);
+        assert_eq!((log.judged, log.wrong.len()), (4, 3), "{:?}", log.wrong);
     }
 }
