@@ -58,7 +58,7 @@ mod clock;
 mod corners;
 mod fronts;
 /// The subscriptions' check, public for its unit tests (`sim/tests/explore/units.rs`).
-pub use fronts::subscriptions;
+pub use fronts::{scrapes, subscriptions};
 pub mod liveness;
 mod probing;
 mod readiness;
@@ -66,7 +66,7 @@ pub mod reference;
 mod routing;
 mod workload;
 
-pub use balancing::BalancingCounts;
+pub use balancing::{BalancingCounts, Links};
 pub use fronts::FrontCounts;
 pub use routing::RoutingCounts;
 
@@ -804,6 +804,7 @@ fn simulate(options: &Options) -> Outcome {
         |gateway, instance, from, to| links.quiet(gateway, instance, from, to),
         &mut violations,
     );
+    fronts::scrapes::check_fresh(&front_log.borrow().scrapes, &links, &mut violations);
     let (connect_log, connects_unkept) = connects.take();
     let evictions = balancing::evictions(
         &log.snapshot(),

@@ -348,7 +348,19 @@ impl Replication {
             }
         }
         self.apply_run(&mut run, &mut runs);
+        self.count(&runs);
         runs
+    }
+
+    /// Publishes what one call applied: the status's count of events applied and the metrics
+    /// (`switchyard_bus_events_applied_total` by origin, `switchyard_bus_events_changed_total`,
+    /// `switchyard_bus_apply_runs_total`).
+    fn count(&self, runs: &Runs) {
+        let (events, own) = (runs.events as u64, runs.own as u64);
+        self.events_applied.fetch_add(events, Ordering::Relaxed);
+        let metrics = self.telemetry.metrics();
+        metrics.events_applied(own, events - own);
+        metrics.events_changed(runs.runs as u64, runs.changed as u64);
     }
 
     /// Applies a run of admissible events (and empties it): the clock first, then the registry.
@@ -358,17 +370,15 @@ impl Replication {
         };
         self.store.observe(greatest);
         let len = run.len();
-        let n = len as u64;
         let own = run
             .iter()
             .filter(|e| e.origin_node == self.store.node_id())
-            .count() as u64;
+            .count();
         let changed = self.store.apply_all(run.drain(..));
-        self.events_applied.fetch_add(n, Ordering::Relaxed);
-        self.telemetry.metrics().events_applied(own, n - own);
-        tracing::debug!(events = n, changed, "applied registry events");
+        tracing::debug!(events = len, changed, "applied registry events");
         runs.runs += 1;
         runs.events += len;
+        runs.own += own;
         runs.changed += changed;
     }
 
@@ -493,6 +503,8 @@ pub struct Runs {
     pub runs: usize,
     /// Events applied (admissible, whether they changed the registry or not).
     pub events: usize,
+    /// Of those, events this node wrote (in an earlier life, or read back).
+    pub own: usize,
     /// Events that changed the registry.
     pub changed: usize,
 }

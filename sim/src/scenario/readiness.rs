@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use switchyard::Node;
 use switchyard::bus::MemoryBus;
+use switchyard::replication::APPLY_RUN_MAX;
 use switchyard_core::event::Event;
 
 use super::checks::Reported;
@@ -225,6 +226,9 @@ impl Readiness {
                 ));
                 continue;
             }
+            if let Some(why) = judge_changes(w, s.events_applied) {
+                violations.push(format!("{} {why}", w.name));
+            }
             let below = records.iter().filter(|r| r.offset < s.bus_position);
             let rejected = below
                 .clone()
@@ -253,6 +257,34 @@ impl Readiness {
             }
         }
         (judged, split_judged)
+    }
+}
+
+/// What is wrong with an incarnation's counts of runs and changes
+/// (`switchyard_bus_apply_runs_total`, `switchyard_bus_events_changed_total`) beside the
+/// `events` it applied, if anything. Every entry of its registry stamped by another gateway
+/// was put there by an event read from the bus that changed the registry (a change made
+/// through this gateway carries its own stamp), so such entries are at most the changes; the
+/// changes are at most the events; each run holds at least one event and at most the run
+/// bound.
+fn judge_changes(w: &Watched, events: u64) -> Option<String> {
+    let (runs, changed) = w.node.metrics().runs_and_changes();
+    let foreign = w
+        .node
+        .registry()
+        .entries()
+        .filter(|(_, e)| e.stamp.node_id != w.name)
+        .count() as u64;
+    if changed > events || changed < foreign {
+        Some(format!(
+            "counts {changed} bus events that changed its registry, of {events} applied, and holds {foreign} entries stamped by other gateways: each came from a change"
+        ))
+    } else if runs > events || (events > 0 && runs.saturating_mul(APPLY_RUN_MAX as u64) < events) {
+        Some(format!(
+            "counts {runs} runs for {events} bus events applied, with at most {APPLY_RUN_MAX} events a run"
+        ))
+    } else {
+        None
     }
 }
 

@@ -1,5 +1,6 @@
 //! Unit tests of the simulation's own machinery (hostile records, the progress line, the
-//! reference model's order, the broker's wire encoding), kept in this binary rather than in
+//! reference model's order, the broker's wire encoding, the balancer checks' record of links,
+//! the scraper's reading of gauges), kept in this binary rather than in
 //! the library: a library with tests is compiled a second time, in release, for its test
 //! harness (about 30 s of CI's simulation stage).
 
@@ -340,5 +341,94 @@ mod subscriptions {
         );
         let missed = judge(1_000, vec![change("g-1", 100)]);
         assert!(missed[0].contains("never received ghost/g-3"), "{missed:?}");
+    }
+}
+
+mod links {
+    use switchyard_sim::faults::Action;
+    use switchyard_sim::scenario::Links;
+
+    fn s(x: &str) -> String {
+        x.to_owned()
+    }
+
+    #[test]
+    fn a_link_is_quiet_only_outside_its_disturbances_either_way_round() {
+        let mut links = Links::default();
+        links.apply(1_000, &Action::Partition(s("svc-1"), s("gw-1")));
+        links.apply(2_000, &Action::Repair(s("gw-1"), s("svc-1")));
+        links.apply(5_000, &Action::Crash(s("svc-2")));
+        links.apply(9_000, &Action::Hold(s("gw-2"), s("svc-1")));
+        assert!(!links.quiet("gw-1", "svc-1", 0, 1_000));
+        assert!(!links.quiet("gw-1", "svc-1", 1_500, 1_600));
+        assert!(links.quiet("gw-1", "svc-1", 2_001, 8_999));
+        // Another gateway's link to the same instance is another link.
+        assert!(links.quiet("gw-3", "svc-1", 0, 8_999));
+        // A host still down, or a link still held, is disturbed from then on.
+        assert!(!links.quiet("gw-1", "svc-2", 4_000, 60_000));
+        assert!(links.quiet("gw-1", "svc-2", 0, 4_999));
+        assert!(!links.quiet("gw-2", "svc-1", 9_000, 9_001));
+        links.heal(15_000);
+        assert!(links.quiet("gw-1", "svc-2", 15_001, 60_000));
+        assert!(!links.quiet("gw-2", "svc-1", 14_000, 20_000));
+    }
+
+    #[test]
+    fn a_stall_is_not_a_network_disturbance_and_cutoffs_need_every_link_cut() {
+        let mut links = Links::default();
+        links.apply(1_000, &Action::Stall(s("svc-1")));
+        links.apply(4_000, &Action::Unstall(s("svc-1")));
+        assert!(links.quiet("gw-1", "svc-1", 0, 10_000));
+        assert!(links.stalled("svc-1", 3_999, 5_000));
+        assert!(!links.stalled("svc-1", 4_001, 5_000));
+        assert!(!links.stalled("svc-2", 0, 5_000));
+
+        let instances = [s("svc-1"), s("svc-2")];
+        links.apply(10_000, &Action::Partition(s("gw-1"), s("svc-1")));
+        links.apply(12_000, &Action::Partition(s("svc-2"), s("gw-1")));
+        links.apply(20_000, &Action::Repair(s("gw-1"), s("svc-2")));
+        links.apply(30_000, &Action::Partition(s("gw-1"), s("svc-2")));
+        // Both cut from 12 s to 20 s, and from 30 s on (until the heal at 45 s).
+        assert_eq!(
+            links.cut_off("gw-1", &instances, 1_000),
+            vec![(12_000, 20_000), (30_000, u64::MAX)]
+        );
+        links.heal(45_000);
+        assert_eq!(
+            links.cut_off("gw-1", &instances, 8_000),
+            vec![(12_000, 20_000), (30_000, 45_000)]
+        );
+        assert_eq!(
+            links.cut_off("gw-1", &instances, 9_000),
+            vec![(30_000, 45_000)]
+        );
+        assert!(links.cut_off("gw-2", &instances, 0).is_empty());
+    }
+}
+
+mod scrapes {
+    use switchyard_sim::scenario::scrapes::{ScrapeLog, gauge, judge};
+
+    #[test]
+    fn gauges_are_read_by_their_whole_name() {
+        let text = "# HELP switchyard_bus_position_x x\nswitchyard_bus_position_x 9\nswitchyard_bus_position 4\n";
+        assert_eq!(gauge(text, "switchyard_bus_position"), Some(4));
+        assert_eq!(gauge(text, "switchyard_bus_high_water"), None);
+    }
+
+    #[test]
+    fn a_high_water_behind_the_position_or_beyond_the_log_is_wrong() {
+        let text = |p, h, l| {
+            format!(
+                "switchyard_bus_position {p}\nswitchyard_bus_high_water {h}\nswitchyard_bus_lag_events {l}\n"
+            )
+        };
+        let mut log = ScrapeLog::default();
+        judge(&mut log, "gw-0", 1, &text(4, 6, 2), 6);
+        assert_eq!((log.judged, log.wrong.len()), (1, 0));
+        judge(&mut log, "gw-0", 2, &text(4, 1, 0), 6);
+        judge(&mut log, "gw-0", 3, &text(4, 7, 3), 6);
+        judge(&mut log, "gw-0", 4, &text(4, 6, 1), 6);
+        assert_eq!((log.judged, log.wrong.len()), (4, 3), "{:?}", log.wrong);
     }
 }

@@ -127,9 +127,14 @@ fn records_are_applied_in_runs_of_at_most_the_bound() {
         Runs {
             runs: 4,
             events: n,
+            own: 0,
             changed: n
         }
     );
+    // The metrics count what the call did.
+    let metrics = replication.telemetry.metrics();
+    assert_eq!(metrics.runs_and_changes(), (4, n as u64));
+    assert_eq!(metrics.events_applied_by_origin(), (0, n as u64));
     let mut reference = Registry::new();
     for e in &events {
         reference.apply_event(e);
@@ -143,6 +148,12 @@ fn records_are_applied_in_runs_of_at_most_the_bound() {
     // Read again (a redelivery), nothing changes.
     let again = replication.apply_records(&records);
     assert_eq!((again.events, again.changed), (n, 0));
+    assert_eq!(
+        metrics.runs_and_changes(),
+        (8, n as u64),
+        "a redelivery changes nothing"
+    );
+    assert_eq!(metrics.events_applied_by_origin(), (0, 2 * n as u64));
 }
 
 #[test]

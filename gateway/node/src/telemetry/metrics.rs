@@ -442,6 +442,8 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     events_applied: [Counter; ORIGINS.len()],
+    events_changed: Counter,
+    apply_runs: Counter,
     events_quarantined: [Counter; QUARANTINE_REASONS.len()],
     changes: [Counter; CHANGE_OPS.len()],
     evictions: Counter,
@@ -543,6 +545,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             retries: Family::default(),
             events_applied,
+            events_changed: Counter::default(),
+            apply_runs: Counter::default(),
             events_quarantined,
             changes,
             evictions: Counter::default(),
@@ -593,6 +597,16 @@ impl Metrics {
             "switchyard_bus_events_applied",
             "Registry events read from the bus and applied, by origin",
             events_family,
+        );
+        m.register(
+            "switchyard_bus_events_changed",
+            "Registry events read from the bus that changed the registry (the rest were duplicates, redeliveries or older than the entry held)",
+            m.events_changed.clone(),
+        );
+        m.register(
+            "switchyard_bus_apply_runs",
+            "Runs of bus events applied, each under one hold of the registry's write lock",
+            m.apply_runs.clone(),
         );
         m.register(
             "switchyard_bus_events_quarantined",
@@ -820,6 +834,24 @@ impl Metrics {
 
     pub fn event_quarantined(&self, reason: QuarantineReason) {
         self.events_quarantined[reason as usize].inc();
+    }
+
+    /// Counts what one call of the replication's apply did: `runs` write-lock holds, in which
+    /// `changed` events changed the registry.
+    pub fn events_changed(&self, runs: u64, changed: u64) {
+        if runs > 0 {
+            self.apply_runs.inc_by(runs);
+        }
+        if changed > 0 {
+            self.events_changed.inc_by(changed);
+        }
+    }
+
+    /// Runs applied and events that changed the registry since this node started, as
+    /// `switchyard_bus_apply_runs_total` and `switchyard_bus_events_changed_total` count them
+    /// (for a harness reading the node).
+    pub fn runs_and_changes(&self) -> (u64, u64) {
+        (self.apply_runs.get(), self.events_changed.get())
     }
 
     /// Bus records quarantined for `reason` since this node started.

@@ -95,6 +95,8 @@ fn every_family_is_announced_before_anything_is_counted() {
             "# TYPE switchyard_upstream_errors_total counter",
             "# TYPE switchyard_upstream_retries_total counter",
             "# TYPE switchyard_bus_events_applied_total counter",
+            "# TYPE switchyard_bus_events_changed_total counter",
+            "# TYPE switchyard_bus_apply_runs_total counter",
             "# TYPE switchyard_bus_events_quarantined_total counter",
             "# TYPE switchyard_registry_changes_total counter",
             "# TYPE switchyard_evictions_total counter",
@@ -130,6 +132,8 @@ fn every_family_is_announced_before_anything_is_counted() {
     for series in [
         "switchyard_bus_events_applied_total{origin=\"local\"} 0",
         "switchyard_bus_events_applied_total{origin=\"remote\"} 0",
+        "switchyard_bus_events_changed_total 0",
+        "switchyard_bus_apply_runs_total 0",
         "switchyard_bus_events_quarantined_total{reason=\"stamp_ahead\"} 0",
         "switchyard_bus_events_quarantined_total{reason=\"lease_out_of_bounds\"} 0",
         "switchyard_bus_events_quarantined_total{reason=\"undecodable\"} 0",
