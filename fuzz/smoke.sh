@@ -8,6 +8,8 @@
 #   fuzz/smoke.sh                       # every target, 20 s each
 #   FUZZ_SECONDS=600 fuzz/smoke.sh registry
 #   FUZZ_SANITIZER=address fuzz/smoke.sh    # with AddressSanitizer (about 4-5x slower)
+#   FUZZ_BUILD_ONLY=1 fuzz/smoke.sh     # install cargo-fuzz and build the seed tests and the
+#                                       # targets, run nothing (testbeds/test-all builds ahead)
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -28,6 +30,13 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "smoke: installing cargo-fuzz"
     cargo install cargo-fuzz --locked
+fi
+
+if [ -n "${FUZZ_BUILD_ONLY:-}" ]; then
+    echo "smoke: building the seed tests and the targets (sanitizer: $sanitizer), running none"
+    cargo test --quiet --locked --no-run
+    cargo fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
+    exit 0
 fi
 
 echo "smoke: replaying seeds (cargo test)"
