@@ -411,11 +411,17 @@ pub(super) fn trace_hash(trace: &[String]) -> u64 {
 /// the log holds it, so while the incarnation that answered is up and the log holds neither it
 /// nor a later change to its key, that gateway reports at least one change pending. Judged at
 /// every check step from the moment the answer is seen; an incarnation that crashed since lost
-/// its outbox, and is not judged.
+/// its outbox, and is not judged. The log is read as it grows, each record decoded once: a
+/// change counts as on the log from the moment an event of its key at or after its stamp was
+/// appended, whether compaction keeps that record or not.
 #[derive(Default)]
 pub(super) struct PendingCheck {
     /// Acknowledgements read so far.
     seen: usize,
+    /// The next log offset to read.
+    read_to: u64,
+    /// The greatest stamp of each key among the registry events read from the log.
+    greatest: BTreeMap<InstanceKey, Stamp>,
     /// 202 answers whose change the log did not hold yet: the ack, and the start of the
     /// incarnation that answered.
     waiting: Vec<(Ack, u64)>,
@@ -443,14 +449,32 @@ impl PendingCheck {
             }
         }
         self.seen = acks.len();
+        for record in log.records_from(self.read_to) {
+            self.read_to = record.offset + 1;
+            if record.delete {
+                continue;
+            }
+            if let Ok(event) = Event::decode(&record.payload) {
+                let stamp = event.stamp;
+                match self.greatest.get_mut(&event.key) {
+                    Some(held) if *held >= stamp => {}
+                    Some(held) => *held = stamp,
+                    None => {
+                        self.greatest.insert(event.key, stamp);
+                    }
+                }
+            }
+        }
         if self.waiting.is_empty() {
             return;
         }
-        let records = log.snapshot();
+        let greatest = &self.greatest;
         self.waiting.retain(|(ack, born)| {
-            !on_log(&records, ack)
-                && !live.down.contains(&ack.gateway)
-                && born_of(&ack.gateway) == Some(*born)
+            let on_log = ack
+                .stamp
+                .as_ref()
+                .is_some_and(|s| greatest.get(&ack.key).is_some_and(|held| held >= s));
+            !on_log && !live.down.contains(&ack.gateway) && born_of(&ack.gateway) == Some(*born)
         });
         for (ack, _) in &self.waiting {
             let Some(node) = live.nodes.get(&ack.gateway) else {
