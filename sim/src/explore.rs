@@ -9,7 +9,7 @@
 //! `run --seed N` replays.
 
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -101,8 +101,11 @@ pub fn run_in_child(exe: &Path, options: &Options) -> Outcome {
         Ok(child) => child,
         Err(e) => return failed(seed, format!("cannot start {}: {e}", exe.display())),
     };
-    // The result is one short line (the trace is not asked for), far below a pipe's buffer,
-    // so waiting before reading cannot deadlock.
+    // Both pipes are drained while the child runs: its result line carries the violations,
+    // which can quote hostile records' metadata and pass a pipe's buffer, and a child blocked
+    // writing to a full pipe would never end.
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
     let started = wall_clock();
     let status = loop {
         match child.try_wait() {
@@ -118,16 +121,18 @@ pub fn run_in_child(exe: &Path, options: &Options) -> Outcome {
                     format!("seed {seed} still running after {CHILD_WALL_MAX:?}: killed"),
                 );
             }
-            Err(e) => return failed(seed, format!("waiting for seed {seed}: {e}")),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return failed(seed, format!("waiting for seed {seed}: {e}"));
+            }
         }
     };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
+    // The child has ended, so its pipes close and the readers finish.
+    let joined = |reader: Option<std::thread::JoinHandle<String>>| {
+        reader.and_then(|r| r.join().ok()).unwrap_or_default()
+    };
+    let (stdout, stderr) = (joined(stdout), joined(stderr));
     let result = stdout
         .lines()
         .find_map(|line| line.strip_prefix(RESULT_PREFIX))
@@ -155,6 +160,31 @@ pub fn run_in_child(exe: &Path, options: &Options) -> Outcome {
             )
         }
     }
+}
+
+/// The most of a child's stdout or stderr kept; the rest is read and dropped, so the child
+/// never blocks on a full pipe.
+const CHILD_OUTPUT_MAX: usize = 64 << 20;
+
+/// Reads `pipe` to its end on a thread of its own, keeping the first [`CHILD_OUTPUT_MAX`]
+/// bytes.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut chunk = [0u8; 64 << 10];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let room = CHILD_OUTPUT_MAX.saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
 }
 
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)] // Wall time of the harness itself.

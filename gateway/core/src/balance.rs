@@ -209,6 +209,11 @@ pub enum AttemptOutcome {
     /// The gateway itself could not make the attempt (its own bound or resources, such as
     /// file descriptors): says nothing about the instance.
     Local,
+    /// No connection was dialed for the attempt: one to the instance had failed just before,
+    /// and the attempt, waiting on the same channel, shared that failure. It was already
+    /// counted, so this says nothing new about the instance; the request never reached it
+    /// and may be retried elsewhere.
+    NotDialed,
 }
 
 impl AttemptOutcome {
@@ -244,7 +249,8 @@ impl Slot {
     /// service (even an error status) proves it reachable and clears the record. Only connect
     /// failures count towards eviction: a broken connection is followed by a reconnect, which
     /// tells whether the instance is gone. Timeouts count towards their own ejection
-    /// ([`HealthPolicy::timeouts_to_eject`]) and nothing else; a local failure changes nothing.
+    /// ([`HealthPolicy::timeouts_to_eject`]) and nothing else; a local failure, or a failure
+    /// shared with a connect already counted ([`AttemptOutcome::NotDialed`]), changes nothing.
     pub fn record(&mut self, outcome: AttemptOutcome, now_ms: u64, policy: &HealthPolicy) -> bool {
         match outcome {
             AttemptOutcome::ConnectFailed => {
@@ -253,7 +259,7 @@ impl Slot {
             }
             AttemptOutcome::Reset => self.health.on_failure(now_ms, policy),
             AttemptOutcome::TimedOut => self.health.on_timeout(now_ms, policy),
-            AttemptOutcome::Local => false,
+            AttemptOutcome::Local | AttemptOutcome::NotDialed => false,
             AttemptOutcome::Answered => {
                 self.health.on_success();
                 self.failing_since_ms = None;

@@ -41,9 +41,24 @@ const RESPONSE_ENVELOPE_BYTES_MAX: usize = switchyard_core::translate::RESPONSE_
 
 pub mod channel;
 
-pub use channel::{lazy_channel, upstream_channel};
+pub use channel::{FAILURE_SHARED_FOR, lazy_channel, upstream_channel};
 
 /// The instance [`Forwarder::choose`] picked.
+/// A failed attempt: the error, and what it tells of the instance.
+struct Failed {
+    error: GatewayError,
+    outcome: AttemptOutcome,
+}
+
+impl From<GatewayError> for Failed {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            outcome: AttemptOutcome::of(Err(&error)),
+            error,
+        }
+    }
+}
+
 struct Choice {
     key: InstanceKey,
     addr: String,
@@ -197,7 +212,14 @@ impl Forwarder {
             };
             let Choice { key, addr, .. } = choice;
             let result = self.attempt(&key, &addr, to_send, deadline).await;
-            self.record(&key, &result);
+            self.record(
+                &key,
+                match &result {
+                    Ok(_) => AttemptOutcome::Answered,
+                    Err(failed) => failed.outcome,
+                },
+            );
+            let result = result.map_err(|failed| failed.error);
             if let Err(error) = &result
                 && let Some(kind) = UpstreamErrorKind::of(error)
             {
@@ -320,6 +342,7 @@ impl Forwarder {
             self.connector.clone(),
             addr,
             Duration::from_millis(self.config.connect_timeout_ms),
+            channel::FAILURE_SHARED_FOR.min(Duration::from_millis(self.config.ejection_base_ms)),
             http2,
             Some(policed),
             tls,
@@ -334,7 +357,7 @@ impl Forwarder {
         addr: &str,
         req: ForwardingReq,
         deadline: tokio::time::Instant,
-    ) -> Result<ForwardingResp, GatewayError> {
+    ) -> Result<ForwardingResp, Failed> {
         let _in_flight = InFlight {
             forwarder: self,
             key: key.clone(),
@@ -384,24 +407,34 @@ impl Forwarder {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 service: key.service.clone(),
                 timeout_ms: limits.timeout_ms,
-            }),
+            }
+            .into()),
             Ok(Ok(resp)) => {
                 let resp = resp.into_inner();
                 // The decoding limit leaves room for the headers; the body's own bound is
                 // exact.
                 if resp.body.len() > limits.response_body_bytes_max {
-                    return Err(channel::too_large(key, limits));
+                    return Err(channel::too_large(key, limits).into());
                 }
                 Ok(resp)
             }
-            Ok(Err(status)) => Err(channel::classify(&status, key, addr, limits)),
+            Ok(Err(status)) => {
+                let failed = Failed::from(channel::classify(&status, key, addr, limits));
+                Err(if channel::not_dialed(&status) {
+                    Failed {
+                        outcome: AttemptOutcome::NotDialed,
+                        ..failed
+                    }
+                } else {
+                    failed
+                })
+            }
         }
     }
 
     /// Passive health (the rules are the core's: [`Slot::record`]).
-    fn record(&self, key: &InstanceKey, result: &Result<ForwardingResp, GatewayError>) {
+    fn record(&self, key: &InstanceKey, outcome: AttemptOutcome) {
         let now = self.store.now_ms();
-        let outcome = AttemptOutcome::of(result.as_ref().map(|_| ()));
         let mut balancer = lock(&self.balancer);
         // Look up before inserting: `entry` would copy the key on every request.
         if !balancer.contains_key(key) {

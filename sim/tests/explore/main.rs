@@ -277,3 +277,22 @@ proptest! {
         prop_assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
     }
 }
+
+/// A schedule proptest found (CI, stop 33): requests queued on a connection to a crashed
+/// instance dialed it again one after the other, within its ejection, when the first
+/// connect timed out. They now share the failure (`switchyard::forwarding::FAILURE_SHARED_FOR`).
+#[test]
+fn requests_queued_on_a_failed_connect_do_not_redial_it() {
+    let options = Options {
+        faults: Some(Faults::all()),
+        episodes: Some(vec![Episode {
+            at_ms: 2_966,
+            len_ms: 1_640,
+            kind: EpisodeKind::CrashService { service: 0 },
+        }]),
+        fault_ms: 10_000,
+        ..Options::new(953)
+    };
+    let outcome = run(&options);
+    assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
+}

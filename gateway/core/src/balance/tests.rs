@@ -180,6 +180,7 @@ fn connect_failures_start_the_eviction_clock_and_an_answer_clears_it() {
     // Past the ejection, so the timeout counts.
     assert!(!slot.record(AttemptOutcome::TimedOut, 1_200, &policy));
     assert!(!slot.record(AttemptOutcome::Local, 1_200, &policy));
+    assert!(!slot.record(AttemptOutcome::NotDialed, 1_200, &policy));
     assert_eq!(
         slot,
         Slot {
@@ -189,7 +190,7 @@ fn connect_failures_start_the_eviction_clock_and_an_answer_clears_it() {
             },
             ..before
         },
-        "a timeout only counts towards its own ejection; a local failure changes nothing"
+        "a timeout only counts towards its own ejection; a local failure or one not dialed changes nothing"
     );
     slot.in_flight = 2;
     assert!(!slot.record(AttemptOutcome::Answered, 1_300, &policy));
@@ -321,7 +322,7 @@ proptest::proptest! {
 
     #[test]
     fn timeouts_eject_after_the_bound_and_never_evict(
-        steps in proptest::collection::vec((0usize..4, 0u64..500), 0..60),
+        steps in proptest::collection::vec((0usize..5, 0u64..500), 0..60),
         timeouts_to_eject in 0u32..5,
     ) {
         let policy = HealthPolicy {
@@ -342,6 +343,7 @@ proptest::proptest! {
                 AttemptOutcome::TimedOut,
                 AttemptOutcome::Answered,
                 AttemptOutcome::Local,
+                AttemptOutcome::NotDialed,
             ][kind];
             let before = slot;
             let ejected = slot.record(outcome, now, &policy);

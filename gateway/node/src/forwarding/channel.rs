@@ -3,7 +3,7 @@
 //! gateway's errors.
 
 use std::error::Error as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -22,9 +22,26 @@ use crate::seams::Connector;
 pub struct ConnectFailed {
     authority: String,
     source: std::io::Error,
+    /// Not dialed: a connection to the same address had failed just before (see
+    /// [`FAILURE_SHARED_FOR`]); `source` tells that failure.
+    not_dialed: bool,
 }
 
 impl ConnectFailed {
+    fn dialed(authority: String, source: std::io::Error) -> Self {
+        Self {
+            authority,
+            source,
+            not_dialed: false,
+        }
+    }
+
+    /// Whether no connection was dialed: the failure is one shared with a connect that had
+    /// just failed.
+    pub fn not_dialed(&self) -> bool {
+        self.not_dialed
+    }
+
     /// Whether the connect failed for want of this host's own resources.
     pub fn is_local(&self) -> bool {
         is_local_resource(&self.source)
@@ -120,7 +137,15 @@ pub fn lazy_channel(
         keep_alive: None,
         reset_stream_hold,
     };
-    upstream_channel(connector, addr, connect_timeout, http2, None, None)
+    upstream_channel(
+        connector,
+        addr,
+        connect_timeout,
+        FAILURE_SHARED_FOR,
+        http2,
+        None,
+        None,
+    )
 }
 
 /// [`lazy_channel`] with HTTP/2 keep-alive pings when `http2` has them, every
@@ -133,6 +158,7 @@ pub fn upstream_channel(
     connector: Arc<dyn Connector>,
     addr: &str,
     connect_timeout: Duration,
+    failure_shared_for: Duration,
     http2: Http2,
     policed: Option<Policed>,
     tls: Option<ClientTlsConfig>,
@@ -155,10 +181,19 @@ pub fn upstream_channel(
             .keep_alive_timeout(keep_alive.timeout)
             .keep_alive_while_idle(false);
     }
+    let last_failure: Arc<std::sync::Mutex<Option<LastFailure>>> = Arc::default();
     let connect = tower::service_fn(move |uri: http::Uri| {
         let (connector, policed) = (connector.clone(), policed.clone());
+        let last_failure = last_failure.clone();
         async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            if let Some(shared) = shared_failure(&last_failure, failure_shared_for) {
+                return Err(ConnectFailed {
+                    authority,
+                    source: shared,
+                    not_dialed: true,
+                });
+            }
             let dial = async {
                 match &policed {
                     Some(p) => {
@@ -177,12 +212,75 @@ pub fn upstream_channel(
                     format!("no connection within {} ms", connect_timeout.as_millis()),
                 )),
             };
-            result
-                .map(TokioIo::new)
-                .map_err(|source| ConnectFailed { authority, source })
+            let mut last = last_failure.lock().unwrap_or_else(PoisonError::into_inner);
+            match result {
+                Ok(io) => {
+                    *last = None;
+                    Ok(TokioIo::new(io))
+                }
+                Err(source) => {
+                    let failed = ConnectFailed::dialed(authority, source);
+                    // The gateway's own shortage and the address policy's refusal say
+                    // nothing about the instance: the next request dials, or asks the
+                    // policy, again.
+                    if !failed.is_local() && failed.refused_by_policy().is_none() {
+                        *last = Some(LastFailure {
+                            at: tokio::time::Instant::now(),
+                            kind: failed.source.kind(),
+                            message: failed.source.to_string(),
+                        });
+                    }
+                    Err(failed)
+                }
+            }
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// The failure a connect beginning now shares, if the channel's last connection failed
+/// less than `shared_for` ago.
+fn shared_failure(
+    last: &std::sync::Mutex<Option<LastFailure>>,
+    shared_for: Duration,
+) -> Option<std::io::Error> {
+    let last = last.lock().unwrap_or_else(PoisonError::into_inner);
+    let failure = last.as_ref()?;
+    let since = failure.at.elapsed();
+    (since < shared_for).then(|| {
+        std::io::Error::new(
+            failure.kind,
+            format!(
+                "not dialed: the connection opened for the requests waiting on it failed {} ms ago ({})",
+                since.as_millis(),
+                failure.message
+            ),
+        )
+    })
+}
+
+/// How long after a failed connection to an instance the channel fails every further connect
+/// at once, with that failure, instead of dialing again.
+///
+/// Requests waiting on a channel whose connection is being opened share its fate: when it
+/// fails, tonic's channel (a buffer in front of a reconnecting service) takes the waiting
+/// requests one after the other and dials anew for each, so the n-th waits n connect
+/// timeouts and each dials an instance that the first failure had just ejected. Within this
+/// span the waiting requests fail at once instead, as connect failures the forwarder retries
+/// on another instance (like a connection pool that fails its pending requests when their
+/// connection fails, or a gRPC subchannel in transient failure). The queue drains within the
+/// same wake of the channel's task as the failure, so the span need not be long; for
+/// instances it is also never longer than the ejection (`upstream.ejection_base_ms`, 1 s by
+/// default), so a request sent to an ejected instance because every other one is ejected
+/// too is refused undialed only while the failure is that fresh.
+pub const FAILURE_SHARED_FOR: Duration = Duration::from_millis(50);
+
+/// The last failed connection of a channel: when, and what failed.
+#[derive(Debug)]
+struct LastFailure {
+    at: tokio::time::Instant,
+    kind: std::io::ErrorKind,
+    message: String,
 }
 
 /// How tonic's own refusal of an oversized message begins.
@@ -205,6 +303,12 @@ fn cause<E: std::error::Error + 'static>(status: &tonic::Status) -> Option<&E> {
         cause = err.source();
     }
     None
+}
+
+/// Whether `status` is a connect failure shared with one that had just failed, with no
+/// connection dialed for it ([`FAILURE_SHARED_FOR`]).
+pub fn not_dialed(status: &tonic::Status) -> bool {
+    cause::<ConnectFailed>(status).is_some_and(ConnectFailed::not_dialed)
 }
 
 /// What the limits of one attempt were, for the errors that name them.
@@ -260,6 +364,12 @@ pub fn classify(
                 ),
             };
         }
+        if failed.not_dialed() {
+            return GatewayError::UpstreamConnect {
+                service,
+                detail: format!("instance {} at {addr}: {failed}", key.instance_id),
+            };
+        }
         return GatewayError::UpstreamConnect {
             service,
             detail: on_instance(),
@@ -313,10 +423,10 @@ mod tests {
     use super::*;
 
     fn status_of(source: io::Error) -> tonic::Status {
-        tonic::Status::from_error(Box::new(ConnectFailed {
-            authority: "127.0.0.1:9".into(),
+        tonic::Status::from_error(Box::new(ConnectFailed::dialed(
+            "127.0.0.1:9".into(),
             source,
-        }))
+        )))
     }
 
     fn classified(source: io::Error) -> GatewayError {

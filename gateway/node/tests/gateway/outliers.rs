@@ -1,11 +1,11 @@
 //! Outliers beyond connect failures: hung instances are ejected after consecutive timeouts,
-//! requests in flight per instance are bounded, and the gateway's own shortages neither eject
-//! nor evict.
+//! requests in flight per instance are bounded, the gateway's own shortages neither eject
+//! nor evict, and requests waiting on a connection that fails share its failure.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use http::StatusCode;
 use serde_json::Value;
 use switchyard::bus::MemoryBus;
 use switchyard::config::Config;
-use switchyard::seams::{BoxFuture, Connector, Io};
+use switchyard::seams::{BoxFuture, Connector, Io, TokioConnector};
 use switchyard::telemetry::EjectionReason;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -233,4 +233,98 @@ async fn keep_alive_pings_find_a_half_open_connection_before_the_deadline() {
         "found by the pings, not the deadline: {:?}",
         started.elapsed()
     );
+}
+
+/// Connects through tokio, except to `dead`: each dial there is counted and held until
+/// `release` is set, then refused.
+struct HeldThenRefused {
+    dead: String,
+    dials: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+    released: Arc<AtomicBool>,
+}
+
+impl Connector for HeldThenRefused {
+    fn connect(&self, authority: &str) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
+        if authority != self.dead {
+            return TokioConnector.connect(authority);
+        }
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let (release, released) = (self.release.clone(), self.released.clone());
+        Box::pin(async move {
+            let notified = release.notified();
+            if !released.load(Ordering::SeqCst) {
+                notified.await;
+            }
+            Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+        })
+    }
+}
+
+/// The requests in flight on the REST front, read from the gateway's metrics.
+fn rest_in_flight(gw: &Gateway) -> u64 {
+    let mut text = String::new();
+    gw.node.metrics().encode(&mut text);
+    text.lines()
+        .find(|l| l.starts_with("switchyard_http_requests_in_flight{front=\"rest\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn requests_waiting_on_a_failed_connect_share_its_failure() {
+    const WAITING: usize = 4;
+    let dead = "127.0.0.1:9";
+    let dials = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = Arc::new(AtomicBool::new(false));
+    let connector = HeldThenRefused {
+        dead: dead.to_owned(),
+        dials: dials.clone(),
+        release: release.clone(),
+        released: released.clone(),
+    };
+    let gw =
+        Gateway::start_with_connector(Arc::new(connector), MemoryBus::new(), |_| {}, |b| b).await;
+    gw.register("shared", "dead", &format!("http://{dead}"), 30_000)
+        .await;
+    let url = format!("{}/shared/hello", gw.public_url());
+    // Every request chooses the only instance and waits on its one connection being opened.
+    let pending: Vec<_> = (0..WAITING)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { http("GET", &url).await })
+        })
+        .collect();
+    harness::eventually(Duration::from_secs(10), || async {
+        rest_in_flight(&gw) == WAITING as u64
+    })
+    .await;
+    assert_eq!(dials.load(Ordering::SeqCst), 1, "one connection for all");
+    released.store(true, Ordering::SeqCst);
+    release.notify_waiters();
+    for p in pending {
+        let (status, _, body) = p.await.unwrap();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+        assert_eq!(json["error"]["code"], "upstream_connect_failed", "{json}");
+    }
+    assert_eq!(
+        dials.load(Ordering::SeqCst),
+        1,
+        "the requests that waited on the failed connection share its failure: none dials the ejected instance again"
+    );
+    assert_eq!(
+        gw.node
+            .metrics()
+            .ejections_of(EjectionReason::ConnectFailed),
+        1
+    );
+
+    // Past the failure's span (the wait is the point: time passing is what ends it), the
+    // next request dials again: the ejection has not ended, but there is no other instance.
+    tokio::time::sleep(2 * switchyard::forwarding::FAILURE_SHARED_FOR).await;
+    let (status, _, _) = http("GET", &url).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(dials.load(Ordering::SeqCst), 2);
 }
