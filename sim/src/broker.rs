@@ -15,6 +15,7 @@
 //! Not modelled: partitions of the topic (Switchyard uses one), replication between brokers,
 //! transactions.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,15 +58,58 @@ struct BrokerState {
     log: MemoryBus,
     faults: BrokerFaults,
     rng: Arc<Mutex<SmallRng>>,
+    /// Each record's payload in hex, by offset, as fetches sent it: a record never changes,
+    /// and redeliveries send the same records again and again. At most [`HEX_CACHED_MAX`]
+    /// records; emptied when full.
+    hexes: Arc<Mutex<BTreeMap<u64, Arc<str>>>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The most records whose hex the broker keeps.
+const HEX_CACHED_MAX: usize = 16_384;
+
+#[derive(Debug, Deserialize)]
 struct WireRecord {
     offset: u64,
     key: String,
     payload_hex: String,
     #[serde(default)]
     delete: bool,
+}
+
+/// The answer to a fetch, read straight into its type: no JSON tree is built on either side.
+#[derive(Debug, Deserialize)]
+struct FetchReply {
+    records: Vec<WireRecord>,
+}
+
+/// [`FetchReply`] as the broker writes it: the same fields in the same order, the hex shared
+/// with the broker's cache.
+#[derive(Debug, Serialize)]
+struct FetchAnswer {
+    records: Vec<WireRecordOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireRecordOut {
+    offset: u64,
+    key: String,
+    #[serde(serialize_with = "shared_str")]
+    payload_hex: Arc<str>,
+    delete: bool,
+}
+
+fn shared_str<S: serde::Serializer>(s: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(s)
+}
+
+#[derive(Debug, Deserialize)]
+struct OffsetReply {
+    offset: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct HwmReply {
+    hwm: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +182,7 @@ pub async fn broker_host(
         log,
         faults,
         rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+        hexes: Arc::default(),
     };
     let app = Router::new()
         .route("/publish", post(publish))
@@ -182,7 +227,10 @@ async fn hwm(State(state): State<BrokerState>) -> Reply {
     Ok(axum::Json(serde_json::json!({ "hwm": hwm })))
 }
 
-async fn fetch(State(state): State<BrokerState>, Query(q): Query<FetchQuery>) -> Reply {
+async fn fetch(
+    State(state): State<BrokerState>,
+    Query(q): Query<FetchQuery>,
+) -> Result<axum::Json<FetchAnswer>, (http::StatusCode, String)> {
     state.delay().await;
     let redeliver = state.faults.redeliver_probability > 0.0
         && state.roll(|r| r.random_bool(state.faults.redeliver_probability.min(1.0)));
@@ -204,16 +252,24 @@ async fn fetch(State(state): State<BrokerState>, Query(q): Query<FetchQuery>) ->
         .fetch(from, max.min(1_024), wait)
         .await
         .map_err(bad)?;
-    let records: Vec<WireRecord> = records
+    let mut hexes = state.hexes.lock().unwrap_or_else(|e| e.into_inner());
+    if hexes.len() + records.len() > HEX_CACHED_MAX {
+        hexes.clear();
+    }
+    let records: Vec<WireRecordOut> = records
         .into_iter()
-        .map(|r| WireRecord {
+        .map(|r| WireRecordOut {
             offset: r.offset,
+            payload_hex: hexes
+                .entry(r.offset)
+                .or_insert_with(|| hex(&r.payload).into())
+                .clone(),
             key: r.key,
-            payload_hex: hex(&r.payload),
             delete: r.delete,
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({ "records": records })))
+    drop(hexes);
+    Ok(axum::Json(FetchAnswer { records }))
 }
 
 /// The gateways' bus adapter for the simulated broker: one HTTP/1.1 request per call over
@@ -232,10 +288,10 @@ impl Default for SimBus {
 }
 
 impl SimBus {
-    async fn call(
+    async fn call<T: serde::de::DeserializeOwned>(
         &self,
         request: http::Request<Full<Bytes>>,
-    ) -> Result<serde_json::Value, BusError> {
+    ) -> Result<T, BusError> {
         let exchange = crate::exchange(BROKER_HOST, BROKER_PORT, request);
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
@@ -268,10 +324,8 @@ impl SimBus {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| BusError::Rejected(e.to_string()))?;
-        let reply = self.call(request).await?;
-        reply["offset"]
-            .as_u64()
-            .ok_or_else(|| BusError::Unavailable("no offset in the reply".into()))
+        let reply: OffsetReply = self.call(request).await?;
+        Ok(reply.offset)
     }
 }
 
@@ -286,10 +340,8 @@ impl Bus for SimBus {
 
     fn high_water_mark(&self) -> BoxFuture<'_, Result<u64, BusError>> {
         Box::pin(async move {
-            let reply = self.call(Self::get("/hwm")).await?;
-            reply["hwm"]
-                .as_u64()
-                .ok_or_else(|| BusError::Unavailable("no hwm in the reply".into()))
+            let reply: HwmReply = self.call(Self::get("/hwm")).await?;
+            Ok(reply.hwm)
         })
     }
 
@@ -301,10 +353,9 @@ impl Bus for SimBus {
     ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
         Box::pin(async move {
             let path = format!("/fetch?from={from}&max={max}&wait_ms={}", wait.as_millis());
-            let reply = self.call(Self::get(&path)).await?;
-            let records: Vec<WireRecord> = serde_json::from_value(reply["records"].clone())
-                .map_err(|e| BusError::Unavailable(e.to_string()))?;
-            records
+            let reply: FetchReply = self.call(Self::get(&path)).await?;
+            reply
+                .records
                 .into_iter()
                 .map(|r| {
                     let payload = unhex(&r.payload_hex)

@@ -554,6 +554,7 @@ fn simulate(options: &Options) -> Outcome {
     let mut clock = clock::ClockPromise::default();
     let mut readiness = readiness::Readiness::default();
     let mut pending = checks::PendingCheck::default();
+    let mut references = checks::ReferenceCache::default();
 
     let mut violations = Vec::new();
     let mut next = 0;
@@ -680,7 +681,11 @@ fn simulate(options: &Options) -> Outcome {
             drop((nodes_now, skews_now));
             if healed
                 && convergence_ms.is_none()
-                && converged(&nodes.borrow(), &log, &quarantined, &gateways)
+                && converged(
+                    &nodes.borrow(),
+                    references.get(&log, &quarantined),
+                    &gateways,
+                )
             {
                 convergence_ms = Some(now_ms - heal_ms);
                 trace.borrow_mut().push(format!("{now_ms:>6} ms converged"));
@@ -691,8 +696,8 @@ fn simulate(options: &Options) -> Outcome {
                 && now_ms >= last_collect_check + liveness::COLLECT_CHECK_EVERY_MS
             {
                 last_collect_check = now_ms;
-                let held = reference(&log, &quarantined);
-                uncollected = liveness::uncollected(&held, &gateways, EPOCH_S * 1_000 + heal_ms);
+                let held = references.get(&log, &quarantined);
+                uncollected = liveness::uncollected(held, &gateways, EPOCH_S * 1_000 + heal_ms);
                 if uncollected.is_none() {
                     collected_ms = Some(now_ms - heal_ms);
                     trace.borrow_mut().push(format!("{now_ms:>6} ms collected"));

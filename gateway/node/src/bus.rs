@@ -132,6 +132,13 @@ impl MemoryBus {
         self.len() == 0
     }
 
+    /// The offset the next record will get: the log's high water mark, without a future.
+    /// The log changes only by appends (compaction runs within them), so this names what it
+    /// holds.
+    pub fn next_offset(&self) -> u64 {
+        self.inner.lock().next_offset
+    }
+
     /// Every record the log holds now, in offset order (for checkers and tests).
     pub fn snapshot(&self) -> Vec<Record> {
         self.inner.lock().records.clone()

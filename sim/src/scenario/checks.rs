@@ -27,13 +27,34 @@ pub(super) fn reference(log: &MemoryBus, quarantined: &BTreeSet<u64>) -> Referen
     super::reference::fold(&log.snapshot(), quarantined)
 }
 
+/// [`reference`], folded again only when the log or the quarantined offsets changed. The log
+/// changes only by appends (compaction runs within them) and the quarantined offsets only
+/// grow, so the log's next offset and their number name what a fold would give. The
+/// convergence check asks at every check after the heal until the cluster converges, and a
+/// fold of the whole log each time was a tenth of a run's CPU.
+#[derive(Default)]
+pub(super) struct ReferenceCache {
+    folded: Option<((u64, usize), Reference)>,
+}
+
+impl ReferenceCache {
+    pub(super) fn get(&mut self, log: &MemoryBus, quarantined: &BTreeSet<u64>) -> &Reference {
+        let key = (log.next_offset(), quarantined.len());
+        if self.folded.as_ref().is_some_and(|(k, _)| *k != key) {
+            self.folded = None;
+        }
+        &self
+            .folded
+            .get_or_insert_with(|| (key, reference(log, quarantined)))
+            .1
+    }
+}
+
 pub(super) fn converged(
     nodes: &BTreeMap<String, Arc<Node>>,
-    log: &MemoryBus,
-    quarantined: &BTreeSet<u64>,
+    want: &Reference,
     gateways: &[String],
 ) -> bool {
-    let want = reference(log, quarantined);
     gateways.iter().all(|g| {
         nodes.get(g).is_some_and(|n| {
             let s = n.status();
