@@ -43,7 +43,6 @@ pub mod channel;
 
 pub use channel::{FAILURE_SHARED_FOR, lazy_channel, upstream_channel};
 
-/// The instance [`Forwarder::choose`] picked.
 /// A failed attempt: the error, and what it tells of the instance.
 struct Failed {
     error: GatewayError,
@@ -59,6 +58,7 @@ impl From<GatewayError> for Failed {
     }
 }
 
+/// The instance [`Forwarder::choose`] picked.
 struct Choice {
     key: InstanceKey,
     addr: String,
@@ -419,14 +419,14 @@ impl Forwarder {
                 Ok(resp)
             }
             Ok(Err(status)) => {
-                let failed = Failed::from(channel::classify(&status, key, addr, limits));
+                let error = channel::classify(&status, key, addr, limits);
                 Err(if channel::not_dialed(&status) {
                     Failed {
+                        error,
                         outcome: AttemptOutcome::NotDialed,
-                        ..failed
                     }
                 } else {
-                    failed
+                    error.into()
                 })
             }
         }
