@@ -3,7 +3,7 @@
 //! gateway's errors.
 
 use std::error::Error as _;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -181,7 +181,7 @@ pub fn upstream_channel(
             .keep_alive_timeout(keep_alive.timeout)
             .keep_alive_while_idle(false);
     }
-    let last_failure: Arc<std::sync::Mutex<Option<LastFailure>>> = Arc::default();
+    let last_failure: Arc<Mutex<Option<LastFailure>>> = Arc::default();
     let connect = tower::service_fn(move |uri: http::Uri| {
         let (connector, policed) = (connector.clone(), policed.clone());
         let last_failure = last_failure.clone();
@@ -241,7 +241,7 @@ pub fn upstream_channel(
 /// The failure a connect beginning now shares, if the channel's last connection failed
 /// less than `shared_for` ago.
 fn shared_failure(
-    last: &std::sync::Mutex<Option<LastFailure>>,
+    last: &Mutex<Option<LastFailure>>,
     shared_for: Duration,
 ) -> Option<std::io::Error> {
     let last = last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -364,16 +364,14 @@ pub fn classify(
                 ),
             };
         }
-        if failed.not_dialed() {
-            return GatewayError::UpstreamConnect {
-                service,
-                detail: format!("instance {} at {addr}: {failed}", key.instance_id),
-            };
-        }
-        return GatewayError::UpstreamConnect {
-            service,
-            detail: on_instance(),
+        // A shared failure tells its own story (when the connection it shares failed);
+        // tonic's message would only say the transport failed.
+        let detail = if failed.not_dialed() {
+            format!("instance {} at {addr}: {failed}", key.instance_id)
+        } else {
+            on_instance()
         };
+        return GatewayError::UpstreamConnect { service, detail };
     }
     if caused_by::<tonic::TimeoutExpired>(status) {
         return GatewayError::UpstreamTimeout {
