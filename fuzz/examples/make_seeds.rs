@@ -4,7 +4,6 @@
 //! file is the mode byte 0 (raw) and then the encoded message. Structured-mode seeds are not
 //! made here: they are picked from a fuzzing run's minimised corpus (see docs/fuzzing.md).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -81,7 +80,7 @@ fn events(dir: &Path) -> std::io::Result<()> {
         kind: EventKind::Register,
         key: InstanceKey::new("orders", "i-1"),
         addr: "http://127.0.0.1:7001".into(),
-        metadata: BTreeMap::from([("zone".into(), "a".into())]),
+        metadata: [("zone".into(), "a".into())].into(),
         lease_ms: 30_000,
         stamp: Stamp::new(1_000, 2, "gw-1"),
         origin_node: "gw-1".into(),
@@ -89,14 +88,14 @@ fn events(dir: &Path) -> std::io::Result<()> {
     let renew = Event {
         kind: EventKind::Renew,
         addr: "http://[::1]:7002".into(),
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
         stamp: Stamp::new(2_000, 0, "gw-2"),
         ..register.clone()
     };
     let tombstone = |kind| Event {
         kind,
         addr: String::new(),
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
         lease_ms: 0,
         stamp: Stamp::new(3_000, 1, "gw-3"),
         ..register.clone()

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use switchyard_core::event::{Event, EventKind};
+use switchyard_core::metadata::Metadata;
 use switchyard_core::registry::{Applied, Entry};
 use switchyard_core::{InstanceKey, Registry, Stamp};
 
@@ -143,11 +144,11 @@ impl EventIn {
             _ => EventKind::Evict,
         };
         let alive = matches!(kind, EventKind::Register | EventKind::Renew);
-        let metadata: BTreeMap<String, String> = match self.metadata % 4 {
-            0 => BTreeMap::new(),
-            1 => BTreeMap::from([("zone".into(), "a".into())]),
-            2 => BTreeMap::from([("zone".into(), "b".into())]),
-            _ => BTreeMap::from([("zone".into(), "a".into()), ("x".into(), String::new())]),
+        let metadata: Metadata = match self.metadata % 4 {
+            0 => Metadata::new(),
+            1 => [("zone".into(), "a".into())].into(),
+            2 => [("zone".into(), "b".into())].into(),
+            _ => [("zone".into(), "a".into()), ("x".into(), String::new())].into(),
         };
         let node = pick(NODES, self.node);
         Event {
@@ -158,7 +159,7 @@ impl EventIn {
             } else {
                 String::new()
             },
-            metadata: if alive { metadata } else { BTreeMap::new() },
+            metadata: if alive { metadata } else { Metadata::new() },
             lease_ms: if alive {
                 pick(LEASES_MS, self.lease)
             } else {

@@ -5,13 +5,12 @@
 //! bounds ([`Event::admissible`]): a stamp too far ahead of the reader's wall clock, or a lease
 //! longer than the longest it grants, is quarantined rather than applied.
 
-use std::collections::BTreeMap;
-
 use prost::Message;
 use switchyard_proto::registry as pb;
 
 use crate::Stamp;
 use crate::hlc::{self, StampTooFarAhead};
+use crate::metadata::Metadata;
 use crate::names;
 use crate::registry::{Entry, EntryState, InstanceKey, Removal};
 
@@ -32,7 +31,7 @@ pub struct Event {
     pub key: InstanceKey,
     /// `http://host:port`; empty for deregistrations and evictions.
     pub addr: String,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     pub lease_ms: u64,
     pub stamp: Stamp,
     pub origin_node: String,
@@ -93,10 +92,10 @@ impl Event {
                 lease_ms,
             } => (EventKind::Register, addr, metadata, lease_ms),
             EntryState::Removed(Removal::Deregistered) => {
-                (EventKind::Deregister, String::new(), BTreeMap::new(), 0)
+                (EventKind::Deregister, String::new(), Metadata::new(), 0)
             }
             EntryState::Removed(Removal::Evicted) => {
-                (EventKind::Evict, String::new(), BTreeMap::new(), 0)
+                (EventKind::Evict, String::new(), Metadata::new(), 0)
             }
         };
         Self {
@@ -164,7 +163,7 @@ impl Event {
             service: self.key.service.clone(),
             instance_id: self.key.instance_id.clone(),
             addr: self.addr.clone(),
-            metadata: self.metadata.clone(),
+            metadata: self.metadata.to_map(),
             lease_ms: self.lease_ms,
             stamp: Some((&self.stamp).into()),
             origin_node: self.origin_node.clone(),
@@ -228,7 +227,11 @@ impl TryFrom<pb::RegistryEvent> for Event {
             kind,
             key: InstanceKey::new(raw.service, raw.instance_id),
             addr,
-            metadata: if alive { raw.metadata } else { BTreeMap::new() },
+            metadata: if alive {
+                Metadata::from(raw.metadata)
+            } else {
+                Metadata::new()
+            },
             lease_ms: if alive { raw.lease_ms } else { 0 },
             stamp,
             origin_node: raw.origin_node,
@@ -245,7 +248,7 @@ mod tests {
             kind: EventKind::Register,
             key: InstanceKey::new("orders", "i-1"),
             addr: "http://127.0.0.1:7001".into(),
-            metadata: BTreeMap::from([("zone".into(), "a".into())]),
+            metadata: [("zone".into(), "a".into())].into(),
             lease_ms: 30_000,
             stamp: Stamp::new(1_000, 2, "gw-1"),
             origin_node: "gw-1".into(),
@@ -259,7 +262,7 @@ mod tests {
         let dereg = Event {
             kind: EventKind::Deregister,
             addr: String::new(),
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
             lease_ms: 0,
             ..register()
         };
@@ -277,7 +280,7 @@ mod tests {
                 Event {
                     kind,
                     addr: String::new(),
-                    metadata: BTreeMap::new(),
+                    metadata: Metadata::new(),
                     lease_ms: 0,
                     ..live.clone()
                 }

@@ -6,6 +6,7 @@
 //! * [`hops`]: the `Via` mark on forwarded requests, and the refusal of forwarding loops.
 //! * [`identity`]: who a request or a registry change comes from, once established.
 //! * [`hlc`]: hybrid logical clock stamps that order registry changes across gateways.
+//! * [`metadata`]: an instance's metadata as the registry holds it, flat and in key order.
 //! * [`registry`]: the last-writer-wins map of service instances, its merge, digest and views.
 //! * [`event`]: registry events and their protobuf codec (what travels on the bus).
 //! * [`names`]: validation of service names, instance ids and instance addresses.
@@ -28,6 +29,7 @@ pub mod event;
 pub mod hlc;
 pub mod hops;
 pub mod identity;
+pub mod metadata;
 pub mod names;
 pub mod planted;
 pub mod registration;

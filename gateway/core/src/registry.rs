@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::Stamp;
 use crate::event::Event;
+use crate::metadata::Metadata;
 use crate::planted::{self, Bug};
 
 #[cfg(test)]
@@ -57,7 +58,7 @@ pub enum Removal {
 pub enum EntryState {
     Alive {
         addr: String,
-        metadata: BTreeMap<String, String>,
+        metadata: Metadata,
         lease_ms: u64,
     },
     Removed(Removal),
@@ -102,7 +103,7 @@ pub enum Applied {
 pub struct LiveInstance<'a> {
     pub key: &'a InstanceKey,
     pub addr: &'a str,
-    pub metadata: &'a BTreeMap<String, String>,
+    pub metadata: &'a Metadata,
     pub lease_ms: u64,
     pub expires_ms: u64,
     pub stamp: &'a Stamp,

@@ -85,7 +85,7 @@ impl InstanceView {
                 lease_ms,
             } => (
                 Some(addr.clone()),
-                metadata.clone(),
+                metadata.to_map(),
                 Some(*lease_ms),
                 health.is_ejected(now_ms).then_some(health.ejected_until_ms),
             ),
@@ -124,7 +124,7 @@ mod tests {
             stamp: stamp(physical_ms),
             state: EntryState::Alive {
                 addr: "http://10.0.0.1:80".into(),
-                metadata: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+                metadata: [("zone".to_owned(), "a".to_owned())].into(),
                 lease_ms,
             },
         }

@@ -489,7 +489,7 @@ impl Registrar {
             kind,
             key,
             addr,
-            metadata,
+            metadata: metadata.into(),
             lease_ms,
             stamp: self.store.tick(),
             origin_node: self.store.node_id().to_owned(),

@@ -213,7 +213,6 @@ mod progress {
 
 mod reference {
     use std::cmp::Ordering;
-    use std::collections::BTreeMap;
     use switchyard_core::Stamp;
     use switchyard_core::registry::{Entry, EntryState, Removal};
     use switchyard_sim::scenario::reference::newer;
@@ -223,7 +222,7 @@ mod reference {
             stamp: Stamp::new(ms, 0, node),
             state: EntryState::Alive {
                 addr: "a".into(),
-                metadata: BTreeMap::new(),
+                metadata: Default::default(),
                 lease_ms: 1,
             },
         }

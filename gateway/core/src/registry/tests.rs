@@ -8,7 +8,7 @@ fn alive(ms: u64, node: &str, addr: &str) -> Entry {
         stamp: Stamp::new(ms, 0, node),
         state: EntryState::Alive {
             addr: addr.into(),
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
             lease_ms: 1_000,
         },
     }
@@ -108,7 +108,7 @@ fn arb_entry() -> impl Strategy<Value = (InstanceKey, Entry)> {
     let state = prop_oneof![
         (0..3u16, 1..3u64).prop_map(|(port, lease)| EntryState::Alive {
             addr: format!("http://h:{}", port + 1),
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
             lease_ms: lease * 1_000,
         }),
         Just(EntryState::Removed(Removal::Deregistered)),
@@ -168,7 +168,7 @@ proptest! {
                     EntryState::Removed(Removal::Deregistered) => (EventKind::Deregister, String::new(), 0),
                     EntryState::Removed(Removal::Evicted) => (EventKind::Evict, String::new(), 0),
                 };
-                Event { kind, key, addr, metadata: BTreeMap::new(), lease_ms, origin_node: entry.stamp.node_id.clone(), stamp: entry.stamp }
+                Event { kind, key, addr, metadata: Metadata::new(), lease_ms, origin_node: entry.stamp.node_id.clone(), stamp: entry.stamp }
             })
             .collect();
         let mut in_order = Registry::new();

@@ -1,7 +1,6 @@
 //! Replication stops at once when asked, whatever its retry loop is waiting for; it applies
 //! records in bounded runs, in topic order, and fetches more at once while catching up.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,7 +87,7 @@ fn registration(offset: u64, id: &str, ms: u64) -> (Event, Record) {
         kind: EventKind::Register,
         key: InstanceKey::new("orders", id),
         addr: "http://127.0.0.1:7001".into(),
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
         lease_ms: 1_000,
         stamp: Stamp::new(ms, 0, "gw-a"),
         origin_node: "gw-a".into(),

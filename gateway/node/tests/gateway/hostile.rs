@@ -3,7 +3,6 @@
 //! no clock, changes no entry, and is counted in `/metrics`; later local changes are stamped
 //! near the wall clock and win as usual.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,7 +35,7 @@ fn event(
         } else {
             String::new()
         },
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
         lease_ms: if alive { lease_ms } else { 0 },
         stamp: Stamp::new(physical_ms, logical, HOSTILE_NODE),
         origin_node: HOSTILE_NODE.into(),

@@ -4,7 +4,6 @@
 //! or names an older entry removes nothing; services and instances are counted against quotas;
 //! a removed service's metric series go.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +40,7 @@ fn event(kind: EventKind, service: &str, id: &str, physical_ms: u64, node: &str)
         } else {
             String::new()
         },
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
         lease_ms: if alive { LEASE_MAX_MS } else { 0 },
         stamp: Stamp::new(physical_ms, 0, node),
         origin_node: node.into(),

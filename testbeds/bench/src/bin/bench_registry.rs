@@ -8,7 +8,6 @@
 //! Prints one JSON object. Checks what it measures: the caught-up gateway must hold every
 //! instance with the same digest as the core registry, or the run fails.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +86,7 @@ fn make_events(args: &Args, now_ms: u64) -> Vec<Event> {
                 kind: EventKind::Register,
                 key: InstanceKey::new(service, instance_id),
                 addr,
-                metadata: BTreeMap::from([("language".to_owned(), "rust".to_owned())]),
+                metadata: [("language".to_owned(), "rust".to_owned())].into(),
                 lease_ms: 3_600_000,
                 stamp: hlc.tick(now_ms),
                 origin_node: "gw-writer".to_owned(),
