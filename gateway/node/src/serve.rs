@@ -23,10 +23,10 @@ use axum::serve::Listener;
 use bytes::Bytes;
 use http::{Request, Version, header};
 use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use switchyard_core::GatewayError;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -167,7 +167,7 @@ where
     L: Listener<Addr = SocketAddr>,
 {
     let router = router.layer(axum::Extension(Shutdown(shutdown.clone())));
-    let builder = Arc::new(builder(&limits));
+    let builder = Arc::new(Builders::new(&limits));
     let connections = Arc::new(Semaphore::new(limits.connections_max as usize));
     let closing = CancellationToken::new();
     let limits = Arc::new(limits);
@@ -193,29 +193,34 @@ where
         tokio::spawn(async move {
             match acceptor {
                 None => connection.run(&builder, io, shutdown, closing).await,
+                // A TLS connection's handshake and stream are several KiB more than a plain
+                // one's state: boxed, so that a plain connection's task does not carry them.
                 Some(acceptor) => {
-                    let handshake = tokio::select! {
-                        done = tokio::time::timeout(
-                            connection.limits.header_read_timeout,
-                            acceptor.accept(io),
-                        ) => done,
-                        () = closing.cancelled() => return,
-                    };
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            connection.peer =
-                                tls::peer_certificate(stream.get_ref().1).map(Arc::new);
-                            connection.run(&builder, stream, shutdown, closing).await;
+                    Box::pin(async move {
+                        let handshake = tokio::select! {
+                            done = tokio::time::timeout(
+                                connection.limits.header_read_timeout,
+                                acceptor.accept(io),
+                            ) => done,
+                            () = closing.cancelled() => return,
+                        };
+                        match handshake {
+                            Ok(Ok(stream)) => {
+                                connection.peer =
+                                    tls::peer_certificate(stream.get_ref().1).map(Arc::new);
+                                connection.run(&builder, stream, shutdown, closing).await;
+                            }
+                            Ok(Err(error)) => {
+                                (connection.on_refusal)(Refusal::TlsHandshake);
+                                tracing::debug!(client = %addr, %error, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                (connection.on_refusal)(Refusal::TlsHandshake);
+                                tracing::debug!(client = %addr, "TLS handshake timed out");
+                            }
                         }
-                        Ok(Err(error)) => {
-                            (connection.on_refusal)(Refusal::TlsHandshake);
-                            tracing::debug!(client = %addr, %error, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            (connection.on_refusal)(Refusal::TlsHandshake);
-                            tracing::debug!(client = %addr, "TLS handshake timed out");
-                        }
-                    }
+                    })
+                    .await;
                 }
             }
             drop(permit);
@@ -233,26 +238,33 @@ where
     Ok(())
 }
 
-fn builder(limits: &ServeLimits) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.http1_read_buf_bytes.max(HTTP1_READ_BUF_MIN))
-        // A client that shuts its write side after a complete request still gets the answer.
-        .half_close(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // The CONNECT protocol carries WebSockets over HTTP/2.
-        .enable_connect_protocol()
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .initial_stream_window_size(limits.http2_stream_window_bytes)
-        .initial_connection_window_size(limits.http2_connection_window_bytes)
-        .max_send_buf_size(limits.http2_send_buf_bytes)
-        .keep_alive_interval(limits.idle_timeout);
-    builder
+/// The HTTP/1.1 and HTTP/2 server settings of one listener's connections.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &ServeLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.http1_read_buf_bytes.max(HTTP1_READ_BUF_MIN))
+            // A client that shuts its write side after a complete request still gets the answer.
+            .half_close(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            // The CONNECT protocol carries WebSockets over HTTP/2.
+            .enable_connect_protocol()
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .initial_stream_window_size(limits.http2_stream_window_bytes)
+            .initial_connection_window_size(limits.http2_connection_window_bytes)
+            .max_send_buf_size(limits.http2_send_buf_bytes)
+            .keep_alive_interval(limits.idle_timeout);
+        Self { http1, http2 }
+    }
 }
 
 /// What one connection's requests need.
@@ -268,7 +280,7 @@ struct Connection {
 impl Connection {
     async fn run<I>(
         self,
-        builder: &Builder<TokioExecutor>,
+        builders: &Builders,
         io: I,
         shutdown: CancellationToken,
         closing: CancellationToken,
@@ -276,12 +288,23 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let state = Arc::new(ConnState::new());
-        let io = Watched {
-            inner: io,
-            state: state.clone(),
-        };
+        let mut io = Watched::new(io, state.clone());
         let on_refusal = self.on_refusal.clone();
         let idle_timeout = self.limits.idle_timeout;
+        // Which protocol the client speaks, from its first bytes: bounded as a connection
+        // without a request is (the idle timeout), and ended by shutdown.
+        let http2 = tokio::select! {
+            sniffed = io.sniff() => match sniffed {
+                Ok(http2) => http2,
+                Err(error) => {
+                    tracing::trace!("connection ended before its first request: {error:#}");
+                    return;
+                }
+            },
+            () = shutdown.cancelled() => return,
+            () = idle(&state, idle_timeout) => return,
+            () = closing.cancelled() => return,
+        };
         let this = Arc::new(self);
         let requests = state.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -293,31 +316,20 @@ impl Connection {
                 Ok::<_, Infallible>(response)
             }
         });
-        let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-        let mut ending = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(error) = result {
-                        // hyper's head timer also runs while a kept-alive connection waits
-                        // for its next request; only a head that had begun is a refusal.
-                        if is_header_timeout(&*error) && state.head_pending.load(Ordering::Relaxed) {
-                            on_refusal(Refusal::HeaderTimeout);
-                        }
-                        tracing::trace!("connection ended: {error:#}");
-                    }
-                    return;
-                }
-                () = shutdown.cancelled(), if !ending => {
-                    ending = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = idle(&state, idle_timeout), if !ending => {
-                    ending = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = closing.cancelled() => return,
-            }
+        let ends = Ends {
+            state: &state,
+            on_refusal: &on_refusal,
+            idle_timeout,
+            shutdown,
+            closing,
+        };
+        if http2 {
+            let conn = pin!(builders.http2.serve_connection(TokioIo::new(io), service));
+            ends.drive(conn, |conn| conn.graceful_shutdown()).await;
+        } else {
+            let conn = builders.http1.serve_connection(TokioIo::new(io), service);
+            let conn = pin!(conn.with_upgrades());
+            ends.drive(conn, |conn| conn.graceful_shutdown()).await;
         }
     }
 
@@ -339,6 +351,51 @@ impl Connection {
         match self.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
+        }
+    }
+}
+
+/// What ends a connection being served: its end, a shutdown or its idle timeout (each
+/// first a graceful one), or the end of the drain.
+struct Ends<'a> {
+    state: &'a ConnState,
+    on_refusal: &'a OnRefusal,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+    closing: CancellationToken,
+}
+
+impl Ends<'_> {
+    async fn drive<C>(self, mut conn: Pin<&mut C>, graceful: fn(Pin<&mut C>))
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        let mut ending = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        // hyper's head timer also runs while a kept-alive connection waits
+                        // for its next request; only a head that had begun is a refusal.
+                        if is_header_timeout(&error)
+                            && self.state.head_pending.load(Ordering::Relaxed)
+                        {
+                            (self.on_refusal)(Refusal::HeaderTimeout);
+                        }
+                        tracing::trace!("connection ended: {error:#}");
+                    }
+                    return;
+                }
+                () = self.shutdown.cancelled(), if !ending => {
+                    ending = true;
+                    graceful(conn.as_mut());
+                }
+                () = idle(self.state, self.idle_timeout), if !ending => {
+                    ending = true;
+                    graceful(conn.as_mut());
+                }
+                () = self.closing.cancelled() => return,
+            }
         }
     }
 }
@@ -414,10 +471,54 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A connection's byte stream, noting when bytes arrive between requests.
+/// The HTTP/2 client preface (RFC 9113 §3.4): a cleartext connection or a TLS stream that
+/// begins with it speaks HTTP/2; any other first bytes are HTTP/1.1.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's byte stream, noting when bytes arrive between requests. It first reads as
+/// much of the HTTP/2 preface as the client sends ([`Watched::sniff`]), then gives those bytes
+/// back to the first reads.
 struct Watched<I> {
     inner: I,
     state: Arc<ConnState>,
+    /// The first bytes, read to tell the protocol.
+    first: [u8; HTTP2_PREFACE.len()],
+    /// How many of `first` were read, and how many of them given back.
+    first_len: usize,
+    first_given: usize,
+}
+
+impl<I: AsyncRead + Unpin> Watched<I> {
+    fn new(inner: I, state: Arc<ConnState>) -> Self {
+        Self {
+            inner,
+            state,
+            first: [0; HTTP2_PREFACE.len()],
+            first_len: 0,
+            first_given: 0,
+        }
+    }
+
+    /// Reads until the bytes differ from the HTTP/2 preface (`false`: HTTP/1.1) or complete it
+    /// (`true`). A client that closes before sending anything ends the connection.
+    async fn sniff(&mut self) -> io::Result<bool> {
+        while self.first_len < HTTP2_PREFACE.len() {
+            let n = self.inner.read(&mut self.first[self.first_len..]).await?;
+            if n == 0 {
+                if self.first_len == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                return Ok(false);
+            }
+            let read = self.first_len..self.first_len + n;
+            self.first_len += n;
+            self.state.head_pending.store(true, Ordering::Relaxed);
+            if self.first[read.clone()] != HTTP2_PREFACE[read] {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -426,6 +527,22 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.first_given < self.first_len {
+            let this = &mut *self;
+            let rest = &this.first[this.first_given..this.first_len];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.first_given += n;
+            if this.first_given == this.first_len && buf.remaining() > 0 {
+                // And what the socket holds after them, so that hyper reads a request head
+                // whole where it can: given the first bytes alone, it would read the rest into
+                // a second reservation and keep its buffer twice the size for the
+                // connection's life (docs/benchmarks.md, "Memory"). A failure or nothing to
+                // read now is left for the next read.
+                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
         if buf.filled().len() > before && self.state.active.load(Ordering::Acquire) == 0 {
@@ -556,5 +673,74 @@ impl hyper::body::Body for TimedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// A `Watched` reading what `sent` writes, in the writes given, then the end.
+    async fn watched(sent: &[&[u8]]) -> Watched<tokio::io::DuplexStream> {
+        let (mut client, server) = tokio::io::duplex(4096);
+        for chunk in sent {
+            client.write_all(chunk).await.unwrap();
+        }
+        drop(client);
+        Watched::new(server, Arc::new(ConnState::new()))
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_http2_and_anything_else_http1() {
+        let head: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(watched(&[HTTP2_PREFACE]).await.sniff().await.unwrap());
+        assert!(!watched(&[head]).await.sniff().await.unwrap());
+        // A prefix of the preface that then differs, and a prefix that ends there.
+        assert!(
+            !watched(&[b"PRI * HTTP/1.1\r\n"])
+                .await
+                .sniff()
+                .await
+                .unwrap()
+        );
+        assert!(!watched(&[b"PRI"]).await.sniff().await.unwrap());
+        // The preface in pieces.
+        let (a, b) = HTTP2_PREFACE.split_at(5);
+        assert!(watched(&[a, b]).await.sniff().await.unwrap());
+        // Nothing at all ends the connection.
+        assert!(watched(&[]).await.sniff().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_first_read_gives_back_the_sniffed_bytes_with_what_follows() {
+        let head: &[u8] = b"POST /sample/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        let mut io = watched(&[head]).await;
+        assert!(!io.sniff().await.unwrap());
+        assert!(io.first_len > 0 && io.first_len < head.len());
+        assert!(io.state.head_pending.load(Ordering::Relaxed));
+        // One read returns the whole request: the sniffed bytes and the rest.
+        let mut buf = [0u8; 256];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], head);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_small_read_gets_the_sniffed_bytes_over_several_reads() {
+        let head: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut io = watched(&[head]).await;
+        assert!(!io.sniff().await.unwrap());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 5];
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, head);
     }
 }
