@@ -39,7 +39,7 @@ impl Metadata {
 
     /// The pairs in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.into_iter()
     }
 
     /// The pairs as a map, as the fronts and the bus's protobuf carry them.
