@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 /// String pairs sorted by key, no key twice. Built from a map, or from pairs in any order
 /// (a later pair of a key replaces an earlier one, as inserting into a map would).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Metadata(Box<[(String, String)]>);
 
 impl Metadata {
