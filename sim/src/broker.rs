@@ -15,18 +15,17 @@
 //! Not modelled: partitions of the topic (Switchyard uses one), replication between brokers,
 //! transactions.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use switchyard::bus::{Bus, BusError, MemoryBus, Record};
 use switchyard::seams::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -58,48 +57,6 @@ struct BrokerState {
     log: MemoryBus,
     faults: BrokerFaults,
     rng: Arc<Mutex<SmallRng>>,
-    /// Each record's payload in hex, by offset, as fetches sent it: a record never changes,
-    /// and redeliveries send the same records again and again. At most [`HEX_CACHED_MAX`]
-    /// records; emptied when full.
-    hexes: Arc<Mutex<BTreeMap<u64, Arc<str>>>>,
-}
-
-/// The most records whose hex the broker keeps.
-const HEX_CACHED_MAX: usize = 16_384;
-
-#[derive(Debug, Deserialize)]
-struct WireRecord {
-    offset: u64,
-    key: String,
-    payload_hex: String,
-    #[serde(default)]
-    delete: bool,
-}
-
-/// The answer to a fetch, read straight into its type: no JSON tree is built on either side.
-#[derive(Debug, Deserialize)]
-struct FetchReply {
-    records: Vec<WireRecord>,
-}
-
-/// [`FetchReply`] as the broker writes it: the same fields in the same order, the hex shared
-/// with the broker's cache.
-#[derive(Debug, Serialize)]
-struct FetchAnswer {
-    records: Vec<WireRecordOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct WireRecordOut {
-    offset: u64,
-    key: String,
-    #[serde(serialize_with = "shared_str")]
-    payload_hex: Arc<str>,
-    delete: bool,
-}
-
-fn shared_str<S: serde::Serializer>(s: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(s)
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,15 +69,6 @@ struct HwmReply {
     hwm: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct PublishBody {
-    key: String,
-    payload_hex: String,
-    /// A delete marker; `payload_hex` is then what it deletes.
-    #[serde(default)]
-    delete: bool,
-}
-
 #[derive(Debug, Deserialize)]
 struct FetchQuery {
     from: u64,
@@ -128,35 +76,80 @@ struct FetchQuery {
     wait_ms: u64,
 }
 
-/// Lower-case hex, one allocation: every record crosses the simulated broker hex-encoded, and
-/// a `format!` per byte was a quarter of a short seed's CPU.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
+/// The broker's wire for records, both ways: a publish's body is one record (its offset
+/// ignored), a fetch's answer is the records one after the other. Each is framed as
+/// `offset: u64`, `delete: u8` (0 or 1), `key length: u32`, the key in UTF-8,
+/// `payload length: u32`, the payload; integers big-endian. Binary rather than JSON: records
+/// crossed hex-encoded in JSON before, and encoding, escaping, copying and decoding them was
+/// about a tenth of a seed's CPU (docs/simulation.md, "Speed").
+pub mod wire {
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use switchyard::bus::Record;
 
-/// The bytes of hex digits (either case), or `None` for an odd length or a non-digit.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
+    /// The bytes of one record's frame besides its key and payload.
+    const FRAME_FIXED: usize = 8 + 1 + 4 + 4;
+
+    /// The length of `record`'s frame.
+    pub fn framed_len(record: &Record) -> usize {
+        FRAME_FIXED + record.key.len() + record.payload.len()
+    }
+
+    /// Appends `record`'s frame to `out`. A key or payload longer than `u32::MAX` bytes
+    /// cannot be framed: an error, and `out` is left as it was.
+    pub fn put(out: &mut BytesMut, record: &Record) -> Result<(), String> {
+        let too_long = |what: &str| format!("a record's {what} is longer than the wire allows");
+        let key_len = u32::try_from(record.key.len()).map_err(|_| too_long("key"))?;
+        let payload_len = u32::try_from(record.payload.len()).map_err(|_| too_long("payload"))?;
+        out.reserve(framed_len(record));
+        out.put_u64(record.offset);
+        out.put_u8(u8::from(record.delete));
+        out.put_u32(key_len);
+        out.put_slice(record.key.as_bytes());
+        out.put_u32(payload_len);
+        out.put_slice(&record.payload);
+        Ok(())
+    }
+
+    /// The records framed in `body`, their payloads sharing its memory. At most `max`
+    /// records; a frame cut short, a length past the body's end, a key that is not UTF-8, a
+    /// delete flag other than 0 or 1 or more than `max` records is an error naming the
+    /// first bad record, and nothing is returned.
+    pub fn records(mut body: Bytes, max: usize) -> Result<Vec<Record>, String> {
+        let mut records = Vec::new();
+        while body.has_remaining() {
+            let at = records.len();
+            if at == max {
+                return Err(format!("more than {max} records"));
+            }
+            let cut = || format!("record {at}: frame cut short");
+            if body.remaining() < FRAME_FIXED - 4 {
+                return Err(cut());
+            }
+            let offset = body.get_u64();
+            let delete = match body.get_u8() {
+                0 => false,
+                1 => true,
+                other => return Err(format!("record {at}: delete flag {other}")),
+            };
+            let key_len = body.get_u32() as usize;
+            if body.remaining() < key_len.saturating_add(4) {
+                return Err(cut());
+            }
+            let key = String::from_utf8(body.split_to(key_len).to_vec())
+                .map_err(|_| format!("record {at}: the key is not UTF-8"))?;
+            let payload_len = body.get_u32() as usize;
+            if body.remaining() < payload_len {
+                return Err(cut());
+            }
+            records.push(Record {
+                offset,
+                key,
+                payload: body.split_to(payload_len),
+                delete,
+            });
         }
+        Ok(records)
     }
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 impl BrokerState {
@@ -182,7 +175,6 @@ pub async fn broker_host(
         log,
         faults,
         rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
-        hexes: Arc::default(),
     };
     let app = Router::new()
         .route("/publish", post(publish))
@@ -202,12 +194,14 @@ fn bad(e: impl std::fmt::Display) -> (http::StatusCode, String) {
 
 async fn publish(State(state): State<BrokerState>, body: Bytes) -> Reply {
     state.delay().await;
-    let body: PublishBody = serde_json::from_slice(&body).map_err(bad)?;
-    let payload = Bytes::from(unhex(&body.payload_hex).ok_or_else(|| bad("payload_hex"))?);
-    let offset = if body.delete {
-        state.log.delete(body.key, payload).await
+    let record = match wire::records(body, 1).map_err(bad)?.pop() {
+        Some(record) => record,
+        None => return Err(bad("a publish without a record")),
+    };
+    let offset = if record.delete {
+        state.log.delete(record.key, record.payload).await
     } else {
-        state.log.publish(body.key, payload).await
+        state.log.publish(record.key, record.payload).await
     }
     .map_err(bad)?;
     let lost = state.faults.lost_ack_probability > 0.0
@@ -230,7 +224,7 @@ async fn hwm(State(state): State<BrokerState>) -> Reply {
 async fn fetch(
     State(state): State<BrokerState>,
     Query(q): Query<FetchQuery>,
-) -> Result<axum::Json<FetchAnswer>, (http::StatusCode, String)> {
+) -> Result<Bytes, (http::StatusCode, String)> {
     state.delay().await;
     let redeliver = state.faults.redeliver_probability > 0.0
         && state.roll(|r| r.random_bool(state.faults.redeliver_probability.min(1.0)));
@@ -249,28 +243,18 @@ async fn fetch(
     let wait = Duration::from_millis(q.wait_ms.min(1_000));
     let records = state
         .log
-        .fetch(from, max.min(1_024), wait)
+        .fetch(from, max.min(FETCH_RECORDS_MAX), wait)
         .await
         .map_err(bad)?;
-    let mut hexes = state.hexes.lock().unwrap_or_else(|e| e.into_inner());
-    if hexes.len() + records.len() > HEX_CACHED_MAX {
-        hexes.clear();
+    let mut answer = BytesMut::with_capacity(records.iter().map(wire::framed_len).sum());
+    for record in &records {
+        wire::put(&mut answer, record).map_err(bad)?;
     }
-    let records: Vec<WireRecordOut> = records
-        .into_iter()
-        .map(|r| WireRecordOut {
-            offset: r.offset,
-            payload_hex: hexes
-                .entry(r.offset)
-                .or_insert_with(|| hex(&r.payload).into())
-                .clone(),
-            key: r.key,
-            delete: r.delete,
-        })
-        .collect();
-    drop(hexes);
-    Ok(axum::Json(FetchAnswer { records }))
+    Ok(answer.freeze())
 }
+
+/// The most records one fetch answers.
+const FETCH_RECORDS_MAX: usize = 1_024;
 
 /// The gateways' bus adapter for the simulated broker: one HTTP/1.1 request per call over
 /// the simulated network, each bounded by a timeout so a partition looks like an outage.
@@ -288,10 +272,8 @@ impl Default for SimBus {
 }
 
 impl SimBus {
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        request: http::Request<Full<Bytes>>,
-    ) -> Result<T, BusError> {
+    /// One request to the broker: the body of a 2xx answer, an error otherwise.
+    async fn call_raw(&self, request: http::Request<Full<Bytes>>) -> Result<Bytes, BusError> {
         let exchange = crate::exchange(BROKER_HOST, BROKER_PORT, request);
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
@@ -302,6 +284,14 @@ impl SimBus {
                 String::from_utf8_lossy(&body).into_owned(),
             ));
         }
+        Ok(body)
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<T, BusError> {
+        let body = self.call_raw(request).await?;
         serde_json::from_slice(&body).map_err(|e| BusError::Unavailable(e.to_string()))
     }
 
@@ -313,16 +303,18 @@ impl SimBus {
     }
 
     async fn append(&self, key: String, payload: Bytes, delete: bool) -> Result<u64, BusError> {
-        let body = serde_json::to_vec(&PublishBody {
+        let record = Record {
+            offset: 0,
             key,
-            payload_hex: hex(&payload),
+            payload,
             delete,
-        })
-        .map_err(|e| BusError::Rejected(e.to_string()))?;
+        };
+        let mut body = BytesMut::with_capacity(wire::framed_len(&record));
+        wire::put(&mut body, &record).map_err(BusError::Rejected)?;
         let request = http::Request::post("/publish")
             .header(http::header::HOST, BROKER_HOST)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(body.freeze()))
             .map_err(|e| BusError::Rejected(e.to_string()))?;
         let reply: OffsetReply = self.call(request).await?;
         Ok(reply.offset)
@@ -353,21 +345,8 @@ impl Bus for SimBus {
     ) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
         Box::pin(async move {
             let path = format!("/fetch?from={from}&max={max}&wait_ms={}", wait.as_millis());
-            let reply: FetchReply = self.call(Self::get(&path)).await?;
-            reply
-                .records
-                .into_iter()
-                .map(|r| {
-                    let payload = unhex(&r.payload_hex)
-                        .ok_or_else(|| BusError::Unavailable("bad payload".into()))?;
-                    Ok(Record {
-                        offset: r.offset,
-                        key: r.key,
-                        payload: Bytes::from(payload),
-                        delete: r.delete,
-                    })
-                })
-                .collect()
+            let body = self.call_raw(Self::get(&path)).await?;
+            wire::records(body, max).map_err(|e| BusError::Unavailable(format!("fetch: {e}")))
         })
     }
 }

@@ -31,8 +31,8 @@ fn seeds() -> u64 {
 
 /// The fault window of the suite's explorations (the main one, short leases, liveness): 15 s,
 /// a quarter of the default world's 60 s, so that CI runs 500 seeds of five gateways in the
-/// time 300 seeds of three took (see docs/simulation.md, "Speed"); the nightly run
-/// (`sim/nightly.sh`) runs the full window.
+/// time 300 seeds of three took, with [`suite_tick_ms`] (see docs/simulation.md, "Speed");
+/// the nightly run (`sim/nightly.sh`) runs the full window.
 /// `SIM_FAULT_MS=N` changes it (at least 2000, at most 600000).
 fn suite_fault_ms() -> u64 {
     std::env::var("SIM_FAULT_MS")
@@ -42,10 +42,26 @@ fn suite_fault_ms() -> u64 {
         .unwrap_or(15_000)
 }
 
+/// The step of the main exploration: 10 ms, where every other test of the suite, the nightly
+/// run and `run`/`explore` by default take 5 ms (decision 0030): the 500 seeds then take the
+/// time the 300 of three gateways took, and CI covers both granularities of delivery.
+/// `SIM_TICK_MS=N` changes it (1 to 10).
+fn suite_tick_ms() -> u64 {
+    std::env::var("SIM_TICK_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|ms| (1..=10).contains(ms))
+        .unwrap_or(SUITE_TICK_MS)
+}
+
+/// See [`suite_tick_ms`].
+const SUITE_TICK_MS: u64 = 10;
+
 #[test]
 fn the_registry_converges_under_faults_for_every_seed() {
     let template = Options {
         fault_ms: suite_fault_ms(),
+        tick_ms: suite_tick_ms(),
         ..Options::new(0)
     };
     let outcomes = explore(0..seeds(), &template, 2, exe());
@@ -165,7 +181,10 @@ fn the_checkers_find_each_planted_bug() {
         (Bug::QuarantineOff, LEASE_MAX_MS, 10, "hostile record"),
         (Bug::ScopeIgnored, LEASE_MAX_MS, 10, "was never registered"),
         (Bug::ObserveIgnored, LEASE_MAX_MS, 20, "the clock's promise"),
-        (Bug::TickRepeats, LEASE_MAX_MS, 40, "lost"),
+        // The loss shows only when two changes to one key reach one gateway in the same
+        // millisecond: 8 of seeds 0..160 (decision 0030), so a bound of 40 missed it one
+        // time in eight whenever a change reshuffled the schedules.
+        (Bug::TickRepeats, LEASE_MAX_MS, 80, "lost"),
         (
             Bug::RemovalAlwaysWins,
             LEASE_MAX_MS,

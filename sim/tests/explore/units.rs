@@ -245,20 +245,80 @@ mod reference {
 }
 
 mod broker {
-    use switchyard_sim::broker::{hex, unhex};
+    use bytes::{Bytes, BytesMut};
+    use switchyard::bus::Record;
+    use switchyard_sim::broker::wire;
+
+    fn record(offset: u64, key: &str, payload: &[u8], delete: bool) -> Record {
+        Record {
+            offset,
+            key: key.into(),
+            payload: Bytes::copy_from_slice(payload),
+            delete,
+        }
+    }
+
+    fn framed(records: &[Record]) -> Bytes {
+        let mut out = BytesMut::new();
+        for r in records {
+            wire::put(&mut out, r).expect("framed");
+        }
+        out.freeze()
+    }
 
     #[test]
-    fn hex_round_trips_every_byte_and_refuses_what_is_not_hex() {
+    fn records_round_trip_the_wire_with_every_byte_and_an_empty_payload() {
         let all: Vec<u8> = (0..=255).collect();
-        let encoded = hex(&all);
-        assert_eq!(&encoded[..8], "00010203");
-        assert_eq!(&encoded[encoded.len() - 4..], "feff");
-        assert_eq!(unhex(&encoded), Some(all));
-        assert_eq!(unhex("ABcd"), Some(vec![0xab, 0xcd]));
-        assert_eq!(unhex(""), Some(vec![]));
-        for bad in ["a", "abc", "0g", "+f", " 1", "é0"] {
-            assert_eq!(unhex(bad), None, "{bad:?}");
+        let records = vec![
+            record(0, "sample/svc-1", &all, false),
+            record(7, "", b"", true),
+            record(u64::MAX, "caf\u{e9}/\u{1F600}", b"\x00\xff", false),
+        ];
+        let body = framed(&records);
+        assert_eq!(
+            body.len(),
+            records.iter().map(wire::framed_len).sum::<usize>()
+        );
+        assert_eq!(wire::records(body.clone(), 3), Ok(records.clone()));
+        assert_eq!(wire::records(Bytes::new(), 0), Ok(vec![]));
+        // More records than asked for is an error, not a truncation.
+        assert_eq!(
+            wire::records(body, 2),
+            Err("more than 2 records".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_bad_frame_is_refused_whole_and_named() {
+        let good = framed(&[record(1, "k", b"payload", false)]);
+        // Every cut of a good frame is refused.
+        for cut in 1..good.len() {
+            let err = wire::records(good.slice(..cut), 8).expect_err("a cut frame");
+            assert!(err.contains("record 0: frame cut short"), "{cut}: {err}");
         }
+        // A second frame cut short names the second record, and the first is not returned.
+        let mut two = BytesMut::from(&good[..]);
+        two.extend_from_slice(&good[..good.len() - 1]);
+        assert_eq!(
+            wire::records(two.freeze(), 8),
+            Err("record 1: frame cut short".to_owned())
+        );
+        // A length past the end, a flag other than 0 or 1, a key that is not UTF-8.
+        let mut long = BytesMut::from(&good[..]);
+        long[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(wire::records(long.freeze(), 8).is_err());
+        let mut flag = BytesMut::from(&good[..]);
+        flag[8] = 2;
+        assert_eq!(
+            wire::records(flag.freeze(), 8),
+            Err("record 0: delete flag 2".to_owned())
+        );
+        let mut key = BytesMut::from(&good[..]);
+        key[13] = 0xff;
+        assert_eq!(
+            wire::records(key.freeze(), 8),
+            Err("record 0: the key is not UTF-8".to_owned())
+        );
     }
 }
 
