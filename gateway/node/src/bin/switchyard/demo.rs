@@ -19,7 +19,7 @@ use switchyard::config::{Config, JwtProvider, JwtRoute};
 use switchyard::forwarding::lazy_channel;
 use switchyard::node::Node;
 use switchyard::seams::{Clock as _, Seams, SystemClock, TokioConnector, os_seed};
-use switchyard::serve::serve;
+use switchyard::serve::{serve, with_nodelay};
 
 /// The service name the demo registers.
 pub const DEMO_SERVICE: &str = "sample";
@@ -69,7 +69,11 @@ pub async fn run(
     let drain = Duration::from_millis(config.shutdown.drain_timeout_ms);
     let reset_stream_hold = Duration::from_millis(config.upstream.reset_stream_hold_ms);
     let node = Node::builder(config, seams).authenticator(auth).build();
-    let gateway = tokio::spawn(node.clone().serve(public, control, shutdown.clone()));
+    let gateway = tokio::spawn(node.clone().serve(
+        with_nodelay(public),
+        with_nodelay(control),
+        shutdown.clone(),
+    ));
 
     let registration = lazy_channel(
         Arc::new(TokioConnector),
@@ -92,7 +96,7 @@ pub async fn run(
             tonic::service::Routes::new(Sample::new(DEMO_SERVICE, &instance_id).into_server())
                 .into_axum_router();
         services.push(tokio::spawn(serve(
-            listener,
+            with_nodelay(listener),
             routes,
             shutdown.clone(),
             drain,

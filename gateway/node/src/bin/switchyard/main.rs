@@ -13,6 +13,7 @@ use switchyard::auth::Authenticator;
 use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::{self, BusKind, Config, LogFormat, Override};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
+use switchyard::serve::with_nodelay;
 use tokio_util::sync::CancellationToken;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
@@ -251,7 +252,7 @@ async fn serve(config: Config, auth: Arc<Authenticator>) -> anyhow::Result<()> {
     Node::builder(config, seams)
         .authenticator(auth)
         .build()
-        .serve(public, control, shutdown)
+        .serve(with_nodelay(public), with_nodelay(control), shutdown)
         .await
         .context("gateway failed")
 }
