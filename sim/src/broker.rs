@@ -194,10 +194,10 @@ fn bad(e: impl std::fmt::Display) -> (http::StatusCode, String) {
 
 async fn publish(State(state): State<BrokerState>, body: Bytes) -> Reply {
     state.delay().await;
-    let record = match wire::records(body, 1).map_err(bad)?.pop() {
-        Some(record) => record,
-        None => return Err(bad("a publish without a record")),
-    };
+    let record = wire::records(body, 1)
+        .map_err(bad)?
+        .pop()
+        .ok_or_else(|| bad("a publish without a record"))?;
     let offset = if record.delete {
         state.log.delete(record.key, record.payload).await
     } else {
@@ -243,7 +243,7 @@ async fn fetch(
     let wait = Duration::from_millis(q.wait_ms.min(1_000));
     let records = state
         .log
-        .fetch(from, max.min(FETCH_RECORDS_MAX), wait)
+        .fetch(from, max.min(ANSWER_RECORDS_MAX), wait)
         .await
         .map_err(bad)?;
     let mut answer = BytesMut::with_capacity(records.iter().map(wire::framed_len).sum());
@@ -253,8 +253,9 @@ async fn fetch(
     Ok(answer.freeze())
 }
 
-/// The most records one fetch answers.
-const FETCH_RECORDS_MAX: usize = 1_024;
+/// The most records one fetch answers, whatever it asks for (a gateway catching up asks for
+/// 2,048), as a Kafka broker's fetch size caps a fetch.
+const ANSWER_RECORDS_MAX: usize = 1_024;
 
 /// The gateways' bus adapter for the simulated broker: one HTTP/1.1 request per call over
 /// the simulated network, each bounded by a timeout so a partition looks like an outage.

@@ -51,11 +51,8 @@ fn suite_tick_ms() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|ms| (1..=10).contains(ms))
-        .unwrap_or(SUITE_TICK_MS)
+        .unwrap_or(10)
 }
-
-/// See [`suite_tick_ms`].
-const SUITE_TICK_MS: u64 = 10;
 
 #[test]
 fn the_registry_converges_under_faults_for_every_seed() {
