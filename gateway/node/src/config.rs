@@ -392,8 +392,8 @@ pub struct UpstreamConfig {
     /// bound is not chosen, and when every live instance is, the request is refused with
     /// 503 `overloaded`.
     pub in_flight_per_instance_max: u32,
-    /// How long a connection to an instance may go without a frame during a call before
-    /// the gateway sends an HTTP/2 ping; 0: no pings.
+    /// How often the gateway sends an HTTP/2 ping on a connection to an instance while calls
+    /// are open on it; 0: no pings.
     pub keepalive_interval_ms: u64,
     /// How long to wait for the ping's acknowledgement before closing the connection (the
     /// calls on it fail as `upstream_reset`).

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::ClientTlsConfig;
 
 use switchyard_core::balance::{
     self, AttemptOutcome, Candidate, EvictionPolicy, HealthPolicy, InstanceHealth, RetryPolicy,
@@ -17,9 +16,7 @@ use switchyard_core::balance::{
 };
 use switchyard_core::registry::{EntryState, Lookup};
 use switchyard_core::{GatewayError, InstanceKey};
-use switchyard_proto::forwarding::forwarding_service_client::ForwardingServiceClient;
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
-use tonic::transport::Channel;
 
 use crate::address::Addresses;
 use crate::config::UpstreamConfig;
@@ -40,8 +37,10 @@ const RESPONSE_ENVELOPE_BYTES_MAX: usize = switchyard_core::translate::RESPONSE_
     + 32;
 
 pub mod channel;
+pub mod unary;
 
-pub use channel::{FAILURE_SHARED_FOR, lazy_channel, upstream_channel};
+pub use channel::{FAILURE_SHARED_FOR, lazy_channel};
+use unary::{CallError, Upstream};
 
 /// A failed attempt: the error, and what it tells of the instance.
 struct Failed {
@@ -83,12 +82,13 @@ pub struct Forwarder {
     addresses: Arc<Addresses>,
     config: UpstreamConfig,
     /// TLS to `https://` instances (`upstream.tls`), when configured and readable.
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     health_policy: HealthPolicy,
     retry_policy: RetryPolicy,
     eviction_policy: EvictionPolicy,
     balancer: Mutex<BTreeMap<InstanceKey, Slot>>,
-    pool: Mutex<BTreeMap<String, Channel>>,
+    /// The client of each instance address, with its connection.
+    pool: Mutex<BTreeMap<String, Arc<Upstream>>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -195,23 +195,17 @@ impl Forwarder {
         service: &str,
         deadline: tokio::time::Instant,
     ) -> Result<Answered, GatewayError> {
-        let mut req = Some(req);
         let mut tried = BTreeSet::new();
         let mut last_error = None;
         for attempt in 1.. {
             let Some(choice) = self.choose(service, &tried)? else {
                 break;
             };
-            // A retry needs the request again. When no retry can follow this attempt (the
-            // last allowed, or no other instance left), send the request itself: a copy
-            // costs an allocation per string and header.
+            // Each attempt encodes the request anew from the one kept here, so a retry needs
+            // no copy of it.
             let last = attempt >= self.retry_policy.attempts_max || !choice.others_untried;
-            let to_send = if last { req.take() } else { req.clone() };
-            let Some(to_send) = to_send else {
-                break;
-            };
             let Choice { key, addr, .. } = choice;
-            let result = self.attempt(&key, &addr, to_send, deadline).await;
+            let result = self.attempt(&key, &addr, &req, deadline).await;
             self.record(
                 &key,
                 match &result {
@@ -312,10 +306,11 @@ impl Forwarder {
         }))
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, GatewayError> {
+    /// The client of the instance at `addr`, made on first use.
+    fn upstream(&self, addr: &str) -> Result<Arc<Upstream>, GatewayError> {
         let mut pool = lock(&self.pool);
-        if let Some(channel) = pool.get(addr) {
-            return Ok(channel.clone());
+        if let Some(upstream) = pool.get(addr) {
+            return Ok(upstream.clone());
         }
         let keep_alive = (self.config.keepalive_interval_ms != 0).then(|| channel::KeepAlive {
             interval: Duration::from_millis(self.config.keepalive_interval_ms),
@@ -330,32 +325,28 @@ impl Forwarder {
                     .address_refusal(AddressStage::Connect, class);
             }),
         };
-        let tls = addr
-            .starts_with("https://")
-            .then(|| self.tls.clone())
-            .flatten();
         let http2 = channel::Http2 {
             keep_alive,
             reset_stream_hold: Duration::from_millis(self.config.reset_stream_hold_ms),
         };
-        let channel = upstream_channel(
+        let dialer = channel::Dialer::new(
             self.connector.clone(),
-            addr,
             Duration::from_millis(self.config.connect_timeout_ms),
             channel::FAILURE_SHARED_FOR.min(Duration::from_millis(self.config.ejection_base_ms)),
-            http2,
             Some(policed),
-            tls,
-        )?;
-        pool.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        );
+        let upstream = Upstream::new(addr, dialer, http2, self.tls.clone())
+            .map_err(|detail| GatewayError::Internal { detail })?;
+        let upstream = Arc::new(upstream);
+        pool.insert(addr.to_owned(), upstream.clone());
+        Ok(upstream)
     }
 
     async fn attempt(
         &self,
         key: &InstanceKey,
         addr: &str,
-        req: ForwardingReq,
+        req: &ForwardingReq,
         deadline: tokio::time::Instant,
     ) -> Result<ForwardingResp, Failed> {
         let _in_flight = InFlight {
@@ -366,51 +357,21 @@ impl Forwarder {
             timeout_ms: self.config.timeout_ms,
             response_body_bytes_max: self.config.response_body_bytes_max,
         };
-        let mut client = ForwardingServiceClient::new(self.channel(addr)?)
-            .max_decoding_message_size(
-                limits
-                    .response_body_bytes_max
-                    .saturating_add(RESPONSE_ENVELOPE_BYTES_MAX),
-            )
-            .max_encoding_message_size(usize::MAX);
-        // The request's Via mark travels on the call itself too: an instance that is a
-        // gateway's public listener reads the call's headers, not the ForwardingReq's.
-        let via = req
-            .headers
-            .iter()
-            .rev()
-            .find(|h| h.name == switchyard_core::hops::VIA_HEADER)
-            .and_then(|h| {
-                use tonic::metadata::AsciiMetadataValue as Value;
-                // gRPC metadata values are printable ASCII (`ASCII-Value` of the gRPC HTTP/2
-                // protocol); tonic would also send the obs-text bytes HTTP admits, which a
-                // strict peer refuses. When a client sent such bytes, the gateway's own entry,
-                // the last, still goes.
-                let printable = |v: &[u8]| v.iter().all(|b| (0x20..=0x7e).contains(b));
-                let value = if printable(&h.value) {
-                    &h.value[..]
-                } else {
-                    h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
-                };
-                printable(value)
-                    .then_some(value)
-                    .and_then(|v| Value::try_from(v).ok())
-            });
-        let mut request = tonic::Request::new(req);
-        if let Some(via) = via {
-            request
-                .metadata_mut()
-                .insert(switchyard_core::hops::VIA_HEADER, via);
-        }
-        request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match tokio::time::timeout_at(deadline, client.send(request)).await {
+        let upstream = self.upstream(addr)?;
+        let call_limits = unary::CallLimits {
+            response_message_bytes_max: limits
+                .response_body_bytes_max
+                .saturating_add(RESPONSE_ENVELOPE_BYTES_MAX),
+        };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let call = upstream.send(req, timeout, via_of(req), call_limits);
+        match tokio::time::timeout_at(deadline, call).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 service: key.service.clone(),
                 timeout_ms: limits.timeout_ms,
             }
             .into()),
             Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
                 // The decoding limit leaves room for the headers; the body's own bound is
                 // exact.
                 if resp.body.len() > limits.response_body_bytes_max {
@@ -418,9 +379,10 @@ impl Forwarder {
                 }
                 Ok(resp)
             }
-            Ok(Err(status)) => {
-                let error = channel::classify(&status, key, addr, limits);
-                Err(if channel::not_dialed(&status) {
+            Ok(Err(error)) => {
+                let not_dialed = matches!(&error, CallError::Connect(f) if f.not_dialed());
+                let error = channel::classify(&error, key, addr, limits);
+                Err(if not_dialed {
                     Failed {
                         error,
                         outcome: AttemptOutcome::NotDialed,
@@ -544,4 +506,27 @@ impl Forwarder {
         drop(registry);
         lock(&self.pool).retain(|addr, _| live_addrs.contains(addr));
     }
+}
+
+/// The request's `Via` mark, to travel on the call itself too: an instance that is a
+/// gateway's public listener reads the call's headers, not the `ForwardingReq`'s.
+fn via_of(req: &ForwardingReq) -> Option<http::HeaderValue> {
+    let h = req
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name == switchyard_core::hops::VIA_HEADER)?;
+    // gRPC metadata values are printable ASCII (`ASCII-Value` of the gRPC HTTP/2 protocol);
+    // HTTP also admits obs-text bytes, which a strict peer refuses. When a client sent such
+    // bytes, the gateway's own entry, the last, still goes.
+    let printable = |v: &[u8]| v.iter().all(|b| (0x20..=0x7e).contains(b));
+    let value = if printable(&h.value) {
+        &h.value[..]
+    } else {
+        h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
+    };
+    if !printable(value) {
+        return None;
+    }
+    http::HeaderValue::from_bytes(value).ok()
 }

@@ -231,31 +231,52 @@ pub fn peer_certificate(connection: &rustls::ServerConnection) -> Option<PeerCer
 }
 
 /// The TLS instances are called with (`upstream.tls`): `None` without a CA file. The CA
-/// bundle must hold at least one certificate, and a client certificate its key.
+/// bundle must hold at least one certificate, and a client certificate its key. The
+/// instance's certificate is checked against the CA and the address's host; ALPN offers h2
+/// only.
 pub fn upstream_client(
     config: &UpstreamTlsConfig,
-) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsError> {
+) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
     if config.ca_file.as_os_str().is_empty() {
         return Ok(None);
     }
     let ca = read_bounded(&config.ca_file)?;
-    certificates(&config.ca_file, &ca)?;
-    let mut tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .assume_http2(true);
-    if !config.cert_file.as_os_str().is_empty() {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&config.ca_file, &ca)? {
+        roots.add(cert).map_err(|e| {
+            TlsError(format!(
+                "{}: a CA certificate is not usable: {e}",
+                config.ca_file.display()
+            ))
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots);
+    let mut tls = if config.cert_file.as_os_str().is_empty() {
+        builder.with_no_client_auth()
+    } else {
         let (cert, key) = (
             read_bounded(&config.cert_file)?,
             read_bounded(&config.key_file)?,
         );
-        certificates(&config.cert_file, &cert)?;
-        PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+        let chain = certificates(&config.cert_file, &cert)?;
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
             TlsError(format!(
                 "{}: no private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
                 config.key_file.display()
             ))
         })?;
-        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
-    }
-    Ok(Some(tls))
+        builder.with_client_auth_cert(chain, key).map_err(|e| {
+            TlsError(format!(
+                "{} and {} do not make a certificate and its key: {e}",
+                config.cert_file.display(),
+                config.key_file.display()
+            ))
+        })?
+    };
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(Arc::new(tls)))
 }

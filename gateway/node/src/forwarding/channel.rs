@@ -1,19 +1,20 @@
-//! Channels to instances and the reading of what tonic reports: a lazy channel per instance
-//! address through the connector seam, and the classification of a failed call into the
-//! gateway's errors.
+//! How connections to instances are opened (the [`Dialer`]: the connector seam, the address
+//! policy, the connect timeout, a shared fresh failure), tonic's lazy channel for the
+//! gateway's own clients, and the classification of a failed call into the gateway's errors.
 
-use std::error::Error as _;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use switchyard_core::{GatewayError, InstanceKey};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use switchyard_core::address::Forbidden;
 
+use super::unary::CallError;
 use crate::address::{AddressRefused, Addresses};
-use crate::seams::Connector;
+use crate::seams::{Connector, Io};
 
 /// Marks a failure to open a connection, so it can be told apart from an rpc that failed
 /// after the request was sent (which is never retried).
@@ -104,11 +105,12 @@ pub fn is_local_resource(error: &std::io::Error) -> bool {
         )
 }
 
-/// HTTP/2 pings on a connection to an instance, so a half-open connection is found and
-/// closed (its calls fail as resets) instead of holding calls until their deadline.
+/// HTTP/2 pings on a connection to an instance while calls are open on it, so a half-open
+/// connection is found and closed (its calls fail as resets) instead of holding calls until
+/// their deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepAlive {
-    /// How long the connection may go without a frame before a ping.
+    /// How often to ping.
     pub interval: Duration,
     /// How long to wait for the ping's acknowledgement.
     pub timeout: Duration,
@@ -124,115 +126,129 @@ pub struct Http2 {
     pub reset_stream_hold: Duration,
 }
 
+/// How connections to one instance address are opened: through the connector seam and, for
+/// instances, the address policy, within the connect timeout, a fresh failure shared by every
+/// connect that begins while it is fresh ([`FAILURE_SHARED_FOR`]).
+#[derive(Clone)]
+pub struct Dialer {
+    connector: Arc<dyn Connector>,
+    connect_timeout: Duration,
+    failure_shared_for: Duration,
+    policed: Option<Policed>,
+    last_failure: Arc<Mutex<Option<LastFailure>>>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("failure_shared_for", &self.failure_shared_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    /// Every connection made through the address policy when `policed` is given (each
+    /// connection resolves the host again and dials only admitted addresses).
+    pub fn new(
+        connector: Arc<dyn Connector>,
+        connect_timeout: Duration,
+        failure_shared_for: Duration,
+        policed: Option<Policed>,
+    ) -> Self {
+        Self {
+            connector,
+            connect_timeout,
+            failure_shared_for,
+            policed,
+            last_failure: Arc::default(),
+        }
+    }
+
+    /// Opens a connection to `authority` (`host:port`) and sets it up with `then` (a TLS or
+    /// an HTTP/2 handshake), all within the connect timeout. Fails at once, undialed, while
+    /// the last failure is fresh; records this one's failure unless it is the gateway's own
+    /// shortage or the address policy's refusal, which say nothing about the instance.
+    pub async fn open<T, F, Fut>(&self, authority: &str, then: F) -> Result<T, ConnectFailed>
+    where
+        F: FnOnce(Box<dyn Io>) -> Fut,
+        Fut: Future<Output = std::io::Result<T>>,
+    {
+        if let Some(shared) = shared_failure(&self.last_failure, self.failure_shared_for) {
+            return Err(ConnectFailed {
+                authority: authority.to_owned(),
+                source: shared,
+                not_dialed: true,
+            });
+        }
+        let dial = async {
+            let io = match &self.policed {
+                Some(p) => {
+                    p.addresses
+                        .connect(&*self.connector, authority, &*p.on_refused)
+                        .await
+                }
+                None => self.connector.connect(authority).await,
+            }?;
+            then(io).await
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within {} ms",
+                    self.connect_timeout.as_millis()
+                ),
+            )),
+        };
+        let mut last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(connection) => {
+                *last = None;
+                Ok(connection)
+            }
+            Err(source) => {
+                let failed = ConnectFailed::dialed(authority.to_owned(), source);
+                if !failed.is_local() && failed.refused_by_policy().is_none() {
+                    *last = Some(LastFailure {
+                        at: tokio::time::Instant::now(),
+                        kind: failed.source.kind(),
+                        message: failed.source.to_string(),
+                    });
+                }
+                Err(failed)
+            }
+        }
+    }
+}
+
 /// A channel to `addr` that connects on first use and reconnects after failures, through
 /// `connector`, with no address policy and no pings: for the gateway's own clients (a demo's
-/// or a simulation's registrations to a control listener), not for instances.
+/// or a simulation's registrations to a control listener), not for instances (those are
+/// called by [`super::unary`]).
 pub fn lazy_channel(
     connector: Arc<dyn Connector>,
     addr: &str,
     connect_timeout: Duration,
     reset_stream_hold: Duration,
 ) -> Result<Channel, GatewayError> {
-    let http2 = Http2 {
-        keep_alive: None,
-        reset_stream_hold,
-    };
-    upstream_channel(
-        connector,
-        addr,
-        connect_timeout,
-        FAILURE_SHARED_FOR,
-        http2,
-        None,
-        None,
-    )
-}
-
-/// [`lazy_channel`] with HTTP/2 keep-alive pings when `http2` has them, every
-/// connection made through the address policy when `policed` is given (each connection
-/// resolves the host again and dials only admitted addresses), and TLS over the connection
-/// (ALPN h2, the certificate checked against the address's host) when `tls` is given. Pings are sent only while
-/// calls are open: servers built on grpc-go and grpc-java by default close a connection that
-/// is pinged often with no call on it (`too_many_pings`).
-pub fn upstream_channel(
-    connector: Arc<dyn Connector>,
-    addr: &str,
-    connect_timeout: Duration,
-    failure_shared_for: Duration,
-    http2: Http2,
-    policed: Option<Policed>,
-    tls: Option<ClientTlsConfig>,
-) -> Result<Channel, GatewayError> {
-    let mut endpoint =
-        Endpoint::from_shared(addr.to_owned()).map_err(|e| GatewayError::Internal {
-            detail: format!("instance address {addr:?}: {e}"),
-        })?;
-    if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| GatewayError::Internal {
-                detail: format!("TLS to {addr:?}: {e}"),
-            })?;
-    }
-    endpoint = endpoint.http2_reset_stream_duration(http2.reset_stream_hold);
-    if let Some(keep_alive) = http2.keep_alive {
-        endpoint = endpoint
-            .http2_keep_alive_interval(keep_alive.interval)
-            .keep_alive_timeout(keep_alive.timeout)
-            .keep_alive_while_idle(false);
-    }
-    let last_failure: Arc<Mutex<Option<LastFailure>>> = Arc::default();
+    let endpoint = Endpoint::from_shared(addr.to_owned())
+        .map_err(|e| GatewayError::Internal {
+            detail: format!("address {addr:?}: {e}"),
+        })?
+        .http2_reset_stream_duration(reset_stream_hold);
+    let dialer = Dialer::new(connector, connect_timeout, FAILURE_SHARED_FOR, None);
     let connect = tower::service_fn(move |uri: http::Uri| {
-        let (connector, policed) = (connector.clone(), policed.clone());
-        let last_failure = last_failure.clone();
+        let dialer = dialer.clone();
         async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-            if let Some(shared) = shared_failure(&last_failure, failure_shared_for) {
-                return Err(ConnectFailed {
-                    authority,
-                    source: shared,
-                    not_dialed: true,
-                });
-            }
-            let dial = async {
-                match &policed {
-                    Some(p) => {
-                        p.addresses
-                            .connect(&*connector, &authority, &*p.on_refused)
-                            .await
-                    }
-                    None => connector.connect(&authority).await,
-                }
-            };
-            let attempt = tokio::time::timeout(connect_timeout, dial);
-            let result = match attempt.await {
-                Ok(result) => result,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {} ms", connect_timeout.as_millis()),
-                )),
-            };
-            let mut last = last_failure.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Ok(io) => {
-                    *last = None;
-                    Ok(TokioIo::new(io))
-                }
-                Err(source) => {
-                    let failed = ConnectFailed::dialed(authority, source);
-                    // The gateway's own shortage and the address policy's refusal say
-                    // nothing about the instance: the next request dials, or asks the
-                    // policy, again.
-                    if !failed.is_local() && failed.refused_by_policy().is_none() {
-                        *last = Some(LastFailure {
-                            at: tokio::time::Instant::now(),
-                            kind: failed.source.kind(),
-                            message: failed.source.to_string(),
-                        });
-                    }
-                    Err(failed)
-                }
-            }
+            dialer
+                .open(&authority, |io| async move { Ok(TokioIo::new(io)) })
+                .await
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
@@ -262,14 +278,14 @@ fn shared_failure(
 /// How long after a failed connection to an instance the channel fails every further connect
 /// at once, with that failure, instead of dialing again.
 ///
-/// Requests waiting on a channel whose connection is being opened share its fate: when it
-/// fails, tonic's channel (a buffer in front of a reconnecting service) takes the waiting
-/// requests one after the other and dials anew for each, so the n-th waits n connect
-/// timeouts and each dials an instance that the first failure had just ejected. Within this
+/// Requests waiting on a connection being opened share its fate: the waiting requests take
+/// their turn to connect one after the other (an instance's client and tonic's channel
+/// alike), and without this each would dial anew, so the n-th would wait n connect timeouts
+/// and each would dial an instance that the first failure had just ejected. Within this
 /// span the waiting requests fail at once instead, as connect failures the forwarder retries
 /// on another instance (like a connection pool that fails its pending requests when their
-/// connection fails, or a gRPC subchannel in transient failure). The queue drains within the
-/// same wake of the channel's task as the failure, so the span need not be long; for
+/// connection fails, or a gRPC subchannel in transient failure). The waiting requests take
+/// their turn right after the failure, so the span need not be long; for
 /// instances it is also never longer than the ejection (`upstream.ejection_base_ms`, 1 s by
 /// default), so a request sent to an ejected instance because every other one is ejected
 /// too is refused undialed only while the failure is that fresh.
@@ -281,34 +297,6 @@ struct LastFailure {
     at: tokio::time::Instant,
     kind: std::io::ErrorKind,
     message: String,
-}
-
-/// How tonic's own refusal of an oversized message begins.
-const TONIC_DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
-
-/// Whether an error of type `E` is among the causes of `status`: tells a status made on this
-/// side (a failed connect, tonic's own enforcement of the grpc-timeout) from one a service
-/// sent.
-fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
-    cause::<E>(status).is_some()
-}
-
-/// The first error of type `E` among the causes of `status`.
-fn cause<E: std::error::Error + 'static>(status: &tonic::Status) -> Option<&E> {
-    let mut cause = status.source();
-    while let Some(err) = cause {
-        if let Some(found) = err.downcast_ref::<E>() {
-            return Some(found);
-        }
-        cause = err.source();
-    }
-    None
-}
-
-/// Whether `status` is a connect failure shared with one that had just failed, with no
-/// connection dialed for it ([`FAILURE_SHARED_FOR`]).
-pub fn not_dialed(status: &tonic::Status) -> bool {
-    cause::<ConnectFailed>(status).is_some_and(ConnectFailed::not_dialed)
 }
 
 /// What the limits of one attempt were, for the errors that name them.
@@ -331,86 +319,59 @@ pub fn too_large(key: &InstanceKey, limits: AttemptLimits) -> GatewayError {
     }
 }
 
-/// The gateway's error for a call to instance `key` at `addr` that ended in `status`.
+/// The gateway's error for a call to instance `key` at `addr` that failed with `error`.
 pub fn classify(
-    status: &tonic::Status,
+    error: &CallError,
     key: &InstanceKey,
     addr: &str,
     limits: AttemptLimits,
 ) -> GatewayError {
     let service = key.service.clone();
-    let on_instance = || {
-        format!(
-            "instance {} at {addr}: {}",
-            key.instance_id,
-            status.message()
-        )
-    };
-    if let Some(failed) = cause::<ConnectFailed>(status) {
-        // The gateway's own shortage: refused as overloaded, neither ejecting nor evicting
-        // the instance, and not retried (another instance would meet the same shortage).
-        if failed.is_local() {
-            return GatewayError::Overloaded {
-                what: format!("its own resources ({failed})"),
-            };
-        }
-        if let Some(class) = failed.refused_by_policy() {
-            return GatewayError::UpstreamConnect {
-                service,
-                detail: format!(
-                    "instance {} at {addr}: every address it resolves to is refused by the address policy ({})",
-                    key.instance_id,
+    let on_instance = |what: &str| format!("instance {} at {addr}: {what}", key.instance_id);
+    match error {
+        CallError::Connect(failed) => {
+            // The gateway's own shortage: refused as overloaded, neither ejecting nor
+            // evicting the instance, and not retried (another instance would meet the same
+            // shortage).
+            if failed.is_local() {
+                return GatewayError::Overloaded {
+                    what: format!("its own resources ({failed})"),
+                };
+            }
+            let detail = match failed.refused_by_policy() {
+                Some(class) => on_instance(&format!(
+                    "every address it resolves to is refused by the address policy ({})",
                     class.label()
-                ),
+                )),
+                None => on_instance(&failed.to_string()),
             };
+            GatewayError::UpstreamConnect { service, detail }
         }
-        // A shared failure tells its own story (when the connection it shares failed);
-        // tonic's message would only say the transport failed.
-        let detail = if failed.not_dialed() {
-            format!("instance {} at {addr}: {failed}", key.instance_id)
-        } else {
-            on_instance()
-        };
-        return GatewayError::UpstreamConnect { service, detail };
-    }
-    if caused_by::<tonic::TimeoutExpired>(status) {
-        return GatewayError::UpstreamTimeout {
+        CallError::TooLarge => too_large(key, limits),
+        // The connection broke (the instance died, or reset it) or the stream was reset:
+        // not the service's answer.
+        CallError::Transport(what) => GatewayError::UpstreamReset {
             service,
-            timeout_ms: limits.timeout_ms,
-        };
-    }
-    // tonic refuses a response past the decoding limit with a status of its own making; that
-    // is the service answering too much, not the service failing the call with OUT_OF_RANGE.
-    // A test pins tonic's wording.
-    if status.code() == tonic::Code::OutOfRange
-        && status.message().starts_with(TONIC_DECODE_LIMIT_MESSAGE)
-    {
-        return too_large(key, limits);
-    }
-    // A status the transport made because the connection broke (the instance died, or reset
-    // the connection) is not the service's answer.
-    if caused_by::<hyper::Error>(status) || caused_by::<std::io::Error>(status) {
-        return GatewayError::UpstreamReset {
+            detail: on_instance(what),
+        },
+        // A gateway on the way refused the call as a loop; the refusal travels back as the
+        // same refusal (see `switchyard_core::hops::LOOP_GRPC_MESSAGE`).
+        CallError::Status { code, message }
+            if *code == tonic::Code::FailedPrecondition as i32
+                && message == switchyard_core::hops::LOOP_GRPC_MESSAGE =>
+        {
+            GatewayError::LoopDetected {
+                reason: format!(
+                    "instance {} at {addr} is a gateway that refused the call as a loop",
+                    key.instance_id
+                ),
+            }
+        }
+        CallError::Status { code, message } => GatewayError::UpstreamStatus {
             service,
-            detail: on_instance(),
-        };
-    }
-    // A gateway on the way refused the call as a loop; the refusal travels back as the
-    // same refusal (see `switchyard_core::hops::LOOP_GRPC_MESSAGE`).
-    if status.code() == tonic::Code::FailedPrecondition
-        && status.message() == switchyard_core::hops::LOOP_GRPC_MESSAGE
-    {
-        return GatewayError::LoopDetected {
-            reason: format!(
-                "instance {} at {addr} is a gateway that refused the call as a loop",
-                key.instance_id
-            ),
-        };
-    }
-    GatewayError::UpstreamStatus {
-        service,
-        grpc_code: status.code() as i32,
-        message: status.message().to_owned(),
+            grpc_code: *code,
+            message: message.clone(),
+        },
     }
 }
 
@@ -420,11 +381,8 @@ mod tests {
 
     use super::*;
 
-    fn status_of(source: io::Error) -> tonic::Status {
-        tonic::Status::from_error(Box::new(ConnectFailed::dialed(
-            "127.0.0.1:9".into(),
-            source,
-        )))
+    fn status_of(source: io::Error) -> CallError {
+        CallError::Connect(ConnectFailed::dialed("127.0.0.1:9".into(), source))
     }
 
     fn classified(source: io::Error) -> GatewayError {
