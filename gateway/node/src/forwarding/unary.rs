@@ -170,7 +170,12 @@ impl Upstream {
         let tls = if https {
             let config = tls
                 .ok_or_else(|| format!("instance address {addr:?}: https without upstream.tls"))?;
-            let name = rustls::pki_types::ServerName::try_from(authority.host().to_owned())
+            // An IPv6 host is checked without its brackets.
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| format!("instance address {addr:?}: host {e}"))?;
             Some((config, name))
         } else {
