@@ -172,15 +172,21 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and kernel CPU seconds of `pids` so far."""
+    user = kernel = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+        user += int(fields[11])  # utime
+        kernel += int(fields[12])  # stime
+    return user / CLK_TCK, kernel / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def status_kib(pids: list[int], key: str) -> int:
@@ -867,12 +873,17 @@ def measure_target(
         fixed = load(args.rate_s, args.rate)
         pids = descendants(started.measured.popen.pid)
         reset_peak_rss(pids)
-        cpu_before = cpu_seconds(pids)
+        user_before, kernel_before = cpu_split(pids)
         log(f"{name} {size} B: saturating, {args.connections} connections, {args.sat_s} s")
         sat = load(args.sat_s, None)
-        cpu_used = cpu_seconds(pids) - cpu_before
+        user_after, kernel_after = cpu_split(pids)
+        cpu_used = (user_after - user_before) + (kernel_after - kernel_before)
         sat["cpu_s"] = cpu_used
         sat["cpu_us_per_req"] = cpu_used * 1e6 / sat["requests"] if sat["requests"] else None
+        # The kernel's share: system calls and the loopback TCP they drive.
+        sat["kernel_us_per_req"] = (
+            (kernel_after - kernel_before) * 1e6 / sat["requests"] if sat["requests"] else None
+        )
         sat["cpu_cores"] = cpu_used / sat["elapsed_s"] if sat["elapsed_s"] else None
         sat["peak_rss_mib"] = status_kib(pids, "VmHWM") / 1024
         sat["rss_mib"] = status_kib(pids, "VmRSS") / 1024
@@ -980,10 +991,10 @@ def tables(results: dict, args) -> str:
         s = str(size)
         lines.append(f"\n### {size} B bodies\n")
         lines.append(
-            f"| target | req/s ({args.connections} conns) | CPU µs/req | CPU cores | peak RSS MiB | "
+            f"| target | req/s ({args.connections} conns) | CPU µs/req | of which kernel | CPU cores | peak RSS MiB | "
             f"p50 ms @{args.rate:g}/s | p99 ms | p99.9 ms | p99 added over direct ms | load CPU cores | errors |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         direct_p99 = results.get("direct", {}).get(s, {}).get("fixed", {}).get("latency_ms", {}).get("p99")
         for t in args.targets:
             r = results.get(t, {}).get(s)
@@ -994,7 +1005,8 @@ def tables(results: dict, args) -> str:
             added = None if direct_p99 is None or lat.get("p99") is None else lat["p99"] - direct_p99
             errs = sat.get("errors", 0) + fixed.get("errors", 0)
             lines.append(
-                f"| {t} | {fmt(sat['rps'], 0)} | {fmt(sat.get('cpu_us_per_req'), 1)} | {fmt(sat.get('cpu_cores'))} | "
+                f"| {t} | {fmt(sat['rps'], 0)} | {fmt(sat.get('cpu_us_per_req'), 1)} | "
+                f"{fmt(sat.get('kernel_us_per_req'), 1)} | {fmt(sat.get('cpu_cores'))} | "
                 f"{fmt(sat.get('peak_rss_mib'), 1)} | {fmt(lat.get('p50'), 3)} | {fmt(lat.get('p99'), 3)} | "
                 f"{fmt(lat.get('p99_9'), 3)} | {fmt(added, 3)} | {fmt(sat.get('load_cpu_cores'))} | {errs} |"
             )
@@ -1102,7 +1114,10 @@ def main() -> int:
     args = ap.parse_args()
     args.targets = [t for t in args.targets.split(",") if t]
     if args.switchyard_baseline is not None and BASELINE not in args.targets:
-        args.targets.append(BASELINE)
+        # Measured right after `switchyard`, so the two builds meet the same state of the
+        # machine (on a shared machine its speed drifts within minutes).
+        at = args.targets.index("switchyard") + 1 if "switchyard" in args.targets else len(args.targets)
+        args.targets.insert(at, BASELINE)
     unknown = [t for t in args.targets if t not in TARGETS and not (t == BASELINE and args.switchyard_baseline)]
     if unknown:
         ap.error(f"unknown targets {unknown}; choose from {TARGETS}")
