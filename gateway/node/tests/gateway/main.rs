@@ -17,6 +17,7 @@ mod shutdown;
 mod telemetry;
 mod tls;
 mod tombstones;
+mod upstream;
 
 use std::time::Duration;
 
