@@ -364,7 +364,7 @@ impl Forwarder {
                 .saturating_add(RESPONSE_ENVELOPE_BYTES_MAX),
         };
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let call = upstream.send(req, timeout, via_of(req), call_limits);
+        let call = upstream.send(req, timeout, call_limits);
         match tokio::time::timeout_at(deadline, call).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 service: key.service.clone(),
@@ -506,27 +506,4 @@ impl Forwarder {
         drop(registry);
         lock(&self.pool).retain(|addr, _| live_addrs.contains(addr));
     }
-}
-
-/// The request's `Via` mark, to travel on the call itself too: an instance that is a
-/// gateway's public listener reads the call's headers, not the `ForwardingReq`'s.
-fn via_of(req: &ForwardingReq) -> Option<http::HeaderValue> {
-    let h = req
-        .headers
-        .iter()
-        .rev()
-        .find(|h| h.name == switchyard_core::hops::VIA_HEADER)?;
-    // gRPC metadata values are printable ASCII (`ASCII-Value` of the gRPC HTTP/2 protocol);
-    // HTTP also admits obs-text bytes, which a strict peer refuses. When a client sent such
-    // bytes, the gateway's own entry, the last, still goes.
-    let printable = |v: &[u8]| v.iter().all(|b| (0x20..=0x7e).contains(b));
-    let value = if printable(&h.value) {
-        &h.value[..]
-    } else {
-        h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
-    };
-    if !printable(value) {
-        return None;
-    }
-    http::HeaderValue::from_bytes(value).ok()
 }

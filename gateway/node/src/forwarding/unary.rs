@@ -200,16 +200,29 @@ impl Upstream {
         })
     }
 
-    /// Calls `Send` with `req`, telling the service it has `timeout` (`grpc-timeout`) and
-    /// the `via` header when given. The caller bounds the call's time.
+    /// Calls `Send` with `req`, telling the service it has `timeout` (`grpc-timeout`). The
+    /// caller bounds the call's time.
     pub async fn send(
         &self,
         req: &ForwardingReq,
         timeout: Duration,
-        via: Option<HeaderValue>,
         limits: CallLimits,
     ) -> Result<ForwardingResp, CallError> {
         let body = encode(req)?;
+        let request = || self.request(req, timeout);
+        self.calls_open.fetch_add(1, Ordering::Relaxed);
+        let _open = CallOpen(&self.calls_open);
+        let (response, open) = self.start(request, body).await?;
+        let answer = read_answer(response, limits).await;
+        if let Err(CallError::Transport(_)) = &answer {
+            self.clear_if_broken(&open);
+        }
+        answer
+    }
+
+    /// The call's head: the method's path and gRPC's headers, the time the service has, and
+    /// the request's `Via` mark.
+    fn request(&self, req: &ForwardingReq, timeout: Duration) -> Request<()> {
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
@@ -221,44 +234,37 @@ impl Upstream {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         headers.insert(http::header::USER_AGENT, self.user_agent.clone());
         headers.insert("grpc-timeout", grpc_timeout(timeout));
-        if let Some(via) = via {
+        if let Some(via) = via_of(req) {
             headers.insert(switchyard_core::hops::VIA_HEADER, via);
         }
-
-        self.calls_open.fetch_add(1, Ordering::Relaxed);
-        let _open = CallOpen(&self.calls_open);
-        let (response, open) = self.start(request, body).await?;
-        let answer = read_answer(response, limits).await;
-        if let Err(CallError::Transport(_)) = &answer {
-            self.clear_if_broken(&open);
-        }
-        answer
+        request
     }
 
     /// Sends the request's HEADERS and DATA on the open connection, opening one when there
-    /// is none. A connection found closed before anything was sent on it is replaced once.
+    /// is none. When the connection takes no new stream (it has closed, or the instance sent
+    /// GOAWAY), nothing was sent: it is forgotten and the request goes once on a new one.
     async fn start(
         &self,
-        request: Request<()>,
+        request: impl Fn() -> Request<()>,
         body: Bytes,
     ) -> Result<(h2::client::ResponseFuture, Open), CallError> {
         let mut replaced = false;
         loop {
             let open = self.connection().await?;
-            let ready = match open.send.clone().ready().await {
-                Ok(ready) => ready,
+            let sent = match open.send.clone().ready().await {
+                Ok(mut ready) => ready.send_request(request(), false),
+                Err(error) => Err(error),
+            };
+            let (response, mut stream) = match sent {
+                Ok(sent) => sent,
                 Err(error) if !replaced => {
-                    tracing::debug!(addr = %self.uri, %error, "connection closed; opening another");
+                    tracing::debug!(addr = %self.uri, %error, "the connection takes no new call; opening another");
                     self.clear(&open);
                     replaced = true;
                     continue;
                 }
                 Err(error) => return Err(CallError::Transport(error.to_string())),
             };
-            let mut ready = ready;
-            let (response, mut stream) = ready
-                .send_request(request, false)
-                .map_err(|e| self.transport(&open, &e))?;
             // Queued behind the HEADERS of a stream not yet open: both leave in the
             // connection task's next write.
             stream
@@ -439,6 +445,29 @@ async fn handshake(
         .handshake(io)
         .await
         .map_err(|e| std::io::Error::other(format!("HTTP/2 handshake: {e}")))
+}
+
+/// The request's `Via` mark, to travel on the call itself too: an instance that is a
+/// gateway's public listener reads the call's headers, not the `ForwardingReq`'s.
+fn via_of(req: &ForwardingReq) -> Option<HeaderValue> {
+    let h = req
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name == switchyard_core::hops::VIA_HEADER)?;
+    // gRPC metadata values are printable ASCII (`ASCII-Value` of the gRPC HTTP/2 protocol);
+    // HTTP also admits obs-text bytes, which a strict peer refuses. When a client sent such
+    // bytes, the gateway's own entry, the last, still goes.
+    let printable = |v: &[u8]| v.iter().all(|b| (0x20..=0x7e).contains(b));
+    let value = if printable(&h.value) {
+        &h.value[..]
+    } else {
+        h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
+    };
+    if !printable(value) {
+        return None;
+    }
+    HeaderValue::from_bytes(value).ok()
 }
 
 /// The request as one gRPC message: the uncompressed flag, the length, the protobuf.
