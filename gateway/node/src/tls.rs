@@ -141,6 +141,20 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
+/// The CA certificates of a PEM file, as trust roots.
+fn root_store(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(path, pem)? {
+        roots.add(ca).map_err(|e| {
+            TlsError(format!(
+                "{}: a CA certificate is not usable: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(roots)
+}
+
 /// The certificates of a PEM file: at least one, at most [`CERTIFICATES_MAX`].
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
@@ -178,15 +192,7 @@ fn server_config(files: &TlsConfig, bytes: &[Vec<u8>; 3]) -> Result<ServerConfig
     let builder = if ca_pem.is_empty() {
         builder.with_no_client_auth()
     } else {
-        let mut roots = RootCertStore::empty();
-        for ca in certificates(&files.client_ca_file, ca_pem)? {
-            roots.add(ca).map_err(|e| {
-                TlsError(format!(
-                    "{}: a CA certificate is not usable: {e}",
-                    files.client_ca_file.display()
-                ))
-            })?;
-        }
+        let roots = root_store(&files.client_ca_file, ca_pem)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             // A caller may authenticate with a bearer credential instead.
             .allow_unauthenticated()
@@ -240,16 +246,7 @@ pub fn upstream_client(
     if config.ca_file.as_os_str().is_empty() {
         return Ok(None);
     }
-    let ca = read_bounded(&config.ca_file)?;
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(&config.ca_file, &ca)? {
-        roots.add(cert).map_err(|e| {
-            TlsError(format!(
-                "{}: a CA certificate is not usable: {e}",
-                config.ca_file.display()
-            ))
-        })?;
-    }
+    let roots = root_store(&config.ca_file, &read_bounded(&config.ca_file)?)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -357,7 +357,7 @@ pub fn classify(
         // A gateway on the way refused the call as a loop; the refusal travels back as the
         // same refusal (see `switchyard_core::hops::LOOP_GRPC_MESSAGE`).
         CallError::Status { code, message }
-            if *code == tonic::Code::FailedPrecondition as i32
+            if *code == switchyard_core::status::code::FAILED_PRECONDITION
                 && message == switchyard_core::hops::LOOP_GRPC_MESSAGE =>
         {
             GatewayError::LoopDetected {

@@ -14,7 +14,6 @@
 //! pinged ([`KeepAlive`]) so that a half-open connection fails its calls instead of holding
 //! them to their deadline.
 
-use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use prost::Message;
+use switchyard_core::status::code;
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 
 use super::channel::{ConnectFailed, Dialer, Http2, KeepAlive};
@@ -46,6 +46,11 @@ const RESET_STREAMS_MAX: usize = 50;
 /// The `grpc-timeout` header's largest value: eight digits (gRPC over HTTP/2).
 const GRPC_TIMEOUT_DIGITS_MAX: u64 = 99_999_999;
 
+/// A gRPC message's prefix: the compressed flag and the length (big-endian u32).
+const MESSAGE_PREFIX_BYTES: usize = 5;
+
+const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
+
 /// How a call failed.
 #[derive(Debug)]
 pub enum CallError {
@@ -64,21 +69,10 @@ pub enum CallError {
 impl CallError {
     fn internal(message: impl Into<String>) -> Self {
         Self::Status {
-            code: tonic::Code::Internal as i32,
+            code: code::INTERNAL,
             message: message.into(),
         }
     }
-}
-
-/// gRPC status codes this module names.
-mod code {
-    pub const OK: i32 = 0;
-    pub const UNKNOWN: i32 = 2;
-    pub const PERMISSION_DENIED: i32 = 7;
-    pub const UNIMPLEMENTED: i32 = 12;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-    pub const UNAUTHENTICATED: i32 = 16;
 }
 
 /// The open connection: the handle calls clone, and its number, so that a call that finds it
@@ -93,6 +87,20 @@ struct Open {
 struct State {
     open: Option<Open>,
     generation: u64,
+}
+
+impl State {
+    /// Forgets the open connection if it is the one numbered `generation` (a newer one
+    /// stays).
+    fn forget(&mut self, generation: u64) {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.generation == generation)
+        {
+            self.open = None;
+        }
+    }
 }
 
 /// The client of one instance address.
@@ -115,7 +123,6 @@ pub struct Upstream {
     /// Calls open now: pings are sent only while there are some (servers on grpc-go and
     /// grpc-java close a connection pinged with no call on it, `too_many_pings`).
     calls_open: Arc<AtomicUsize>,
-    user_agent: HeaderValue,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -196,7 +203,6 @@ impl Upstream {
             state: Arc::default(),
             opening: tokio::sync::Mutex::new(()),
             calls_open: Arc::default(),
-            user_agent: HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
         })
     }
 
@@ -232,7 +238,10 @@ impl Upstream {
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(http::header::USER_AGENT, self.user_agent.clone());
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
         headers.insert("grpc-timeout", grpc_timeout(timeout));
         if let Some(via) = via_of(req) {
             headers.insert(switchyard_core::hops::VIA_HEADER, via);
@@ -290,14 +299,10 @@ impl Upstream {
     }
 
     fn clear(&self, open: &Open) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state
-            .open
-            .as_ref()
-            .is_some_and(|o| o.generation == open.generation)
-        {
-            state.open = None;
-        }
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget(open.generation);
     }
 
     fn current(&self) -> Option<Open> {
@@ -325,39 +330,35 @@ impl Upstream {
             .open(&self.authority, |io| handshake(io, tls, http2))
             .await
             .map_err(CallError::Connect)?;
-        let generation = {
+        let open = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.generation += 1;
             let open = Open {
                 send,
                 generation: state.generation,
             };
-            state.open = Some(open);
-            state.generation
+            state.open = Some(open.clone());
+            open
         };
-        let state = Arc::downgrade(&self.state);
+        let (state, generation) = (Arc::downgrade(&self.state), open.generation);
         let calls_open = self.calls_open.clone();
         let keep_alive = self.http2.keep_alive;
         let addr = self.uri.clone();
         tokio::spawn(async move {
             drive(connection, keep_alive, &calls_open, &addr).await;
             if let Some(state) = state.upgrade() {
-                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                if state
-                    .open
-                    .as_ref()
-                    .is_some_and(|o| o.generation == generation)
-                {
-                    state.open = None;
-                }
+                state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(generation);
             }
         });
-        self.current()
-            .ok_or_else(|| CallError::Transport("the connection ended as it opened".to_owned()))
+        Ok(open)
     }
 }
 
-/// The connection's task: runs it until it ends, pinging while calls are open.
+/// The connection's task: runs it until it ends, or until a keep-alive ping goes unanswered
+/// (then dropping it fails its calls). Pings go only while calls are open.
 async fn drive(
     mut connection: h2::client::Connection<Box<dyn Io>, Bytes>,
     keep_alive: Option<KeepAlive>,
@@ -365,35 +366,17 @@ async fn drive(
     addr: &Uri,
 ) {
     let pings = keep_alive.and_then(|k| connection.ping_pong().map(|p| (k, p)));
-    let mut connection = pin!(connection);
-    let Some((keep_alive, mut ping_pong)) = pings else {
-        if let Err(error) = connection.await {
-            tracing::debug!(%addr, %error, "connection to instance ended");
-        }
-        return;
-    };
-    loop {
-        tokio::select! {
-            ended = &mut connection => {
-                if let Err(error) = ended {
-                    tracing::debug!(%addr, %error, "connection to instance ended");
-                }
-                return;
+    let pinging = async move {
+        let Some((keep_alive, mut ping_pong)) = pings else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(keep_alive.interval).await;
+            if calls_open.load(Ordering::Relaxed) == 0 {
+                continue;
             }
-            () = tokio::time::sleep(keep_alive.interval) => {}
-        }
-        if calls_open.load(Ordering::Relaxed) == 0 {
-            continue;
-        }
-        let pong = tokio::time::timeout(keep_alive.timeout, ping_pong.ping(h2::Ping::opaque()));
-        tokio::select! {
-            ended = &mut connection => {
-                if let Err(error) = ended {
-                    tracing::debug!(%addr, %error, "connection to instance ended");
-                }
-                return;
-            }
-            answered = pong => match answered {
+            let pong = ping_pong.ping(h2::Ping::opaque());
+            match tokio::time::timeout(keep_alive.timeout, pong).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
                     tracing::debug!(%addr, %error, "keep-alive ping failed; closing the connection");
@@ -405,6 +388,14 @@ async fn drive(
                 }
             }
         }
+    };
+    tokio::select! {
+        ended = connection => {
+            if let Err(error) = ended {
+                tracing::debug!(%addr, %error, "connection to instance ended");
+            }
+        }
+        () = pinging => {}
     }
 }
 
@@ -475,7 +466,7 @@ fn encode(req: &ForwardingReq) -> Result<Bytes, CallError> {
     let len = req.encoded_len();
     let prefix_len = u32::try_from(len)
         .map_err(|_| CallError::internal(format!("request message of {len} bytes")))?;
-    let mut buf = BytesMut::with_capacity(5 + len);
+    let mut buf = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + len);
     buf.put_u8(0);
     buf.put_u32(prefix_len);
     req.encode(&mut buf)
@@ -538,17 +529,19 @@ async fn read_answer(
 /// The bytes of an answer's one message as they arrive: the first chunk kept as it came
 /// (an answer of one DATA frame is not copied), later ones appended.
 #[derive(Default)]
-struct Collected {
-    first: Option<Bytes>,
-    rest: Option<BytesMut>,
+enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
 }
 
 impl Collected {
-    fn len(&self) -> usize {
-        match (&self.first, &self.rest) {
-            (_, Some(rest)) => rest.len(),
-            (Some(first), None) => first.len(),
-            (None, None) => 0,
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::One(bytes) => bytes,
+            Self::Many(bytes) => bytes,
         }
     }
 
@@ -556,29 +549,28 @@ impl Collected {
         if chunk.is_empty() {
             return Ok(());
         }
-        let bound = limits.response_message_bytes_max.saturating_add(5);
-        if self.len().saturating_add(chunk.len()) > bound {
+        let bound = limits
+            .response_message_bytes_max
+            .saturating_add(MESSAGE_PREFIX_BYTES);
+        if self.bytes().len().saturating_add(chunk.len()) > bound {
             return Err(CallError::TooLarge);
         }
-        match (&mut self.first, &mut self.rest) {
-            (None, None) => self.first = Some(chunk),
-            (_, Some(rest)) => rest.extend_from_slice(&chunk),
-            (Some(first), None) => {
-                let mut rest = BytesMut::with_capacity(first.len() + chunk.len());
-                rest.extend_from_slice(first);
-                rest.extend_from_slice(&chunk);
-                self.first = None;
-                self.rest = Some(rest);
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(chunk),
+            Self::One(first) => {
+                let mut many = BytesMut::with_capacity(first.len() + chunk.len());
+                many.extend_from_slice(&first);
+                many.extend_from_slice(&chunk);
+                Self::Many(many)
             }
-        }
-        // Refuse as soon as the length prefix says too much.
-        let bytes: &[u8] = match (&self.first, &self.rest) {
-            (_, Some(rest)) => rest,
-            (Some(first), None) => first,
-            (None, None) => &[],
+            Self::Many(mut many) => {
+                many.extend_from_slice(&chunk);
+                Self::Many(many)
+            }
         };
-        if bytes.len() >= 5 {
-            let declared = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        // Refuse as soon as the length prefix says too much.
+        if let Some(&[a, b, c, d]) = self.bytes().get(1..MESSAGE_PREFIX_BYTES) {
+            let declared = u32::from_be_bytes([a, b, c, d]) as usize;
             if declared > limits.response_message_bytes_max {
                 return Err(CallError::TooLarge);
             }
@@ -587,12 +579,12 @@ impl Collected {
     }
 
     fn decode(self) -> Result<ForwardingResp, CallError> {
-        let mut bytes = match (self.first, self.rest) {
-            (_, Some(rest)) => rest.freeze(),
-            (Some(first), None) => first,
-            (None, None) => Bytes::new(),
+        let mut bytes = match self {
+            Self::Empty => Bytes::new(),
+            Self::One(bytes) => bytes,
+            Self::Many(bytes) => bytes.freeze(),
         };
-        if bytes.len() < 5 {
+        if bytes.len() < MESSAGE_PREFIX_BYTES {
             return Err(CallError::internal(format!(
                 "an answer of {} bytes holds no gRPC message",
                 bytes.len()
@@ -636,7 +628,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Result<(), CallError>> {
         .map(|m| percent_decode(m.as_bytes()))
         .unwrap_or_default();
     // Codes past the last gRPC defines are UNKNOWN (as gRPC's clients read them).
-    let code = if (0..=16).contains(&code) {
+    let code = if (code::OK..=code::UNAUTHENTICATED).contains(&code) {
         code
     } else {
         code::UNKNOWN
