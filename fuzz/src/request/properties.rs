@@ -64,14 +64,44 @@ pub fn check_case(case: &Case) {
         via_name: GATEWAY_NODE,
         hops_max: VIA_HOPS_MAX,
     };
+    let mut wire = bytes::BytesMut::new();
+    let encoded =
+        translate::encode_forwarding_req(&head, &case.body, &ctx, TRACEPARENT_SENT, &mut wire);
     let out = match translate::to_forwarding_req(&head, case.body.clone(), &ctx) {
         Ok(out) => out,
         // A request whose Via names this gateway, or more proxies than the bound, is a
         // documented refusal.
-        Err(GatewayError::LoopDetected { .. }) => return,
+        Err(e @ GatewayError::LoopDetected { .. }) => {
+            let refused = encoded.expect_err("the wire translation forwarded a refused request");
+            assert_eq!(refused.code(), e.code());
+            return;
+        }
         Err(e) => panic!("a routed request was refused: {e}"),
     };
     check_forwarded(case, &ctx, &out);
+    check_wire(&out, encoded, &wire);
+}
+
+/// The trace context the wire translation is given (the gateway's span, in the node).
+const TRACEPARENT_SENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The request translated straight to protobuf is, byte for byte, the built one with the same
+/// trace context, and names the same service and `Via`.
+fn check_wire(
+    built: &ForwardingReq,
+    encoded: Result<translate::Encoded<'_>, GatewayError>,
+    wire: &[u8],
+) {
+    let encoded = encoded.expect("the wire translation refused a request the built one took");
+    let mut expected = built.clone();
+    switchyard_core::trace::set_traceparent(&mut expected, TRACEPARENT_SENT.to_owned());
+    assert!(
+        wire == expected.encode_to_vec().as_slice(),
+        "the wire translation differs from the built request"
+    );
+    assert_eq!(encoded.service, built.service);
+    let via = built.headers.iter().rev().find(|h| h.name == "via");
+    assert_eq!(Some(&encoded.via[..]), via.map(|h| &h.value[..]));
 }
 
 /// Every refusal on the request path is one of the documented ones, with its status.

@@ -111,12 +111,15 @@ pub fn check(headers: &HeaderMap, own: &str, hops_max: usize) -> Result<(), Gate
 /// The `Via` value the forwarded request carries: the arriving entries, then this
 /// gateway's.
 pub fn forwarded_via(headers: &HeaderMap, version: http::Version, own: &str) -> Vec<u8> {
-    let mut value = Vec::new();
-    for v in headers.get_all(VIA) {
+    let protocol = protocol(version);
+    let entries = headers.get_all(VIA);
+    let earlier: usize = entries.iter().map(|v| v.len() + 2).sum();
+    let mut value = Vec::with_capacity(earlier + protocol.len() + 1 + own.len());
+    for v in entries {
         value.extend_from_slice(v.as_bytes().trim_ascii());
         value.extend_from_slice(b", ");
     }
-    value.extend_from_slice(protocol(version).as_bytes());
+    value.extend_from_slice(protocol.as_bytes());
     value.push(b' ');
     value.extend_from_slice(own.as_bytes());
     value

@@ -101,9 +101,12 @@ impl Span {
 
     /// The `traceparent` to send to the service: this span as its parent.
     pub fn traceparent(&self) -> String {
-        let bytes = self.traceparent_bytes();
-        // Only ASCII hex digits and dashes were written.
-        String::from_utf8_lossy(&bytes).into_owned()
+        self.traceparent_text().as_str().to_owned()
+    }
+
+    /// [`Span::traceparent`] without allocating: the text in a fixed buffer.
+    pub fn traceparent_text(&self) -> TraceparentText {
+        TraceparentText(self.traceparent_bytes())
     }
 
     /// `00-<trace id>-<span id>-<flags>` written digit by digit: this runs once per request,
@@ -144,10 +147,26 @@ impl Span {
     }
 }
 
+/// A `traceparent` value, as [`Span::traceparent_text`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceparentText([u8; TRACEPARENT_LEN]);
+
+impl TraceparentText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and dashes are written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// Makes `span` the parent the service sees: in `ForwardingReq.traceparent` and in the
 /// forwarded `traceparent` header (replacing the client's in place, or added at the end).
 pub fn set_parent(req: &mut ForwardingReq, span: &Span) {
-    let value = span.traceparent();
+    set_traceparent(req, span.traceparent());
+}
+
+/// Sets `value` as the trace context the service sees: `ForwardingReq.traceparent`, and the
+/// first forwarded `traceparent` header (any later one is removed), or one added at the end.
+pub fn set_traceparent(req: &mut ForwardingReq, value: String) {
     let header_value = Bytes::copy_from_slice(value.as_bytes());
     let mut replaced = false;
     req.headers.retain_mut(|h| {

@@ -8,9 +8,9 @@
 //! [`call`] states a request as data (a GraphQL `call` field) and turns it into the HTTP head a
 //! REST client would have sent, so both fronts go through [`to_forwarding_req`] alike.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp, Header};
@@ -38,6 +38,10 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
+/// The same names as `HeaderName`s, made at compile time: a map looked up or filled with a
+/// `&str` parses the name each time.
+pub const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+pub const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
 
 /// The parts of an HTTP request head the translator reads.
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +133,7 @@ fn announces_more_than(value: &HeaderValue, limit: usize) -> bool {
 /// The client's `X-Request-Id` if it is a plausible id (1 to 128 visible ASCII characters),
 /// otherwise `None`, and the caller makes one.
 pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
-    let id = headers.get(X_REQUEST_ID)?.to_str().ok()?;
+    let id = headers.get(X_REQUEST_ID_NAME)?.to_str().ok()?;
     plausible_request_id(id).then_some(id)
 }
 
@@ -197,33 +201,60 @@ fn valid_traceparent(v: &str) -> bool {
     crate::trace::parse(v).is_some()
 }
 
-/// Builds the `ForwardingReq` for a routed request. `body` must already be bounded by the
-/// caller (it is read from the network, which the core does not do).
-pub fn to_forwarding_req(
-    head: &RequestHead<'_>,
-    body: Bytes,
+/// Where a routed request goes, read from its head before its headers are walked.
+struct Target<'h> {
+    service: &'h str,
+    path: &'h str,
+    authority: &'h str,
+}
+
+/// Routes the request and checks its hops; the authority is the URI's, else `Host`'s.
+fn target<'h>(
+    head: &RequestHead<'h>,
     ctx: &ForwardContext<'_>,
-) -> Result<ForwardingReq, GatewayError> {
-    let (service, path) = route(head.uri.path())?;
+) -> Result<Target<'h>, GatewayError> {
+    let uri: &'h Uri = head.uri;
+    let (service, path) = route(uri.path())?;
     hops::check(head.headers, ctx.via_name, ctx.hops_max)?;
-    let authority = head
-        .uri
+    let authority = uri
         .authority()
-        .map(|a| a.as_str().to_owned())
+        .map(http::uri::Authority::as_str)
         .or_else(|| {
-            head.headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
+            let headers: &'h HeaderMap = head.headers;
+            headers.get(header::HOST).and_then(|h| h.to_str().ok())
         })
         .unwrap_or_default();
+    Ok(Target {
+        service,
+        path,
+        authority,
+    })
+}
 
-    let named = connection_tokens(head.headers);
-    let mut headers = Vec::with_capacity(head.headers.len() + 4);
+/// What [`each_header`] finds on its way.
+struct Walked<'h> {
+    /// The client's first `traceparent`, if well-formed, else `""`.
+    traceparent: &'h str,
+    /// The `Via` value the service is sent: the client's entries and this gateway's.
+    via: Vec<u8>,
+}
+
+/// Passes every header the service is sent to `emit`, in order: the client's own, less the
+/// hop-by-hop ones and those the gateway replaces, then `X-Forwarded-For` (the client's
+/// entries and its address), `X-Forwarded-Proto` and `X-Forwarded-Host` unless the client
+/// sent them, `X-Request-Id` and `Via`.
+fn each_header<'h>(
+    head: &RequestHead<'h>,
+    ctx: &ForwardContext<'_>,
+    authority: &str,
+    mut emit: impl FnMut(&str, &[u8]),
+) -> Walked<'h> {
+    let headers: &'h HeaderMap = head.headers;
+    let named = connection_tokens(headers);
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     let (mut has_proto, mut has_host) = (false, false);
-    let mut traceparent = String::new();
-    for (name, value) in head.headers {
+    let mut traceparent = "";
+    for (name, value) in headers {
         let name = name.as_str();
         if is_hop_by_hop(name) || named.iter().any(|t| t == name) {
             continue;
@@ -244,73 +275,312 @@ pub fn to_forwarding_req(
                 if let Ok(v) = value.to_str()
                     && valid_traceparent(v)
                 {
-                    traceparent = v.to_owned();
+                    traceparent = v;
                 }
             }
             _ => {}
         }
-        headers.push(Header {
-            name: name.to_owned(),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        });
+        emit(name, value.as_bytes());
     }
 
-    if let Some(client) = ctx.client_addr {
+    if ctx.client_addr.is_some() || !forwarded_for.is_empty() {
         let mut value = forwarded_for.join(&b", "[..]);
-        if !value.is_empty() {
-            value.extend_from_slice(b", ");
+        if let Some(client) = ctx.client_addr {
+            if !value.is_empty() {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(AddrText::ip(client.ip()).as_bytes());
         }
-        value.extend_from_slice(client.ip().to_string().as_bytes());
-        headers.push(header_field("x-forwarded-for", value));
-    } else if !forwarded_for.is_empty() {
-        headers.push(header_field(
-            "x-forwarded-for",
-            forwarded_for.join(&b", "[..]),
-        ));
+        emit("x-forwarded-for", &value);
     }
     if !has_proto {
-        headers.push(header_field(
-            "x-forwarded-proto",
-            ctx.scheme.as_bytes().to_vec(),
-        ));
+        emit("x-forwarded-proto", ctx.scheme.as_bytes());
     }
     if !has_host && !authority.is_empty() {
-        headers.push(header_field(
-            "x-forwarded-host",
-            authority.as_bytes().to_vec(),
-        ));
+        emit("x-forwarded-host", authority.as_bytes());
     }
-    headers.push(header_field(
-        X_REQUEST_ID,
-        ctx.request_id.as_bytes().to_vec(),
-    ));
-    headers.push(header_field(
-        hops::VIA_HEADER,
-        hops::forwarded_via(head.headers, head.version, ctx.via_name),
-    ));
+    emit(X_REQUEST_ID, ctx.request_id.as_bytes());
+    let via = hops::forwarded_via(headers, head.version, ctx.via_name);
+    emit(hops::VIA_HEADER, &via);
+    Walked { traceparent, via }
+}
 
+/// Builds the `ForwardingReq` for a routed request. `body` must already be bounded by the
+/// caller (it is read from the network, which the core does not do).
+pub fn to_forwarding_req(
+    head: &RequestHead<'_>,
+    body: Bytes,
+    ctx: &ForwardContext<'_>,
+) -> Result<ForwardingReq, GatewayError> {
+    let Target {
+        service,
+        path,
+        authority,
+    } = target(head, ctx)?;
+    let mut headers = Vec::with_capacity(head.headers.len() + 5);
+    let walked = each_header(head, ctx, authority, |name, value| {
+        headers.push(Header {
+            name: name.to_owned(),
+            value: Bytes::copy_from_slice(value),
+        });
+    });
     Ok(ForwardingReq {
         method: head.method.as_str().to_owned(),
         scheme: ctx.scheme.to_owned(),
-        authority,
+        authority: authority.to_owned(),
         path: path.to_owned(),
         raw_query: head.uri.query().unwrap_or_default().to_owned(),
         headers,
         body,
         http_version: version_str(head.version).to_owned(),
-        client_addr: ctx.client_addr.map(|a| a.to_string()).unwrap_or_default(),
+        client_addr: ctx
+            .client_addr
+            .map(|a| AddrText::socket(a).as_str().to_owned())
+            .unwrap_or_default(),
         request_id: ctx.request_id.to_owned(),
         deadline_unix_ms: ctx.deadline_unix_ms,
         service: service.to_owned(),
         gateway_node: ctx.gateway_node.to_owned(),
-        traceparent,
+        traceparent: walked.traceparent.to_owned(),
     })
 }
 
-fn header_field(name: &str, value: Vec<u8>) -> Header {
-    Header {
-        name: name.to_owned(),
-        value: Bytes::from(value),
+/// What [`encode_forwarding_req`] tells beside the bytes it wrote.
+#[derive(Debug)]
+pub struct Encoded<'h> {
+    /// The service the request names.
+    pub service: &'h str,
+    /// The `Via` value the service is sent (the last `via` header of the request).
+    pub via: Vec<u8>,
+}
+
+/// Writes the request of [`to_forwarding_req`], its trace context set to `traceparent` as
+/// [`crate::trace::set_traceparent`] sets it, into `out` as the protobuf encoding of a
+/// `ForwardingReq`, byte for byte the one prost writes of that message, without building the
+/// message: no owned string or buffer per field and header. The gateway uses it for requests
+/// that no policy or audit reads.
+pub fn encode_forwarding_req<'h>(
+    head: &RequestHead<'h>,
+    body: &Bytes,
+    ctx: &ForwardContext<'_>,
+    traceparent: &str,
+    out: &mut BytesMut,
+) -> Result<Encoded<'h>, GatewayError> {
+    let Target {
+        service,
+        path,
+        authority,
+    } = target(head, ctx)?;
+    out.reserve(
+        body.len() + header_bytes(head.headers) + 8 * head.headers.len() + ENCODED_EXTRA_BYTES,
+    );
+    // Fields in the order of their numbers, an empty one left out, as prost writes them.
+    wire::string(out, 1, head.method.as_str());
+    wire::string(out, 2, ctx.scheme);
+    wire::string(out, 3, authority);
+    wire::string(out, 4, path);
+    wire::string(out, 5, head.uri.query().unwrap_or_default());
+    let mut traceparent_sent = false;
+    let walked = each_header(head, ctx, authority, |name, value| {
+        if name == TRACEPARENT {
+            // The first takes the gateway's value; any later one is dropped.
+            if traceparent_sent {
+                return;
+            }
+            traceparent_sent = true;
+            wire::header(out, name, traceparent.as_bytes());
+        } else {
+            wire::header(out, name, value);
+        }
+    });
+    if !traceparent_sent {
+        wire::header(out, TRACEPARENT, traceparent.as_bytes());
+    }
+    wire::bytes(out, 7, body);
+    wire::string(out, 8, version_str(head.version));
+    if let Some(client) = ctx.client_addr {
+        wire::string(out, 9, AddrText::socket(client).as_str());
+    }
+    wire::string(out, 10, ctx.request_id);
+    wire::uint64(out, 11, ctx.deadline_unix_ms);
+    wire::string(out, 12, service);
+    wire::string(out, 13, ctx.gateway_node);
+    wire::string(out, 14, traceparent);
+    Ok(Encoded {
+        service,
+        via: walked.via,
+    })
+}
+
+/// Room reserved beyond the body and the client's headers: the fixed fields, the forwarding
+/// headers and the trace context.
+const ENCODED_EXTRA_BYTES: usize = 512;
+
+/// The protobuf wire format, as far as a `ForwardingReq` needs it.
+mod wire {
+    use bytes::BytesMut;
+    use prost::encoding::encoded_len_varint;
+
+    const VARINT: u8 = 0;
+    const LENGTH_DELIMITED: u8 = 2;
+
+    /// A field's key (its number, below 16, and wire type) and a varint, written at once:
+    /// the bytes go in one copy rather than one buffer call each.
+    fn key_and_varint(out: &mut BytesMut, field: u8, wire_type: u8, value: u64) {
+        let mut head = [0u8; 11];
+        head[0] = (field << 3) | wire_type;
+        let mut len = 1;
+        let mut rest = value;
+        while rest >= 0x80 {
+            head[len] = (rest as u8) | 0x80;
+            rest >>= 7;
+            len += 1;
+        }
+        head[len] = rest as u8;
+        out.extend_from_slice(&head[..=len]);
+    }
+
+    /// A `bytes` or `string` field; an empty one is left out.
+    pub fn bytes(out: &mut BytesMut, field: u8, value: &[u8]) {
+        if value.is_empty() {
+            return;
+        }
+        key_and_varint(out, field, LENGTH_DELIMITED, value.len() as u64);
+        out.extend_from_slice(value);
+    }
+
+    pub fn string(out: &mut BytesMut, field: u8, value: &str) {
+        bytes(out, field, value.as_bytes());
+    }
+
+    /// A `uint64` field; zero is left out.
+    pub fn uint64(out: &mut BytesMut, field: u8, value: u64) {
+        if value != 0 {
+            key_and_varint(out, field, VARINT, value);
+        }
+    }
+
+    fn field_len(value: &[u8]) -> usize {
+        if value.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(value.len() as u64) + value.len()
+        }
+    }
+
+    /// One element of `headers` (field 6): a `Header { name = 1, value = 2 }`.
+    pub fn header(out: &mut BytesMut, name: &str, value: &[u8]) {
+        let len = field_len(name.as_bytes()) + field_len(value);
+        key_and_varint(out, 6, LENGTH_DELIMITED, len as u64);
+        bytes(out, 1, name.as_bytes());
+        bytes(out, 2, value);
+    }
+}
+
+/// An address as text without the formatting machinery (it runs for every request): IPv4
+/// digit by digit; IPv6 through `Display`, into the same fixed buffer.
+pub struct AddrText {
+    buf: [u8; ADDR_TEXT_BYTES_MAX],
+    len: usize,
+}
+
+/// The longest address text: `[` an IPv6 address of 45 characters `%` a scope id of 10
+/// digits `]:` a port of 5.
+const ADDR_TEXT_BYTES_MAX: usize = 64;
+
+impl AddrText {
+    /// `a.b.c.d:port`, or `[v6]:port` (with its scope id, if any).
+    pub fn socket(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(v4) => {
+                let mut text = Self::ip(IpAddr::V4(*v4.ip()));
+                text.push(b':');
+                text.push_decimal(u32::from(v4.port()));
+                text
+            }
+            SocketAddr::V6(v6) => Self::display(&v6),
+        }
+    }
+
+    /// The address without its port.
+    pub fn ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut text = Self::empty();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    text.push_decimal(u32::from(octet));
+                }
+                text
+            }
+            IpAddr::V6(v6) => Self::display(&v6),
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            buf: [0; ADDR_TEXT_BYTES_MAX],
+            len: 0,
+        }
+    }
+
+    fn display(value: &impl std::fmt::Display) -> Self {
+        use std::fmt::Write;
+        let mut text = Self::empty();
+        // The buffer holds the longest address; a failed write leaves what fit.
+        let _ = write!(text, "{value}");
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_decimal(&mut self, n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            self.push(d);
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is written: digits and dots, or what `Display` writes of an address.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for AddrText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AddrText").field(&self.as_str()).finish()
+    }
+}
+
+impl std::fmt::Write for AddrText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use switchyard_core::balance::{
 };
 use switchyard_core::registry::{EntryState, Lookup};
 use switchyard_core::{GatewayError, InstanceKey};
-use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
+use switchyard_proto::forwarding::ForwardingResp;
 
 use crate::address::Addresses;
 use crate::config::UpstreamConfig;
@@ -40,6 +40,7 @@ pub mod channel;
 pub mod unary;
 
 pub use channel::{FAILURE_SHARED_FOR, lazy_channel};
+pub use unary::Outgoing;
 use unary::{CallError, Upstream};
 
 /// A failed attempt: the error, and what it tells of the instance.
@@ -172,26 +173,26 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// Sends `req` to an instance of `req.service` and returns its answer and the instance
-    /// that gave it, every attempt within `deadline`.
+    /// Sends `call` to an instance of `service` and returns its answer and the instance that
+    /// gave it, every attempt within `deadline`.
     pub async fn forward(
         &self,
-        req: ForwardingReq,
+        service: &str,
+        call: &Outgoing,
         deadline: tokio::time::Instant,
     ) -> Result<Answered, GatewayError> {
-        let service = req.service.clone();
-        let result = self.forward_with_retries(req, &service, deadline).await;
+        let result = self.forward_with_retries(call, service, deadline).await;
         if let Err(GatewayError::NoLiveInstance { .. }) = &result {
             self.telemetry
                 .metrics()
-                .upstream_error(&service, UpstreamErrorKind::Unavailable);
+                .upstream_error(service, UpstreamErrorKind::Unavailable);
         }
         result
     }
 
     async fn forward_with_retries(
         &self,
-        req: ForwardingReq,
+        call: &Outgoing,
         service: &str,
         deadline: tokio::time::Instant,
     ) -> Result<Answered, GatewayError> {
@@ -201,11 +202,10 @@ impl Forwarder {
             let Some(choice) = self.choose(service, &tried)? else {
                 break;
             };
-            // Each attempt encodes the request anew from the one kept here, so a retry needs
-            // no copy of it.
+            // Every attempt sends the one encoded message.
             let last = attempt >= self.retry_policy.attempts_max || !choice.others_untried;
             let Choice { key, addr, .. } = choice;
-            let result = self.attempt(&key, &addr, &req, deadline).await;
+            let result = self.attempt(&key, &addr, call, deadline).await;
             self.record(
                 &key,
                 match &result {
@@ -346,7 +346,7 @@ impl Forwarder {
         &self,
         key: &InstanceKey,
         addr: &str,
-        req: &ForwardingReq,
+        call: &Outgoing,
         deadline: tokio::time::Instant,
     ) -> Result<ForwardingResp, Failed> {
         let _in_flight = InFlight {
@@ -364,8 +364,8 @@ impl Forwarder {
                 .saturating_add(RESPONSE_ENVELOPE_BYTES_MAX),
         };
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let call = upstream.send(req, timeout, call_limits);
-        match tokio::time::timeout_at(deadline, call).await {
+        let sent = upstream.send(call, timeout, call_limits);
+        match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 service: key.service.clone(),
                 timeout_ms: limits.timeout_ms,

@@ -38,12 +38,12 @@ use switchyard_core::GatewayError;
 use switchyard_core::hops;
 use switchyard_core::identity::Identity;
 use switchyard_core::trace::{self, Span};
-use switchyard_core::translate::{self, ForwardContext};
+use switchyard_core::translate::{self, ForwardContext, RequestHead};
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 
 use crate::audit::redact::QUERY_CHARS_MAX;
 use crate::audit::{Auditor, RequestFacts, RequestNotes};
-use crate::forwarding::{Answered, Forwarder};
+use crate::forwarding::{Answered, Forwarder, Outgoing};
 use crate::store::Store;
 use crate::sync::SharedRng;
 use crate::telemetry::metrics::InFlightGuard;
@@ -199,6 +199,26 @@ pub struct Exchange<'p> {
     _in_flight: InFlightGuard<'p>,
 }
 
+/// `n` as 32 lowercase hex digits, digit by digit: the formatting machinery cost a visible
+/// share per request.
+fn request_id_of(n: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((n >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    // Only hex digits were written.
+    std::str::from_utf8(&digits).unwrap_or_default().to_owned()
+}
+
+/// The first `n` characters of `s` (all of it when shorter), without copying them one by one.
+fn first_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 /// Begins, polices, forwards and finishes requests.
 pub struct Pipeline {
     store: Arc<Store>,
@@ -243,8 +263,7 @@ impl Pipeline {
 
     /// A fresh request id: 32 hex digits from the node's seeded generator.
     pub fn new_request_id(&self) -> String {
-        let n: u128 = self.rng.with(|r| r.random());
-        format!("{n:032x}")
+        request_id_of(self.rng.with(|r| r.random()))
     }
 
     /// Begins a request: its id (the client's, if plausible), its span (unless it waits for
@@ -267,10 +286,10 @@ impl Pipeline {
             deadline: None,
             identity: None,
             method: start.method.clone(),
-            path: start.path.chars().take(PATH_CHARS_MAX).collect(),
+            path: first_chars(start.path, PATH_CHARS_MAX).to_owned(),
             service: start
                 .service
-                .map(|s| s.chars().take(PATH_CHARS_MAX).collect()),
+                .map(|s| first_chars(s, PATH_CHARS_MAX).to_owned()),
             started: tokio::time::Instant::now(),
             start_unix_ms: self.store.now_ms(),
             response_headers: Vec::new(),
@@ -316,6 +335,57 @@ impl Pipeline {
         req: ForwardingReq,
     ) -> Result<http::Response<Bytes>, GatewayError> {
         let resp = self.call(ctx, req).await?;
+        self.answer(ctx, resp)
+    }
+
+    /// Forwards a client's HTTP request (the REST front's): as [`Pipeline::forward`] of its
+    /// translation. While no policy and no audit reads requests, it is translated straight
+    /// into the message sent ([`Outgoing::from_head`]) and no `ForwardingReq` is built.
+    pub async fn forward_head(
+        &self,
+        ctx: &mut RequestContext,
+        head: &RequestHead<'_>,
+        body: Bytes,
+    ) -> Result<http::Response<Bytes>, GatewayError> {
+        if !self.policies.is_empty() || self.auditor.is_some() {
+            let req = translate::to_forwarding_req(head, body, &self.forward_context(ctx))?;
+            return self.forward(ctx, req).await;
+        }
+        let span = self.span(ctx, None);
+        let traceparent = span.traceparent_text();
+        let (call, service) = Outgoing::from_head(
+            head,
+            &body,
+            &self.forward_context(ctx),
+            traceparent.as_str(),
+        )?;
+        drop(body);
+        let deadline = self.deadline(ctx);
+        let Answered { resp, .. } = self.forwarder.forward(service, &call, deadline).await?;
+        self.answer(ctx, resp)
+    }
+
+    /// The gateway's span of the request, started now (the child of `incoming`, a valid
+    /// traceparent, or the root of a new trace) if it has none yet.
+    fn span(&self, ctx: &mut RequestContext, incoming: Option<&str>) -> Span {
+        *ctx.span
+            .get_or_insert_with(|| self.rng.with(|rng| Span::start(incoming, rng)))
+    }
+
+    /// When the answer is due (set by [`Pipeline::forward_context`]).
+    fn deadline(&self, ctx: &RequestContext) -> tokio::time::Instant {
+        ctx.deadline.unwrap_or_else(|| {
+            tokio::time::Instant::now() + Duration::from_millis(self.forwarder.timeout_ms())
+        })
+    }
+
+    /// The service's answer as the client's: noted for the audit, checked and translated,
+    /// with the headers the policies left.
+    fn answer(
+        &self,
+        ctx: &mut RequestContext,
+        resp: ForwardingResp,
+    ) -> Result<http::Response<Bytes>, GatewayError> {
         if let Some(auditor) = &self.auditor {
             let rules = auditor.rules(ctx.service_name().unwrap_or_default());
             let capture = rules.bodies.then(|| {
@@ -343,20 +413,11 @@ impl Pipeline {
         ctx: &mut RequestContext,
         mut req: ForwardingReq,
     ) -> Result<ForwardingResp, GatewayError> {
-        let span = match ctx.span {
-            Some(span) => span,
-            None => {
-                // The translator kept the caller's traceparent only if it is valid; the span
-                // is its child, or the root of a new trace.
-                let incoming = Some(req.traceparent.as_str()).filter(|t| !t.is_empty());
-                let span = self.rng.with(|rng| Span::start(incoming, rng));
-                ctx.span = Some(span);
-                span
-            }
-        };
-        let deadline = ctx.deadline.unwrap_or_else(|| {
-            tokio::time::Instant::now() + Duration::from_millis(self.forwarder.timeout_ms())
-        });
+        // The translator kept the caller's traceparent only if it is valid; the span is its
+        // child, or the root of a new trace.
+        let incoming = Some(req.traceparent.as_str()).filter(|t| !t.is_empty());
+        let span = self.span(ctx, incoming);
+        let deadline = self.deadline(ctx);
         if let (Some(notes), Some(auditor)) = (ctx.audit.as_deref_mut(), &self.auditor) {
             notes.bytes_in = req.body.len() as u64;
             let rules = auditor.rules(&req.service);
@@ -369,7 +430,11 @@ impl Pipeline {
             self.police(ctx, &mut req).await?;
         }
         trace::set_parent(&mut req, &span);
-        let Answered { resp, instance } = self.forwarder.forward(req, deadline).await?;
+        let call = Outgoing::of(&req)?;
+        let Answered { resp, instance } = self
+            .forwarder
+            .forward(&req.service, &call, deadline)
+            .await?;
         if let Some(notes) = ctx.audit.as_deref_mut() {
             notes.instance_id = instance.instance_id;
         }
@@ -478,6 +543,22 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_as_format_writes_them() {
+        for n in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, 1 << 127] {
+            assert_eq!(request_id_of(n), format!("{n:032x}"));
+        }
+    }
+
+    #[test]
+    fn first_chars_cuts_at_a_character_not_a_byte() {
+        assert_eq!(first_chars("/s/x", 256), "/s/x");
+        assert_eq!(first_chars("/s/x", 2), "/s");
+        assert_eq!(first_chars("/é/ü", 3), "/é/");
+        assert_eq!(first_chars("", 0), "");
+        assert_eq!(first_chars("é", 0), "");
+    }
 
     #[test]
     fn the_policies_leave_at_most_the_bound_of_response_headers() {

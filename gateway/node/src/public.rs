@@ -11,7 +11,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::HeaderValue;
 use switchyard_core::GatewayError;
-use switchyard_core::translate::{self, Limits, RequestHead, X_REQUEST_ID};
+use switchyard_core::translate::{self, Limits, RequestHead, X_REQUEST_ID_NAME};
 
 use crate::pipeline::{Parent, Pipeline, RequestContext, Start};
 use crate::respond::{error_response, read_body};
@@ -43,7 +43,7 @@ async fn forward(
         request_id: translate::client_request_id(headers),
         parent: Parent::Header(
             headers
-                .get(translate::TRACEPARENT)
+                .get(translate::TRACEPARENT_NAME)
                 .and_then(|v| v.to_str().ok()),
         ),
         method: request.method(),
@@ -65,7 +65,7 @@ async fn forward(
         }
     };
     if let Some(v) = request_id {
-        response.headers_mut().insert(X_REQUEST_ID, v);
+        response.headers_mut().insert(X_REQUEST_ID_NAME, v);
     }
     response
 }
@@ -86,7 +86,5 @@ async fn handle(
     // Refuse a bad route before reading a body that would be thrown away.
     translate::route(parts.uri.path())?;
     let body = read_body(body, rest.limits.body_bytes_max).await?;
-    let pipeline = &rest.pipeline;
-    let forwarding_req = translate::to_forwarding_req(&head, body, &pipeline.forward_context(ctx))?;
-    pipeline.forward(ctx, forwarding_req).await
+    rest.pipeline.forward_head(ctx, &head, body).await
 }

@@ -401,3 +401,124 @@ fn the_forwarded_request_carries_via_and_a_looped_one_is_refused() {
     let err = to_forwarding_req(&head_of(&far), Bytes::new(), &ctx()).unwrap_err();
     assert_eq!(err.http_status(), 508);
 }
+
+mod straight_to_the_wire {
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::trace::set_traceparent;
+
+    const SPAN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Header names the translator treats each its own way, and some it passes as they are.
+    fn name() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "accept",
+            "x-custom",
+            "host",
+            "connection",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+            "via",
+            "traceparent",
+        ])
+    }
+
+    /// A field value: visible ASCII, spaces and obs-text, sometimes empty; some name a header
+    /// (for `Connection`), some are trace contexts, valid or not.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(prop_oneof![0x21u8..0x7f, Just(b' '), 0x80u8..=0xff], 0..40),
+            Just(b"x-custom, accept".to_vec()),
+            Just(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+            Just(b"00-00000000000000000000000000000000-b7ad6b7169203331-01".to_vec()),
+            Just(b"1.1 edge".to_vec()),
+        ]
+    }
+
+    fn client() -> impl Strategy<Value = Option<SocketAddr>> {
+        prop_oneof![
+            Just(None),
+            any::<([u8; 4], u16)>().prop_map(|(ip, port)| Some(SocketAddr::from((ip, port)))),
+            any::<([u16; 8], u16, u32)>().prop_map(|(ip, port, scope)| {
+                let ip = Ipv6Addr::from(ip);
+                Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)))
+            }),
+        ]
+    }
+
+    fn uri() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "/orders/v1/items?a=1&b=%20",
+            "/orders",
+            "http://api.example:8080/orders/x",
+            "/",
+            "/%6frders/x",
+        ])
+    }
+
+    proptest! {
+        /// The request written straight to protobuf is, byte for byte, what prost writes of
+        /// the `ForwardingReq` built for it with the same trace context; and a request the
+        /// one refuses, the other refuses alike.
+        #[test]
+        fn it_is_the_built_request_to_the_byte(
+            fields in prop::collection::vec((name(), value()), 0..12),
+            uri in uri(),
+            client in client(),
+            http10 in any::<bool>(),
+            body in prop::collection::vec(any::<u8>(), 0..300),
+            deadline_unix_ms in prop_oneof![Just(0u64), any::<u64>()],
+        ) {
+            let mut builder = http::Request::builder()
+                .method("POST")
+                .uri(uri)
+                .version(if http10 { Version::HTTP_10 } else { Version::HTTP_11 });
+            for (name, value) in &fields {
+                builder = builder.header(*name, HeaderValue::from_bytes(value).unwrap());
+            }
+            let req = builder.body(()).unwrap();
+            let head = head_of(&req);
+            let ctx = ForwardContext { client_addr: client, deadline_unix_ms, ..ctx() };
+            let body = Bytes::from(body);
+            let mut out = BytesMut::new();
+            let encoded = encode_forwarding_req(&head, &body, &ctx, SPAN, &mut out);
+            match to_forwarding_req(&head, body.clone(), &ctx) {
+                Ok(mut built) => {
+                    let encoded = encoded.unwrap();
+                    set_traceparent(&mut built, SPAN.to_owned());
+                    prop_assert_eq!(&out[..], &built.encode_to_vec()[..]);
+                    prop_assert_eq!(encoded.service, built.service.as_str());
+                    let via = built.headers.iter().rev().find(|h| h.name == "via").unwrap();
+                    prop_assert_eq!(&encoded.via[..], &via.value[..]);
+                }
+                Err(error) => prop_assert_eq!(encoded.unwrap_err().code(), error.code()),
+            }
+        }
+
+        /// Addresses are written as `Display` writes them.
+        #[test]
+        fn addresses_read_as_display_writes_them(client in client()) {
+            if let Some(addr) = client {
+                let (socket, ip) = (AddrText::socket(addr), AddrText::ip(addr.ip()));
+                prop_assert_eq!(socket.as_str(), addr.to_string());
+                prop_assert_eq!(ip.as_str(), addr.ip().to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_address_fits() {
+        let ip = Ipv6Addr::from([0xffff; 8]);
+        let addr = SocketAddr::V6(SocketAddrV6::new(ip, 65535, 0, u32::MAX));
+        assert_eq!(AddrText::socket(addr).as_str(), addr.to_string());
+    }
+}

@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use prost::Message;
+use switchyard_core::GatewayError;
 use switchyard_core::status::code;
+use switchyard_core::translate::{self, ForwardContext, RequestHead};
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 
 use super::channel::{ConnectFailed, Dialer, Http2, KeepAlive};
@@ -48,6 +50,10 @@ const GRPC_TIMEOUT_DIGITS_MAX: u64 = 99_999_999;
 
 /// A gRPC message's prefix: the compressed flag and the length (big-endian u32).
 const MESSAGE_PREFIX_BYTES: usize = 5;
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
 
@@ -206,19 +212,18 @@ impl Upstream {
         })
     }
 
-    /// Calls `Send` with `req`, telling the service it has `timeout` (`grpc-timeout`). The
+    /// Calls `Send` with `call`, telling the service it has `timeout` (`grpc-timeout`). The
     /// caller bounds the call's time.
     pub async fn send(
         &self,
-        req: &ForwardingReq,
+        call: &Outgoing,
         timeout: Duration,
         limits: CallLimits,
     ) -> Result<ForwardingResp, CallError> {
-        let body = encode(req)?;
-        let request = || self.request(req, timeout);
+        let request = || self.request(call.via.as_ref(), timeout);
         self.calls_open.fetch_add(1, Ordering::Relaxed);
         let _open = CallOpen(&self.calls_open);
-        let (response, open) = self.start(request, body).await?;
+        let (response, open) = self.start(request, call.message.clone()).await?;
         let answer = read_answer(response, limits).await;
         if let Err(CallError::Transport(_)) = &answer {
             self.clear_if_broken(&open);
@@ -228,7 +233,7 @@ impl Upstream {
 
     /// The call's head: the method's path and gRPC's headers, the time the service has, and
     /// the request's `Via` mark.
-    fn request(&self, req: &ForwardingReq, timeout: Duration) -> Request<()> {
+    fn request(&self, via: Option<&HeaderValue>, timeout: Duration) -> Request<()> {
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
@@ -242,9 +247,9 @@ impl Upstream {
             http::header::USER_AGENT,
             HeaderValue::from_static(USER_AGENT),
         );
-        headers.insert("grpc-timeout", grpc_timeout(timeout));
-        if let Some(via) = via_of(req) {
-            headers.insert(switchyard_core::hops::VIA_HEADER, via);
+        headers.insert(GRPC_TIMEOUT, grpc_timeout(timeout));
+        if let Some(via) = via {
+            headers.insert(http::header::VIA, via.clone());
         }
         request
     }
@@ -438,22 +443,81 @@ async fn handshake(
         .map_err(|e| std::io::Error::other(format!("HTTP/2 handshake: {e}")))
 }
 
-/// The request's `Via` mark, to travel on the call itself too: an instance that is a
+/// A request ready for the wire: its gRPC message (the uncompressed flag, the length, the
+/// protobuf of its `ForwardingReq`) and its `Via` mark for the call's own headers. Encoded
+/// once, it is sent as it is by every attempt.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    message: Bytes,
+    via: Option<HeaderValue>,
+}
+
+impl Outgoing {
+    /// Encodes `req`.
+    pub fn of(req: &ForwardingReq) -> Result<Self, GatewayError> {
+        let len = req.encoded_len();
+        let mut buf = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + len);
+        buf.put_u8(0);
+        buf.put_u32(0);
+        req.encode(&mut buf).map_err(|e| GatewayError::Internal {
+            detail: format!("encoding the request: {e}"),
+        })?;
+        let via = req
+            .headers
+            .iter()
+            .rev()
+            .find(|h| h.name == switchyard_core::hops::VIA_HEADER)
+            .and_then(|h| via_value(&h.value));
+        Ok(Self {
+            message: framed(buf)?,
+            via,
+        })
+    }
+
+    /// The request of a client's HTTP head and body, translated straight into its message
+    /// ([`translate::encode_forwarding_req`]) with `traceparent` as its trace context. Returns
+    /// the service it names too.
+    pub fn from_head<'h>(
+        head: &RequestHead<'h>,
+        body: &Bytes,
+        ctx: &ForwardContext<'_>,
+        traceparent: &str,
+    ) -> Result<(Self, &'h str), GatewayError> {
+        let mut buf = BytesMut::with_capacity(
+            MESSAGE_PREFIX_BYTES + body.len() + translate::header_bytes(head.headers) + 1024,
+        );
+        buf.put_u8(0);
+        buf.put_u32(0);
+        let encoded = translate::encode_forwarding_req(head, body, ctx, traceparent, &mut buf)?;
+        let call = Self {
+            message: framed(buf)?,
+            via: via_value(&encoded.via),
+        };
+        Ok((call, encoded.service))
+    }
+}
+
+/// Writes the message's length into the prefix `buf` starts with.
+fn framed(mut buf: BytesMut) -> Result<Bytes, GatewayError> {
+    let len = buf.len() - MESSAGE_PREFIX_BYTES;
+    let prefix = u32::try_from(len).map_err(|_| GatewayError::Internal {
+        detail: format!("request message of {len} bytes"),
+    })?;
+    buf[1..MESSAGE_PREFIX_BYTES].copy_from_slice(&prefix.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// The request's `Via` value as a header of the call itself too: an instance that is a
 /// gateway's public listener reads the call's headers, not the `ForwardingReq`'s.
-fn via_of(req: &ForwardingReq) -> Option<HeaderValue> {
-    let h = req
-        .headers
-        .iter()
-        .rev()
-        .find(|h| h.name == switchyard_core::hops::VIA_HEADER)?;
+fn via_value(value: &[u8]) -> Option<HeaderValue> {
     // gRPC metadata values are printable ASCII (`ASCII-Value` of the gRPC HTTP/2 protocol);
     // HTTP also admits obs-text bytes, which a strict peer refuses. When a client sent such
     // bytes, the gateway's own entry, the last, still goes.
     let printable = |v: &[u8]| v.iter().all(|b| (0x20..=0x7e).contains(b));
-    let value = if printable(&h.value) {
-        &h.value[..]
+    let value = if printable(value) {
+        value
     } else {
-        h.value.rsplit(|b| *b == b',').next()?.trim_ascii()
+        value.rsplit(|b| *b == b',').next()?.trim_ascii()
     };
     if !printable(value) {
         return None;
@@ -461,28 +525,28 @@ fn via_of(req: &ForwardingReq) -> Option<HeaderValue> {
     HeaderValue::from_bytes(value).ok()
 }
 
-/// The request as one gRPC message: the uncompressed flag, the length, the protobuf.
-fn encode(req: &ForwardingReq) -> Result<Bytes, CallError> {
-    let len = req.encoded_len();
-    let prefix_len = u32::try_from(len)
-        .map_err(|_| CallError::internal(format!("request message of {len} bytes")))?;
-    let mut buf = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + len);
-    buf.put_u8(0);
-    buf.put_u32(prefix_len);
-    req.encode(&mut buf)
-        .map_err(|e| CallError::internal(format!("encoding the request: {e}")))?;
-    Ok(buf.freeze())
-}
-
 /// `grpc-timeout` for `timeout`, in milliseconds, or seconds past eight digits of them.
 fn grpc_timeout(timeout: Duration) -> HeaderValue {
     let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    let value = if ms <= GRPC_TIMEOUT_DIGITS_MAX {
-        format!("{ms}m")
+    let (value, unit) = if ms <= GRPC_TIMEOUT_DIGITS_MAX {
+        (ms, b'm')
     } else {
-        format!("{}S", (ms / 1000).min(GRPC_TIMEOUT_DIGITS_MAX))
+        ((ms / 1000).min(GRPC_TIMEOUT_DIGITS_MAX), b'S')
     };
-    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("1m"))
+    // Digit by digit: the formatting machinery cost a visible share per call.
+    let mut text = [0u8; 9];
+    let mut at = text.len() - 1;
+    text[at] = unit;
+    let mut rest = value;
+    loop {
+        at -= 1;
+        text[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&text[at..]).unwrap_or_else(|_| HeaderValue::from_static("1m"))
 }
 
 /// Reads the answer: its status (from the headers of a trailers-only answer, else from the
@@ -610,7 +674,7 @@ impl Collected {
 
 /// The gRPC status in `headers`: `None` without `grpc-status`, `Ok` for OK.
 fn grpc_status(headers: &HeaderMap) -> Option<Result<(), CallError>> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(GRPC_STATUS)?;
     let code = std::str::from_utf8(value.as_bytes())
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok());
@@ -624,7 +688,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Result<(), CallError>> {
         return Some(Ok(()));
     }
     let message = headers
-        .get("grpc-message")
+        .get(GRPC_MESSAGE)
         .map(|m| percent_decode(m.as_bytes()))
         .unwrap_or_default();
     // Codes past the last gRPC defines are UNKNOWN (as gRPC's clients read them).
@@ -810,7 +874,7 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             ..Default::default()
         };
-        let mut bytes = encode(&req).unwrap();
+        let mut bytes = Outgoing::of(&req).unwrap().message;
         assert_eq!(bytes.get_u8(), 0);
         assert_eq!(bytes.get_u32() as usize, bytes.len());
         assert_eq!(ForwardingReq::decode(bytes).unwrap(), req);

@@ -22,7 +22,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use switchyard_core::GatewayError;
-use switchyard_core::translate::{self, Limits, X_REQUEST_ID};
+use switchyard_core::translate::{self, Limits, X_REQUEST_ID_NAME};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +106,7 @@ fn json(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(X_REQUEST_ID, v);
+        response.headers_mut().insert(X_REQUEST_ID_NAME, v);
     }
     response
 }
