@@ -532,11 +532,7 @@ impl Node {
     fn public_router(&self, backend: &Arc<Backend>) -> Router {
         let fronts = &self.config.public;
         let probes = probes::router(self.status.clone());
-        let base = if fronts.rest {
-            let rest = Arc::new(Rest {
-                pipeline: self.pipeline.clone(),
-                limits: self.call_limits(),
-            });
+        let base = if let Some(rest) = self.public_rest() {
             probes.merge(public::router(rest))
         } else {
             probes.fallback(respond::route_not_found)
@@ -546,6 +542,23 @@ impl Node {
         } else {
             base
         }
+    }
+
+    /// The REST front, when it is on: mounted on the public router (above), and called by the
+    /// listener directly for every path but the router's own (`serve::Direct`).
+    fn public_rest(&self) -> Option<Arc<Rest>> {
+        let fronts = &self.config.public;
+        let mut others = probes::PATHS.to_vec();
+        if fronts.graphql {
+            others.push(graphql::endpoint::GRAPHQL_PATH);
+        }
+        fronts.rest.then(|| {
+            Arc::new(Rest {
+                pipeline: self.pipeline.clone(),
+                limits: self.call_limits(),
+                others,
+            })
+        })
     }
 
     /// Counts a listener's refusals in `switchyard_listener_refusals_total`.
@@ -702,9 +715,10 @@ impl Node {
         };
         let backend = node.graphql_backend();
         let result = tokio::try_join!(
-            serve::serve_with(
+            serve::serve_direct(
                 public_listener,
                 node.public_router(&backend),
+                node.public_rest(),
                 shutdown.clone(),
                 drain,
                 serve_limits(

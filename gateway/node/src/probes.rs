@@ -11,11 +11,15 @@ use http::StatusCode;
 use crate::respond::json_response;
 use crate::status::Status;
 
+/// The probes' paths.
+pub const PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
 /// The probe routes.
 pub fn router(status: Arc<Status>) -> Router {
+    let [health, ready] = PATHS;
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(health, get(healthz))
+        .route(ready, get(readyz))
         .with_state(status)
 }
 

@@ -2,6 +2,7 @@
 //! The composition root mounts it (when `public.rest` is on) beside the probes and the
 //! GraphQL front.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -16,6 +17,7 @@ use switchyard_core::translate::{self, Limits, RequestHead, X_REQUEST_ID_NAME};
 use crate::pipeline::{Parent, Pipeline, RequestContext, Start};
 use crate::respond::{error_response, read_body};
 use crate::seams::ClientAddr;
+use crate::serve::Direct;
 use crate::telemetry::Front;
 
 /// What the REST handler needs.
@@ -23,6 +25,9 @@ use crate::telemetry::Front;
 pub struct Rest {
     pub pipeline: Arc<Pipeline>,
     pub limits: Limits,
+    /// The paths the listener's router serves itself (the probes, `/graphql`): every other
+    /// path is a service's.
+    pub others: Vec<&'static str>,
 }
 
 /// REST forwarding for every path the router does not serve otherwise.
@@ -30,11 +35,30 @@ pub fn router(rest: Arc<Rest>) -> Router {
     Router::new().fallback(forward).with_state(rest)
 }
 
+/// The listener calls the REST front directly for every path but the router's own.
+impl Direct for Rest {
+    fn claims(&self, path: &str) -> bool {
+        !self.others.contains(&path)
+    }
+
+    fn call(
+        &self,
+        request: Request,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response> + Send + '_ {
+        forward_from(self, client, request)
+    }
+}
+
 async fn forward(
     State(rest): State<Arc<Rest>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request,
 ) -> Response {
+    forward_from(&rest, client, request).await
+}
+
+async fn forward_from(rest: &Rest, client: SocketAddr, request: Request) -> Response {
     let pipeline = &rest.pipeline;
     let headers = request.headers();
     let mut exchange = pipeline.begin(Start {
@@ -52,7 +76,7 @@ async fn forward(
         query: request.uri().query(),
     });
     let request_id = HeaderValue::from_str(exchange.ctx.request_id()).ok();
-    let mut response = match handle(&rest, &mut exchange.ctx, request).await {
+    let mut response = match handle(rest, &mut exchange.ctx, request).await {
         Ok(answer) => {
             pipeline.finish(exchange, Ok(answer.status().as_u16()));
             answer.map(Body::from)

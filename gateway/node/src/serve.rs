@@ -1,5 +1,7 @@
 //! Serving an axum router (REST and gRPC alike, HTTP/1.1 and cleartext HTTP/2) on a listener
 //! handed in from outside, until shutdown, then draining in-flight requests for a bounded time.
+//! A [`Direct`] front (the public REST front) may answer the paths it claims without the
+//! router ([`serve_direct`]).
 //!
 //! Every connection is bounded ([`ServeLimits`]): how many may be open, how long a request head
 //! and a request body may take, how long a connection may sit idle, and how many HTTP/2 streams
@@ -142,6 +144,36 @@ pub fn with_nodelay(
 /// Told of each refusal.
 pub type OnRefusal = Arc<dyn Fn(Refusal) + Send + Sync>;
 
+/// A front a listener calls directly, not through its router, for the paths it claims (the
+/// public REST front): the router's dispatch, its extractors and the boxed future of each
+/// handler cost a visible share of a request that is only forwarded. The router still serves
+/// every path, so a path the front does not claim is answered as before.
+pub trait Direct: Send + Sync + 'static {
+    /// Whether this front answers a request for `path`.
+    fn claims(&self, path: &str) -> bool;
+
+    /// Answers `request` from `client`.
+    fn call(
+        &self,
+        request: Request<Body>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response> + Send + '_;
+}
+
+/// No direct front: the router answers every request.
+#[derive(Debug)]
+pub enum NoDirect {}
+
+impl Direct for NoDirect {
+    fn claims(&self, _path: &str) -> bool {
+        match *self {}
+    }
+
+    async fn call(&self, _request: Request<Body>, _client: SocketAddr) -> Response {
+        match *self {}
+    }
+}
+
 /// Serves `router` on `listener` with the default [`ServeLimits`] and refusals uncounted. On
 /// `shutdown` it stops accepting, lets open requests finish for up to `drain`, then returns.
 pub async fn serve<L>(
@@ -173,7 +205,7 @@ where
 /// the configuration in force when it starts; a client certificate the handshake verified
 /// reaches every request of the connection as an `Arc<PeerCertificate>` extension.
 pub async fn serve_with<L>(
-    mut listener: L,
+    listener: L,
     router: Router,
     shutdown: CancellationToken,
     drain: Duration,
@@ -183,6 +215,28 @@ pub async fn serve_with<L>(
 ) -> io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
+{
+    serve_direct::<L, NoDirect>(
+        listener, router, None, shutdown, drain, limits, tls, on_refusal,
+    )
+    .await
+}
+
+/// [`serve_with`], with `direct` answering the requests it claims without the router.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_direct<L, D>(
+    mut listener: L,
+    router: Router,
+    direct: Option<Arc<D>>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: ServeLimits,
+    tls: Option<Arc<ServerTls>>,
+    on_refusal: OnRefusal,
+) -> io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    D: Direct,
 {
     let router = router.layer(axum::Extension(Shutdown(shutdown.clone())));
     let builder = Arc::new(Builders::new(&limits));
@@ -201,6 +255,7 @@ where
         };
         let mut connection = Connection {
             router: router.clone(),
+            direct: direct.clone(),
             client: ClientAddr(addr),
             limits: limits.clone(),
             on_refusal: on_refusal.clone(),
@@ -286,8 +341,9 @@ impl Builders {
 }
 
 /// What one connection's requests need.
-struct Connection {
+struct Connection<D> {
     router: Router,
+    direct: Option<Arc<D>>,
     client: ClientAddr,
     limits: Arc<ServeLimits>,
     on_refusal: OnRefusal,
@@ -295,7 +351,7 @@ struct Connection {
     peer: Option<Arc<PeerCertificate>>,
 }
 
-impl Connection {
+impl<D: Direct> Connection<D> {
     async fn run<I>(
         self,
         builders: &Builders,
@@ -361,6 +417,12 @@ impl Connection {
         }
         let (parts, body) = request.into_parts();
         let timed = TimedBody::new(body, self.limits.body_read_timeout, self.on_refusal.clone());
+        if let Some(direct) = &self.direct
+            && direct.claims(parts.uri.path())
+        {
+            let request = Request::from_parts(parts, Body::new(timed));
+            return direct.call(request, self.client.0).await;
+        }
         let mut request = Request::from_parts(parts, Body::new(timed));
         request.extensions_mut().insert(ConnectInfo(self.client));
         if let Some(peer) = &self.peer {
