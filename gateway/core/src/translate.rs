@@ -427,8 +427,14 @@ mod wire {
     /// A field's key (its number, below 16, and wire type) and a varint, written at once:
     /// the bytes go in one copy rather than one buffer call each.
     fn key_and_varint(out: &mut BytesMut, field: u8, wire_type: u8, value: u64) {
+        let key = (field << 3) | wire_type;
+        if value < 0x80 {
+            // Nearly every field: two bytes, a copy of fixed length (no call to memcpy).
+            out.extend_from_slice(&[key, value as u8]);
+            return;
+        }
         let mut head = [0u8; 11];
-        head[0] = (field << 3) | wire_type;
+        head[0] = key;
         let mut len = 1;
         let mut rest = value;
         while rest >= 0x80 {
