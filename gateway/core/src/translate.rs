@@ -483,6 +483,25 @@ mod wire {
     }
 }
 
+/// The digits of the largest `u64`.
+pub const DECIMAL_DIGITS_MAX: usize = 20;
+
+/// `n` in decimal, written into `buf` without the formatting machinery (it runs for every
+/// request); returns the digits, the end of `buf`.
+pub fn decimal(n: u64, buf: &mut [u8; DECIMAL_DIGITS_MAX]) -> &[u8] {
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
 /// An address as text without the formatting machinery (it runs for every request): IPv4
 /// digit by digit; IPv6 through `Display`, into the same fixed buffer.
 pub struct AddrText {
@@ -548,18 +567,8 @@ impl AddrText {
     }
 
     fn push_decimal(&mut self, n: u32) {
-        let mut digits = [0u8; 10];
-        let mut i = digits.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &d in &digits[i..] {
+        let mut buf = [0u8; DECIMAL_DIGITS_MAX];
+        for &d in decimal(u64::from(n), &mut buf) {
             self.push(d);
         }
     }

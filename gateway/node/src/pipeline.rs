@@ -8,6 +8,10 @@
 //!       ──finish──► Telemetry (access log, metrics, span export), Auditor (when on)
 //! ```
 //!
+//! With no policy and no auditor, a REST request ([`Pipeline::forward_head`]) is translated
+//! straight into the call's protobuf, without the intermediate `ForwardingReq` (nothing would
+//! read it; decision 0032).
+//!
 //! A front calls [`Pipeline::begin`] first, so a request refused at any later step — by the
 //! translator, by a policy, by the service — is logged, counted and (once it has a span)
 //! traced the same way; then

@@ -516,6 +516,14 @@ mod straight_to_the_wire {
     }
 
     #[test]
+    fn decimal_writes_what_display_writes() {
+        let mut buf = [0u8; DECIMAL_DIGITS_MAX];
+        for n in [0, 7, 10, 99_999_999, u64::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn the_longest_address_fits() {
         let ip = Ipv6Addr::from([0xffff; 8]);
         let addr = SocketAddr::V6(SocketAddrV6::new(ip, 65535, 0, u32::MAX));

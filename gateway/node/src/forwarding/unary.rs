@@ -534,19 +534,13 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
         ((ms / 1000).min(GRPC_TIMEOUT_DIGITS_MAX), b'S')
     };
     // Digit by digit: the formatting machinery cost a visible share per call.
-    let mut text = [0u8; 9];
-    let mut at = text.len() - 1;
-    text[at] = unit;
-    let mut rest = value;
-    loop {
-        at -= 1;
-        text[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    HeaderValue::from_bytes(&text[at..]).unwrap_or_else(|_| HeaderValue::from_static("1m"))
+    let mut buf = [0u8; translate::DECIMAL_DIGITS_MAX];
+    let digits = translate::decimal(value, &mut buf);
+    let mut text = [0u8; translate::DECIMAL_DIGITS_MAX + 1];
+    text[..digits.len()].copy_from_slice(digits);
+    text[digits.len()] = unit;
+    HeaderValue::from_bytes(&text[..=digits.len()])
+        .unwrap_or_else(|_| HeaderValue::from_static("1m"))
 }
 
 /// Reads the answer: its status (from the headers of a trailers-only answer, else from the
