@@ -529,10 +529,10 @@ impl Node {
     /// The public listener: the probes, REST forwarding at `/{service}/{path}` and the
     /// GraphQL front at `/graphql`, each front switched by config; with the GraphQL front on,
     /// `/graphql` is its path, not a service's.
-    fn public_router(&self, backend: &Arc<Backend>) -> Router {
+    fn public_router(&self, backend: &Arc<Backend>, rest: Option<Arc<Rest>>) -> Router {
         let fronts = &self.config.public;
         let probes = probes::router(self.status.clone());
-        let base = if let Some(rest) = self.public_rest() {
+        let base = if let Some(rest) = rest {
             probes.merge(public::router(rest))
         } else {
             probes.fallback(respond::route_not_found)
@@ -544,8 +544,8 @@ impl Node {
         }
     }
 
-    /// The REST front, when it is on: mounted on the public router (above), and called by the
-    /// listener directly for every path but the router's own (`serve::Direct`).
+    /// The REST front, when it is on: one value, mounted on the public router (above) and called
+    /// by the listener directly for every path but the router's own (`serve::Direct`).
     fn public_rest(&self) -> Option<Arc<Rest>> {
         let fronts = &self.config.public;
         let mut others = probes::PATHS.to_vec();
@@ -714,11 +714,12 @@ impl Node {
             })
         };
         let backend = node.graphql_backend();
+        let rest = node.public_rest();
         let result = tokio::try_join!(
             serve::serve_direct(
                 public_listener,
-                node.public_router(&backend),
-                node.public_rest(),
+                node.public_router(&backend, rest.clone()),
+                rest,
                 shutdown.clone(),
                 drain,
                 serve_limits(
