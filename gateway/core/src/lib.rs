@@ -4,6 +4,7 @@
 //!
 //! * [`address`]: the address policy: which instance addresses are registered and dialled.
 //! * [`hops`]: the `Via` mark on forwarded requests, and the refusal of forwarding loops.
+//! * [`http2`]: a sans-I/O HTTP/2 client for unary gRPC calls (frames, HPACK, streams).
 //! * [`identity`]: who a request or a registry change comes from, once established.
 //! * [`hlc`]: hybrid logical clock stamps that order registry changes across gateways.
 //! * [`metadata`]: an instance's metadata as the registry holds it, flat and in key order.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod event;
 pub mod hlc;
 pub mod hops;
+pub mod http2;
 pub mod identity;
 pub mod metadata;
 pub mod names;

@@ -359,6 +359,10 @@ macro_rules! validate_limits {
     }};
 }
 
+/// The largest `upstream.in_flight_per_instance_max`: the calls one HTTP/2 connection to an
+/// instance holds open or waiting, at most (`forwarding::unary`).
+pub const IN_FLIGHT_PER_INSTANCE_MAX: u32 = 16 * 1024;
+
 /// The longest `upstream.reset_stream_hold_ms`: an hour, longer than any simulated run takes
 /// on the machine's clock.
 pub const RESET_STREAM_HOLD_MS_MAX: u64 = 3_600_000;
@@ -390,7 +394,7 @@ pub struct UpstreamConfig {
     pub timeouts_to_eject: u32,
     /// Requests in flight from this gateway to one instance, at most: an instance at the
     /// bound is not chosen, and when every live instance is, the request is refused with
-    /// 503 `overloaded`.
+    /// 503 `overloaded`. At most 16,384 ([`IN_FLIGHT_PER_INSTANCE_MAX`]).
     pub in_flight_per_instance_max: u32,
     /// How often the gateway sends an HTTP/2 ping on a connection to an instance while calls
     /// are open on it; 0: no pings.
@@ -398,13 +402,13 @@ pub struct UpstreamConfig {
     /// How long to wait for the ping's acknowledgement before closing the connection (the
     /// calls on it fail as `upstream_reset`).
     pub keepalive_timeout_ms: u64,
-    /// How long a call the gateway cancelled (its deadline passed, or its client left) stays
-    /// remembered on the HTTP/2 connection, so the instance's late frames for it are dropped
-    /// quietly; at most 50 are remembered per connection. A late frame for a call no longer
-    /// remembered is answered with RST_STREAM and counts towards the 1024 such resets a
-    /// connection is allowed before the gateway closes it. h2 measures this on the machine's
-    /// clock, which a simulation cannot move: the simulation sets the bound, an hour, so
-    /// only the count decides (decision 0025).
+    /// How long a stream that the gateway's own tonic clients (a demo's or a simulation's
+    /// registrations to a control listener) cancelled stays remembered by h2, so the peer's
+    /// late frames for it are dropped quietly; at most 50 per connection. h2 measures this on
+    /// the machine's clock, which a simulation cannot move: the simulation sets the bound, an
+    /// hour, so only the count decides (decision 0025). Calls to instances do not use it:
+    /// their client drops late frames on any stream it closed, with nothing to remember
+    /// (decision 0033).
     pub reset_stream_hold_ms: u64,
     /// Networks, each optionally with a port or port range, whose instance addresses the
     /// address policy admits although they are loopback, link-local, unspecified,
@@ -949,6 +953,12 @@ impl Config {
             return Err((
                 "upstream.keepalive_timeout_ms",
                 "must be greater than 0 while upstream.keepalive_interval_ms is".to_owned(),
+            ));
+        }
+        if self.upstream.in_flight_per_instance_max > IN_FLIGHT_PER_INSTANCE_MAX {
+            return Err((
+                "upstream.in_flight_per_instance_max",
+                format!("must be at most {IN_FLIGHT_PER_INSTANCE_MAX}"),
             ));
         }
         if self.upstream.reset_stream_hold_ms > RESET_STREAM_HOLD_MS_MAX {

@@ -325,10 +325,7 @@ impl Forwarder {
                     .address_refusal(AddressStage::Connect, class);
             }),
         };
-        let http2 = channel::Http2 {
-            keep_alive,
-            reset_stream_hold: Duration::from_millis(self.config.reset_stream_hold_ms),
-        };
+        let http2 = channel::Http2 { keep_alive };
         let dialer = channel::Dialer::new(
             self.connector.clone(),
             Duration::from_millis(self.config.connect_timeout_ms),

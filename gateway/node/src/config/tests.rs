@@ -116,6 +116,10 @@ fn validation_names_the_key() {
             "upstream.in_flight_per_instance_max",
         ),
         (
+            "upstream.in_flight_per_instance_max=16385",
+            "upstream.in_flight_per_instance_max",
+        ),
+        (
             "upstream.keepalive_timeout_ms=0",
             "upstream.keepalive_timeout_ms",
         ),

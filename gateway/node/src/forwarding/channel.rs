@@ -116,14 +116,11 @@ pub struct KeepAlive {
     pub timeout: Duration,
 }
 
-/// The HTTP/2 settings of a channel that the gateway chooses rather than h2.
+/// The HTTP/2 settings of a connection to an instance that operators choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Http2 {
     /// Keep-alive pings, or none.
     pub keep_alive: Option<KeepAlive>,
-    /// How long a stream this side reset stays remembered (at most 50 per connection), so
-    /// the peer's late frames on it are dropped quietly (`upstream.reset_stream_hold_ms`).
-    pub reset_stream_hold: Duration,
 }
 
 /// How connections to one instance address are opened: through the connector seam and, for

@@ -1,59 +1,61 @@
 //! The client of `ForwardingService.Send`: unary gRPC over one HTTP/2 connection per instance
-//! address, on h2 directly.
+//! address, on the gateway's own HTTP/2 client ([`switchyard_core::http2::client`], decision
+//! 0033).
 //!
 //! A call queues its HEADERS and its one DATA frame (with END_STREAM) before the connection's
-//! task next writes, so the request leaves in one write. Through tonic's channel (hyper's
-//! HTTP/2 client under a buffer) the same call took three: the HEADERS, then the DATA once
-//! the stream had flow-control capacity, then an empty END_STREAM frame, each a system call
-//! and a loopback segment, and each request passed through three more tasks (the buffer's
-//! worker, hyper's response task and its body pipe). docs/decisions/0031 has the figures.
+//! task next writes, so the request leaves in one write, together with those of the calls
+//! that arrived meanwhile. The header fields every call to an address shares are encoded
+//! once, when its client is made; a call adds only its `grpc-timeout` and `Via`. Of the
+//! answer, only what a gRPC client reads is kept: the HTTP status, `grpc-status`,
+//! `grpc-message` and the message.
 //!
 //! The connection is opened on first use through a [`Dialer`] (the connector seam, the
 //! address policy, the connect timeout and the shared failure), with TLS when the address is
 //! `https://`, and opened again by the first call after it ended. While calls are open it is
-//! pinged ([`KeepAlive`]) so that a half-open connection fails its calls instead of holding
-//! them to their deadline.
+//! pinged ([`KeepAlive`](super::channel::KeepAlive)) so that a half-open connection fails
+//! its calls instead of holding them to their deadline.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod driver;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use h2::client::SendRequest;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderValue, Uri};
 use prost::Message;
 use switchyard_core::GatewayError;
+use switchyard_core::http2::client::{self, Answer, GrpcFields};
+use switchyard_core::http2::hpack;
 use switchyard_core::status::code;
 use switchyard_core::translate::{self, ForwardContext, RequestHead};
 use switchyard_proto::forwarding::{ForwardingReq, ForwardingResp};
 
-use super::channel::{ConnectFailed, Dialer, Http2, KeepAlive};
+use super::channel::{ConnectFailed, Dialer, Http2};
 use crate::seams::Io;
+use driver::{Driver, Shared};
 
 /// The path of `ForwardingService.Send`.
 pub const SEND_PATH: &str = "/switchyard.forwarding.v1.ForwardingService/Send";
 
-/// The most bytes of HTTP/2 header fields an instance's answer may carry (h2's
-/// `SETTINGS_MAX_HEADER_LIST_SIZE`, as hyper's client sets it).
+/// The most bytes of HTTP/2 header fields an instance's answer may carry
+/// (`SETTINGS_MAX_HEADER_LIST_SIZE`).
 pub const RESPONSE_HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 
 /// The flow-control window of each stream and of the connection: how much of an answer the
-/// connection buffers before the call reads it (hyper's client's defaults).
+/// instance may send before this side gives window back.
 const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 5 * 1024 * 1024;
 
-/// Resets of this side remembered per connection (h2's default, as tonic's channel had it).
-const RESET_STREAMS_MAX: usize = 50;
+/// The most calls open or waiting for a stream on one connection; past it a call fails at
+/// once. `upstream.in_flight_per_instance_max`, which the forwarder enforces first, is at
+/// most this.
+const CALLS_PER_CONNECTION_MAX: usize = crate::config::IN_FLIGHT_PER_INSTANCE_MAX as usize;
 
 /// The `grpc-timeout` header's largest value: eight digits (gRPC over HTTP/2).
 const GRPC_TIMEOUT_DIGITS_MAX: u64 = 99_999_999;
 
 /// A gRPC message's prefix: the compressed flag and the length (big-endian u32).
 const MESSAGE_PREFIX_BYTES: usize = 5;
-
-const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
 
@@ -81,11 +83,22 @@ impl CallError {
     }
 }
 
-/// The open connection: the handle calls clone, and its number, so that a call that finds it
-/// broken clears only that one.
+impl From<client::CallError> for CallError {
+    fn from(error: client::CallError) -> Self {
+        match error {
+            client::CallError::TooLarge => Self::TooLarge,
+            client::CallError::Refused(why) | client::CallError::Transport(why) => {
+                Self::Transport(why)
+            }
+        }
+    }
+}
+
+/// The open connection, and its number, so that a call that finds it broken clears only
+/// that one.
 #[derive(Clone)]
 struct Open {
-    send: SendRequest<Bytes>,
+    shared: Arc<Shared>,
     generation: u64,
 }
 
@@ -111,10 +124,13 @@ impl State {
 
 /// The client of one instance address.
 pub struct Upstream {
-    /// `scheme://authority` and the method's path.
+    /// `scheme://authority` (for the logs).
     uri: Uri,
     /// `host:port`, as dialed.
     authority: String,
+    /// The header fields every call to this address sends, encoded once: the method, scheme,
+    /// path and authority, and gRPC's content type, `te` and user agent.
+    fixed_fields: Bytes,
     /// The name the TLS certificate must carry, for an `https://` address.
     tls: Option<(
         Arc<rustls::ClientConfig>,
@@ -126,9 +142,6 @@ pub struct Upstream {
     /// Held by the call that opens the connection: the others wait for it and share its
     /// outcome rather than dial too.
     opening: tokio::sync::Mutex<()>,
-    /// Calls open now: pings are sent only while there are some (servers on grpc-go and
-    /// grpc-java close a connection pinged with no call on it, `too_many_pings`).
-    calls_open: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -136,15 +149,6 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("uri", &self.uri)
             .finish_non_exhaustive()
-    }
-}
-
-/// Counts a call as open until it ends, however it ends.
-struct CallOpen<'a>(&'a AtomicUsize);
-
-impl Drop for CallOpen<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -197,18 +201,18 @@ impl Upstream {
         let uri = Uri::builder()
             .scheme(if https { "https" } else { "http" })
             .authority(authority.clone())
-            .path_and_query(SEND_PATH)
+            .path_and_query("/")
             .build()
             .map_err(|e| format!("instance address {addr:?}: {e}"))?;
         Ok(Self {
             uri,
+            fixed_fields: fixed_fields(https, authority.as_str()),
             authority: authority.as_str().to_owned(),
             tls,
             dialer,
             http2,
             state: Arc::default(),
             opening: tokio::sync::Mutex::new(()),
-            calls_open: Arc::default(),
         })
     }
 
@@ -220,86 +224,31 @@ impl Upstream {
         timeout: Duration,
         limits: CallLimits,
     ) -> Result<ForwardingResp, CallError> {
-        let request = || self.request(call.via.as_ref(), timeout);
-        self.calls_open.fetch_add(1, Ordering::Relaxed);
-        let _open = CallOpen(&self.calls_open);
-        let (response, open) = self.start(request, call.message.clone()).await?;
-        let answer = read_answer(response, limits).await;
-        if let Err(CallError::Transport(_)) = &answer {
-            self.clear_if_broken(&open);
-        }
-        answer
-    }
-
-    /// The call's head: the method's path and gRPC's headers, the time the service has, and
-    /// the request's `Via` mark.
-    fn request(&self, via: Option<&HeaderValue>, timeout: Duration) -> Request<()> {
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
-        let headers = request.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            http::header::USER_AGENT,
-            HeaderValue::from_static(USER_AGENT),
-        );
-        headers.insert(GRPC_TIMEOUT, grpc_timeout(timeout));
-        if let Some(via) = via {
-            headers.insert(http::header::VIA, via.clone());
-        }
-        request
-    }
-
-    /// Sends the request's HEADERS and DATA on the open connection, opening one when there
-    /// is none. When the connection takes no new stream (it has closed, or the instance sent
-    /// GOAWAY), nothing was sent: it is forgotten and the request goes once on a new one.
-    async fn start(
-        &self,
-        request: impl Fn() -> Request<()>,
-        body: Bytes,
-    ) -> Result<(h2::client::ResponseFuture, Open), CallError> {
+        let mut own =
+            BytesMut::with_capacity(OWN_FIELDS_BYTES + call.via.as_ref().map_or(0, |v| v.len()));
+        own_fields(timeout, call.via.as_ref(), &mut own);
+        let block: [&[u8]; 2] = [&self.fixed_fields, &own];
+        let limits = client::CallLimits {
+            message_bytes_max: limits.response_message_bytes_max,
+        };
         let mut replaced = false;
         loop {
             let open = self.connection().await?;
-            let sent = match open.send.clone().ready().await {
-                Ok(mut ready) => ready.send_request(request(), false),
-                Err(error) => Err(error),
-            };
-            let (response, mut stream) = match sent {
-                Ok(sent) => sent,
-                Err(error) if !replaced => {
-                    tracing::debug!(addr = %self.uri, %error, "the connection takes no new call; opening another");
+            let answering = match open.shared.call(&block, call.message.clone(), limits) {
+                Ok(answering) => answering,
+                Err(client::OpenError::Closed(why)) if !replaced => {
+                    tracing::debug!(addr = %self.uri, %why, "the connection takes no new call; opening another");
                     self.clear(&open);
                     replaced = true;
                     continue;
                 }
                 Err(error) => return Err(CallError::Transport(error.to_string())),
             };
-            // Queued behind the HEADERS of a stream not yet open: both leave in the
-            // connection task's next write.
-            stream
-                .send_data(body, true)
-                .map_err(|e| self.transport(&open, &e))?;
-            return Ok((response, open));
-        }
-    }
-
-    fn transport(&self, open: &Open, error: &h2::Error) -> CallError {
-        self.clear_if_broken(open);
-        CallError::Transport(error.to_string())
-    }
-
-    /// Forgets `open` if its connection has ended, so the next call opens another.
-    fn clear_if_broken(&self, open: &Open) {
-        let mut send = open.send.clone();
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        if let std::task::Poll::Ready(Err(_)) = send.poll_ready(&mut cx) {
-            self.clear(open);
+            let answer = answering.await;
+            if answer.is_err() && open.shared.takes_no_new_call() {
+                self.clear(&open);
+            }
+            return read_answer(answer?);
         }
     }
 
@@ -329,28 +278,29 @@ impl Upstream {
             return Ok(open);
         }
         let tls = self.tls.clone();
-        let http2 = self.http2;
-        let (send, connection) = self
+        let io = self
             .dialer
-            .open(&self.authority, |io| handshake(io, tls, http2))
+            .open(&self.authority, |io| secure(io, tls))
             .await
             .map_err(CallError::Connect)?;
+        let shared = Shared::new(CLIENT);
+        let driver = Driver::new(&shared, io, self.http2.keep_alive);
         let open = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.generation += 1;
             let open = Open {
-                send,
+                shared,
                 generation: state.generation,
             };
             state.open = Some(open.clone());
             open
         };
         let (state, generation) = (Arc::downgrade(&self.state), open.generation);
-        let calls_open = self.calls_open.clone();
-        let keep_alive = self.http2.keep_alive;
         let addr = self.uri.clone();
         tokio::spawn(async move {
-            drive(connection, keep_alive, &calls_open, &addr).await;
+            if let Err(why) = driver.await {
+                tracing::debug!(%addr, %why, "connection to instance ended");
+            }
             if let Some(state) = state.upgrade() {
                 state
                     .lock()
@@ -362,85 +312,68 @@ impl Upstream {
     }
 }
 
-/// The connection's task: runs it until it ends, or until a keep-alive ping goes unanswered
-/// (then dropping it fails its calls). Pings go only while calls are open.
-async fn drive(
-    mut connection: h2::client::Connection<Box<dyn Io>, Bytes>,
-    keep_alive: Option<KeepAlive>,
-    calls_open: &AtomicUsize,
-    addr: &Uri,
-) {
-    let pings = keep_alive.and_then(|k| connection.ping_pong().map(|p| (k, p)));
-    let pinging = async move {
-        let Some((keep_alive, mut ping_pong)) = pings else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::time::sleep(keep_alive.interval).await;
-            if calls_open.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let pong = ping_pong.ping(h2::Ping::opaque());
-            match tokio::time::timeout(keep_alive.timeout, pong).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%addr, %error, "keep-alive ping failed; closing the connection");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%addr, timeout_ms = keep_alive.timeout.as_millis(), "no answer to the keep-alive ping; closing the connection");
-                    return;
-                }
-            }
-        }
-    };
-    tokio::select! {
-        ended = connection => {
-            if let Err(error) = ended {
-                tracing::debug!(%addr, %error, "connection to instance ended");
-            }
-        }
-        () = pinging => {}
+/// This side's HTTP/2 settings and bounds.
+const CLIENT: client::Config = client::Config {
+    stream_window_bytes: STREAM_WINDOW_BYTES,
+    connection_window_bytes: CONNECTION_WINDOW_BYTES,
+    header_list_bytes_max: RESPONSE_HEADER_LIST_BYTES_MAX,
+    calls_max: CALLS_PER_CONNECTION_MAX,
+};
+
+/// The header fields every call to one address sends (HPACK, never indexed by this side).
+fn fixed_fields(https: bool, authority: &str) -> Bytes {
+    let mut block = BytesMut::with_capacity(128 + authority.len());
+    hpack::encode_indexed(hpack::METHOD_POST, &mut block);
+    hpack::encode_indexed(
+        if https {
+            hpack::SCHEME_HTTPS
+        } else {
+            hpack::SCHEME_HTTP
+        },
+        &mut block,
+    );
+    hpack::encode_literal_with_name_index(hpack::PATH, SEND_PATH.as_bytes(), &mut block);
+    hpack::encode_literal_with_name_index(hpack::AUTHORITY, authority.as_bytes(), &mut block);
+    hpack::encode_literal_with_name_index(hpack::CONTENT_TYPE, b"application/grpc", &mut block);
+    hpack::encode_literal_new_name(b"te", b"trailers", &mut block);
+    hpack::encode_literal_with_name_index(hpack::USER_AGENT, USER_AGENT.as_bytes(), &mut block);
+    block.freeze()
+}
+
+/// Room for a call's own fields but `Via`'s value: `grpc-timeout` and `Via`'s index and
+/// length.
+const OWN_FIELDS_BYTES: usize = 40;
+
+/// The header fields of one call: the time the service has, and the request's `Via` mark.
+fn own_fields(timeout: Duration, via: Option<&HeaderValue>, block: &mut BytesMut) {
+    let (digits, len) = grpc_timeout(timeout);
+    hpack::encode_literal_new_name(b"grpc-timeout", &digits[..len], block);
+    if let Some(via) = via {
+        hpack::encode_literal_with_name_index(hpack::VIA, via.as_bytes(), block);
     }
 }
 
-/// TLS (when the address is `https://`) and the HTTP/2 handshake over a new connection.
-async fn handshake(
+/// TLS, when the address is `https://`, over a new connection.
+async fn secure(
     io: Box<dyn Io>,
     tls: Option<(
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
-    http2: Http2,
-) -> std::io::Result<(
-    SendRequest<Bytes>,
-    h2::client::Connection<Box<dyn Io>, Bytes>,
-)> {
-    let io: Box<dyn Io> = match tls {
-        None => io,
-        Some((config, name)) => {
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, io)
-                .await?;
-            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the instance's TLS did not agree on HTTP/2 (ALPN h2)",
-                ));
-            }
-            Box::new(stream)
-        }
+) -> std::io::Result<Box<dyn Io>> {
+    let Some((config, name)) = tls else {
+        return Ok(io);
     };
-    h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_header_list_size(RESPONSE_HEADER_LIST_BYTES_MAX)
-        .max_concurrent_reset_streams(RESET_STREAMS_MAX)
-        .reset_stream_duration(http2.reset_stream_hold)
-        .enable_push(false)
-        .handshake(io)
-        .await
-        .map_err(|e| std::io::Error::other(format!("HTTP/2 handshake: {e}")))
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, io)
+        .await?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the instance's TLS did not agree on HTTP/2 (ALPN h2)",
+        ));
+    }
+    Ok(Box::new(stream))
 }
 
 /// A request ready for the wire: its gRPC message (the uncompressed flag, the length, the
@@ -525,8 +458,9 @@ fn via_value(value: &[u8]) -> Option<HeaderValue> {
     HeaderValue::from_bytes(value).ok()
 }
 
-/// `grpc-timeout` for `timeout`, in milliseconds, or seconds past eight digits of them.
-fn grpc_timeout(timeout: Duration) -> HeaderValue {
+/// `grpc-timeout` for `timeout`, in milliseconds, or seconds past eight digits of them: the
+/// text and its length.
+fn grpc_timeout(timeout: Duration) -> ([u8; GRPC_TIMEOUT_BYTES_MAX], usize) {
     let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     let (value, unit) = if ms <= GRPC_TIMEOUT_DIGITS_MAX {
         (ms, b'm')
@@ -536,24 +470,19 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
     // Digit by digit: the formatting machinery cost a visible share per call.
     let mut buf = [0u8; translate::DECIMAL_DIGITS_MAX];
     let digits = translate::decimal(value, &mut buf);
-    let mut text = [0u8; translate::DECIMAL_DIGITS_MAX + 1];
+    let mut text = [0u8; GRPC_TIMEOUT_BYTES_MAX];
     text[..digits.len()].copy_from_slice(digits);
     text[digits.len()] = unit;
-    HeaderValue::from_bytes(&text[..=digits.len()])
-        .unwrap_or_else(|_| HeaderValue::from_static("1m"))
+    (text, digits.len() + 1)
 }
 
-/// Reads the answer: its status (from the headers of a trailers-only answer, else from the
-/// trailers), and its one message, within `limits`.
-async fn read_answer(
-    response: h2::client::ResponseFuture,
-    limits: CallLimits,
-) -> Result<ForwardingResp, CallError> {
-    let response = response
-        .await
-        .map_err(|e| CallError::Transport(e.to_string()))?;
-    let (head, mut body) = response.into_parts();
-    if let Some(status) = grpc_status(&head.headers) {
+/// Eight digits and the unit, with room to spare.
+const GRPC_TIMEOUT_BYTES_MAX: usize = translate::DECIMAL_DIGITS_MAX + 1;
+
+/// The service's answer: its status (from the headers of a trailers-only answer, else from
+/// the trailers), and its one message.
+fn read_answer(answer: Answer) -> Result<ForwardingResp, CallError> {
+    if let Some(status) = grpc_status(&answer.head) {
         return match status {
             Ok(()) => Err(CallError::internal(
                 "a trailers-only answer with status OK and no message",
@@ -561,129 +490,62 @@ async fn read_answer(
             Err(error) => Err(error),
         };
     }
-    if head.status != StatusCode::OK {
+    if answer.status != 200 {
         return Err(CallError::Status {
-            code: http_status_code(head.status),
-            message: format!("the instance answered HTTP {}", head.status),
+            code: http_status_code(answer.status),
+            message: format!("the instance answered HTTP {}", answer.status),
         });
     }
-    let mut message = Collected::default();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| CallError::Transport(e.to_string()))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        message.push(chunk, limits)?;
-    }
-    let trailers = body
-        .trailers()
-        .await
-        .map_err(|e| CallError::Transport(e.to_string()))?;
-    match trailers.as_ref().and_then(grpc_status) {
-        Some(Ok(())) => message.decode(),
+    match answer.trailers.as_ref().and_then(grpc_status) {
+        Some(Ok(())) => decode(answer.body),
         Some(Err(error)) => Err(error),
         None => Err(CallError::internal("the answer ended without grpc-status")),
     }
 }
 
-/// The bytes of an answer's one message as they arrive: the first chunk kept as it came
-/// (an answer of one DATA frame is not copied), later ones appended.
-#[derive(Default)]
-enum Collected {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(BytesMut),
+/// The answer's one message: gRPC's prefix, then the protobuf.
+fn decode(mut bytes: Bytes) -> Result<ForwardingResp, CallError> {
+    if bytes.len() < MESSAGE_PREFIX_BYTES {
+        return Err(CallError::internal(format!(
+            "an answer of {} bytes holds no gRPC message",
+            bytes.len()
+        )));
+    }
+    let compressed = bytes.get_u8();
+    let declared = bytes.get_u32() as usize;
+    if compressed != 0 {
+        return Err(CallError::internal(
+            "a compressed answer, though no compression was offered",
+        ));
+    }
+    if declared != bytes.len() {
+        return Err(CallError::internal(format!(
+            "the answer's message declares {declared} bytes and {} follow",
+            bytes.len()
+        )));
+    }
+    ForwardingResp::decode(bytes)
+        .map_err(|e| CallError::internal(format!("failed to decode the answer: {e}")))
 }
 
-impl Collected {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Empty => &[],
-            Self::One(bytes) => bytes,
-            Self::Many(bytes) => bytes,
+/// The gRPC status in `fields`: `None` without `grpc-status`, `Ok` for OK.
+fn grpc_status(fields: &GrpcFields) -> Option<Result<(), CallError>> {
+    let code = match fields.status.as_ref()? {
+        Ok(code) => *code,
+        Err(value) => {
+            return Some(Err(CallError::internal(format!(
+                "grpc-status {:?} is not a number",
+                String::from_utf8_lossy(value)
+            ))));
         }
-    }
-
-    fn push(&mut self, chunk: Bytes, limits: CallLimits) -> Result<(), CallError> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let bound = limits
-            .response_message_bytes_max
-            .saturating_add(MESSAGE_PREFIX_BYTES);
-        if self.bytes().len().saturating_add(chunk.len()) > bound {
-            return Err(CallError::TooLarge);
-        }
-        *self = match std::mem::take(self) {
-            Self::Empty => Self::One(chunk),
-            Self::One(first) => {
-                let mut many = BytesMut::with_capacity(first.len() + chunk.len());
-                many.extend_from_slice(&first);
-                many.extend_from_slice(&chunk);
-                Self::Many(many)
-            }
-            Self::Many(mut many) => {
-                many.extend_from_slice(&chunk);
-                Self::Many(many)
-            }
-        };
-        // Refuse as soon as the length prefix says too much.
-        if let Some(&[a, b, c, d]) = self.bytes().get(1..MESSAGE_PREFIX_BYTES) {
-            let declared = u32::from_be_bytes([a, b, c, d]) as usize;
-            if declared > limits.response_message_bytes_max {
-                return Err(CallError::TooLarge);
-            }
-        }
-        Ok(())
-    }
-
-    fn decode(self) -> Result<ForwardingResp, CallError> {
-        let mut bytes = match self {
-            Self::Empty => Bytes::new(),
-            Self::One(bytes) => bytes,
-            Self::Many(bytes) => bytes.freeze(),
-        };
-        if bytes.len() < MESSAGE_PREFIX_BYTES {
-            return Err(CallError::internal(format!(
-                "an answer of {} bytes holds no gRPC message",
-                bytes.len()
-            )));
-        }
-        let compressed = bytes.get_u8();
-        let declared = bytes.get_u32() as usize;
-        if compressed != 0 {
-            return Err(CallError::internal(
-                "a compressed answer, though no compression was offered",
-            ));
-        }
-        if declared != bytes.len() {
-            return Err(CallError::internal(format!(
-                "the answer's message declares {declared} bytes and {} follow",
-                bytes.len()
-            )));
-        }
-        ForwardingResp::decode(bytes)
-            .map_err(|e| CallError::internal(format!("failed to decode the answer: {e}")))
-    }
-}
-
-/// The gRPC status in `headers`: `None` without `grpc-status`, `Ok` for OK.
-fn grpc_status(headers: &HeaderMap) -> Option<Result<(), CallError>> {
-    let value = headers.get(GRPC_STATUS)?;
-    let code = std::str::from_utf8(value.as_bytes())
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    let Some(code) = code else {
-        return Some(Err(CallError::internal(format!(
-            "grpc-status {:?} is not a number",
-            String::from_utf8_lossy(value.as_bytes())
-        ))));
     };
     if code == code::OK {
         return Some(Ok(()));
     }
-    let message = headers
-        .get(GRPC_MESSAGE)
-        .map(|m| percent_decode(m.as_bytes()))
+    let message = fields
+        .message
+        .as_deref()
+        .map(percent_decode)
         .unwrap_or_default();
     // Codes past the last gRPC defines are UNKNOWN (as gRPC's clients read them).
     let code = if (code::OK..=code::UNAUTHENTICATED).contains(&code) {
@@ -716,8 +578,8 @@ fn percent_decode(bytes: &[u8]) -> String {
 
 /// The gRPC code for an answer whose HTTP status is not 200 (gRPC's "HTTP to gRPC status
 /// code mapping").
-fn http_status_code(status: StatusCode) -> i32 {
-    match status.as_u16() {
+fn http_status_code(status: u16) -> i32 {
+    match status {
         400 => code::INTERNAL,
         401 => code::UNAUTHENTICATED,
         403 => code::PERMISSION_DENIED,
@@ -731,12 +593,6 @@ fn http_status_code(status: StatusCode) -> i32 {
 mod tests {
     use super::*;
 
-    fn limits(max: usize) -> CallLimits {
-        CallLimits {
-            response_message_bytes_max: max,
-        }
-    }
-
     fn framed(message: &[u8]) -> Bytes {
         let mut b = BytesMut::new();
         b.put_u8(0);
@@ -745,107 +601,123 @@ mod tests {
         b.freeze()
     }
 
+    fn fields(status: &str, message: Option<&str>) -> GrpcFields {
+        GrpcFields {
+            status: Some(
+                status
+                    .parse::<i32>()
+                    .map_err(|_| status.as_bytes().to_vec()),
+            ),
+            message: message.map(|m| m.as_bytes().to_vec()),
+        }
+    }
+
+    fn answer(status: u16, head: GrpcFields, trailers: Option<GrpcFields>, body: Bytes) -> Answer {
+        Answer {
+            status,
+            head,
+            trailers,
+            body,
+        }
+    }
+
     #[test]
-    fn a_message_in_any_cut_of_chunks_decodes_the_same() {
+    fn an_answer_with_status_ok_in_its_trailers_is_its_message() {
         let resp = ForwardingResp {
             status: 201,
             body: Bytes::from_static(b"hello"),
             ..Default::default()
         };
-        let whole = framed(&resp.encode_to_vec());
-        for cut in 0..=whole.len() {
-            let mut c = Collected::default();
-            c.push(whole.slice(..cut), limits(1024)).unwrap();
-            c.push(whole.slice(cut..), limits(1024)).unwrap();
-            assert_eq!(c.decode().unwrap(), resp, "cut at {cut}");
+        let body = framed(&resp.encode_to_vec());
+        let ok = answer(
+            200,
+            GrpcFields::default(),
+            Some(fields("0", None)),
+            body.clone(),
+        );
+        assert_eq!(read_answer(ok).unwrap(), resp);
+        // No trailers, or trailers without grpc-status: the answer is incomplete.
+        for trailers in [None, Some(GrpcFields::default())] {
+            let cut = answer(200, GrpcFields::default(), trailers, body.clone());
+            assert!(matches!(
+                read_answer(cut),
+                Err(CallError::Status {
+                    code: code::INTERNAL,
+                    ..
+                })
+            ));
         }
+        // An HTTP status other than 200 maps to gRPC's code for it.
+        let unavailable = answer(503, GrpcFields::default(), None, Bytes::new());
+        assert!(matches!(
+            read_answer(unavailable),
+            Err(CallError::Status {
+                code: code::UNAVAILABLE,
+                ..
+            })
+        ));
     }
 
     #[test]
-    fn a_message_past_the_bound_is_refused_from_its_prefix() {
-        let whole = framed(&[7u8; 100]);
-        let mut c = Collected::default();
-        // The prefix alone already declares 100 bytes against a bound of 99.
+    fn a_trailers_only_answer_carries_the_status_in_its_headers() {
+        let denied = answer(200, fields("7", Some("no%20way")), None, Bytes::new());
+        match read_answer(denied) {
+            Err(CallError::Status { code, message }) => {
+                assert_eq!(code, code::PERMISSION_DENIED);
+                assert_eq!(message, "no way");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok_without_message = answer(200, fields("0", None), None, Bytes::new());
         assert!(matches!(
-            c.push(whole.slice(..5), limits(99)),
-            Err(CallError::TooLarge)
-        ));
-        let mut c = Collected::default();
-        c.push(whole.clone(), limits(100)).unwrap();
-        let mut c = Collected::default();
-        c.push(whole.slice(..50), limits(100)).unwrap();
-        assert!(matches!(
-            c.push(whole.slice(..60), limits(100)),
-            Err(CallError::TooLarge)
+            read_answer(ok_without_message),
+            Err(CallError::Status {
+                code: code::INTERNAL,
+                ..
+            })
         ));
     }
 
     #[test]
     fn truncated_compressed_or_trailing_bytes_are_refused() {
-        let resp = ForwardingResp::default().encode_to_vec();
-        let whole = framed(&resp);
-        let mut short = Collected::default();
-        short.push(whole.slice(..3), limits(64)).unwrap();
-        assert!(matches!(
-            short.decode(),
-            Err(CallError::Status {
-                code: code::INTERNAL,
-                ..
-            })
-        ));
+        let whole = framed(&ForwardingResp::default().encode_to_vec());
+        assert!(decode(whole.clone()).is_ok());
         let mut compressed = BytesMut::from(&whole[..]);
         compressed[0] = 1;
-        let mut c = Collected::default();
-        c.push(compressed.freeze(), limits(64)).unwrap();
-        assert!(matches!(
-            c.decode(),
-            Err(CallError::Status {
-                code: code::INTERNAL,
-                ..
-            })
-        ));
         let mut two = BytesMut::from(&whole[..]);
         two.extend_from_slice(&whole);
-        let mut c = Collected::default();
-        c.push(two.freeze(), limits(64)).unwrap();
-        assert!(matches!(
-            c.decode(),
-            Err(CallError::Status {
-                code: code::INTERNAL,
-                ..
-            })
-        ));
+        for bad in [whole.slice(..3), compressed.freeze(), two.freeze()] {
+            assert!(matches!(
+                decode(bad),
+                Err(CallError::Status {
+                    code: code::INTERNAL,
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]
-    fn status_and_message_are_read_from_headers() {
-        let mut h = HeaderMap::new();
-        assert!(grpc_status(&h).is_none());
-        h.insert("grpc-status", HeaderValue::from_static("0"));
-        assert!(matches!(grpc_status(&h), Some(Ok(()))));
-        h.insert("grpc-status", HeaderValue::from_static("9"));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("switchyard: forwarding loop%20detected %zz%"),
-        );
-        match grpc_status(&h) {
+    fn status_and_message_are_read_from_the_fields() {
+        assert!(grpc_status(&GrpcFields::default()).is_none());
+        assert!(matches!(grpc_status(&fields("0", None)), Some(Ok(()))));
+        let looped = fields("9", Some("switchyard: forwarding loop%20detected %zz%"));
+        match grpc_status(&looped) {
             Some(Err(CallError::Status { code, message })) => {
                 assert_eq!(code, 9);
                 assert_eq!(message, "switchyard: forwarding loop detected %zz%");
             }
             other => panic!("{other:?}"),
         }
-        h.insert("grpc-status", HeaderValue::from_static("99"));
         assert!(matches!(
-            grpc_status(&h),
+            grpc_status(&fields("99", None)),
             Some(Err(CallError::Status {
                 code: code::UNKNOWN,
                 ..
             }))
         ));
-        h.insert("grpc-status", HeaderValue::from_static("x"));
         assert!(matches!(
-            grpc_status(&h),
+            grpc_status(&fields("x", None)),
             Some(Err(CallError::Status {
                 code: code::INTERNAL,
                 ..
@@ -855,10 +727,48 @@ mod tests {
 
     #[test]
     fn grpc_timeout_stays_within_eight_digits() {
-        assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500m");
-        assert_eq!(grpc_timeout(Duration::from_millis(99_999_999)), "99999999m");
-        assert_eq!(grpc_timeout(Duration::from_millis(100_000_000)), "100000S");
-        assert_eq!(grpc_timeout(Duration::MAX), "99999999S");
+        let text = |d| {
+            let (t, n) = grpc_timeout(d);
+            String::from_utf8(t[..n].to_vec()).unwrap()
+        };
+        assert_eq!(text(Duration::from_millis(1500)), "1500m");
+        assert_eq!(text(Duration::from_millis(99_999_999)), "99999999m");
+        assert_eq!(text(Duration::from_millis(100_000_000)), "100000S");
+        assert_eq!(text(Duration::MAX), "99999999S");
+    }
+
+    #[test]
+    fn a_call_sends_the_fields_of_a_grpc_request() {
+        let mut block = BytesMut::from(&fixed_fields(false, "10.0.0.7:50051")[..]);
+        own_fields(
+            Duration::from_millis(250),
+            Some(&HeaderValue::from_static("1.1 gw-a")),
+            &mut block,
+        );
+        let mut got = Vec::new();
+        hpack::Decoder::new(4096)
+            .decode(&block, 16 * 1024, |n, v| {
+                got.push((
+                    String::from_utf8(n.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                ));
+            })
+            .unwrap();
+        let want: Vec<(String, String)> = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", SEND_PATH),
+            (":authority", "10.0.0.7:50051"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("user-agent", USER_AGENT),
+            ("grpc-timeout", "250m"),
+            ("via", "1.1 gw-a"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

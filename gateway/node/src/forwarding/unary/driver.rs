@@ -1,0 +1,311 @@
+//! The I/O of one HTTP/2 connection to an instance: the core's state machine
+//! ([`switchyard_core::http2::client`]) behind a lock, the calls that open streams on it, and
+//! the task that reads and writes its socket.
+//!
+//! A call queues its frames under the lock and wakes the task only when the queue was
+//! empty; the task takes the whole queue and writes it with one vectored write, so calls
+//! that arrive together leave together. The lock is never held across a read or a write.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use switchyard_core::http2::client::{self, Answer, Call, CallLimits, Connection, OpenError};
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
+
+use super::super::channel::KeepAlive;
+use crate::seams::Io;
+
+/// How much the read buffer grows by when it runs low, and the least it keeps free.
+const READ_BYTES: usize = 16 * 1024;
+const READ_FREE_MIN: usize = 1024;
+
+/// Buffers written with one vectored write.
+const WRITE_SLICES_MAX: usize = 32;
+
+/// The connection's state, shared by its calls and its task.
+pub(super) struct Shared {
+    locked: Mutex<Locked>,
+}
+
+struct Locked {
+    conn: Connection,
+    /// The connection's task, woken when output is queued on an empty queue.
+    task: Option<Waker>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: the task ends and closes the socket.
+        let locked = self
+            .locked
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = locked.task.take() {
+            task.wake();
+        }
+    }
+}
+
+impl Shared {
+    pub(super) fn new(config: client::Config) -> Arc<Self> {
+        Arc::new(Self {
+            locked: Mutex::new(Locked {
+                conn: Connection::new(config),
+                task: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        self.locked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the connection, waking the task if `f` queued the first output.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let mut locked = self.lock();
+        let idle = !locked.conn.wants_write();
+        let out = f(&mut locked.conn);
+        if idle
+            && locked.conn.wants_write()
+            && let Some(task) = &locked.task
+        {
+            task.wake_by_ref();
+        }
+        out
+    }
+
+    /// Whether the connection takes no new call (it ended, or the instance sent GOAWAY).
+    pub(super) fn takes_no_new_call(&self) -> bool {
+        self.lock().conn.takes_no_new_call()
+    }
+
+    /// Opens a call and waits for its answer; dropping the future resets the stream.
+    pub(super) fn call<'a>(
+        self: &'a Arc<Self>,
+        block: &[&[u8]],
+        message: Bytes,
+        limits: CallLimits,
+    ) -> Result<Answering<'a>, OpenError> {
+        let call = self.with(|conn| conn.open(block, message, limits))?;
+        Ok(Answering {
+            shared: self,
+            call,
+            done: false,
+        })
+    }
+}
+
+/// A call's answer, to come.
+pub(super) struct Answering<'a> {
+    shared: &'a Arc<Shared>,
+    call: Call,
+    done: bool,
+}
+
+impl Future for Answering<'_> {
+    type Output = Result<Answer, client::CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = self.shared.lock().conn.poll_answer(self.call, cx.waker());
+        if answer.is_ready() {
+            self.done = true;
+        }
+        answer
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let call = self.call;
+            self.shared.with(|conn| conn.cancel(call));
+        }
+    }
+}
+
+/// The task of one connection: reads into the state machine, writes what it queued, pings
+/// while calls are open. Ends when the connection fails or is done, or when no handle to it
+/// is left.
+pub(super) struct Driver {
+    shared: Weak<Shared>,
+    io: Box<dyn Io>,
+    input: BytesMut,
+    output: VecDeque<Bytes>,
+    pinger: Option<Pinger>,
+}
+
+struct Pinger {
+    keep_alive: KeepAlive,
+    sleep: Pin<Box<Sleep>>,
+    /// The count of acknowledgements when the unanswered ping went.
+    awaiting: Option<u64>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        shared: &Arc<Shared>,
+        io: Box<dyn Io>,
+        keep_alive: Option<KeepAlive>,
+    ) -> Self {
+        Self {
+            shared: Arc::downgrade(shared),
+            io,
+            input: BytesMut::with_capacity(READ_BYTES),
+            output: VecDeque::new(),
+            pinger: keep_alive.map(|keep_alive| Pinger {
+                keep_alive,
+                sleep: Box::pin(tokio::time::sleep(keep_alive.interval)),
+                awaiting: None,
+            }),
+        }
+    }
+
+    /// Reads what has arrived; `Ready(false)` at the end of the stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.input.capacity() - self.input.len() < READ_FREE_MIN {
+            self.input.reserve(READ_BYTES);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes the output; `Ready` once it is all written and flushed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.output.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES_MAX];
+            let n = self.output.len().min(WRITE_SLICES_MAX);
+            for (slice, chunk) in slices.iter_mut().zip(self.output.iter()) {
+                *slice = IoSlice::new(chunk);
+            }
+            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(written)) => written,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = self.output.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    self.output.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Keep-alive: a ping every interval while calls are open; an unanswered one fails the
+    /// connection.
+    fn poll_ping(&mut self, cx: &mut Context<'_>, conn: &mut Connection) -> Result<(), String> {
+        let Some(p) = &mut self.pinger else {
+            return Ok(());
+        };
+        if let Some(before) = p.awaiting
+            && conn.pongs() > before
+        {
+            p.awaiting = None;
+            p.sleep
+                .as_mut()
+                .reset(Instant::now() + p.keep_alive.interval);
+        }
+        while p.sleep.as_mut().poll(cx).is_ready() {
+            if p.awaiting.is_some() {
+                return Err(format!(
+                    "no answer to the keep-alive ping within {} ms",
+                    p.keep_alive.timeout.as_millis()
+                ));
+            }
+            let next = if conn.calls() > 0 {
+                conn.ping(*b"swyd-kap");
+                p.awaiting = Some(conn.pongs());
+                p.keep_alive.timeout
+            } else {
+                p.keep_alive.interval
+            };
+            p.sleep
+                .as_mut()
+                .reset(Instant::now() + next.max(Duration::from_millis(1)));
+        }
+        Ok(())
+    }
+}
+
+impl Future for Driver {
+    /// Why the connection ended, if it failed.
+    type Output = Result<(), String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let Some(shared) = this.shared.upgrade() else {
+                return Poll::Ready(Ok(()));
+            };
+            let read = this.poll_read(cx);
+            let read_more = read.is_ready();
+            {
+                let mut locked = shared.lock();
+                match &locked.task {
+                    Some(task) if task.will_wake(cx.waker()) => {}
+                    _ => locked.task = Some(cx.waker().clone()),
+                }
+                let conn = &mut locked.conn;
+                let ended = match read {
+                    Poll::Ready(Ok(true)) => {
+                        conn.receive(&mut this.input).err().map(|e| e.to_string())
+                    }
+                    Poll::Ready(Ok(false)) => Some("the instance closed the connection".to_owned()),
+                    Poll::Ready(Err(e)) => Some(format!("reading: {e}")),
+                    Poll::Pending => None,
+                };
+                if let Some(why) = ended.or_else(|| this.poll_ping(cx, conn).err()) {
+                    conn.fail(&why);
+                    conn.take_output(&mut this.output);
+                    drop(locked);
+                    // What is queued (a GOAWAY) goes if the socket takes it at once.
+                    let _ = this.poll_write(cx);
+                    return Poll::Ready(Err(why));
+                }
+                conn.take_output(&mut this.output);
+                if conn.is_done() && this.output.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            drop(shared);
+            match this.poll_write(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    let why = format!("writing: {e}");
+                    if let Some(shared) = this.shared.upgrade() {
+                        shared.lock().conn.fail(&why);
+                    }
+                    return Poll::Ready(Err(why));
+                }
+                Poll::Pending => {}
+            }
+            // Reading again until the socket has nothing more; a pending write has
+            // registered for the socket's readiness.
+            if !read_more {
+                return Poll::Pending;
+            }
+        }
+    }
+}
