@@ -48,9 +48,13 @@ pub struct CallLimits {
     pub message_bytes_max: usize,
 }
 
-/// A call on the connection, as [`Connection::open`] returned it.
+/// A call on the connection, as [`Connection::open`] returned it: its slot, and its serial
+/// number, so that a slot reused by a later call is never taken for this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Call(usize);
+pub struct Call {
+    slot: usize,
+    serial: u64,
+}
 
 /// Why a call could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +118,8 @@ enum Recv {
 
 #[derive(Debug)]
 struct Stream {
+    /// The call's serial number on the connection.
+    serial: u64,
     /// The stream's identifier; zero while the call waits for a stream.
     id: u32,
     limits: CallLimits,
@@ -123,9 +129,13 @@ struct Stream {
     body: Collected,
     /// Received and not yet given back as window.
     recv_unacked: u32,
-    /// What the stream may still send, and what it has still to send.
-    send_window: i64,
+    /// The stream's send window less the instance's initial window (so that a new initial
+    /// window moves every stream's window at once), and what it has still to send.
+    send_adjust: i64,
     pending: Bytes,
+    /// Blocked on its own window (not the connection's): a WINDOW_UPDATE for it, or a larger
+    /// initial window, sends it on.
+    stalled: bool,
     /// The header block of a call that waits for a stream.
     block: Bytes,
     outcome: Option<Result<Answer, CallError>>,
@@ -185,9 +195,15 @@ pub struct Connection {
     calls: usize,
     /// Open streams by identifier.
     open: BTreeMap<u32, usize>,
-    /// Calls waiting for a stream, and streams waiting for window to send.
-    waiting: VecDeque<usize>,
-    blocked: VecDeque<usize>,
+    /// Calls waiting for a stream (by slot and serial; an entry whose call has gone is
+    /// skipped), and streams waiting for the connection's window (by slot and stream).
+    waiting: VecDeque<(usize, u64)>,
+    blocked: VecDeque<(usize, u32)>,
+    /// Streams blocked on their own window.
+    stalled: usize,
+    serial: u64,
+    /// Whether the instance's first SETTINGS came (it must be its first frame).
+    settled: bool,
     next_id: u32,
     send_window: i64,
     recv_window: i64,
@@ -198,6 +214,9 @@ pub struct Connection {
     failed: Option<String>,
     /// A dynamic table size update owed to the instance's decoder.
     table_update: bool,
+    /// The payload of the keep-alive ping awaiting its acknowledgement, and the count of
+    /// acknowledgements that matched one.
+    ping: Option<[u8; 8]>,
     pongs: u64,
 }
 
@@ -237,6 +256,9 @@ impl Connection {
             open: BTreeMap::new(),
             waiting: VecDeque::new(),
             blocked: VecDeque::new(),
+            stalled: 0,
+            serial: 0,
+            settled: false,
             next_id: 1,
             send_window: i64::from(frame::WINDOW_DEFAULT),
             recv_window: i64::from(frame::WINDOW_DEFAULT.max(config.connection_window_bytes)),
@@ -245,6 +267,7 @@ impl Connection {
             goaway: None,
             failed: None,
             table_update: false,
+            ping: None,
             pongs: 0,
         }
     }
@@ -263,7 +286,10 @@ impl Connection {
         if self.calls >= self.config.calls_max {
             return Err(OpenError::Full(self.calls));
         }
+        self.serial += 1;
+        let serial = self.serial;
         let stream = Stream {
+            serial,
             id: 0,
             limits,
             recv: Recv::Head,
@@ -271,8 +297,9 @@ impl Connection {
             head: GrpcFields::default(),
             body: Collected::Empty,
             recv_unacked: 0,
-            send_window: 0,
+            send_adjust: 0,
             pending: message,
+            stalled: false,
             block: Bytes::new(),
             outcome: None,
             waker: None,
@@ -295,9 +322,9 @@ impl Connection {
             if let Some(s) = self.slots[slot].as_mut() {
                 s.block = Bytes::from(joined);
             }
-            self.waiting.push_back(slot);
+            self.waiting.push_back((slot, serial));
         }
-        Ok(Call(slot))
+        Ok(Call { slot, serial })
     }
 
     /// Why no new stream can be opened, if none can.
@@ -308,10 +335,14 @@ impl Connection {
         if let Some(last) = self.goaway {
             return Some(format!("the instance sent GOAWAY (last stream {last})"));
         }
-        if self.next_id > frame::STREAM_ID_MAX {
+        if self.ids_used_up() {
             return Some("its stream identifiers are used up".to_owned());
         }
         None
+    }
+
+    fn ids_used_up(&self) -> bool {
+        self.next_id > frame::STREAM_ID_MAX
     }
 
     /// Gives the call at `slot` a stream and queues its HEADERS and what the windows allow
@@ -319,12 +350,11 @@ impl Connection {
     fn start(&mut self, slot: usize, block: &[&[u8]]) {
         let id = self.next_id;
         self.next_id = self.next_id.saturating_add(2);
-        let initial = i64::from(self.peer.initial_window);
         let Some(s) = self.slots[slot].as_mut() else {
             return;
         };
         s.id = id;
-        s.send_window = initial;
+        s.send_adjust = 0;
         let end_stream = s.pending.is_empty();
         self.open.insert(id, slot);
         let update: &[u8] = if std::mem::take(&mut self.table_update) {
@@ -376,24 +406,33 @@ impl Connection {
         }
     }
 
-    /// Queues as much of the stream's message as the windows allow; a stream with more to
-    /// send waits in `blocked`. Returns whether all of it went.
-    fn send_data(&mut self, slot: usize) -> bool {
+    /// Queues as much of the stream's message as the windows allow. A stream that runs out
+    /// of the connection's window waits in `blocked`; one that runs out of its own is
+    /// `stalled` until its window grows.
+    fn send_data(&mut self, slot: usize) {
         let max = self.peer.frame_bytes_max as usize;
+        let initial = i64::from(self.peer.initial_window);
         let Some(s) = self.slots[slot].as_mut() else {
-            return true;
+            return;
         };
         while !s.pending.is_empty() {
-            let window = s.send_window.min(self.send_window);
-            if window <= 0 {
-                self.blocked.push_back(slot);
-                return false;
+            let own = initial + s.send_adjust;
+            if own <= 0 {
+                if !s.stalled {
+                    s.stalled = true;
+                    self.stalled += 1;
+                }
+                return;
+            }
+            if self.send_window <= 0 {
+                self.blocked.push_back((slot, s.id));
+                return;
             }
             let n = s
                 .pending
                 .len()
                 .min(max)
-                .min(usize::try_from(window).unwrap_or(usize::MAX));
+                .min(usize::try_from(own.min(self.send_window)).unwrap_or(usize::MAX));
             let chunk = s.pending.split_to(n);
             let flags = if s.pending.is_empty() {
                 flag::END_STREAM
@@ -407,30 +446,76 @@ impl Connection {
                 self.chunks.push_back(self.out.split().freeze());
                 self.chunks.push_back(chunk);
             }
-            s.send_window -= n as i64;
+            s.send_adjust -= n as i64;
             self.send_window -= n as i64;
         }
-        true
     }
 
-    /// Sends what the blocked streams may now send, in the order they blocked.
+    /// Whether `slot` still holds the open stream `id` with something to send.
+    fn sending(&self, slot: usize, id: u32) -> bool {
+        self.slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.id == id && s.outcome.is_none() && !s.pending.is_empty())
+    }
+
+    /// Sends what the streams blocked on the connection's window may now send, in the order
+    /// they blocked, while the window lasts. Entries of streams that have ended are skipped.
     fn unblock(&mut self) {
-        for _ in 0..self.blocked.len() {
-            let Some(slot) = self.blocked.pop_front() else {
-                break;
+        while self.send_window > 0 {
+            let Some((slot, id)) = self.blocked.pop_front() else {
+                return;
             };
-            if !self.send_data(slot) && self.send_window <= 0 {
-                break;
+            if self.sending(slot, id) {
+                self.send_data(slot);
             }
         }
     }
 
-    /// Starts waiting calls while streams are free.
+    /// A larger initial window: every stalled stream may send again (once per SETTINGS
+    /// frame, whatever it holds).
+    fn unstall(&mut self) {
+        if self.stalled == 0 {
+            return;
+        }
+        let slots: Vec<usize> = self.open.values().copied().collect();
+        for slot in slots {
+            if let Some(s) = self.slots[slot].as_mut()
+                && s.stalled
+            {
+                s.stalled = false;
+                self.stalled -= 1;
+                self.send_data(slot);
+            }
+        }
+    }
+
+    /// Starts waiting calls while streams are free; when no stream can be opened any more,
+    /// refuses them (they were never sent).
     fn start_waiting(&mut self) {
-        while self.open.len() < self.peer.streams_max as usize && self.closed_for_new().is_none() {
-            let Some(slot) = self.waiting.pop_front() else {
+        while let Some(&(slot, serial)) = self.waiting.front() {
+            let waits = self.slots[slot]
+                .as_ref()
+                .is_some_and(|s| s.serial == serial && s.id == 0 && s.outcome.is_none());
+            if !waits {
+                self.waiting.pop_front();
+                continue;
+            }
+            if let Some(why) = self.closed_for_new() {
+                self.waiting.pop_front();
+                self.finish(
+                    slot,
+                    Err(CallError::Refused(format!(
+                        "the connection takes no new stream: {why}"
+                    ))),
+                    None,
+                );
+                continue;
+            }
+            if self.open.len() >= self.peer.streams_max as usize {
                 return;
-            };
+            }
+            self.waiting.pop_front();
             let block = self.slots[slot]
                 .as_mut()
                 .map(|s| std::mem::take(&mut s.block))
@@ -439,15 +524,23 @@ impl Connection {
         }
     }
 
+    /// The call's stream, if `call` is still the call in its slot.
+    fn stream_mut(&mut self, call: Call) -> Option<&mut Stream> {
+        self.slots
+            .get_mut(call.slot)
+            .and_then(Option::as_mut)
+            .filter(|s| s.serial == call.serial)
+    }
+
     /// The call's answer once it has one; otherwise `waker` is woken when it does.
     pub fn poll_answer(&mut self, call: Call, waker: &Waker) -> Poll<Result<Answer, CallError>> {
-        let Some(s) = self.slots.get_mut(call.0).and_then(Option::as_mut) else {
+        let Some(s) = self.stream_mut(call) else {
             return Poll::Ready(Err(CallError::Transport(
                 "the call is no longer on the connection".to_owned(),
             )));
         };
         if let Some(outcome) = s.outcome.take() {
-            self.free_slot(call.0);
+            self.free_slot(call.slot);
             return Poll::Ready(outcome);
         }
         match &s.waker {
@@ -459,22 +552,24 @@ impl Connection {
 
     /// Abandons a call: its stream, if open, is reset.
     pub fn cancel(&mut self, call: Call) {
-        let Some(s) = self.slots.get(call.0).and_then(Option::as_ref) else {
+        let Some(s) = self.stream_mut(call) else {
             return;
         };
         if s.outcome.is_none() && s.id != 0 {
-            let id = s.id;
-            self.close_stream(call.0, Some(Reason::CANCEL));
-            debug_assert!(!self.open.contains_key(&id));
+            self.close_stream(call.slot, Some(Reason::CANCEL));
         }
-        self.free_slot(call.0);
+        self.free_slot(call.slot);
     }
 
+    /// Frees a call's slot. Its entries in `waiting` or `blocked`, if any, are skipped when
+    /// they come up (the serial or stream no longer matches).
     fn free_slot(&mut self, slot: usize) {
-        if self.slots.get_mut(slot).and_then(Option::take).is_some() {
+        if let Some(s) = self.slots.get_mut(slot).and_then(Option::take) {
+            if s.stalled {
+                self.stalled -= 1;
+            }
             self.calls -= 1;
             self.free.push(slot);
-            self.waiting.retain(|w| *w != slot);
         }
     }
 
@@ -485,12 +580,14 @@ impl Connection {
             return;
         };
         s.pending = Bytes::new();
+        if std::mem::take(&mut s.stalled) {
+            self.stalled -= 1;
+        }
         let id = s.id;
-        if self.open.remove(&id).is_some() {
+        if id != 0 && self.open.remove(&id).is_some() {
             if let Some(reason) = reset {
                 frame::write_rst_stream(&mut self.out, id, reason);
             }
-            self.blocked.retain(|b| *b != slot);
             self.start_waiting();
         }
     }
@@ -506,12 +603,14 @@ impl Connection {
         }
     }
 
-    /// Queues a keep-alive PING.
+    /// Queues a keep-alive PING; only an acknowledgement carrying `payload` counts as its
+    /// answer.
     pub fn ping(&mut self, payload: [u8; 8]) {
+        self.ping = Some(payload);
         frame::write_ping(&mut self.out, payload, false);
     }
 
-    /// How many PING acknowledgements have arrived.
+    /// How many keep-alive pings have been acknowledged.
     pub fn pongs(&self) -> u64 {
         self.pongs
     }
@@ -521,10 +620,11 @@ impl Connection {
         self.calls
     }
 
-    /// Whether the connection has failed or been told to go away with nothing left open:
-    /// its I/O may end.
+    /// Whether the connection has failed, or takes no new stream (GOAWAY, or its stream
+    /// identifiers used up) and has none left open: its I/O may end.
     pub fn is_done(&self) -> bool {
-        self.failed.is_some() || (self.goaway.is_some() && self.open.is_empty())
+        self.failed.is_some()
+            || ((self.goaway.is_some() || self.ids_used_up()) && self.open.is_empty())
     }
 
     /// Whether new calls go elsewhere.
@@ -537,7 +637,9 @@ impl Connection {
         !self.out.is_empty() || !self.chunks.is_empty()
     }
 
-    /// Moves the queued output into `dst`, in order.
+    /// Moves the queued output into `dst`, in order. The caller bounds what it holds
+    /// unwritten by not reading while much is (the control frames one read can make this side
+    /// queue are bounded here).
     pub fn take_output(&mut self, dst: &mut VecDeque<Bytes>) {
         dst.append(&mut self.chunks);
         if !self.out.is_empty() {

@@ -345,6 +345,8 @@ pub fn classify(
             GatewayError::UpstreamConnect { service, detail }
         }
         CallError::TooLarge => too_large(key, limits),
+        // Not the instance's doing: refused as overloaded, neither ejecting nor retried.
+        CallError::Full(what) => GatewayError::Overloaded { what: what.clone() },
         // The connection broke (the instance died, or reset it) or the stream was reset:
         // not the service's answer.
         CallError::Transport(what) => GatewayError::UpstreamReset {

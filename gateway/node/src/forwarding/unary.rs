@@ -72,6 +72,9 @@ pub enum CallError {
     /// A gRPC status other than OK: the service's, or one this side gives an answer that
     /// breaks the protocol (`INTERNAL`, as gRPC's own clients do).
     Status { code: i32, message: String },
+    /// The connection holds as many calls as it may: the gateway's own limit, not the
+    /// instance's fault. Nothing was sent.
+    Full(String),
 }
 
 impl CallError {
@@ -231,24 +234,32 @@ impl Upstream {
         let limits = client::CallLimits {
             message_bytes_max: limits.response_message_bytes_max,
         };
-        let mut replaced = false;
+        // A call the connection did not take, or that the instance did not process (a
+        // refused stream, a stream past its GOAWAY, a connection that ended before the call
+        // left), goes once more, on a new connection if the old one takes no new call: the
+        // instance never saw it.
+        let mut again = true;
         loop {
             let open = self.connection().await?;
-            let answering = match open.shared.call(&block, call.message.clone(), limits) {
-                Ok(answering) => answering,
-                Err(client::OpenError::Closed(why)) if !replaced => {
-                    tracing::debug!(addr = %self.uri, %why, "the connection takes no new call; opening another");
-                    self.clear(&open);
-                    replaced = true;
-                    continue;
+            let answer = match open.shared.call(&block, call.message.clone(), limits) {
+                Ok(answering) => answering.await,
+                Err(client::OpenError::Closed(why)) => Err(client::CallError::Refused(why)),
+                Err(client::OpenError::Full(calls)) => {
+                    return Err(CallError::Full(format!(
+                        "{calls} calls open or waiting on the connection to {}",
+                        self.authority
+                    )));
                 }
-                Err(error) => return Err(CallError::Transport(error.to_string())),
             };
-            let answer = answering.await;
             if answer.is_err() && open.shared.takes_no_new_call() {
                 self.clear(&open);
             }
-            return read_answer(answer?);
+            match answer {
+                Err(client::CallError::Refused(why)) if std::mem::take(&mut again) => {
+                    tracing::debug!(addr = %self.uri, %why, "the call was not processed; sending it again");
+                }
+                answer => return read_answer(answer?),
+            }
         }
     }
 

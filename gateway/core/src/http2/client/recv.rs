@@ -52,6 +52,13 @@ impl Connection {
     }
 
     fn frame(&mut self, head: Head, payload: BytesMut) -> Result<(), ConnectionError> {
+        if !self.settled && head.kind != kind::SETTINGS {
+            // The server's preface is a SETTINGS frame (RFC 9113 §3.4).
+            return Err(conn_err(
+                Reason::PROTOCOL_ERROR,
+                "the instance's first frame is not SETTINGS",
+            ));
+        }
         if self.continuation.is_some() && head.kind != kind::CONTINUATION {
             return Err(conn_err(
                 Reason::PROTOCOL_ERROR,
@@ -71,12 +78,14 @@ impl Connection {
                 Reason::PROTOCOL_ERROR,
                 "PUSH_PROMISE, though push is disabled",
             )),
-            kind::PRIORITY => {
-                if head.stream == 0 {
-                    return Err(conn_err(Reason::PROTOCOL_ERROR, "PRIORITY on stream 0"));
+            // Priorities are ignored (RFC 9113 §5.3.2), their frame's size is not.
+            kind::PRIORITY => match self.stream_of(head.stream, "PRIORITY") {
+                Ok(Some(slot)) if payload.len() != 5 => {
+                    self.malformed(slot, "a PRIORITY frame of other than 5 bytes")
                 }
-                Ok(())
-            }
+                Err(e) if head.stream == 0 => Err(e),
+                _ => Ok(()),
+            },
             // Unknown frame types are ignored (RFC 9113 §4.1).
             _ => Ok(()),
         }
@@ -283,6 +292,10 @@ impl Connection {
                 let Some(status) = fields.status else {
                     return self.malformed(slot, "an answer without :status");
                 };
+                if status == 101 {
+                    // Switching protocols has no meaning in HTTP/2 (RFC 9113 §8.6).
+                    return self.malformed(slot, "status 101");
+                }
                 if (100..200).contains(&status) {
                     if end_stream {
                         return self
@@ -378,6 +391,9 @@ impl Connection {
                 "SETTINGS not a multiple of 6 bytes",
             ));
         }
+        // A new initial window is applied once per frame, its last value, however many
+        // times the frame repeats it: each application touches the stalled streams.
+        let mut initial_window = None;
         for pair in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([pair[0], pair[1]]);
             let value = u32::from_be_bytes([pair[2], pair[3], pair[4], pair[5]]);
@@ -385,14 +401,23 @@ impl Connection {
                 setting::HEADER_TABLE_SIZE if (value as usize) < HEADER_TABLE_BYTES => {
                     self.table_update = true;
                 }
-                setting::ENABLE_PUSH if value > 1 => {
+                // A server may not enable push (RFC 9113 §6.5.2).
+                setting::ENABLE_PUSH if value != 0 => {
                     return Err(conn_err(
                         Reason::PROTOCOL_ERROR,
-                        "ENABLE_PUSH other than 0 or 1",
+                        format!("ENABLE_PUSH {value} from a server"),
                     ));
                 }
                 setting::MAX_CONCURRENT_STREAMS => self.peer.streams_max = value,
-                setting::INITIAL_WINDOW_SIZE => self.initial_window(value)?,
+                setting::INITIAL_WINDOW_SIZE => {
+                    if i64::from(value) > frame::WINDOW_MAX {
+                        return Err(conn_err(
+                            Reason::FLOW_CONTROL_ERROR,
+                            format!("INITIAL_WINDOW_SIZE {value}"),
+                        ));
+                    }
+                    initial_window = Some(value);
+                }
                 setting::MAX_FRAME_SIZE => {
                     if !(frame::FRAME_BYTES_DEFAULT..=frame::FRAME_BYTES_LIMIT).contains(&value) {
                         return Err(conn_err(
@@ -407,37 +432,26 @@ impl Connection {
                 _ => {}
             }
         }
+        self.settled = true;
         frame::write_settings_ack(&mut self.out);
         self.control()?;
+        if let Some(value) = initial_window {
+            self.initial_window(value);
+        }
         self.start_waiting();
         Ok(())
     }
 
-    /// A new initial window: every open stream's send window moves by the difference.
-    fn initial_window(&mut self, value: u32) -> Result<(), ConnectionError> {
-        if i64::from(value) > frame::WINDOW_MAX {
-            return Err(conn_err(
-                Reason::FLOW_CONTROL_ERROR,
-                format!("INITIAL_WINDOW_SIZE {value}"),
-            ));
-        }
-        let delta = i64::from(value) - i64::from(self.peer.initial_window);
+    /// A new initial window: every open stream's window moves by the difference at once
+    /// (each stream keeps its window as an offset from it). A stream window past 2^31-1 is
+    /// caught when a WINDOW_UPDATE would grow it further.
+    fn initial_window(&mut self, value: u32) {
+        let grew = value > self.peer.initial_window;
         self.peer.initial_window = value;
-        for slot in self.open.values() {
-            if let Some(s) = self.slots[*slot].as_mut() {
-                s.send_window += delta;
-                if s.send_window > frame::WINDOW_MAX {
-                    return Err(conn_err(
-                        Reason::FLOW_CONTROL_ERROR,
-                        "a stream's window past 2^31-1",
-                    ));
-                }
-            }
-        }
-        if delta > 0 {
+        if grew {
+            self.unstall();
             self.unblock();
         }
-        Ok(())
     }
 
     /// Counts a control frame queued in answer to the instance.
@@ -463,7 +477,12 @@ impl Connection {
             ));
         };
         if head.has(flag::ACK) {
-            self.pongs += 1;
+            // Only the acknowledgement of the ping in flight counts: an unsolicited one must
+            // not keep a dead connection alive.
+            if self.ping == Some(data) {
+                self.ping = None;
+                self.pongs += 1;
+            }
             return Ok(());
         }
         frame::write_ping(&mut self.out, data, true);
@@ -502,15 +521,8 @@ impl Connection {
                 None,
             );
         }
-        while let Some(slot) = self.waiting.pop_front() {
-            self.finish(
-                slot,
-                Err(CallError::Refused(format!(
-                    "the instance went away ({reason})"
-                ))),
-                None,
-            );
-        }
+        // The calls waiting for a stream are refused: none will open.
+        self.start_waiting();
         Ok(())
     }
 
@@ -548,8 +560,8 @@ impl Connection {
         if increment == 0 {
             return self.malformed(slot, "a stream WINDOW_UPDATE of 0");
         }
-        s.send_window += increment;
-        if s.send_window > frame::WINDOW_MAX {
+        s.send_adjust += increment;
+        if i64::from(self.peer.initial_window) + s.send_adjust > frame::WINDOW_MAX {
             self.finish(
                 slot,
                 Err(CallError::Transport(
@@ -559,25 +571,37 @@ impl Connection {
             );
             return Ok(());
         }
-        if self.blocked.contains(&slot) {
-            self.blocked.retain(|b| *b != slot);
+        if std::mem::take(&mut s.stalled) {
+            self.stalled -= 1;
             self.send_data(slot);
         }
         Ok(())
     }
 }
 
-/// What a header block says that a gRPC client reads.
+/// What a header block says that a gRPC client reads, and whether it is malformed (RFC 9113
+/// §8.2 and §8.3): a pseudo-header other than `:status`, or after a regular field, a second
+/// `:status`, upper-case letters in a name, or a connection-specific field.
 #[derive(Default)]
 struct Fields {
     status: Option<u16>,
+    /// Any pseudo-header (trailers may have none).
     pseudo: bool,
+    regular: bool,
     grpc: GrpcFields,
     malformed: Option<&'static str>,
 }
 
 impl Fields {
     fn add(&mut self, name: &[u8], value: &[u8]) {
+        if let [b':', ..] = name {
+            self.pseudo = true;
+            if self.regular {
+                self.malformed = Some("a pseudo-header after a regular field");
+            }
+        } else {
+            self.regular = true;
+        }
         match name {
             b":status" => {
                 if self.status.is_some() {
@@ -594,15 +618,21 @@ impl Fields {
                     _ => self.malformed = Some("a :status that is not three digits"),
                 }
             }
-            b"grpc-status" => {
+            [b':', ..] => self.malformed = Some("a pseudo-header a response may not carry"),
+            // The first of each is what gRPC's clients read.
+            b"grpc-status" if self.grpc.status.is_none() => {
                 let parsed = std::str::from_utf8(value)
                     .ok()
                     .and_then(|s| s.trim().parse::<i32>().ok());
                 self.grpc.status = Some(parsed.ok_or_else(|| value.to_vec()));
             }
-            b"grpc-message" => self.grpc.message = Some(value.to_vec()),
-            [b':', ..] => self.pseudo = true,
-            // Upper-case letters in a name make the answer malformed (RFC 9113 §8.2.1).
+            b"grpc-message" if self.grpc.message.is_none() => {
+                self.grpc.message = Some(value.to_vec());
+            }
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" | b"te" => {
+                self.malformed = Some("a connection-specific header field");
+            }
             _ if name.iter().any(u8::is_ascii_uppercase) => {
                 self.malformed = Some("a header name with upper-case letters");
             }

@@ -794,3 +794,215 @@ proptest! {
 fn feed_any(conn: &mut Connection, bytes: &[u8]) -> Result<(), ConnectionError> {
     conn.receive(&mut BytesMut::from(bytes))
 }
+
+#[test]
+fn only_the_acknowledgement_of_the_ping_in_flight_counts() {
+    let mut conn = connected();
+    feed(&mut conn, &raw(kind::PING, flag::ACK, 0, b"unasked!")).unwrap();
+    assert_eq!(conn.pongs(), 0);
+    conn.ping(*b"keepaliv");
+    feed(&mut conn, &raw(kind::PING, flag::ACK, 0, b"unasked!")).unwrap();
+    assert_eq!(conn.pongs(), 0);
+    feed(&mut conn, &raw(kind::PING, flag::ACK, 0, b"keepaliv")).unwrap();
+    assert_eq!(conn.pongs(), 1);
+    // Answered once: a repeat does not count again.
+    feed(&mut conn, &raw(kind::PING, flag::ACK, 0, b"keepaliv")).unwrap();
+    assert_eq!(conn.pongs(), 1);
+}
+
+#[test]
+fn the_instance_must_open_with_settings_and_may_not_enable_push() {
+    let mut conn = Connection::new(CONFIG);
+    let error = feed(&mut conn, &raw(kind::PING, 0, 0, b"12345678")).unwrap_err();
+    assert_eq!(error.reason, Reason::PROTOCOL_ERROR);
+    let mut conn = Connection::new(CONFIG);
+    let error = feed(&mut conn, &settings(&[(setting::ENABLE_PUSH, 1)])).unwrap_err();
+    assert_eq!(error.reason, Reason::PROTOCOL_ERROR);
+}
+
+#[test]
+fn waiting_calls_are_refused_when_no_stream_can_open() {
+    // Identifiers used up: the call waiting behind the last stream is refused, and the
+    // connection is done once that stream ends.
+    let mut conn = Connection::new(CONFIG);
+    feed(
+        &mut conn,
+        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
+    )
+    .unwrap();
+    conn.next_id = frame::STREAM_ID_MAX - 2;
+    let before_last = open(&mut conn, b"1");
+    let last = open(&mut conn, b"2");
+    let waiting = open(&mut conn, b"3");
+    feed(&mut conn, &answer_bytes(frame::STREAM_ID_MAX - 2, b"a")).unwrap();
+    assert!(ready(&mut conn, before_last).is_ok());
+    assert!(matches!(
+        ready(&mut conn, waiting),
+        Err(CallError::Refused(_))
+    ));
+    assert!(!conn.is_done());
+    feed(&mut conn, &answer_bytes(frame::STREAM_ID_MAX, b"b")).unwrap();
+    assert!(ready(&mut conn, last).is_ok());
+    assert!(conn.is_done());
+    // GOAWAY: the waiting calls are refused at once.
+    let mut conn = Connection::new(CONFIG);
+    feed(
+        &mut conn,
+        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
+    )
+    .unwrap();
+    let sent = open(&mut conn, b"1");
+    let waiting = open(&mut conn, b"2");
+    let mut payload = 1u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(&0u32.to_be_bytes());
+    feed(&mut conn, &raw(kind::GOAWAY, 0, 0, &payload)).unwrap();
+    assert!(matches!(
+        ready(&mut conn, waiting),
+        Err(CallError::Refused(_))
+    ));
+    assert!(poll(&mut conn, sent).is_pending());
+}
+
+#[test]
+fn a_cancelled_waiting_call_is_skipped_and_its_handle_never_takes_another_calls_answer() {
+    let mut conn = Connection::new(CONFIG);
+    feed(
+        &mut conn,
+        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
+    )
+    .unwrap();
+    output(&mut conn);
+    let first = open(&mut conn, b"1");
+    let cancelled = open(&mut conn, b"2");
+    conn.cancel(cancelled);
+    // The cancelled call's slot is reused by the next call.
+    let third = open(&mut conn, b"3");
+    output(&mut conn);
+    assert!(matches!(
+        poll(&mut conn, cancelled),
+        Poll::Ready(Err(CallError::Transport(_)))
+    ));
+    feed(&mut conn, &answer_bytes(1, b"a")).unwrap();
+    assert!(ready(&mut conn, first).is_ok());
+    // The next stream is the third call's: the cancelled one never went.
+    let frames = output(&mut conn);
+    assert_eq!((frames[0].stream, &frames[1].payload[..]), (3, &b"3"[..]));
+    feed(&mut conn, &answer_bytes(3, b"c")).unwrap();
+    assert_eq!(&ready(&mut conn, third).unwrap().body[5..], b"c");
+    assert_eq!(conn.calls(), 0);
+}
+
+#[test]
+fn a_stream_stalled_on_its_own_window_waits_for_its_own_update() {
+    let mut conn = Connection::new(CONFIG);
+    feed(
+        &mut conn,
+        &[
+            settings(&[(setting::INITIAL_WINDOW_SIZE, 10)]),
+            raw(kind::WINDOW_UPDATE, 0, 0, &1_000_000u32.to_be_bytes()),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    output(&mut conn);
+    let call = open(&mut conn, &[9u8; 30]);
+    let sent = |frames: &[Out]| -> usize {
+        frames
+            .iter()
+            .filter(|f| f.kind == kind::DATA)
+            .map(|f| f.payload.len())
+            .sum()
+    };
+    assert_eq!(sent(&output(&mut conn)), 10);
+    // The connection's window grows: the stream stays stalled on its own.
+    feed(
+        &mut conn,
+        &raw(kind::WINDOW_UPDATE, 0, 0, &5u32.to_be_bytes()),
+    )
+    .unwrap();
+    assert_eq!(sent(&output(&mut conn)), 0);
+    feed(
+        &mut conn,
+        &raw(kind::WINDOW_UPDATE, 0, 1, &5u32.to_be_bytes()),
+    )
+    .unwrap();
+    assert_eq!(sent(&output(&mut conn)), 5);
+    // A larger initial window, repeated in one frame, applies once, its last value.
+    feed(
+        &mut conn,
+        &settings(&[
+            (setting::INITIAL_WINDOW_SIZE, 1_000),
+            (setting::INITIAL_WINDOW_SIZE, 0),
+            (setting::INITIAL_WINDOW_SIZE, 20),
+        ]),
+    )
+    .unwrap();
+    // 20 - 15 sent + 5 given: 10 more may go.
+    assert_eq!(sent(&output(&mut conn)), 10);
+    feed(
+        &mut conn,
+        &raw(kind::WINDOW_UPDATE, 0, 1, &5u32.to_be_bytes()),
+    )
+    .unwrap();
+    let frames = output(&mut conn);
+    assert_eq!(sent(&frames), 5);
+    assert_eq!(frames.last().unwrap().flags, flag::END_STREAM);
+    feed(&mut conn, &answer_bytes(1, b"ok")).unwrap();
+    assert!(ready(&mut conn, call).is_ok());
+}
+
+#[test]
+fn streams_blocked_on_the_connection_window_go_in_the_order_they_blocked() {
+    let mut conn = connected();
+    let first = open(&mut conn, &[1u8; 65_535]);
+    let second = open(&mut conn, &[2u8; 100]);
+    let third = open(&mut conn, &[3u8; 100]);
+    output(&mut conn);
+    // The second call is cancelled while blocked: its entry is skipped.
+    conn.cancel(second);
+    output(&mut conn);
+    feed(
+        &mut conn,
+        &raw(kind::WINDOW_UPDATE, 0, 0, &1_000u32.to_be_bytes()),
+    )
+    .unwrap();
+    let data: Vec<(u32, usize)> = output(&mut conn)
+        .iter()
+        .filter(|f| f.kind == kind::DATA)
+        .map(|f| (f.stream, f.payload.len()))
+        .collect();
+    assert_eq!(data, [(5, 100)]);
+    assert!(poll(&mut conn, first).is_pending() && poll(&mut conn, third).is_pending());
+}
+
+#[test]
+fn answers_that_break_the_rules_of_a_response_are_malformed() {
+    for (what, fields) in [
+        ("101", &[(":status", "101")][..]),
+        (
+            "connection field",
+            &[(":status", "200"), ("connection", "close")],
+        ),
+        ("te", &[(":status", "200"), ("te", "trailers")]),
+        ("request pseudo", &[(":status", "200"), (":path", "/")]),
+        ("pseudo after regular", &[("x-a", "1"), (":status", "200")]),
+    ] {
+        let mut conn = connected();
+        let call = open(&mut conn, b"x");
+        feed(&mut conn, &headers(1, fields, true)).unwrap();
+        assert!(
+            matches!(ready(&mut conn, call), Err(CallError::Transport(_))),
+            "{what}"
+        );
+    }
+    // The first grpc-status is the one read.
+    let mut conn = connected();
+    let call = open(&mut conn, b"x");
+    let fields = [
+        (":status", "200"),
+        ("grpc-status", "5"),
+        ("grpc-status", "0"),
+    ];
+    feed(&mut conn, &headers(1, &fields, true)).unwrap();
+    assert_eq!(ready(&mut conn, call).unwrap().head.status, Some(Ok(5)));
+}

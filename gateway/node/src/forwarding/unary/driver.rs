@@ -29,6 +29,9 @@ const READ_FREE_MIN: usize = 1024;
 /// Buffers written with one vectored write.
 const WRITE_SLICES_MAX: usize = 32;
 
+/// Output waiting for the socket past which the instance is not read.
+const UNWRITTEN_BYTES_MAX: usize = 64 * 1024;
+
 /// The connection's state, shared by its calls and its task.
 pub(super) struct Shared {
     locked: Mutex<Locked>,
@@ -138,6 +141,8 @@ pub(super) struct Driver {
     io: Box<dyn Io>,
     input: BytesMut,
     output: VecDeque<Bytes>,
+    /// Whether everything taken has been written and flushed.
+    flushed: bool,
     pinger: Option<Pinger>,
 }
 
@@ -159,12 +164,18 @@ impl Driver {
             io,
             input: BytesMut::with_capacity(READ_BYTES),
             output: VecDeque::new(),
+            flushed: true,
             pinger: keep_alive.map(|keep_alive| Pinger {
                 keep_alive,
                 sleep: Box::pin(tokio::time::sleep(keep_alive.interval)),
                 awaiting: None,
             }),
         }
+    }
+
+    /// Bytes taken from the connection and not yet written.
+    fn unwritten(&self) -> usize {
+        self.output.iter().map(Bytes::len).sum()
     }
 
     /// Reads what has arrived; `Ready(false)` at the end of the stream.
@@ -259,7 +270,15 @@ impl Future for Driver {
             let Some(shared) = this.shared.upgrade() else {
                 return Poll::Ready(Ok(()));
             };
-            let read = this.poll_read(cx);
+            // Backpressure: while much output waits for the socket, the instance is not
+            // read, so that what it sends cannot make this side queue without bound (each
+            // PING and SETTINGS it sends is answered).
+            let reading = this.unwritten() < UNWRITTEN_BYTES_MAX;
+            let read = if reading {
+                this.poll_read(cx)
+            } else {
+                Poll::Pending
+            };
             let read_more = read.is_ready();
             {
                 let mut locked = shared.lock();
@@ -284,14 +303,18 @@ impl Future for Driver {
                     let _ = this.poll_write(cx);
                     return Poll::Ready(Err(why));
                 }
-                conn.take_output(&mut this.output);
-                if conn.is_done() && this.output.is_empty() {
+                if conn.wants_write() {
+                    conn.take_output(&mut this.output);
+                    this.flushed = false;
+                }
+                if conn.is_done() && this.output.is_empty() && this.flushed {
                     return Poll::Ready(Ok(()));
                 }
             }
             drop(shared);
+            let had_output = !this.flushed;
             match this.poll_write(cx) {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => this.flushed = true,
                 Poll::Ready(Err(e)) => {
                     let why = format!("writing: {e}");
                     if let Some(shared) = this.shared.upgrade() {
@@ -301,11 +324,99 @@ impl Future for Driver {
                 }
                 Poll::Pending => {}
             }
-            // Reading again until the socket has nothing more; a pending write has
-            // registered for the socket's readiness.
-            if !read_more {
+            // Again while the socket had more to read, or once the output that held reading
+            // back (or the last of a finished connection's) is written; otherwise the
+            // socket's readiness or a call wakes the task.
+            let freed = this.flushed && (had_output || !reading);
+            if !read_more && !freed {
                 return Poll::Pending;
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::BufMut;
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    use super::*;
+
+    /// An instance that sends SETTINGS and then nothing but PINGs, and never reads.
+    struct Flood {
+        reads: Arc<AtomicUsize>,
+    }
+
+    const READS_MAX: usize = 10_000;
+
+    impl AsyncRead for Flood {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let reads = self.reads.fetch_add(1, Ordering::Relaxed);
+            if reads >= READS_MAX {
+                return Poll::Pending;
+            }
+            let mut frames = BytesMut::new();
+            if reads == 0 {
+                frames.put_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+            }
+            while frames.len() + 17 <= buf.remaining() {
+                frames.put_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
+                frames.put_slice(b"pingping");
+            }
+            buf.put_slice(&frames);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Flood {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_never_reads_is_not_read_either() {
+        let shared = Shared::new(CLIENT_FOR_TESTS);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let flood = Flood {
+            reads: reads.clone(),
+        };
+        let mut driver = Driver::new(&shared, Box::new(flood), None);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        // Reading stopped once the answers to its pings passed the bound, long before the
+        // flood ran out; what waits is the bound and at most one read's answers.
+        let unwritten = driver.unwritten();
+        assert!(unwritten >= UNWRITTEN_BYTES_MAX, "{unwritten}");
+        assert!(
+            unwritten <= UNWRITTEN_BYTES_MAX + 2 * READ_BYTES,
+            "{unwritten}"
+        );
+        let reads = reads.load(Ordering::Relaxed);
+        assert!(reads < 100, "{reads} reads");
+    }
+
+    const CLIENT_FOR_TESTS: client::Config = client::Config {
+        stream_window_bytes: 1 << 20,
+        connection_window_bytes: 1 << 20,
+        header_list_bytes_max: 16 * 1024,
+        calls_max: 16,
+    };
 }
