@@ -126,6 +126,24 @@ fn answer_bytes(stream: u32, body: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// A connection whose instance allows one stream at a time.
+fn one_stream_at_a_time() -> Connection {
+    let mut conn = Connection::new(CONFIG);
+    feed(
+        &mut conn,
+        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
+    )
+    .unwrap();
+    conn
+}
+
+/// GOAWAY with `last` as the last stream processed, without error.
+fn goaway(last: u32) -> Vec<u8> {
+    let mut payload = last.to_be_bytes().to_vec();
+    payload.extend_from_slice(&0u32.to_be_bytes());
+    raw(kind::GOAWAY, 0, 0, &payload)
+}
+
 fn open(conn: &mut Connection, body: &[u8]) -> Call {
     conn.open(
         &[b"\x83\x86", b"\x84"],
@@ -429,12 +447,7 @@ fn a_larger_initial_window_and_frame_size_let_more_go() {
 
 #[test]
 fn calls_past_the_streams_allowed_wait_for_one_to_end() {
-    let mut conn = Connection::new(CONFIG);
-    feed(
-        &mut conn,
-        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
-    )
-    .unwrap();
+    let mut conn = one_stream_at_a_time();
     output(&mut conn);
     let first = open(&mut conn, b"1");
     let second = open(&mut conn, b"2");
@@ -493,9 +506,7 @@ fn goaway_refuses_the_streams_it_leaves_out_and_new_calls() {
     let mut conn = connected();
     let kept = open(&mut conn, b"1");
     let dropped = open(&mut conn, b"2");
-    let mut payload = 1u32.to_be_bytes().to_vec();
-    payload.extend_from_slice(&0u32.to_be_bytes());
-    feed(&mut conn, &raw(kind::GOAWAY, 0, 0, &payload)).unwrap();
+    feed(&mut conn, &goaway(1)).unwrap();
     assert!(matches!(
         ready(&mut conn, dropped),
         Err(CallError::Refused(_))
@@ -738,12 +749,7 @@ fn stream_identifiers_run_out_into_a_closed_connection() {
 
 #[test]
 fn a_failed_connection_fails_sent_calls_and_refuses_waiting_ones() {
-    let mut conn = Connection::new(CONFIG);
-    feed(
-        &mut conn,
-        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
-    )
-    .unwrap();
+    let mut conn = one_stream_at_a_time();
     let sent = open(&mut conn, b"1");
     let waiting = open(&mut conn, b"2");
     conn.fail("reading: connection reset");
@@ -824,12 +830,7 @@ fn the_instance_must_open_with_settings_and_may_not_enable_push() {
 fn waiting_calls_are_refused_when_no_stream_can_open() {
     // Identifiers used up: the call waiting behind the last stream is refused, and the
     // connection is done once that stream ends.
-    let mut conn = Connection::new(CONFIG);
-    feed(
-        &mut conn,
-        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
-    )
-    .unwrap();
+    let mut conn = one_stream_at_a_time();
     conn.next_id = frame::STREAM_ID_MAX - 2;
     let before_last = open(&mut conn, b"1");
     let last = open(&mut conn, b"2");
@@ -845,17 +846,10 @@ fn waiting_calls_are_refused_when_no_stream_can_open() {
     assert!(ready(&mut conn, last).is_ok());
     assert!(conn.is_done());
     // GOAWAY: the waiting calls are refused at once.
-    let mut conn = Connection::new(CONFIG);
-    feed(
-        &mut conn,
-        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
-    )
-    .unwrap();
+    let mut conn = one_stream_at_a_time();
     let sent = open(&mut conn, b"1");
     let waiting = open(&mut conn, b"2");
-    let mut payload = 1u32.to_be_bytes().to_vec();
-    payload.extend_from_slice(&0u32.to_be_bytes());
-    feed(&mut conn, &raw(kind::GOAWAY, 0, 0, &payload)).unwrap();
+    feed(&mut conn, &goaway(1)).unwrap();
     assert!(matches!(
         ready(&mut conn, waiting),
         Err(CallError::Refused(_))
@@ -865,12 +859,7 @@ fn waiting_calls_are_refused_when_no_stream_can_open() {
 
 #[test]
 fn a_cancelled_waiting_call_is_skipped_and_its_handle_never_takes_another_calls_answer() {
-    let mut conn = Connection::new(CONFIG);
-    feed(
-        &mut conn,
-        &settings(&[(setting::MAX_CONCURRENT_STREAMS, 1)]),
-    )
-    .unwrap();
+    let mut conn = one_stream_at_a_time();
     output(&mut conn);
     let first = open(&mut conn, b"1");
     let cancelled = open(&mut conn, b"2");
