@@ -17,7 +17,7 @@ seconds="${FUZZ_SECONDS:-20}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(request response registry)
+    targets=(request response registry http2)
 fi
 # Each sanitizer gets its own target dir, so switching does not rebuild the other from scratch.
 target_dir="target"

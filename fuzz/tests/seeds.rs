@@ -36,6 +36,11 @@ fn response_seeds_hold() {
 }
 
 #[test]
+fn http2_seeds_hold() {
+    replay("http2", switchyard_fuzz::http2::check);
+}
+
+#[test]
 fn registry_seeds_hold() {
     replay("registry", switchyard_fuzz::registry::check);
 }

@@ -81,7 +81,14 @@ impl Connection {
             // Priorities are ignored (RFC 9113 §5.3.2), their frame's size is not.
             kind::PRIORITY => match self.stream_of(head.stream, "PRIORITY") {
                 Ok(Some(slot)) if payload.len() != 5 => {
-                    self.malformed(slot, "a PRIORITY frame of other than 5 bytes")
+                    self.finish(
+                        slot,
+                        Err(CallError::Transport(
+                            "a PRIORITY frame of other than 5 bytes".to_owned(),
+                        )),
+                        Some(Reason::FRAME_SIZE_ERROR),
+                    );
+                    Ok(())
                 }
                 Err(e) if head.stream == 0 => Err(e),
                 _ => Ok(()),
@@ -594,6 +601,19 @@ struct Fields {
 
 impl Fields {
     fn add(&mut self, name: &[u8], value: &[u8]) {
+        // RFC 9113 §8.2.1: a name is a token (a pseudo-header's after its colon); a value
+        // holds no NUL, CR or LF and no whitespace at either end. What the node reads
+        // (`grpc-message` into errors and logs) never carries a line break.
+        let token = name.strip_prefix(b":").unwrap_or(name);
+        if token.is_empty() || !token.iter().all(|b| is_token_byte(*b)) {
+            self.malformed = Some("a header name that is not a token");
+        }
+        if value.iter().any(|b| matches!(b, 0 | b'\r' | b'\n'))
+            || value.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
+            || value.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
+        {
+            self.malformed = Some("a header value with NUL, CR, LF or whitespace at an end");
+        }
         if let [b':', ..] = name {
             self.pseudo = true;
             if self.regular {
@@ -639,4 +659,9 @@ impl Fields {
             _ => {}
         }
     }
+}
+
+/// A byte of an HTTP token (RFC 9110 §5.6.2).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
