@@ -975,6 +975,14 @@ fn answers_that_break_the_rules_of_a_response_are_malformed() {
         ("te", &[(":status", "200"), ("te", "trailers")]),
         ("request pseudo", &[(":status", "200"), (":path", "/")]),
         ("pseudo after regular", &[("x-a", "1"), (":status", "200")]),
+        (
+            "cr lf in a value",
+            &[(":status", "200"), ("grpc-message", "a\r\nb")],
+        ),
+        ("nul", &[(":status", "200"), ("x-a", "a\0b")]),
+        ("leading space", &[(":status", "200"), ("x-a", " a")]),
+        ("space in a name", &[(":status", "200"), ("x a", "1")]),
+        ("non-ascii name", &[(":status", "200"), ("x-é", "1")]),
     ] {
         let mut conn = connected();
         let call = open(&mut conn, b"x");
@@ -994,26 +1002,4 @@ fn answers_that_break_the_rules_of_a_response_are_malformed() {
     ];
     feed(&mut conn, &headers(1, &fields, true)).unwrap();
     assert_eq!(ready(&mut conn, call).unwrap().head.status, Some(Ok(5)));
-}
-
-#[test]
-fn fields_with_bytes_http_forbids_are_malformed() {
-    for (what, fields) in [
-        (
-            "cr lf in a value",
-            &[(":status", "200"), ("grpc-message", "a\r\nb")][..],
-        ),
-        ("nul", &[(":status", "200"), ("x-a", "a\0b")]),
-        ("leading space", &[(":status", "200"), ("x-a", " a")]),
-        ("space in a name", &[(":status", "200"), ("x a", "1")]),
-        ("non-ascii name", &[(":status", "200"), ("x-é", "1")]),
-    ] {
-        let mut conn = connected();
-        let call = open(&mut conn, b"x");
-        feed(&mut conn, &headers(1, fields, true)).unwrap();
-        assert!(
-            matches!(ready(&mut conn, call), Err(CallError::Transport(_))),
-            "{what}"
-        );
-    }
 }
