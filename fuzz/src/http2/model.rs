@@ -16,9 +16,10 @@ use switchyard_core::http2::frame::Reason;
 
 use super::hpack;
 
-/// Rules of RFC 9113 the client does not follow (each one reported), where the oracle
-/// accepts what the client does so that fuzzing goes on past them. Set one to `false` once
-/// the client follows the rule, and the seeds that reach it become its regression tests.
+/// Rules of RFC 9113 the client did not follow when the target was written. `true`: the
+/// oracle accepts what the client does, so that fuzzing goes on past it. `false`: the client
+/// follows the rule since, and the oracle checks it. Each has a reproducer in `seeds/http2/`
+/// (docs/fuzzing.md), which becomes its regression test once the flag is `false`.
 pub(super) mod tolerated {
     /// §6.9.2: "An endpoint MUST treat a change to SETTINGS_INITIAL_WINDOW_SIZE that causes
     /// any flow-control window to exceed the maximum size as a connection error of type
@@ -26,11 +27,12 @@ pub(super) mod tolerated {
     /// WINDOW_UPDATE on the stream.
     pub const INITIAL_WINDOW_OVERFLOW: bool = true;
     /// §6.3: a PRIORITY frame of other than 5 octets is "a stream error of type
-    /// FRAME_SIZE_ERROR". Followed since the target found it.
+    /// FRAME_SIZE_ERROR". The client reset the stream with PROTOCOL_ERROR.
     pub const PRIORITY_SIZE_CODE: bool = false;
-    /// §8.2.1: a field name with characters outside a token's, or a value with NUL, CR or
-    /// LF or with whitespace at either end, makes the answer malformed. Followed since the
-    /// target found it.
+    /// §8.2.1: a field name with a character the section names (space and below, upper case,
+    /// DEL and above, a colon inside), or a value with NUL, CR or LF or with whitespace at
+    /// either end, makes the answer malformed. The client checked names for upper case only,
+    /// and values not at all.
     pub const FIELD_CHARACTERS: bool = false;
     /// §8.1.1: an answer whose `content-length` is not the sum of its DATA payloads is
     /// malformed; the client does not read `content-length`.

@@ -53,10 +53,12 @@ impl Verdict {
 /// What a field block says, by RFC 9113 §8.2 and §8.3.
 struct Judged {
     status: Option<u16>,
-    /// Malformed in a way the client checks (§8.1.1: the call fails, the stream is reset).
+    /// Malformed (§8.1.1: the call fails, the stream is reset).
     checked: Option<&'static str>,
-    /// Malformed in a way the client does not check ([`tolerated::FIELD_CHARACTERS`]): the
-    /// oracle makes no claim about the call from there on.
+    /// Malformed or not depending on the reading, or in a way the client is let off
+    /// ([`tolerated`]): the oracle makes no claim about the call from there on. A name with
+    /// a character outside a token's (RFC 9110 §5.1) that §8.2.1 does not name is one: the
+    /// RFC's note lets a client validate by either rule.
     lenient: Option<&'static str>,
 }
 
@@ -69,6 +71,9 @@ const CONNECTION_SPECIFIC: &[&[u8]] = &[
     b"upgrade",
     b"te",
 ];
+
+/// The punctuation of a token (RFC 9110 §5.6.2).
+const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
 
 fn judge(fields: &[hpack::Field]) -> Judged {
     let mut j = Judged {
@@ -111,6 +116,13 @@ fn judge(fields: &[hpack::Field]) -> Judged {
             }
             if name.is_empty() || name.iter().any(|&b| b <= 0x20 || b >= 0x7f || b == b':') {
                 characters = Some("a forbidden character in a field name (§8.2.1)");
+            } else if !name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || TCHAR.contains(&b))
+            {
+                // Not a token (RFC 9110 §5.1), though §8.2.1 does not name the character:
+                // the oracle makes no claim.
+                j.lenient = Some("a field name that is not a token");
             }
         }
         if value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n'))
@@ -124,7 +136,7 @@ fn judge(fields: &[hpack::Field]) -> Judged {
         j.checked = Some("101 in HTTP/2 (§8.6)");
     }
     if tolerated::FIELD_CHARACTERS {
-        j.lenient = characters;
+        j.lenient = j.lenient.or(characters);
     } else if characters.is_some() {
         j.checked = characters;
     }
