@@ -351,6 +351,24 @@ fn http2(dir: &Path) -> std::io::Result<()> {
         .settings(&[(setting::INITIAL_WINDOW_SIZE, 65_536)]);
     raw_http2(dir, "regress-initial-window-overflow", 0, &[0x40], &[], &w)?;
 
+    // A header block on stream 1 continued on stream 3 (RFC 9113 §6.10: a connection error).
+    let b = block(&[(":status", "200")]);
+    let mut w = Wire::default();
+    w.settings(&[]).frame(kind::HEADERS, 0, 1, &b[..4]).frame(
+        kind::CONTINUATION,
+        flag::END_HEADERS,
+        3,
+        &b[4..],
+    );
+    raw_http2(
+        dir,
+        "raw-continuation-other-stream",
+        0,
+        &[SMALL, SMALL],
+        &[],
+        &w,
+    )?;
+
     // Frames that end the connection: a MAX_FRAME_SIZE out of range, after a PING.
     let mut w = Wire::default();
     w.settings(&[])
