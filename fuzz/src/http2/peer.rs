@@ -516,8 +516,11 @@ impl Model {
         let stream = head.stream;
         if self.active(stream) {
             // The doc of `CallError::Refused`: "The instance did not process the request
-            // (REFUSED_STREAM ...)".
-            let expect = if u32_at(payload, 0) == REFUSED_STREAM {
+            // (REFUSED_STREAM before any response header block ...)"; §8.7.
+            let answered = self
+                .call_on(stream)
+                .is_some_and(|c| self.calls[c].progress.body_phase);
+            let expect = if u32_at(payload, 0) == REFUSED_STREAM && !answered {
                 Expect::Refused
             } else {
                 Expect::Transport

@@ -41,6 +41,18 @@ pub struct Config {
     pub calls_max: usize,
 }
 
+impl Config {
+    /// Whether the settings are ones the protocol allows and the connection can use: windows
+    /// of at most 2^31-1 (RFC 9113 §6.9.1), a header list of at least one field's overhead,
+    /// and room for at least one call.
+    pub const fn is_valid(&self) -> bool {
+        self.stream_window_bytes as i64 <= frame::WINDOW_MAX
+            && self.connection_window_bytes as i64 <= frame::WINDOW_MAX
+            && self.header_list_bytes_max >= 32
+            && self.calls_max >= 1
+    }
+}
+
 /// What one call accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
@@ -71,8 +83,9 @@ pub enum OpenError {
 /// How a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The instance did not process the request (REFUSED_STREAM, or a GOAWAY that left the
-    /// stream out, or the connection ended before it was sent).
+    /// The instance did not process the request (REFUSED_STREAM before any response header
+    /// block, or a GOAWAY that left the stream out, or the connection ended before it was
+    /// sent).
     #[error("not processed: {0}")]
     Refused(String),
     /// The connection failed or the stream was reset once the request may have been
@@ -221,8 +234,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection whose preface, settings and window are queued.
+    /// A connection whose preface, settings and window are queued as its first output.
+    ///
+    /// # Panics
+    ///
+    /// If `config` is not [valid](Config::is_valid): a programming error, since the
+    /// gateway's settings are constants checked when it is compiled.
     pub fn new(config: Config) -> Self {
+        assert!(
+            config.is_valid(),
+            "invalid HTTP/2 client settings: {config:?}"
+        );
         let mut out = BytesMut::with_capacity(4096);
         out.extend_from_slice(frame::PREFACE);
         frame::write_settings(
@@ -604,8 +626,11 @@ impl Connection {
     }
 
     /// Queues a keep-alive PING; only an acknowledgement carrying `payload` counts as its
-    /// answer.
+    /// answer. Nothing is queued once the connection failed.
     pub fn ping(&mut self, payload: [u8; 8]) {
+        if self.failed.is_some() {
+            return;
+        }
         self.ping = Some(payload);
         frame::write_ping(&mut self.out, payload, false);
     }

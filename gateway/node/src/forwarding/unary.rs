@@ -330,6 +330,7 @@ const CLIENT: client::Config = client::Config {
     header_list_bytes_max: RESPONSE_HEADER_LIST_BYTES_MAX,
     calls_max: CALLS_PER_CONNECTION_MAX,
 };
+const _: () = assert!(CLIENT.is_valid());
 
 /// The header fields every call to one address sends (HPACK, never indexed by this side).
 fn fixed_fields(https: bool, authority: &str) -> Bytes {

@@ -194,6 +194,11 @@ impl Connection {
             self.complete(slot, None, true);
             return Ok(());
         }
+        // The stream's window is not checked: window goes back as soon as half of it came, so
+        // the instance always has more than half of it left, and with a window of 32 KiB or
+        // more (the gateway announces 2 MiB) no frame (16 KiB at most, this side's
+        // SETTINGS_MAX_FRAME_SIZE) can overrun it. With a smaller window an instance could;
+        // what bounds memory either way is the message bound, checked above.
         s.recv_unacked += len;
         if s.recv_unacked >= self.config.stream_window_bytes / 2 {
             frame::write_window_update(&mut self.out, s.id, s.recv_unacked);
@@ -370,7 +375,13 @@ impl Connection {
             return Ok(());
         };
         let reason = Reason(u32::from_be_bytes([a, b, c, d]));
-        let error = if reason == Reason::REFUSED_STREAM {
+        // REFUSED_STREAM says the instance did no work on the stream (RFC 9113 §8.7), so the
+        // call may go again; once its headers came, the instance did, and a second send could
+        // run it twice: then it is a reset like any other.
+        let answered = self.slots[slot]
+            .as_ref()
+            .is_some_and(|s| matches!(s.recv, Recv::Body));
+        let error = if reason == Reason::REFUSED_STREAM && !answered {
             CallError::Refused(format!("the instance refused the stream: {reason}"))
         } else {
             CallError::Transport(format!("the instance reset the stream: {reason}"))

@@ -539,6 +539,19 @@ fn a_reset_stream_fails_its_call_refused_or_not() {
 }
 
 #[test]
+fn a_stream_refused_after_its_headers_is_a_reset_not_a_refusal() {
+    // The headers show the instance processed the call: sending it again could run it twice.
+    let mut conn = connected();
+    let call = open(&mut conn, b"1");
+    feed(&mut conn, &headers(1, &[(":status", "200")], false)).unwrap();
+    feed(&mut conn, &raw(kind::RST_STREAM, 0, 1, &7u32.to_be_bytes())).unwrap();
+    match ready(&mut conn, call) {
+        Err(CallError::Transport(why)) => assert!(why.contains("REFUSED_STREAM"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn pings_are_answered_and_a_flood_of_them_ends_the_connection() {
     let mut conn = connected();
     feed(&mut conn, &raw(kind::PING, 0, 0, b"12345678")).unwrap();
