@@ -421,7 +421,12 @@ impl<D: Direct> Connection<D> {
             && direct.claims(parts.uri.path())
         {
             let request = Request::from_parts(parts, Body::new(timed));
-            return direct.call(request, self.client.0).await;
+            // Boxed: hyper keeps a connection's service future inline in the connection's
+            // task, sized for its largest state, also while the connection waits idle. The
+            // front's future is several KiB (the pipeline, the forwarder, the call); boxed, it
+            // is held only while a request is in flight. Measured: 27.7 → 22.3 KiB per idle
+            // keep-alive connection, instructions per request unchanged (47,381 → 47,235).
+            return Box::pin(direct.call(request, self.client.0)).await;
         }
         let mut request = Request::from_parts(parts, Body::new(timed));
         request.extensions_mut().insert(ConnectInfo(self.client));
