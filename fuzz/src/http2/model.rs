@@ -426,7 +426,9 @@ impl Model {
     }
 
     /// The connection ended: every call in flight fails, refused if it was never sent
-    /// (the doc of `CallError::Refused`: "or the connection ended before it was sent").
+    /// (the doc of `CallError::Refused`: "or the connection ended before its HEADERS were
+    /// handed to the writer"; the harness takes the output after every operation and every
+    /// frame, so a call with a stream here is one whose HEADERS were taken).
     pub(super) fn end(&mut self, how: Ended) {
         if self.ended.is_none() {
             self.ended = Some(how);

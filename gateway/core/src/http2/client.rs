@@ -84,8 +84,8 @@ pub enum OpenError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// The instance did not process the request (REFUSED_STREAM before any response header
-    /// block, or a GOAWAY that left the stream out, or the connection ended before it was
-    /// sent).
+    /// block, or a GOAWAY that left the stream out, or the connection ended before its
+    /// HEADERS were handed to the writer by [`Connection::take_output`]).
     #[error("not processed: {0}")]
     Refused(String),
     /// The connection failed or the stream was reset once the request may have been
@@ -218,6 +218,9 @@ pub struct Connection {
     /// Whether the instance's first SETTINGS came (it must be its first frame).
     settled: bool,
     next_id: u32,
+    /// Streams below this identifier had their HEADERS handed to the writer
+    /// ([`Connection::take_output`]); the others never left this side.
+    handed_below: u32,
     send_window: i64,
     recv_window: i64,
     recv_unacked: u32,
@@ -282,6 +285,7 @@ impl Connection {
             serial: 0,
             settled: false,
             next_id: 1,
+            handed_below: 1,
             send_window: i64::from(frame::WINDOW_DEFAULT),
             recv_window: i64::from(frame::WINDOW_DEFAULT.max(config.connection_window_bytes)),
             recv_unacked: 0,
@@ -666,6 +670,7 @@ impl Connection {
     /// unwritten by not reading while much is (the control frames one read can make this side
     /// queue are bounded here).
     pub fn take_output(&mut self, dst: &mut VecDeque<Bytes>) {
+        self.handed_below = self.next_id;
         dst.append(&mut self.chunks);
         if !self.out.is_empty() {
             dst.push_back(self.out.split().freeze());
@@ -674,10 +679,20 @@ impl Connection {
     }
 
     /// The connection ended (the I/O failed or the instance closed it): every call fails.
+    /// A call whose HEADERS were never handed to the writer (one opened while the end was
+    /// still unread) is refused, and its queued frames are withdrawn, so that it may go
+    /// elsewhere: the instance never sees it. The others fail with a transport error.
     pub fn fail(&mut self, why: &str) {
         if self.failed.is_some() {
             return;
         }
+        self.withdraw_unhanded();
+        self.end(why, self.handed_below);
+    }
+
+    /// Ends every call; those on a stream below `sent_below` with a transport error, the
+    /// others refused.
+    fn end(&mut self, why: &str, sent_below: u32) {
         self.failed = Some(why.to_owned());
         for slot in 0..self.slots.len() {
             let Some(s) = self.slots[slot].as_ref() else {
@@ -686,7 +701,7 @@ impl Connection {
             if s.outcome.is_some() {
                 continue;
             }
-            let error = if s.id == 0 {
+            let error = if s.id == 0 || s.id >= sent_below {
                 CallError::Refused(format!(
                     "the connection ended before the call was sent: {why}"
                 ))
@@ -698,6 +713,33 @@ impl Connection {
         self.waiting.clear();
         self.blocked.clear();
         self.open.clear();
+    }
+
+    /// Removes from the queued output every frame of a stream not yet handed to the writer
+    /// (the rest, in order, stays). Only on failure, and only when such a stream exists.
+    fn withdraw_unhanded(&mut self) {
+        if self.next_id <= self.handed_below {
+            return;
+        }
+        let mut queued = BytesMut::with_capacity(
+            self.out.len() + self.chunks.iter().map(Bytes::len).sum::<usize>(),
+        );
+        for chunk in self.chunks.drain(..) {
+            queued.extend_from_slice(&chunk);
+        }
+        queued.extend_from_slice(&self.out);
+        self.out.clear();
+        // Only the first output starts with the preface; the rest is whole frames.
+        if queued.starts_with(frame::PREFACE) {
+            self.out
+                .extend_from_slice(&queued.split_to(frame::PREFACE.len()));
+        }
+        while let Some(head) = frame::Head::read(&queued) {
+            let frame = queued.split_to((frame::HEAD_BYTES + head.len as usize).min(queued.len()));
+            if head.stream == 0 || head.stream < self.handed_below {
+                self.out.extend_from_slice(&frame);
+            }
+        }
     }
 }
 

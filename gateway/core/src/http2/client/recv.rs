@@ -45,8 +45,12 @@ impl Connection {
 
     fn connection_error(&mut self, error: ConnectionError) -> ConnectionError {
         if self.failed.is_none() {
+            // The connection ends as it stands: a call with a stream goes out before the
+            // GOAWAY (it may be processed, so it is not refused), whether or not it was
+            // handed to the writer yet, so that how the instance's bytes were cut into reads
+            // changes no outcome.
             frame::write_goaway(&mut self.out, 0, error.reason);
-            self.fail(&format!("this side ended it: {error}"));
+            self.end(&format!("this side ended it: {error}"), self.next_id);
         }
         error
     }

@@ -765,6 +765,7 @@ fn a_failed_connection_fails_sent_calls_and_refuses_waiting_ones() {
     let mut conn = one_stream_at_a_time();
     let sent = open(&mut conn, b"1");
     let waiting = open(&mut conn, b"2");
+    output(&mut conn);
     conn.fail("reading: connection reset");
     assert!(matches!(
         ready(&mut conn, sent),
@@ -775,6 +776,56 @@ fn a_failed_connection_fails_sent_calls_and_refuses_waiting_ones() {
         Err(CallError::Refused(_))
     ));
     assert!(conn.is_done());
+}
+
+/// A call opened while the connection's end was still unread (the driver reads before it
+/// writes) never reached the instance: it is refused, so that it goes again, even though it
+/// had a stream; one opened and written before is not.
+#[test]
+fn a_call_whose_headers_were_never_written_is_refused_when_the_connection_ends() {
+    let mut conn = connected();
+    let written = open(&mut conn, b"1");
+    output(&mut conn);
+    let unwritten = open(&mut conn, b"2");
+    feed(&mut conn, &raw(kind::PING, 0, 0, b"12345678")).unwrap();
+    conn.fail("the instance closed the connection");
+    assert!(matches!(
+        ready(&mut conn, written),
+        Err(CallError::Transport(_))
+    ));
+    assert!(matches!(
+        ready(&mut conn, unwritten),
+        Err(CallError::Refused(_))
+    ));
+    // Its frames are withdrawn; what else was queued (here the acknowledgement of a PING
+    // read before the end) stays.
+    let after = output(&mut conn);
+    assert!(after.iter().all(|f| f.stream != 3), "{after:?}");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].kind, kind::PING);
+}
+
+/// The same when the connection fails before its first output was taken: the preface and
+/// settings stay, the call's frames go.
+#[test]
+fn a_connection_failing_before_its_first_write_keeps_its_preface_and_refuses_the_call() {
+    let mut conn = Connection::new(CONFIG);
+    let call = open(&mut conn, &[7; 100_000]);
+    conn.fail("connecting: reset");
+    assert!(matches!(ready(&mut conn, call), Err(CallError::Refused(_))));
+    let mut chunks = VecDeque::new();
+    conn.take_output(&mut chunks);
+    let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    assert!(bytes.starts_with(frame::PREFACE));
+    let mut rest = &bytes[frame::PREFACE.len()..];
+    let mut kinds = Vec::new();
+    while let Some(head) = Head::read(rest) {
+        assert_eq!(head.stream, 0, "{head:?}");
+        kinds.push(head.kind);
+        rest = &rest[frame::HEAD_BYTES + head.len as usize..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(kinds, [kind::SETTINGS, kind::WINDOW_UPDATE]);
 }
 
 proptest! {

@@ -413,6 +413,102 @@ mod tests {
         assert!(reads < 100, "{reads} reads");
     }
 
+    /// An instance that sends its SETTINGS, then nothing until `closed` is set, then ends
+    /// the connection; what the driver writes is kept.
+    struct Closing {
+        reads: usize,
+        closed: Arc<std::sync::atomic::AtomicBool>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Closing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            if self.reads == 1 {
+                buf.put_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+                Poll::Ready(Ok(()))
+            } else if self.closed.load(Ordering::Relaxed) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl AsyncWrite for Closing {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Poll::Ready(Ok(bytes.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The instance closed an idle connection, and a call opened on it before its task read
+    /// the end: the task reads before it writes, so the call never leaves, and it is refused
+    /// (sent again elsewhere), not reported as a connection broken during the call.
+    #[tokio::test]
+    async fn a_call_opened_on_a_connection_whose_end_is_unread_is_refused_and_never_written() {
+        let shared = Shared::new(CLIENT_FOR_TESTS);
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let io = Closing {
+            reads: 0,
+            closed: closed.clone(),
+            written: written.clone(),
+        };
+        let mut driver = Driver::new(&shared, Box::new(io), None);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        let before = written.lock().unwrap().len();
+        assert!(before > 0, "the preface and settings were written");
+
+        closed.store(true, Ordering::Relaxed);
+        let limits = CallLimits {
+            message_bytes_max: 1024,
+        };
+        let mut answering = shared
+            .call(
+                &[b"\x83\x86", b"\x84"],
+                Bytes::from_static(b"\0\0\0\0\0"),
+                limits,
+            )
+            .expect("the connection takes the call");
+        let ended = Pin::new(&mut driver).poll(&mut cx);
+        assert_eq!(
+            ended,
+            Poll::Ready(Err("the instance closed the connection".to_owned()))
+        );
+        match Pin::new(&mut answering).poll(&mut cx) {
+            Poll::Ready(Err(client::CallError::Refused(_))) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Nothing of the call went out: no HEADERS or DATA frame after the first write.
+        let written = written.lock().unwrap();
+        let mut rest = &written[before..];
+        while let Some(head) = switchyard_core::http2::frame::Head::read(rest) {
+            assert_eq!(head.stream, 0, "a frame of the call was written: {head:?}");
+            rest = &rest[(9 + head.len as usize).min(rest.len())..];
+        }
+        assert!(rest.is_empty());
+        assert!(shared.takes_no_new_call());
+    }
+
     const CLIENT_FOR_TESTS: client::Config = client::Config {
         stream_window_bytes: 1 << 20,
         connection_window_bytes: 1 << 20,
