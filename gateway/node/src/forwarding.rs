@@ -103,12 +103,12 @@ impl std::fmt::Debug for Forwarder {
 /// Decrements an instance's in-flight count when the attempt ends, however it ends.
 struct InFlight<'a> {
     forwarder: &'a Forwarder,
-    key: InstanceKey,
+    key: &'a InstanceKey,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = lock(&self.forwarder.balancer).get_mut(&self.key) {
+        if let Some(slot) = lock(&self.forwarder.balancer).get_mut(self.key) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
         }
     }
@@ -348,7 +348,7 @@ impl Forwarder {
     ) -> Result<ForwardingResp, Failed> {
         let _in_flight = InFlight {
             forwarder: self,
-            key: key.clone(),
+            key,
         };
         let limits = channel::AttemptLimits {
             timeout_ms: self.config.timeout_ms,

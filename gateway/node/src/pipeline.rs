@@ -538,7 +538,7 @@ impl Pipeline {
     /// counted, bounded by the registry so that random paths cannot grow the metrics.
     fn known_service<'s>(&self, service: Option<&'s str>) -> &'s str {
         match service {
-            Some(s) if self.store.registry().service_entries(s).next().is_some() => s,
+            Some(s) if self.store.registry().knows_service(s) => s,
             _ => "",
         }
     }

@@ -321,8 +321,10 @@ impl Builders {
     fn new(limits: &ServeLimits) -> Self {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // The head timeout is the connection's own ([`head_overdue`]): hyper's armed and
+            // boxed a timer for every request, and ran it while a kept-alive connection
+            // waited, closing it at the head timeout rather than the idle timeout.
+            .header_read_timeout(None)
             .max_buf_size(limits.http1_read_buf_bytes.max(HTTP1_READ_BUF_MIN))
             // A client that shuts its write side after a complete request still gets the answer.
             .half_close(true);
@@ -365,6 +367,7 @@ impl<D: Direct> Connection<D> {
         let mut io = Watched::new(io, state.clone());
         let on_refusal = self.on_refusal.clone();
         let idle_timeout = self.limits.idle_timeout;
+        let head_timeout = self.limits.header_read_timeout;
         // Which protocol the client speaks, from its first bytes: bounded as a connection
         // without a request is (the idle timeout), and ended by shutdown.
         let http2 = tokio::select! {
@@ -394,6 +397,7 @@ impl<D: Direct> Connection<D> {
             state: &state,
             on_refusal: &on_refusal,
             idle_timeout,
+            head_timeout: (!http2).then_some(head_timeout),
             shutdown,
             closing,
         };
@@ -441,20 +445,23 @@ impl<D: Direct> Connection<D> {
 }
 
 /// What ends a connection being served: its end, a shutdown or its idle timeout (each
-/// first a graceful one), or the end of the drain.
+/// first a graceful one), an HTTP/1.1 request head not complete in time, or the end of the
+/// drain.
 struct Ends<'a> {
     state: &'a ConnState,
     on_refusal: &'a OnRefusal,
     idle_timeout: Duration,
+    /// The HTTP/1.1 head timeout; `None` on HTTP/2, whose heads are bounded by its streams.
+    head_timeout: Option<Duration>,
     shutdown: CancellationToken,
     closing: CancellationToken,
 }
 
 impl Ends<'_> {
-    /// Drives `conn` to its end. The rare events (shutdown, the idle timeout, the end of the
-    /// drain) are looked at only when one of them woke the task, not at every wake of a busy
-    /// connection: polling the two cancellation futures and the idle timer on each of a
-    /// request's wakes took locks, about 2 % of a forwarded request's instructions.
+    /// Drives `conn` to its end. The rare events (shutdown, the idle and head timeouts, the
+    /// end of the drain) are looked at only when one of them woke the task, not at every wake
+    /// of a busy connection: polling the two cancellation futures and the idle timer on each
+    /// of a request's wakes took locks, about 2 % of a forwarded request's instructions.
     async fn drive<C>(self, mut conn: Pin<&mut C>, graceful: fn(Pin<&mut C>))
     where
         C: Future<Output = hyper::Result<()>>,
@@ -464,12 +471,26 @@ impl Ends<'_> {
         let mut shutdown = pin!(self.shutdown.cancelled());
         let mut closing = pin!(self.closing.cancelled());
         let mut idle = pin!(idle(self.state, self.idle_timeout));
+        let head_timeout = self.head_timeout;
+        let state = self.state;
+        let mut head = pin!(async move {
+            match head_timeout {
+                Some(timeout) => head_overdue(state, timeout).await,
+                None => std::future::pending().await,
+            }
+        });
         let mut ending = false;
         std::future::poll_fn(|cx| {
             nudge.task.register(cx.waker());
             if nudge.due.swap(false, Ordering::AcqRel) {
                 let mut rare = Context::from_waker(&nudge_waker);
                 if closing.as_mut().poll(&mut rare).is_ready() {
+                    return Poll::Ready(());
+                }
+                if head.as_mut().poll(&mut rare).is_ready() {
+                    // Closed at once, as a head that never completes gets no answer.
+                    (self.on_refusal)(Refusal::HeaderTimeout);
+                    tracing::trace!("connection ended: a request head not complete in time");
                     return Poll::Ready(());
                 }
                 if !ending
@@ -482,11 +503,6 @@ impl Ends<'_> {
             }
             let result = ready!(conn.as_mut().poll(cx));
             if let Err(error) = result {
-                // hyper's head timer also runs while a kept-alive connection waits for its
-                // next request; only a head that had begun is a refusal.
-                if is_header_timeout(&error) && self.state.head_pending.load(Ordering::Relaxed) {
-                    (self.on_refusal)(Refusal::HeaderTimeout);
-                }
                 tracing::trace!("connection ended: {error:#}");
             }
             Poll::Ready(())
@@ -539,6 +555,23 @@ async fn idle(state: &ConnState, timeout: Duration) {
     }
 }
 
+/// Resolves once a request head has been arriving for `timeout`: bytes came while no
+/// request was in progress, and no request started since. It looks at the clock when its
+/// sleep ends, not at every byte or request: while no head is pending it sleeps a whole
+/// `timeout` (a head that begins meanwhile began less than `timeout` before it wakes, so
+/// the second sleep ends exactly `timeout` after the head's first byte). A connection
+/// waiting for its next request is the idle timeout's, not this one's.
+async fn head_overdue(state: &ConnState, timeout: Duration) {
+    loop {
+        let wait = match state.head_pending_for() {
+            Some(pending) if pending >= timeout => return,
+            Some(pending) => timeout - pending,
+            None => timeout,
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
 /// What a connection's requests and its byte stream tell each other.
 struct ConnState {
     /// Requests in progress.
@@ -549,6 +582,8 @@ struct ConnState {
     last_change_us: AtomicU64,
     /// Whether bytes arrived while no request was in progress: the start of a request head.
     head_pending: AtomicBool,
+    /// When the first of those bytes came, in µs since `opened`.
+    head_started_us: AtomicU64,
 }
 
 impl ConnState {
@@ -558,12 +593,37 @@ impl ConnState {
             opened: tokio::time::Instant::now(),
             last_change_us: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
+            head_started_us: AtomicU64::new(0),
         }
     }
 
+    fn elapsed_us(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes of a request head arrived (no request in progress): the head's clock starts
+    /// with the first of them.
+    fn head_bytes(&self) {
+        if !self.head_pending.swap(true, Ordering::Relaxed) {
+            self.head_started_us
+                .store(self.elapsed_us(), Ordering::Relaxed);
+        }
+    }
+
+    /// How long the pending request head has been arriving, if one is.
+    fn head_pending_for(&self) -> Option<Duration> {
+        if !self.head_pending.load(Ordering::Relaxed) {
+            return None;
+        }
+        let started = self.head_started_us.load(Ordering::Relaxed);
+        Some(Duration::from_micros(
+            self.elapsed_us().saturating_sub(started),
+        ))
+    }
+
     fn touch(&self) {
-        let us = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.last_change_us.store(us, Ordering::Release);
+        self.last_change_us
+            .store(self.elapsed_us(), Ordering::Release);
     }
 
     fn since_last_change(&self) -> Duration {
@@ -632,7 +692,7 @@ impl<I: AsyncRead + Unpin> Watched<I> {
             }
             let read = self.first_len..self.first_len + n;
             self.first_len += n;
-            self.state.head_pending.store(true, Ordering::Relaxed);
+            self.state.head_bytes();
             if self.first[read.clone()] != HTTP2_PREFACE[read] {
                 return Ok(false);
             }
@@ -666,7 +726,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
         if buf.filled().len() > before && self.state.active.load(Ordering::Acquire) == 0 {
-            self.state.head_pending.store(true, Ordering::Relaxed);
+            self.state.head_bytes();
         }
         Poll::Ready(result)
     }
@@ -700,20 +760,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout)
-        {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 /// The JSON answer to a request refused before routing.

@@ -330,10 +330,39 @@ async fn an_idle_connection_is_closed() {
     gw.stop().await;
 }
 
-/// hyper's head timer also runs while a kept-alive HTTP/1.1 connection waits for its next
-/// request: such a connection is closed, but it was not refused anything.
+/// A kept-alive HTTP/1.1 connection waiting for its next request is the idle timeout's, not
+/// the head timeout's (hyper's own head timer closed it at the head timeout): it outlives
+/// several head timeouts, serves its next request, and is then closed idle, with no refusal.
 #[tokio::test]
-async fn an_idle_http_1_1_connection_closed_by_the_head_timer_is_not_a_refusal() {
+async fn a_kept_alive_connection_waits_for_the_idle_timeout_not_the_head_timeout() {
+    let gw = Gateway::start(|c| {
+        c.public.idle_timeout_ms = 8 * SHORT_MS;
+        c.public.header_read_timeout_ms = SHORT_MS;
+    })
+    .await;
+    let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
+    let answer = exchange(&mut stream, HEALTHZ).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Three head timeouts pass with the connection open.
+    let mut buf = [0_u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(3 * SHORT_MS), stream.read(&mut buf));
+    assert!(
+        read.await.is_err(),
+        "the connection ended or sent bytes while idle"
+    );
+    let answer = exchange(&mut stream, HEALTHZ).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let started = tokio::time::Instant::now();
+    assert_eq!(read_until_closed(&mut stream, SLACK + SLACK).await, "");
+    assert!(started.elapsed() >= Duration::from_millis(4 * SHORT_MS));
+    assert_eq!(refusals(&gw, "header_timeout"), 0);
+    gw.stop().await;
+}
+
+/// A second request head on a kept-alive connection gets the head timeout from its first
+/// byte, as the first did.
+#[tokio::test]
+async fn a_slow_second_request_head_closes_the_connection() {
     let gw = Gateway::start(|c| {
         c.public.idle_timeout_ms = 60_000;
         c.public.header_read_timeout_ms = SHORT_MS;
@@ -342,7 +371,17 @@ async fn an_idle_http_1_1_connection_closed_by_the_head_timer_is_not_a_refusal()
     let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
     let answer = exchange(&mut stream, HEALTHZ).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(read_until_closed(&mut stream, SLACK).await, "");
-    assert_eq!(refusals(&gw, "header_timeout"), 0);
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = read_until_closed(&mut stream, SLACK).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(SHORT_MS / 2),
+        "closed before the timeout: {answer:?}"
+    );
+    assert!(!answer.contains("200 OK"), "{answer:?}");
+    eventually(SLACK, || async { refusals(&gw, "header_timeout") == 1 }).await;
     gw.stop().await;
 }
