@@ -360,15 +360,10 @@ impl Forwarder {
                 .response_body_bytes_max
                 .saturating_add(RESPONSE_ENVELOPE_BYTES_MAX),
         };
-        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let sent = upstream.send(call, timeout, call_limits);
-        match tokio::time::timeout_at(deadline, sent).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                service: key.service.clone(),
-                timeout_ms: limits.timeout_ms,
-            }
-            .into()),
-            Ok(Ok(resp)) => {
+        // The call ends itself at the deadline (`CallError::TimedOut`): one timer per
+        // connection rather than one per call.
+        match upstream.send(call, deadline, call_limits).await {
+            Ok(resp) => {
                 // The decoding limit leaves room for the headers; the body's own bound is
                 // exact.
                 if resp.body.len() > limits.response_body_bytes_max {
@@ -376,7 +371,7 @@ impl Forwarder {
                 }
                 Ok(resp)
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 let not_dialed = matches!(&error, CallError::Connect(f) if f.not_dialed());
                 let error = channel::classify(&error, key, addr, limits);
                 Err(if not_dialed {

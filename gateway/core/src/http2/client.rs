@@ -68,6 +68,14 @@ pub struct Call {
     serial: u64,
 }
 
+impl Call {
+    /// The call's place on the connection: below the most calls held at once, and reused
+    /// once the call is done (a caller's table of its calls can be indexed by it).
+    pub fn index(&self) -> usize {
+        self.slot
+    }
+}
+
 /// Why a call could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -95,6 +103,10 @@ pub enum CallError {
     /// The answer's message is larger than the call accepts.
     #[error("the answer's message is larger than the call accepts")]
     TooLarge,
+    /// The caller's time for the call ran out ([`Connection::expire`]); its stream, if it had
+    /// one, was reset.
+    #[error("the call's time ran out")]
+    Expired,
 }
 
 /// The gRPC fields of a header block.
@@ -585,6 +597,20 @@ impl Connection {
             self.close_stream(call.slot, Some(Reason::CANCEL));
         }
         self.free_slot(call.slot);
+    }
+
+    /// Ends a call whose time ran out: its answer is [`CallError::Expired`], and its stream, if
+    /// open, is reset (CANCEL), which frees the stream for a waiting call. Nothing when the
+    /// call already has its outcome or is gone.
+    pub fn expire(&mut self, call: Call) {
+        let Some(s) = self.stream_mut(call) else {
+            return;
+        };
+        if s.outcome.is_some() {
+            return;
+        }
+        let reset = (s.id != 0).then_some(Reason::CANCEL);
+        self.finish(call.slot, Err(CallError::Expired), reset);
     }
 
     /// Frees a call's slot. Its entries in `waiting` or `blocked`, if any, are skipped when

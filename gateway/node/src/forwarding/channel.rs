@@ -345,6 +345,10 @@ pub fn classify(
             GatewayError::UpstreamConnect { service, detail }
         }
         CallError::TooLarge => too_large(key, limits),
+        CallError::TimedOut => GatewayError::UpstreamTimeout {
+            service,
+            timeout_ms: limits.timeout_ms,
+        },
         // Not the instance's doing: refused as overloaded, neither ejecting nor retried.
         CallError::Full(what) => GatewayError::Overloaded { what: what.clone() },
         // The connection broke (the instance died, or reset it) or the stream was reset:

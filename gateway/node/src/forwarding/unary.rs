@@ -75,6 +75,8 @@ pub enum CallError {
     /// The connection holds as many calls as it may: the gateway's own limit, not the
     /// instance's fault. Nothing was sent.
     Full(String),
+    /// The deadline passed before the answer came (or before a connection could be opened).
+    TimedOut,
 }
 
 impl CallError {
@@ -90,6 +92,7 @@ impl From<client::CallError> for CallError {
     fn from(error: client::CallError) -> Self {
         match error {
             client::CallError::TooLarge => Self::TooLarge,
+            client::CallError::Expired => Self::TimedOut,
             client::CallError::Refused(why) | client::CallError::Transport(why) => {
                 Self::Transport(why)
             }
@@ -219,14 +222,16 @@ impl Upstream {
         })
     }
 
-    /// Calls `Send` with `call`, telling the service it has `timeout` (`grpc-timeout`). The
-    /// caller bounds the call's time.
+    /// Calls `Send` with `call`, telling the service the time it has until `deadline`
+    /// (`grpc-timeout`), and ends it with [`CallError::TimedOut`] at `deadline`: opening a
+    /// connection, when one must be, and the call on it.
     pub async fn send(
         &self,
         call: &Outgoing,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
         limits: CallLimits,
     ) -> Result<ForwardingResp, CallError> {
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut own =
             BytesMut::with_capacity(OWN_FIELDS_BYTES + call.via.as_ref().map_or(0, |v| v.len()));
         own_fields(timeout, call.via.as_ref(), &mut own);
@@ -240,8 +245,16 @@ impl Upstream {
         // instance never saw it.
         let mut again = true;
         loop {
-            let open = self.connection().await?;
-            let answer = match open.shared.call(&block, call.message.clone(), limits) {
+            let open = match self.current() {
+                Some(open) => open,
+                None => tokio::time::timeout_at(deadline, self.connection())
+                    .await
+                    .map_err(|_| CallError::TimedOut)??,
+            };
+            let answer = match open
+                .shared
+                .call(&block, call.message.clone(), limits, deadline)
+            {
                 Ok(answering) => answering.await,
                 Err(client::OpenError::Closed(why)) => Err(client::CallError::Refused(why)),
                 Err(client::OpenError::Full(calls)) => {

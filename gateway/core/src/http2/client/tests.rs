@@ -501,6 +501,58 @@ fn a_cancelled_call_resets_its_stream_and_its_late_frames_keep_the_table_in_step
     assert_eq!((answer.status, &answer.body[5..]), (200, &b"on time"[..]));
 }
 
+/// An expired call is answered `Expired`, its stream reset, and the stream it held goes to
+/// the call waiting for one; expiring it again, or a call already answered, does nothing.
+#[test]
+fn an_expired_call_is_answered_expired_and_frees_its_stream_for_a_waiting_call() {
+    let mut conn = one_stream_at_a_time();
+    output(&mut conn);
+    let first = open(&mut conn, b"1");
+    let waiting = open(&mut conn, b"2");
+    let frames = output(&mut conn);
+    assert!(frames.iter().all(|f| f.stream == 1), "{frames:?}");
+    conn.expire(first);
+    conn.expire(first);
+    let frames = output(&mut conn);
+    assert_eq!(rst(&frames, 1), Some(Reason::CANCEL));
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.stream == 3 && f.kind == kind::HEADERS),
+        "the waiting call takes the freed stream: {frames:?}"
+    );
+    assert!(matches!(ready(&mut conn, first), Err(CallError::Expired)));
+    // Its late answer is ignored; the waiting call's is its own.
+    feed(&mut conn, &answer_bytes(1, b"late")).unwrap();
+    feed(&mut conn, &answer_bytes(3, b"on time")).unwrap();
+    let answer = ready(&mut conn, waiting).unwrap();
+    assert_eq!(&answer.body[5..], b"on time");
+    conn.expire(waiting);
+    assert_eq!(conn.calls(), 0);
+    assert!(output(&mut conn).is_empty());
+}
+
+/// A call expired while it waits for a stream never gets one.
+#[test]
+fn a_call_expired_while_waiting_is_never_sent() {
+    let mut conn = one_stream_at_a_time();
+    output(&mut conn);
+    let first = open(&mut conn, b"1");
+    let waiting = open(&mut conn, b"2");
+    output(&mut conn);
+    conn.expire(waiting);
+    assert!(
+        output(&mut conn).is_empty(),
+        "nothing is reset: it had no stream"
+    );
+    assert!(matches!(ready(&mut conn, waiting), Err(CallError::Expired)));
+    feed(&mut conn, &answer_bytes(1, b"one")).unwrap();
+    assert!(ready(&mut conn, first).is_ok());
+    let frames = output(&mut conn);
+    assert!(frames.iter().all(|f| f.stream != 3), "{frames:?}");
+    assert_eq!(conn.calls(), 0);
+}
+
 #[test]
 fn goaway_refuses_the_streams_it_leaves_out_and_new_calls() {
     let mut conn = connected();
