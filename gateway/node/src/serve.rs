@@ -47,8 +47,8 @@ pub struct Shutdown(pub CancellationToken);
 pub struct ServeLimits {
     /// Open connections; past it a new connection is closed at once.
     pub connections_max: u32,
-    /// For an HTTP/1.1 request head to arrive. hyper starts it as soon as it waits for a head,
-    /// so it also closes a kept-alive HTTP/1.1 connection idle for this long.
+    /// For an HTTP/1.1 request head to arrive, from its first byte. A
+    /// kept-alive connection waiting for its next request is `idle_timeout`'s.
     pub header_read_timeout: Duration,
     /// From a request's head to the end of its body, for handlers that read the whole body.
     pub body_read_timeout: Duration,
@@ -388,7 +388,7 @@ impl<D: Direct> Connection<D> {
             let this = this.clone();
             let guard = ActiveGuard::new(requests.clone());
             async move {
-                let response = this.call(request).await;
+                let response = this.call(request, &guard.0).await;
                 drop(guard);
                 Ok::<_, Infallible>(response)
             }
@@ -411,7 +411,7 @@ impl<D: Direct> Connection<D> {
         }
     }
 
-    async fn call(&self, request: Request<Incoming>) -> Response {
+    async fn call(&self, request: Request<Incoming>, state: &Arc<ConnState>) -> Response {
         if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
             // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
             return refusal_response(&GatewayError::InvalidArgument {
@@ -420,7 +420,12 @@ impl<D: Direct> Connection<D> {
             });
         }
         let (parts, body) = request.into_parts();
-        let timed = TimedBody::new(body, self.limits.body_read_timeout, self.on_refusal.clone());
+        let timed = TimedBody::new(
+            body,
+            self.limits.body_read_timeout,
+            self.on_refusal.clone(),
+            state.clone(),
+        );
         if let Some(direct) = &self.direct
             && direct.claims(parts.uri.path())
         {
@@ -560,7 +565,10 @@ async fn idle(state: &ConnState, timeout: Duration) {
 /// sleep ends, not at every byte or request: while no head is pending it sleeps a whole
 /// `timeout` (a head that begins meanwhile began less than `timeout` before it wakes, so
 /// the second sleep ends exactly `timeout` after the head's first byte). A connection
-/// waiting for its next request is the idle timeout's, not this one's.
+/// waiting for its next request is the idle timeout's, not this one's. Two heads start no
+/// clock and are bounded by the idle timeout instead: one whose first bytes hyper read
+/// together with the request before it (pipelined), and one after a chunked body that the
+/// gateway left unread (its length unknown, its rest not told from a head).
 async fn head_overdue(state: &ConnState, timeout: Duration) {
     loop {
         let wait = match state.head_pending_for() {
@@ -580,10 +588,14 @@ struct ConnState {
     opened: tokio::time::Instant,
     /// When a request last started or ended, in µs since `opened`.
     last_change_us: AtomicU64,
-    /// Whether bytes arrived while no request was in progress: the start of a request head.
+    /// Whether bytes of a request head arrived while no request was in progress.
     head_pending: AtomicBool,
     /// When the first of those bytes came, in µs since `opened`.
     head_started_us: AtomicU64,
+    /// Bytes of an ended request's body that hyper has still to read and discard, which are
+    /// not a head; `u64::MAX` when their count is unknown (chunked), then until the next
+    /// request.
+    unread_body: AtomicU64,
 }
 
 impl ConnState {
@@ -594,11 +606,30 @@ impl ConnState {
             last_change_us: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
             head_started_us: AtomicU64::new(0),
+            unread_body: AtomicU64::new(0),
         }
     }
 
     fn elapsed_us(&self) -> u64 {
         u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// `n` bytes arrived with no request in progress: a request head's, once what is left of
+    /// an unread body is past.
+    fn bytes_between_requests(&self, n: usize) {
+        let unread = self.unread_body.load(Ordering::Relaxed);
+        if unread == u64::MAX {
+            return;
+        }
+        if unread > 0 {
+            let n = n as u64;
+            self.unread_body
+                .store(unread.saturating_sub(n), Ordering::Relaxed);
+            if n <= unread {
+                return;
+            }
+        }
+        self.head_bytes();
     }
 
     /// Bytes of a request head arrived (no request in progress): the head's clock starts
@@ -638,6 +669,7 @@ struct ActiveGuard(Arc<ConnState>);
 impl ActiveGuard {
     fn new(state: Arc<ConnState>) -> Self {
         state.head_pending.store(false, Ordering::Relaxed);
+        state.unread_body.store(0, Ordering::Relaxed);
         state.active.fetch_add(1, Ordering::AcqRel);
         state.touch();
         Self(state)
@@ -725,8 +757,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         }
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
-        if buf.filled().len() > before && self.state.active.load(Ordering::Acquire) == 0 {
-            self.state.head_bytes();
+        let n = buf.filled().len() - before;
+        if n > 0 && self.state.active.load(Ordering::Acquire) == 0 {
+            self.state.bytes_between_requests(n);
         }
         Poll::Ready(result)
     }
@@ -785,6 +818,9 @@ pub struct BodyReadTimeout {
 /// A request body that fails with [`BodyReadTimeout`] once its deadline passes.
 struct TimedBody {
     inner: Incoming,
+    /// Told, if the body is dropped before its end, how much of it hyper will still read
+    /// ([`ConnState::unread_body`]).
+    state: Arc<ConnState>,
     /// When the body must be complete: the request's start plus the timeout.
     due: tokio::time::Instant,
     /// The timer, made only once the body has to be waited for (most bodies arrive with
@@ -796,9 +832,15 @@ struct TimedBody {
 }
 
 impl TimedBody {
-    fn new(inner: Incoming, timeout: Duration, on_refusal: OnRefusal) -> Self {
+    fn new(
+        inner: Incoming,
+        timeout: Duration,
+        on_refusal: OnRefusal,
+        state: Arc<ConnState>,
+    ) -> Self {
         Self {
             inner,
+            state,
             due: tokio::time::Instant::now() + timeout,
             deadline: None,
             timeout,
@@ -839,6 +881,20 @@ impl hyper::body::Body for TimedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    /// A body left unread (a request refused before its body was read): hyper reads the rest
+    /// to keep the connection, after the request ended, and those bytes must not start the
+    /// next head's clock.
+    fn drop(&mut self) {
+        if !hyper::body::Body::is_end_stream(self) {
+            let rest = hyper::body::Body::size_hint(&self.inner)
+                .exact()
+                .unwrap_or(u64::MAX);
+            self.state.unread_body.store(rest, Ordering::Relaxed);
+        }
     }
 }
 
@@ -894,6 +950,32 @@ mod tests {
         assert!(watched(&[a, b]).await.sniff().await.unwrap());
         // Nothing at all ends the connection.
         assert!(watched(&[]).await.sniff().await.is_err());
+    }
+
+    /// The rest of a body left unread, read after its request ended, starts no head clock;
+    /// the bytes past it do. A rest of unknown length starts none until the next request.
+    #[tokio::test]
+    async fn the_rest_of_an_unread_body_is_not_a_head() {
+        let state = ConnState::new();
+        state.unread_body.store(10, Ordering::Relaxed);
+        state.bytes_between_requests(4);
+        state.bytes_between_requests(6);
+        assert_eq!(state.head_pending_for(), None);
+        state.bytes_between_requests(3);
+        assert!(state.head_pending_for().is_some());
+
+        let state = Arc::new(ConnState::new());
+        state.unread_body.store(5, Ordering::Relaxed);
+        state.bytes_between_requests(8);
+        assert!(state.head_pending_for().is_some(), "3 bytes past the rest");
+
+        let state = Arc::new(ConnState::new());
+        state.unread_body.store(u64::MAX, Ordering::Relaxed);
+        state.bytes_between_requests(1_000_000);
+        assert_eq!(state.head_pending_for(), None);
+        drop(ActiveGuard::new(state.clone()));
+        state.bytes_between_requests(1);
+        assert!(state.head_pending_for().is_some());
     }
 
     #[tokio::test]

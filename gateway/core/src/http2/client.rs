@@ -93,7 +93,9 @@ pub enum OpenError {
 pub enum CallError {
     /// The instance did not process the request (REFUSED_STREAM before any response header
     /// block, or a GOAWAY that left the stream out, or the connection ended before its
-    /// HEADERS were handed to the writer by [`Connection::take_output`]).
+    /// HEADERS were handed to the writer by [`Connection::take_output`]; but when this side
+    /// ends the connection for an error in the instance's bytes, a call with a stream goes
+    /// out before the GOAWAY and fails as [`CallError::Transport`]).
     #[error("not processed: {0}")]
     Refused(String),
     /// The connection failed or the stream was reset once the request may have been

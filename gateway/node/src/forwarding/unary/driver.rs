@@ -45,7 +45,8 @@ pub(super) struct Shared {
 
 struct Locked {
     conn: Connection,
-    /// The connection's task, woken when output is queued on an empty queue.
+    /// The connection's task, woken when output is queued on an empty queue and when a
+    /// call's deadline comes before the timer's.
     task: Option<Waker>,
     /// The deadline of each call not yet answered, by [`Call::index`].
     deadlines: Vec<Option<(Instant, Call)>>,
@@ -392,6 +393,16 @@ impl Driver {
                 .reset(Instant::now() + next.max(Duration::from_millis(1)));
         }
         Ok(())
+    }
+}
+
+impl Drop for Driver {
+    /// However the task ends (a panic included), no call is left waiting for it: each one
+    /// still open fails, and with it the deadlines it alone would have kept.
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.lock().conn.fail("the connection's task ended");
+        }
     }
 }
 
