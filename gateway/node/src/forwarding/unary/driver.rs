@@ -6,7 +6,7 @@
 //! empty; the task takes the whole queue and writes it with one vectored write, so calls
 //! that arrive together leave together. The first output since the last write is put off
 //! by one turn of the worker (the task wakes itself), so that the calls of the requests
-//! already queued on the worker join it: with 32 clients on one worker, 1.87 writes per
+//! already queued on the worker join it: with 32 clients on one worker, 1.86 writes per
 //! request became 1.12. The lock is never held across a read or a write.
 //!
 //! Each call has a deadline, kept beside it; the task holds one timer for all of them, set
