@@ -113,7 +113,7 @@ impl InstanceHealth {
 }
 
 /// One instance as the balancer sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Candidate {
     pub in_flight: u32,
     pub ejected: bool,

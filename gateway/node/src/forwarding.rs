@@ -14,7 +14,7 @@ use switchyard_core::balance::{
     self, AttemptOutcome, Candidate, EvictionPolicy, HealthPolicy, InstanceHealth, RetryPolicy,
     Slot,
 };
-use switchyard_core::registry::{EntryState, Lookup};
+use switchyard_core::registry::{EntryState, LiveInstance, Lookup};
 use switchyard_core::{GatewayError, InstanceKey};
 use switchyard_proto::forwarding::ForwardingResp;
 
@@ -32,6 +32,9 @@ use crate::tls;
 /// `translate::to_http_response`: headers of at most 64 KiB counted as name + value + 4 each,
 /// at most 256 of them, each with up to 8 bytes more of protobuf tags and lengths, and the
 /// status and the body's own tag and length.
+/// How many instances of a service are weighed without an allocation.
+const CANDIDATES_ON_STACK: usize = 16;
+
 const RESPONSE_ENVELOPE_BYTES_MAX: usize = switchyard_core::translate::RESPONSE_HEADER_BYTES_MAX
     + switchyard_core::translate::RESPONSE_HEADERS_MAX * 8
     + 32;
@@ -270,19 +273,28 @@ impl Forwarder {
         };
         let mut balancer = lock(&self.balancer);
         let in_flight_max = self.config.in_flight_per_instance_max;
-        let candidates: Vec<Candidate> = live
-            .iter()
-            .map(|inst| {
-                let slot = balancer.get(inst.key).copied().unwrap_or_default();
-                Candidate {
-                    in_flight: slot.in_flight,
-                    ejected: slot.health.is_ejected(now),
-                    tried: tried.contains(inst.key),
-                    full: slot.in_flight >= in_flight_max,
-                }
-            })
-            .collect();
-        let Some(i) = self.rng.with(|rng| balance::pick(&candidates, rng)) else {
+        let candidate = |inst: &LiveInstance<'_>| {
+            let slot = balancer.get(inst.key).copied().unwrap_or_default();
+            Candidate {
+                in_flight: slot.in_flight,
+                ejected: slot.health.is_ejected(now),
+                tried: tried.contains(inst.key),
+                full: slot.in_flight >= in_flight_max,
+            }
+        };
+        // A service's few instances are weighed on the stack; more, in a vector.
+        let mut on_stack = [Candidate::default(); CANDIDATES_ON_STACK];
+        let on_heap: Vec<Candidate>;
+        let candidates: &[Candidate] = if live.len() <= CANDIDATES_ON_STACK {
+            for (slot, inst) in on_stack.iter_mut().zip(&live) {
+                *slot = candidate(inst);
+            }
+            &on_stack[..live.len()]
+        } else {
+            on_heap = live.iter().map(candidate).collect();
+            &on_heap
+        };
+        let Some(i) = self.rng.with(|rng| balance::pick(candidates, rng)) else {
             // Every instance not yet tried is at its bound. On a first attempt that is the
             // answer; after a failed attempt, that failure is.
             if tried.is_empty() && candidates.iter().any(|c| c.full) {

@@ -108,7 +108,8 @@ async fn handle(
     };
     translate::check_head(&head, &rest.limits)?;
     // Refuse a bad route before reading a body that would be thrown away.
-    translate::route(parts.uri.path())?;
+    let (service, _) = translate::route(parts.uri.path())?;
+    ctx.set_routed_service(service);
     let body = read_body(body, rest.limits.body_bytes_max).await?;
     rest.pipeline.forward_head(ctx, &head, body).await
 }

@@ -403,7 +403,7 @@ fn the_forwarded_request_carries_via_and_a_looped_one_is_refused() {
 }
 
 mod straight_to_the_wire {
-    use std::net::{Ipv6Addr, SocketAddrV6};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     use proptest::prelude::*;
     use prost::Message;
@@ -520,6 +520,16 @@ mod straight_to_the_wire {
         let mut buf = [0u8; DECIMAL_DIGITS_MAX];
         for n in [0, 7, 10, 99_999_999, u64::MAX] {
             assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn every_octet_reads_as_display_writes_it() {
+        for n in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(n, 255 - n, n / 2, 0));
+            assert_eq!(AddrText::ip(ip).as_str(), ip.to_string());
+            let addr = SocketAddr::new(ip, u16::from(n) * 257);
+            assert_eq!(AddrText::socket(addr).as_str(), addr.to_string());
         }
     }
 

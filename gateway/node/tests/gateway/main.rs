@@ -429,6 +429,29 @@ async fn registration_by_grpc() {
     assert!(listed.instances.is_empty());
 }
 
+/// More live instances than the balancer weighs without an allocation (16): each request
+/// still goes to one of them, and not always the same.
+#[tokio::test]
+async fn a_service_of_more_instances_than_are_weighed_on_the_stack_is_balanced() {
+    let gw = Gateway::start(|_| {}).await;
+    let mut instances = Vec::new();
+    for i in 0..20 {
+        let id = format!("m-{i:02}");
+        let inst = Instance::start("many", &id).await;
+        gw.register("many", &id, &inst.addr, 10_000).await;
+        instances.push(inst);
+    }
+    let url = format!("{}/many/hello", gw.public_url());
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (status, headers, _) = http("GET", &url).await;
+        assert_eq!(status, StatusCode::OK);
+        served.insert(headers["x-served-by"].to_str().unwrap().to_owned());
+    }
+    assert!(served.len() > 1, "every request went to {served:?}");
+    assert!(served.iter().all(|id| id.starts_with("m-")), "{served:?}");
+}
+
 #[tokio::test]
 async fn gateways_sharing_a_bus_share_the_registry_and_a_new_one_catches_up() {
     let bus = MemoryBus::new();
