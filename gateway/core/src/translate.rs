@@ -283,15 +283,20 @@ fn each_header<'h>(
         emit(name, value.as_bytes());
     }
 
-    if ctx.client_addr.is_some() || !forwarded_for.is_empty() {
-        let mut value = forwarded_for.join(&b", "[..]);
-        if let Some(client) = ctx.client_addr {
-            if !value.is_empty() {
-                value.extend_from_slice(b", ");
+    match (ctx.client_addr, forwarded_for.is_empty()) {
+        // The common case, a client that sent none: its address alone, without a copy.
+        (Some(client), true) => emit("x-forwarded-for", AddrText::ip(client.ip()).as_bytes()),
+        (None, true) => {}
+        (client, false) => {
+            let mut value = forwarded_for.join(&b", "[..]);
+            if let Some(client) = client {
+                if !value.is_empty() {
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(AddrText::ip(client.ip()).as_bytes());
             }
-            value.extend_from_slice(AddrText::ip(client.ip()).as_bytes());
+            emit("x-forwarded-for", &value);
         }
-        emit("x-forwarded-for", &value);
     }
     if !has_proto {
         emit("x-forwarded-proto", ctx.scheme.as_bytes());
@@ -476,9 +481,26 @@ mod wire {
 
     /// One element of `headers` (field 6): a `Header { name = 1, value = 2 }`.
     pub fn header(out: &mut BytesMut, name: &str, value: &[u8]) {
-        let len = field_len(name.as_bytes()) + field_len(value);
+        let name = name.as_bytes();
+        let len = field_len(name) + field_len(value);
+        if len < 0x80 && !name.is_empty() {
+            // Nearly every field: each length is below the whole's, so each is one byte, and
+            // the keys and lengths go in two copies of fixed length.
+            out.extend_from_slice(&[
+                (6 << 3) | LENGTH_DELIMITED,
+                len as u8,
+                (1 << 3) | LENGTH_DELIMITED,
+                name.len() as u8,
+            ]);
+            out.extend_from_slice(name);
+            if !value.is_empty() {
+                out.extend_from_slice(&[(2 << 3) | LENGTH_DELIMITED, value.len() as u8]);
+                out.extend_from_slice(value);
+            }
+            return;
+        }
         key_and_varint(out, 6, LENGTH_DELIMITED, len as u64);
-        bytes(out, 1, name.as_bytes());
+        bytes(out, 1, name);
         bytes(out, 2, value);
     }
 }
@@ -503,7 +525,7 @@ pub fn decimal(n: u64, buf: &mut [u8; DECIMAL_DIGITS_MAX]) -> &[u8] {
 }
 
 /// An address as text without the formatting machinery (it runs for every request): IPv4
-/// digit by digit; IPv6 through `Display`, into the same fixed buffer.
+/// from a table of the octets' digits; IPv6 through `Display`, into the same fixed buffer.
 pub struct AddrText {
     buf: [u8; ADDR_TEXT_BYTES_MAX],
     len: usize,

@@ -182,6 +182,32 @@ fn forwarding_headers_append_and_keep_what_the_load_balancer_set() {
 }
 
 #[test]
+fn x_forwarded_for_joins_what_came_and_the_client_each_without_an_empty_entry() {
+    let with = |values: &[&str], client: Option<SocketAddr>| {
+        let mut req = http::Request::builder().uri("/s/x");
+        for v in values {
+            req = req.header("x-forwarded-for", *v);
+        }
+        let req = req.body(()).unwrap();
+        let ctx = ForwardContext {
+            client_addr: client,
+            ..ctx()
+        };
+        let out = to_forwarding_req(&head_of(&req), Bytes::new(), &ctx).unwrap();
+        value_of(&out, "x-forwarded-for")
+            .into_iter()
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let client = Some(SocketAddr::from(([192, 0, 2, 7], 1)));
+    assert_eq!(with(&[], client), ["192.0.2.7"]);
+    assert_eq!(with(&[""], client), ["192.0.2.7"]);
+    assert_eq!(with(&["1.1.1.1"], client), ["1.1.1.1, 192.0.2.7"]);
+    assert_eq!(with(&["1.1.1.1", "2.2.2.2"], None), ["1.1.1.1, 2.2.2.2"]);
+    assert!(with(&[], None).is_empty());
+}
+
+#[test]
 fn client_request_ids_are_kept_only_when_plausible() {
     let mut h = HeaderMap::new();
     assert_eq!(client_request_id(&h), None);
@@ -432,11 +458,13 @@ mod straight_to_the_wire {
         ])
     }
 
-    /// A field value: visible ASCII, spaces and obs-text, sometimes empty; some name a header
-    /// (for `Connection`), some are trace contexts, valid or not.
+    /// A field value: visible ASCII, spaces and obs-text, sometimes empty, sometimes longer
+    /// than a one-byte protobuf length (127); some name a header (for `Connection`), some are
+    /// trace contexts, valid or not.
     fn value() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             prop::collection::vec(prop_oneof![0x21u8..0x7f, Just(b' '), 0x80u8..=0xff], 0..40),
+            prop::collection::vec(0x21u8..0x7f, 100..300),
             Just(b"x-custom, accept".to_vec()),
             Just(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
             Just(b"00-00000000000000000000000000000000-b7ad6b7169203331-01".to_vec()),
