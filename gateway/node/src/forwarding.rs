@@ -27,14 +27,14 @@ use crate::sync::{SharedRng, lock};
 use crate::telemetry::{AddressStage, EjectionReason, Telemetry, UpstreamErrorKind};
 use crate::tls;
 
+/// How many instances of a service are weighed without an allocation.
+const CANDIDATES_ON_STACK: usize = 16;
+
 /// The most a valid `ForwardingResp` adds to its body's bytes, so that the decoding limit
 /// (`upstream.response_body_bytes_max` plus this) refuses no response that keeps the rules of
 /// `translate::to_http_response`: headers of at most 64 KiB counted as name + value + 4 each,
 /// at most 256 of them, each with up to 8 bytes more of protobuf tags and lengths, and the
 /// status and the body's own tag and length.
-/// How many instances of a service are weighed without an allocation.
-const CANDIDATES_ON_STACK: usize = 16;
-
 const RESPONSE_ENVELOPE_BYTES_MAX: usize = switchyard_core::translate::RESPONSE_HEADER_BYTES_MAX
     + switchyard_core::translate::RESPONSE_HEADERS_MAX * 8
     + 32;

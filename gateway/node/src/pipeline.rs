@@ -583,22 +583,7 @@ mod tests {
 
     #[test]
     fn the_policies_leave_at_most_the_bound_of_response_headers() {
-        let mut ctx = RequestContext {
-            front: Front::Rest,
-            request_id: "r".to_owned(),
-            span: None,
-            client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            deadline: None,
-            identity: None,
-            method: Method::GET,
-            path: "/s/x".to_owned(),
-            service: None,
-            service_end: None,
-            started: tokio::time::Instant::now(),
-            start_unix_ms: 0,
-            response_headers: Vec::new(),
-            audit: None,
-        };
+        let mut ctx = rest_context("/s/x");
         for i in 0..RESPONSE_HEADERS_MAX + 5 {
             ctx.add_response_header(
                 http::HeaderName::from_static("x-policy"),
@@ -649,11 +634,12 @@ mod tests {
         assert_eq!(ctx.service_end, None);
         assert_eq!(ctx.service_name(), Some("orders"));
 
-        // A path cut short by PATH_CHARS_MAX inside a multi-byte character is not split.
+        // A name whose end falls inside a multi-byte character is not taken.
         let mut ctx = rest_context("/é");
+        ctx.set_routed_service("x");
+        assert_eq!(ctx.service_end, None);
         ctx.set_routed_service("\u{e9}");
         assert_eq!(ctx.service_end, Some(3));
-        ctx.set_routed_service("x");
         assert_eq!(ctx.service_name(), Some("é"));
     }
 }
