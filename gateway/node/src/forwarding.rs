@@ -27,7 +27,7 @@ use crate::sync::{SharedRng, lock};
 use crate::telemetry::{AddressStage, EjectionReason, Telemetry, UpstreamErrorKind};
 use crate::tls;
 
-/// How many instances of a service are weighed without an allocation.
+/// How many instances of a service are weighed without allocating the candidates' vector.
 const CANDIDATES_ON_STACK: usize = 16;
 
 /// The most a valid `ForwardingResp` adds to its body's bytes, so that the decoding limit

@@ -205,7 +205,8 @@ impl RequestContext {
     pub fn set_routed_service(&mut self, service: &str) {
         let end = 1 + service.len();
         let segment_ends = matches!(self.path.as_bytes().get(end), None | Some(b'/'));
-        if self.path.get(1..end) == Some(service) && segment_ends {
+        let one_segment = !service.is_empty() && !service.contains('/');
+        if one_segment && self.path.get(1..end) == Some(service) && segment_ends {
             self.service_end = Some(end);
         }
     }
@@ -631,6 +632,8 @@ mod tests {
         ctx.set_routed_service("order");
         ctx.set_routed_service("billing");
         ctx.set_routed_service("orders/v1/longer-than-the-path");
+        ctx.set_routed_service("orders/v1");
+        ctx.set_routed_service("");
         assert_eq!(ctx.service_end, None);
         assert_eq!(ctx.service_name(), Some("orders"));
 

@@ -182,7 +182,7 @@ fn forwarding_headers_append_and_keep_what_the_load_balancer_set() {
 }
 
 #[test]
-fn x_forwarded_for_joins_what_came_and_the_client_each_without_an_empty_entry() {
+fn x_forwarded_for_is_what_came_then_the_client() {
     let with = |values: &[&str], client: Option<SocketAddr>| {
         let mut req = http::Request::builder().uri("/s/x");
         for v in values {
@@ -458,9 +458,9 @@ mod straight_to_the_wire {
         ])
     }
 
-    /// A field value: visible ASCII, spaces and obs-text, sometimes empty, sometimes longer
-    /// than a one-byte protobuf length (127); some name a header (for `Connection`), some are
-    /// trace contexts, valid or not.
+    /// A field value: visible ASCII, spaces and obs-text, sometimes empty, sometimes long
+    /// enough that the header's protobuf length takes two bytes; some name a header (for
+    /// `Connection`), some are trace contexts, valid or not.
     fn value() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             prop::collection::vec(prop_oneof![0x21u8..0x7f, Just(b' '), 0x80u8..=0xff], 0..40),

@@ -429,8 +429,9 @@ async fn registration_by_grpc() {
     assert!(listed.instances.is_empty());
 }
 
-/// More live instances than the balancer weighs without an allocation (16): each request
-/// still goes to one of them, and not always the same.
+/// More live instances than the balancer weighs without allocating the candidates' vector
+/// (16): each request still goes to one of them, not always the same, and the instances past
+/// the 16th are among them.
 #[tokio::test]
 async fn a_service_of_more_instances_than_are_weighed_on_the_stack_is_balanced() {
     let gw = Gateway::start(|_| {}).await;
@@ -450,6 +451,14 @@ async fn a_service_of_more_instances_than_are_weighed_on_the_stack_is_balanced()
     }
     assert!(served.len() > 1, "every request went to {served:?}");
     assert!(served.iter().all(|id| id.starts_with("m-")), "{served:?}");
+    // Equal instances are picked at random: all 60 requests miss these four with a
+    // probability of (16/20)^60, about 2e-6.
+    assert!(
+        ["m-16", "m-17", "m-18", "m-19"]
+            .iter()
+            .any(|id| served.contains(*id)),
+        "none of the last four instances was served: {served:?}"
+    );
 }
 
 #[tokio::test]
