@@ -234,12 +234,7 @@ async fn killing_one_instance_leaves_the_other_serving() {
     gw.register("pair", "a", &a.addr, 10_000).await;
     gw.register("pair", "b", &b.addr, 10_000).await;
     let url = format!("{}/pair/hello", gw.public_url());
-    let mut served = std::collections::BTreeSet::new();
-    for _ in 0..50 {
-        let (status, headers, _) = http("GET", &url).await;
-        assert_eq!(status, StatusCode::OK);
-        served.insert(headers["x-served-by"].to_str().unwrap().to_owned());
-    }
+    let served = served_by(&url, 50).await;
     assert_eq!(served.len(), 2, "both instances take traffic: {served:?}");
 
     a.stop().await;
@@ -429,6 +424,18 @@ async fn registration_by_grpc() {
     assert!(listed.instances.is_empty());
 }
 
+/// Sends `requests` GETs to `url`, each answered 200, and names the instances that served
+/// them (`x-served-by`).
+async fn served_by(url: &str, requests: usize) -> std::collections::BTreeSet<String> {
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..requests {
+        let (status, headers, _) = http("GET", url).await;
+        assert_eq!(status, StatusCode::OK);
+        served.insert(headers["x-served-by"].to_str().unwrap().to_owned());
+    }
+    served
+}
+
 /// More live instances than the balancer weighs without allocating the candidates' vector
 /// (16): each request still goes to one of them, not always the same, and the instances past
 /// the 16th are among them.
@@ -442,13 +449,7 @@ async fn a_service_of_more_instances_than_are_weighed_on_the_stack_is_balanced()
         gw.register("many", &id, &inst.addr, 10_000).await;
         instances.push(inst);
     }
-    let url = format!("{}/many/hello", gw.public_url());
-    let mut served = std::collections::BTreeSet::new();
-    for _ in 0..60 {
-        let (status, headers, _) = http("GET", &url).await;
-        assert_eq!(status, StatusCode::OK);
-        served.insert(headers["x-served-by"].to_str().unwrap().to_owned());
-    }
+    let served = served_by(&format!("{}/many/hello", gw.public_url()), 60).await;
     assert!(served.len() > 1, "every request went to {served:?}");
     assert!(served.iter().all(|id| id.starts_with("m-")), "{served:?}");
     // Equal instances are picked at random: all 60 requests miss these four with a
