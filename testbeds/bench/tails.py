@@ -10,7 +10,8 @@ tails    Each proxy's own saturation (closed loop, oha, `--connections` connecti
          backend, as in proxies.py). `--repeats` rounds, the targets in a rotated order each
          round; the tables give the median and the range over the rounds.
 scaling  Switchyard with 1 and 2 workers on 1 and 2 cores (`runtime.worker_threads`, taskset),
-         saturated by oha: throughput, the gateway's CPU per request, the load generator's and
+         in the shared layout, and with 1 thread on 1 core and 2 on 1 and 2 in the per-core
+         layout (`runtime.layout = "per_core"`), saturated by oha: throughput, the gateway's CPU per request, the load generator's and
          the backend's CPU (on a 2-core machine they share the gateway's cores when it has
          both), context switches per request, and futex calls per request under strace.
 memory   RSS of Switchyard (mimalloc, and with `--system-alloc-bin`, the system allocator) and
@@ -156,13 +157,15 @@ def tails_table(runs: dict, args) -> list[str]:
 
 def start_switchyard(
     procs: px.Procs, tools: px.Tools, name: str, binary: Path, workers: int, cpus: str | None,
-    sample_cpu: str | None, extra: list[str],
+    sample_cpu: str | None, extra: list[str], layout: str = "shared",
 ) -> px.Started:
     argv = [
         str(binary), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
         "--node-id", "gw-bench", "--set", 'log.level="warn"', "--set", f"runtime.worker_threads={workers}",
         *px.open_control_flags(binary),
     ]
+    if layout != "shared":
+        argv += ["--set", f'runtime.layout="{layout}"']
     for kv in extra:
         argv += ["--set", kv]
     gw = procs.start(name, argv, cpus, env={"SWITCHYARD_LOG": "warn"})
@@ -230,16 +233,18 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
         log("scaling needs two cores; skipped")
         return []
     one, both = str(cpus[0]), f"{cpus[0]},{cpus[1]}"
-    configs = [(1, one), (2, one), (1, both), (2, both)]
+    configs = [(1, one, "shared"), (2, one, "shared"), (1, both, "shared"), (2, both, "shared"),
+               (1, one, "per_core"), (2, one, "per_core"), (2, both, "per_core")]
     out = []
     for rnd in range(args.repeats):
-        for workers, cores in configs:
+        for workers, cores, rt_layout in configs:
             procs = px.Procs(run_dir)
             try:
                 # The backend and the load generator on the second core: when the gateway has
                 # both cores, they compete with it there.
                 started = start_switchyard(
-                    procs, tools, "switchyard-scaling", tools.bin_dir / "switchyard", workers, cores, layout.load_cpu, []
+                    procs, tools, "switchyard-scaling", tools.bin_dir / "switchyard", workers, cores, layout.load_cpu, [],
+                    rt_layout,
                 )
                 saturate(tools, started, args, body, layout.load_cpu, args.warmup_s)
                 pids = px.descendants(started.measured.popen.pid)
@@ -249,7 +254,8 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
                 cpu = px.cpu_seconds(pids) - cpu0
                 n = max(sat["requests"], 1)
                 row = {
-                    "round": rnd + 1, "workers": workers, "cores": cores, "rps": sat["rps"], "errors": sat["errors"],
+                    "round": rnd + 1, "workers": workers, "cores": cores, "layout": rt_layout,
+                    "rps": sat["rps"], "errors": sat["errors"],
                     "cpu_us_per_req": cpu * 1e6 / n, "gateway_cores": cpu / sat["elapsed_s"],
                     "sample_cores": (px.cpu_seconds(sample_pids) - scpu0) / sat["elapsed_s"],
                     "load_cores": sat["load_cpu_cores"], "ctx_per_req": (ctx_switches(pids) - cs0) / n,
@@ -257,7 +263,7 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
                 if not args.smoke:
                     row["futex"] = futex_per_request(tools, started, args, body, layout.load_cpu, min(args.sat_s, 3.0))
                 log(
-                    f"scaling round {rnd + 1}: {workers} worker(s) on CPU {cores}: {row['rps']:,.0f} req/s, "
+                    f"scaling round {rnd + 1}: {workers} worker(s) on CPU {cores}, {rt_layout}: {row['rps']:,.0f} req/s, "
                     f"{row['cpu_us_per_req']:.1f} µs/req, gateway {row['gateway_cores']:.2f} cores, "
                     f"sample {row['sample_cores']:.2f}, oha {row['load_cores']:.2f}"
                 )
@@ -269,18 +275,23 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
 
 def scaling_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| workers | cores | req/s | gateway CPU µs/req | gateway cores | sample cores | oha cores | context switches/req | futex calls/req (waits failed) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| layout | workers | cores | req/s | gateway CPU µs/req | gateway cores | sample cores | oha cores | context switches/req | futex calls/req (waits failed) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    keys = sorted({(r["workers"], r["cores"]) for r in rows}, key=lambda k: (len(k[1]), k[0]))
-    for workers, cores in keys:
-        rs = [r for r in rows if (r["workers"], r["cores"]) == (workers, cores)]
+
+    def key(r: dict) -> tuple:
+        # Rows of runs before the per-core layout have no layout: the shared one.
+        return (r.get("layout", "shared"), r["workers"], r["cores"])
+
+    keys = sorted({key(r) for r in rows}, key=lambda k: (k[0] != "shared", len(k[2]), k[1]))
+    for rt_layout, workers, cores in keys:
+        rs = [r for r in rows if key(r) == (rt_layout, workers, cores)]
         fx = [r["futex"] for r in rs if r.get("futex")]
         futex = "—" if not fx else (
             f"{statistics.median(f['futex_per_req'] for f in fx):.2f} ({statistics.median(f['futex_errors'] for f in fx):,.0f})"
         )
         lines.append(
-            f"| {workers} | {cores} | {spread([r['rps'] for r in rs]).replace('.000', '')} | "
+            f"| {rt_layout} | {workers} | {cores} | {spread([r['rps'] for r in rs]).replace('.000', '')} | "
             f"{spread([r['cpu_us_per_req'] for r in rs])} | {statistics.median(r['gateway_cores'] for r in rs):.2f} | "
             f"{statistics.median(r['sample_cores'] for r in rs):.2f} | {statistics.median(r['load_cores'] for r in rs):.2f} | "
             f"{statistics.median(r['ctx_per_req'] for r in rs):.2f} | {futex} |"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,3 +414,37 @@ def test_a_log_reader_that_falls_behind_costs_log_lines_not_requests() -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# --- the per-core layout --------------------------------------------------------------------
+
+PER_CORE_REQUESTS = 40
+
+
+def test_the_per_core_layout_serves_on_threads_of_its_own_and_stops_on_sigterm(
+    launcher: Launcher,
+) -> None:
+    gateway = start_gateway(
+        launcher,
+        "gateway-per-core",
+        node_id="gw-per-core",
+        settings={"runtime.layout": '"per_core"', "runtime.worker_threads": "2"},
+    )
+    threads = [
+        (task / "comm").read_text().strip()
+        for task in Path(f"/proc/{gateway.proc.pid}/task").iterdir()
+    ]
+    assert threads.count("switchyard-publ") == 2, threads  # "switchyard-public-N", cut to 15
+    gateway.proc.wait_for_log(r"each thread serves the public front on its own socket")
+    start_rust_service(launcher, gateway, "cores", "rust-cores")
+    gateway.wait_live("cores", "rust-cores")
+    # A connection per request (no session), so that both threads' sockets are reached.
+    served = [
+        requests.get(f"{gateway.public}/cores/hello", timeout=HTTP_TIMEOUT_S)
+        for _ in range(PER_CORE_REQUESTS)
+    ]
+    assert [r.status_code for r in served] == [200] * PER_CORE_REQUESTS, served[-1].text
+    assert {r.headers["x-served-by"] for r in served} == {"rust-cores"}
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait() == 0, gateway.proc.log_tail()
+    assert "gateway node stopped" in gateway.proc.log_text()

@@ -74,8 +74,27 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads; 0 means one per core the process may run on.
+    /// Worker threads; 0 means one per core the process may run on. In the per-core layout,
+    /// the threads that serve the public front.
     pub worker_threads: usize,
+    /// How those threads share the work.
+    pub layout: RuntimeLayout,
+}
+
+/// How the `switchyard` binary's threads share the work (decision 0034).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeLayout {
+    /// One multi-threaded runtime of `worker_threads` workers runs everything; a request may
+    /// move between workers (work stealing).
+    #[default]
+    Shared,
+    /// The public front is served by `worker_threads` threads, each a single-threaded runtime
+    /// with its own listening socket on `public.listen` (`SO_REUSEPORT`: the kernel spreads
+    /// new connections over them) and its own connection to each instance, so a request stays
+    /// on one thread from its first byte to its answer. The control listener and the
+    /// background tasks (replication, the bus, telemetry) run on one more worker.
+    PerCore,
 }
 
 /// The most worker threads `runtime.worker_threads` may ask for.

@@ -65,5 +65,5 @@ pub mod telemetry;
 pub mod tls;
 
 pub use config::Config;
-pub use node::{Node, run};
+pub use node::{Node, PublicListeners, run};
 pub use seams::Seams;

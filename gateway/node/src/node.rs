@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Addresses;
 use crate::audit::{AuditSink, Auditor};
 use crate::auth::{self, Authenticator, KeySet};
-use crate::config::{BusKind, Config, ControlAuth, ListenerLimits, RateLimitMode};
+use crate::config::{BusKind, Config, ControlAuth, ListenerLimits, RateLimitMode, RuntimeLayout};
 use crate::console;
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
@@ -103,6 +103,74 @@ impl std::fmt::Debug for Builder {
             .field("rate_limit_store", &self.rate_limit_store.is_some())
             .field("audit_sink", &self.audit_sink.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// Where the public front listens.
+#[derive(Debug)]
+pub enum PublicListeners<P> {
+    /// One listener, served on the runtime [`Node::serve_public`] runs on.
+    Shared(P),
+    /// Sockets sharing one port (`SO_REUSEPORT`, [`serve::bind_per_core`]), each served on a
+    /// thread of its own ([`serve::serve_per_core`]): the per-core layout.
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+impl PublicListeners<tokio::net::TcpListener> {
+    /// Binds `config.public.listen` as `config.runtime.layout` lays the front out: one
+    /// listener, or in the per-core layout one socket per thread
+    /// ([`per_core_threads`]).
+    pub async fn bind(config: &Config) -> io::Result<Self> {
+        match config.runtime.layout {
+            RuntimeLayout::Shared => tokio::net::TcpListener::bind(config.public.listen)
+                .await
+                .map(PublicListeners::Shared),
+            RuntimeLayout::PerCore => {
+                serve::bind_per_core(config.public.listen, per_core_threads(config))
+                    .map(PublicListeners::PerCore)
+            }
+        }
+    }
+}
+
+/// How many threads serve the public front in the per-core layout: `runtime.worker_threads`,
+/// or when it is 0 one per core the process may run on (its CPU affinity and the container's
+/// CPU limit, as the shared runtime counts them).
+pub fn per_core_threads(config: &Config) -> usize {
+    match config.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+    .min(serve::PER_CORE_THREADS_MAX)
+}
+
+impl<P: Listener<Addr = SocketAddr>> PublicListeners<P> {
+    /// A shared listener passed through `f` (a listener that sets socket options on what it
+    /// accepts); the per-core layout's sockets as they are.
+    pub fn map<Q>(self, f: impl FnOnce(P) -> Q) -> PublicListeners<Q> {
+        match self {
+            PublicListeners::Shared(listener) => PublicListeners::Shared(f(listener)),
+            PublicListeners::PerCore(listeners) => PublicListeners::PerCore(listeners),
+        }
+    }
+
+    /// The address the front listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            PublicListeners::Shared(listener) => listener.local_addr(),
+            PublicListeners::PerCore(listeners) => listeners
+                .first()
+                .ok_or_else(|| io::Error::other("the per-core layout has no listener"))?
+                .local_addr(),
+        }
+    }
+
+    /// How many threads of their own serve the front: 0 for the runtime's own workers.
+    pub fn threads(&self) -> usize {
+        match self {
+            PublicListeners::Shared(_) => 0,
+            PublicListeners::PerCore(listeners) => listeners.len(),
+        }
     }
 }
 
@@ -597,11 +665,33 @@ impl Node {
         P: Listener<Addr = SocketAddr>,
         C: Listener<Addr = SocketAddr>,
     {
+        self.serve_public(
+            PublicListeners::Shared(public_listener),
+            control_listener,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves this node with its public front on `public`: [`serve`](Self::serve), or the
+    /// per-core layout.
+    pub async fn serve_public<P, C>(
+        self: Arc<Self>,
+        public: PublicListeners<P>,
+        control_listener: C,
+        shutdown: CancellationToken,
+    ) -> io::Result<()>
+    where
+        P: Listener<Addr = SocketAddr>,
+        C: Listener<Addr = SocketAddr>,
+    {
         let node = self;
         let drain = Duration::from_millis(node.config.shutdown.drain_timeout_ms);
+        let public_addr = public.local_addr();
         tracing::info!(
             node_id = %node.id(),
-            public = ?public_listener.local_addr().ok(),
+            public = ?public_addr.as_ref().ok(),
+            public_threads = public.threads(),
             control = ?control_listener.local_addr().ok(),
             "gateway node starting"
         );
@@ -616,7 +706,7 @@ impl Node {
         let public_tls = tls_of(&node.public_tls, "public.tls")?;
         let control_tls = tls_of(&node.control_tls, "control.tls")?;
         // The address policy refuses registrations at the node's own listeners.
-        let own: Vec<SocketAddr> = [public_listener.local_addr(), control_listener.local_addr()]
+        let own: Vec<SocketAddr> = [public_addr, control_listener.local_addr()]
             .into_iter()
             .filter_map(Result::ok)
             .collect();
@@ -715,20 +805,44 @@ impl Node {
         };
         let backend = node.graphql_backend();
         let rest = node.public_rest();
+        let public_limits = serve_limits(
+            node.config.public.limits(),
+            node.config.public.header_bytes_max,
+        );
+        let public_router = node.public_router(&backend, rest.clone());
+        let on_public_refusal = node.refusal_counter(ListenerLabel::Public);
+        let public_front = async {
+            match public {
+                PublicListeners::Shared(listener) => {
+                    serve::serve_direct(
+                        listener,
+                        public_router,
+                        rest,
+                        shutdown.clone(),
+                        drain,
+                        public_limits,
+                        public_tls.clone(),
+                        on_public_refusal,
+                    )
+                    .await
+                }
+                PublicListeners::PerCore(listeners) => {
+                    serve::serve_per_core(
+                        listeners,
+                        public_router,
+                        rest,
+                        shutdown.clone(),
+                        drain,
+                        public_limits,
+                        public_tls.clone(),
+                        on_public_refusal,
+                    )
+                    .await
+                }
+            }
+        };
         let result = tokio::try_join!(
-            serve::serve_direct(
-                public_listener,
-                node.public_router(&backend, rest.clone()),
-                rest,
-                shutdown.clone(),
-                drain,
-                serve_limits(
-                    node.config.public.limits(),
-                    node.config.public.header_bytes_max
-                ),
-                public_tls.clone(),
-                node.refusal_counter(ListenerLabel::Public),
-            ),
+            public_front,
             serve::serve_with(
                 control_listener,
                 node.control_router(&backend),

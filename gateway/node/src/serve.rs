@@ -225,7 +225,7 @@ where
 /// [`serve_with`], with `direct` answering the requests it claims without the router.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_direct<L, D>(
-    mut listener: L,
+    listener: L,
     router: Router,
     direct: Option<Arc<D>>,
     shutdown: CancellationToken,
@@ -238,9 +238,66 @@ where
     L: Listener<Addr = SocketAddr>,
     D: Direct,
 {
+    let connections = Arc::new(Semaphore::new(limits.connections_max as usize));
+    let front = Front {
+        router,
+        direct,
+        shutdown,
+        drain,
+        limits,
+        tls,
+        on_refusal,
+        connections,
+    };
+    serve_front(listener, front).await
+}
+
+/// What one listener serves, and within which bounds: the arguments of [`serve_direct`], and
+/// the permits of the open connections, which the listeners of the per-core layout share.
+struct Front<D> {
+    router: Router,
+    direct: Option<Arc<D>>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: ServeLimits,
+    tls: Option<Arc<ServerTls>>,
+    on_refusal: OnRefusal,
+    /// `limits.connections_max` permits.
+    connections: Arc<Semaphore>,
+}
+
+impl<D> Clone for Front<D> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            direct: self.direct.clone(),
+            shutdown: self.shutdown.clone(),
+            drain: self.drain,
+            limits: self.limits.clone(),
+            tls: self.tls.clone(),
+            on_refusal: self.on_refusal.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+async fn serve_front<L, D>(mut listener: L, front: Front<D>) -> io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    D: Direct,
+{
+    let Front {
+        router,
+        direct,
+        shutdown,
+        drain,
+        limits,
+        tls,
+        on_refusal,
+        connections,
+    } = front;
     let router = router.layer(axum::Extension(Shutdown(shutdown.clone())));
     let builder = Arc::new(Builders::new(&limits));
-    let connections = Arc::new(Semaphore::new(limits.connections_max as usize));
     let closing = CancellationToken::new();
     let limits = Arc::new(limits);
     loop {
@@ -299,7 +356,8 @@ where
             drop(permit);
         });
     }
-    // Every connection holds a permit until it ends, so holding them all means none is left.
+    // Every connection holds a permit until it ends, so holding them all means none is left
+    // (in the per-core layout, on any of the listeners that share the permits).
     let drained = connections.acquire_many(limits.connections_max);
     if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!(
@@ -309,6 +367,112 @@ where
         closing.cancel();
     }
     Ok(())
+}
+
+/// The most threads [`serve_per_core`] runs, as `runtime.worker_threads` allows.
+pub const PER_CORE_THREADS_MAX: usize = crate::config::WORKER_THREADS_MAX;
+
+/// `count` listening sockets on `addr`, all on one port with `SO_REUSEPORT`, for
+/// [`serve_per_core`]: the kernel hands each new connection to one of them (by a hash of its
+/// addresses and ports). With port 0 the first takes a free port and the others join it.
+/// Only processes of the same user may join such a port (Linux).
+pub fn bind_per_core(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if count == 0 || count > PER_CORE_THREADS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("between 1 and {PER_CORE_THREADS_MAX} listening sockets, not {count}"),
+        ));
+    }
+    let mut port_of_all = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&port_of_all.into())?;
+        // tokio's and the standard library's backlog.
+        socket.listen(1024)?;
+        let listener = std::net::TcpListener::from(socket);
+        port_of_all = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// [`serve_direct`] on each of `listeners` (from [`bind_per_core`]), each on a thread of its
+/// own that runs a single-threaded runtime: a connection, its requests and, through
+/// [`set_connection_slot`](crate::forwarding::unary::set_connection_slot), the instance
+/// connections they are forwarded on stay on the thread whose socket the kernel gave the
+/// connection to. The threads share `limits.connections_max` and drain together: on
+/// `shutdown` each stops accepting, and its drain ends when the connections of every thread
+/// have ended, or at `drain`. If one thread fails (or cannot start), the others are stopped
+/// and drained too, and its error returned when all have ended.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_per_core<D>(
+    listeners: Vec<std::net::TcpListener>,
+    router: Router,
+    direct: Option<Arc<D>>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: ServeLimits,
+    tls: Option<Arc<ServerTls>>,
+    on_refusal: OnRefusal,
+) -> io::Result<()>
+where
+    D: Direct,
+{
+    use futures_util::StreamExt as _;
+    let stop = shutdown.child_token();
+    let front = Front {
+        router,
+        direct,
+        shutdown: stop.clone(),
+        drain,
+        connections: Arc::new(Semaphore::new(limits.connections_max as usize)),
+        limits,
+        tls,
+        on_refusal,
+    };
+    let mut first_error = None;
+    let mut threads = futures_util::stream::FuturesUnordered::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (done, ended) = tokio::sync::oneshot::channel();
+        let front = front.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("switchyard-public-{index}"))
+            .spawn(move || {
+                crate::forwarding::unary::set_connection_slot(index + 1);
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            serve_front(with_nodelay(listener), front).await
+                        })
+                    });
+                // Nobody left to tell only if the node's task was dropped.
+                let _ = done.send(served);
+            });
+        match started {
+            Ok(_) => threads.push(ended),
+            Err(error) => {
+                stop.cancel();
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    while let Some(ended) = threads.next().await {
+        let served = ended.unwrap_or_else(|_| Err(io::Error::other("a public thread panicked")));
+        if let Err(error) = served {
+            tracing::error!(%error, "a thread of the public front failed; stopping the others");
+            stop.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The HTTP/1.1 and HTTP/2 server settings of one listener's connections.

@@ -200,6 +200,24 @@ fn runtime_worker_threads_default_to_one_per_core_and_can_be_set() {
 }
 
 #[test]
+fn the_runtime_layout_is_shared_unless_per_core_is_asked_for() {
+    assert_eq!(Config::default().runtime.layout, RuntimeLayout::Shared);
+    let per_core = Config::load(
+        None,
+        &[parse_set_flag(r#"runtime.layout="per_core""#).unwrap()],
+    )
+    .unwrap();
+    assert_eq!(per_core.runtime.layout, RuntimeLayout::PerCore);
+    let err = Config::load(
+        None,
+        &[parse_set_flag(r#"runtime.layout="per-core""#).unwrap()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("runtime.layout"), "{err}");
+}
+
+#[test]
 fn kafka_needs_brokers_and_a_valid_topic() {
     let kafka = parse_set_flag("bus.kind=kafka").unwrap();
     let err = Config::load(None, std::slice::from_ref(&kafka))

@@ -14,9 +14,14 @@
 //! `https://`, and opened again by the first call after it ended. While calls are open it is
 //! pinged ([`KeepAlive`](super::channel::KeepAlive)) so that a half-open connection fails
 //! its calls instead of holding them to their deadline.
+//!
+//! In the per-core layout (`runtime.layout = "per_core"`) each thread that serves the public
+//! front has a connection of its own to each address, opened and driven on that thread
+//! ([`set_connection_slot`]), so that a call and its connection never wake another thread.
 
 mod driver;
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -100,6 +105,28 @@ impl From<client::CallError> for CallError {
     }
 }
 
+/// The most connection slots an address may have: one per thread of the per-core layout
+/// (`runtime.worker_threads`), and slot 0 for every other thread.
+pub const CONNECTION_SLOTS_MAX: usize = crate::config::WORKER_THREADS_MAX + 1;
+
+thread_local! {
+    /// Which of an address's connections this thread's calls use; see [`set_connection_slot`].
+    static CONNECTION_SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread's calls use connection slot `slot` of each address (at most
+/// [`CONNECTION_SLOTS_MAX`] - 1): its own connections, opened by its first call to each
+/// address and driven by a task spawned on the runtime that call runs on. A thread that never
+/// sets it uses slot 0, shared with every other such thread (the multi-threaded runtime's
+/// workers). Called once by each thread of the per-core layout, before its runtime starts.
+pub fn set_connection_slot(slot: usize) {
+    CONNECTION_SLOT.with(|s| s.set(slot.min(CONNECTION_SLOTS_MAX - 1)));
+}
+
+fn connection_slot() -> usize {
+    CONNECTION_SLOT.with(Cell::get)
+}
+
 /// The open connection, and its number, so that a call that finds it broken clears only
 /// that one.
 #[derive(Clone)]
@@ -108,22 +135,34 @@ struct Open {
     generation: u64,
 }
 
+/// The open connection of each slot that has one; numbers are never reused across slots.
 #[derive(Default)]
 struct State {
-    open: Option<Open>,
+    /// Indexed by slot, grown to the highest slot that has called (at most
+    /// [`CONNECTION_SLOTS_MAX`]).
+    open: Vec<Option<Open>>,
     generation: u64,
 }
 
 impl State {
-    /// Forgets the open connection if it is the one numbered `generation` (a newer one
-    /// stays).
-    fn forget(&mut self, generation: u64) {
-        if self
-            .open
-            .as_ref()
-            .is_some_and(|o| o.generation == generation)
+    fn open(&self, slot: usize) -> Option<Open> {
+        self.open.get(slot).and_then(Clone::clone)
+    }
+
+    fn set(&mut self, slot: usize, open: Open) {
+        if self.open.len() <= slot {
+            self.open.resize(slot + 1, None);
+        }
+        self.open[slot] = Some(open);
+    }
+
+    /// Forgets slot `slot`'s open connection if it is the one numbered `generation` (a newer
+    /// one stays).
+    fn forget(&mut self, slot: usize, generation: u64) {
+        if let Some(open) = self.open.get_mut(slot)
+            && open.as_ref().is_some_and(|o| o.generation == generation)
         {
-            self.open = None;
+            *open = None;
         }
     }
 }
@@ -243,11 +282,12 @@ impl Upstream {
         // refused stream, a stream past its GOAWAY, a connection that ended before the call
         // left), goes once more, on a new connection if the old one takes no new call: the
         // instance never saw it.
+        let slot = connection_slot();
         let mut again = true;
         loop {
-            let open = match self.current() {
+            let open = match self.current(slot) {
                 Some(open) => open,
-                None => tokio::time::timeout_at(deadline, self.connection())
+                None => tokio::time::timeout_at(deadline, self.connection(slot))
                     .await
                     .map_err(|_| CallError::TimedOut)??,
             };
@@ -265,7 +305,7 @@ impl Upstream {
                 }
             };
             if answer.is_err() && open.shared.takes_no_new_call() {
-                self.clear(&open);
+                self.clear(slot, &open);
             }
             match answer {
                 Err(client::CallError::Refused(why)) if std::mem::take(&mut again) => {
@@ -276,29 +316,29 @@ impl Upstream {
         }
     }
 
-    fn clear(&self, open: &Open) {
+    fn clear(&self, slot: usize, open: &Open) {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .forget(open.generation);
+            .forget(slot, open.generation);
     }
 
-    fn current(&self) -> Option<Open> {
+    fn current(&self, slot: usize) -> Option<Open> {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .open
-            .clone()
+            .open(slot)
     }
 
-    /// The open connection, or a new one. Calls that arrive while one is being opened wait
-    /// for it and share its outcome.
-    async fn connection(&self) -> Result<Open, CallError> {
-        if let Some(open) = self.current() {
+    /// Slot `slot`'s open connection, or a new one. Calls that arrive while one is being
+    /// opened wait for it and share its outcome (one connection is opened at a time, whatever
+    /// the slot: opening is rare, and a slot's calls wait for its own).
+    async fn connection(&self, slot: usize) -> Result<Open, CallError> {
+        if let Some(open) = self.current(slot) {
             return Ok(open);
         }
         let _opening = self.opening.lock().await;
-        if let Some(open) = self.current() {
+        if let Some(open) = self.current(slot) {
             return Ok(open);
         }
         let tls = self.tls.clone();
@@ -316,7 +356,7 @@ impl Upstream {
                 shared,
                 generation: state.generation,
             };
-            state.open = Some(open.clone());
+            state.set(slot, open.clone());
             open
         };
         let (state, generation) = (Arc::downgrade(&self.state), open.generation);
@@ -329,7 +369,7 @@ impl Upstream {
                 state
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .forget(generation);
+                    .forget(slot, generation);
             }
         });
         Ok(open)
@@ -617,6 +657,45 @@ fn http_status_code(status: u16) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_slot_keeps_and_forgets_its_own_connection() {
+        let open = |generation| Open {
+            shared: Shared::new(CLIENT),
+            generation,
+        };
+        let mut state = State::default();
+        assert!(state.open(0).is_none() && state.open(3).is_none());
+        state.set(3, open(1));
+        state.set(0, open(2));
+        assert_eq!(state.open.len(), 4, "grown to the highest slot only");
+        assert_eq!(state.open(3).map(|o| o.generation), Some(1));
+        assert!(state.open(1).is_none());
+        // A number that is not the slot's forgets nothing; the slot's own forgets only it.
+        state.forget(3, 2);
+        assert_eq!(state.open(3).map(|o| o.generation), Some(1));
+        state.forget(3, 1);
+        assert!(state.open(3).is_none());
+        assert_eq!(state.open(0).map(|o| o.generation), Some(2));
+        state.forget(9, 2);
+        assert_eq!(state.open(0).map(|o| o.generation), Some(2));
+    }
+
+    #[test]
+    fn a_thread_uses_slot_0_until_told_otherwise_and_never_past_the_last() {
+        let slots = std::thread::spawn(|| {
+            let before = connection_slot();
+            set_connection_slot(2);
+            let set = connection_slot();
+            set_connection_slot(usize::MAX);
+            (before, set, connection_slot())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(slots, (0, 2, CONNECTION_SLOTS_MAX - 1));
+        // Another thread's setting is not this one's.
+        assert_eq!(connection_slot(), 0);
+    }
 
     fn framed(message: &[u8]) -> Bytes {
         let mut b = BytesMut::new();

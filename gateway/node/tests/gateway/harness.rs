@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -14,7 +15,7 @@ use sample_service::Sample;
 use serde_json::Value;
 use switchyard::bus::{Bus, MemoryBus};
 use switchyard::config::{Config, ControlAuth};
-use switchyard::node::{Builder, Node};
+use switchyard::node::{Builder, Node, PublicListeners};
 use switchyard::seams::{Connector, Seams, SystemClock, TokioConnector};
 use switchyard_proto::forwarding::forwarding_service_server::{
     ForwardingService, ForwardingServiceServer,
@@ -109,13 +110,42 @@ impl Gateway {
         Self::launch(Arc::new(TokioConnector), bus, configure, |builder| builder).await
     }
 
+    /// A gateway in the per-core layout: its public front served by `threads` threads, each
+    /// with its own socket on the port.
+    pub async fn start_per_core(threads: usize, configure: impl FnOnce(&mut Config)) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let public =
+            PublicListeners::PerCore(switchyard::serve::bind_per_core(addr, threads).unwrap());
+        let configure = |c: &mut Config, _: SocketAddr, _: SocketAddr| configure(c);
+        let gw = Self::launch_on(
+            public,
+            Arc::new(TokioConnector),
+            MemoryBus::new(),
+            configure,
+            |b| b,
+        )
+        .await;
+        gw.wait_ready_probe().await;
+        gw
+    }
+
     async fn launch(
         connector: Arc<dyn Connector>,
         bus: impl Bus,
         configure: impl FnOnce(&mut Config, SocketAddr, SocketAddr),
         build: impl FnOnce(Builder) -> Builder,
     ) -> Self {
-        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = PublicListeners::Shared(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        Self::launch_on(public, connector, bus, configure, build).await
+    }
+
+    async fn launch_on(
+        public: PublicListeners<TcpListener>,
+        connector: Arc<dyn Connector>,
+        bus: impl Bus,
+        configure: impl FnOnce(&mut Config, SocketAddr, SocketAddr),
+        build: impl FnOnce(Builder) -> Builder,
+    ) -> Self {
         let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (public_addr, control_addr) =
             (public.local_addr().unwrap(), control.local_addr().unwrap());
@@ -136,7 +166,7 @@ impl Gateway {
         };
         let shutdown = CancellationToken::new();
         let node = build(Node::builder(config, seams)).build();
-        let handle = tokio::spawn(node.clone().serve(public, control, shutdown.clone()));
+        let handle = tokio::spawn(node.clone().serve_public(public, control, shutdown.clone()));
         Self {
             node_id: node.id().to_owned(),
             node,
@@ -275,6 +305,8 @@ pub struct Instance {
     pub addr: String,
     in_flight: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -302,6 +334,11 @@ impl Instance {
         });
         let routes = tonic::service::Routes::new(svc).into_axum_router();
         let shutdown = CancellationToken::new();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        let listener = listener.tap_io(move |_| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+        });
         let handle = tokio::spawn(switchyard::serve::serve(
             listener,
             routes,
@@ -312,6 +349,7 @@ impl Instance {
             addr,
             in_flight,
             received,
+            connections,
             shutdown,
             handle: Some(handle),
         }
@@ -319,6 +357,11 @@ impl Instance {
 
     pub fn requests_in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Connections the instance accepted (the gateway's, one per connection slot).
+    pub fn connections_accepted(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn requests_received(&self) -> usize {

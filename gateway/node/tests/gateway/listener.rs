@@ -45,7 +45,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
 }
 
 /// Sends one keep-alive request on `stream` and reads its whole answer (`Content-Length`).
-async fn exchange(stream: &mut TcpStream, request: &str) -> Result<String, String> {
+pub(crate) async fn exchange(stream: &mut TcpStream, request: &str) -> Result<String, String> {
     stream
         .write_all(request.as_bytes())
         .await
@@ -81,13 +81,13 @@ async fn exchange(stream: &mut TcpStream, request: &str) -> Result<String, Strin
         .map_err(|_| "no answer".to_owned())?
 }
 
-fn refusals(gw: &Gateway, reason: &str) -> u64 {
+pub(crate) fn refusals(gw: &Gateway, reason: &str) -> u64 {
     gw.node
         .metrics()
         .listener_refusals_of(ListenerLabel::Public, reason)
 }
 
-const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n";
+pub(crate) const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n";
 
 #[tokio::test]
 async fn every_refusal_reason_has_its_series() {

@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod listener;
 mod outliers;
+mod per_core;
 mod policy;
 mod public_jwt;
 mod rate_limit;

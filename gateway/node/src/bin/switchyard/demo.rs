@@ -17,7 +17,7 @@ use switchyard::auth::{self, Authenticator, Claims, KeySet, SigningKey};
 use switchyard::bus::MemoryBus;
 use switchyard::config::{Config, JwtProvider, JwtRoute};
 use switchyard::forwarding::lazy_channel;
-use switchyard::node::Node;
+use switchyard::node::{Node, PublicListeners};
 use switchyard::seams::{Clock as _, Seams, SystemClock, TokioConnector, os_seed};
 use switchyard::serve::{serve, with_nodelay};
 
@@ -57,7 +57,12 @@ pub async fn run(
     } else {
         None
     };
-    let public = bind(config.public.listen, "public", "--public-listen").await?;
+    let public = PublicListeners::bind(&config).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {} for the public listener: {e} (choose another address with --public-listen)", config.public.listen),
+        )
+    })?;
     let control = bind(config.control.listen, "control", "--control-listen").await?;
     let (public_addr, control_addr) = (public.local_addr()?, control.local_addr()?);
     let seams = Seams {
@@ -69,8 +74,8 @@ pub async fn run(
     let drain = Duration::from_millis(config.shutdown.drain_timeout_ms);
     let reset_stream_hold = Duration::from_millis(config.upstream.reset_stream_hold_ms);
     let node = Node::builder(config, seams).authenticator(auth).build();
-    let gateway = tokio::spawn(node.clone().serve(
-        with_nodelay(public),
+    let gateway = tokio::spawn(node.clone().serve_public(
+        public.map(with_nodelay),
         with_nodelay(control),
         shutdown.clone(),
     ));

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use switchyard::Node;
 use switchyard::auth::Authenticator;
 use switchyard::bus::{Bus, MemoryBus};
-use switchyard::config::{self, BusKind, Config, LogFormat, Override};
+use switchyard::config::{self, BusKind, Config, LogFormat, Override, RuntimeLayout};
 use switchyard::seams::{Seams, SystemClock, TokioConnector, os_seed};
 use switchyard::serve::with_nodelay;
+use switchyard::{Node, PublicListeners};
 use tokio_util::sync::CancellationToken;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
@@ -188,10 +188,18 @@ fn check_tls(config: &Config) -> anyhow::Result<()> {
 
 /// The multi-threaded runtime, with `runtime.worker_threads` workers (0: tokio's default, one
 /// per core the process may run on).
+/// In the per-core layout the public front has threads of its own, and the runtime one worker
+/// for the control listener and the background tasks.
 fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
+    match config.runtime.layout {
+        RuntimeLayout::Shared if config.runtime.worker_threads > 0 => {
+            builder.worker_threads(config.runtime.worker_threads);
+        }
+        RuntimeLayout::Shared => {}
+        RuntimeLayout::PerCore => {
+            builder.worker_threads(1);
+        }
     }
     builder
         .enable_all()
@@ -231,9 +239,15 @@ async fn serve(config: Config, auth: Arc<Authenticator>) -> anyhow::Result<()> {
         bus,
         seed: config.seed.unwrap_or_else(os_seed),
     };
-    let public = tokio::net::TcpListener::bind(config.public.listen)
+    let public = PublicListeners::bind(&config)
         .await
         .with_context(|| format!("cannot listen on {} (public.listen)", config.public.listen))?;
+    if let PublicListeners::PerCore(sockets) = &public {
+        tracing::info!(
+            threads = sockets.len(),
+            "runtime.layout = \"per_core\": each thread serves the public front on its own socket"
+        );
+    }
     let control = tokio::net::TcpListener::bind(config.control.listen)
         .await
         .with_context(|| {
@@ -252,7 +266,7 @@ async fn serve(config: Config, auth: Arc<Authenticator>) -> anyhow::Result<()> {
     Node::builder(config, seams)
         .authenticator(auth)
         .build()
-        .serve(with_nodelay(public), with_nodelay(control), shutdown)
+        .serve_public(public.map(with_nodelay), with_nodelay(control), shutdown)
         .await
         .context("gateway failed")
 }
