@@ -59,7 +59,7 @@ def oha(oha_bin: str, url: str, body_file: Path, requests: int, cert: Cert | Non
 
 def profile_one(
     gateway: Path, sample: Path, oha_bin: str, requests: int, body_bytes: int, run_dir: Path, tag: str, cert: Cert | None,
-    cache_sim: bool, policies: Policies | None,
+    cache_sim: bool, policies: Policies | None, layout: str = "shared",
 ) -> dict:
     procs = Procs(run_dir)
     out_file = run_dir / f"callgrind.{tag}.out"
@@ -75,6 +75,7 @@ def profile_one(
                 f"--callgrind-out-file={out_file}",
                 str(gateway), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
                 "--node-id", "gw-profile", "--set", "seed=1", "--set", "runtime.worker_threads=1",
+                *([] if layout == "shared" else ["--set", f'runtime.layout="{layout}"']),
                 "--set", "log.level=\"warn\"",
                 *open_control_flags(gateway),
                 *tls,
@@ -140,7 +141,7 @@ def profile_one(
         "i1_misses_per_request": best_events.get("I1mr", 0) / requests,
         "d1_misses_per_request": (best_events.get("D1mr", 0) + best_events.get("D1mw", 0)) / requests,
     }
-    return {"binary": str(gateway), "config": "plain" if policies is None else "policies", "instructions": best_ir, "per_request": best_ir / requests, "dump": str(best), **misses}
+    return {"binary": str(gateway), "layout": layout, "config": "plain" if policies is None else "policies", "instructions": best_ir, "per_request": best_ir / requests, "dump": str(best), **misses}
 
 
 def main() -> int:
@@ -156,7 +157,12 @@ def main() -> int:
     ap.add_argument("--cache-sim", action="store_true", help="simulate the caches; report L1 misses per request")
     ap.add_argument("--policies", action="store_true",
                     help="profile each binary plain and with the JWT check and a local rate limit (issue 15)")
+    ap.add_argument("--layouts", default="shared",
+                    help="runtime.layout values to profile each binary in, one thread each (shared,per_core)")
     args = ap.parse_args()
+    args.layouts = [x for x in args.layouts.split(",") if x]
+    if not args.layouts or any(x not in ("shared", "per_core") for x in args.layouts):
+        ap.error("--layouts: shared and/or per_core")
     if not args.gateways:
         args.gateways = [args.default_gateway]
     if not 10 <= args.requests <= 100_000:
@@ -170,13 +176,20 @@ def main() -> int:
         policies = make_policies(args.gateways[0], run_dir) if args.policies else None
         configs = [None] if policies is None else [None, policies]
         for i, gw in enumerate(args.gateways):
-            for pol in configs:
-                tag = f"{i}" if pol is None else f"{i}-policies"
-                what = "" if pol is None else ", JWT and rate limit"
-                log(f"callgrind: {gw} ({args.requests} requests of {args.body_bytes} B{', TLS' if cert else ''}{what})")
-                rows.append(profile_one(
-                    gw, args.sample, args.oha, args.requests, args.body_bytes, run_dir, tag, cert, args.cache_sim, pol,
-                ))
+            for layout in args.layouts:
+                for pol in configs:
+                    tag = f"{i}" if pol is None else f"{i}-policies"
+                    if layout != "shared":
+                        tag += f"-{layout}"
+                    what = "" if pol is None else ", JWT and rate limit"
+                    log(
+                        f"callgrind: {gw} ({args.requests} requests of {args.body_bytes} B{', TLS' if cert else ''}"
+                        f"{what}, {layout} layout)"
+                    )
+                    rows.append(profile_one(
+                        gw, args.sample, args.oha, args.requests, args.body_bytes, run_dir, tag, cert, args.cache_sim,
+                        pol, layout,
+                    ))
     except Failed as e:
         log(f"FAILED: {e}")
         return 1
@@ -189,11 +202,13 @@ def main() -> int:
             misses = f"  L1 misses: instructions {r['i1_misses_per_request']:,.0f}, data {r['d1_misses_per_request']:,.0f}"
         extra = ""
         if r["config"] == "plain":
-            plain[r["binary"]] = r["per_request"]
+            plain[(r["binary"], r["layout"])] = r["per_request"]
         else:
-            p = plain[r["binary"]]
+            p = plain[(r["binary"], r["layout"])]
             extra = f"  policies/plain {r['per_request'] / p:.3f} (+{r['per_request'] - p:,.0f})"
         config = f"  {r['config']:<8}" if args.policies else ""
+        if len(args.layouts) > 1:
+            config += f"  {r['layout']:<8}"
         print(f"  {r['per_request']:>12,.0f}  ratio {r['per_request'] / base:.3f}{config}  {r['binary']}{extra}{misses}")
     log(f"callgrind dumps and annotations in {run_dir}")
     return 0

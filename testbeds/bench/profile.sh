@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request of one or more gateway builds under callgrind (see profile.py).
 #
-#   testbeds/bench/profile.sh [--requests N] [--policies] [GATEWAY_BIN...]   default: the release build's
+#   testbeds/bench/profile.sh [--requests N] [--policies] [--layouts shared,per_core] [GATEWAY_BIN...]   default: the release build's
 #
 # Compare two builds in one run: copy the older binary aside (cp target/release/switchyard
 # /tmp/switchyard-before), rebuild, then pass both. Installs valgrind (apt-get) when missing;

@@ -62,7 +62,8 @@ import charts  # beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = [
-    "direct", "switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", "switchyard-kafka",
+    "direct", "switchyard", "switchyard-per-core", "switchyard-policies", "switchyard-dflt", "switchyard-tls",
+    "switchyard-kafka",
     "switchyard-audit", "envoy-transcoder", "grpc-gateway", "envoy", "nginx", "nginx-tls",
 ]
 KAFKA_TARGETS = ("switchyard-kafka", "switchyard-audit")
@@ -693,7 +694,10 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         line = procs.first_line(svc, "listening on ")
         addr = line.split()[2]
         return Started(f"http://{addr}", svc)
-    if name in ("switchyard", "switchyard-policies", "switchyard-dflt", "switchyard-tls", *KAFKA_TARGETS, BASELINE):
+    if name in (
+        "switchyard", "switchyard-per-core", "switchyard-policies", "switchyard-dflt", "switchyard-tls", *KAFKA_TARGETS,
+        BASELINE,
+    ):
         pinned = name != "switchyard-dflt"
         gateway = tools.baseline if name == BASELINE else b / "switchyard"
         argv = [
@@ -703,6 +707,10 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         ]
         if pinned:
             argv += ["--set", "runtime.worker_threads=1"]
+        if name == "switchyard-per-core":
+            # One thread of the public front, on its own socket, beside the one worker that
+            # runs the control listener and the background tasks.
+            argv += ["--set", 'runtime.layout="per_core"']
         cert = None
         if name == "switchyard-tls":
             # TLS on the public listener only: the sample registers on the control listener.
@@ -1020,6 +1028,8 @@ def tables(results: dict, args) -> str:
                 ("switchyard", "nginx", "Switchyard / nginx"),
                 ("switchyard", "envoy", "Switchyard / Envoy plain"),
                 ("switchyard", "switchyard-dflt", "Switchyard / Switchyard default workers"),
+                ("switchyard", "switchyard-per-core", "Switchyard / Switchyard per-core layout"),
+                ("switchyard-per-core", "nginx", "Switchyard per-core layout / nginx"),
                 ("switchyard", BASELINE, "Switchyard / the baseline build"),
             ],
         )

@@ -11,7 +11,8 @@ tails    Each proxy's own saturation (closed loop, oha, `--connections` connecti
          round; the tables give the median and the range over the rounds.
 scaling  Switchyard with 1 and 2 workers on 1 and 2 cores (`runtime.worker_threads`, taskset),
          in the shared layout, and with 1 thread on 1 core and 2 on 1 and 2 in the per-core
-         layout (`runtime.layout = "per_core"`), saturated by oha: throughput, the gateway's CPU per request, the load generator's and
+         layout (`runtime.layout = "per_core"`), and nginx with 1 worker process on 1 core and
+         2 on 2, saturated by oha: throughput, the gateway's CPU per request, the load generator's and
          the backend's CPU (on a 2-core machine they share the gateway's cores when it has
          both), context switches per request, and futex calls per request under strace.
 memory   RSS of Switchyard (mimalloc, and with `--system-alloc-bin`, the system allocator) and
@@ -185,6 +186,26 @@ def start_switchyard(
     return started
 
 
+def start_nginx(
+    procs: px.Procs, tools: px.Tools, workers: int, cpus: str, load_cpu: str | None, run_dir: Path
+) -> tuple[px.Started, px.Proc]:
+    """nginx as proxies.py starts it, with `workers` worker processes on `cpus`; and its backend."""
+    plain = px.nginx_conf
+
+    def with_workers(*a, **kw):
+        path = plain(*a, **kw)
+        path.write_text(path.read_text().replace("worker_processes 1;", f"worker_processes {workers};"))
+        return path
+
+    px.nginx_conf = with_workers
+    try:
+        started = px.start_target("nginx", procs, tools, px.Layout(cpus, load_cpu), run_dir, px.json_body(100))
+    finally:
+        px.nginx_conf = plain
+    backend = next(p for p in procs.running if p.name == "nginx-backends")
+    return started, backend
+
+
 def ctx_switches(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -233,8 +254,13 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
         log("scaling needs two cores; skipped")
         return []
     one, both = str(cpus[0]), f"{cpus[0]},{cpus[1]}"
+    # nginx with one and two worker processes (`reuseport`: a socket per worker), as a proxy
+    # whose workers share nothing: what a second core is worth to it on this machine, where
+    # the second core is also the load generator's and the backend's.
     configs = [(1, one, "shared"), (2, one, "shared"), (1, both, "shared"), (2, both, "shared"),
-               (1, one, "per_core"), (2, one, "per_core"), (2, both, "per_core")]
+               (1, one, "per_core"), (2, one, "per_core"), (2, both, "per_core"),
+               (1, one, "nginx"), (2, both, "nginx")]
+    configs = [c for c in configs if c[2] in args.layouts]
     out = []
     for rnd in range(args.repeats):
         for workers, cores, rt_layout in configs:
@@ -242,13 +268,17 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
             try:
                 # The backend and the load generator on the second core: when the gateway has
                 # both cores, they compete with it there.
-                started = start_switchyard(
-                    procs, tools, "switchyard-scaling", tools.bin_dir / "switchyard", workers, cores, layout.load_cpu, [],
-                    rt_layout,
-                )
+                if rt_layout == "nginx":
+                    started, backend = start_nginx(procs, tools, workers, cores, layout.load_cpu, run_dir)
+                else:
+                    started = start_switchyard(
+                        procs, tools, "switchyard-scaling", tools.bin_dir / "switchyard", workers, cores,
+                        layout.load_cpu, [], rt_layout,
+                    )
+                    backend = started.sample  # type: ignore[attr-defined]
                 saturate(tools, started, args, body, layout.load_cpu, args.warmup_s)
                 pids = px.descendants(started.measured.popen.pid)
-                sample_pids = px.descendants(started.sample.popen.pid)  # type: ignore[attr-defined]
+                sample_pids = px.descendants(backend.popen.pid)
                 cpu0, scpu0, cs0 = px.cpu_seconds(pids), px.cpu_seconds(sample_pids), ctx_switches(pids)
                 sat = saturate(tools, started, args, body, layout.load_cpu, args.sat_s)
                 cpu = px.cpu_seconds(pids) - cpu0
@@ -275,7 +305,7 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
 
 def scaling_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| layout | workers | cores | req/s | gateway CPU µs/req | gateway cores | sample cores | oha cores | context switches/req | futex calls/req (waits failed) |",
+        "| layout (Switchyard's, or nginx) | workers | cores | req/s | gateway CPU µs/req | gateway cores | sample cores | oha cores | context switches/req | futex calls/req (waits failed) |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
@@ -283,7 +313,8 @@ def scaling_table(rows: list[dict]) -> list[str]:
         # Rows of runs before the per-core layout have no layout: the shared one.
         return (r.get("layout", "shared"), r["workers"], r["cores"])
 
-    keys = sorted({key(r) for r in rows}, key=lambda k: (k[0] != "shared", len(k[2]), k[1]))
+    order = {"shared": 0, "per_core": 1, "nginx": 2}
+    keys = sorted({key(r) for r in rows}, key=lambda k: (order.get(k[0], 3), len(k[2]), k[1]))
     for rt_layout, workers, cores in keys:
         rs = [r for r in rows if key(r) == (rt_layout, workers, cores)]
         fx = [r["futex"] for r in rs if r.get("futex")]
@@ -475,6 +506,8 @@ def main() -> int:
     ap.add_argument("--nginx", required=True)
     ap.add_argument("--parts", default="tails,scaling,memory")
     ap.add_argument("--targets", default=",".join(TAIL_TARGETS), help="tails: proxies.py targets")
+    ap.add_argument("--layouts", default="shared,per_core,nginx",
+                    help="scaling: Switchyard's runtime layouts (shared, per_core) and nginx, to measure")
     ap.add_argument("--loads", default=",".join(map(str, LOADS)), help="tails: percent of each saturation")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
@@ -507,6 +540,9 @@ def main() -> int:
             ap.error(f"{name} must lie in [{lo}, {hi}]")
     if any(not 1 <= x <= 100 for x in args.loads):
         ap.error("--loads are percentages in [1, 100]")
+    args.layouts = [x for x in args.layouts.split(",") if x]
+    if not args.layouts or any(x not in ("shared", "per_core", "nginx") for x in args.layouts):
+        ap.error("--layouts: any of shared, per_core and nginx")
     unknown = [p for p in args.parts if p not in ("tails", "scaling", "memory")]
     if unknown:
         ap.error(f"unknown parts {unknown}")

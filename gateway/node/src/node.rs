@@ -24,6 +24,7 @@ use crate::config::{BusKind, Config, ControlAuth, ListenerLimits, RateLimitMode,
 use crate::console;
 use crate::control::{self, Control};
 use crate::forwarding::Forwarder;
+use crate::forwarding::unary::set_connection_slot;
 use crate::graphql::{self, Backend, Front};
 use crate::jwks::Jwks;
 use crate::outbox::Outbox;
@@ -146,7 +147,8 @@ pub fn per_core_threads(config: &Config) -> usize {
 
 impl<P: Listener<Addr = SocketAddr>> PublicListeners<P> {
     /// A shared listener passed through `f` (a listener that sets socket options on what it
-    /// accepts); the per-core layout's sockets as they are.
+    /// accepts); the per-core layout's sockets as they are (its threads set `TCP_NODELAY` on
+    /// what they accept, as [`serve::with_nodelay`] does).
     pub fn map<Q>(self, f: impl FnOnce(P) -> Q) -> PublicListeners<Q> {
         match self {
             PublicListeners::Shared(listener) => PublicListeners::Shared(f(listener)),
@@ -836,6 +838,8 @@ impl Node {
                         public_limits,
                         public_tls.clone(),
                         on_public_refusal,
+                        // Slot 0 is every other thread's.
+                        Arc::new(|index| set_connection_slot(index + 1)),
                     )
                     .await
                 }

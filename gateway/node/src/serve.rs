@@ -402,10 +402,10 @@ pub fn bind_per_core(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net:
 }
 
 /// [`serve_direct`] on each of `listeners` (from [`bind_per_core`]), each on a thread of its
-/// own that runs a single-threaded runtime: a connection, its requests and, through
-/// [`set_connection_slot`](crate::forwarding::unary::set_connection_slot), the instance
-/// connections they are forwarded on stay on the thread whose socket the kernel gave the
-/// connection to. The threads share `limits.connections_max` and drain together: on
+/// own that runs a single-threaded runtime: a connection and its requests stay on the thread
+/// whose socket the kernel gave the connection to. Each thread calls `on_thread_start` with
+/// its index before its runtime starts (the node makes the instance connections of its calls
+/// the thread's own there). The threads share `limits.connections_max` and drain together: on
 /// `shutdown` each stops accepting, and its drain ends when the connections of every thread
 /// have ended, or at `drain`. If one thread fails (or cannot start), the others are stopped
 /// and drained too, and its error returned when all have ended.
@@ -419,11 +419,18 @@ pub async fn serve_per_core<D>(
     limits: ServeLimits,
     tls: Option<Arc<ServerTls>>,
     on_refusal: OnRefusal,
+    on_thread_start: Arc<dyn Fn(usize) + Send + Sync>,
 ) -> io::Result<()>
 where
     D: Direct,
 {
     use futures_util::StreamExt as _;
+    if listeners.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the per-core layout has no listening socket",
+        ));
+    }
     let stop = shutdown.child_token();
     let front = Front {
         router,
@@ -439,11 +446,11 @@ where
     let mut threads = futures_util::stream::FuturesUnordered::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let (done, ended) = tokio::sync::oneshot::channel();
-        let front = front.clone();
+        let (front, on_thread_start) = (front.clone(), on_thread_start.clone());
         let started = std::thread::Builder::new()
             .name(format!("switchyard-public-{index}"))
             .spawn(move || {
-                crate::forwarding::unary::set_connection_slot(index + 1);
+                on_thread_start(index);
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -3,11 +3,13 @@
 //! the connection cap and the drain are the front's, across its threads.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use switchyard::serve::bind_per_core;
+use switchyard::serve::{NoDirect, ServeLimits, bind_per_core, serve_per_core};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Gateway, Instance, eventually, try_http};
 use crate::listener::{HEALTHZ, exchange, refusals};
@@ -34,6 +36,21 @@ async fn the_sockets_of_the_layout_share_one_port() {
             "{count}: {error}"
         );
     }
+    // A layout of no socket is refused rather than served by nobody.
+    let error = serve_per_core::<NoDirect>(
+        Vec::new(),
+        axum::Router::new(),
+        None,
+        CancellationToken::new(),
+        Duration::from_secs(1),
+        ServeLimits::default(),
+        None,
+        Arc::new(|_| {}),
+        Arc::new(|_| {}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
 }
 
 #[tokio::test]
