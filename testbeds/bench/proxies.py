@@ -708,8 +708,8 @@ def start_target(name: str, procs: Procs, tools: Tools, layout: Layout, run_dir:
         if pinned:
             argv += ["--set", "runtime.worker_threads=1"]
         if name == "switchyard-per-core":
-            # One thread of the public front, on its own socket, beside the one worker that
-            # runs the control listener and the background tasks.
+            # One thread of the public front, on its own socket, beside the two workers that
+            # run the control listener and the background tasks (idle here).
             argv += ["--set", 'runtime.layout="per_core"']
         cert = None
         if name == "switchyard-tls":

@@ -93,7 +93,7 @@ pub enum RuntimeLayout {
     /// with its own listening socket on `public.listen` (`SO_REUSEPORT`: the kernel spreads
     /// new connections over them) and its own connection to each instance, so a request stays
     /// on one thread from its first byte to its answer. The control listener and the
-    /// background tasks (replication, the bus, telemetry) run on one more worker.
+    /// background tasks (replication, the bus, telemetry) run on two more workers.
     PerCore,
 }
 

@@ -302,8 +302,10 @@ where
     let limits = Arc::new(limits);
     loop {
         let (io, addr) = tokio::select! {
-            accepted = listener.accept() => accepted,
+            // Shutdown first: a connection accepted once draining began would only be refused.
+            biased;
             () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             on_refusal(Refusal::ConnectionsMax);
@@ -356,6 +358,10 @@ where
             drop(permit);
         });
     }
+    // The port is closed while the open connections drain: a new connection is refused at
+    // once (and a load balancer tries another gateway) rather than queued where nobody will
+    // accept it, and in the per-core layout the kernel stops handing this socket any.
+    drop(listener);
     // Every connection holds a permit until it ends, so holding them all means none is left
     // (in the per-core layout, on any of the listeners that share the permits).
     let drained = connections.acquire_many(limits.connections_max);
@@ -375,14 +381,20 @@ pub const PER_CORE_THREADS_MAX: usize = crate::config::WORKER_THREADS_MAX;
 /// `count` listening sockets on `addr`, all on one port with `SO_REUSEPORT`, for
 /// [`serve_per_core`]: the kernel hands each new connection to one of them (by a hash of its
 /// addresses and ports). With port 0 the first takes a free port and the others join it.
-/// Only processes of the same user may join such a port (Linux).
+///
+/// A port some socket already listens on is refused (`AddrInUse`), as a plain bind would
+/// refuse it, even when that socket has `SO_REUSEPORT` too (another gateway, or this one's
+/// older process still draining): joining it would split the port's connections between
+/// two processes. Processes of the same user could still join the port once bound (Linux
+/// refuses other users).
 pub fn bind_per_core(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
-    if count == 0 || count > PER_CORE_THREADS_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("between 1 and {PER_CORE_THREADS_MAX} listening sockets, not {count}"),
-        ));
+    check_per_core_threads(count)?;
+    if addr.port() != 0 {
+        // Without SO_REUSEPORT the bind fails if anything listens on the port.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
     }
     let mut port_of_all = addr;
     let mut listeners = Vec::with_capacity(count);
@@ -401,14 +413,26 @@ pub fn bind_per_core(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net:
     Ok(listeners)
 }
 
+fn check_per_core_threads(count: usize) -> io::Result<()> {
+    if count == 0 || count > PER_CORE_THREADS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("between 1 and {PER_CORE_THREADS_MAX} listening sockets, not {count}"),
+        ));
+    }
+    Ok(())
+}
+
 /// [`serve_direct`] on each of `listeners` (from [`bind_per_core`]), each on a thread of its
 /// own that runs a single-threaded runtime: a connection and its requests stay on the thread
 /// whose socket the kernel gave the connection to. Each thread calls `on_thread_start` with
 /// its index before its runtime starts (the node makes the instance connections of its calls
-/// the thread's own there). The threads share `limits.connections_max` and drain together: on
-/// `shutdown` each stops accepting, and its drain ends when the connections of every thread
-/// have ended, or at `drain`. If one thread fails (or cannot start), the others are stopped
-/// and drained too, and its error returned when all have ended.
+/// the thread's own there). Every accepted connection gets `TCP_NODELAY` ([`with_nodelay`]).
+/// The threads share `limits.connections_max` and drain together: on `shutdown` each stops
+/// accepting, and its drain ends when the connections of every thread have ended, or at
+/// `drain`. If one thread fails (or cannot start), `shutdown` is cancelled, so the whole node
+/// stops, and the error is returned once every thread has drained. Dropping the returned
+/// future stops the threads too (they drain on their own).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_per_core<D>(
     listeners: Vec<std::net::TcpListener>,
@@ -425,13 +449,9 @@ where
     D: Direct,
 {
     use futures_util::StreamExt as _;
-    if listeners.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the per-core layout has no listening socket",
-        ));
-    }
+    check_per_core_threads(listeners.len())?;
     let stop = shutdown.child_token();
+    let _stop_when_dropped = stop.clone().drop_guard();
     let front = Front {
         router,
         direct,
@@ -456,6 +476,7 @@ where
                     .build()
                     .and_then(|runtime| {
                         runtime.block_on(async move {
+                            listener.set_nonblocking(true)?;
                             let listener = tokio::net::TcpListener::from_std(listener)?;
                             serve_front(with_nodelay(listener), front).await
                         })
@@ -466,16 +487,18 @@ where
         match started {
             Ok(_) => threads.push(ended),
             Err(error) => {
-                stop.cancel();
-                first_error.get_or_insert(error);
+                tracing::error!(%error, "a thread of the public front could not start; stopping");
+                shutdown.cancel();
+                first_error = Some(error);
+                break;
             }
         }
     }
     while let Some(ended) = threads.next().await {
         let served = ended.unwrap_or_else(|_| Err(io::Error::other("a public thread panicked")));
         if let Err(error) = served {
-            tracing::error!(%error, "a thread of the public front failed; stopping the others");
-            stop.cancel();
+            tracing::error!(%error, "a thread of the public front failed; stopping");
+            shutdown.cancel();
             first_error.get_or_insert(error);
         }
     }

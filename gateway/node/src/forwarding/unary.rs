@@ -141,10 +141,20 @@ struct State {
     /// Indexed by slot, grown to the highest slot that has called (at most
     /// [`CONNECTION_SLOTS_MAX`]).
     open: Vec<Option<Open>>,
+    /// Held by the call that opens a slot's connection: the slot's other calls wait for it
+    /// and share its outcome rather than dial too. Grown as `open` is.
+    opening: Vec<Arc<tokio::sync::Mutex<()>>>,
     generation: u64,
 }
 
 impl State {
+    fn opening(&mut self, slot: usize) -> Arc<tokio::sync::Mutex<()>> {
+        if self.opening.len() <= slot {
+            self.opening.resize_with(slot + 1, Arc::default);
+        }
+        self.opening[slot].clone()
+    }
+
     fn open(&self, slot: usize) -> Option<Open> {
         self.open.get(slot).and_then(Clone::clone)
     }
@@ -184,9 +194,6 @@ pub struct Upstream {
     dialer: Dialer,
     http2: Http2,
     state: Arc<Mutex<State>>,
-    /// Held by the call that opens the connection: the others wait for it and share its
-    /// outcome rather than dial too.
-    opening: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -257,7 +264,6 @@ impl Upstream {
             dialer,
             http2,
             state: Arc::default(),
-            opening: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -330,14 +336,19 @@ impl Upstream {
             .open(slot)
     }
 
-    /// Slot `slot`'s open connection, or a new one. Calls that arrive while one is being
-    /// opened wait for it and share its outcome (one connection is opened at a time, whatever
-    /// the slot: opening is rare, and a slot's calls wait for its own).
+    /// Slot `slot`'s open connection, or a new one. The slot's calls that arrive while one is
+    /// being opened wait for it and share its outcome; slots open theirs side by side (a
+    /// failure to dial is shared between them by the dialer).
     async fn connection(&self, slot: usize) -> Result<Open, CallError> {
         if let Some(open) = self.current(slot) {
             return Ok(open);
         }
-        let _opening = self.opening.lock().await;
+        let opening = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .opening(slot);
+        let _opening = opening.lock().await;
         if let Some(open) = self.current(slot) {
             return Ok(open);
         }

@@ -176,7 +176,7 @@ async fn a_slow_request_body_is_answered_408() {
 
 /// Opens a connection that the gateway serves, retrying while earlier connections (the
 /// harness's readiness checks) still hold their places.
-async fn open_served(addr: SocketAddr) -> TcpStream {
+pub(crate) async fn open_served(addr: SocketAddr) -> TcpStream {
     let deadline = tokio::time::Instant::now() + SLACK;
     loop {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -210,6 +210,34 @@ async fn connections_past_the_cap_are_closed_and_counted() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_draining_listener_refuses_new_connections_and_finishes_its_requests() {
+    let gw = Gateway::start(|c| c.shutdown.drain_timeout_ms = 10_000).await;
+    let inst = Instance::start("slow", "s-1").await;
+    gw.register("slow", "s-1", &inst.addr, 10_000).await;
+    let public = gw.public_addr();
+    let url = format!("{}/slow/test/sleep/1500", gw.public_url());
+    let request = tokio::spawn(async move { crate::harness::try_http("GET", &url).await });
+    eventually(SLACK, || async { inst.requests_in_flight() == 1 }).await;
+    let stopped = tokio::spawn(gw.stop());
+    // The port closes when draining begins, while the request is still in flight.
+    eventually(SLACK, || async {
+        TcpStream::connect(public).await.is_err()
+    })
+    .await;
+    assert_eq!(
+        inst.requests_in_flight(),
+        1,
+        "the request ended before the port closed"
+    );
+    let (status, _, body) = request.await.unwrap().unwrap();
+    assert_eq!(status, http::StatusCode::OK, "{body:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the gateway did not stop after its request ended")
+        .unwrap();
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Gateway, Instance, eventually, try_http};
-use crate::listener::{HEALTHZ, exchange, refusals};
+use crate::listener::{HEALTHZ, exchange, open_served, refusals};
 
 /// New client connections for the tests below. The kernel spreads them over the threads' sockets
 /// by a hash of their ports, so all 32 land on one of two threads with odds of 2^-31.
@@ -54,6 +54,46 @@ async fn the_sockets_of_the_layout_share_one_port() {
 }
 
 #[tokio::test]
+async fn a_port_in_use_is_refused_even_to_sockets_of_the_layout() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let group = bind_per_core(any, 2).unwrap();
+    let taken = group[0].local_addr().unwrap();
+    let error = bind_per_core(taken, 2).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+    let plain = std::net::TcpListener::bind(any).unwrap();
+    let error = bind_per_core(plain.local_addr().unwrap(), 1).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+}
+
+#[tokio::test]
+async fn the_threads_stop_when_their_serving_is_dropped() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let sockets = bind_per_core(any, 2).unwrap();
+    let addr = sockets[0].local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(serve_per_core::<NoDirect>(
+        sockets,
+        axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" })),
+        None,
+        shutdown.clone(),
+        Duration::from_secs(1),
+        ServeLimits::default(),
+        None,
+        Arc::new(|_| {}),
+        Arc::new(|_| {}),
+    ));
+    let mut stream = open_served(addr).await;
+    serving.abort();
+    // The threads close their sockets and, the drain over, the connection they served.
+    eventually(Duration::from_secs(5), || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(exchange(&mut stream, HEALTHZ).await.is_err());
+    assert!(!shutdown.is_cancelled(), "only the threads stop");
+}
+
+#[tokio::test]
 async fn each_thread_forwards_on_a_connection_of_its_own() {
     let gw = Gateway::start_per_core(2, |_| {}).await;
     let inst = Instance::start("orders", "o-1").await;
@@ -74,22 +114,26 @@ async fn each_thread_forwards_on_a_connection_of_its_own() {
 async fn the_threads_share_the_connection_cap() {
     const CAP: u32 = 2;
     let gw = Gateway::start_per_core(2, |c| c.public.connections_max = CAP).await;
+    // The cap's connections, served (retried until the readiness probe's has ended). Whether
+    // they landed on one thread or on both, a cap per thread would leave room on one.
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(open_served(gw.public_addr()).await);
+    }
     let refused_before = refusals(&gw, "connections_max");
-    // All of them open at once, so only the first two accepted hold a permit.
-    let mut streams = Vec::new();
     for _ in 0..CONNECTIONS {
-        streams.push(TcpStream::connect(gw.public_addr()).await.unwrap());
+        let mut stream = TcpStream::connect(gw.public_addr()).await.unwrap();
+        let answer = exchange(&mut stream, HEALTHZ).await;
+        assert!(
+            answer.is_err(),
+            "a connection past the cap was served: {answer:?}"
+        );
     }
-    let mut answered = 0;
-    for stream in &mut streams {
-        if let Ok(answer) = exchange(stream, HEALTHZ).await {
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-            answered += 1;
-        }
+    for stream in &mut held {
+        let answer = exchange(stream, HEALTHZ).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
-    // With a cap per thread, up to twice as many would be served.
-    assert_eq!(answered, CAP as usize);
-    let refused = (CONNECTIONS - CAP as usize) as u64;
+    let refused = CONNECTIONS as u64;
     eventually(Duration::from_secs(5), || async {
         refusals(&gw, "connections_max") == refused_before + refused
     })
@@ -99,7 +143,7 @@ async fn the_threads_share_the_connection_cap() {
 
 #[tokio::test]
 async fn every_thread_drains_its_requests_at_shutdown() {
-    const REQUESTS: usize = 8;
+    const REQUESTS: usize = CONNECTIONS;
     let gw = Gateway::start_per_core(2, |c| c.shutdown.drain_timeout_ms = 10_000).await;
     let inst = Instance::start("slow", "s-1").await;
     gw.register("slow", "s-1", &inst.addr, 60_000).await;

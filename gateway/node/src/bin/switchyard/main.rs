@@ -188,8 +188,9 @@ fn check_tls(config: &Config) -> anyhow::Result<()> {
 
 /// The multi-threaded runtime, with `runtime.worker_threads` workers (0: tokio's default, one
 /// per core the process may run on).
-/// In the per-core layout the public front has threads of its own, and the runtime one worker
-/// for the control listener and the background tasks.
+/// In the per-core layout the public front has threads of its own, and the runtime two workers
+/// for the control listener and the background tasks: replication applying a catch-up batch
+/// holds one for as long as the batch takes (about a second for a million records).
 fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     match config.runtime.layout {
@@ -198,7 +199,7 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
         }
         RuntimeLayout::Shared => {}
         RuntimeLayout::PerCore => {
-            builder.worker_threads(1);
+            builder.worker_threads(2);
         }
     }
     builder
