@@ -126,22 +126,33 @@ pub struct Candidate {
 /// Picks the index of the instance to send to, or `None` if every candidate was tried or is
 /// full. Ejected candidates are picked only when no other is left; full ones never.
 pub fn pick(candidates: &[Candidate], rng: &mut impl Rng) -> Option<usize> {
-    let untried: Vec<usize> = (0..candidates.len())
-        .filter(|&i| !candidates[i].tried && !candidates[i].full)
-        .collect();
-    let healthy: Vec<usize> = untried
-        .iter()
-        .copied()
-        .filter(|&i| !candidates[i].ejected)
-        .collect();
-    let pool = if healthy.is_empty() { untried } else { healthy };
-    match pool.len() {
+    // The pool is the untried candidates with room, the healthy ones among them if any.
+    // Counted and indexed in place: this runs on every request, and a vector of indices
+    // would be an allocation or two each time.
+    let open = |c: &Candidate| !c.tried && !c.full;
+    let healthy = candidates.iter().filter(|c| open(c) && !c.ejected).count();
+    let in_pool = |c: &Candidate| open(c) && (healthy == 0 || !c.ejected);
+    let n = if healthy > 0 {
+        healthy
+    } else {
+        candidates.iter().filter(|c| open(c)).count()
+    };
+    // The index of the pool's `k`th member.
+    let nth = |k: usize| {
+        candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| in_pool(c))
+            .nth(k)
+            .map(|(i, _)| i)
+    };
+    match n {
         0 => None,
-        1 => Some(pool[0]),
+        1 => nth(0),
         n => {
             let a = rng.random_range(0..n);
             let b = (a + rng.random_range(1..n)) % n;
-            let (a, b) = (pool[a], pool[b]);
+            let (a, b) = (nth(a)?, nth(b)?);
             Some(if candidates[b].in_flight < candidates[a].in_flight {
                 b
             } else {

@@ -395,6 +395,23 @@ proptest::proptest! {
     }
 
     #[test]
+    fn pick_chooses_as_the_pool_of_indices_does(
+        cands in proptest::collection::vec(
+            (0u32..4, proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY),
+            0..12,
+        ),
+        seed in proptest::num::u64::ANY,
+    ) {
+        let cands: Vec<Candidate> = cands
+            .into_iter()
+            .map(|(in_flight, ejected, tried, full)| Candidate { in_flight, ejected, tried, full })
+            .collect();
+        // The same draws from the same generator choose the same instance.
+        let picked = pick(&cands, &mut SmallRng::seed_from_u64(seed));
+        proptest::prop_assert_eq!(picked, pick_by_pool(&cands, &mut SmallRng::seed_from_u64(seed)));
+    }
+
+    #[test]
     fn the_eviction_wait_never_shrinks_and_stays_bounded(
         after_ms in 0u64..1_000_000,
         after_max_ms in 0u64..100_000_000,
@@ -405,5 +422,33 @@ proptest::proptest! {
         proptest::prop_assert!(wait <= after_max_ms);
         proptest::prop_assert!(wait <= policy.wait_ms(evictions + 1));
         proptest::prop_assert!(wait >= after_ms.min(after_max_ms));
+    }
+}
+
+/// [`pick`] as a vector of the pool's indices states it: the untried candidates with room,
+/// the healthy ones among them if any; one of them if one, else the less loaded of two drawn.
+fn pick_by_pool(candidates: &[Candidate], rng: &mut impl rand::Rng) -> Option<usize> {
+    let untried: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !candidates[i].tried && !candidates[i].full)
+        .collect();
+    let healthy: Vec<usize> = untried
+        .iter()
+        .copied()
+        .filter(|&i| !candidates[i].ejected)
+        .collect();
+    let pool = if healthy.is_empty() { untried } else { healthy };
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0]),
+        n => {
+            let a = rng.random_range(0..n);
+            let b = (a + rng.random_range(1..n)) % n;
+            let (a, b) = (pool[a], pool[b]);
+            Some(if candidates[b].in_flight < candidates[a].in_flight {
+                b
+            } else {
+                a
+            })
+        }
     }
 }

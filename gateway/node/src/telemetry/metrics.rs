@@ -10,16 +10,21 @@
 //! from the node when scraped and written after these with [`gauge`].
 //!
 //! A service name is interned once as an `Arc<str>`, so counting a request in a series that
-//! exists takes read locks and reference counts, and no allocation. The in-flight gauges are
-//! held directly and are lock-free.
+//! exists takes read locks and reference counts, and no allocation. Each thread also keeps
+//! handles on the request series it counted last ([`SERIES_CACHED_MAX`] of them), so that a
+//! request usually finds its counter and histogram without hashing its labels twice; a
+//! generation that [`Metrics::forget_service`] advances drops those handles. The in-flight
+//! gauges are held directly and are lock-free.
 //!
 //! Label cardinality is bounded: `service` is a service the registry knows (or `""`), `method`
 //! one of eight values, `status` a valid HTTP status. The registry's own size is bounded by
 //! `registry.services_max`, and once a service has no entry left (its tombstones collected),
 //! housekeeping drops its series with [`Metrics::forget_service`].
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -326,6 +331,84 @@ struct RequestLabels {
     status: u16,
 }
 
+/// The request series a thread keeps handles on, at most (per thread that counts requests:
+/// the runtime's workers, or the per-core layout's threads). Most gateways see a few services
+/// answer a few statuses; past this many combinations the oldest handle is replaced.
+pub const SERIES_CACHED_MAX: usize = 32;
+
+/// Gives each [`Metrics`] the `id` its threads' caches are keyed by.
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static SERIES_CACHE: RefCell<SeriesCache> = RefCell::default();
+}
+
+/// A request series' counter and histogram.
+struct Series {
+    requests: Counter,
+    latency: Histogram,
+}
+
+/// A thread's handles on the request series it counted last, of one [`Metrics`] at one
+/// generation of its series.
+#[derive(Default)]
+struct SeriesCache {
+    /// The `Metrics` (its `id`) and the generation the handles are of.
+    owner: (u64, u64),
+    entries: Vec<(Front, MethodLabel, u16, Arc<str>, Series)>,
+    /// The entry replaced next when the cache is full.
+    next_replaced: usize,
+}
+
+impl SeriesCache {
+    /// The cached handles on these labels' series, or `make`'s, cached. Handles of another
+    /// owner are dropped first.
+    fn series(
+        &mut self,
+        owner: (u64, u64),
+        front: Front,
+        service: &str,
+        method: MethodLabel,
+        status: u16,
+        make: impl FnOnce() -> (Arc<str>, Series),
+    ) -> &Series {
+        if self.owner != owner {
+            self.owner = owner;
+            self.entries.clear();
+            self.next_replaced = 0;
+        }
+        let found = self.entries.iter().position(|(f, m, s, name, _)| {
+            *s == status && *m == method && *f == front && **name == *service
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let (name, series) = make();
+                let entry = (front, method, status, name, series);
+                if self.entries.len() < SERIES_CACHED_MAX {
+                    self.entries.push(entry);
+                    self.entries.len() - 1
+                } else {
+                    let i = self.next_replaced;
+                    self.entries[i] = entry;
+                    self.next_replaced = (i + 1) % SERIES_CACHED_MAX;
+                    i
+                }
+            }
+        };
+        &self.entries[i].4
+    }
+}
+
+/// Advances a generation when dropped (also when what it guards panics).
+struct AdvanceOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for AdvanceOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LatencyLabels {
     front: Front,
@@ -436,6 +519,10 @@ pub struct Metrics {
     families: Vec<FamilyHead>,
     /// Every service name seen, so a request's labels share one allocation per service.
     services: RwLock<BTreeSet<Arc<str>>>,
+    /// Which `Metrics` a thread's [`SeriesCache`] holds handles of.
+    id: u64,
+    /// Advanced when series are removed: handles cached before then are dropped.
+    series_generation: AtomicU64,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, LatencyHistogram>,
     in_flight: [Gauge; Front::ALL.len()],
@@ -539,6 +626,8 @@ impl Metrics {
             registry: Registry::default(),
             families: Vec::new(),
             services: RwLock::default(),
+            id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
+            series_generation: AtomicU64::new(0),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as LatencyHistogram),
             in_flight,
@@ -796,18 +885,52 @@ impl Metrics {
         status: u16,
         elapsed: Duration,
     ) {
+        let method = MethodLabel::of(method);
+        let seconds = elapsed.as_secs_f64();
+        let owner = (self.id, self.series_generation.load(Ordering::Acquire));
+        let counted = SERIES_CACHE.try_with(|cache| {
+            // Not borrowed already: nothing below calls back into the cache.
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return false;
+            };
+            let series = cache.series(owner, front, service, method, status, || {
+                self.series(front, service, method, status)
+            });
+            series.requests.inc();
+            series.latency.observe(seconds);
+            true
+        });
+        if counted != Ok(true) {
+            // The thread is ending: counted without its cache.
+            let (_, series) = self.series(front, service, method, status);
+            series.requests.inc();
+            series.latency.observe(seconds);
+        }
+    }
+
+    /// Handles on the request series of these labels, created if they do not exist, and
+    /// the service's shared name.
+    fn series(
+        &self,
+        front: Front,
+        service: &str,
+        method: MethodLabel,
+        status: u16,
+    ) -> (Arc<str>, Series) {
         let service = self.service(service);
-        self.requests
-            .get_or_create(&RequestLabels {
+        let series = Series {
+            requests: self.requests.get_or_create_owned(&RequestLabels {
                 front,
                 service: service.clone(),
-                method: MethodLabel::of(method),
+                method,
                 status,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&LatencyLabels { front, service })
-            .observe(elapsed.as_secs_f64());
+            }),
+            latency: self.latency.get_or_create_owned(&LatencyLabels {
+                front,
+                service: service.clone(),
+            }),
+        };
+        (service, series)
     }
 
     pub fn upstream_error(&self, service: &str, kind: UpstreamErrorKind) {
@@ -907,6 +1030,9 @@ impl Metrics {
         else {
             return;
         };
+        // After the removals below, the threads' cached handles are of series no longer
+        // registered; each thread drops them at its next request.
+        let _advance = AdvanceOnDrop(&self.series_generation);
         for front in Front::ALL {
             self.latency.remove(&LatencyLabels {
                 front,

@@ -618,12 +618,22 @@ impl Fields {
     fn add(&mut self, name: &[u8], value: &[u8]) {
         // RFC 9113 §8.2.1: a name is a token (a pseudo-header's after its colon); a value
         // holds no NUL, CR or LF and no whitespace at either end. What the node reads
-        // (`grpc-message` into errors and logs) never carries a line break.
+        // (`grpc-message` into errors and logs) never carries a line break. One pass over
+        // each, by table: a response carries a dozen fields, each checked on every call.
         let token = name.strip_prefix(b":").unwrap_or(name);
-        if token.is_empty() || !token.iter().all(|b| is_token_byte(*b)) {
+        let (mut every, mut any) = (NAME_TOKEN, 0);
+        for &b in token {
+            let class = NAME_BYTES[usize::from(b)];
+            every &= class;
+            any |= class;
+        }
+        if token.is_empty() || every & NAME_TOKEN == 0 {
             self.malformed = Some("a header name that is not a token");
         }
-        if value.iter().any(|b| matches!(b, 0 | b'\r' | b'\n'))
+        let upper_case = any & NAME_UPPER != 0;
+        if value
+            .iter()
+            .fold(false, |bad, &b| bad | VALUE_BREAKS[usize::from(b)])
             || value.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
             || value.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
         {
@@ -668,7 +678,7 @@ impl Fields {
             | b"upgrade" | b"te" => {
                 self.malformed = Some("a connection-specific header field");
             }
-            _ if name.iter().any(u8::is_ascii_uppercase) => {
+            _ if upper_case => {
                 self.malformed = Some("a header name with upper-case letters");
             }
             _ => {}
@@ -676,7 +686,59 @@ impl Fields {
     }
 }
 
-/// A byte of an HTTP token (RFC 9110 §5.6.2).
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// [`NAME_BYTES`]: a byte of an HTTP token (RFC 9110 §5.6.2).
+const NAME_TOKEN: u8 = 1;
+/// [`NAME_BYTES`]: an upper-case letter (a token byte too).
+const NAME_UPPER: u8 = 2;
+
+/// Each byte's class in a header name.
+const NAME_BYTES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphanumeric() {
+            table[b] = NAME_TOKEN;
+        }
+        if byte.is_ascii_uppercase() {
+            table[b] |= NAME_UPPER;
+        }
+        b += 1;
+    }
+    let punctuation = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < punctuation.len() {
+        table[punctuation[i] as usize] = NAME_TOKEN;
+        i += 1;
+    }
+    table
+};
+
+/// The bytes a header value may not hold anywhere: NUL, CR and LF.
+const VALUE_BREAKS: [bool; 256] = {
+    let mut table = [false; 256];
+    table[0] = true;
+    table[b'\r' as usize] = true;
+    table[b'\n' as usize] = true;
+    table
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_classify_every_byte_as_the_rfcs_do() {
+        for b in 0..=u8::MAX {
+            let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            let class = NAME_BYTES[usize::from(b)];
+            assert_eq!(class & NAME_TOKEN != 0, token, "{b:#04x}");
+            assert_eq!(class & NAME_UPPER != 0, b.is_ascii_uppercase(), "{b:#04x}");
+            assert_eq!(
+                VALUE_BREAKS[usize::from(b)],
+                matches!(b, 0 | b'\r' | b'\n'),
+                "{b:#04x}"
+            );
+        }
+    }
 }

@@ -1099,6 +1099,10 @@ fn answers_that_break_the_rules_of_a_response_are_malformed() {
         ("leading space", &[(":status", "200"), ("x-a", " a")]),
         ("space in a name", &[(":status", "200"), ("x a", "1")]),
         ("non-ascii name", &[(":status", "200"), ("x-é", "1")]),
+        ("upper-case name", &[(":status", "200"), ("x-A", "1")]),
+        ("empty name", &[(":status", "200"), ("", "1")]),
+        ("lone lf", &[(":status", "200"), ("x-a", "a\nb")]),
+        ("trailing tab", &[(":status", "200"), ("x-a", "a\t")]),
     ] {
         let mut conn = connected();
         let call = open(&mut conn, b"x");
@@ -1108,6 +1112,12 @@ fn answers_that_break_the_rules_of_a_response_are_malformed() {
             "{what}"
         );
     }
+    // Every token byte may name a field, and a value may hold any other byte.
+    let mut conn = connected();
+    let call = open(&mut conn, b"x");
+    let fields = [(":status", "200"), ("x-09az!#$%&'*+-.^_`|~", "a \t\u{7f}é")];
+    feed(&mut conn, &headers(1, &fields, true)).unwrap();
+    assert!(ready(&mut conn, call).is_ok());
     // The first grpc-status is the one read.
     let mut conn = connected();
     let call = open(&mut conn, b"x");

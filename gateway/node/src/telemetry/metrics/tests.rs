@@ -340,3 +340,52 @@ fn a_forgotten_service_leaves_no_series_and_others_keep_theirs() {
     let seen: Vec<String> = m.services_seen().iter().map(|s| s.to_string()).collect();
     assert_eq!(seen, ["kept"]);
 }
+
+#[test]
+fn a_forgotten_service_counts_again_in_series_that_are_written() {
+    let m = Metrics::default();
+    m.request(Front::Rest, "back", &Method::GET, 200, Duration::ZERO);
+    m.forget_service("back");
+    // The thread's handles on the removed series are dropped, not counted into.
+    m.request(Front::Rest, "back", &Method::GET, 200, Duration::ZERO);
+    m.request(Front::Rest, "back", &Method::GET, 200, Duration::ZERO);
+    let out = encoded(&m);
+    assert!(out.contains("switchyard_http_requests_total{front=\"rest\",service=\"back\",method=\"GET\",status=\"200\"} 2\n"), "{out}");
+    assert!(
+        out.contains(
+            "switchyard_http_request_duration_seconds_count{front=\"rest\",service=\"back\"} 2\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn each_metrics_counts_its_own_requests_on_a_shared_thread() {
+    let (a, b) = (Metrics::default(), Metrics::default());
+    for _ in 0..3 {
+        a.request(Front::Rest, "s", &Method::GET, 200, Duration::ZERO);
+        b.request(Front::Rest, "s", &Method::GET, 200, Duration::ZERO);
+    }
+    a.request(Front::Rest, "s", &Method::GET, 200, Duration::ZERO);
+    assert_eq!(a.requests_of(Front::Rest, "s", 200), 4);
+    assert_eq!(b.requests_of(Front::Rest, "s", 200), 3);
+}
+
+#[test]
+fn more_label_sets_than_a_thread_caches_are_all_counted() {
+    let m = Metrics::default();
+    let statuses: Vec<u16> = (200..200 + 2 * SERIES_CACHED_MAX as u16).collect();
+    for round in 1..=3 {
+        for &status in &statuses {
+            m.request(Front::Rest, "s", &Method::GET, status, Duration::ZERO);
+            assert_eq!(m.requests_of(Front::Rest, "s", status), round);
+        }
+    }
+    // And from other threads, each with a cache of its own.
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| m.request(Front::Rest, "s", &Method::GET, 200, Duration::ZERO));
+        }
+    });
+    assert_eq!(m.requests_of(Front::Rest, "s", 200), 5);
+}
