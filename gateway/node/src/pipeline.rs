@@ -223,11 +223,8 @@ pub struct Exchange<'p> {
 /// `n` as 32 lowercase hex digits, digit by digit: the formatting machinery cost a visible
 /// share per request.
 fn request_id_of(n: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 32];
-    for (i, digit) in digits.iter_mut().enumerate() {
-        *digit = HEX[((n >> (4 * (31 - i))) & 0xf) as usize];
-    }
+    switchyard_core::trace::write_hex(&n.to_be_bytes(), &mut digits);
     // Only hex digits were written.
     std::str::from_utf8(&digits).unwrap_or_default().to_owned()
 }
@@ -568,7 +565,15 @@ mod tests {
 
     #[test]
     fn request_ids_are_32_hex_digits_as_format_writes_them() {
-        for n in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, 1 << 127] {
+        for n in [
+            0,
+            1,
+            0xabc,
+            u128::MAX,
+            u128::MAX / 3,
+            1 << 127,
+            0x0123_4567_89ab_cdef << 61,
+        ] {
             assert_eq!(request_id_of(n), format!("{n:032x}"));
         }
     }
