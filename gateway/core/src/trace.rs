@@ -156,6 +156,7 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// Writes `bytes` as lower-case hex into `out`, two digits a byte, as far as `out` reaches
 /// (`2 * bytes.len()` digits fill it).
 pub fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), 2 * bytes.len(), "two digits a byte");
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }

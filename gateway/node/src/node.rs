@@ -845,18 +845,29 @@ impl Node {
                 }
             }
         };
-        let result = tokio::try_join!(
-            public_front,
-            serve::serve_with(
-                control_listener,
-                node.control_router(&backend),
-                shutdown.clone(),
-                drain,
-                serve_limits(node.config.control.limits(), CONTROL_HEADER_BYTES_MAX),
-                control_tls.clone(),
-                node.refusal_counter(ListenerLabel::Control),
-            ),
+        let control_front = serve::serve_with(
+            control_listener,
+            node.control_router(&backend),
+            shutdown.clone(),
+            drain,
+            serve_limits(node.config.control.limits(), CONTROL_HEADER_BYTES_MAX),
+            control_tls.clone(),
+            node.refusal_counter(ListenerLabel::Control),
         );
+        // A listener that fails stops the node: the other drains as at any shutdown, rather
+        // than being dropped with its requests, and the first error is the node's.
+        let stop_on_error = |front: &'static str, result: std::io::Result<()>| {
+            if let Err(error) = &result {
+                tracing::error!(%error, "the {front} listener failed; stopping");
+                shutdown.cancel();
+            }
+            result
+        };
+        let (public_served, control_served) = tokio::join!(
+            async { stop_on_error("public", public_front.await) },
+            async { stop_on_error("control", control_front.await) },
+        );
+        let result = public_served.and(control_served);
         shutdown.cancel();
         let asked = watcher
             .await
@@ -887,7 +898,7 @@ impl Node {
             control_watcher
         );
         tracing::info!(node_id = %node.id(), "gateway node stopped");
-        result.map(|_| ())
+        result
     }
 
     /// Logs how the control listener and the public front authenticate: a warning for each

@@ -385,7 +385,9 @@ pub const PER_CORE_THREADS_MAX: usize = crate::config::WORKER_THREADS_MAX;
 /// A port some socket already listens on is refused (`AddrInUse`), as a plain bind would
 /// refuse it, even when that socket has `SO_REUSEPORT` too (another gateway, or this one's
 /// older process still draining): joining it would split the port's connections between
-/// two processes. Processes of the same user could still join the port once bound (Linux
+/// two processes. The check sees the sockets already listening: two gateways that bind the
+/// same port at the same instant can both pass it, so a supervisor starts them one after
+/// the other. Processes of the same user could still join the port once bound (Linux
 /// refuses other users).
 pub fn bind_per_core(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
