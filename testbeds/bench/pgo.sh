@@ -4,11 +4,14 @@
 #
 #   testbeds/bench/pgo.sh [--scale F]     the binary: target/pgo/<host triple>/dist/switchyard
 #
+# (target/ is $CARGO_TARGET_DIR when set.) --scale multiplies the training's request counts.
+#
 # Both builds use the `dist` profile (fat LTO, one codegen unit; Cargo.toml), each in a target
 # directory of its own (target/pgo-gen, target/pgo), since the instrumentation flags rebuild
-# every crate; `--target` keeps the flags off build scripts and procedural macros. Needs llvm-profdata of the toolchain's own LLVM: installs rustup's llvm-tools
-# component when it is missing. Needs oha, which proxies.sh installs. Takes two full builds
-# (about 10 minutes each on two cores) and a training run of about a minute.
+# every crate; `--target` keeps the flags off build scripts and procedural macros. Needs
+# llvm-profdata of the toolchain's own LLVM: installs rustup's llvm-tools component when it is
+# missing. Needs oha, which proxies.sh installs. On two cores: two full builds of 6 to 9
+# minutes each and a training run of about 15 s (decision 0035, docs/benchmarks.md).
 set -euo pipefail
 root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -35,18 +38,20 @@ cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 oha_bin="$(command -v oha || echo "$cargo_bin/oha")"
 [[ -x "$oha_bin" ]] || { log "oha is missing; testbeds/bench/proxies.sh installs it"; exit 1; }
 
-data="$root/target/pgo-data"
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
+data="$target_dir/pgo-data"
 rm -rf "$data" && mkdir -p "$data/raw"
 
 log "building the instrumented gateway (dist profile, target/pgo-gen)"
-RUSTFLAGS="-Cprofile-generate=$data/raw" CARGO_TARGET_DIR=target/pgo-gen \
+RUSTFLAGS="-Cprofile-generate=$data/raw" CARGO_TARGET_DIR="$target_dir/pgo-gen" \
   cargo build --quiet --locked --profile dist --target "$host" -p switchyard
 log "building the sample service (release)"
 cargo build --quiet --locked --release -p sample-service
 
 log "training"
-python3 testbeds/bench/pgo.py --gateway "target/pgo-gen/$host/dist/switchyard" \
-  --sample target/release/sample-service --oha "$oha_bin" --scale "$scale"
+python3 testbeds/bench/pgo.py --gateway "$target_dir/pgo-gen/$host/dist/switchyard" \
+  --sample "$target_dir/release/sample-service" --oha "$oha_bin" --scale "$scale"
 shopt -s nullglob
 raw=("$data"/raw/*.profraw)
 [[ ${#raw[@]} -gt 0 ]] || { log "the training wrote no counters"; exit 1; }
@@ -58,6 +63,6 @@ merged="$data/merged-$(sha256sum "$data/merged.profdata" | cut -c1-16).profdata"
 mv "$data/merged.profdata" "$merged"
 
 log "building the gateway with the counters (dist profile, target/pgo)"
-RUSTFLAGS="-Cprofile-use=$merged" CARGO_TARGET_DIR=target/pgo \
+RUSTFLAGS="-Cprofile-use=$merged" CARGO_TARGET_DIR="$target_dir/pgo" \
   cargo build --quiet --locked --profile dist --target "$host" -p switchyard
-log "done: target/pgo/$host/dist/switchyard"
+log "done: $target_dir/pgo/$host/dist/switchyard"
