@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxies import (  # noqa: E402
-    ROOT, Cert, Failed, Procs, json_body, log, make_cert, make_policies, open_control_flags, wait_port_answers,
+    ROOT, Cert, Failed, Procs, gateway_with_sample, json_body, log, make_cert, make_policies, open_control_flags,
+    wait_port_answers,
 )
 
 OHA_TIMEOUT_S = 300
@@ -52,7 +53,7 @@ def oha(oha_bin: str, url: str, body: Path, requests: int, conns: int, headers: 
         raise Failed(f"{url}: expected {requests} answers {expect}, got {codes}")
 
 
-def stop_cleanly(procs: Procs, gw) -> None:
+def stop_cleanly(gw) -> None:
     """SIGTERM, then wait for the gateway's own exit: a killed process writes no counters."""
     gw.popen.send_signal(signal.SIGTERM)
     try:
@@ -66,8 +67,9 @@ def stop_cleanly(procs: Procs, gw) -> None:
 def train_one(args, run_dir: Path, tag: str, settings: list[str], policies, work, cert: Cert | None = None) -> None:
     procs = Procs(run_dir)
     try:
-        gw = procs.start(
-            f"gateway-{tag}",
+        gw, fields = gateway_with_sample(
+            procs,
+            tag,
             [
                 str(args.gateway), "serve", "--public-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
                 "--node-id", f"gw-pgo-{tag}", "--set", "log.level=\"warn\"", *settings,
@@ -78,23 +80,15 @@ def train_one(args, run_dir: Path, tag: str, settings: list[str], policies, work
                     "--set", f"public.tls.key_file={json.dumps(str(cert.key))}",
                 ]),
             ],
-            None,
-            env={"SWITCHYARD_LOG": "warn"},
-        )
-        line = procs.first_line(gw, "switchyard listening:")
-        fields = dict(part.split("=", 1) for part in line.split()[2:])
-        procs.start(
-            f"sample-{tag}",
-            [str(args.sample), "--gateway", f"http://{fields['control']}", "--instance-id", f"pgo-{tag}"],
-            None,
-            env={"RUST_LOG": "warn"},
+            args.sample,
+            f"pgo-{tag}",
         )
         public = f"{'http' if cert is None else 'https'}://{fields['public']}"
         probe = json_body(100)
         headers = {} if policies is None else {"authorization": f"Bearer {policies.token}"}
         wait_port_answers(f"{public}/sample/test/echo-body", probe, probe, None if cert is None else cert.ca, headers)
         work(public, headers)
-        stop_cleanly(procs, gw)
+        stop_cleanly(gw)
     finally:
         procs.stop_all()
 

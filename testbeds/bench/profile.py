@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxies import (  # noqa: E402
-    RATE_LIMIT_SERIES, ROOT, Cert, Failed, Policies, Procs, json_body, log, make_cert, make_policies, metric_sum,
-    open_control_flags, status_of, wait_port_answers,
+    RATE_LIMIT_SERIES, ROOT, Cert, Failed, Policies, Procs, gateway_with_sample, json_body, log, make_cert,
+    make_policies, metric_sum, open_control_flags, status_of, wait_port_answers,
 )
 
 CALLGRIND_TIMEOUT_S = 600
@@ -68,8 +68,9 @@ def profile_one(
         tls = ["--set", f"public.tls.cert_file={json.dumps(str(cert.cert))}",
                "--set", f"public.tls.key_file={json.dumps(str(cert.key))}"]
     try:
-        gw = procs.start(
-            f"gateway-{tag}",
+        gw, fields = gateway_with_sample(
+            procs,
+            tag,
             [
                 "valgrind", "--tool=callgrind", f"--cache-sim={'yes' if cache_sim else 'no'}", "--instr-atstart=no",
                 f"--callgrind-out-file={out_file}",
@@ -81,16 +82,8 @@ def profile_one(
                 *tls,
                 *([] if policies is None else ["--config", str(policies.config)]),
             ],
-            None,
-            env={"SWITCHYARD_LOG": "warn"},
-        )
-        line = procs.first_line(gw, "switchyard listening:")
-        fields = dict(part.split("=", 1) for part in line.split()[2:])
-        procs.start(
-            f"sample-{tag}",
-            [str(sample), "--gateway", f"http://{fields['control']}", "--instance-id", "p-1"],
-            None,
-            env={"RUST_LOG": "warn"},
+            sample,
+            "p-1",
         )
         scheme = "http" if cert is None else "https"
         url = f"{scheme}://{fields['public']}/sample/test/echo-body"

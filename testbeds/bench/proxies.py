@@ -675,6 +675,22 @@ def open_control_flags(gateway: Path) -> list[str]:
     raise Failed(f"{gateway} check-config failed: {done.stderr.decode(errors='replace')[-800:]}")
 
 
+def gateway_with_sample(procs: Procs, tag: str, argv: list[str], sample: Path, instance_id: str) -> tuple[Proc, dict]:
+    """Starts a gateway by `argv` (unpinned, logging warnings only), reads the addresses its
+    first line gives, and starts the Rust sample service registered with it as `instance_id`
+    (profile.py and pgo.py); returns the gateway and its addresses (`public`, `control`)."""
+    gw = procs.start(f"gateway-{tag}", argv, None, env={"SWITCHYARD_LOG": "warn"})
+    line = procs.first_line(gw, "switchyard listening:")
+    fields = dict(part.split("=", 1) for part in line.split()[2:])
+    procs.start(
+        f"sample-{tag}",
+        [str(sample), "--gateway", f"http://{fields['control']}", "--instance-id", instance_id],
+        None,
+        env={"RUST_LOG": "warn"},
+    )
+    return gw, fields
+
+
 def target_cert(tools: Tools, run_dir: Path) -> Cert:
     if tools.cert is None:
         tools.cert = make_cert(run_dir)
