@@ -11,7 +11,8 @@ the proxy benchmark's), on connections opened afresh every thousand requests; an
 proxy benchmark's policies config, calls carrying a valid token (the JWT check, the
 verified-token cache and the rate limit) and calls without one (401). The counters are what the optimiser weighs branches and inlining by, so the
 mix leans on the plain REST path as production traffic does, and leaves no path at zero.
-Everything runs on loopback and ends by itself (each oha run is bounded by count and by time).
+Everything runs on loopback and ends by itself (each oha run is bounded by its count of
+requests, and by OHA_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,10 +47,16 @@ def oha(oha_bin: str, url: str, body: Path, requests: int, conns: int, headers: 
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
-    out = subprocess.run(argv, capture_output=True, timeout=OHA_TIMEOUT_S, check=False)
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=OHA_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise Failed(f"{url}: oha did not end within {OHA_TIMEOUT_S} s") from e
     if out.returncode != 0:
         raise Failed(f"oha failed: {out.stderr.decode(errors='replace')[-500:]}")
-    codes = json.loads(out.stdout).get("statusCodeDistribution", {})
+    try:
+        codes = json.loads(out.stdout).get("statusCodeDistribution", {})
+    except json.JSONDecodeError as e:
+        raise Failed(f"{url}: oha's output is not JSON: {out.stdout[:200]!r}") from e
     if set(codes) != {expect} or int(codes[expect]) != requests:
         raise Failed(f"{url}: expected {requests} answers {expect}, got {codes}")
 
@@ -127,6 +135,14 @@ def main() -> int:
 
     def mixed(public: str, headers: dict[str, str]) -> None:
         rest(public, headers)
+        # A GraphQL error is still a 200: the query is checked once for its data first.
+        req = urllib.request.Request(f"{public}/graphql", data=graphql.read_bytes(), method="POST",
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer = json.loads(resp.read())
+        calls = answer.get("data") or {}
+        if answer.get("errors") or [(calls.get(k) or {}).get("status") for k in ("a", "b")] != [200, 200]:
+            raise Failed(f"the training's GraphQL query was answered {answer}")
         oha(args.oha, f"{public}/graphql", graphql, n(3_000), 8, headers, "200")
 
     def over_tls(public: str, headers: dict[str, str]) -> None:

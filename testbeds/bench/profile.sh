@@ -21,7 +21,12 @@ if [[ ! -x "$oha_bin" ]]; then
   exit 1
 fi
 profile="${BENCH_PROFILE:-dist}"
-cargo build --quiet --locked --profile "$profile" -p switchyard -p sample-service
+# cargo's `dev` profile builds into target/debug.
+case "$profile" in
+  debug | dev) profile=debug; profile_flag=() ;;
+  *) profile_flag=(--profile "$profile") ;;
+esac
+cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
 exec python3 testbeds/bench/profile.py --sample "$target_dir/$profile/sample-service" \

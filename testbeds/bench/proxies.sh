@@ -32,6 +32,11 @@ if [[ -z "$profile" ]]; then
   profile=dist
   for arg in "$@"; do [[ "$arg" == --smoke ]] && profile=debug; done
 fi
+# cargo's `dev` profile builds into target/debug.
+case "$profile" in
+  debug | dev) profile=debug; profile_flag=() ;;
+  *) profile_flag=(--profile "$profile") ;;
+esac
 
 if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
   if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
@@ -119,8 +124,6 @@ if [[ "$wants_grpc_gateway" == 1 ]]; then
   go_pid=$!
 fi
 log "building the gateway, the sample service and the bench tools ($profile)"
-profile_flag=()
-[[ "$profile" != debug ]] && profile_flag=(--profile "$profile")
 cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service -p switchyard-bench
 
 if [[ -n "$go_pid" ]] && ! wait "$go_pid"; then

@@ -47,8 +47,11 @@ command -v taskset >/dev/null || { log "taskset (util-linux) is missing"; exit 1
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
-profile_flag=()
-[[ "$profile" != debug ]] && profile_flag=(--profile "$profile")
+# cargo's `dev` profile builds into target/debug.
+case "$profile" in
+  debug | dev) profile=debug; profile_flag=() ;;
+  *) profile_flag=(--profile "$profile") ;;
+esac
 extra=()
 if (( allocators )); then
   log "building the gateway without mimalloc (the system allocator)"
