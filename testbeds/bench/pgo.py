@@ -1,16 +1,18 @@
 """The training run of a profile-guided build (testbeds/bench/pgo.sh): an instrumented gateway
 serves a mix of the requests it serves in production, then stops cleanly so that LLVM's
-runtime writes its counters (a `.profraw` file per process, where `-Cprofile-generate` said).
+runtime writes its counters (`.profraw` files where `-Cprofile-generate` said; a killed
+process writes none).
 
     python3 testbeds/bench/pgo.py --gateway GW --sample SAMPLE --oha OHA [--scale 1.0]
 
 The mix, every request checked for its status: REST calls with bodies of 100 B, 4 KiB and
 16 KiB, on one and on two worker threads and on the per-core layout; GraphQL calls; calls to a
 service that is not registered (404); REST calls over TLS (a certificate made with openssl, as
-the proxy benchmark's), on connections opened afresh every thousand requests; and, with the
-proxy benchmark's policies config, calls carrying a valid token (the JWT check, the
-verified-token cache and the rate limit) and calls without one (401). The counters are what the optimiser weighs branches and inlining by, so the
-mix leans on the plain REST path as production traffic does, and leaves no path at zero.
+the proxy benchmark's), on eight connections opened afresh every thousand requests; and, with
+the proxy benchmark's policies config, calls carrying a valid token (the JWT check, the
+verified-token cache and the rate limit) and calls without one (401). The counters are what
+the optimiser weighs branches and inlining by, so the mix leans on the plain REST path as
+production traffic does, and leaves no path at zero.
 Everything runs on loopback and ends by itself (each oha run is bounded by its count of
 requests, and by OHA_TIMEOUT_S).
 """
@@ -138,8 +140,11 @@ def main() -> int:
         # A GraphQL error is still a 200: the query is checked once for its data first.
         req = urllib.request.Request(f"{public}/graphql", data=graphql.read_bytes(), method="POST",
                                      headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            answer = json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                answer = json.loads(resp.read())
+        except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+            raise Failed(f"the training's GraphQL query failed: {e}") from e
         calls = answer.get("data") or {}
         if answer.get("errors") or [(calls.get(k) or {}).get("status") for k in ("a", "b")] != [200, 200]:
             raise Failed(f"the training's GraphQL query was answered {answer}")
