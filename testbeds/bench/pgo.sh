@@ -20,7 +20,7 @@ log() { printf '[pgo %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 scale=1.0
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --scale) scale="$2"; shift 2 ;;
+    --scale) scale="${2:?--scale takes a number}"; shift 2 ;;
     *) echo "usage: testbeds/bench/pgo.sh [--scale F]" >&2; exit 2 ;;
   esac
 done
