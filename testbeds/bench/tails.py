@@ -1,7 +1,7 @@
 """Honest tails, every core, and memory (issue 18): three measurements of the proxies that
 proxies.py starts, in one command.
 
-    testbeds/bench/tails.sh [--parts tails,scaling,memory] [--repeats 3] [--smoke] ...
+    testbeds/bench/tails.sh [--parts tails,scaling,parallel,memory] [--repeats 3] [--smoke] ...
 
 tails    Each proxy's own saturation (closed loop, oha, `--connections` connections), then the
          open-loop generator `bench-open-loop` at 25 %, 50 % and 75 % of it: a fixed schedule,
@@ -15,6 +15,11 @@ scaling  Switchyard with 1 and 2 workers on 1 and 2 cores (`runtime.worker_threa
          2 on 2, saturated by oha: throughput, the gateway's CPU per request, the load generator's and
          the backend's CPU (on a 2-core machine they share the gateway's cores when it has
          both), context switches per request, and futex calls per request under strace.
+parallel One process with two threads (each layout of `--layouts`), its threads moved between
+         one core and two (sched_setaffinity on every thread, as `taskset -a -p` does)
+         `--pairs` times, the order alternating: CPU per request saturated and at a fixed rate
+         in each phase. Only whether the threads run at the same time differs between the
+         phases, so a lock or a shared counter shows as CPU per request on two cores.
 memory   RSS of Switchyard (mimalloc, and with `--system-alloc-bin`, the system allocator) and
          nginx with 10,000 idle keep-alive connections (`bench-connections idle`) and with
          1,000 requests in flight, held by the backend `--hold-ms` (8 s) (`bench-connections in-flight` on
@@ -58,10 +63,13 @@ def load_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def open_loop(tools: px.Tools, url: str, rate: float | None, args, cpu: str | None, headers: dict) -> dict:
+def open_loop(
+    tools: px.Tools, url: str, rate: float | None, args, cpu: str | None, headers: dict, seconds: float | None = None
+) -> dict:
+    seconds = args.rate_s if seconds is None else seconds
     argv = [
         str(tools.bin_dir / "bench-open-loop"), url, "--connections", str(args.connections),
-        "--duration-s", str(args.rate_s), "--drain-s", "5", "--timeout-s", "5", "--body-bytes", str(args.size),
+        "--duration-s", str(seconds), "--drain-s", "5", "--timeout-s", "5", "--body-bytes", str(args.size),
     ]
     if rate is not None:
         argv += ["--rate", f"{rate:.1f}"]
@@ -70,7 +78,7 @@ def open_loop(tools: px.Tools, url: str, rate: float | None, args, cpu: str | No
     if cpu is not None:
         argv = ["taskset", "-c", cpu, *argv]
     before = load_cpu_s()
-    out = subprocess.run(argv, capture_output=True, timeout=args.rate_s + 60, check=False)
+    out = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
     used = load_cpu_s() - before
     if out.returncode != 0:
         raise px.Failed(f"bench-open-loop failed ({out.returncode}): {out.stderr.decode(errors='replace')[-800:]}")
@@ -331,6 +339,130 @@ def scaling_table(rows: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Parallel: one process, its threads moved between one core and two
+
+
+def thread_ids(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                out.append(int(task.name))
+            except ValueError:
+                pass
+    return out
+
+
+def move_threads(pids: list[int], cpus: set[int]) -> int:
+    """Every thread of `pids` allowed on `cpus` only (what `taskset -a -p` does); how many were
+    moved. A thread that ends meanwhile is skipped; one left elsewhere fails the run, since
+    the comparison would then be of something else."""
+    moved = 0
+    for tid in thread_ids(pids):
+        try:
+            os.sched_setaffinity(tid, cpus)
+            moved += 1
+        except ProcessLookupError:
+            continue
+    for tid in thread_ids(pids):
+        try:
+            if os.sched_getaffinity(tid) != cpus:
+                raise px.Failed(f"thread {tid} kept another affinity than {sorted(cpus)}")
+        except ProcessLookupError:
+            continue
+    return moved
+
+
+def parallel(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dict]:
+    """What running two threads at once costs, in one process: its threads on one core (they
+    take turns), then on two (they run at the same time), back and forth `--pairs` times, the
+    order alternating (one-two, two-one, ...). The same process, binary, connections and
+    memory layout in both phases, so what differs is only whether the threads run in
+    parallel: a lock they fight over, or a shared counter whose cache line moves between the
+    cores on every request, costs CPU per request in the second phase only. Each phase
+    measures the CPU per request saturated (oha, closed loop) and at a fixed rate (half the
+    one-core saturation measured at the start, `bench-open-loop`), so that a change in how
+    many requests each wake-up serves, which saturation brings with it, shows apart."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        log("parallel needs two cores; skipped")
+        return []
+    one, both = {cpus[0]}, {cpus[0], cpus[1]}
+    body = run_dir / f"body-{args.size}.json"
+    out = []
+    for rt_layout in args.layouts:
+        procs = px.Procs(run_dir)
+        try:
+            if rt_layout == "nginx":
+                started, _ = start_nginx(procs, tools, 2, str(cpus[0]), layout.load_cpu, run_dir)
+            else:
+                started = start_switchyard(
+                    procs, tools, "switchyard-parallel", tools.bin_dir / "switchyard", 2, str(cpus[0]),
+                    layout.load_cpu, [], rt_layout,
+                )
+            root = started.measured.popen.pid
+            saturate(tools, started, args, body, layout.load_cpu, args.warmup_s)
+            rate = saturate(tools, started, args, body, layout.load_cpu, args.sat_s)["rps"] * 0.5
+            log(f"parallel {rt_layout}: two threads; the fixed rate is {rate:,.0f} req/s")
+            for pair in range(args.pairs):
+                order = (one, both) if pair % 2 == 0 else (both, one)
+                for cores in order:
+                    pids = px.descendants(root)
+                    moved = move_threads(pids, cores)
+                    saturate(tools, started, args, body, layout.load_cpu, min(args.warmup_s, 1.0))
+                    cpu0 = px.cpu_seconds(pids)
+                    sat = saturate(tools, started, args, body, layout.load_cpu, args.sat_s)
+                    cpu1 = px.cpu_seconds(pids)
+                    fixed = open_loop(tools, started.url, rate, args, layout.load_cpu, started.headers, args.sat_s)
+                    cpu2 = px.cpu_seconds(pids)
+                    row = {
+                        "layout": rt_layout, "pair": pair + 1, "cores": ",".join(map(str, sorted(cores))),
+                        "threads_moved": moved, "rate": rate,
+                        "sat_rps": sat["rps"], "sat_errors": sat["errors"],
+                        "sat_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(sat["requests"], 1),
+                        "fixed_requests": fixed["requests"], "fixed_errors": fixed["errors"],
+                        "fixed_unanswered": fixed["unanswered"],
+                        "fixed_cpu_us_per_req": (cpu2 - cpu1) * 1e6 / max(fixed["requests"], 1),
+                        "fixed_p99_ms": (fixed.get("latency_ms") or {}).get("p99"),
+                    }
+                    log(
+                        f"  pair {pair + 1}, CPU {row['cores']} ({moved} threads): saturated {sat['rps']:,.0f} req/s "
+                        f"{row['sat_cpu_us_per_req']:.1f} µs/req; at {rate:,.0f} req/s {row['fixed_cpu_us_per_req']:.1f} µs/req"
+                    )
+                    out.append(row)
+        finally:
+            procs.stop_all()
+    return out
+
+
+def parallel_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| layout (Switchyard's, or nginx) | pairs | saturated µs/req, 1 core | 2 cores | 2 ÷ 1 per pair | "
+        "fixed rate req/s | µs/req, 1 core | 2 cores | 2 ÷ 1 per pair |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for rt_layout in dict.fromkeys(r["layout"] for r in rows):
+        rs = [r for r in rows if r["layout"] == rt_layout]
+        pairs = sorted({r["pair"] for r in rs})
+
+        def phase(pair: int, cores_two: bool) -> dict | None:
+            return next((r for r in rs if r["pair"] == pair and ("," in r["cores"]) == cores_two), None)
+
+        cells = []
+        for key in ("sat_cpu_us_per_req", "fixed_cpu_us_per_req"):
+            ones = [r[key] for r in rs if "," not in r["cores"]]
+            twos = [r[key] for r in rs if "," in r["cores"]]
+            ratios = [b[key] / a[key] for p in pairs if (a := phase(p, False)) and (b := phase(p, True)) and a[key]]
+            cells.append((spread(ones), spread(twos), spread(ratios) if ratios else "—"))
+        rate = statistics.median(r["rate"] for r in rs)
+        lines.append(
+            f"| {rt_layout} | {len(pairs)} | {cells[0][0]} | {cells[0][1]} | {cells[0][2]} | {rate:,.0f} | "
+            f"{cells[1][0]} | {cells[1][1]} | {cells[1][2]} |"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Memory
 
 
@@ -504,12 +636,13 @@ def main() -> int:
     ap.add_argument("--oha", required=True)
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--nginx", required=True)
-    ap.add_argument("--parts", default="tails,scaling,memory")
+    ap.add_argument("--parts", default="tails,scaling,parallel,memory")
     ap.add_argument("--targets", default=",".join(TAIL_TARGETS), help="tails: proxies.py targets")
     ap.add_argument("--layouts", default="shared,per_core,nginx",
                     help="scaling: Switchyard's runtime layouts (shared, per_core) and nginx, to measure")
     ap.add_argument("--loads", default=",".join(map(str, LOADS)), help="tails: percent of each saturation")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=8, help="parallel: one-core and two-core phases per layout")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--size", type=int, default=100, help="body bytes")
     ap.add_argument("--rate-s", type=float, default=10.0, help="seconds of each open-loop run")
@@ -530,8 +663,9 @@ def main() -> int:
         args.repeats, args.rate_s, args.sat_s, args.warmup_s = 1, 0.5, 0.5, 0.2
         args.idle_connections, args.in_flight, args.hold_ms = 200, 50, 2_000
         args.parts = [p for p in args.parts if p != "scaling"]
+        args.pairs, args.layouts = 1, "per_core"
     for name, v, lo, hi in (
-        ("--repeats", args.repeats, 1, 20), ("--connections", args.connections, 1, 1024),
+        ("--repeats", args.repeats, 1, 20), ("--pairs", args.pairs, 1, 50), ("--connections", args.connections, 1, 1024),
         ("--rate-s", args.rate_s, 0.5, 600), ("--sat-s", args.sat_s, 0.5, 600), ("--warmup-s", args.warmup_s, 0.1, 60),
         ("--idle-connections", args.idle_connections, 1, IDLE_CAP - 500), ("--in-flight", args.in_flight, 1, 1000),
         ("--size", args.size, 14, 1024 * 1024 - 1024), ("--hold-ms", args.hold_ms, 1_000, 60_000),
@@ -543,7 +677,7 @@ def main() -> int:
     args.layouts = [x for x in args.layouts.split(",") if x]
     if not args.layouts or any(x not in ("shared", "per_core", "nginx") for x in args.layouts):
         ap.error("--layouts: any of shared, per_core and nginx")
-    unknown = [p for p in args.parts if p not in ("tails", "scaling", "memory")]
+    unknown = [p for p in args.parts if p not in ("tails", "scaling", "parallel", "memory")]
     if unknown:
         ap.error(f"unknown parts {unknown}")
     bad_targets = [t for t in args.targets if t not in px.TARGETS or t in px.KAFKA_TARGETS or t == "direct"]
@@ -584,6 +718,8 @@ def main() -> int:
             results["tails"] = tails(args, tools, layout, run_dir)
         if "scaling" in args.parts:
             results["scaling"] = scaling(args, tools, layout, run_dir)
+        if "parallel" in args.parts:
+            results["parallel"] = parallel(args, tools, layout, run_dir)
         if "memory" in args.parts:
             results["memory"] = memory(args, tools, layout, run_dir)
             if args.system_alloc_bin is not None:
@@ -615,6 +751,9 @@ def main() -> int:
     if results.get("scaling"):
         md += ["", "## Scaling: Switchyard's workers and cores, saturated (median (min–max))", "",
                *scaling_table(results["scaling"])]
+    if results.get("parallel"):
+        md += ["", "## Parallel: two threads of one process on one core, then on two (median (min–max) over pairs)", "",
+               *parallel_table(results["parallel"])]
     if "memory" in results:
         md += ["", "## Memory (median over rounds)", "", *memory_table(results["memory"])]
     if results.get("allocators"):
@@ -632,6 +771,9 @@ def main() -> int:
                 for load, r in e["loads"].items():
                     if r["requests"] == 0 or r["errors"] or r["unanswered"]:
                         bad.append(f"tails {t} {load} %")
+        for r in results.get("parallel", []):
+            if r["sat_errors"] or r["fixed_errors"] or r["fixed_unanswered"] or not r["fixed_requests"]:
+                bad.append(f"parallel {r['layout']} on CPU {r['cores']}")
         for r in results.get("memory", []):
             if r["idle_errors"] or r["in_flight_errors"] or r["in_flight_answered"] != r["in_flight"]:
                 bad.append(f"memory {r['target']}")
