@@ -16,6 +16,10 @@ Every bar is a `<rect class="bar">` with `data-target`, `data-series` and `data-
 number it draws), and the root `<svg>` carries `data-axis-max` (and `data-axis-min` and
 `data-scale`), so that a reader, or the test, can check each bar's length against its number.
 proxies.py calls `write_charts` at the end of every run; this command redraws them.
+
+Given the results.json of `tails.sh` (testbeds/bench/tails.py) instead, it writes one chart,
+tails-latency.svg: p50, p99 and p99.9 of each target at each share of its own saturation, each
+bar the median over the rounds (tails.py draws it at the end of its run too).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,10 +286,49 @@ def charts_for_size(doc: dict, size: str) -> dict[str, str]:
     return charts
 
 
+def tails_chart(runs: dict, loads: list[int], subtitle: str) -> str:
+    """The tail table as a chart: p50, p99 and p99.9 of each target at each load, each bar the
+    median over the rounds (a logarithmic axis: the loads span three decades)."""
+    bars = []
+    for t, entries in runs.items():
+        for load in loads:
+            measured = [r for e in entries if isinstance(r := (e.get("loads") or {}).get(str(load)), dict)]
+            lats = [lat for r in measured if isinstance(lat := r.get("latency_ms"), dict)]
+            for key, name, colour in PERCENTILES:
+                values = [v for lat in lats if (v := number(lat.get(key))) is not None]
+                if values:
+                    med = statistics.median(values)
+                    bars.append(Bar(f"{t} @ {load} %", name, med, colour, f"{med:,.3f}"))
+    return svg_chart(
+        "Open-loop latency at each share of the proxy's own saturation (lower is better)",
+        subtitle,
+        "milliseconds, from when each request was due",
+        bars,
+        log_axis([b.value for b in bars]),
+        [(name, colour) for _, name, colour in PERCENTILES],
+    )
+
+
+def tails_chart_of(doc: dict) -> str:
+    """The tail chart of a results.json that tails.py wrote."""
+    meta, runs = doc.get("meta") or {}, doc["results"]["tails"]
+    args = meta.get("args") or {}
+    loads = [x for x in args.get("loads") or [25, 50, 75] if isinstance(x, int) and not isinstance(x, bool)]
+    runs = {str(t): [e for e in es if isinstance(e, dict) and isinstance(e.get("loads"), dict)]
+            for t, es in runs.items() if isinstance(es, list)}
+    return tails_chart(
+        runs, loads,
+        f"{meta.get('date', '?')}; median of {args.get('repeats', '?')} round(s); "
+        f"{args.get('connections', '?')} connections; {args.get('size', '?')} B bodies",
+    )
+
+
 def render(doc) -> dict[str, str]:
     """Every chart of a results.json document: file name -> SVG text."""
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
         raise ChartError("not a proxy benchmark results.json: no `results` object")
+    if isinstance(doc["results"].get("tails"), dict):
+        return {"tails-latency.svg": tails_chart_of(doc)}
     sizes = []
     for by_size in doc["results"].values():
         if isinstance(by_size, dict):
@@ -311,7 +355,7 @@ def write_charts(results_json: Path, out_dir: Path) -> list[Path]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", type=Path, help="a results.json written by proxies.py")
+    ap.add_argument("results", type=Path, help="a results.json written by proxies.py or tails.py")
     ap.add_argument("--out", type=Path, required=True, help="the folder to write the SVG files to")
     args = ap.parse_args()
     try:

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import charts  # noqa: E402  (the SVG bar charts proxies.py draws too)
 import proxies as px  # noqa: E402  (the targets, their configs and the process handling)
 
 LOADS = (25, 50, 75)
@@ -747,7 +748,11 @@ def main() -> int:
     ]
     if "tails" in results:
         md += ["", f"## Tail latency, open loop, {args.rate_s:g} s per load (median (min–max) over rounds)", "",
-               *tails_table(results["tails"], args)]
+               *tails_table(results["tails"], args), "", "![tails](tails-latency.svg)"]
+        (run_dir / "tails-latency.svg").write_text(charts.tails_chart(
+            results["tails"], args.loads,
+            f"{meta['date']}; median of {args.repeats} round(s); {args.connections} connections; {args.size} B bodies",
+        ), encoding="utf-8")
     if results.get("scaling"):
         md += ["", "## Scaling: Switchyard's workers and cores, saturated (median (min–max))", "",
                *scaling_table(results["scaling"])]
