@@ -215,6 +215,20 @@ def start_nginx(
     return started, backend
 
 
+def start_layout(
+    procs: px.Procs, tools: px.Tools, rt_layout: str, workers: int, cores: str, layout: px.Layout, run_dir: Path,
+    part: str,
+) -> tuple[px.Started, px.Proc]:
+    """nginx, or Switchyard in one of its runtime layouts, with `workers` workers on `cores`, its
+    backend on the load generator's core; and that backend."""
+    if rt_layout == "nginx":
+        return start_nginx(procs, tools, workers, cores, layout.load_cpu, run_dir)
+    started = start_switchyard(
+        procs, tools, f"switchyard-{part}", tools.bin_dir / "switchyard", workers, cores, layout.load_cpu, [], rt_layout,
+    )
+    return started, started.sample  # type: ignore[attr-defined]
+
+
 def ctx_switches(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -277,14 +291,7 @@ def scaling(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dic
             try:
                 # The backend and the load generator on the second core: when the gateway has
                 # both cores, they compete with it there.
-                if rt_layout == "nginx":
-                    started, backend = start_nginx(procs, tools, workers, cores, layout.load_cpu, run_dir)
-                else:
-                    started = start_switchyard(
-                        procs, tools, "switchyard-scaling", tools.bin_dir / "switchyard", workers, cores,
-                        layout.load_cpu, [], rt_layout,
-                    )
-                    backend = started.sample  # type: ignore[attr-defined]
+                started, backend = start_layout(procs, tools, rt_layout, workers, cores, layout, run_dir, "scaling")
                 saturate(tools, started, args, body, layout.load_cpu, args.warmup_s)
                 pids = px.descendants(started.measured.popen.pid)
                 sample_pids = px.descendants(backend.popen.pid)
@@ -374,6 +381,35 @@ def move_threads(pids: list[int], cpus: set[int]) -> int:
     return moved
 
 
+def parallel_phase(
+    args, tools: px.Tools, layout: px.Layout, started: px.Started, body: Path, rt_layout: str, pair: int,
+    cores: set[int], rate: float,
+) -> dict:
+    """One phase of a pair: every thread moved to `cores`, a warm-up, then the CPU per request
+    saturated and at `rate`."""
+    pids = px.descendants(started.measured.popen.pid)
+    moved = move_threads(pids, cores)
+    saturate(tools, started, args, body, layout.load_cpu, min(args.warmup_s, 1.0))
+    cpu0 = px.cpu_seconds(pids)
+    sat = saturate(tools, started, args, body, layout.load_cpu, args.sat_s)
+    cpu1 = px.cpu_seconds(pids)
+    fixed = open_loop(tools, started.url, rate, args, layout.load_cpu, started.headers, args.sat_s)
+    cpu2 = px.cpu_seconds(pids)
+    row = {
+        "layout": rt_layout, "pair": pair, "cores": ",".join(map(str, sorted(cores))), "threads_moved": moved,
+        "rate": rate, "sat_rps": sat["rps"], "sat_errors": sat["errors"],
+        "sat_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(sat["requests"], 1),
+        "fixed_requests": fixed["requests"], "fixed_errors": fixed["errors"], "fixed_unanswered": fixed["unanswered"],
+        "fixed_cpu_us_per_req": (cpu2 - cpu1) * 1e6 / max(fixed["requests"], 1),
+        "fixed_p99_ms": (fixed.get("latency_ms") or {}).get("p99"),
+    }
+    log(
+        f"  pair {pair}, CPU {row['cores']} ({moved} threads): saturated {sat['rps']:,.0f} req/s "
+        f"{row['sat_cpu_us_per_req']:.1f} µs/req; at {rate:,.0f} req/s {row['fixed_cpu_us_per_req']:.1f} µs/req"
+    )
+    return row
+
+
 def parallel(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dict]:
     """What running two threads at once costs, in one process: its threads on one core (they
     take turns), then on two (they run at the same time), back and forth `--pairs` times, the
@@ -394,43 +430,14 @@ def parallel(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[di
     for rt_layout in args.layouts:
         procs = px.Procs(run_dir)
         try:
-            if rt_layout == "nginx":
-                started, _ = start_nginx(procs, tools, 2, str(cpus[0]), layout.load_cpu, run_dir)
-            else:
-                started = start_switchyard(
-                    procs, tools, "switchyard-parallel", tools.bin_dir / "switchyard", 2, str(cpus[0]),
-                    layout.load_cpu, [], rt_layout,
-                )
-            root = started.measured.popen.pid
+            started, _ = start_layout(procs, tools, rt_layout, 2, str(cpus[0]), layout, run_dir, "parallel")
             saturate(tools, started, args, body, layout.load_cpu, args.warmup_s)
             rate = saturate(tools, started, args, body, layout.load_cpu, args.sat_s)["rps"] * 0.5
             log(f"parallel {rt_layout}: two threads; the fixed rate is {rate:,.0f} req/s")
             for pair in range(args.pairs):
-                order = (one, both) if pair % 2 == 0 else (both, one)
-                for cores in order:
-                    pids = px.descendants(root)
-                    moved = move_threads(pids, cores)
-                    saturate(tools, started, args, body, layout.load_cpu, min(args.warmup_s, 1.0))
-                    cpu0 = px.cpu_seconds(pids)
-                    sat = saturate(tools, started, args, body, layout.load_cpu, args.sat_s)
-                    cpu1 = px.cpu_seconds(pids)
-                    fixed = open_loop(tools, started.url, rate, args, layout.load_cpu, started.headers, args.sat_s)
-                    cpu2 = px.cpu_seconds(pids)
-                    row = {
-                        "layout": rt_layout, "pair": pair + 1, "cores": ",".join(map(str, sorted(cores))),
-                        "threads_moved": moved, "rate": rate,
-                        "sat_rps": sat["rps"], "sat_errors": sat["errors"],
-                        "sat_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(sat["requests"], 1),
-                        "fixed_requests": fixed["requests"], "fixed_errors": fixed["errors"],
-                        "fixed_unanswered": fixed["unanswered"],
-                        "fixed_cpu_us_per_req": (cpu2 - cpu1) * 1e6 / max(fixed["requests"], 1),
-                        "fixed_p99_ms": (fixed.get("latency_ms") or {}).get("p99"),
-                    }
-                    log(
-                        f"  pair {pair + 1}, CPU {row['cores']} ({moved} threads): saturated {sat['rps']:,.0f} req/s "
-                        f"{row['sat_cpu_us_per_req']:.1f} µs/req; at {rate:,.0f} req/s {row['fixed_cpu_us_per_req']:.1f} µs/req"
-                    )
-                    out.append(row)
+                # One-two, then two-one: a drift over the run falls on both phases alike.
+                for cores in (one, both) if pair % 2 == 0 else (both, one):
+                    out.append(parallel_phase(args, tools, layout, started, body, rt_layout, pair + 1, cores, rate))
         finally:
             procs.stop_all()
     return out
