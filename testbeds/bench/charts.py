@@ -31,7 +31,8 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as xml_escape
+from xml.sax.saxutils import quoteattr as xml_quoteattr
 
 # Layout, in SVG user units (pixels).
 WIDTH = 760
@@ -58,6 +59,23 @@ PERCENTILES = [("p50", "p50", "#9cc3e6"), ("p99", "p99", "#2f6db5"), ("p99_9", "
 
 class ChartError(Exception):
     pass
+
+
+def xml_chars(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot hold (control characters, lone surrogates,
+    U+FFFE and U+FFFF), which no escaping can represent."""
+    return "".join(
+        c for c in text
+        if c in "\t\n\r" or " " <= c <= "\ud7ff" or "\ue000" <= c <= "\ufffd" or "\U00010000" <= c <= "\U0010ffff"
+    )
+
+
+def escape(text: str) -> str:
+    return xml_escape(xml_chars(text))
+
+
+def quoteattr(text: str) -> str:
+    return xml_quoteattr(xml_chars(text))
 
 
 def colour_of(target: str) -> str:
@@ -126,7 +144,8 @@ def linear_axis(values: list[float]) -> Axis:
 
 
 def log_axis(values: list[float]) -> Axis:
-    positive = [v for v in values if v > 0]
+    # Below 1e-9 (a nanosecond in milliseconds) the decade's power would underflow to 0.
+    positive = [v for v in values if v >= 1e-9]
     if not positive:
         return Axis(0.1, 1.0, True)
     lo = 10.0 ** math.floor(math.log10(min(positive)))
@@ -207,12 +226,20 @@ def svg_chart(title: str, subtitle: str, unit: str, bars: list[Bar], axis: Axis,
     return "\n".join(out) + "\n"
 
 
+# The largest number a bar draws: far above any rate, time or size a run measures, and far
+# enough below the float's range that axes and medians built from it cannot overflow.
+VALUE_MAX = 1e12
+
+
 def number(v) -> float | None:
-    """A finite, non-negative number from results.json, or None."""
+    """A finite number from results.json in [0, VALUE_MAX], or None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    v = float(v)
-    return v if math.isfinite(v) and v >= 0 else None
+    try:
+        v = float(v)
+    except OverflowError:  # an int beyond the float's range
+        return None
+    return v if math.isfinite(v) and 0 <= v <= VALUE_MAX else None
 
 
 def latency_loads(run: dict, rate) -> list[tuple[str, dict]]:
@@ -230,9 +257,10 @@ def latency_loads(run: dict, rate) -> list[tuple[str, dict]]:
 
 
 def charts_for_size(doc: dict, size: str) -> dict[str, str]:
-    meta, results = doc.get("meta") or {}, doc["results"]
-    when = str(meta.get("date", "?"))
-    conns = meta.get("connections", "?")
+    meta, results = doc.get("meta"), doc["results"]
+    meta = meta if isinstance(meta, dict) else {}
+    when = str(meta.get("date", "?"))[:LABELS_MAX]
+    conns = str(meta.get("connections", "?"))[:LABELS_MAX]
     targets = [t for t in results if isinstance(results[t], dict) and isinstance(results[t].get(size), dict)]
     sat = {t: results[t][size].get("saturating") or {} for t in targets}
     base = f"{size} B bodies, {when}"
@@ -311,15 +339,18 @@ def tails_chart(runs: dict, loads: list[int], subtitle: str) -> str:
 
 def tails_chart_of(doc: dict) -> str:
     """The tail chart of a results.json that tails.py wrote."""
-    meta, runs = doc.get("meta") or {}, doc["results"]["tails"]
-    args = meta.get("args") or {}
-    loads = [x for x in args.get("loads") or [25, 50, 75] if isinstance(x, int) and not isinstance(x, bool)]
+    meta, runs = doc.get("meta"), doc["results"]["tails"]
+    meta = meta if isinstance(meta, dict) else {}
+    args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+    loads = args.get("loads") if isinstance(args.get("loads"), list) else [25, 50, 75]
+    loads = [x for x in loads if isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 100] or [25, 50, 75]
     runs = {str(t): [e for e in es if isinstance(e, dict) and isinstance(e.get("loads"), dict)]
             for t, es in runs.items() if isinstance(es, list)}
+    field = lambda d, k: str(d.get(k, "?"))[:LABELS_MAX]  # noqa: E731  (bounded: the file is not trusted)
     return tails_chart(
         runs, loads,
-        f"{meta.get('date', '?')}; median of {args.get('repeats', '?')} round(s); "
-        f"{args.get('connections', '?')} connections; {args.get('size', '?')} B bodies",
+        f"{field(meta, 'date')}; median of {field(args, 'repeats')} round(s); "
+        f"{field(args, 'connections')} connections; {field(args, 'size')} B bodies",
     )
 
 

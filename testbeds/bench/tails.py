@@ -1,4 +1,4 @@
-"""Honest tails, every core, and memory (issue 18): three measurements of the proxies that
+"""Honest tails, every core, and memory (issue 18): four measurements of the proxies that
 proxies.py starts, in one command.
 
     testbeds/bench/tails.sh [--parts tails,scaling,parallel,memory] [--repeats 3] [--smoke] ...
@@ -18,8 +18,9 @@ scaling  Switchyard with 1 and 2 workers on 1 and 2 cores (`runtime.worker_threa
 parallel One process with two threads (each layout of `--layouts`), its threads moved between
          one core and two (sched_setaffinity on every thread, as `taskset -a -p` does)
          `--pairs` times, the order alternating: CPU per request saturated and at a fixed rate
-         in each phase. Only whether the threads run at the same time differs between the
-         phases, so a lock or a shared counter shows as CPU per request on two cores.
+         in each phase. The process, its binary and its memory stay the same, so a lock or a
+         shared counter shows as CPU per request on two cores; on a 2-core machine the second
+         core is also the generator's and the backend's, which nginx's row measures alone.
 memory   RSS of Switchyard (mimalloc, and with `--system-alloc-bin`, the system allocator) and
          nginx with 10,000 idle keep-alive connections (`bench-connections idle`) and with
          1,000 requests in flight, held by the backend `--hold-ms` (8 s) (`bench-connections in-flight` on
@@ -366,18 +367,21 @@ def move_threads(pids: list[int], cpus: set[int]) -> int:
     moved. A thread that ends meanwhile is skipped; one left elsewhere fails the run, since
     the comparison would then be of something else."""
     moved = 0
-    for tid in thread_ids(pids):
-        try:
-            os.sched_setaffinity(tid, cpus)
-            moved += 1
-        except ProcessLookupError:
-            continue
-    for tid in thread_ids(pids):
-        try:
-            if os.sched_getaffinity(tid) != cpus:
-                raise px.Failed(f"thread {tid} kept another affinity than {sorted(cpus)}")
-        except ProcessLookupError:
-            continue
+    try:
+        for tid in thread_ids(pids):
+            try:
+                os.sched_setaffinity(tid, cpus)
+                moved += 1
+            except ProcessLookupError:
+                continue
+        for tid in thread_ids(pids):
+            try:
+                if os.sched_getaffinity(tid) != cpus:
+                    raise px.Failed(f"thread {tid} kept another affinity than {sorted(cpus)}")
+            except ProcessLookupError:
+                continue
+    except OSError as e:  # EINVAL (no such core) or EPERM: the phase cannot be measured
+        raise px.Failed(f"cannot move the threads to CPU {sorted(cpus)}: {e}") from e
     return moved
 
 
@@ -413,18 +417,22 @@ def parallel_phase(
 def parallel(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[dict]:
     """What running two threads at once costs, in one process: its threads on one core (they
     take turns), then on two (they run at the same time), back and forth `--pairs` times, the
-    order alternating (one-two, two-one, ...). The same process, binary, connections and
-    memory layout in both phases, so what differs is only whether the threads run in
-    parallel: a lock they fight over, or a shared counter whose cache line moves between the
-    cores on every request, costs CPU per request in the second phase only. Each phase
-    measures the CPU per request saturated (oha, closed loop) and at a fixed rate (half the
-    one-core saturation measured at the start, `bench-open-loop`), so that a change in how
-    many requests each wake-up serves, which saturation brings with it, shows apart."""
+    order alternating (one-two, two-one, ...). The same process, binary and memory layout in
+    both phases (each phase opens its load's connections anew), so a lock the threads fight
+    over, or a shared counter whose cache line moves between the cores on every request,
+    costs CPU per request in the two-core phase only. On a 2-core machine the second core is
+    also the load generator's and the backend's, which changes the two-core phase for any
+    process; nginx, whose workers share nothing, measures that alone. With a third core, the
+    second core of the phase is that one instead. Each phase measures the CPU per request
+    saturated (oha, closed loop) and at a fixed rate (half the one-core saturation measured
+    at the start, `bench-open-loop`), so that a change in how many requests each wake-up
+    serves, which saturation brings with it, shows apart."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         log("parallel needs two cores; skipped")
         return []
-    one, both = {cpus[0]}, {cpus[0], cpus[1]}
+    # cpus[1] is the load generator's and the backend's (layout.load_cpu).
+    one, both = {cpus[0]}, {cpus[0], cpus[2] if len(cpus) > 2 else cpus[1]}
     body = run_dir / f"body-{args.size}.json"
     out = []
     for rt_layout in args.layouts:
@@ -446,8 +454,8 @@ def parallel(args, tools: px.Tools, layout: px.Layout, run_dir: Path) -> list[di
 def parallel_table(rows: list[dict]) -> list[str]:
     lines = [
         "| layout (Switchyard's, or nginx) | pairs | saturated µs/req, 1 core | 2 cores | 2 ÷ 1 per pair | "
-        "fixed rate req/s | µs/req, 1 core | 2 cores | 2 ÷ 1 per pair |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "fixed rate req/s | µs/req, 1 core | 2 cores | 2 ÷ 1 per pair | errors + unanswered |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for rt_layout in dict.fromkeys(r["layout"] for r in rows):
         rs = [r for r in rows if r["layout"] == rt_layout]
@@ -463,9 +471,10 @@ def parallel_table(rows: list[dict]) -> list[str]:
             ratios = [b[key] / a[key] for p in pairs if (a := phase(p, False)) and (b := phase(p, True)) and a[key]]
             cells.append((spread(ones), spread(twos), spread(ratios) if ratios else "—"))
         rate = statistics.median(r["rate"] for r in rs)
+        bad = sum(r["sat_errors"] + r["fixed_errors"] + r["fixed_unanswered"] for r in rs)
         lines.append(
             f"| {rt_layout} | {len(pairs)} | {cells[0][0]} | {cells[0][1]} | {cells[0][2]} | {rate:,.0f} | "
-            f"{cells[1][0]} | {cells[1][1]} | {cells[1][2]} |"
+            f"{cells[1][0]} | {cells[1][1]} | {cells[1][2]} | {bad:,} |"
         )
     return lines
 
@@ -647,7 +656,7 @@ def main() -> int:
     ap.add_argument("--parts", default="tails,scaling,parallel,memory")
     ap.add_argument("--targets", default=",".join(TAIL_TARGETS), help="tails: proxies.py targets")
     ap.add_argument("--layouts", default="shared,per_core,nginx",
-                    help="scaling: Switchyard's runtime layouts (shared, per_core) and nginx, to measure")
+                    help="scaling and parallel: Switchyard's runtime layouts (shared, per_core) and nginx, to measure")
     ap.add_argument("--loads", default=",".join(map(str, LOADS)), help="tails: percent of each saturation")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=8, help="parallel: one-core and two-core phases per layout")
@@ -756,10 +765,6 @@ def main() -> int:
     if "tails" in results:
         md += ["", f"## Tail latency, open loop, {args.rate_s:g} s per load (median (min–max) over rounds)", "",
                *tails_table(results["tails"], args), "", "![tails](tails-latency.svg)"]
-        (run_dir / "tails-latency.svg").write_text(charts.tails_chart(
-            results["tails"], args.loads,
-            f"{meta['date']}; median of {args.repeats} round(s); {args.connections} connections; {args.size} B bodies",
-        ), encoding="utf-8")
     if results.get("scaling"):
         md += ["", "## Scaling: Switchyard's workers and cores, saturated (median (min–max))", "",
                *scaling_table(results["scaling"])]
@@ -772,6 +777,15 @@ def main() -> int:
         md += ["", "## Allocators, one worker on one core, saturated", "", *allocator_table(results["allocators"])]
     (run_dir / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (run_dir / "results.md").write_text("\n".join(md) + "\n")
+    if "tails" in results:
+        # After results.json: a chart that cannot be drawn loses no measurement.
+        try:
+            (run_dir / "tails-latency.svg").write_text(charts.tails_chart(
+                results["tails"], args.loads,
+                f"{meta['date']}; median of {args.repeats} round(s); {args.connections} connections; {args.size} B bodies",
+            ), encoding="utf-8")
+        except (charts.ChartError, ArithmeticError, ValueError, OSError) as e:
+            log(f"the tail chart was not drawn: {e}")
     print("\n".join(md))
     log(f"results in {run_dir} ({meta['elapsed_s']:.0f} s)")
     if failed is not None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Honest tails, every core, and memory (issue 18; see tails.py and docs/benchmarks.md):
 #
-#   testbeds/bench/tails.sh                                  all four parts, 3 rounds (about 35 minutes)
+#   testbeds/bench/tails.sh                                  all four parts, 3 rounds (about 25 minutes)
 #   testbeds/bench/tails.sh --parts tails --repeats 5        the open-loop tail latencies only
 #   testbeds/bench/tails.sh --parts parallel --pairs 12      two threads on one core, then two, in one process
 #   testbeds/bench/tails.sh --parts memory --allocators      memory, and both allocators measured

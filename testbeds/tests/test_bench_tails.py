@@ -82,6 +82,34 @@ def test_charts_py_draws_the_tail_chart_from_a_tails_results_json_and_survives_h
     assert "<b>" not in svg
 
 
+@pytest.mark.parametrize("meta", [[], "x", {"args": []}, {"args": {"loads": 5}}, {"args": {"loads": [True, 0, 101, "25"]}}])
+def test_a_malformed_meta_of_a_tails_results_json_falls_back_to_the_default_loads(meta):
+    doc = {"meta": meta, "results": {"tails": {"switchyard": [entry(1, {25: 1.0, 50: 2.0, 75: 3.0})]}}}
+    drawn = bars(charts.render(doc)["tails-latency.svg"])
+    assert {t for t, _, _ in drawn} == {"switchyard @ 25 %", "switchyard @ 50 %", "switchyard @ 75 %"}
+
+
+@pytest.mark.parametrize("values", [[1.5e308], [1.7e308, 1.7e308], [5e-324], [10**400]])
+def test_values_past_the_bound_or_beneath_the_axis_draw_no_bar_and_raise_nothing(values):
+    rounds = []
+    for i, v in enumerate(values):
+        e = entry(i + 1, {25: 1.0})
+        e["loads"]["50"] = {"latency_ms": {"p50": v, "p99": v, "p99_9": v}}
+        rounds.append(e)
+    doc = {"meta": {}, "results": {"tails": {"switchyard": rounds}}}
+    drawn = bars(charts.render(doc)["tails-latency.svg"])
+    assert {t for t, _, _ in drawn} <= {"switchyard @ 25 %", "switchyard @ 50 %"}
+    assert all(0 < v <= charts.VALUE_MAX for _, _, v in drawn)
+
+
+def test_control_characters_in_names_still_give_well_formed_xml():
+    odd = "sw\u0001\u0000\ufffe\ud800itch"
+    doc = {"meta": {"date": "\u0007today"}, "results": {"tails": {odd: [entry(1, {25: 1.0})]}}}
+    svg = charts.render(doc)["tails-latency.svg"]
+    drawn = bars(svg)  # parses: a character XML cannot hold would raise here
+    assert {t for t, _, _ in drawn} == {"switch @ 25 %"}, "the characters XML cannot hold are dropped"
+
+
 def phase(layout: str, pair: int, cores: str, sat: float, fixed: float) -> dict:
     return {
         "layout": layout, "pair": pair, "cores": cores, "threads_moved": 4, "rate": 5000.0,
@@ -135,6 +163,8 @@ def test_move_threads_moves_every_thread_and_checks_it(tmp_path: Path):
         stop.set()
         worker.join(timeout=5)
     assert os.sched_getaffinity(0) == before
-    with pytest.raises(OSError):
-        # A core this machine does not have is refused by the kernel, not ignored.
+    with pytest.raises(tails.px.Failed, match="cannot move the threads"):
+        # A core this machine does not have is refused by the kernel (EINVAL), and the run
+        # fails with what happened rather than measuring a phase that did not move.
         tails.move_threads([os.getpid()], {4096})
+    assert os.sched_getaffinity(0) == before
