@@ -20,12 +20,8 @@ if [[ ! -x "$oha_bin" ]]; then
   echo "profile: oha is missing; testbeds/bench/proxies.sh installs it (oha $OHA_VERSION)" >&2
   exit 1
 fi
-profile="${BENCH_PROFILE:-dist}"
-# cargo's `dev` profile builds into target/debug.
-case "$profile" in
-  debug | dev) profile=debug; profile_flag=() ;;
-  *) profile_flag=(--profile "$profile") ;;
-esac
+source "$root/testbeds/bench/cargo-profile.sh"
+bench_profile "${BENCH_PROFILE:-dist}"
 cargo build --quiet --locked "${profile_flag[@]}" -p switchyard -p sample-service
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"

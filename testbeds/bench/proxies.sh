@@ -32,11 +32,8 @@ if [[ -z "$profile" ]]; then
   profile=dist
   for arg in "$@"; do [[ "$arg" == --smoke ]] && profile=debug; done
 fi
-# cargo's `dev` profile builds into target/debug.
-case "$profile" in
-  debug | dev) profile=debug; profile_flag=() ;;
-  *) profile_flag=(--profile "$profile") ;;
-esac
+source "$root/testbeds/bench/cargo-profile.sh"
+bench_profile "$profile"
 
 if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
   if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then

@@ -48,11 +48,8 @@ command -v taskset >/dev/null || { log "taskset (util-linux) is missing"; exit 1
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
-# cargo's `dev` profile builds into target/debug.
-case "$profile" in
-  debug | dev) profile=debug; profile_flag=() ;;
-  *) profile_flag=(--profile "$profile") ;;
-esac
+source "$root/testbeds/bench/cargo-profile.sh"
+bench_profile "$profile"
 extra=()
 if (( allocators )); then
   log "building the gateway without mimalloc (the system allocator)"
